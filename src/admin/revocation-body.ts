@@ -1,0 +1,51 @@
+// A POST /v1/revocations body → a RevocationEntry, or a clear reason it is refused. Pure.
+//
+//   parseRevocation({ claim: 'sub', value: 'ci-deployer', reason: '…' }, { config, nowS, by })
+import type { Config } from '../config/load.js'
+import type { RevocationEntry } from '../pipeline/types.js'
+import { expiryOf } from '../revocation/model.js'
+
+const FIELDS = new Set(['claim', 'value', 'reason', 'iss', 'issued_before', 'expires_at'])
+
+export function parseRevocation(body: unknown, ctx: { config: Config; nowS: number; by: string }): RevocationEntry | { error: string } {
+  if (!body || typeof body !== 'object' || Array.isArray(body)) return { error: 'the body must be a JSON object' }
+  const b = body as Record<string, unknown>
+  const unknown = Object.keys(b).find((k) => !FIELDS.has(k))
+  if (unknown) return { error: `unknown field "${unknown}"` }
+  const { config, nowS } = ctx
+  if (typeof b.claim !== 'string' || b.claim === '') return { error: '"claim" is required' }
+  if (!config.revocableClaims.includes(b.claim)) return { error: `"${b.claim}" is not a revocable claim (LAPSE_REVOCABLE_CLAIMS: ${config.revocableClaims.join(', ')})` }
+  if (typeof b.value !== 'string' || b.value === '' || b.value.length > 1024) return { error: '"value" must be a non-empty string of at most 1024 characters' }
+  if (b.reason !== undefined && (typeof b.reason !== 'string' || b.reason.length > 512)) return { error: '"reason" must be a string of at most 512 characters' }
+  if (b.iss !== undefined && (typeof b.iss !== 'string' || !config.issuers.includes(b.iss))) return { error: '"iss" must be one of the configured issuers (LAPSE_ISSUER)' }
+  const issuedBeforeS = b.issued_before === undefined ? nowS : toEpochS(b.issued_before)
+  if (issuedBeforeS === undefined) return { error: '"issued_before" must be epoch seconds or an RFC 3339 time' }
+  let expiresAtS = expiryOf(issuedBeforeS, config.maxLifetimeS, config.clockSkewS)
+  if (b.expires_at !== undefined) {
+    const given = toEpochS(b.expires_at)
+    if (given === undefined) return { error: '"expires_at" must be epoch seconds or an RFC 3339 time' }
+    // The policy's expiry is the longest any matching token can live; a shorter one would free tokens early.
+    expiresAtS = expiresAtS === undefined ? given : Math.max(expiresAtS, given)
+  }
+  if (expiresAtS === undefined) return { error: '"expires_at" is required while LAPSE_MAX_TOKEN_LIFETIME is 0' }
+  if (expiresAtS <= nowS) return { error: 'every token issued before "issued_before" has expired already' }
+  return {
+    claim: b.claim,
+    value: b.value,
+    iss: b.iss as string | undefined,
+    issuedBeforeS,
+    reason: (b.reason as string | undefined) ?? '',
+    by: ctx.by,
+    createdAtS: nowS,
+    expiresAtS,
+  }
+}
+
+function toEpochS(v: unknown): number | undefined {
+  if (typeof v === 'number' && Number.isInteger(v) && v > 0) return v
+  if (typeof v === 'string' && /^\d{4}-\d\d-\d\dT/.test(v)) {
+    const ms = Date.parse(v)
+    return Number.isNaN(ms) ? undefined : Math.floor(ms / 1000)
+  }
+  return undefined
+}

@@ -1,0 +1,142 @@
+// The admin listener: health, readiness, metrics and the revocation API (DESIGN.md "Admin API").
+//
+//   const admin = createAdminServer(deps); admin.listen(9901, '127.0.0.1')
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Deps } from '../app.js'
+import type { RevocationEntry } from '../pipeline/types.js'
+import { parseRevocation } from './revocation-body.js'
+
+const MAX_BODY_BYTES = 16 * 1024
+
+export function createAdminServer(deps: Deps): Server {
+  const server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000 })
+  server.on('request', (req, res) => {
+    route(req, res, deps).catch((err: unknown) => {
+      deps.log.error({ err: (err as Error).message }, 'admin request failed')
+      if (!res.headersSent) send(res, 500, { error: 'internal_error' })
+    })
+  })
+  return server
+}
+
+async function route(req: IncomingMessage, res: ServerResponse, deps: Deps): Promise<void> {
+  const url = new URL(req.url ?? '/', 'http://admin')
+  const path = url.pathname
+  if (path === '/healthz') return send(res, 200, { status: 'ok' })
+  if (path === '/readyz') return readiness(res, deps)
+  if (path === '/metrics') {
+    if (deps.metricsHandler) return deps.metricsHandler(req, res)
+    return send(res, 404, { error: 'not_found', error_description: 'metrics are off' })
+  }
+  if (path === '/v1/revocations' && req.method === 'POST') return create(req, res, deps)
+  const m = /^\/v1\/revocations\/([^/]+)\/([^/]+)$/.exec(path)
+  if (m) {
+    const claim = decodeURIComponent(m[1]!)
+    const value = decodeURIComponent(m[2]!)
+    const iss = url.searchParams.get('iss') ?? undefined
+    if (req.method === 'GET') return read(req, res, deps, claim, value, iss)
+    if (req.method === 'DELETE') return lift(req, res, deps, claim, value, iss)
+    return send(res, 405, { error: 'method_not_allowed' }, { allow: 'GET, DELETE' })
+  }
+  if (path === '/v1/revocations') return send(res, 405, { error: 'method_not_allowed' }, { allow: 'POST' })
+  send(res, 404, { error: 'not_found' })
+}
+
+function readiness(res: ServerResponse, deps: Deps): void {
+  const keys = deps.keys.ready()
+  const revocations = deps.revocations.ready()
+  const body = { ready: keys && revocations, keys: keys ? 'loaded' : 'unavailable', revocation_set: revocations ? deps.revocations.kind : 'unreachable' }
+  send(res, keys && revocations ? 200 : 503, body)
+}
+
+/** The admin token, compared in constant time; answers the request itself when it fails. */
+function authorize(req: IncomingMessage, res: ServerResponse, deps: Deps): string | undefined {
+  const expected = deps.config.admin.token
+  if (!expected) {
+    send(res, 403, { error: 'forbidden', error_description: 'the admin API is read-only until LAPSE_ADMIN_TOKEN is set' })
+    return undefined
+  }
+  const m = /^bearer +(\S+)$/i.exec(req.headers.authorization ?? '')
+  const digest = (s: string) => createHash('sha256').update(s).digest()
+  if (!m || !timingSafeEqual(digest(m[1]!), digest(expected))) {
+    send(res, 401, { error: 'unauthorized', error_description: 'a valid admin token is required' }, { 'www-authenticate': 'Bearer realm="lapse-admin"' })
+    return undefined
+  }
+  // The CLI says so in its User-Agent, so the audit line tells a script from a person at a shell.
+  return /^lapse-cli\//.test(req.headers['user-agent'] ?? '') ? `${deps.config.admin.tokenName} (cli)` : deps.config.admin.tokenName
+}
+
+async function create(req: IncomingMessage, res: ServerResponse, deps: Deps): Promise<void> {
+  const by = authorize(req, res, deps)
+  if (!by) return
+  const body = await readJson(req)
+  if (!body.ok) return send(res, 400, { error: 'invalid_request', error_description: body.error })
+  const { config, clock } = deps
+  const parsed = parseRevocation(body.value, { config, nowS: Math.floor(clock.now() / 1000), by })
+  if ('error' in parsed) return send(res, 400, { error: 'invalid_request', error_description: parsed.error })
+  let stored: RevocationEntry
+  try {
+    stored = await deps.revocations.put(parsed)
+  } catch (err) {
+    deps.log.error({ err: (err as Error).message }, 'revocation write failed')
+    return send(res, 503, { error: 'temporarily_unavailable', error_description: 'the revocation set did not acknowledge the write' }, { 'retry-after': '1' })
+  }
+  audit(deps, 'revoke', stored)
+  send(res, 201, toJson(stored))
+}
+
+async function read(req: IncomingMessage, res: ServerResponse, deps: Deps, claim: string, value: string, iss: string | undefined): Promise<void> {
+  if (!authorize(req, res, deps)) return
+  try {
+    const entry = await deps.revocations.get(claim, value, iss)
+    if (!entry) return send(res, 404, { error: 'not_found', error_description: 'no such revocation' })
+    send(res, 200, toJson(entry))
+  } catch {
+    send(res, 503, { error: 'temporarily_unavailable', error_description: 'the revocation set is unreachable' }, { 'retry-after': '1' })
+  }
+}
+
+async function lift(req: IncomingMessage, res: ServerResponse, deps: Deps, claim: string, value: string, iss: string | undefined): Promise<void> {
+  const by = authorize(req, res, deps)
+  if (!by) return
+  try {
+    const entry = await deps.revocations.get(claim, value, iss)
+    const removed = await deps.revocations.lift(claim, value, iss)
+    if (!removed) return send(res, 404, { error: 'not_found', error_description: 'no such revocation' })
+    if (entry) audit(deps, 'lift', { ...entry, by })
+    res.writeHead(204).end()
+  } catch {
+    send(res, 503, { error: 'temporarily_unavailable', error_description: 'the revocation set is unreachable' }, { 'retry-after': '1' })
+  }
+}
+
+function audit(deps: Deps, action: 'revoke' | 'lift', e: RevocationEntry): void {
+  deps.log.info({ audit: 'revocation', action, by: e.by, claim: e.claim, value: e.value, iss: e.iss, issued_before: e.issuedBeforeS, expires_at: e.expiresAtS, reason: e.reason }, `revocation ${action}`)
+}
+
+export function toJson(e: RevocationEntry): Record<string, unknown> {
+  return { claim: e.claim, value: e.value, iss: e.iss ?? null, issued_before: e.issuedBeforeS, reason: e.reason, by: e.by, created_at: e.createdAtS, expires_at: e.expiresAtS }
+}
+
+async function readJson(req: IncomingMessage): Promise<{ ok: true; value: unknown } | { ok: false; error: string }> {
+  const type = req.headers['content-type'] ?? ''
+  if (!/^application\/json\b/i.test(type)) return { ok: false, error: 'the body must be application/json' }
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > MAX_BODY_BYTES) return { ok: false, error: 'the body is too large' }
+    chunks.push(chunk as Buffer)
+  }
+  try {
+    return { ok: true, value: JSON.parse(Buffer.concat(chunks).toString('utf8')) }
+  } catch {
+    return { ok: false, error: 'the body is not valid JSON' }
+  }
+}
+
+function send(res: ServerResponse, status: number, body: object, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers }).end(text)
+}

@@ -1,0 +1,208 @@
+// The sidecar: an HTTP server that decides every request and forwards the allowed ones.
+//
+//   const app = createApp(deps)
+//   await app.listen()         // binds config.listen and config.admin.listen
+//   await app.close()
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
+import type { Logger } from 'pino'
+import { createAdminServer } from './admin/server.js'
+import type { RouteMatcher } from './authorize/routes.js'
+import type { Config, HostPort } from './config/load.js'
+import type { Forwarder, UpstreamFailure } from './forward/forward.js'
+import { decide, type DecideDeps, type Outcome } from './pipeline/decide.js'
+import { toAnswer } from './pipeline/reasons.js'
+import type { Clock, Denial, RevocationStore } from './pipeline/types.js'
+import type { Recorder, RequestTrace } from './telemetry/recorder.js'
+import type { KeyResolver } from './verify/keys.js'
+import type { Verifier } from './verify/verify-token.js'
+
+/** Everything that varies between production and tests: main.ts builds the real ones. */
+export interface Deps {
+  readonly config: Config
+  readonly clock: Clock
+  readonly keys: KeyResolver
+  readonly verify: Verifier
+  readonly revocations: RevocationStore
+  readonly match: RouteMatcher
+  readonly forwarder: Forwarder
+  readonly recorder: Recorder
+  readonly log: Logger
+  /** Serves `/metrics` on the admin port; absent when metrics are off. */
+  readonly metricsHandler?: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
+  /** Long-lived exchanges (WebSocket, streamed responses) to cut when their token lapses. */
+  readonly connections?: ConnectionTracker | undefined
+}
+
+/** Registered by the long-lived-connection tracker (src/forward/connections.ts). */
+export interface ConnectionTracker {
+  track(exchange: { identity: NonNullable<Extract<Outcome['decision'], { allow: true }>['identity']>; kind: 'websocket' | 'stream'; cutAtExpiry: boolean; close(reason: 'expired' | 'revoked'): void; trace: RequestTrace }): () => void
+}
+
+export interface App {
+  readonly server: Server
+  readonly admin: Server
+  listen(): Promise<{ proxy: HostPort; admin: HostPort }>
+  close(): Promise<void>
+}
+
+const UPSTREAM_ANSWERS: Record<UpstreamFailure, { status: number; error: string; description: string }> = {
+  upstream_unavailable: { status: 502, error: 'bad_gateway', description: 'the upstream is unavailable' },
+  upstream_timeout: { status: 504, error: 'gateway_timeout', description: 'the upstream did not answer in time' },
+}
+
+export function createApp(deps: Deps): App {
+  const { config } = deps
+  const decideDeps: DecideDeps = {
+    match: deps.match,
+    verify: deps.verify,
+    revocations: deps.revocations,
+    revocableClaims: config.revocableClaims,
+    allowQueryToken: config.allowQueryToken,
+    maxTokenBytes: config.maxTokenBytes,
+    clock: deps.clock,
+  }
+
+  const server = createServer({
+    maxHeaderSize: config.maxHeaderBytes,
+    headersTimeout: config.clientHeaderTimeoutMs,
+    // Uploads may be long; slow clients are bounded by the idle timeout instead.
+    requestTimeout: 0,
+    keepAliveTimeout: 5000,
+    // Smuggling shapes (CL+TE, duplicate CL, obs-fold) are refused by llhttp when not lenient.
+    insecureHTTPParser: false,
+  })
+  server.timeout = config.clientIdleTimeoutMs
+
+  server.on('request', (req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      deps.log.error({ err: (err as Error).message }, 'request handling failed')
+      if (!res.headersSent) writeJson(res, 500, { error: 'internal_error', error_description: 'internal error' })
+      else res.destroy()
+    })
+  })
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    handleUpgrade(req, socket, head).catch((err: unknown) => {
+      deps.log.error({ err: (err as Error).message }, 'upgrade handling failed')
+      socket.destroy()
+    })
+  })
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    // Node's parser refused the request (bad framing, oversized headers): answer and close.
+    if (!socket.writable) return socket.destroy()
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400
+    const body = JSON.stringify({ error: 'invalid_request', error_description: status === 431 ? 'request headers too large' : status === 408 ? 'request timed out' : 'malformed HTTP request' })
+    socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+  })
+
+  async function decideFor(req: IncomingMessage, t: RequestTrace): Promise<Outcome> {
+    const outcome = await decide({ method: req.method ?? 'GET', url: req.url ?? '', authorization: req.headersDistinct.authorization }, decideDeps)
+    deps.recorder.decided(t, outcome)
+    return outcome
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const t = deps.recorder.start(req)
+    const outcome = await decideFor(req, t)
+    const d = outcome.decision
+    if (!d.allow) {
+      const answer = toAnswer(d, config.realm)
+      res.once('close', () => deps.recorder.finish(t, { status: answer.status, remoteAddress: req.socket.remoteAddress }))
+      // The body of a refused request is never read; closing avoids draining an attacker's upload.
+      if (req.headers['content-length'] !== '0' && (req.headers['content-length'] || req.headers['transfer-encoding'])) res.shouldKeepAlive = false
+      res.writeHead(answer.status, answer.headers).end(answer.body)
+      return
+    }
+    let upstreamFailure: UpstreamFailure | undefined
+    res.once('close', () => deps.recorder.finish(t, { status: res.statusCode, upstreamFailure, remoteAddress: req.socket.remoteAddress }))
+    deps.recorder.inject(t, req.headers)
+    const untrack = d.identity && deps.connections
+      ? deps.connections.track({ identity: d.identity, kind: 'stream', cutAtExpiry: d.rule.cutStreamsAtExpiry, trace: t, close: () => res.destroy() })
+      : undefined
+    if (untrack) res.once('close', untrack)
+    deps.forwarder.web(req, res, outcome.target!, d.identity, (failure, err) => {
+      upstreamFailure = failure
+      deps.log.warn({ err: (err as NodeJS.ErrnoException).code ?? err.message, failure }, 'upstream request failed')
+      const a = UPSTREAM_ANSWERS[failure]
+      if (res.headersSent) return void res.destroy()
+      writeJson(res, a.status, { error: a.error, error_description: a.description })
+    })
+  }
+
+  async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const t = deps.recorder.start(req)
+    const outcome = await decideFor(req, t)
+    const d = outcome.decision
+    const remoteAddress = (socket as Socket).remoteAddress
+    if (!d.allow) {
+      const answer = toAnswer(d, config.realm)
+      writeRaw(socket, answer.status, answer.headers, answer.body)
+      deps.recorder.finish(t, { status: answer.status, remoteAddress })
+      return
+    }
+    deps.recorder.inject(t, req.headers)
+    let upstreamFailure: UpstreamFailure | undefined
+    const untrack = d.identity && deps.connections
+      ? deps.connections.track({ identity: d.identity, kind: 'websocket', cutAtExpiry: true, trace: t, close: () => socket.destroy() })
+      : undefined
+    socket.once('close', () => {
+      untrack?.()
+      deps.recorder.finish(t, { status: upstreamFailure ? UPSTREAM_ANSWERS[upstreamFailure].status : 101, upstreamFailure, remoteAddress })
+    })
+    deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure) => {
+      upstreamFailure = failure
+      const a = UPSTREAM_ANSWERS[failure]
+      writeRaw(socket, a.status, { 'content-type': 'application/json' }, JSON.stringify({ error: a.error, error_description: a.description }))
+    })
+  }
+
+  const admin = createAdminServer(deps)
+
+  return {
+    server,
+    admin,
+    async listen() {
+      const proxy = await listenOn(server, config.listen)
+      const adminAddr = await listenOn(admin, config.admin.listen)
+      return { proxy, admin: adminAddr }
+    },
+    async close() {
+      await Promise.all([closeServer(server), closeServer(admin)])
+    },
+  }
+}
+
+export function writeJson(res: ServerResponse, status: number, body: object, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers }).end(text)
+}
+
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
+
+function writeRaw(socket: Duplex, status: number, headers: Readonly<Record<string, string>>, body: string): void {
+  if (!socket.writable) return void socket.destroy()
+  const lines = Object.entries(headers).filter(([k]) => k !== 'content-length').map(([k, v]) => `${k}: ${v}\r\n`).join('')
+  socket.end(`HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? ''}\r\n${lines}content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+}
+
+function listenOn(server: Server, at: HostPort): Promise<HostPort> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(at.port, at.host, () => {
+      server.off('error', reject)
+      const addr = server.address()
+      resolve(typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : at)
+    })
+  })
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve()
+    server.close(() => resolve())
+    server.closeAllConnections()
+  })
+}
+
+export type { Denial }

@@ -1,0 +1,215 @@
+// `lapse <command>`: proxy, demo, token, revoke, lift. The only place that reads process.env.
+import { parseArgs } from 'node:util'
+import { resolve } from 'node:path'
+import { ConfigError } from '../config/load.js'
+import { startProxy, StartError, type Running } from '../main.js'
+import { startDemoUpstream } from './demo-upstream.js'
+import { DEV_AUDIENCE, DEV_ISSUER, loadDevKey, mintToken } from './dev-key.js'
+import { randomBytes } from 'node:crypto'
+
+const VERSION = '0.1.0'
+
+const HELP = `lapse — verify every request's short-lived token at the moment of use
+
+Usage: lapse <command> [options]
+
+Commands:
+  proxy     run the sidecar, configured by LAPSE_* variables or the YAML file in LAPSE_CONFIG
+  demo      run the sidecar on embedded defaults with a demo upstream and a development key
+            (--ttl <seconds> for the printed token, default 300)
+  token     mint a development token with the demo's key
+            --sub <subject> [--scope "<a b>"] [--ttl <seconds>] [--iss <issuer>] [--aud <audience>] [--claim k=v]...
+  revoke    revoke through the admin API: --claim <name> --value <value> [--reason <text>]
+            [--iss <issuer>] [--issued-before <epoch s | RFC 3339>] [--expires-at <…>]
+  lift      lift a revocation: --claim <name> --value <value> [--iss <issuer>]
+
+The admin commands use LAPSE_ADMIN_URL (default http://127.0.0.1:9901) and
+LAPSE_ADMIN_TOKEN or LAPSE_ADMIN_TOKEN_FILE. Configuration reference: README.md.
+`
+
+type Env = Record<string, string | undefined>
+
+function die(line: string, code = 2): never {
+  process.stderr.write(`lapse: ${line}\n`)
+  process.exit(code)
+}
+
+export async function main(argv: string[], env: Env): Promise<void> {
+  const [command, ...rest] = argv
+  switch (command) {
+    case 'proxy':
+      return runProxy(env)
+    case 'demo':
+      return runDemo(rest, env)
+    case 'token':
+      return runToken(rest, env)
+    case 'revoke':
+      return runRevoke(rest, env)
+    case 'lift':
+      return runLift(rest, env)
+    case '--version':
+    case '-v':
+      process.stdout.write(`${VERSION}\n`)
+      return
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(HELP)
+      return
+    default:
+      die(`unknown command "${command}" (try lapse --help)`)
+  }
+}
+
+async function start(env: Env): Promise<Running> {
+  try {
+    return await startProxy(env)
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof StartError) die(`${err.code} ${err.message}`)
+    throw err
+  }
+}
+
+/** SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded), flush the audit log. */
+function closeOnSignal(running: Running, extra: () => void = () => undefined): void {
+  let closing = false
+  const stop = (signal: string) => {
+    if (closing) return
+    closing = true
+    running.deps.log.info({ signal }, 'shutting down')
+    const force = setTimeout(() => process.exit(0), 10_000)
+    force.unref()
+    running.close().finally(() => {
+      extra()
+      process.exitCode = 0
+    })
+  }
+  process.once('SIGTERM', () => stop('SIGTERM'))
+  process.once('SIGINT', () => stop('SIGINT'))
+}
+
+async function runProxy(env: Env): Promise<void> {
+  closeOnSignal(await start(env))
+}
+
+function flags(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | string[] | boolean | undefined>
+  } catch (err) {
+    return die((err as Error).message)
+  }
+}
+
+function seconds(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback
+  const n = Number(value)
+  if (!Number.isInteger(n) || n <= 0) die(`--${name} must be a whole number of seconds`)
+  return n
+}
+
+async function runDemo(args: string[], env: Env): Promise<void> {
+  const f = flags(args, { ttl: { type: 'string' } })
+  const ttlS = seconds(f.ttl as string | undefined, 'ttl', 300)
+  const dev = await loadDevKey(resolve(env.LAPSE_DEV_DIR ?? '.lapse-dev'))
+  const upstream = await startDemoUpstream()
+  const adminToken = env.LAPSE_ADMIN_TOKEN ?? randomBytes(18).toString('base64url')
+  const demoEnv: Env = {
+    LAPSE_LISTEN: '127.0.0.1:8080',
+    LAPSE_ISSUER: DEV_ISSUER,
+    LAPSE_AUDIENCE: DEV_AUDIENCE,
+    LAPSE_JWKS_FILE: dev.jwksPath,
+    LAPSE_ROUTES: JSON.stringify([
+      { path: '/healthz', public: true },
+      { path: '/**', methods: ['GET', 'HEAD'], scopes: ['demo:read'] },
+      { path: '/**', methods: ['POST', 'PUT', 'PATCH', 'DELETE'], scopes: ['demo:write'] },
+    ]),
+    ...env,
+    LAPSE_UPSTREAM: upstream.url,
+    LAPSE_ADMIN_TOKEN: adminToken,
+  }
+  const running = await start(demoEnv)
+  closeOnSignal(running, () => upstream.server.close())
+  const nowS = Math.floor(Date.now() / 1000)
+  const token = await mintToken(dev, { sub: 'demo-user', scope: 'demo:read', ttlS, nowS, iss: running.config.issuers[0], aud: running.config.audiences[0] })
+  const p = running.addresses.proxy
+  const a = running.addresses.admin
+  const host = (h: string) => (h.includes(':') ? `[${h}]` : h)
+  // Printed once, to the terminal of whoever ran the demo: the point of the demo is to paste it.
+  process.stderr.write(`
+Lapse demo is running: ${host(p.host)}:${p.port} → demo upstream ${upstream.url}
+A token for subject demo-user, scope demo:read, valid ${ttlS} s:
+
+  curl -i -H "Authorization: Bearer ${token}" http://${host(p.host)}:${p.port}/hello
+
+After ${ttlS} s the same command answers 401 invalid_token. Revoke it sooner with:
+
+  LAPSE_ADMIN_TOKEN=${adminToken} npx lapse revoke --claim sub --value demo-user --reason "trying it out"
+
+Mint more with: npx lapse token --sub me --scope demo:read --ttl 60
+`)
+}
+
+async function runToken(args: string[], env: Env): Promise<void> {
+  const f = flags(args, { sub: { type: 'string' }, scope: { type: 'string' }, ttl: { type: 'string' }, iss: { type: 'string' }, aud: { type: 'string' }, claim: { type: 'string', multiple: true } })
+  if (typeof f.sub !== 'string' || f.sub === '') die('token: --sub is required')
+  const extra: Record<string, string> = {}
+  for (const pair of (f.claim as string[] | undefined) ?? []) {
+    const eq = pair.indexOf('=')
+    if (eq < 1) die(`token: --claim takes name=value, got "${pair}"`)
+    extra[pair.slice(0, eq)] = pair.slice(eq + 1)
+  }
+  const dev = await loadDevKey(resolve(env.LAPSE_DEV_DIR ?? '.lapse-dev'))
+  const token = await mintToken(dev, {
+    sub: f.sub as string,
+    scope: f.scope as string | undefined,
+    ttlS: seconds(f.ttl as string | undefined, 'ttl', 300),
+    iss: f.iss as string | undefined,
+    aud: f.aud as string | undefined,
+    nowS: Math.floor(Date.now() / 1000),
+    extra,
+  })
+  process.stdout.write(`${token}\n`)
+}
+
+async function adminRequest(env: Env, method: string, path: string, body?: object): Promise<{ status: number; json: unknown }> {
+  const base = env.LAPSE_ADMIN_URL ?? 'http://127.0.0.1:9901'
+  let token = env.LAPSE_ADMIN_TOKEN
+  if (!token && env.LAPSE_ADMIN_TOKEN_FILE) {
+    const { readFileSync } = await import('node:fs')
+    token = readFileSync(env.LAPSE_ADMIN_TOKEN_FILE, 'utf8').trim()
+  }
+  if (!token) die('LAPSE_ADMIN_TOKEN or LAPSE_ADMIN_TOKEN_FILE is required for admin commands')
+  let res: Response
+  try {
+    res = await fetch(new URL(path, base), {
+      method,
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'user-agent': `lapse-cli/${VERSION}` },
+      body: body ? JSON.stringify(body) : undefined,
+      signal: AbortSignal.timeout(10_000),
+    })
+  } catch (err) {
+    return die(`cannot reach the admin API at ${base}: ${(err as Error).message}`, 1)
+  }
+  const text = await res.text()
+  return { status: res.status, json: text ? JSON.parse(text) : null }
+}
+
+async function runRevoke(args: string[], env: Env): Promise<void> {
+  const f = flags(args, { claim: { type: 'string' }, value: { type: 'string' }, reason: { type: 'string' }, iss: { type: 'string' }, 'issued-before': { type: 'string' }, 'expires-at': { type: 'string' } })
+  if (!f.claim || !f.value) die('revoke: --claim and --value are required')
+  const when = (v: unknown) => (typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v)
+  const body = { claim: f.claim, value: f.value, reason: f.reason, iss: f.iss, issued_before: when(f['issued-before']), expires_at: when(f['expires-at']) }
+  const { status, json } = await adminRequest(env, 'POST', '/v1/revocations', body)
+  if (status !== 201) die(`revoke failed (${status}): ${(json as { error_description?: string })?.error_description ?? JSON.stringify(json)}`, 1)
+  process.stdout.write(`${JSON.stringify(json)}\n`)
+}
+
+async function runLift(args: string[], env: Env): Promise<void> {
+  const f = flags(args, { claim: { type: 'string' }, value: { type: 'string' }, iss: { type: 'string' } })
+  if (!f.claim || !f.value) die('lift: --claim and --value are required')
+  const q = f.iss ? `?iss=${encodeURIComponent(f.iss as string)}` : ''
+  const { status, json } = await adminRequest(env, 'DELETE', `/v1/revocations/${encodeURIComponent(f.claim as string)}/${encodeURIComponent(f.value as string)}${q}`)
+  if (status !== 204) die(`lift failed (${status}): ${(json as { error_description?: string })?.error_description ?? ''}`, 1)
+  process.stdout.write('lifted\n')
+}

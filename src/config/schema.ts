@@ -1,0 +1,94 @@
+// One schema for every setting: its type, default and meaning. Keys are the YAML names;
+// the environment variable is `LAPSE_` + the key in upper case.
+//
+//   const parsed = settingsSchema.safeParse(raw)   // raw: { upstream: 'http://…', … }
+import { z } from 'zod'
+
+const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
+// HMAC is only accepted when named explicitly: a shared secret lets every verifier mint tokens.
+const SYMMETRIC = ['HS256', 'HS384', 'HS512'] as const
+export const KNOWN_ALGORITHMS: readonly string[] = [...ASYMMETRIC, ...SYMMETRIC]
+
+/** Comma-separated in the environment, a list in YAML. */
+const csv = z.preprocess((v) => {
+  if (typeof v === 'string') return v.split(',').map((s) => s.trim()).filter((s) => s !== '')
+  return v
+}, z.array(z.string().min(1)))
+
+const bool = z.preprocess((v) => {
+  if (typeof v !== 'string') return v
+  const s = v.trim().toLowerCase()
+  if (['true', '1', 'yes', 'on'].includes(s)) return true
+  if (['false', '0', 'no', 'off'].includes(s)) return false
+  return v
+}, z.boolean())
+
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max)
+
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected host:port')
+  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port out of range')
+
+const httpUrl = z.string().refine((s) => {
+  try {
+    const u = new URL(s)
+    return (u.protocol === 'http:' || u.protocol === 'https:') && u.username === '' && u.password === ''
+  } catch {
+    return false
+  }
+}, 'expected an http:// or https:// URL without credentials')
+
+export const routeSchema = z.strictObject({
+  path: z.string().startsWith('/', 'a route path starts with /'),
+  methods: z.array(z.string().regex(/^[A-Za-z]+$/, 'a method is letters only')).min(1).optional(),
+  scopes: z.array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, 'a scope is printable ASCII without space, " or \\')).default([]),
+  public: z.boolean().default(false),
+  on_revocation_unavailable: z.enum(['closed', 'open']).default('closed'),
+  cut_streams_at_expiry: z.boolean().default(true),
+})
+export type RouteSetting = z.infer<typeof routeSchema>
+
+const routes = z.preprocess((v) => (typeof v === 'string' ? v : v), z.union([z.string(), z.array(routeSchema)]))
+
+export const settingsSchema = z.strictObject({
+  listen: hostPort.default('0.0.0.0:8080').describe('where clients connect'),
+  upstream: httpUrl.describe('the protected service'),
+  issuer: csv.pipe(z.array(z.string()).min(1)).describe('accepted iss values'),
+  audience: csv.pipe(z.array(z.string()).min(1)).describe("this resource's audience"),
+  jwks_url: httpUrl.optional().describe('JWKS endpoint of the issuer'),
+  jwks_file: z.string().min(1).optional().describe('a JWKS file'),
+  jwks_refresh: int(10, 86_400).default(300).describe('seconds between background JWKS refreshes'),
+  jwks_cooldown: int(1, 3600).default(30).describe('seconds between refetches caused by an unknown kid'),
+  jwks_timeout: int(100, 60_000).default(5000).describe('milliseconds a JWKS fetch may take'),
+  algorithms: csv.pipe(z.array(z.enum(KNOWN_ALGORITHMS as [string, ...string[]])).min(1)).default(['RS256', 'PS256', 'ES256', 'EdDSA']),
+  clock_skew: int(0, 300).default(30).describe('tolerance on exp/nbf/iat, seconds'),
+  max_token_lifetime: int(0, 31_536_000).default(3600).describe('refuse tokens whose exp - iat is longer, seconds; 0 turns the policy off'),
+  required_claims: csv.default(['iss', 'aud', 'exp', 'iat', 'jti', 'sub']),
+  token_types: csv.optional().describe('accepted typ header values; unset accepts any'),
+  revocable_claims: csv.pipe(z.array(z.string().regex(/^[A-Za-z0-9_.:-]+$/, 'a claim name is letters, digits, _ . : -')).min(1)).default(['jti', 'sub', 'client_id', 'sid']),
+  redis_url: z.string().regex(/^(redis|rediss|redis-sentinel|redis-cluster|unix):/, 'expected redis://, rediss://, redis-sentinel://, redis-cluster:// or unix:').optional(),
+  redis_prefix: z.string().regex(/^[A-Za-z0-9_.-]+$/).default('lapse'),
+  revocation_timeout: int(1, 10_000).default(50).describe('milliseconds a revocation check may take before 503'),
+  revocation_cache: bool.default(true).describe('cache revocation answers locally, invalidated by Redis events'),
+  routes: routes.optional().describe('route rules; none means deny all'),
+  admin_listen: hostPort.default('127.0.0.1:9901'),
+  admin_token: z.string().min(16, 'at least 16 characters').optional(),
+  admin_token_file: z.string().min(1).optional(),
+  admin_token_name: z.string().regex(/^[A-Za-z0-9_.@-]+$/).default('admin'),
+  upstream_timeout: int(1, 3_600_000).default(30_000).describe('milliseconds until the upstream sends response headers, then 504'),
+  client_header_timeout: int(1000, 600_000).default(10_000).describe('milliseconds a client may take to send its headers'),
+  client_idle_timeout: int(0, 86_400_000).default(120_000).describe('milliseconds a client connection may sit idle'),
+  max_header_bytes: int(1024, 1_048_576).default(16_384),
+  max_token_bytes: int(256, 65_536).default(8192),
+  token_cache_size: int(0, 1_000_000).default(10_000).describe('verified tokens kept; 0 verifies every request'),
+  allow_query_token: bool.default(false).describe('accept access_token in the query string (RFC 6750 §2.3)'),
+  forward_authorization: bool.default(true).describe('pass the Authorization header on to the upstream'),
+  stream_recheck_interval: int(1, 3600).default(30).describe('seconds between re-checks of open long-lived connections'),
+  log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  log_allows: z.enum(['all', 'sampled', 'none']).default('all'),
+  log_allows_sample_rate: z.coerce.number().min(0).max(1).default(0.01),
+  realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]+$/).default('lapse'),
+})
+
+export type Settings = z.infer<typeof settingsSchema>
+export const SETTING_NAMES = Object.keys(settingsSchema.shape) as ReadonlyArray<keyof Settings>
+export const envName = (key: string) => `LAPSE_${key.toUpperCase()}`

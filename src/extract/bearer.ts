@@ -1,0 +1,77 @@
+// headers (+ query) → one bearer token, or a denial. Pure: no I/O, no clock.
+//
+//   const got = extractBearer(req.headersDistinct.authorization, query, { allowQueryToken, maxTokenBytes })
+//   if ('reason' in got) deny(got.reason)
+import type { DenyReason } from '../pipeline/types.js'
+
+export interface Extracted {
+  readonly token: string | undefined
+  /** The query string without `access_token`, when the token came from there. */
+  readonly query: string
+}
+
+// RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/
+// RFC 7235 §2.1: the scheme is case-insensitive and separated from the credentials by 1*SP.
+const BEARER = /^bearer +(\S+)$/i
+
+export function extractBearer(
+  authorization: readonly string[] | undefined,
+  query: string,
+  opts: { readonly allowQueryToken: boolean; readonly maxTokenBytes: number },
+): Extracted | { readonly reason: DenyReason; readonly description: string } {
+  const fromQuery = findQueryToken(query)
+  if (authorization && authorization.length > 1) return invalid('more than one Authorization header')
+  const header = authorization?.[0]
+  if (fromQuery.found && header !== undefined) return invalid('token sent twice (header and query string)')
+  if (fromQuery.found && fromQuery.count > 1) return invalid('token sent twice in the query string')
+  if (fromQuery.found && !opts.allowQueryToken) return invalid('tokens in the query string are not accepted')
+
+  let token: string | undefined
+  if (header !== undefined) {
+    const m = BEARER.exec(header)
+    // Another scheme (Basic, Digest) carries no bearer token: answer as if none was sent so the
+    // challenge tells the client which scheme to use.
+    if (!m) return /^bearer(\s|$)/i.test(header) ? malformed('Authorization is not "Bearer <token>"') : { token: undefined, query }
+    token = m[1]
+  } else if (fromQuery.found) {
+    token = fromQuery.value
+    query = fromQuery.rest
+  }
+  if (token === undefined) return { token: undefined, query }
+  if (token.length > opts.maxTokenBytes) return malformed('token is too long')
+  if (!B64TOKEN.test(token)) return malformed('token has characters a bearer token cannot contain')
+  return { token, query }
+}
+
+const invalid = (description: string) => ({ reason: 'invalid_request' as const, description })
+const malformed = (description: string) => ({ reason: 'malformed' as const, description })
+
+/** Finds `access_token` parameters without decoding the rest of the query, which is forwarded verbatim. */
+function findQueryToken(query: string): { found: false } | { found: true; value: string; rest: string; count: number } {
+  if (!query.includes('access_token')) return { found: false }
+  const parts = query.split('&')
+  const kept: string[] = []
+  let value: string | undefined
+  let count = 0
+  for (const part of parts) {
+    const eq = part.indexOf('=')
+    const name = safeDecode(eq === -1 ? part : part.slice(0, eq))
+    if (name === 'access_token') {
+      count++
+      value = safeDecode(eq === -1 ? '' : part.slice(eq + 1)) ?? ''
+    } else {
+      kept.push(part)
+    }
+  }
+  if (count === 0) return { found: false }
+  return { found: true, value: value ?? '', rest: kept.join('&'), count }
+}
+
+function safeDecode(s: string): string | undefined {
+  try {
+    return decodeURIComponent(s.replace(/\+/g, ' '))
+  } catch {
+    return undefined
+  }
+}

@@ -1,0 +1,121 @@
+// The raw request target → one normalized path that is both matched and forwarded, or a denial.
+// Matching one form and forwarding another is how proxies get bypassed, so there is only one.
+//
+//   const target = normalizeTarget(req.url)   // { path: '/b', query: 'x=1' } for '/a/../b?x=1'
+//
+// Rules, in order (README "Path normalization"):
+// - origin-form only (`/…`); absolute-form, authority-form and `*` are refused;
+// - percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), other escapes kept
+//   with upper-case hex; an encoded `/`, `\`, `;`, NUL or control byte is refused, as is an
+//   escape that is not valid UTF-8 (overlong forms such as %C0%AE);
+// - raw `\`, `;`, control characters, spaces and non-ASCII are refused: upstreams disagree on
+//   what they mean (Tomcat's `..;`, IIS's backslash);
+// - empty segments (`//`) are merged, `.` and `..` resolved; `..` above the root is refused;
+// - case is kept: matching is case-sensitive, as RFC 3986 paths are.
+import type { DenyReason } from '../pipeline/types.js'
+
+export interface Target {
+  readonly path: string
+  /** Without the leading `?`; forwarded verbatim. */
+  readonly query: string
+  readonly hasQuery: boolean
+}
+
+type Refusal = { readonly reason: DenyReason; readonly description: string }
+
+const refuse = (description: string): Refusal => ({ reason: 'invalid_request', description })
+
+// pchar without ';' plus '/' and '%' (escapes are checked separately).
+const PATH_CHAR = /^[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$/
+// RFC 3986 query: pchar / "/" / "?"; `;` is harmless here since it does not split a path.
+const QUERY_CHAR = /^[A-Za-z0-9\-._~!$&'()*+,;=:@/?%[\]|^`{}"<>]*$/
+const UNRESERVED = /[A-Za-z0-9\-._~]/
+const utf8 = new TextDecoder('utf-8', { fatal: true })
+
+export function normalizeTarget(rawUrl: string): Target | Refusal {
+  if (!rawUrl.startsWith('/')) return refuse('request target must be a path')
+  const q = rawUrl.indexOf('?')
+  const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q)
+  const query = q === -1 ? '' : rawUrl.slice(q + 1)
+  if (!PATH_CHAR.test(rawPath)) return refuse('path contains a character that is not allowed')
+  if (!QUERY_CHAR.test(query) || !validEscapes(query)) return refuse('query contains a character that is not allowed')
+  const decoded = decodeUnreserved(rawPath)
+  if (typeof decoded !== 'string') return decoded
+  const path = resolveSegments(decoded)
+  if (path === undefined) return refuse('path leaves the root')
+  return { path, query, hasQuery: q !== -1 }
+}
+
+function validEscapes(s: string): boolean {
+  for (let i = s.indexOf('%'); i !== -1; i = s.indexOf('%', i + 1)) {
+    if (!isHex(s.charCodeAt(i + 1)) || !isHex(s.charCodeAt(i + 2))) return false
+  }
+  return true
+}
+
+function decodeUnreserved(path: string): string | Refusal {
+  if (!path.includes('%')) return path
+  let out = ''
+  let i = 0
+  while (i < path.length) {
+    const ch = path[i]!
+    if (ch !== '%') {
+      out += ch
+      i++
+      continue
+    }
+    const bytes: number[] = []
+    let j = i
+    while (path[j] === '%') {
+      if (!isHex(path.charCodeAt(j + 1)) || !isHex(path.charCodeAt(j + 2))) return refuse('path has a broken percent escape')
+      bytes.push(parseInt(path.slice(j + 1, j + 3), 16))
+      j += 3
+    }
+    const piece = decodeEscapeRun(bytes)
+    if (typeof piece !== 'string') return piece
+    out += piece
+    i = j
+  }
+  return out
+}
+
+/** One run of consecutive escapes: must be valid UTF-8; unreserved ASCII decoded, the rest re-encoded. */
+function decodeEscapeRun(bytes: number[]): string | Refusal {
+  try {
+    utf8.decode(Uint8Array.from(bytes))
+  } catch {
+    return refuse('path has an escape that is not valid UTF-8')
+  }
+  let out = ''
+  for (const b of bytes) {
+    if (b === 0x2f || b === 0x5c || b === 0x3b) return refuse('path has an encoded "/", "\\" or ";"')
+    if (b < 0x20 || b === 0x7f) return refuse('path has an encoded control character')
+    const ch = String.fromCharCode(b)
+    out += b < 0x80 && UNRESERVED.test(ch) ? ch : `%${b.toString(16).toUpperCase().padStart(2, '0')}`
+  }
+  return out
+}
+
+function resolveSegments(path: string): string | undefined {
+  const parts = path.split('/')
+  const out: string[] = []
+  const last = parts.length - 1
+  let trailing = false
+  for (let i = 1; i <= last; i++) {
+    const seg = parts[i]!
+    trailing = i === last && (seg === '' || seg === '.' || seg === '..')
+    if (seg === '' || seg === '.') continue
+    if (seg === '..') {
+      if (out.length === 0) return undefined
+      out.pop()
+      continue
+    }
+    out.push(seg)
+  }
+  if (out.length === 0) return '/'
+  return `/${out.join('/')}${trailing ? '/' : ''}`
+}
+
+function isHex(c: number): boolean {
+  return (c >= 48 && c <= 57) || (c >= 65 && c <= 70) || (c >= 97 && c <= 102)
+}

@@ -1,0 +1,64 @@
+// The headers an allowed request carries upstream: hop-by-hop removed (RFC 9110 §7.6.1),
+// client-sent identity headers dropped, Lapse's identity headers added. Pure; mutates a copy.
+//
+//   const headers = upstreamHeaders(req.headers, identity, { remoteAddress, forwardAuthorization, upgrade: false })
+import type { IncomingHttpHeaders } from 'node:http'
+import type { Identity } from '../pipeline/types.js'
+
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']
+// Never dropped because the client named them in Connection: they frame or route the request.
+const PROTECTED = new Set(['host', 'content-length'])
+
+export interface HeaderOptions {
+  readonly remoteAddress: string | undefined
+  readonly forwardAuthorization: boolean
+  /** A WebSocket upgrade keeps `Connection: upgrade` and `Upgrade`. */
+  readonly upgrade: boolean
+}
+
+/** Claim values can hold any Unicode; a header value cannot. Non-printable-ASCII is percent-encoded. */
+export function toHeaderValue(value: string): string {
+  return /^[\x20-\x24\x26-\x7e]*$/.test(value) ? value : value.replace(/[^\x20-\x24\x26-\x7e]/gu, (ch) => encodeURIComponent(ch))
+}
+
+export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identity | undefined, opts: HeaderOptions): IncomingHttpHeaders {
+  const headers: IncomingHttpHeaders = { ...incoming }
+  const listed = typeof headers.connection === 'string' ? headers.connection.toLowerCase().split(',') : []
+  for (const name of listed) {
+    const n = name.trim()
+    if (n && !PROTECTED.has(n)) delete headers[n]
+  }
+  for (const name of HOP_BY_HOP) delete headers[name]
+  if (opts.upgrade) {
+    headers.connection = 'upgrade'
+    headers.upgrade = incoming.upgrade
+  }
+  if (!opts.forwardAuthorization) delete headers.authorization
+  for (const name of Object.keys(headers)) {
+    // Only Lapse speaks for the caller's identity.
+    if (name.startsWith('x-auth-')) delete headers[name]
+  }
+  const prior = headers['x-forwarded-for']
+  const remote = opts.remoteAddress ?? 'unknown'
+  headers['x-forwarded-for'] = prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${remote}` : remote
+  headers['x-forwarded-proto'] = 'http'
+  if (incoming.host) headers['x-forwarded-host'] = incoming.host
+  if (identity) {
+    if (identity.sub !== undefined) headers['x-auth-subject'] = toHeaderValue(identity.sub)
+    if (identity.clientId !== undefined) headers['x-auth-client-id'] = toHeaderValue(identity.clientId)
+    if (identity.jti !== undefined) headers['x-auth-token-id'] = toHeaderValue(identity.jti)
+    headers['x-auth-scopes'] = toHeaderValue([...identity.scopes].join(' '))
+    headers['x-auth-expires-at'] = String(identity.expS)
+  }
+  return headers
+}
+
+/** Response headers that belong to the upstream hop, not to the client's. */
+export function stripResponseHopByHop(headers: IncomingHttpHeaders): void {
+  const listed = typeof headers.connection === 'string' ? headers.connection.toLowerCase().split(',') : []
+  for (const name of listed) {
+    const n = name.trim()
+    if (n && !PROTECTED.has(n)) delete headers[n]
+  }
+  for (const name of HOP_BY_HOP) if (name !== 'transfer-encoding' && name !== 'upgrade') delete headers[name]
+}

@@ -1,0 +1,74 @@
+// Every denial speaks RFC 6750 from this one table: status, challenge and a short human phrase.
+//
+//   const { status, challenge, body } = toAnswer(denial, realm)
+import type { Denial, DenyReason } from './types.js'
+
+type Challenge = 'none' | 'bare' | 'invalid_token' | 'invalid_request' | 'insufficient_scope'
+
+interface ReasonRow {
+  readonly status: 400 | 401 | 403 | 503
+  readonly challenge: Challenge
+  readonly error: string
+  readonly description: string
+}
+
+// Record<DenyReason, …> makes the compiler keep this table complete.
+export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
+  // RFC 6750 §3.1: no error code when the request carried no credentials at all.
+  missing_token: { status: 401, challenge: 'bare', error: 'unauthorized', description: 'a bearer token is required' },
+  invalid_request: { status: 400, challenge: 'invalid_request', error: 'invalid_request', description: 'malformed request' },
+  malformed: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token is malformed' },
+  alg_not_allowed: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token algorithm is not allowed' },
+  unknown_key: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token signing key is unknown' },
+  bad_signature: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token signature is invalid' },
+  expired: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token expired' },
+  not_yet_valid: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token is not yet valid' },
+  wrong_issuer: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token issuer is not accepted' },
+  wrong_audience: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token audience is not accepted' },
+  missing_claim: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token lacks a required claim' },
+  lifetime_exceeds_policy: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token lifetime exceeds policy' },
+  revoked: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token was revoked' },
+  insufficient_scope: { status: 403, challenge: 'insufficient_scope', error: 'insufficient_scope', description: 'token scopes do not cover this route' },
+  // No rule means deny; there is nothing a client could fix with another token.
+  no_route: { status: 403, challenge: 'none', error: 'forbidden', description: 'no route rule allows this request' },
+  // Fail closed, honestly: 503 tells the client to retry rather than that its token is bad.
+  keys_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'verification keys are unavailable' },
+  revocation_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'revocation set is unavailable' },
+}
+
+export const RETRY_AFTER_S = 1
+
+export interface Answer {
+  readonly status: number
+  readonly headers: Readonly<Record<string, string>>
+  readonly body: string
+}
+
+/** Quotes a value for an auth-param; our descriptions and scope names never contain `"` or `\`, but be safe. */
+const quote = (value: string) => `"${value.replace(/["\\]/g, '')}"`
+
+export function toChallenge(denial: Denial, realm: string): string | undefined {
+  const row = REASONS[denial.reason]
+  const description = denial.description ?? row.description
+  switch (row.challenge) {
+    case 'none':
+      return undefined
+    case 'bare':
+      return `Bearer realm=${quote(realm)}`
+    case 'insufficient_scope':
+      return `Bearer realm=${quote(realm)}, error="insufficient_scope", error_description=${quote(description)}, scope=${quote((denial.requiredScopes ?? []).join(' '))}`
+    default:
+      return `Bearer realm=${quote(realm)}, error="${row.challenge}", error_description=${quote(description)}`
+  }
+}
+
+export function toAnswer(denial: Denial, realm: string): Answer {
+  const row = REASONS[denial.reason]
+  const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' }
+  const challenge = toChallenge(denial, realm)
+  if (challenge) headers['www-authenticate'] = challenge
+  if (row.status === 503) headers['retry-after'] = String(RETRY_AFTER_S)
+  const body = JSON.stringify({ error: row.error, error_description: denial.description ?? row.description })
+  headers['content-length'] = String(Buffer.byteLength(body))
+  return { status: row.status, headers, body }
+}

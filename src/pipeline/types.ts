@@ -1,0 +1,111 @@
+// The vocabulary every stage speaks. Stages import from here, never from each other.
+//
+//   const decision = await decide(request, deps)
+//   if (!decision.allow) writeDenial(res, decision)
+
+// The names are the `lapse.reason` values of DESIGN.md: stable, never reused once retired.
+export type DenyReason =
+  | 'missing_token' | 'invalid_request' | 'malformed' | 'alg_not_allowed' | 'unknown_key'
+  | 'bad_signature' | 'expired' | 'not_yet_valid' | 'wrong_issuer' | 'wrong_audience'
+  | 'missing_claim' | 'lifetime_exceeds_policy' | 'revoked' | 'insufficient_scope'
+  | 'no_route' | 'keys_unavailable' | 'revocation_unavailable'
+
+export type Reason = DenyReason | 'ok'
+
+/** A JWT claims set after signature verification; values are untrusted until checked. */
+export type Claims = Readonly<Record<string, unknown>>
+
+/** The claims Lapse relies on, after `checkClaims` has validated their types. */
+export interface Identity {
+  readonly iss: string
+  readonly sub: string | undefined
+  readonly clientId: string | undefined
+  readonly jti: string | undefined
+  readonly iatS: number | undefined
+  readonly expS: number
+  readonly scopes: ReadonlySet<string>
+  readonly claims: Claims
+}
+
+export interface Rule {
+  /** Position in the route table, stable for one configuration: used as `lapse.route`. */
+  readonly id: string
+  /** The rule's path pattern as written: a low-cardinality template for spans and metrics. */
+  readonly path: string
+  readonly methods: ReadonlySet<string> | undefined
+  readonly scopes: readonly string[]
+  readonly public: boolean
+  /** `open` lets requests through when the revocation set cannot answer; default `closed`. */
+  readonly onRevocationUnavailable: 'closed' | 'open'
+  /** Whether a streamed response is cut when its token lapses; WebSockets always are. */
+  readonly cutStreamsAtExpiry: boolean
+}
+
+export type Decision =
+  | { readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true }
+  | {
+      readonly allow: false
+      readonly reason: DenyReason
+      readonly rule?: Rule | undefined
+      readonly identity?: Identity | undefined
+      readonly requiredScopes?: readonly string[] | undefined
+      /** A short human phrase for `error_description`; never token content. */
+      readonly description?: string | undefined
+    }
+
+export type Denial = Extract<Decision, { allow: false }>
+
+export interface Clock {
+  /** Epoch milliseconds. */
+  now(): number
+}
+
+/** What the revocation set is asked about one token: its issuer, `iat` and revocable claim values. */
+export interface TokenRef {
+  readonly iss: string
+  readonly iatS: number | undefined
+  readonly values: ReadonlyArray<readonly [claim: string, value: string]>
+}
+
+/** A revocation `(claim, value, T)`: tokens with `claim = value` and `iat <= T` are revoked. */
+export interface RevocationEntry {
+  readonly claim: string
+  readonly value: string
+  /** Only tokens of this issuer; undefined means every issuer. */
+  readonly iss?: string | undefined
+  /** T, epoch seconds. */
+  readonly issuedBeforeS: number
+  readonly reason: string
+  /** Who wrote it: an admin token's name, or `cli`. */
+  readonly by: string
+  readonly createdAtS: number
+  /** When the entry leaves the set: every token it could match has expired by then. */
+  readonly expiresAtS: number
+}
+
+export interface RevocationEvent {
+  readonly kind: 'revoked' | 'lifted'
+  readonly entry: RevocationEntry
+}
+
+/** Thrown (as a rejected promise) when the set cannot answer within its budget: fail closed. */
+export class RevocationUnavailableError extends Error {
+  readonly code = 'ERR_REVOCATION_UNAVAILABLE'
+}
+
+export interface RevocationStore {
+  /** Is any of the token's values revoked at or after its `iat`? Rejects with RevocationUnavailableError. */
+  isRevoked(ref: TokenRef): Promise<boolean>
+  /** Resolves only once the entry is durable in the set (for Redis: acknowledged). */
+  put(entry: RevocationEntry): Promise<RevocationEntry>
+  get(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
+  /** Resolves true when an entry was removed. */
+  lift(claim: string, value: string, iss?: string): Promise<boolean>
+  /** Revocations and lifts from any sidecar sharing the set, as they happen. Returns an unsubscribe. */
+  subscribe(listener: (event: RevocationEvent) => void): () => void
+  /** Whether the set can answer right now (for `/readyz`). */
+  ready(): boolean
+  /** Human name for logs: `memory`, `redis`. */
+  readonly kind: string
+  close(): Promise<void>
+}

@@ -1,0 +1,32 @@
+// The revocation model of DESIGN.md in pure functions, shared by every RevocationStore.
+import type { Identity, RevocationEntry, TokenRef } from '../pipeline/types.js'
+
+/** A map key for (claim, value, issuer); NUL cannot occur in a claim name or issuer we accept. */
+export const keyOf = (claim: string, value: string, iss: string | undefined): string =>
+  `${claim}\u0000${iss ?? '*'}\u0000${value}`
+
+/**
+ * Revoked when the token was issued at or before T. A token without `iat` (only possible
+ * when `iat` is not required) cannot prove it came later, so it is revoked: the safe side.
+ */
+export const entryMatches = (entry: RevocationEntry | undefined, iatS: number | undefined): boolean =>
+  entry !== undefined && (iatS === undefined || iatS <= entry.issuedBeforeS)
+
+/** The values of one token that the set is keyed on, in `revocableClaims` order. */
+export function toTokenRef(identity: Identity, revocableClaims: readonly string[]): TokenRef {
+  const values: Array<readonly [string, string]> = []
+  for (const claim of revocableClaims) {
+    const value = identity.claims[claim]
+    if (typeof value === 'string' && value !== '') values.push([claim, value])
+    else if (typeof value === 'number' && Number.isFinite(value)) values.push([claim, String(value)])
+  }
+  return { iss: identity.iss, iatS: identity.iatS, values }
+}
+
+/**
+ * When an entry may leave the set: after T + max lifetime + skew every token it could match
+ * has expired anyway. Without a lifetime policy the caller must give the expiry.
+ */
+export function expiryOf(issuedBeforeS: number, maxLifetimeS: number, clockSkewS: number): number | undefined {
+  return maxLifetimeS > 0 ? issuedBeforeS + maxLifetimeS + clockSkewS : undefined
+}

@@ -1,0 +1,15 @@
+// Lapse's own span attribute names (DESIGN.md "Telemetry"); standard ones come from
+// @opentelemetry/semantic-conventions as ATTR_*.
+export const SPAN_AUTHORIZE = 'lapse.authorize'
+export const ATTR_DECISION = 'lapse.decision'
+export const ATTR_REASON = 'lapse.reason'
+export const ATTR_ROUTE = 'lapse.route'
+export const ATTR_CLIENT_ID = 'lapse.client_id'
+export const ATTR_TOKEN_JTI = 'lapse.token.jti'
+export const ATTR_TOKEN_EXPIRES_IN_S = 'lapse.token.expires_in_s'
+export const ATTR_SCOPES_REQUIRED = 'lapse.scopes.required'
+export const ATTR_FAILED_OPEN = 'lapse.failed_open'
+export const ATTR_ENDUSER_ID = 'enduser.id'
+export const METRIC_DECISIONS = 'lapse.decisions'
+export const METRIC_DECISION_DURATION = 'lapse.decision.duration'
+export const METRIC_REVOCATION_LOOKUP_DURATION = 'lapse.revocation.lookup.duration'

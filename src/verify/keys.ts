@@ -1,0 +1,249 @@
+// Verification keys from a JWKS file or URL, kept usable while the issuer's endpoint is down.
+//
+//   const keys = createKeyResolver({ jwksUrl, refreshS: 300, cooldownS: 30, timeoutMs: 5000, algorithms }, { clock, log })
+//   await keys.start()                       // file: loads or throws; URL: first fetch in the background
+//   const key = await keys.getKey(header)    // jose key, or throws (mapped to a deny reason by verify)
+//
+// Why not jose's createRemoteJWKSet: when its cache goes stale it refetches on the request path and
+// fails the request if the issuer is down. Lapse keeps the last good set, refreshes in the
+// background, and refetches on an unknown `kid` at most once per cooldown so a flood of made-up
+// kids cannot turn Lapse into a load generator against the issuer.
+import { readFileSync } from 'node:fs'
+import { createLocalJWKSet, importJWK, errors, type JSONWebKeySet, type JWK, type JWSHeaderParameters } from 'jose'
+import { request } from 'undici'
+import type { Clock } from '../pipeline/types.js'
+
+export type VerificationKey = Awaited<ReturnType<ReturnType<typeof createLocalJWKSet>>> | Uint8Array
+
+export interface KeyResolver {
+  getKey(header: JWSHeaderParameters): Promise<VerificationKey>
+  /** Every candidate key when the header names no `kid` and several keys fit; bounded. */
+  candidates(header: JWSHeaderParameters): Promise<VerificationKey[]>
+  ready(): boolean
+  /** Changes whenever the key set changes, so verified-token caches can drop stale entries. */
+  generation(): number
+  stats(): { keys: number; lastRefreshMs: number | undefined; lastError: string | undefined }
+  start(): Promise<void>
+  close(): void
+}
+
+export class KeysUnavailableError extends Error {
+  readonly code = 'ERR_KEYS_UNAVAILABLE'
+}
+
+export interface KeySource {
+  readonly jwksUrl?: string | undefined
+  readonly jwksFile?: string | undefined
+  readonly refreshS: number
+  readonly cooldownS: number
+  readonly timeoutMs: number
+  readonly algorithms: readonly string[]
+}
+
+interface Log {
+  warn(obj: object, msg: string): void
+  info(obj: object, msg: string): void
+}
+
+const MAX_JWKS_BYTES = 512 * 1024
+const MAX_CANDIDATES = 4
+const MIN_RSA_BITS = 2048
+
+/** Keys a verifier must never trust, whatever an issuer publishes (README "Key sets"). */
+export function filterKeys(jwks: unknown, algorithms: readonly string[], log?: Log): JSONWebKeySet {
+  if (!jwks || typeof jwks !== 'object' || !Array.isArray((jwks as { keys?: unknown }).keys)) {
+    throw new errors.JWKSInvalid('JSON Web Key Set malformed: no "keys" array')
+  }
+  const allowHmac = algorithms.some((a) => a.startsWith('HS'))
+  const kept: JWK[] = []
+  const seenKids = new Set<string>()
+  for (const [i, key] of ((jwks as { keys: unknown[] }).keys).entries()) {
+    const why = rejectKey(key, algorithms, allowHmac)
+    if (why) {
+      log?.warn({ index: i, why }, 'ignoring a key in the key set')
+      continue
+    }
+    const jwk = key as JWK
+    if (jwk.kid !== undefined) {
+      if (seenKids.has(jwk.kid)) {
+        log?.warn({ index: i, kid: jwk.kid, why: 'duplicate kid' }, 'ignoring a key in the key set')
+        continue
+      }
+      seenKids.add(jwk.kid)
+    }
+    kept.push(jwk)
+  }
+  return { keys: kept }
+}
+
+function rejectKey(key: unknown, algorithms: readonly string[], allowHmac: boolean): string | undefined {
+  if (!key || typeof key !== 'object' || Array.isArray(key)) return 'not an object'
+  const k = key as Record<string, unknown>
+  if (typeof k.kty !== 'string') return 'no kty'
+  if (k.kid !== undefined && (typeof k.kid !== 'string' || k.kid.length > 256)) return 'kid is not a short string'
+  if (k.use !== undefined && k.use !== 'sig') return 'use is not "sig"'
+  if (k.alg !== undefined && (typeof k.alg !== 'string' || !algorithms.includes(k.alg))) return 'alg is not allowed'
+  if (k.key_ops !== undefined && (!Array.isArray(k.key_ops) || !k.key_ops.includes('verify'))) return 'key_ops lacks "verify"'
+  switch (k.kty) {
+    case 'RSA':
+      if ('d' in k || 'p' in k || 'q' in k) return 'private key material in a public key set'
+      if (typeof k.n !== 'string' || typeof k.e !== 'string') return 'RSA key without n or e'
+      if (Math.floor((k.n.replace(/=+$/, '').length * 6) / 8) * 8 < MIN_RSA_BITS - 8) return `RSA modulus shorter than ${MIN_RSA_BITS} bits`
+      return undefined
+    case 'EC':
+      if ('d' in k) return 'private key material in a public key set'
+      if (!['P-256', 'P-384', 'P-521'].includes(String(k.crv))) return 'unsupported EC curve'
+      return undefined
+    case 'OKP':
+      if ('d' in k) return 'private key material in a public key set'
+      if (!['Ed25519', 'Ed448'].includes(String(k.crv))) return 'unsupported OKP curve'
+      return undefined
+    case 'oct':
+      // A shared secret only ever verifies when HMAC was configured on purpose.
+      if (!allowHmac) return 'symmetric key while no HS* algorithm is allowed'
+      if (typeof k.k !== 'string' || k.k.length < 43) return 'symmetric key shorter than 256 bits'
+      return undefined
+    default:
+      return 'unsupported kty'
+  }
+}
+
+export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?: Log }): KeyResolver {
+  let jwks: JSONWebKeySet | undefined
+  let local: ReturnType<typeof createLocalJWKSet> | undefined
+  let generation = 0
+  let lastRefreshMs: number | undefined
+  let lastError: string | undefined
+  let lastAttemptMs = -Infinity
+  let inflight: Promise<void> | undefined
+  let timer: NodeJS.Timeout | undefined
+  let closed = false
+  const hmacCache = new Map<string, Promise<VerificationKey>>()
+
+  const install = (set: JSONWebKeySet) => {
+    if (jwks && JSON.stringify(jwks) === JSON.stringify(set)) return
+    jwks = set
+    local = createLocalJWKSet(set)
+    hmacCache.clear()
+    generation++
+  }
+
+  const fetchOnce = async (): Promise<void> => {
+    lastAttemptMs = deps.clock.now()
+    try {
+      install(filterKeys(await fetchJwks(source.jwksUrl!, source.timeoutMs), source.algorithms, deps.log))
+      lastRefreshMs = deps.clock.now()
+      lastError = undefined
+    } catch (err) {
+      lastError = (err as { code?: string }).code ?? (err as Error).name
+      deps.log?.warn({ err: lastError, keys: jwks?.keys.length ?? 0 }, 'JWKS fetch failed; keeping the last good key set')
+      throw err
+    }
+  }
+  /** Coalesced: concurrent callers share one fetch. */
+  const refresh = () => (inflight ??= fetchOnce().finally(() => { inflight = undefined }))
+
+  const schedule = (delayMs: number) => {
+    if (closed) return
+    timer = setTimeout(() => {
+      refresh().then(
+        () => schedule(source.refreshS * 1000),
+        // Before the first success retry soon; afterwards the old keys serve until the next round.
+        () => schedule(jwks ? source.refreshS * 1000 : Math.min(source.cooldownS * 1000, 5000)),
+      )
+    }, delayMs)
+    timer.unref()
+  }
+
+  const selectHmac = (header: JWSHeaderParameters): Promise<VerificationKey> => {
+    const matching = (jwks?.keys ?? []).filter((k) => k.kty === 'oct' && (header.kid === undefined || k.kid === header.kid) && (k.alg === undefined || k.alg === header.alg))
+    if (matching.length !== 1) return Promise.reject(matching.length ? new errors.JWKSMultipleMatchingKeys() : new errors.JWKSNoMatchingKey())
+    const id = `${header.alg}:${matching[0]!.kid ?? ''}`
+    let key = hmacCache.get(id)
+    if (!key) {
+      key = importJWK(matching[0]!, header.alg) as Promise<VerificationKey>
+      hmacCache.set(id, key)
+    }
+    return key
+  }
+
+  const lookup = (header: JWSHeaderParameters): Promise<VerificationKey> => {
+    if (!local) return Promise.reject(new KeysUnavailableError('no verification keys loaded yet'))
+    if (typeof header.alg === 'string' && header.alg.startsWith('HS')) return selectHmac(header)
+    return local(header)
+  }
+
+  const cooldownPassed = () => source.jwksUrl !== undefined && deps.clock.now() - lastAttemptMs >= source.cooldownS * 1000
+
+  return {
+    async getKey(header) {
+      try {
+        return await lookup(header)
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || !cooldownPassed()) throw err
+        // An unknown kid may mean the issuer rotated: look once, then answer.
+        await refresh().catch(() => undefined)
+        return lookup(header)
+      }
+    },
+    async candidates(header) {
+      try {
+        return [await lookup(header)]
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err
+        const keys: VerificationKey[] = []
+        for await (const key of err as errors.JWKSMultipleMatchingKeys) {
+          keys.push(key as VerificationKey)
+          if (keys.length >= MAX_CANDIDATES) break
+        }
+        return keys
+      }
+    },
+    ready: () => local !== undefined,
+    generation: () => generation,
+    stats: () => ({ keys: jwks?.keys.length ?? 0, lastRefreshMs, lastError }),
+    async start() {
+      if (source.jwksFile) {
+        const text = readFileSync(source.jwksFile, 'utf8')
+        install(filterKeys(JSON.parse(text), source.algorithms, deps.log))
+        lastRefreshMs = deps.clock.now()
+        if (jwks!.keys.length === 0) throw new errors.JWKSInvalid('the key set holds no usable key')
+        return
+      }
+      schedule(0)
+    },
+    close() {
+      closed = true
+      if (timer) clearTimeout(timer)
+    },
+  }
+}
+
+async function fetchJwks(url: string, timeoutMs: number): Promise<unknown> {
+  const res = await request(url, {
+    method: 'GET',
+    headers: { accept: 'application/jwk-set+json, application/json' },
+    headersTimeout: timeoutMs,
+    bodyTimeout: timeoutMs,
+    signal: AbortSignal.timeout(timeoutMs),
+  } as Parameters<typeof request>[1])
+  if (res.statusCode !== 200) {
+    await res.body.dump()
+    throw Object.assign(new Error(`JWKS endpoint answered ${res.statusCode}`), { code: 'ERR_JWKS_HTTP_STATUS' })
+  }
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of res.body) {
+    size += (chunk as Buffer).length
+    if (size > MAX_JWKS_BYTES) {
+      res.body.destroy()
+      throw Object.assign(new Error('JWKS document too large'), { code: 'ERR_JWKS_TOO_LARGE' })
+    }
+    chunks.push(chunk as Buffer)
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new errors.JWKSInvalid('JWKS document is not JSON')
+  }
+}

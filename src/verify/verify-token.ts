@@ -1,0 +1,151 @@
+// token → Identity, or the reason it cannot be used. Signatures are checked with jose against
+// the KeyResolver; a verified token is cached (bounded, keyed by the token) so a token reused on
+// many requests pays for its signature once, while its time claims are checked on every request.
+//
+//   const verify = createVerifier({ policy, algorithms, keys, clock, cacheSize: 10_000 })
+//   const result = await verify(token)   // Identity | Denial
+import { compactVerify, decodeProtectedHeader, errors, type JWSHeaderParameters } from 'jose'
+import type { Clock, Denial, DenyReason, Identity } from '../pipeline/types.js'
+import { checkClaims, type ClaimPolicy } from './claims.js'
+import type { KeyResolver } from './keys.js'
+
+export interface VerifierOptions {
+  readonly policy: ClaimPolicy
+  readonly algorithms: readonly string[]
+  readonly keys: KeyResolver
+  readonly clock: Clock
+  readonly cacheSize: number
+}
+
+export type Verifier = ((token: string) => Promise<Identity | Denial>) & { cacheSize(): number }
+
+// Every jose error code mapped by code, never by message; the compiler keeps this complete.
+const JOSE_REASONS: Record<errors.JOSEErrorCode, DenyReason> = {
+  ERR_JOSE_ALG_NOT_ALLOWED: 'alg_not_allowed',
+  ERR_JOSE_GENERIC: 'malformed',
+  ERR_JOSE_NOT_SUPPORTED: 'alg_not_allowed',
+  ERR_JWE_DECRYPTION_FAILED: 'malformed',
+  ERR_JWE_INVALID: 'malformed',
+  ERR_JWK_INVALID: 'unknown_key',
+  ERR_JWKS_INVALID: 'keys_unavailable',
+  ERR_JWKS_MULTIPLE_MATCHING_KEYS: 'unknown_key',
+  ERR_JWKS_NO_MATCHING_KEY: 'unknown_key',
+  ERR_JWKS_TIMEOUT: 'keys_unavailable',
+  ERR_JWS_INVALID: 'malformed',
+  ERR_JWS_SIGNATURE_VERIFICATION_FAILED: 'bad_signature',
+  ERR_JWT_CLAIM_VALIDATION_FAILED: 'malformed',
+  ERR_JWT_EXPIRED: 'expired',
+  ERR_JWT_INVALID: 'malformed',
+}
+
+const LAPSE_REASONS: Record<string, DenyReason> = { ERR_KEYS_UNAVAILABLE: 'keys_unavailable' }
+
+const deny = (reason: DenyReason, description?: string): Denial => ({ allow: false, reason, description })
+
+/** Maps anything a key lookup or jose threw to a reason; an unknown failure still denies. */
+export function reasonOf(err: unknown): DenyReason {
+  const code = (err as { code?: unknown })?.code
+  if (typeof code === 'string') {
+    if (code in JOSE_REASONS) return JOSE_REASONS[code as errors.JOSEErrorCode]
+    if (code in LAPSE_REASONS) return LAPSE_REASONS[code]!
+  }
+  // jose throws a TypeError when a key cannot serve the header's alg (e.g. an RSA key for ES256).
+  return 'bad_signature'
+}
+
+interface Cached {
+  readonly identity: Identity
+  readonly nbfS: number | undefined
+  readonly generation: number
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true })
+
+export function createVerifier(opts: VerifierOptions): Verifier {
+  const cache = new Map<string, Cached>()
+  const { policy, keys, clock } = opts
+  const algorithms = new Set(opts.algorithms)
+  const joseOptions = { algorithms: [...opts.algorithms] }
+
+  const remember = (token: string, entry: Cached) => {
+    if (opts.cacheSize === 0) return
+    // Oldest first out: bounded memory without touching the map on every hit.
+    if (cache.size >= opts.cacheSize) cache.delete(cache.keys().next().value!)
+    cache.set(token, entry)
+  }
+
+  const verify = async (token: string): Promise<Identity | Denial> => {
+    const nowS = Math.floor(clock.now() / 1000)
+    const hit = cache.get(token)
+    if (hit && hit.generation === keys.generation()) {
+      const stale = checkTime(hit, policy.clockSkewS, nowS)
+      if (!stale) return hit.identity
+      if (stale.reason === 'expired') cache.delete(token)
+      return stale
+    }
+    if (hit) cache.delete(token)
+
+    const pre = precheck(token, algorithms)
+    if ('reason' in pre) return pre
+    const generation = keys.generation()
+    let payloadBytes: Uint8Array
+    try {
+      payloadBytes = await verifySignature(token, pre.header, keys, joseOptions)
+    } catch (err) {
+      return deny(reasonOf(err))
+    }
+    let payload: unknown
+    try {
+      payload = JSON.parse(utf8.decode(payloadBytes))
+    } catch {
+      return deny('malformed', 'token payload is not JSON')
+    }
+    const result = checkClaims(pre.header, payload, policy, nowS)
+    if ('allow' in result) return result
+    remember(token, { identity: result, nbfS: result.claims.nbf as number | undefined, generation })
+    return result
+  }
+  return Object.assign(verify, { cacheSize: () => cache.size })
+}
+
+function checkTime(c: Cached, skewS: number, nowS: number): Denial | undefined {
+  if (nowS >= c.identity.expS + skewS) return deny('expired')
+  if (c.nbfS !== undefined && nowS + skewS < c.nbfS) return deny('not_yet_valid')
+  if (c.identity.iatS !== undefined && c.identity.iatS > nowS + skewS) return deny('not_yet_valid', 'token was issued in the future')
+  return undefined
+}
+
+/** Cheap structural checks before any key is looked up or any signature computed. */
+function precheck(token: string, algorithms: ReadonlySet<string>): { header: JWSHeaderParameters } | Denial {
+  const parts = token.split('.')
+  if (parts.length === 5) return deny('malformed', 'encrypted tokens (JWE) are not accepted')
+  if (parts.length !== 3 || parts.some((p) => p === '')) return deny('malformed', 'token is not a signed JWT')
+  let header: JWSHeaderParameters
+  try {
+    header = decodeProtectedHeader(token) as JWSHeaderParameters
+  } catch {
+    return deny('malformed', 'token header is not valid')
+  }
+  if (typeof header.alg !== 'string' || !algorithms.has(header.alg)) return deny('alg_not_allowed')
+  // RFC 7797 unencoded payloads have no place in a bearer token.
+  if ('b64' in header) return deny('malformed', 'token header uses b64')
+  return { header }
+}
+
+async function verifySignature(token: string, header: JWSHeaderParameters, keys: KeyResolver, options: { algorithms: string[] }): Promise<Uint8Array> {
+  try {
+    const { payload } = await compactVerify(token, (h: JWSHeaderParameters) => keys.getKey(h) as never, options)
+    return payload
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err
+  }
+  // No kid and several keys fit: try each (bounded), as a verifier must when kid is absent.
+  for (const key of await keys.candidates(header)) {
+    try {
+      return (await compactVerify(token, key as never, options)).payload
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw err
+    }
+  }
+  throw new errors.JWSSignatureVerificationFailed()
+}
