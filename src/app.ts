@@ -44,7 +44,8 @@ export interface App {
   readonly server: Server
   readonly admin: Server
   listen(): Promise<{ proxy: HostPort; admin: HostPort }>
-  close(): Promise<void>
+  /** Stops accepting; open requests get `graceMs` to finish, then every connection is cut. */
+  close(graceMs?: number): Promise<void>
 }
 
 const UPSTREAM_ANSWERS: Record<UpstreamFailure, { status: number; error: string; description: string }> = {
@@ -82,7 +83,10 @@ export function createApp(deps: Deps): App {
       else res.destroy()
     })
   })
+  const upgraded = new Set<Duplex>()
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    upgraded.add(socket)
+    socket.once('close', () => upgraded.delete(socket))
     handleUpgrade(req, socket, head).catch((err: unknown) => {
       deps.log.error({ err: (err as Error).message }, 'upgrade handling failed')
       socket.destroy()
@@ -167,8 +171,8 @@ export function createApp(deps: Deps): App {
       const adminAddr = await listenOn(admin, config.admin.listen)
       return { proxy, admin: adminAddr }
     },
-    async close() {
-      await Promise.all([closeServer(server), closeServer(admin)])
+    async close(graceMs = 0) {
+      await Promise.all([closeServer(server, graceMs, upgraded), closeServer(admin, 0, new Set())])
     },
   }
 }
@@ -197,11 +201,21 @@ function listenOn(server: Server, at: HostPort): Promise<HostPort> {
   })
 }
 
-function closeServer(server: Server): Promise<void> {
+function closeServer(server: Server, graceMs: number, upgraded: ReadonlySet<Duplex>): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve()
-    server.close(() => resolve())
-    server.closeAllConnections()
+    const cut = () => {
+      server.closeAllConnections()
+      // Upgraded sockets (WebSockets) are no longer HTTP connections the server can close.
+      for (const socket of upgraded) socket.destroy()
+    }
+    const timer = setTimeout(cut, graceMs)
+    server.close(() => {
+      clearTimeout(timer)
+      resolve()
+    })
+    server.closeIdleConnections()
+    if (graceMs === 0) cut()
   })
 }
 

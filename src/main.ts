@@ -28,7 +28,7 @@ export interface Running {
   readonly config: Config
   readonly deps: Deps
   readonly addresses: { proxy: HostPort; admin: HostPort }
-  close(): Promise<void>
+  close(graceMs?: number): Promise<void>
 }
 
 export interface StartOptions {
@@ -104,8 +104,8 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     config,
     deps,
     addresses,
-    async close() {
-      await app.close()
+    async close(graceMs = 0) {
+      await app.close(graceMs)
       await closeDeps(deps)
     },
   }

@@ -8,6 +8,7 @@ import { DEV_AUDIENCE, DEV_ISSUER, loadDevKey, mintToken } from './dev-key.js'
 import { randomBytes } from 'node:crypto'
 
 const VERSION = '0.1.0'
+const SHUTDOWN_GRACE_MS = 10_000
 
 const HELP = `lapse — verify every request's short-lived token at the moment of use
 
@@ -78,9 +79,9 @@ function closeOnSignal(running: Running, extra: () => void = () => undefined): v
     if (closing) return
     closing = true
     running.deps.log.info({ signal }, 'shutting down')
-    const force = setTimeout(() => process.exit(0), 10_000)
+    const force = setTimeout(() => process.exit(0), SHUTDOWN_GRACE_MS + 1000)
     force.unref()
-    running.close().finally(() => {
+    running.close(SHUTDOWN_GRACE_MS).finally(() => {
       extra()
       process.exitCode = 0
     })
