@@ -3,6 +3,7 @@
 //
 //   const parsed = settingsSchema.safeParse(raw)   // raw: { upstream: 'http://…', … }
 import { z } from 'zod'
+import { parseRedisUrl } from '../revocation/redis-url.js'
 
 const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
 // HMAC is only accepted when named explicitly: a shared secret lets every verifier mint tokens.
@@ -65,7 +66,14 @@ export const settingsSchema = z.strictObject({
   required_claims: csv.default(['iss', 'aud', 'exp', 'iat', 'jti', 'sub']),
   token_types: csv.optional().describe('accepted typ header values; unset accepts any'),
   revocable_claims: csv.pipe(z.array(z.string().regex(/^[A-Za-z0-9_.:-]+$/, 'a claim name is letters, digits, _ . : -')).min(1)).default(['jti', 'sub', 'client_id', 'sid']),
-  redis_url: z.string().regex(/^(redis|rediss|redis-sentinel|redis-cluster|unix):/, 'expected redis://, rediss://, redis-sentinel://, redis-cluster:// or unix:').optional(),
+  redis_url: z.string().superRefine((url, ctx) => {
+    try {
+      parseRedisUrl(url)
+    } catch (err) {
+      // parseRedisUrl's messages never repeat the password.
+      ctx.addIssue({ code: 'custom', message: (err as Error).message })
+    }
+  }).optional(),
   redis_prefix: z.string().regex(/^[A-Za-z0-9_.-]+$/).default('lapse'),
   revocation_timeout: int(1, 10_000).default(50).describe('milliseconds a revocation check may take before 503'),
   revocation_cache: bool.default(true).describe('cache revocation answers locally, invalidated by Redis events'),

@@ -18,10 +18,10 @@
 // valid URL authority. No error message repeats the password; `safeUrl` is the URL for logs.
 import type { ConnectionOptions } from 'node:tls'
 
-export interface RedisNode { readonly host: string; readonly port: number }
+interface RedisNode { readonly host: string; readonly port: number }
 
 /** Connection options every form shares; `tls` is set for the TLS forms. */
-export interface RedisAuth {
+interface RedisAuth {
   readonly username?: string
   readonly password?: string
   readonly db?: number

@@ -1,0 +1,465 @@
+// The revocation set in Redis, shared by every sidecar that points at it.
+//
+//   const store = createRedisStore({ url: 'redis://:pw@10.0.0.5:6379', prefix: 'lapse',
+//     timeoutMs: 50, clock: systemClock, cache: true, log })
+//   await store.isRevoked({ iss, iatS, values: [['sub', 'ci'], ['jti', 'x1']] }) // one MGET
+//
+// Key layout (every key under the hash tag `{<prefix>}`, so on Cluster they share one slot and
+// a check is one MGET whatever the topology; the set is bounded by the revocation rate, so one
+// slot holds it easily):
+//
+//   {<prefix>}:rev:<claim>:<iss>:<value>   JSON RevocationEntry, TTL = expiresAtS - now
+//   <prefix>:events                        pub/sub channel, JSON RevocationEvent
+//
+// <claim>, <iss> and <value> are percent-encoded (RFC 3986 unreserved characters only), so none
+// contains `:`, `{`, `}` or `*`; `*` as <iss> is the any-issuer entry. A check reads, for every
+// revocable claim of the token, both the issuer's key and the any-issuer key in the same MGET.
+//
+// Fail closed: a check rejects with RevocationUnavailableError when Redis is not connected
+// (immediately: the offline queue is off, so nothing waits for a reconnect) or does not answer
+// within `timeoutMs`. ioredis reconnects forever with capped backoff, so the set recovers
+// without a restart; a connection that stops answering is torn down after `socketTimeoutMs`.
+//
+// Writes: `put` and `lift` run one Lua script that writes (SET … EX / DEL) and PUBLISHes the
+// event atomically, so an acknowledged revocation always has its event on the channel, even if
+// this process dies right after the write.
+//
+// Cache (`cache: true`): answers are cached per key and invalidated by the events. Pub/sub rather
+// than CLIENT TRACKING: ioredis speaks RESP2, so tracking would need a second redirect connection
+// whose loss we must handle just the same; the tracking table lives in one server and is gone
+// after a failover; and we publish the events anyway for other parts. The cache is used
+// only while the event connection is subscribed and a PING on it was answered within
+// `cacheStalenessMs`. Redis delivers a channel's messages and replies on one connection in order,
+// so a PONG to a PING sent at time s proves every revocation acknowledged before s has been
+// delivered and applied. Hence a revoked token is denied from the moment its event is delivered
+// and, if the channel fails silently, at most `cacheStalenessMs` after the write was acknowledged.
+// When the event connection drops, the whole cache is dropped and checks go to Redis until it is
+// subscribed again. (On Cluster, PUBLISH crosses the cluster bus, so the silent-failure bound is
+// approximate there; the delivered-event rule still holds.)
+import { performance } from 'node:perf_hooks'
+import type { ConnectionOptions } from 'node:tls'
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
+import { nowS } from '../pipeline/clock.js'
+import {
+  RevocationUnavailableError,
+  type Clock, type RevocationEntry, type RevocationEvent, type RevocationStore, type TokenRef,
+} from '../pipeline/types.js'
+import { createAnswerCache, type AnswerCache, type StoredAnswer } from './answer-cache.js'
+import { entryMatches } from './model.js'
+import { parseRedisUrl, type RedisTarget } from './redis-url.js'
+
+// Every tunable of the Redis set, with the reason for its value.
+const DEFAULTS = {
+  // Operator writes and reads (admin API, CLI) are rare and must not fail on a slow moment.
+  adminTimeoutMs: 2000,
+  // A connection with unanswered commands and no byte received for this long is dead
+  // (a frozen or partitioned server); tearing it down makes checks fail fast instead of
+  // each waiting out its own timeout, and starts the reconnect.
+  socketTimeoutMs: 2000,
+  connectTimeoutMs: 2000,
+  // Reconnect delays grow by this step up to the cap, forever: Lapse must recover by itself.
+  reconnectStepMs: 50,
+  reconnectCapMs: 1000,
+  // How often the event connection proves it is delivering, and how old that proof may be before
+  // the cache stops answering. The gap bounds a silent channel failure.
+  heartbeatMs: 250,
+  cacheStalenessMs: 1000,
+  // jti values are unique per token: the cache must not grow with every token ever seen.
+  cacheMaxEntries: 100_000,
+}
+
+export type RedisStoreTuning = typeof DEFAULTS
+
+interface Log {
+  warn(obj: object, msg: string): void
+  info(obj: object, msg: string): void
+}
+
+export interface RedisRevocationStore extends RevocationStore {
+  /** Whether the event channel is subscribed and its heartbeat is fresh. */
+  eventsLive(): boolean
+  /** Whether `isRevoked` may answer from the local cache right now. */
+  cacheActive(): boolean
+}
+
+export function createRedisStore(opts: {
+  url: string
+  prefix: string
+  timeoutMs: number
+  clock: Clock
+  cache: boolean
+  log?: Log
+  /** Extra TLS options for the rediss forms (a private CA, a client certificate). */
+  tls?: ConnectionOptions
+  tuning?: Partial<RedisStoreTuning>
+}): RedisRevocationStore {
+  const tuning = { ...DEFAULTS, ...opts.tuning }
+  const log = opts.log ?? { warn() {}, info() {} }
+  const target = withTls(parseRedisUrl(opts.url), opts.tls)
+  const keys = keyLayout(opts.prefix)
+  const data = connectData(target, tuning)
+  watchHealth(data, target.safeUrl, log)
+  const listeners = new Set<(event: RevocationEvent) => void>()
+  const cache: AnswerCache | undefined = opts.cache
+    ? createAnswerCache({ maxEntries: tuning.cacheMaxEntries, isFresh: () => channel.fresh(), nowS: () => nowS(opts.clock) })
+    : undefined
+
+  const deliver = (text: string) => {
+    const event = parseEvent(text)
+    if (!event) {
+      cache?.drop()
+      log.warn({ channel: keys.channel }, 'unreadable revocation event: local cache dropped')
+      return
+    }
+    cache?.invalidate(keys.entry(event.entry.claim, event.entry.value, event.entry.iss))
+    for (const listener of listeners) notify(listener, event, log)
+  }
+  const channel = openEventChannel({
+    connect: subscriberFactory(target, data, tuning), channel: keys.channel, tuning, log,
+    onMessage: deliver,
+    onLost: () => cache?.drop(),
+  })
+
+  const ready = () => data.status === 'ready'
+  let warnedUnreadable = false
+  const noteUnreadable = (answers: readonly StoredAnswer[]) => {
+    if (warnedUnreadable || !answers.includes('unreadable')) return
+    warnedUnreadable = true
+    log.warn({ prefix: opts.prefix }, 'unreadable revocation entry in Redis: matching tokens are denied (logged once)')
+  }
+
+  return {
+    kind: 'redis',
+    async isRevoked(ref: TokenRef) {
+      const tokenKeys = keysOfToken(keys, ref)
+      if (tokenKeys.length === 0) return false
+      const hit = cache?.read(tokenKeys)
+      if (hit) return anyMatches(hit, ref.iatS)
+      if (!ready()) throw new RevocationUnavailableError('revocation set not connected')
+      const ticket = cache?.ticket()
+      const raw = await bounded(data.mget(...tokenKeys), opts.timeoutMs, 'revocation check')
+      const answers = raw.map(parseStored)
+      noteUnreadable(answers)
+      cache?.fill(ticket, tokenKeys, answers)
+      return anyMatches(answers, ref.iatS)
+    },
+    async put(entry) {
+      const stored = toStored(entry)
+      const key = keys.entry(stored.claim, stored.value, stored.iss)
+      // Redis rejects EX 0; an entry already past its expiry matches only expired tokens, so a
+      // one-second stay is harmless and keeps the write (and its event) uniform.
+      const ttlS = Math.max(1, stored.expiresAtS - nowS(opts.clock))
+      const event: RevocationEvent = { kind: 'revoked', entry: stored }
+      await bounded(data.eval(PUT_SCRIPT, 1, key, JSON.stringify(stored), ttlS, keys.channel, JSON.stringify(event)),
+        tuning.adminTimeoutMs, 'revocation write')
+      // Our own event is on its way too; invalidating now makes this sidecar exact at once.
+      cache?.invalidate(key)
+      return stored
+    },
+    async get(claim, value, iss) {
+      const raw = await bounded(data.get(keys.entry(claim, value, iss)), tuning.adminTimeoutMs, 'revocation read')
+      const stored = parseStored(raw)
+      if (stored === 'unreadable') throw new Error(`stored revocation entry for ${claim} is unreadable`)
+      return stored ?? undefined
+    },
+    async lift(claim, value, iss) {
+      const key = keys.entry(claim, value, iss)
+      const removed = await bounded(data.eval(LIFT_SCRIPT, 1, key, keys.channel), tuning.adminTimeoutMs, 'revocation lift')
+      cache?.invalidate(key)
+      return removed !== null
+    },
+    subscribe(listener) {
+      listeners.add(listener)
+      return () => { listeners.delete(listener) }
+    },
+    ready,
+    eventsLive: channel.fresh,
+    cacheActive: () => cache !== undefined && channel.fresh(),
+    async close() {
+      listeners.clear()
+      cache?.drop()
+      await Promise.all([channel.close(), quietly(data)])
+    },
+  }
+}
+
+// --- key layout --------------------------------------------------------------------------------
+
+interface KeyLayout {
+  entry(claim: string, value: string, iss: string | undefined): string
+  readonly channel: string
+}
+
+function keyLayout(prefix: string): KeyLayout {
+  // A brace in the prefix would move the hash tag and split one check across slots on Cluster.
+  if (prefix === '' || /[{}]/.test(prefix)) throw new TypeError('redis prefix must be non-empty and contain no { or }')
+  const base = `{${prefix}}:rev:`
+  return {
+    entry: (claim, value, iss) => `${base}${encode(claim)}:${iss === undefined ? '*' : encode(iss)}:${encode(value)}`,
+    channel: `${prefix}:events`,
+  }
+}
+
+// encodeURIComponent leaves !'()* alone; escaping them too leaves only RFC 3986 unreserved
+// characters and `%`, so no component can contain the separator or the any-issuer `*`.
+const encode = (part: string) =>
+  encodeURIComponent(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+
+function keysOfToken(keys: KeyLayout, ref: TokenRef): string[] {
+  const out: string[] = []
+  for (const [claim, value] of ref.values) out.push(keys.entry(claim, value, ref.iss), keys.entry(claim, value, undefined))
+  return out
+}
+
+// --- stored values and events ------------------------------------------------------------------
+
+// SET and PUBLISH in one script: atomic, so an acknowledged write always has its event.
+const PUT_SCRIPT = `
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1`
+
+const LIFT_SCRIPT = `
+local stored = redis.call('GET', KEYS[1])
+if not stored then return false end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], '{"kind":"lifted","entry":' .. stored .. '}')
+return stored`
+
+/** Only the entry's own fields go to Redis, in a fixed shape. */
+function toStored(entry: RevocationEntry): RevocationEntry {
+  const { claim, value, iss, issuedBeforeS, reason, by, createdAtS, expiresAtS } = entry
+  return { claim, value, ...(iss === undefined ? {} : { iss }), issuedBeforeS, reason, by, createdAtS, expiresAtS }
+}
+
+function parseStored(raw: string | null): StoredAnswer {
+  if (raw === null) return null
+  try {
+    return asEntry(JSON.parse(raw)) ?? 'unreadable'
+  } catch {
+    return 'unreadable'
+  }
+}
+
+function asEntry(value: unknown): RevocationEntry | undefined {
+  if (typeof value !== 'object' || value === null) return undefined
+  const v = value as Record<string, unknown>
+  const isNum = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x)
+  if (typeof v.claim !== 'string' || typeof v.value !== 'string') return undefined
+  if (!isNum(v.issuedBeforeS) || !isNum(v.expiresAtS)) return undefined
+  if (v.iss !== undefined && typeof v.iss !== 'string') return undefined
+  return toStored({
+    claim: v.claim, value: v.value, iss: v.iss, issuedBeforeS: v.issuedBeforeS, expiresAtS: v.expiresAtS,
+    reason: typeof v.reason === 'string' ? v.reason : '',
+    by: typeof v.by === 'string' ? v.by : '',
+    createdAtS: isNum(v.createdAtS) ? v.createdAtS : v.issuedBeforeS,
+  })
+}
+
+function parseEvent(text: string): RevocationEvent | undefined {
+  try {
+    const event = JSON.parse(text) as { kind?: unknown; entry?: unknown }
+    const entry = asEntry(event.entry)
+    if (!entry || (event.kind !== 'revoked' && event.kind !== 'lifted')) return undefined
+    return { kind: event.kind, entry }
+  } catch {
+    return undefined
+  }
+}
+
+// Something unreadable under a token's key counts as revoked: we cannot prove it is not.
+const anyMatches = (answers: readonly StoredAnswer[], iatS: number | undefined) =>
+  answers.some((answer) => answer === 'unreadable' || entryMatches(answer ?? undefined, iatS))
+
+// A throwing listener must not break delivery to the others, nor ioredis's reply parser that
+// emits the message.
+function notify(listener: (event: RevocationEvent) => void, event: RevocationEvent, log: Log) {
+  try {
+    listener(event)
+  } catch (err) {
+    log.warn({ error: (err as Error).message }, 'revocation event listener failed')
+  }
+}
+
+// --- time budget -------------------------------------------------------------------------------
+
+/** The work's answer within `ms`, or RevocationUnavailableError: the caller never waits longer. */
+function bounded<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new RevocationUnavailableError(`${what}: no answer within ${ms} ms`)), ms)
+    work.then(
+      (value) => { clearTimeout(timer); resolve(value) },
+      (err: unknown) => {
+        clearTimeout(timer)
+        reject(new RevocationUnavailableError(`${what} failed: ${(err as Error).message}`, { cause: err }))
+      },
+    )
+  })
+}
+
+// --- connections -------------------------------------------------------------------------------
+
+/** The commands we use, common to a Redis connection and a Cluster. */
+interface DataClient {
+  readonly status: string
+  mget(...keys: string[]): Promise<Array<string | null>>
+  get(key: string): Promise<string | null>
+  eval(script: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
+  quit(): Promise<unknown>
+  disconnect(): void
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- ioredis types its listeners so
+  on(event: string, listener: (...args: any[]) => void): unknown
+}
+
+function withTls(target: RedisTarget, extra: ConnectionOptions | undefined): RedisTarget {
+  if (!extra || !target.options.tls) return target
+  const tls = { ...target.options.tls, ...extra }
+  if (target.kind === 'sentinel') return { ...target, options: { ...target.options, tls, sentinelTLS: tls } }
+  return { ...target, options: { ...target.options, tls } } as RedisTarget
+}
+
+function connectOptions(t: RedisStoreTuning): RedisOptions {
+  return {
+    // Nothing queues while Redis is away: a check either goes out now or fails closed now.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    socketTimeout: t.socketTimeoutMs,
+    connectTimeout: t.connectTimeoutMs,
+    // After a Sentinel failover the old master answers READONLY: reconnect to find the new one.
+    reconnectOnError: (err) => err.message.startsWith('READONLY'),
+  }
+}
+
+const backoff = (t: RedisStoreTuning) => (attempt: number) => Math.min(attempt * t.reconnectStepMs, t.reconnectCapMs)
+
+function connectData(target: RedisTarget, t: RedisStoreTuning): DataClient {
+  if (target.kind !== 'cluster') {
+    return new Redis({ ...target.options, ...connectOptions(t), retryStrategy: backoff(t), connectionName: 'lapse' })
+  }
+  const options: ClusterOptions = {
+    enableOfflineQueue: false,
+    clusterRetryStrategy: backoff(t),
+    redisOptions: { ...target.options, ...connectOptions(t), connectionName: 'lapse' },
+  }
+  return new Cluster(target.nodes, options)
+}
+
+/** Logs the transitions of the data connection, once each, never the password. */
+function watchHealth(data: DataClient, safeUrl: string, log: Log) {
+  let state: 'starting' | 'up' | 'down' = 'starting'
+  let lastError: string | undefined
+  data.on('error', (err: Error) => { lastError = err.message })
+  data.on('ready', () => {
+    if (state !== 'up') log.info({ redis: safeUrl }, 'revocation set reachable')
+    state = 'up'
+  })
+  data.on('close', () => {
+    if (state !== 'down') log.warn({ redis: safeUrl, error: lastError }, 'revocation set unreachable: checks fail closed until it is back')
+    state = 'down'
+  })
+}
+
+async function quietly(client: { status: string; quit(): Promise<unknown>; disconnect(): void }) {
+  if (client.status !== 'ready') return client.disconnect()
+  await client.quit().catch(() => client.disconnect())
+}
+
+// --- event channel -----------------------------------------------------------------------------
+
+/** A fresh subscriber connection each time: we own its lifecycle, so we see every gap. */
+function subscriberFactory(target: RedisTarget, data: DataClient, t: RedisStoreTuning): () => Redis {
+  const options: RedisOptions = {
+    ...connectOptions(t),
+    // No silent reconnects or resubscribes: a gap must drop the cache, so we redo both ourselves.
+    retryStrategy: () => null,
+    autoResubscribe: false,
+    connectionName: 'lapse-events',
+  }
+  if (target.kind !== 'cluster') return () => new Redis({ ...target.options, ...options })
+  // Any node will do: PUBLISH reaches every node of a Cluster. Rotate so a dead node is left behind.
+  const cluster = data instanceof Cluster ? data : undefined
+  let turn = 0
+  return () => {
+    const known = (cluster?.nodes('master') ?? []).map((node) => ({ host: node.options.host, port: node.options.port }))
+    const nodes = known.length > 0 ? known : target.nodes
+    const node = nodes[turn++ % nodes.length] ?? target.nodes[0]
+    return new Redis({ ...target.options, ...node, ...options })
+  }
+}
+
+interface EventChannel {
+  fresh(): boolean
+  close(): Promise<void>
+}
+
+function openEventChannel(deps: {
+  connect: () => Redis
+  channel: string
+  tuning: RedisStoreTuning
+  log: Log
+  onMessage(text: string): void
+  onLost(): void
+}): EventChannel {
+  const { tuning, log } = deps
+  let conn: Redis | undefined
+  let live = false
+  let confirmedAtMs = -Infinity
+  let attempts = 0
+  let closed = false
+  let restartTimer: NodeJS.Timeout | undefined
+
+  const start = () => {
+    const c = deps.connect()
+    conn = c
+    c.on('error', () => {}) // 'close' follows, and that is what we act on
+    c.on('ready', () => void subscribe(c))
+    c.on('message', (channel: string, text: string) => { if (c === conn && channel === deps.channel) deps.onMessage(text) })
+    c.on('close', () => lose(c))
+    c.on('end', () => restart(c))
+  }
+  const subscribe = async (c: Redis) => {
+    const sentAtMs = performance.now()
+    try {
+      await c.subscribe(deps.channel)
+    } catch {
+      c.disconnect()
+      return
+    }
+    if (c !== conn || closed) return
+    live = true
+    confirmedAtMs = sentAtMs
+    if (attempts > 0) log.info({ channel: deps.channel }, 'revocation events flowing again')
+    attempts = 0
+  }
+  const lose = (c: Redis) => {
+    if (c !== conn) return
+    if (live && !closed) log.warn({ channel: deps.channel }, 'revocation events lost: local cache dropped until resubscribed')
+    live = false
+    deps.onLost()
+  }
+  const restart = (c: Redis) => {
+    if (c !== conn || closed) return
+    attempts++
+    restartTimer = setTimeout(start, Math.min(attempts * tuning.reconnectStepMs, tuning.reconnectCapMs))
+  }
+  const heartbeat = setInterval(() => {
+    const c = conn
+    if (!live || !c) return
+    const sentAtMs = performance.now()
+    c.ping().then(() => { if (c === conn && live) confirmedAtMs = Math.max(confirmedAtMs, sentAtMs) }, () => {})
+  }, tuning.heartbeatMs)
+  heartbeat.unref()
+  start()
+
+  return {
+    fresh: () => live && performance.now() - confirmedAtMs <= tuning.cacheStalenessMs,
+    async close() {
+      closed = true
+      live = false
+      clearInterval(heartbeat)
+      clearTimeout(restartTimer)
+      if (conn) await quietly(conn)
+    },
+  }
+}

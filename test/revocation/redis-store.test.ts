@@ -1,0 +1,102 @@
+// The Redis set against the shared RevocationStore contract (cache off and on), plus what only
+// Redis has: the key layout, the TTL in Redis, one round trip per check, cached checks.
+import t, { type Test } from 'tap'
+import type { Redis } from 'ioredis'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { createRedisStore, type RedisRevocationStore } from '../../src/revocation/redis-store.js'
+import { startRedis, waitFor, type RedisServer } from '../fixtures/redis-server.js'
+import { entryAt, runStoreCases, tokenRef, type StoreFactory } from './store.cases.js'
+
+const redis = await startRedis()
+t.teardown(() => redis.stop())
+const raw = redis.client()
+
+let stores = 0
+/** A store on its own prefix, ready and receiving events; closed at the end of the test. */
+async function openStore(t: Test, server: RedisServer, opts: { cache: boolean; prefix?: string }) {
+  const clock = manualClock(Date.now())
+  const prefix = opts.prefix ?? `t${++stores}`
+  // A generous budget: these tests are about answers; the budget is tested in redis-faults.test.ts.
+  const store = createRedisStore({ url: server.url, prefix, timeoutMs: 1000, clock, cache: opts.cache })
+  t.teardown(() => store.close())
+  await waitFor(() => store.ready() && store.eventsLive(), 5000, 'store ready')
+  return { store, clock, prefix }
+}
+
+const factory = (cache: boolean): StoreFactory => async (t) => {
+  const { store, clock, prefix } = await openStore(t, redis, { cache })
+  return {
+    store,
+    clock,
+    async checkExpiry(t, entry) {
+      const [key] = await raw.keys(`{${prefix}}:rev:*`)
+      const ttlS = await raw.ttl(key ?? '')
+      const expected = entry.expiresAtS - Math.floor(clock.now() / 1000)
+      t.ok(ttlS <= expected && ttlS >= expected - 2, `Redis TTL ${ttlS} s is expiresAtS - now (${expected} s)`)
+    },
+  }
+}
+
+t.test('cache off', async (t) => runStoreCases(t, factory(false)))
+t.test('cache on', async (t) => runStoreCases(t, factory(true)))
+
+t.test('key layout: one key per (claim, iss-or-any, value) under the prefix hash tag', async (t) => {
+  const { store, clock, prefix } = await openStore(t, redis, { cache: false })
+  await store.put(entryAt(clock, 'sub', 'ci-deployer', { iss: 'https://idp.example/' }))
+  await store.put(entryAt(clock, 'task', 'TASK-1'))
+  const keys = (await raw.keys(`{${prefix}}:*`)).sort()
+  t.same(keys, [
+    `{${prefix}}:rev:sub:https%3A%2F%2Fidp.example%2F:ci-deployer`,
+    `{${prefix}}:rev:task:*:TASK-1`,
+  ])
+  const stored = JSON.parse((await raw.get(keys[1] ?? '')) ?? '{}') as Record<string, unknown>
+  t.match(stored, { claim: 'task', value: 'TASK-1', reason: 'ticket SEC-1', by: 'test' })
+})
+
+t.test('a check of a token with five claims is one MGET, cached checks none', async (t) => {
+  const { store, clock } = await openStore(t, redis, { cache: true })
+  const token = tokenRef(Math.floor(clock.now() / 1000),
+    [['jti', 'j'], ['sub', 's'], ['client_id', 'c'], ['sid', 'x'], ['task', 'k']])
+  const before = await commandCalls(raw)
+  t.equal(await store.isRevoked(token), false)
+  const after = await commandCalls(raw)
+  t.equal(after.mget - before.mget, 1, 'one MGET')
+  t.equal(after.total - before.total, 1, 'and nothing else')
+  t.equal(store.cacheActive(), true)
+  t.equal(await store.isRevoked(token), false)
+  t.equal((await commandCalls(raw)).total - after.total, 0, 'answered from the cache')
+})
+
+t.test('a put writes and publishes in one step: its event reaches a bare subscriber', async (t) => {
+  const { store, clock, prefix } = await openStore(t, redis, { cache: false })
+  const listener = redis.client()
+  const got = new Promise<string>((resolve) => listener.on('message', (_channel: string, text: string) => resolve(text)))
+  await listener.subscribe(`${prefix}:events`)
+  const entry = await store.put(entryAt(clock, 'sid', 'sess-1'))
+  t.same(JSON.parse(await got), { kind: 'revoked', entry })
+})
+
+t.test('unreadable data under a token key counts as revoked (fail closed)', async (t) => {
+  const { store, clock, prefix } = await openStore(t, redis, { cache: false })
+  await raw.set(`{${prefix}}:rev:sub:*:mallory`, 'not json')
+  t.equal(await store.isRevoked(tokenRef(Math.floor(clock.now() / 1000), [['sub', 'mallory']])), true)
+  await t.rejects(store.get('sub', 'mallory'))
+})
+
+t.test('a prefix with a brace is refused: it would move the hash tag', async (t) => {
+  t.throws(() => createRedisStore({ url: redis.url, prefix: 'a{b}', timeoutMs: 50, clock: manualClock(0), cache: false }))
+})
+
+/** Calls seen by the server so far: one INFO is not counted by itself (its stats are taken first). */
+async function commandCalls(client: Redis): Promise<{ mget: number; total: number }> {
+  const info = await client.info('commandstats')
+  let mget = 0
+  let total = 0
+  for (const [, name, calls] of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) {
+    // Our own INFO, and the heartbeats of the event connection, are not the check's round trips.
+    if (name === 'info' || name === 'ping') continue
+    total += Number(calls)
+    if (name === 'mget') mget = Number(calls)
+  }
+  return { mget, total }
+}

@@ -1,0 +1,161 @@
+// The RevocationStore contract, run against every implementation (memory, Redis with and
+// without the cache, Sentinel, Cluster).
+//
+//   runStoreCases(t, async (t) => ({ store, clock, checkExpiry }))
+//
+// The factory returns a store that is ready and already receiving its own events, on a clock
+// the cases read T from; it tears the store down itself (t.teardown).
+import type { Test } from 'tap'
+import { nowS } from '../../src/pipeline/clock.js'
+import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../../src/pipeline/types.js'
+
+export interface StoreHarness {
+  readonly store: RevocationStore
+  readonly clock: Clock
+  /** Asserts that `entry` leaves the set exactly at its `expiresAtS` (TTL for Redis, clock for memory). */
+  checkExpiry(t: Test, entry: RevocationEntry): Promise<void>
+}
+
+export type StoreFactory = (t: Test) => Promise<StoreHarness>
+
+const ISS = 'https://idp.example/'
+const OTHER_ISS = 'https://other-idp.example/'
+const LIFETIME_S = 3600 + 30 // max token lifetime + clock skew: the design's TTL
+
+export function entryAt(clock: Clock, claim: string, value: string, extra: Partial<RevocationEntry> = {}): RevocationEntry {
+  const t = nowS(clock)
+  return { claim, value, issuedBeforeS: t, reason: 'ticket SEC-1', by: 'test', createdAtS: t, expiresAtS: t + LIFETIME_S, ...extra }
+}
+
+export const tokenRef = (iatS: number | undefined, values: Array<[string, string]>, iss = ISS): TokenRef => ({ iss, iatS, values })
+
+/** The next event matching `match`, subscribed before `action` runs so it cannot be missed. */
+export async function eventDuring(store: RevocationStore, match: (e: RevocationEvent) => boolean,
+  action: () => Promise<unknown>, withinMs = 3000): Promise<RevocationEvent> {
+  let stop = () => {}
+  const seen = new Promise<RevocationEvent>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no matching event within ${withinMs} ms`)), withinMs)
+    const off = store.subscribe((event) => {
+      if (!match(event)) return
+      clearTimeout(timer)
+      resolve(event)
+    })
+    stop = () => { clearTimeout(timer); off() }
+  })
+  try {
+    await action()
+    return await seen
+  } finally {
+    stop()
+  }
+}
+
+export function runStoreCases(t: Test, factory: StoreFactory): void {
+  for (const claim of ['jti', 'sub', 'client_id', 'sid', 'task']) {
+    t.test(`revoked by ${claim}: iat before and at T revoked, after T not`, async (t) => {
+      const { store, clock } = await factory(t)
+      const entry = await store.put(entryAt(clock, claim, 'v-1'))
+      const T = entry.issuedBeforeS
+      t.equal(await store.isRevoked(tokenRef(T - 60, [[claim, 'v-1']])), true, 'issued before T')
+      t.equal(await store.isRevoked(tokenRef(T, [[claim, 'v-1']])), true, 'iat == T: same second is the safe side')
+      t.equal(await store.isRevoked(tokenRef(T + 1, [[claim, 'v-1']])), false, 'issued after T: a re-approved grant works')
+      t.equal(await store.isRevoked(tokenRef(T - 60, [[claim, 'v-2']])), false, 'another value')
+      t.equal(await store.isRevoked(tokenRef(T - 60, [['other_claim', 'v-1']])), false, 'same value, another claim')
+    })
+  }
+
+  t.test('one revoked claim among several revokes the token', async (t) => {
+    const { store, clock } = await factory(t)
+    const { issuedBeforeS: T } = await store.put(entryAt(clock, 'sid', 's-9'))
+    const values: Array<[string, string]> = [['jti', 'j-1'], ['sub', 'alice'], ['client_id', 'c-1'], ['sid', 's-9'], ['task', 'TASK-7']]
+    t.equal(await store.isRevoked(tokenRef(T, values)), true)
+    t.equal(await store.isRevoked(tokenRef(T, values.filter(([c]) => c !== 'sid'))), false)
+  })
+
+  t.test('a token without iat is revoked: it cannot prove it came later', async (t) => {
+    const { store, clock } = await factory(t)
+    await store.put(entryAt(clock, 'sub', 'alice'))
+    t.equal(await store.isRevoked(tokenRef(undefined, [['sub', 'alice']])), true)
+  })
+
+  t.test('a token with no revocable values is not revoked', async (t) => {
+    const { store, clock } = await factory(t)
+    await store.put(entryAt(clock, 'sub', 'alice'))
+    t.equal(await store.isRevoked(tokenRef(nowS(clock), [])), false)
+  })
+
+  t.test('an iss-bound entry binds only that issuer', async (t) => {
+    const { store, clock } = await factory(t)
+    const { issuedBeforeS: T } = await store.put(entryAt(clock, 'sub', 'alice', { iss: ISS }))
+    t.equal(await store.isRevoked(tokenRef(T, [['sub', 'alice']], ISS)), true)
+    t.equal(await store.isRevoked(tokenRef(T, [['sub', 'alice']], OTHER_ISS)), false, 'same sub at another issuer is someone else')
+  })
+
+  t.test('an any-issuer entry binds every issuer', async (t) => {
+    const { store, clock } = await factory(t)
+    const { issuedBeforeS: T } = await store.put(entryAt(clock, 'sub', 'alice'))
+    t.equal(await store.isRevoked(tokenRef(T, [['sub', 'alice']], ISS)), true)
+    t.equal(await store.isRevoked(tokenRef(T, [['sub', 'alice']], OTHER_ISS)), true)
+  })
+
+  t.test('values with separators and escapes do not collide', async (t) => {
+    const { store, clock } = await factory(t)
+    const T = nowS(clock)
+    await store.put(entryAt(clock, 'task', 'a:b', { iss: 'https://idp.example:8443/x' }))
+    await store.put(entryAt(clock, 'task', '{x}%3A*é'))
+    t.equal(await store.isRevoked(tokenRef(T, [['task', 'a:b']], 'https://idp.example:8443/x')), true)
+    t.equal(await store.isRevoked(tokenRef(T, [['task', 'a']], 'https://idp.example:8443/x')), false)
+    t.equal(await store.isRevoked(tokenRef(T, [['task', 'a:b']], 'https://idp.example')), false)
+    t.equal(await store.isRevoked(tokenRef(T, [['task', '{x}%3A*é']], OTHER_ISS)), true)
+    t.equal(await store.isRevoked(tokenRef(T, [['task', '{x}:*é']], OTHER_ISS)), false, 'an escape is not what it escapes')
+  })
+
+  t.test('get returns the entry; lift removes it and says whether it did', async (t) => {
+    const { store, clock } = await factory(t)
+    const entry = await store.put(entryAt(clock, 'client_id', 'ci', { iss: ISS }))
+    t.same(await store.get('client_id', 'ci', ISS), entry)
+    t.equal(await store.get('client_id', 'ci'), undefined, 'the any-issuer entry is a different entry')
+    t.equal(await store.get('client_id', 'other', ISS), undefined)
+    t.equal(await store.lift('client_id', 'ci', ISS), true)
+    t.equal(await store.get('client_id', 'ci', ISS), undefined)
+    t.equal(await store.isRevoked(tokenRef(entry.issuedBeforeS, [['client_id', 'ci']])), false, 'lifted: allowed again')
+    t.equal(await store.lift('client_id', 'ci', ISS), false, 'nothing left to lift')
+  })
+
+  t.test('lifting the iss-bound entry leaves the any-issuer one in force', async (t) => {
+    const { store, clock } = await factory(t)
+    const any = await store.put(entryAt(clock, 'sub', 'bob'))
+    await store.put(entryAt(clock, 'sub', 'bob', { iss: ISS }))
+    t.equal(await store.lift('sub', 'bob', ISS), true)
+    t.same(await store.get('sub', 'bob'), any)
+    t.equal(await store.isRevoked(tokenRef(any.issuedBeforeS, [['sub', 'bob']])), true)
+  })
+
+  t.test('a second put for the same (claim, value, iss) replaces T', async (t) => {
+    const { store, clock } = await factory(t)
+    const first = await store.put(entryAt(clock, 'sub', 'carol'))
+    const later = first.issuedBeforeS + 120
+    await store.put({ ...first, issuedBeforeS: later, reason: 'again' })
+    t.equal((await store.get('sub', 'carol'))?.reason, 'again')
+    t.equal(await store.isRevoked(tokenRef(later, [['sub', 'carol']])), true)
+  })
+
+  t.test('put and lift are delivered as events; unsubscribe stops delivery', async (t) => {
+    const { store, clock } = await factory(t)
+    const entry = entryAt(clock, 'jti', 'j-42', { iss: ISS })
+    const unheard: RevocationEvent[] = []
+    store.subscribe((e) => unheard.push(e))()
+    const revoked = await eventDuring(store, (e) => e.entry.value === 'j-42', () => store.put(entry))
+    t.same(revoked, { kind: 'revoked', entry })
+    const lifted = await eventDuring(store, (e) => e.kind === 'lifted', () => store.lift('jti', 'j-42', ISS))
+    t.same(lifted, { kind: 'lifted', entry })
+    t.same(unheard, [], 'an unsubscribed listener hears nothing')
+  })
+
+  t.test('an entry leaves the set at expiresAtS (TTL = lifetime + skew)', async (t) => {
+    const { store, clock, checkExpiry } = await factory(t)
+    const entry = await store.put(entryAt(clock, 'sub', 'dave'))
+    t.equal(entry.expiresAtS - entry.issuedBeforeS, LIFETIME_S)
+    await checkExpiry(t, entry)
+  })
+}
