@@ -1,18 +1,33 @@
-// One span and one audit line per decision.
+// One span, one metric update and one audit line per decision.
 //
 //   const trace = recorder.start(req)                    // lapse.authorize, child of the incoming traceparent
+//   await decide({ …, steps: trace.steps }, deps)        // key fetch and revocation lookup become child spans
 //   recorder.decided(trace, outcome)                     // attributes, metrics
+//   recorder.inject(trace, req.headers)                  // the upstream's traceparent: parent = the decision span
 //   recorder.finish(trace, { status, upstreamFailure })  // at response end: span ends, audit line written
+//
+// Nothing here waits on an exporter: spans end into the SDK's batch processor and audit lines into
+// pino's buffered destination. No token, signature or raw query string is ever written: only
+// claims Lapse has verified (sub, client_id, jti, iat, exp) and the normalized path.
 import type { IncomingMessage } from 'node:http'
-import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace as traceApi, type Context, type Span, type Tracer } from '@opentelemetry/api'
-import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_HTTP_ROUTE, ATTR_URL_PATH, ATTR_ERROR_TYPE, ATTR_CLIENT_ADDRESS } from '@opentelemetry/semantic-conventions'
+import { performance } from 'node:perf_hooks'
+import { W3CTraceContextPropagator } from '@opentelemetry/core'
+import {
+  ROOT_CONTEXT, SpanKind, SpanStatusCode, defaultTextMapGetter, defaultTextMapSetter, isSpanContextValid, trace as traceApi,
+  type Attributes, type Context, type Span, type TextMapPropagator, type Tracer,
+} from '@opentelemetry/api'
+import {
+  ATTR_CLIENT_ADDRESS, ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_HTTP_RESPONSE_STATUS_CODE,
+  ATTR_HTTP_ROUTE, ATTR_NETWORK_PROTOCOL_VERSION, ATTR_URL_PATH, ATTR_URL_SCHEME,
+} from '@opentelemetry/semantic-conventions'
 import type { Logger } from 'pino'
 import type { Outcome } from '../pipeline/decide.js'
-import type { Clock, Reason } from '../pipeline/types.js'
+import type { Clock, Reason, StepTracer } from '../pipeline/types.js'
 import * as A from './semconv.js'
 
+/** What the recorder reports per decision; telemetry/metrics.ts implements it over OTel instruments. */
 export interface DecisionMetrics {
-  recordDecision(attrs: { decision: string; reason: string; route: string }, durationMs: number): void
+  recordDecision(attrs: { decision: string; reason: string; route: string; httpRoute: string }, durationMs: number): void
   recordRevocationLookup(durationMs: number): void
 }
 
@@ -23,6 +38,8 @@ export interface RecorderOptions {
   readonly logAllows: 'all' | 'sampled' | 'none'
   readonly allowsSampleRate: number
   readonly metrics?: DecisionMetrics | undefined
+  /** How trace context is read from the client and written to the upstream; W3C `traceparent` by default. */
+  readonly propagator?: TextMapPropagator | undefined
   readonly random?: () => number
 }
 
@@ -30,7 +47,12 @@ export interface RequestTrace {
   readonly span: Span
   /** Context whose active span is the decision span: the parent of child spans and of the upstream's traceparent. */
   readonly context: Context
+  /** Times the decision's I/O, and makes each a child span when the decision span is recorded. */
+  readonly steps: StepTracer
   readonly startedMs: number
+  /** Monotonic, sub-millisecond: durations are measured with performance.now(), not the injected clock. */
+  readonly startedPerfMs: number
+  lookupMs: number | undefined
   readonly method: string
   path: string
   outcome: Outcome | undefined
@@ -45,9 +67,15 @@ export interface Recorder {
   inject(trace: RequestTrace, headers: Record<string, unknown>): void
 }
 
-const headerGetter = {
-  keys: (carrier: IncomingMessage['headers']) => Object.keys(carrier),
-  get: (carrier: IncomingMessage['headers'], key: string) => carrier[key],
+// HTTP semantic conventions: methods outside this set are reported as `_OTHER` (bounded cardinality).
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH', 'QUERY'])
+
+// Only Lapse's own 5xx answers are faults; a denial is an expected outcome (STYLE.md "Telemetry").
+const FAULT_STATUSES = new Set([502, 503, 504])
+
+const STEP_SPANS: Record<Parameters<StepTracer['run']>[0], string> = {
+  jwks_fetch: A.SPAN_JWKS_FETCH,
+  revocation_lookup: A.SPAN_REVOCATION_LOOKUP,
 }
 
 export function reasonOfOutcome(outcome: Outcome | undefined): Reason | 'unknown' {
@@ -55,15 +83,72 @@ export function reasonOfOutcome(outcome: Outcome | undefined): Reason | 'unknown
   return outcome.decision.allow ? 'ok' : outcome.decision.reason
 }
 
+/** An error's stable code for `error.type`; never its message, which may quote a URL or a value. */
+export function errorType(err: unknown): string {
+  const code = (err as { code?: unknown } | undefined)?.code
+  if (typeof code === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(code)) return code
+  const name = (err as { name?: unknown } | undefined)?.name
+  return typeof name === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(name) ? name : 'Error'
+}
+
+/**
+ * Runs each step in a span under `parent`: the decision's context for request steps, the root
+ * context for background work (a scheduled JWKS refresh is a trace of its own).
+ */
+export function createStepTracer(tracer: Tracer, parent: Context = ROOT_CONTEXT): StepTracer {
+  return {
+    async run(step, work) {
+      const span = tracer.startSpan(STEP_SPANS[step], { kind: SpanKind.INTERNAL }, parent)
+      try {
+        const result = await work()
+        if (step === 'revocation_lookup' && typeof result === 'boolean') span.setAttribute(A.ATTR_REVOKED, result)
+        return result
+      } catch (err) {
+        span.setStatus({ code: SpanStatusCode.ERROR })
+        span.setAttribute(ATTR_ERROR_TYPE, errorType(err))
+        throw err
+      } finally {
+        span.end()
+      }
+    },
+  }
+}
+
+async function timeStep<T>(t: RequestTrace, step: Parameters<StepTracer['run']>[0], work: () => Promise<T>): Promise<T> {
+  const startedMs = performance.now()
+  try {
+    return await work()
+  } finally {
+    if (step === 'revocation_lookup') t.lookupMs = performance.now() - startedMs
+  }
+}
+
 export function createRecorder(opts: RecorderOptions): Recorder {
   const random = opts.random ?? Math.random
+  const propagator = opts.propagator ?? new W3CTraceContextPropagator()
   const shouldLogAllow = () => opts.logAllows === 'all' || (opts.logAllows === 'sampled' && random() < opts.allowsSampleRate)
+  // Audit lines are the record of who was let in; LAPSE_LOG_LEVEL quiets operational lines, not
+  // them (only `silent` does). Denials are always written; allows as LAPSE_LOG_ALLOWS says.
+  const audit = opts.log.levelVal > 30 && opts.log.level !== 'silent' ? opts.log.child({}, { level: 'info' }) : opts.log
 
   return {
     start(req) {
-      const parent = propagation.extract(ROOT_CONTEXT, req.headers, headerGetter)
-      const span = opts.tracer.startSpan(A.SPAN_AUTHORIZE, { kind: SpanKind.SERVER, attributes: { [ATTR_HTTP_REQUEST_METHOD]: req.method ?? '' } }, parent)
-      return { span, context: traceApi.setSpan(parent, span), startedMs: opts.clock.now(), method: req.method ?? '', path: '', outcome: undefined, decidedMs: undefined }
+      const parent = propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter)
+      const method = req.method ?? ''
+      const attributes: Attributes = {
+        [ATTR_HTTP_REQUEST_METHOD]: KNOWN_METHODS.has(method) ? method : '_OTHER',
+        [ATTR_URL_SCHEME]: 'http',
+        [ATTR_NETWORK_PROTOCOL_VERSION]: req.httpVersion,
+      }
+      if (!KNOWN_METHODS.has(method)) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = method
+      const span = opts.tracer.startSpan(A.SPAN_AUTHORIZE, { kind: SpanKind.SERVER, attributes }, parent)
+      const context = traceApi.setSpan(parent, span)
+      const traced = span.isRecording() ? createStepTracer(opts.tracer, context) : undefined
+      const t: RequestTrace = {
+        span, context, steps: { run: (step, work) => timeStep(t, step, traced ? () => traced.run(step, work) : work) },
+        startedMs: opts.clock.now(), startedPerfMs: performance.now(), lookupMs: undefined, method, path: '', outcome: undefined, decidedMs: undefined,
+      }
+      return t
     },
 
     decided(t, outcome) {
@@ -71,7 +156,6 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       t.decidedMs = opts.clock.now()
       const d = outcome.decision
       const reason = d.allow ? 'ok' : d.reason
-      const route = d.rule?.id ?? ''
       if (outcome.target) t.path = outcome.target.path
       const span = t.span
       if (span.isRecording()) {
@@ -92,29 +176,37 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         }
         if (d.allow && d.failedOpen) span.setAttribute(A.ATTR_FAILED_OPEN, true)
       }
-      opts.metrics?.recordDecision({ decision: d.allow ? 'allow' : 'deny', reason, route }, t.decidedMs - t.startedMs)
-      if (outcome.revocationMs !== undefined) opts.metrics?.recordRevocationLookup(outcome.revocationMs)
+      if (opts.metrics) {
+        const labels = { decision: d.allow ? 'allow' : 'deny', reason, route: d.rule?.id ?? '', httpRoute: d.rule?.path ?? '' }
+        opts.metrics.recordDecision(labels, performance.now() - t.startedPerfMs)
+        const lookupMs = t.lookupMs ?? outcome.revocationMs
+        if (lookupMs !== undefined) opts.metrics.recordRevocationLookup(lookupMs)
+      }
     },
 
     finish(t, end) {
       const span = t.span
       const d = t.outcome?.decision
-      span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, end.status)
-      if (end.remoteAddress) span.setAttribute(ATTR_CLIENT_ADDRESS, end.remoteAddress)
-      // A denial is an expected outcome; only proxy faults mark the span as an error.
-      const fault = end.upstreamFailure ?? (end.status === 503 && d && !d.allow ? d.reason : undefined)
-      if (fault) {
-        span.setStatus({ code: SpanStatusCode.ERROR })
-        span.setAttribute(ATTR_ERROR_TYPE, fault)
+      if (span.isRecording()) {
+        span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, end.status)
+        if (end.remoteAddress) span.setAttribute(ATTR_CLIENT_ADDRESS, end.remoteAddress)
+        // 502/504 (upstream down or slow) and Lapse's own 503 (fail closed); an upstream's own 503
+        // passed through on an allowed request is the upstream's story, not ours.
+        const fault = end.upstreamFailure ?? (d && !d.allow && FAULT_STATUSES.has(end.status) ? d.reason : undefined)
+        if (fault) {
+          span.setStatus({ code: SpanStatusCode.ERROR })
+          span.setAttribute(ATTR_ERROR_TYPE, fault)
+        }
       }
       span.end()
       if (d?.allow && !d.failedOpen && !shouldLogAllow()) return
       const ctx = span.spanContext()
+      const traced = isSpanContextValid(ctx)
       const id = d?.identity
-      opts.log.info({
+      audit.info({
         audit: 'decision',
-        trace_id: ctx.traceId,
-        span_id: ctx.spanId,
+        trace_id: traced ? ctx.traceId : undefined,
+        span_id: traced ? ctx.spanId : undefined,
         decision: d ? (d.allow ? 'allow' : 'deny') : 'deny',
         reason: reasonOfOutcome(t.outcome),
         failed_open: d?.allow && d.failedOpen ? true : undefined,
@@ -129,15 +221,13 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         iat: id?.iatS,
         exp: id?.expS,
         remote: end.remoteAddress,
-        latency_ms: Math.round((opts.clock.now() - t.startedMs) * 1000) / 1000,
+        latency_ms: Math.round((performance.now() - t.startedPerfMs) * 1000) / 1000,
         ...end.note,
       }, 'decision')
     },
 
     inject(t, headers) {
-      propagation.inject(t.context, headers)
+      propagator.inject(t.context, headers, defaultTextMapSetter)
     },
   }
 }
-
-export { context }

@@ -1,6 +1,12 @@
-// Lapse's own span attribute names (DESIGN.md "Telemetry"); standard ones come from
-// @opentelemetry/semantic-conventions as ATTR_*.
+// Lapse's own span, attribute and metric names (DESIGN.md "Telemetry"): public interface, stable,
+// never reused once retired. Standard ones come from @opentelemetry/semantic-conventions as ATTR_*.
+
+// Spans: one per decision, and one per I/O step the decision waited on (its children).
 export const SPAN_AUTHORIZE = 'lapse.authorize'
+export const SPAN_JWKS_FETCH = 'lapse.jwks.fetch'
+export const SPAN_REVOCATION_LOOKUP = 'lapse.revocation.lookup'
+
+// Decision span attributes (also the labels of the decision metrics).
 export const ATTR_DECISION = 'lapse.decision'
 export const ATTR_REASON = 'lapse.reason'
 export const ATTR_ROUTE = 'lapse.route'
@@ -10,6 +16,17 @@ export const ATTR_TOKEN_EXPIRES_IN_S = 'lapse.token.expires_in_s'
 export const ATTR_SCOPES_REQUIRED = 'lapse.scopes.required'
 export const ATTR_FAILED_OPEN = 'lapse.failed_open'
 export const ATTR_ENDUSER_ID = 'enduser.id'
+
+// Step span attributes.
+export const ATTR_REVOKED = 'lapse.revocation.revoked'
+export const ATTR_REVOCATION_BACKEND = 'lapse.revocation.backend'
+
+// Metrics. Durations are in seconds, as OpenTelemetry's semantic conventions ask (the Prometheus
+// text keeps the name without a unit suffix: `lapse_decision_duration_bucket`).
 export const METRIC_DECISIONS = 'lapse.decisions'
 export const METRIC_DECISION_DURATION = 'lapse.decision.duration'
 export const METRIC_REVOCATION_LOOKUP_DURATION = 'lapse.revocation.lookup.duration'
+export const METRIC_JWKS_KEYS = 'lapse.jwks.keys'
+export const METRIC_JWKS_REFRESH_AGE = 'lapse.jwks.refresh.age'
+export const METRIC_REVOCATION_BACKEND_UP = 'lapse.revocation.backend.up'
+export const METRIC_TOKEN_CACHE_SIZE = 'lapse.token_cache.size'

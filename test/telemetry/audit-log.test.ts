@@ -1,0 +1,90 @@
+// The audit log: one JSON line per decision and per revocation change, with the fields an SRE
+// needs to go from a line to its trace; allows as LAPSE_LOG_ALLOWS says, denials always.
+import net from 'node:net'
+import t from 'tap'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { ADMIN_TOKEN, bearer, decisions, runApp, send, waitFor } from '../fixtures/app.js'
+import { testKeys } from '../fixtures/keys.js'
+import { startReal } from './harness.js'
+import { inMemoryTelemetry, newTraceparent } from './in-memory.js'
+
+const T0_MS = Date.parse('2030-01-01T00:00:00Z')
+const T0_S = T0_MS / 1000
+const ROUTES = [{ path: '/orders/**', methods: ['GET'], scopes: ['orders:read'] }]
+const mint = async (claims: Record<string, unknown> = {}) => (await testKeys()).mint(claims, { nowS: T0_S })
+
+t.test('a decision line carries time, trace and span ids, decision, reason, route, request, identity and latency', async (t) => {
+  const mem = inMemoryTelemetry(t)
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry })
+  const tp = newTraceparent()
+  await send(`${lapse.url}/orders/42?x=1`, { headers: [tp.header, bearer(await mint({ sub: 'ci-deployer', client_id: 'deploy-bot', jti: 'tok-1' }))] })
+  const line = await waitFor(() => decisions(lapse)[0], 'the decision line')
+  const span = await mem.authorizeSpan(tp.traceId)
+  t.match(line, {
+    audit: 'decision', msg: 'decision', time: Number, trace_id: tp.traceId, span_id: span.spanContext().spanId,
+    decision: 'allow', reason: 'ok', route: '/orders/**', method: 'GET', path: '/orders/42', status: 200,
+    sub: 'ci-deployer', client_id: 'deploy-bot', jti: 'tok-1', iat: T0_S, exp: T0_S + 300, remote: '127.0.0.1', latency_ms: Number,
+  })
+  t.notOk(JSON.stringify(line).includes('x=1'), 'no query string: it may carry anything')
+})
+
+t.test('LAPSE_LOG_ALLOWS=none: allows are not logged, denials are', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), env: { LAPSE_LOG_ALLOWS: 'none' } })
+  await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint())] })
+  await send(`${lapse.url}/orders/1`)
+  await send(`${lapse.url}/orders/2`, { headers: [bearer(await mint())] })
+  await waitFor(() => decisions(lapse).length >= 1, 'the denial line')
+  await send(`${lapse.url}/orders/3`) // a second denial, as a fence: lines are written in order
+  await waitFor(() => decisions(lapse).length >= 2, 'the second denial line')
+  t.same(decisions(lapse).map((l) => l.reason), ['missing_token', 'missing_token'])
+})
+
+t.test('LAPSE_LOG_ALLOWS=sampled: the sample rate decides for allows; denials always', async (t) => {
+  for (const [rate, allows] of [['0', 0], ['1', 2]] as const) {
+    const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), env: { LAPSE_LOG_ALLOWS: 'sampled', LAPSE_LOG_ALLOWS_SAMPLE_RATE: rate } })
+    await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint())] })
+    await send(`${lapse.url}/orders/2`, { headers: [bearer(await mint())] })
+    await send(`${lapse.url}/orders/3`)
+    await waitFor(() => decisions(lapse).some((l) => l.decision === 'deny'), 'the denial line')
+    if (allows) await waitFor(() => decisions(lapse).filter((l) => l.decision === 'allow').length === allows, 'the allow lines')
+    t.equal(decisions(lapse).filter((l) => l.decision === 'allow').length, allows, `rate ${rate}: ${allows} allow lines`)
+    await lapse.close()
+  }
+})
+
+t.test('an allow that failed open is always logged, even with LAPSE_LOG_ALLOWS=none', async (t) => {
+  const probe = net.createServer()
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
+  const port = (probe.address() as { port: number }).port
+  await new Promise((resolve) => probe.close(resolve))
+  const lapse = await runApp(t, {
+    routes: [{ path: '/orders/**', scopes: ['orders:read'], on_revocation_unavailable: 'open' }],
+    clock: manualClock(T0_MS),
+    env: { LAPSE_LOG_ALLOWS: 'none', LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` },
+  })
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint())] })).status, 200)
+  const line = await waitFor(() => decisions(lapse)[0], 'the failed-open line')
+  t.match(line, { decision: 'allow', reason: 'ok', failed_open: true })
+})
+
+t.test('LAPSE_LOG_LEVEL=warn quiets operational lines, not the audit trail', async (t) => {
+  const lapse = await startReal(t, { OTEL_SDK_DISABLED: 'true', LAPSE_LOG_LEVEL: 'warn' }, { logLevel: 'warn' })
+  const token = await (await testKeys()).mint()
+  await send(`${lapse.url}/orders/1`)
+  await send(`${lapse.url}/orders/1`, { headers: [bearer(token)] })
+  await waitFor(() => lapse.lines().filter((l) => l.audit === 'decision').length === 2, 'both decision lines')
+  t.notOk(lapse.lines().some((l) => l.msg === 'lapse is listening'), 'info-level operational lines are quiet')
+})
+
+t.test('revocation changes are audit lines too', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const headers = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }
+  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations`, { method: 'POST', headers, body: JSON.stringify({ claim: 'sub', value: 'contractor-7', reason: 'offboarded' }) })).status, 201)
+  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations/sub/contractor-7`, { method: 'DELETE', headers })).status, 204)
+  const lines = await waitFor(() => {
+    const l = lapse.lines.filter((x) => x.audit === 'revocation')
+    return l.length === 2 ? l : undefined
+  }, 'two revocation lines')
+  t.match(lines[0], { action: 'revoke', claim: 'sub', value: 'contractor-7', reason: 'offboarded', by: 'admin' })
+  t.match(lines[1], { action: 'lift', claim: 'sub', value: 'contractor-7' })
+})

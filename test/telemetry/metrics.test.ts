@@ -1,0 +1,100 @@
+// The decision metrics move with the decisions, the gauges read the live state, and the admin port
+// serves them as Prometheus text.
+import type { Histogram } from '@opentelemetry/sdk-metrics'
+import pino from 'pino'
+import t from 'tap'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { startTelemetry } from '../../src/telemetry/sdk.js'
+import { bearer, decisions, runApp, send, waitFor } from '../fixtures/app.js'
+import { testKeys } from '../fixtures/keys.js'
+import { inMemoryTelemetry } from './in-memory.js'
+
+const T0_MS = Date.parse('2030-01-01T00:00:00Z')
+const T0_S = T0_MS / 1000
+const ROUTES = [
+  { path: '/healthz', public: true },
+  { path: '/orders/**', methods: ['GET'], scopes: ['orders:read'] },
+]
+const mint = async (claims: Record<string, unknown> = {}) => (await testKeys()).mint(claims, { nowS: T0_S })
+
+t.test('lapse.decisions counts by decision, reason and route; the histograms count every decision and lookup', async (t) => {
+  const mem = inMemoryTelemetry(t)
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry })
+  const token = await mint()
+  for (let i = 0; i < 3; i++) t.equal((await send(`${lapse.url}/orders/${i}`, { headers: [bearer(token)] })).status, 200)
+  for (let i = 0; i < 2; i++) t.equal((await send(`${lapse.url}/orders/${i}`)).status, 401)
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint({ scope: 'other' }))] })).status, 403)
+  t.equal((await send(`${lapse.url}/healthz`)).status, 200)
+  await waitFor(() => decisions(lapse).length === 7, 'seven decisions')
+
+  const counts = Object.fromEntries((await mem.points('lapse.decisions')).map((p) => [
+    `${p.attributes['lapse.decision']}/${p.attributes['lapse.reason']}/${p.attributes['lapse.route']}/${p.attributes['http.route']}`, p.value,
+  ]))
+  t.same(counts, {
+    'allow/ok/1//orders/**': 3,
+    'deny/missing_token/1//orders/**': 2,
+    'deny/insufficient_scope/1//orders/**': 1,
+    'allow/ok/0//healthz': 1,
+  })
+
+  const durations = await mem.points('lapse.decision.duration')
+  t.equal(durations.reduce((n, p) => n + (p.value as Histogram).count, 0), 7, 'one duration per decision')
+  t.ok(durations.every((p) => (p.value as Histogram).min! >= 0), 'durations are non-negative')
+  const lookups = await mem.points('lapse.revocation.lookup.duration')
+  // Only verified tokens reach the revocation set: the three allows and the scope-short one.
+  t.equal(lookups.reduce((n, p) => n + (p.value as Histogram).count, 0), 4, 'one lookup per verified token')
+  t.equal(lookups[0]!.attributes['lapse.revocation.backend'], 'memory')
+
+  // Moves again: counters are cumulative.
+  await send(`${lapse.url}/orders/9`, { headers: [bearer(token)] })
+  await waitFor(() => decisions(lapse).length === 8, 'eighth decision')
+  const again = (await mem.points('lapse.decisions')).find((p) => p.attributes['lapse.reason'] === 'ok' && p.attributes['lapse.route'] === '1')
+  t.equal(again?.value, 4)
+})
+
+t.test('gauges: keys loaded, refresh age, revocation backend up, verified-token cache size', async (t) => {
+  const clock = manualClock(T0_MS)
+  const mem = inMemoryTelemetry(t)
+  const lapse = await runApp(t, { routes: ROUTES, clock, telemetry: mem.telemetry })
+  const value = async (name: string) => (await mem.points(name))[0]?.value
+  t.equal(await value('lapse.jwks.keys'), (await testKeys()).jwks.keys.length)
+  t.equal(await value('lapse.jwks.refresh.age'), 0)
+  clock.advance(90_000)
+  t.equal(await value('lapse.jwks.refresh.age'), 90, 'seconds since the key set was loaded')
+  t.equal(await value('lapse.revocation.backend.up'), 1)
+  t.equal((await mem.points('lapse.revocation.backend.up'))[0]!.attributes['lapse.revocation.backend'], 'memory')
+  t.equal(await value('lapse.token_cache.size'), 0)
+  clock.set(T0_MS)
+  await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint())] })
+  await send(`${lapse.url}/orders/2`, { headers: [bearer(await mint())] })
+  t.equal(await value('lapse.token_cache.size'), 2, 'two distinct verified tokens cached')
+})
+
+t.test('the admin port serves the metrics as Prometheus text at /metrics', async (t) => {
+  const telemetry = await startTelemetry({ OTEL_TRACES_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' }, { log: pino({ level: 'silent' }), clock: manualClock(T0_MS) })
+  t.teardown(() => telemetry.shutdown())
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry })
+  await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint())] })
+  await send(`${lapse.url}/orders/1`)
+  await waitFor(() => decisions(lapse).length === 2, 'two decisions')
+  const res = await send(`${lapse.adminUrl}/metrics`)
+  t.equal(res.status, 200)
+  t.match(res.headers['content-type'], /^text\/plain/)
+  const text = res.body
+  t.match(text, /^lapse_decisions_total\{[^}]*lapse_decision="allow",lapse_reason="ok",lapse_route="1",http_route="\/orders\/\*\*"[^}]*\} 1$/m)
+  t.match(text, /^lapse_decisions_total\{[^}]*lapse_decision="deny",lapse_reason="missing_token"[^}]*\} 1$/m)
+  t.match(text, /^lapse_decision_duration_bucket\{[^}]*le="0.001"[^}]*\} \d+$/m)
+  t.match(text, /^lapse_decision_duration_count\{[^}]*\} 1$/m)
+  t.match(text, /^lapse_revocation_lookup_duration_count\{[^}]*lapse_revocation_backend="memory"[^}]*\} 1$/m)
+  t.match(text, /^lapse_jwks_keys\{[^}]*\} 4$/m)
+  t.match(text, /^lapse_jwks_refresh_age\{[^}]*\} 0$/m)
+  t.match(text, /^lapse_revocation_backend_up\{[^}]*lapse_revocation_backend="memory"[^}]*\} 1$/m)
+  t.match(text, /^lapse_token_cache_size\{[^}]*\} 1$/m)
+})
+
+t.test('telemetry off: /metrics answers 404 "metrics are off"', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const res = await send(`${lapse.adminUrl}/metrics`)
+  t.equal(res.status, 404)
+  t.equal(res.json().error_description, 'metrics are off')
+})

@@ -1,0 +1,210 @@
+// Lapse with the real OpenTelemetry SDK, configured only by OTEL_* variables, exporting OTLP/HTTP
+// (http/json) to a receiver this test runs and decodes. Also: a dead or silent collector changes
+// nothing for clients, OTEL_SDK_DISABLED turns everything off, bad settings only warn.
+import { spawn } from 'node:child_process'
+import { existsSync, statSync } from 'node:fs'
+import net from 'node:net'
+import { SpanKind } from '@opentelemetry/api'
+import t from 'tap'
+import { ADMIN_TOKEN, bearer, send, waitFor } from '../fixtures/app.js'
+import { AUDIENCE, ISSUER, testKeys } from '../fixtures/keys.js'
+import { startUpstream } from '../fixtures/upstream.js'
+import { startReal, ROUTES } from './harness.js'
+import { newTraceparent } from './in-memory.js'
+import { startOtlpReceiver } from './otlp-receiver.js'
+
+const COLLECTOR_KEY = 'collector-api-key-5f0c1e9a7b3d'
+
+async function closedPort(): Promise<number> {
+  const probe = net.createServer()
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
+  const port = (probe.address() as { port: number }).port
+  await new Promise((resolve) => probe.close(resolve))
+  return port
+}
+
+async function revoke(adminUrl: string, claim: string, value: string): Promise<void> {
+  const res = await fetch(`${adminUrl}/v1/revocations`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ claim, value, reason: 'test' }),
+  })
+  if (res.status !== 201) throw new Error(`revoke answered ${res.status}`)
+}
+
+t.test('decision spans and metrics reach an OTLP/HTTP receiver, decoded with the design attributes', async (t) => {
+  const otlp = await startOtlpReceiver()
+  t.teardown(otlp.close)
+  const lapse = await startReal(t, {
+    OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    OTEL_EXPORTER_OTLP_HEADERS: `x-api-key=${COLLECTOR_KEY}`,
+    OTEL_SERVICE_NAME: 'orders-sidecar',
+    OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment.name=test,service.namespace=shop',
+    OTEL_BSP_SCHEDULE_DELAY: '20',
+    OTEL_METRIC_EXPORT_INTERVAL: '100',
+  })
+  const keys = await testKeys()
+  const nowS = Math.floor(Date.now() / 1000)
+  const allowTp = newTraceparent()
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [allowTp.header, bearer(await keys.mint({ sub: 'ci-deployer', jti: 'jti-allow' }))] })).status, 200)
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(await keys.mint({ iat: nowS - 900, exp: nowS - 600 }))] })).status, 401)
+  const revokedToken = await keys.mint({ sub: 'contractor-7', jti: 'jti-revoked' })
+  await revoke(lapse.adminUrl, 'sub', 'contractor-7')
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(revokedToken)] })).status, 401)
+  t.equal((await send(`${lapse.url}/orders/1`, { method: 'POST', headers: [bearer(await keys.mint({ sub: 'reader' }))] })).status, 403)
+
+  const decisions = await waitFor(() => {
+    const spans = otlp.spans().filter((s) => s.name === 'lapse.authorize')
+    return spans.length === 4 ? spans : undefined
+  }, 'four decision spans at the receiver')
+  const byReason = Object.fromEntries(decisions.map((s) => [s.attributes['lapse.reason'], s]))
+  t.same(Object.keys(byReason).sort(), ['expired', 'insufficient_scope', 'ok', 'revoked'])
+
+  const allow = byReason.ok!
+  t.equal(allow.kind, SpanKind.SERVER + 1, 'OTLP SPAN_KIND_SERVER')
+  t.equal(allow.traceId, allowTp.traceId)
+  t.equal(allow.parentSpanId, allowTp.parentSpanId)
+  t.equal(allow.scope, 'lapse')
+  t.equal(allow.resource['service.name'], 'orders-sidecar')
+  t.equal(allow.resource['deployment.environment.name'], 'test')
+  t.equal(allow.resource['service.namespace'], 'shop')
+  t.match(allow.attributes, {
+    'lapse.decision': 'allow', 'lapse.route': '1', 'http.route': '/orders/**', 'lapse.scopes.required': 'orders:read',
+    'enduser.id': 'ci-deployer', 'lapse.token.jti': 'jti-allow', 'http.request.method': 'GET', 'http.response.status_code': 200, 'url.path': '/orders/1',
+  })
+  t.equal(typeof allow.attributes['lapse.token.expires_in_s'], 'number')
+  t.match(byReason.revoked!.attributes, { 'lapse.decision': 'deny', 'enduser.id': 'contractor-7', 'lapse.token.jti': 'jti-revoked', 'http.response.status_code': 401 })
+  t.match(byReason.insufficient_scope!.attributes, { 'lapse.route': '2', 'lapse.scopes.required': 'orders:write', 'http.response.status_code': 403 })
+  for (const s of decisions) t.equal(s.status.code, 0, `${s.attributes['lapse.reason']}: status UNSET`)
+
+  const lookups = otlp.spans().filter((s) => s.name === 'lapse.revocation.lookup')
+  t.ok(lookups.some((l) => l.parentSpanId === allow.spanId && l.attributes['lapse.revocation.revoked'] === false), 'the allow waited on a lookup, its child')
+  t.ok(lookups.some((l) => l.parentSpanId === byReason.revoked!.spanId && l.attributes['lapse.revocation.revoked'] === true), 'the revoked one too')
+  t.ok(otlp.bodies.filter((b) => b.path === '/v1/traces').every((b) => b.headers['x-api-key'] === COLLECTOR_KEY), 'OTEL_EXPORTER_OTLP_HEADERS sent')
+
+  const counted = await waitFor(() => {
+    const points = otlp.points('lapse.decisions')
+    return points.reduce((n, p) => n + p.value, 0) === 4 ? points : undefined
+  }, 'the four decisions counted at the receiver')
+  const count = (reason: string) => counted.find((p) => p.attributes['lapse.reason'] === reason)?.value
+  t.equal(count('ok'), 1)
+  t.equal(count('expired'), 1)
+  t.equal(count('revoked'), 1)
+  t.equal(count('insufficient_scope'), 1)
+  t.equal(otlp.points('lapse.decision.duration').reduce((n, p) => n + p.value, 0), 4, 'histogram count')
+  t.equal(otlp.points('lapse.decision.duration')[0]?.unit, 's')
+  t.equal(otlp.points('lapse.jwks.keys')[0]?.value, keys.jwks.keys.length)
+})
+
+// bin/lapse.js runs dist/: `npm test` builds it first; a bare `npx tap` on a stale tree skips this.
+const distStale = !existsSync('dist/telemetry/sdk.js') || statSync('dist/telemetry/sdk.js').mtimeMs < statSync('src/telemetry/sdk.ts').mtimeMs
+
+t.test('SIGTERM: `lapse proxy` flushes its buffered spans to the collector before it exits', { skip: distStale && 'dist/ is missing or older than src/: run `npm run build`' }, async (t) => {
+  const otlp = await startOtlpReceiver()
+  t.teardown(otlp.close)
+  const upstream = await startUpstream()
+  t.teardown(upstream.close)
+  const keys = await testKeys()
+  const [port, adminPort] = [await closedPort(), await closedPort()]
+  const child = spawn(process.execPath, ['bin/lapse.js', 'proxy'], {
+    env: {
+      PATH: process.env.PATH,
+      LAPSE_LISTEN: `127.0.0.1:${port}`,
+      LAPSE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+      LAPSE_UPSTREAM: upstream.url,
+      LAPSE_ISSUER: ISSUER,
+      LAPSE_AUDIENCE: AUDIENCE,
+      LAPSE_JWKS_FILE: keys.jwksPath,
+      LAPSE_ROUTES: JSON.stringify(ROUTES),
+      OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+      // Nothing is exported on a timer during the test: what arrives was flushed by the shutdown.
+      OTEL_BSP_SCHEDULE_DELAY: '600000',
+      OTEL_METRIC_EXPORT_INTERVAL: '600000',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  let out = ''
+  child.stdout.on('data', (c: Buffer) => { out += c.toString('utf8') })
+  child.stderr.on('data', (c: Buffer) => { out += c.toString('utf8') })
+  // Log lines are buffered by the process: readiness is asked of the admin port instead.
+  await waitFor(() => send(`http://127.0.0.1:${adminPort}/healthz`).then((r) => r.status === 200, () => false), `lapse proxy to listen (output so far: ${out.length} bytes)`, 10_000)
+  const tp = newTraceparent()
+  t.equal((await send(`http://127.0.0.1:${port}/orders/1`, { headers: [tp.header, bearer(await keys.mint())] })).status, 200)
+  t.equal(otlp.spans().length, 0, 'nothing exported yet')
+  child.kill('SIGTERM')
+  t.equal(await exited, 0, 'clean exit')
+  const span = otlp.spans().find((s) => s.name === 'lapse.authorize')
+  t.equal(span?.traceId, tp.traceId, 'the decision span was flushed on shutdown')
+  t.equal(span?.resource['service.name'], 'lapse', 'default service name')
+  t.ok(otlp.points('lapse.decisions').length > 0, 'and the metrics')
+})
+
+for (const collector of ['dead (connection refused)', 'silent (accepts, never answers)'] as const) {
+  t.test(`collector ${collector}: every request still succeeds, lost spans are counted, one warning`, async (t) => {
+    let endpoint: string
+    if (collector.startsWith('dead')) endpoint = `http://127.0.0.1:${await closedPort()}`
+    else {
+      const silent = await startOtlpReceiver({ silent: true })
+      t.teardown(silent.close)
+      endpoint = silent.url
+    }
+    const lapse = await startReal(t, {
+      OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+      OTEL_EXPORTER_OTLP_TIMEOUT: '300',
+      // A tiny queue, so this test overflows it: each export takes one span and is stuck retrying.
+      OTEL_BSP_MAX_QUEUE_SIZE: '2',
+      OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '1',
+      OTEL_METRICS_EXPORTER: 'none',
+    })
+    const token = await (await testKeys()).mint()
+    const statuses: number[] = []
+    for (let i = 0; i < 25; i++) statuses.push((await send(`${lapse.url}/orders/${i}`, { headers: [bearer(token)] })).status)
+    t.same(statuses, Array(25).fill(200), 'all 25 requests answered 200')
+    t.equal(lapse.upstream.calls, 25)
+    // A refused connection fails each export at once (spans lost, counted by error type); a silent
+    // collector holds the one export in flight, so the queue overflows (error_type="queue_full").
+    const lost = collector.startsWith('dead') ? '[^"]+' : 'queue_full'
+    const counted = new RegExp(`^otel_sdk_processor_span_processed_total\\{[^}]*error_type="${lost}"[^}]*\\} [1-9]`, 'm')
+    await waitFor(async () => counted.test((await send(`${lapse.adminUrl}/metrics`)).body), 'lost spans counted on /metrics')
+    t.pass(`otel_sdk_processor_span_processed_total{error_type=~"${lost}"} > 0`)
+    if (collector.startsWith('dead')) {
+      await waitFor(() => lapse.lines().some((l) => l.telemetry === 'traces' && l.level === 40), 'the export-failure warning', 5000)
+      t.equal(lapse.lines().filter((l) => l.telemetry === 'traces' && l.level === 40).length, 1, 'warned once, not per failure')
+    }
+  })
+}
+
+t.test('OTEL_SDK_DISABLED=true: nothing exported, /metrics off, trace context still passes through', async (t) => {
+  const otlp = await startOtlpReceiver()
+  t.teardown(otlp.close)
+  const lapse = await startReal(t, { OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_BSP_SCHEDULE_DELAY: '10' })
+  const tp = newTraceparent()
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [tp.header, bearer(await (await testKeys()).mint())] })).status, 200)
+  t.equal(lapse.upstream.requests[0]!.headers.traceparent, tp.header[1], 'the caller\'s traceparent, unchanged')
+  t.equal((await send(`${lapse.adminUrl}/metrics`)).status, 404)
+  await lapse.close()
+  t.equal(otlp.bodies.length, 0, 'the collector heard nothing')
+  t.ok(lapse.lines().some((l) => l.telemetry === 'off'), 'says telemetry is off')
+})
+
+t.test('bad OTEL_* values warn, name the variable, fall back, and the proxy serves', async (t) => {
+  const lapse = await startReal(t, {
+    OTEL_EXPORTER_OTLP_ENDPOINT: 'not a url',
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'carrier-pigeon',
+    OTEL_TRACES_SAMPLER: 'sometimes',
+    OTEL_BSP_MAX_QUEUE_SIZE: '-5',
+    OTEL_TRACES_EXPORTER: 'otlp,zipkin',
+    OTEL_METRICS_EXPORTER: 'none',
+    OTEL_EXPORTER_OTLP_TIMEOUT: '1',
+  })
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(await (await testKeys()).mint())] })).status, 200)
+  const warnings = lapse.lines().filter((l) => l.telemetry === 'config' && l.level === 40).map((l) => String(l.msg))
+  for (const name of ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_TRACES_SAMPLER', 'OTEL_BSP_MAX_QUEUE_SIZE', 'OTEL_TRACES_EXPORTER']) {
+    t.ok(warnings.some((w) => w.startsWith(name)), `warns about ${name}`)
+  }
+})
