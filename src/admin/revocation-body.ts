@@ -5,6 +5,7 @@ import type { Config } from '../config/load.js'
 import type { RevocationEntry } from '../pipeline/types.js'
 import { expiryOf } from '../revocation/model.js'
 
+const MAX_FUTURE_T_S = 86_400
 const FIELDS = new Set(['claim', 'value', 'reason', 'iss', 'issued_before', 'expires_at'])
 
 export function parseRevocation(body: unknown, ctx: { config: Config; nowS: number; by: string }): RevocationEntry | { error: string } {
@@ -20,6 +21,9 @@ export function parseRevocation(body: unknown, ctx: { config: Config; nowS: numb
   if (b.iss !== undefined && (typeof b.iss !== 'string' || !config.issuers.includes(b.iss))) return { error: '"iss" must be one of the configured issuers (LAPSE_ISSUER)' }
   const issuedBeforeS = b.issued_before === undefined ? nowS : toEpochS(b.issued_before)
   if (issuedBeforeS === undefined) return { error: '"issued_before" must be epoch seconds or an RFC 3339 time' }
+  // A T in the future also refuses tokens minted until then (a pause), but a typo of a year
+  // would pin the entry in the set for good: a day ahead is the limit.
+  if (issuedBeforeS > nowS + MAX_FUTURE_T_S) return { error: '"issued_before" may be at most 24 hours in the future' }
   let expiresAtS = expiryOf(issuedBeforeS, config.maxLifetimeS, config.clockSkewS)
   if (b.expires_at !== undefined) {
     const given = toEpochS(b.expires_at)

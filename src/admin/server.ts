@@ -32,8 +32,9 @@ async function route(req: IncomingMessage, res: ServerResponse, deps: Deps): Pro
   if (path === '/v1/revocations' && req.method === 'POST') return create(req, res, deps)
   const m = /^\/v1\/revocations\/([^/]+)\/([^/]+)$/.exec(path)
   if (m) {
-    const claim = decodeURIComponent(m[1]!)
-    const value = decodeURIComponent(m[2]!)
+    const claim = decodePart(m[1]!)
+    const value = decodePart(m[2]!)
+    if (claim === undefined || value === undefined) return send(res, 400, { error: 'invalid_request', error_description: 'the path has a bad percent-encoding' })
     const iss = url.searchParams.get('iss') ?? undefined
     if (req.method === 'GET') return read(req, res, deps, claim, value, iss)
     if (req.method === 'DELETE') return lift(req, res, deps, claim, value, iss)
@@ -41,6 +42,15 @@ async function route(req: IncomingMessage, res: ServerResponse, deps: Deps): Pro
   }
   if (path === '/v1/revocations') return send(res, 405, { error: 'method_not_allowed' }, { allow: 'POST' })
   send(res, 404, { error: 'not_found' })
+}
+
+// decodeURIComponent throws on a malformed escape (`%E0%A4%A`): that is the client's mistake, not a 500.
+function decodePart(part: string): string | undefined {
+  try {
+    return decodeURIComponent(part)
+  } catch {
+    return undefined
+  }
 }
 
 function readiness(res: ServerResponse, deps: Deps): void {
@@ -54,7 +64,7 @@ function readiness(res: ServerResponse, deps: Deps): void {
 function authorize(req: IncomingMessage, res: ServerResponse, deps: Deps): string | undefined {
   const expected = deps.config.admin.token
   if (!expected) {
-    send(res, 403, { error: 'forbidden', error_description: 'the admin API is read-only until LAPSE_ADMIN_TOKEN is set' })
+    send(res, 403, { error: 'forbidden', error_description: 'the revocation API is off until LAPSE_ADMIN_TOKEN is set' })
     return undefined
   }
   const m = /^bearer +(\S+)$/i.exec(req.headers.authorization ?? '')
@@ -112,7 +122,9 @@ async function lift(req: IncomingMessage, res: ServerResponse, deps: Deps, claim
 }
 
 function audit(deps: Deps, action: 'revoke' | 'lift', e: RevocationEntry): void {
-  deps.log.info({ audit: 'revocation', action, by: e.by, claim: e.claim, value: e.value, iss: e.iss, issued_before: e.issuedBeforeS, expires_at: e.expiresAtS, reason: e.reason }, `revocation ${action}`)
+  // Audit lines are written whatever LAPSE_LOG_LEVEL says (short of silent), like decision lines.
+  const log = deps.log.levelVal > 30 && deps.log.level !== 'silent' ? deps.log.child({}, { level: 'info' }) : deps.log
+  log.info({ audit: 'revocation', action, by: e.by, claim: e.claim, value: e.value, iss: e.iss, issued_before: e.issuedBeforeS, expires_at: e.expiresAtS, reason: e.reason }, `revocation ${action}`)
 }
 
 export function toJson(e: RevocationEntry): Record<string, unknown> {

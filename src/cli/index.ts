@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util'
 import { resolve } from 'node:path'
 import { ConfigError } from '../config/load.js'
-import { startProxy, StartError, type Running } from '../main.js'
+import type { Running } from '../main.js'
 import { startDemoUpstream } from './demo-upstream.js'
 import { DEV_AUDIENCE, DEV_ISSUER, loadDevKey, mintToken } from './dev-key.js'
 import { randomBytes } from 'node:crypto'
@@ -64,6 +64,8 @@ export async function main(argv: string[], env: Env): Promise<void> {
 }
 
 async function start(env: Env): Promise<Running> {
+  // Loaded only for the commands that run the proxy: the admin commands start in a blink.
+  const { startProxy, StartError } = await import('../main.js')
   try {
     return await startProxy(env)
   } catch (err) {
@@ -125,6 +127,8 @@ async function runDemo(args: string[], env: Env): Promise<void> {
       { path: '/**', methods: ['GET', 'HEAD'], scopes: ['demo:read'] },
       { path: '/**', methods: ['POST', 'PUT', 'PATCH', 'DELETE'], scopes: ['demo:write'] },
     ]),
+    // No collector on a laptop: export only once the user sets any OTEL_* variable (/metrics is served either way).
+    ...(Object.keys(env).some((k) => k.startsWith('OTEL_')) ? {} : { OTEL_TRACES_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' }),
     ...env,
     LAPSE_UPSTREAM: upstream.url,
     LAPSE_ADMIN_TOKEN: adminToken,
@@ -190,7 +194,10 @@ async function adminRequest(env: Env, method: string, path: string, body?: objec
       signal: AbortSignal.timeout(10_000),
     })
   } catch (err) {
-    return die(`cannot reach the admin API at ${base}: ${(err as Error).message}`, 1)
+    // fetch says only "fetch failed"; the cause has the useful part (ECONNREFUSED, a timeout).
+    const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause
+    const why = typeof cause?.code === 'string' ? cause.code : typeof cause?.message === 'string' ? cause.message : (err as Error).message
+    return die(`cannot reach the admin API at ${base}: ${why}`, 1)
   }
   const text = await res.text()
   return { status: res.status, json: text ? JSON.parse(text) : null }

@@ -12,13 +12,21 @@ export const keyOf = (claim: string, value: string, iss: string | undefined): st
 export const entryMatches = (entry: RevocationEntry | undefined, iatS: number | undefined): boolean =>
   entry !== undefined && (iatS === undefined || iatS <= entry.issuedBeforeS)
 
+export const MAX_VALUES_PER_CLAIM = 16
+
 /** The values of one token that the set is keyed on, in `revocableClaims` order. */
 export function toTokenRef(identity: Identity, revocableClaims: readonly string[]): TokenRef {
   const values: Array<readonly [string, string]> = []
-  for (const claim of revocableClaims) {
-    const value = identity.claims[claim]
+  const add = (claim: string, value: unknown) => {
     if (typeof value === 'string' && value !== '') values.push([claim, value])
     else if (typeof value === 'number' && Number.isFinite(value)) values.push([claim, String(value)])
+  }
+  for (const claim of revocableClaims) {
+    const value = identity.claims[claim]
+    // A token of several tasks (`task: ["MIGR-42", "MIGR-43"]`) is revoked by any of them. The
+    // bound keeps one check one round trip of a sane size; elements past it cannot be revoked.
+    if (Array.isArray(value)) for (const element of value.slice(0, MAX_VALUES_PER_CLAIM)) add(claim, element)
+    else add(claim, value)
   }
   return { iss: identity.iss, iatS: identity.iatS, values }
 }
