@@ -49,7 +49,8 @@ const malformed = (description: string) => ({ reason: 'malformed' as const, desc
 
 /** Finds `access_token` parameters without decoding the rest of the query, which is forwarded verbatim. */
 function findQueryToken(query: string): { found: false } | { found: true; value: string; rest: string; count: number } {
-  if (!query.includes('access_token')) return { found: false }
+  // Fast path only when no escape could spell the name (`access%5Ftoken` decodes to it too).
+  if (!query.includes('access_token') && !query.includes('%')) return { found: false }
   const parts = query.split('&')
   const kept: string[] = []
   let value: string | undefined

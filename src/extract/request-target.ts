@@ -7,7 +7,8 @@
 // - origin-form only (`/…`); absolute-form, authority-form and `*` are refused;
 // - percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), other escapes kept
 //   with upper-case hex; an encoded `/`, `\`, `;`, NUL or control byte is refused, as is an
-//   escape that is not valid UTF-8 (overlong forms such as %C0%AE);
+//   escape that is not valid UTF-8 (overlong forms such as %C0%AE), or one whose character
+//   becomes `.`, `/`, `\`, `;`, `%`, `?` or `#` under NFKC (fullwidth "．", "／");
 // - raw `\`, `;`, control characters, spaces and non-ASCII are refused: upstreams disagree on
 //   what they mean (Tomcat's `..;`, IIS's backslash);
 // - empty segments (`//`) are merged, `.` and `..` resolved; `..` above the root is refused;
@@ -81,10 +82,16 @@ function decodeUnreserved(path: string): string | Refusal {
 
 /** One run of consecutive escapes: must be valid UTF-8; unreserved ASCII decoded, the rest re-encoded. */
 function decodeEscapeRun(bytes: number[]): string | Refusal {
+  let text: string
   try {
-    utf8.decode(Uint8Array.from(bytes))
+    text = utf8.decode(Uint8Array.from(bytes))
   } catch {
     return refuse('path has an escape that is not valid UTF-8')
+  }
+  // Upstreams that apply Unicode compatibility normalization (NFKC) turn U+FF0E "．" into "."
+  // and U+FF0F "／" into "/": a segment matched as "．．" would be served as "..".
+  for (const ch of text) {
+    if (ch > '\x7f' && /[./\\;%?#]/.test(ch.normalize('NFKC'))) return refuse('path has an encoded character that normalizes to a delimiter')
   }
   let out = ''
   for (const b of bytes) {

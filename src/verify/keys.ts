@@ -8,15 +8,17 @@
 // fails the request if the issuer is down. Lapse keeps the last good set, refreshes in the
 // background, and refetches on an unknown `kid` at most once per cooldown so a flood of made-up
 // kids cannot turn Lapse into a load generator against the issuer.
+import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createLocalJWKSet, importJWK, errors, type JSONWebKeySet, type JWK, type JWSHeaderParameters } from 'jose'
 import { request } from 'undici'
-import type { Clock } from '../pipeline/types.js'
+import type { Clock, StepTracer } from '../pipeline/types.js'
 
 export type VerificationKey = Awaited<ReturnType<ReturnType<typeof createLocalJWKSet>>> | Uint8Array
 
 export interface KeyResolver {
-  getKey(header: JWSHeaderParameters): Promise<VerificationKey>
+  /** `steps`: the decision waiting on this lookup, so a refetch it triggers is one of its child spans. */
+  getKey(header: JWSHeaderParameters, steps?: StepTracer): Promise<VerificationKey>
   /** Every candidate key when the header names no `kid` and several keys fit; bounded. */
   candidates(header: JWSHeaderParameters): Promise<VerificationKey[]>
   ready(): boolean
@@ -55,23 +57,41 @@ export function filterKeys(jwks: unknown, algorithms: readonly string[], log?: L
     throw new errors.JWKSInvalid('JSON Web Key Set malformed: no "keys" array')
   }
   const allowHmac = algorithms.some((a) => a.startsWith('HS'))
-  const kept: JWK[] = []
-  const seenKids = new Set<string>()
+  const usable: Array<{ index: number; jwk: JWK }> = []
   for (const [i, key] of ((jwks as { keys: unknown[] }).keys).entries()) {
     const why = rejectKey(key, algorithms, allowHmac)
     if (why) {
       log?.warn({ index: i, why }, 'ignoring a key in the key set')
       continue
     }
-    const jwk = key as JWK
+    usable.push({ index: i, jwk: key as JWK })
+  }
+  // Two different keys under one kid (and kty): which one the issuer meant cannot be known, so
+  // neither is trusted (RFC 7517 §4.5). An exact repeat of one key is harmless and kept once.
+  const bySlot = new Map<string, Set<string>>()
+  for (const { jwk } of usable) {
+    if (jwk.kid === undefined) continue
+    const slot = `${jwk.kid}\u0000${jwk.kty}`
+    bySlot.set(slot, (bySlot.get(slot) ?? new Set()).add(JSON.stringify(jwk)))
+  }
+  const kept: JWK[] = []
+  const seen = new Set<string>()
+  for (const { index, jwk } of usable) {
     if (jwk.kid !== undefined) {
-      if (seenKids.has(jwk.kid)) {
-        log?.warn({ index: i, kid: jwk.kid, why: 'duplicate kid' }, 'ignoring a key in the key set')
+      const slot = `${jwk.kid}\u0000${jwk.kty}`
+      if (bySlot.get(slot)!.size > 1) {
+        log?.warn({ index, kid: jwk.kid, why: 'duplicate kid with different keys' }, 'ignoring a key in the key set')
         continue
       }
-      seenKids.add(jwk.kid)
+      if (seen.has(slot)) continue
+      seen.add(slot)
     }
     kept.push(jwk)
+  }
+  // A secret next to public keys is a secret someone published: ignore it, keep the public keys.
+  if (kept.some((k) => k.kty === 'oct') && kept.some((k) => k.kty !== 'oct')) {
+    log?.warn({ why: 'symmetric key in a set that also holds public keys' }, 'ignoring the symmetric keys of the key set')
+    return { keys: kept.filter((k) => k.kty !== 'oct') }
   }
   return { keys: kept }
 }
@@ -89,26 +109,83 @@ function rejectKey(key: unknown, algorithms: readonly string[], allowHmac: boole
       if ('d' in k || 'p' in k || 'q' in k) return 'private key material in a public key set'
       if (typeof k.n !== 'string' || typeof k.e !== 'string') return 'RSA key without n or e'
       if (Math.floor((k.n.replace(/=+$/, '').length * 6) / 8) * 8 < MIN_RSA_BITS - 8) return `RSA modulus shorter than ${MIN_RSA_BITS} bits`
-      return undefined
+      return rejectKeyMaterial(k)
     case 'EC':
       if ('d' in k) return 'private key material in a public key set'
       if (!['P-256', 'P-384', 'P-521'].includes(String(k.crv))) return 'unsupported EC curve'
-      return undefined
+      return rejectKeyMaterial(k)
     case 'OKP':
       if ('d' in k) return 'private key material in a public key set'
       if (!['Ed25519', 'Ed448'].includes(String(k.crv))) return 'unsupported OKP curve'
-      return undefined
-    case 'oct':
+      return rejectKeyMaterial(k)
+    case 'oct': {
       // A shared secret only ever verifies when HMAC was configured on purpose.
       if (!allowHmac) return 'symmetric key while no HS* algorithm is allowed'
-      if (typeof k.k !== 'string' || k.k.length < 43) return 'symmetric key shorter than 256 bits'
+      // RFC 7518 §3.2: a key at least as long as the hash output.
+      const minBytes = hmacKeyBytes(k.alg)
+      if (typeof k.k !== 'string' || base64urlBytes(k.k) < minBytes) return `symmetric key shorter than ${minBytes * 8} bits`
       return undefined
+    }
     default:
       return 'unsupported kty'
   }
 }
 
-export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?: Log }): KeyResolver {
+/** HS384 and HS512 need 48- and 64-byte keys; anything else (HS256, no alg) 32. */
+const hmacKeyBytes = (alg: unknown): number => (alg === 'HS512' ? 64 : alg === 'HS384' ? 48 : 32)
+const base64urlBytes = (s: string): number => Math.floor((s.replace(/=+$/, '').length * 6) / 8)
+
+/**
+ * Parses the key as OpenSSL will use it, so a point off its curve, a key of the wrong size for
+ * its curve or a broken modulus is refused at loading rather than at first use; and refuses RSA
+ * keys anyone can forge with: public exponent 1 (or even), and ROCA moduli.
+ */
+function rejectKeyMaterial(k: Record<string, unknown>): string | undefined {
+  let details: KeyObject['asymmetricKeyDetails']
+  try {
+    details = createPublicKey({ key: k as JsonWebKey, format: 'jwk' }).asymmetricKeyDetails
+  } catch {
+    return 'key material is not a valid public key'
+  }
+  if (k.kty !== 'RSA') return undefined
+  const e = details?.publicExponent
+  if (e === undefined || e < 3n || e % 2n === 0n) return 'RSA public exponent is not odd and at least 3'
+  if (hasRocaFingerprint(BigInt(`0x${Buffer.from(k.n as string, 'base64url').toString('hex') || '0'}`))) {
+    return 'RSA modulus has the ROCA fingerprint (CVE-2017-15361): its private key can be recovered'
+  }
+  return undefined
+}
+
+// ROCA (CVE-2017-15361): primes made by the affected Infineon library are 65537^a mod M plus a
+// multiple of M, a primorial, so for every small prime r dividing M the modulus mod r lies in the
+// subgroup generated by 65537 mod r (Nemec et al., "The Return of Coppersmith's Attack"). For
+// moduli of 1984 bits and more M holds the first 126 primes, up to 701: a random modulus passes
+// all of them with probability about 2^-167. (Lapse accepts no smaller modulus.)
+const ROCA_PRIMES = Array.from({ length: 699 }, (_, i) => i + 3).filter((r) => {
+  for (let d = 2; d * d <= r; d++) if (r % d === 0) return false
+  return true
+})
+
+function hasRocaFingerprint(n: bigint): boolean {
+  for (const r of ROCA_PRIMES) {
+    const residue = Number(n % BigInt(r))
+    const g = 65537 % r
+    let x = 1
+    let inSubgroup = false
+    do {
+      if (x === residue) {
+        inSubgroup = true
+        break
+      }
+      x = (x * g) % r
+    } while (x !== 1)
+    if (!inSubgroup) return false
+  }
+  return true
+}
+
+/** `deps.steps` traces the background fetches (each its own trace); request-triggered ones use the request's. */
+export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?: Log; steps?: StepTracer }): KeyResolver {
   let jwks: JSONWebKeySet | undefined
   let local: ReturnType<typeof createLocalJWKSet> | undefined
   let generation = 0
@@ -146,7 +223,7 @@ export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?:
   const schedule = (delayMs: number) => {
     if (closed) return
     timer = setTimeout(() => {
-      refresh().then(
+      (deps.steps ? deps.steps.run('jwks_fetch', refresh) : refresh()).then(
         () => schedule(source.refreshS * 1000),
         // Before the first success retry soon; afterwards the old keys serve until the next round.
         () => schedule(jwks ? source.refreshS * 1000 : Math.min(source.cooldownS * 1000, 5000)),
@@ -156,7 +233,9 @@ export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?:
   }
 
   const selectHmac = (header: JWSHeaderParameters): Promise<VerificationKey> => {
-    const matching = (jwks?.keys ?? []).filter((k) => k.kty === 'oct' && (header.kid === undefined || k.kid === header.kid) && (k.alg === undefined || k.alg === header.alg))
+    const matching = (jwks?.keys ?? []).filter((k) => k.kty === 'oct' && (header.kid === undefined || k.kid === header.kid) && (k.alg === undefined || k.alg === header.alg)
+      // A 256-bit key without `alg` may serve HS256 but not HS384/HS512 (RFC 7518 §3.2).
+      && base64urlBytes(k.k ?? '') >= hmacKeyBytes(header.alg))
     if (matching.length !== 1) return Promise.reject(matching.length ? new errors.JWKSMultipleMatchingKeys() : new errors.JWKSNoMatchingKey())
     const id = `${header.alg}:${matching[0]!.kid ?? ''}`
     let key = hmacCache.get(id)
@@ -176,13 +255,13 @@ export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?:
   const cooldownPassed = () => source.jwksUrl !== undefined && deps.clock.now() - lastAttemptMs >= source.cooldownS * 1000
 
   return {
-    async getKey(header) {
+    async getKey(header, steps) {
       try {
         return await lookup(header)
       } catch (err) {
         if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || !cooldownPassed()) throw err
         // An unknown kid may mean the issuer rotated: look once, then answer.
-        await refresh().catch(() => undefined)
+        await (steps ? steps.run('jwks_fetch', refresh) : refresh()).catch(() => undefined)
         return lookup(header)
       }
     },

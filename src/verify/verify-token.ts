@@ -5,8 +5,9 @@
 //   const verify = createVerifier({ policy, algorithms, keys, clock, cacheSize: 10_000 })
 //   const result = await verify(token)   // Identity | Denial
 import { compactVerify, decodeProtectedHeader, errors, type JWSHeaderParameters } from 'jose'
-import type { Clock, Denial, DenyReason, Identity } from '../pipeline/types.js'
+import type { Clock, Denial, DenyReason, Identity, StepTracer } from '../pipeline/types.js'
 import { checkClaims, type ClaimPolicy } from './claims.js'
+import { findDuplicateKey } from './duplicate-keys.js'
 import type { KeyResolver } from './keys.js'
 
 export interface VerifierOptions {
@@ -17,7 +18,8 @@ export interface VerifierOptions {
   readonly cacheSize: number
 }
 
-export type Verifier = ((token: string) => Promise<Identity | Denial>) & { cacheSize(): number }
+/** `steps` lets a key fetch this token triggers (unknown kid) appear as a child span of the decision. */
+export type Verifier = ((token: string, steps?: StepTracer) => Promise<Identity | Denial>) & { cacheSize(): number }
 
 // Every jose error code mapped by code, never by message; the compiler keeps this complete.
 const JOSE_REASONS: Record<errors.JOSEErrorCode, DenyReason> = {
@@ -74,7 +76,7 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     cache.set(token, entry)
   }
 
-  const verify = async (token: string): Promise<Identity | Denial> => {
+  const verify = async (token: string, steps?: StepTracer): Promise<Identity | Denial> => {
     const nowS = Math.floor(clock.now() / 1000)
     const hit = cache.get(token)
     if (hit && hit.generation === keys.generation()) {
@@ -90,13 +92,15 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     const generation = keys.generation()
     let payloadBytes: Uint8Array
     try {
-      payloadBytes = await verifySignature(token, pre.header, keys, joseOptions)
+      payloadBytes = await verifySignature(token, pre.header, keys, joseOptions, steps)
     } catch (err) {
       return deny(reasonOf(err))
     }
     let payload: unknown
     try {
-      payload = JSON.parse(utf8.decode(payloadBytes))
+      const text = utf8.decode(payloadBytes)
+      payload = JSON.parse(text)
+      if (findDuplicateKey(text) !== undefined) return deny('malformed', 'token payload repeats a claim')
     } catch {
       return deny('malformed', 'token payload is not JSON')
     }
@@ -120,21 +124,37 @@ function precheck(token: string, algorithms: ReadonlySet<string>): { header: JWS
   const parts = token.split('.')
   if (parts.length === 5) return deny('malformed', 'encrypted tokens (JWE) are not accepted')
   if (parts.length !== 3 || parts.some((p) => p === '')) return deny('malformed', 'token is not a signed JWT')
+  // The signature covers the encoded text, so a lenient decoder that skips stray characters or
+  // ignores non-zero padding bits would accept many encodings of one signed value.
+  if (!parts.every(isCanonicalBase64url)) return deny('malformed', 'token is not canonical base64url')
   let header: JWSHeaderParameters
   try {
     header = decodeProtectedHeader(token) as JWSHeaderParameters
+    if (findDuplicateKey(utf8.decode(Buffer.from(parts[0]!, 'base64url'))) !== undefined) return deny('malformed', 'token header repeats a member')
   } catch {
     return deny('malformed', 'token header is not valid')
   }
   if (typeof header.alg !== 'string' || !algorithms.has(header.alg)) return deny('alg_not_allowed')
   // RFC 7797 unencoded payloads have no place in a bearer token.
   if ('b64' in header) return deny('malformed', 'token header uses b64')
+  // RFC 7515 §4.1.11: an extension the verifier does not understand must fail; Lapse knows none.
+  if ('crit' in header) return deny('malformed', 'token header has critical extensions')
+  if (header.kid !== undefined && typeof header.kid !== 'string') return deny('malformed', 'token kid is not a string')
   return { header }
 }
 
-async function verifySignature(token: string, header: JWSHeaderParameters, keys: KeyResolver, options: { algorithms: string[] }): Promise<Uint8Array> {
+const B64URL_DIGITS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+
+/** RFC 7515 §2: base64url without padding, and (RFC 4648 §3.5) no bits set past the last byte. */
+function isCanonicalBase64url(s: string): boolean {
+  if (!/^[A-Za-z0-9_-]+$/.test(s) || s.length % 4 === 1) return false
+  const last = B64URL_DIGITS.indexOf(s[s.length - 1]!)
+  return s.length % 4 === 2 ? (last & 0x0f) === 0 : s.length % 4 === 3 ? (last & 0x03) === 0 : true
+}
+
+async function verifySignature(token: string, header: JWSHeaderParameters, keys: KeyResolver, options: { algorithms: string[] }, steps: StepTracer | undefined): Promise<Uint8Array> {
   try {
-    const { payload } = await compactVerify(token, (h: JWSHeaderParameters) => keys.getKey(h) as never, options)
+    const { payload } = await compactVerify(token, (h: JWSHeaderParameters) => keys.getKey(h, steps) as never, options)
     return payload
   } catch (err) {
     if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err

@@ -1,0 +1,247 @@
+// Property-based tests (fast-check) for the three pure stages an attacker's bytes flow through
+// before anything is forwarded: the bearer extractor, the path normalizer and the route matcher.
+// The property that matters: for any request, the rule that decided it is the rule that governs
+// the path the upstream actually receives, and reads.
+import fc from 'fast-check'
+import t from 'tap'
+import { compileRoutes } from '../../src/authorize/routes.js'
+import { routeSchema, type RouteSetting } from '../../src/config/schema.js'
+import { extractBearer } from '../../src/extract/bearer.js'
+import { normalizeTarget, type Target } from '../../src/extract/request-target.js'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { decide, type DecideDeps } from '../../src/pipeline/decide.js'
+import type { Identity, RevocationStore } from '../../src/pipeline/types.js'
+import { findDuplicateKey } from '../../src/verify/duplicate-keys.js'
+import type { Verifier } from '../../src/verify/verify-token.js'
+
+const RUNS = { numRuns: 2000 }
+
+// Pieces attackers assemble paths from: separators, dot segments in every encoding, delimiters
+// upstreams disagree on, overlong and fullwidth forms, controls, double encodings.
+const PIECES = [
+  '/', '/', '/', '.', '..', '%2e', '%2E', '.%2e', '%2e%2e', '%2f', '%2F', '%5c', '%5C', '\\', ';', '%3b', '%3B', 'admin', 'public',
+  'ADMIN', 'Admin', 'orders', 'a', 'b', 'c', '%61', '%41', '%7e', '%7E', '~', '-', '_', '%2d', '%C0%AE', '%c0%af', '%E0%80%AE', '%00',
+  '%0a', '%0D', '%7f', '%25', '%252e', '%252f', '%EF%BC%8E', '%EF%BC%8F', '%E2%80%A5', '%C3%A9', '%E2%82%AC', '%F0%9F%98%80', '%ff',
+  '%', '%2', '%zz', '%u002e', ' ', '\t', '#', '*', '@', ':', '!', '$', '&', "'", '(', ')', '+', ',', '=', '|', '"', 'é', '\u0000',
+]
+const rawPath = fc.array(fc.constantFrom(...PIECES), { maxLength: 14 }).map((parts) => parts.join(''))
+const rawTarget = fc.tuple(
+  fc.oneof({ weight: 9, arbitrary: fc.constant('/') }, { weight: 1, arbitrary: fc.constantFrom('', 'http://x', '*', '//', 'x') }),
+  rawPath,
+  fc.option(fc.array(fc.constantFrom('a=1', 'b', '%2e', '..', '/', '?', 'access_token=x', '%zz', ';', '&'), { maxLength: 4 }).map((q) => q.join('&'))),
+).map(([start, path, query]) => `${start}${path}${query === null ? '' : `?${query}`}`)
+
+/** The URL forward.ts puts on the wire for a target. */
+const forwardedUrl = (target: Target) => (target.query || target.hasQuery ? `${target.path}?${target.query}` : target.path)
+const ok = (r: ReturnType<typeof normalizeTarget>): r is Target => !('reason' in r)
+
+/**
+ * What an upstream that decodes the path once (and even applies NFKC, as some frameworks do)
+ * sees as segments. Undefined when decoding would change the segment structure.
+ */
+function upstreamSegments(path: string): string[] | undefined {
+  const segs = path.split('/').slice(1)
+  const out: string[] = []
+  for (const seg of segs) {
+    let decoded: string
+    try {
+      decoded = decodeURIComponent(seg).normalize('NFKC')
+    } catch {
+      return undefined
+    }
+    if (decoded.includes('/') || decoded.includes('\\') || decoded === '.' || decoded === '..') return undefined
+    out.push(decoded)
+  }
+  return out
+}
+
+t.test('normalizeTarget: never throws; its output is clean, stable and means the same upstream', async (t) => {
+  let accepted = 0
+  fc.assert(
+    fc.property(rawTarget, (raw) => {
+      const r = normalizeTarget(raw)
+      if (!ok(r)) return r.reason === 'invalid_request'
+      accepted++
+      const { path } = r
+      // Clean: one leading slash, no empty or dot segments, only path characters, canonical escapes.
+      if (!path.startsWith('/') || path.includes('//')) return false
+      if (path.split('/').slice(1).some((s) => s === '.' || s === '..')) return false
+      if (!/^[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$/.test(path)) return false
+      if (/%(?![0-9A-F]{2})/.test(path)) return false
+      if (/%(2[DdEe]|3[0-9]|4[1-9A-F]|5[0-9A]|5F|6[1-9A-F]|7[0-9A]|7E)/.test(path)) return false // encoded unreserved
+      if (/%(2F|5C|3B|00)/i.test(path)) return false
+      // Stable: normalizing what is forwarded changes nothing (one path, matched and forwarded).
+      const again = normalizeTarget(forwardedUrl(r))
+      if (!ok(again) || again.path !== r.path || again.query !== r.query || again.hasQuery !== r.hasQuery) return false
+      // Same meaning upstream: decoding once (with NFKC) keeps the segments and adds no dot segment.
+      const view = upstreamSegments(path)
+      if (!view || view.length !== path.split('/').length - 1) return false
+      // A WHATWG URL parser (what many upstream frameworks use) reads the same path back.
+      return new URL(path, 'http://upstream.test').pathname === path
+    }),
+    RUNS,
+  )
+  t.ok(accepted > 300, `property held on ${accepted} accepted targets (of ${RUNS.numRuns})`)
+})
+
+t.test('normalizeTarget: the known bypass forms are refused or resolved, never left for the upstream', async (t) => {
+  // Any target containing one of these, once accepted, must not still contain it.
+  fc.assert(
+    fc.property(rawTarget, (raw) => {
+      const r = normalizeTarget(raw)
+      if (!ok(r)) return true
+      return !/(^|\/)(\.|\.\.|%2e|%2E|\.%2e|%2e\.)(\/|$)/.test(r.path) && !/[\\;]|%5C|%3B|%2F/i.test(r.path)
+    }),
+    RUNS,
+  )
+  t.pass('no dot segment, backslash, semicolon or encoded slash survives normalization')
+})
+
+// Route patterns built from a small alphabet so generated paths hit them often.
+// (ASCII only: a rule literal is compared with the percent-encoded path, see the report on non-ASCII rules.)
+const LITERALS = ['admin', 'public', 'orders', 'a', 'b', 'ADMIN', 'x-y', '~u']
+const segment = fc.oneof({ weight: 5, arbitrary: fc.constantFrom(...LITERALS) }, { weight: 2, arbitrary: fc.constant('*') })
+const pattern = fc
+  .tuple(fc.array(segment, { maxLength: 4 }), fc.boolean(), fc.boolean())
+  .map(([segs, rest, trailing]) => (rest ? `/${[...segs, '**'].join('/')}` : `/${segs.join('/')}${trailing && segs.length > 0 ? '/' : ''}`))
+const METHODS = ['GET', 'POST', 'DELETE']
+const ruleSetting = fc
+  .record({ path: pattern, methods: fc.option(fc.subarray(METHODS, { minLength: 1 })), public: fc.boolean() })
+  .map(({ path, methods, public: isPublic }): RouteSetting => routeSchema.parse({ path, ...(methods ? { methods } : {}), public: isPublic, scopes: isPublic ? [] : ['s'] }))
+// Duplicate (path, method) pairs are a boot error, so generated tables skip them.
+const ruleTable = fc.uniqueArray(ruleSetting, { maxLength: 6, selector: (r) => r.path })
+
+/** An independent reference: each pattern as a regular expression over the normalized path. */
+function referenceMatch(rules: readonly RouteSetting[], method: string, path: string): number | undefined {
+  const i = rules.findIndex((r) => {
+    if (r.methods && !r.methods.includes(method)) return false
+    const segs = r.path.split('/').filter((s) => s !== '')
+    const trailing = r.path.length > 1 && r.path.endsWith('/')
+    const body = segs.map((s) => (s === '**' ? '(?:/.*)?' : s === '*' ? '/[^/]+' : `/${s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`)).join('')
+    const re = segs.length === 0 ? /^\/$/ : new RegExp(`^${body}${trailing ? '/' : ''}$`)
+    return re.test(path)
+  })
+  return i === -1 ? undefined : i
+}
+
+const normalizedPath = rawPath.map((p) => normalizeTarget(`/${p}`)).filter(ok).map((r) => r.path)
+const literalPath = fc.array(fc.constantFrom(...LITERALS, 'c', 'zz'), { maxLength: 5 }).chain((segs) => fc.constantFrom(`/${segs.join('/')}`, `/${segs.join('/')}/`).map((p) => (p === '//' ? '/' : p)))
+
+t.test('route matcher: agrees with a regular-expression reference, first match wins', async (t) => {
+  fc.assert(
+    fc.property(ruleTable, fc.constantFrom(...METHODS), fc.oneof(literalPath, normalizedPath), (rules, method, path) => {
+      const match = compileRoutes(rules)
+      const got = match(method, path)
+      const want = referenceMatch(rules, method, path)
+      return want === undefined ? got === undefined : got?.id === String(want)
+    }),
+    RUNS,
+  )
+  t.pass('compiled matcher ≡ reference on generated tables and paths')
+})
+
+// A stub pipeline: every token valid with every scope, nothing revoked, so the decision turns
+// on the path and the rules alone.
+const identity: Identity = { iss: 'i', sub: 's', clientId: undefined, jti: 'j', iatS: 0, expS: 2e9, scopes: new Set(['s']), claims: {} }
+const verify = Object.assign(async () => identity, { cacheSize: () => 0 }) as unknown as Verifier
+const revocations = { isRevoked: async () => false } as unknown as RevocationStore
+
+t.test('decide: the rule that allowed a request is the rule that governs the path forwarded', async (t) => {
+  await fc.assert(
+    fc.asyncProperty(ruleTable, fc.constantFrom(...METHODS), rawTarget, fc.boolean(), async (rules, method, raw, withToken) => {
+      const match = compileRoutes(rules)
+      const deps: DecideDeps = { match, verify, revocations, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0) }
+      const outcome = await decide({ method, url: raw, authorization: withToken ? ['Bearer abc.def.ghi'] : undefined }, deps)
+      if (!outcome.decision.allow) return true
+      const target = outcome.target!
+      const forwarded = forwardedUrl(target)
+      // What the upstream receives, normalized again, is what was matched…
+      const again = normalizeTarget(forwarded)
+      if (!ok(again) || again.path !== target.path) return false
+      // …and the same rule governs it, whether read as forwarded or decoded once upstream.
+      if (match(method, again.path) !== outcome.decision.rule) return false
+      const view = upstreamSegments(target.path)
+      if (!view) return false
+      const decodedView = `/${view.join('/')}`
+      const viaView = referenceMatch(rules, method, decodedView)
+      return viaView === undefined ? false : String(viaView) === outcome.decision.rule.id
+    }),
+    { numRuns: 1500 },
+  )
+  t.pass('matched rule = rule of the forwarded path = rule of the upstream-decoded path')
+})
+
+t.test('extractBearer: any b64token in any Bearer spelling is extracted exactly', async (t) => {
+  const b64token = fc.stringMatching(/^[A-Za-z0-9\-._~+/]{1,200}={0,2}$/)
+  const scheme = fc.constantFrom('bearer', 'Bearer', 'BEARER').chain((s) => fc.array(fc.boolean(), { minLength: 6, maxLength: 6 }).map((up) => [...s].map((c, i) => (up[i] ? c.toUpperCase() : c.toLowerCase())).join('')))
+  fc.assert(
+    fc.property(b64token, scheme, fc.integer({ min: 1, max: 4 }), (token, s, spaces) => {
+      const got = extractBearer([`${s}${' '.repeat(spaces)}${token}`], '', { allowQueryToken: false, maxTokenBytes: 8192 })
+      return 'token' in got && got.token === token && got.query === ''
+    }),
+    RUNS,
+  )
+  t.pass('extracted')
+})
+
+t.test('extractBearer: never throws, never returns a token that is not a bounded b64token', async (t) => {
+  const header = fc.oneof(fc.string({ maxLength: 60 }), fc.string({ unit: 'binary', maxLength: 60 }), fc.constantFrom('Bearer', 'Bearer ', 'bearer\t', 'Basic x', 'Bearer a b', 'Bearer a,b'))
+  const query = fc.array(fc.constantFrom('a=1', 'access_token=t0k', 'access%5Ftoken=x', 'ACCESS_TOKEN=y', '%zz', 'access_token', '&', '=', 'b=%2e'), { maxLength: 5 }).map((q) => q.join('&'))
+  fc.assert(
+    fc.property(fc.option(fc.array(header, { minLength: 1, maxLength: 3 })), query, fc.boolean(), fc.integer({ min: 1, max: 64 }), (headers, q, allowQuery, max) => {
+      const got = extractBearer(headers ?? undefined, q, { allowQueryToken: allowQuery, maxTokenBytes: max })
+      if (headers && headers.length > 1) return 'reason' in got && got.reason === 'invalid_request'
+      if ('reason' in got) return got.reason === 'invalid_request' || got.reason === 'malformed'
+      if (got.token !== undefined && (!/^[A-Za-z0-9\-._~+/]+=*$/.test(got.token) || got.token.length > max)) return false
+      // A query token is only ever taken when allowed, and is then gone from the forwarded query.
+      const names = got.query.split('&').map((p) => {
+        try {
+          return decodeURIComponent(p.split('=')[0]!)
+        } catch {
+          return p
+        }
+      })
+      const fromQuery = got.token !== undefined && !headers
+      return !fromQuery || (allowQuery && !names.includes('access_token'))
+    }),
+    { numRuns: 600 },
+  )
+  t.pass('total and bounded')
+})
+
+t.test('extractBearer: a query token is refused unless allowed, and removed when taken', async (t) => {
+  const other = fc.array(fc.constantFrom('a=1', 'b=2', 'x=%2e', 'c'), { maxLength: 3 })
+  const name = fc.constantFrom('access_token', 'access%5Ftoken', 'access%5ftoken', '%61ccess_token')
+  fc.assert(
+    fc.property(other, name, fc.stringMatching(/^[A-Za-z0-9._~-]{1,40}$/), other, (before, n, value, after) => {
+      const q = [...before, `${n}=${value}`, ...after].join('&')
+      const refused = extractBearer(undefined, q, { allowQueryToken: false, maxTokenBytes: 8192 })
+      if (!('reason' in refused) || refused.reason !== 'invalid_request') return false
+      const taken = extractBearer(undefined, q, { allowQueryToken: true, maxTokenBytes: 8192 })
+      return 'token' in taken && taken.token === value && taken.query === [...before, ...after].join('&')
+    }),
+    RUNS,
+  )
+  t.pass('refused when not configured; when configured, taken once and stripped, the rest verbatim')
+})
+
+t.test('findDuplicateKey: silent on any JSON.stringify output, finds any repeated member', async (t) => {
+  const value = fc.jsonValue()
+  fc.assert(
+    fc.property(value, (v) => findDuplicateKey(JSON.stringify(v)) === undefined),
+    RUNS,
+  )
+  // Repeat one member of a generated object, anywhere in it, spelled with or without escapes.
+  fc.assert(
+    fc.property(fc.dictionary(fc.string(), fc.jsonValue(), { minKeys: 1, maxKeys: 6 }), fc.nat(), fc.boolean(), fc.jsonValue(), (obj, pick, escape, extra) => {
+      const names = Object.keys(obj)
+      const name = names[pick % names.length]!
+      const spelled = escape ? `"${[...name].map((c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`).join('')}"` : JSON.stringify(name)
+      const text = JSON.stringify(obj)
+      const doubled = `${text.slice(0, -1)},${spelled}:${JSON.stringify(extra)}}`
+      return JSON.parse(doubled) !== undefined && findDuplicateKey(doubled) === name
+    }),
+    RUNS,
+  )
+  t.pass('no false alarm on unique members; every duplicate found, escaped or not')
+})

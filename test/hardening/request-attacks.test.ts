@@ -1,0 +1,249 @@
+// Hostile requests, end to end: credentials in odd places, paths built to be matched as one
+// thing and served as another, and headers that try to speak for the caller. Requests go out raw
+// (over a socket) where a client library would normalize or refuse them first.
+import t, { type Test } from 'tap'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { bearer, decisions, runApp, send, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
+import { defaultClaims, testKeys } from '../fixtures/keys.js'
+import { assertNothingLeaked, rawHttp } from './helpers.js'
+
+const T0_MS = Date.parse('2030-01-01T00:00:00Z')
+const T0_S = T0_MS / 1000
+// The rule set the issue names: /admin/** protected, /public/** open.
+const ROUTES = [
+  { path: '/public/**', public: true },
+  { path: '/admin/**', scopes: ['admin'] },
+  { path: '/orders/**', scopes: ['orders:read'] },
+]
+
+const start = (t: Test, env: Record<string, string> = {}) => runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), env })
+const mint = async (over: Record<string, unknown> = {}) => (await testKeys()).mint({ ...defaultClaims(T0_S), ...over }, { nowS: T0_S })
+
+/** One raw request; waits for its audit line when Lapse decided it (not for parser refusals). */
+async function raw(lapse: Lapse, target: string, headers: string[] = [], method = 'GET') {
+  const before = decisions(lapse).length
+  const res = await rawHttp(lapse.url, `${method} ${target} HTTP/1.1\r\nHost: lapse.test\r\n${headers.map((h) => `${h}\r\n`).join('')}Connection: close\r\n\r\n`)
+  const decided = await waitFor(() => decisions(lapse).length > before, 'audit line', 300).then(() => decisions(lapse)[before], () => undefined)
+  return { res, audit: decided }
+}
+
+t.test('Authorization header attacks', async (t) => {
+  const lapse = await start(t)
+  const token = await mint()
+  const other = await mint({ sub: 'someone-else' })
+  const cases: Array<[string, Array<[string, string]>, number, string]> = [
+    ['two Authorization headers, same token', [bearer(token), bearer(token)], 400, 'invalid_request'],
+    ['two Authorization headers, different tokens', [bearer(token), bearer(other)], 400, 'invalid_request'],
+    ['two Authorization headers, Basic then Bearer', [['authorization', 'Basic dXNlcjpwYXNz'], bearer(token)], 400, 'invalid_request'],
+    ['Basic scheme only (counts as no bearer token)', [['authorization', 'Basic dXNlcjpwYXNz']], 401, 'missing_token'],
+    ['Digest scheme', [['authorization', 'Digest username="a", response="b"']], 401, 'missing_token'],
+    ['a made-up "Token" scheme carrying the JWT', [['authorization', `Token ${token}`]], 401, 'missing_token'],
+    ['scheme glued to the token ("Bearer<token>")', [['authorization', `Bearer${token}`]], 401, 'missing_token'],
+    ['"Bearer" with no token', [['authorization', 'Bearer']], 401, 'malformed'],
+    ['"Bearer" and a space, no token', [['authorization', 'Bearer ']], 401, 'malformed'],
+    ['a tab between scheme and token', [['authorization', `Bearer\t${token}`]], 401, 'malformed'],
+    ['two tokens in one header', [['authorization', `Bearer ${token} ${other}`]], 401, 'malformed'],
+    ['two tokens, comma-separated', [['authorization', `Bearer ${token}, Bearer ${other}`]], 401, 'malformed'],
+    ['a token with characters a bearer token cannot hold', [['authorization', `Bearer ${token}"`]], 401, 'malformed'],
+    ['Proxy-Authorization instead of Authorization', [['proxy-authorization', `Bearer ${token}`]], 401, 'missing_token'],
+  ]
+  for (const [attack, headers, status, reason] of cases) {
+    const { res, audit } = await sendAudited(lapse, '/orders/1', { headers })
+    t.equal(res.status, status, `${attack}: ${status}`)
+    t.equal(audit.reason, reason, `${attack}: reason ${reason}`)
+    if (status === 400) t.match(res.headers['www-authenticate'], /error="invalid_request"/, `${attack}: invalid_request challenge`)
+  }
+  t.equal(lapse.upstream.calls, 0, 'upstream received nothing')
+
+  // Accepted forms (RFC 7235: the scheme is case-insensitive, separated by one or more spaces).
+  for (const [form, value] of [
+    ['lower-case bearer', `bearer ${token}`],
+    ['upper-case BEARER', `BEARER ${token}`],
+    ['mixed-case bEaReR', `bEaReR ${token}`],
+    ['several spaces after the scheme', `Bearer    ${token}`],
+    ['trailing whitespace (optional whitespace, trimmed by the parser)', `Bearer ${token}  `],
+  ] as const) {
+    const res = await send(`${lapse.url}/orders/1`, { headers: [['authorization', value]] })
+    t.equal(res.status, 200, `${form}: accepted`)
+  }
+  assertNothingLeaked(t, lapse, { token, other })
+})
+
+t.test('token in the query string: refused unless configured, and never forwarded', async (t) => {
+  const token = await mint()
+  const lapse = await start(t)
+  for (const [attack, target, headers] of [
+    ['access_token in the query', `/orders/1?access_token=${token}`, []],
+    ['access_token with an encoded name (access%5Ftoken)', `/orders/1?access%5Ftoken=${token}`, []],
+    ['access_token on a public route', `/public/x?access_token=${token}`, []],
+    ['access_token and an Authorization header', `/orders/1?access_token=${token}`, [`Authorization: Bearer ${token}`]],
+  ] as const) {
+    const { res, audit } = await raw(lapse, target, [...headers])
+    t.equal(res.status, 400, `${attack}: 400`)
+    t.equal(audit?.reason, 'invalid_request', `${attack}: invalid_request`)
+  }
+  t.equal(lapse.upstream.calls, 0, 'upstream received nothing')
+  assertNothingLeaked(t, lapse, { token })
+
+  const allowing = await start(t, { LAPSE_ALLOW_QUERY_TOKEN: 'true' })
+  const twice = await raw(allowing, `/orders/1?access_token=${token}&access_token=${token}`)
+  t.equal(twice.res.status, 400, 'allowed, but sent twice in the query: 400')
+  const both = await raw(allowing, `/orders/1?access_token=${token}`, [`Authorization: Bearer ${token}`])
+  t.equal(both.res.status, 400, 'allowed, but also in the header: 400')
+  t.equal(allowing.upstream.calls, 0, 'upstream received nothing')
+  const ok = await raw(allowing, `/orders/1?a=1&access_token=${token}&b=2`)
+  t.equal(ok.res.status, 200, 'allowed and sent once: 200')
+  t.equal(allowing.upstream.requests[0]?.url, '/orders/1?a=1&b=2', 'the token is removed from the forwarded query')
+  assertNothingLeaked(t, allowing, { token })
+})
+
+// Each path is aimed at /admin through the open /public/** rule (or at /admin directly in a
+// form a lenient upstream would read as /admin). With no token and with a token lacking the
+// admin scope, none may reach the upstream. `want` is the answer with no token / a non-admin token.
+const PATH_ATTACKS: Array<[string, string, [number, number]]> = [
+  ['dot-dot out of /public', '/public/../admin', [401, 403]],
+  ['dot-dot out of /public to a file', '/public/../admin/users', [401, 403]],
+  ['encoded dot-dot, lower case', '/public/%2e%2e/admin', [401, 403]],
+  ['encoded dot-dot, upper case', '/public/%2E%2E/admin', [401, 403]],
+  ['half-encoded dot-dot', '/public/.%2e/admin', [401, 403]],
+  ['encoded dot-dot and slash', '/public/%2E%2E%2Fadmin', [400, 400]],
+  ['dot-dot and an encoded slash', '/public/..%2Fadmin', [400, 400]],
+  ['encoded slash after admin', '/admin%2f', [400, 400]],
+  ['encoded slash inside a public path', '/public%2F..%2Fadmin', [400, 400]],
+  ['double slash before admin', '//admin', [401, 403]],
+  ['triple slash', '///admin/users', [401, 403]],
+  ['dot segment before admin', '/./admin', [401, 403]],
+  ['dot then dot-dot out of /public', '/public/./../admin', [401, 403]],
+  ['matrix parameter', '/admin;x=1', [400, 400]],
+  ["Tomcat's ..; out of /public", '/public/..;/admin', [400, 400]],
+  ['semicolon segment then dot-dot', '/public;/../admin', [400, 400]],
+  ['encoded semicolon', '/public/..%3B/admin', [400, 400]],
+  ['upper-case ADMIN (paths are case-sensitive: no rule matches)', '/ADMIN', [401, 403]],
+  ['mixed-case Admin', '/Admin/users', [401, 403]],
+  ['raw backslashes', '/public\\..\\admin', [400, 400]],
+  ['raw backslash dot-dot', '/public/..\\admin', [400, 400]],
+  ['encoded backslash', '/public/..%5cadmin', [400, 400]],
+  ['overlong UTF-8 dots (2 bytes)', '/public/%C0%AE%C0%AE/admin', [400, 400]],
+  ['overlong UTF-8 slash (2 bytes)', '/public/..%c0%afadmin', [400, 400]],
+  ['overlong UTF-8 dots (3 bytes)', '/public/%E0%80%AE%E0%80%AE/admin', [400, 400]],
+  ['invalid UTF-8 byte', '/public/%ff/../admin', [400, 400]],
+  ['fullwidth dots (NFKC "..")', '/public/%EF%BC%8E%EF%BC%8E/admin', [400, 400]],
+  ['fullwidth solidus (NFKC "/")', '/public%EF%BC%8F..%EF%BC%8Fadmin', [400, 400]],
+  ['two-dot leader (NFKC "..")', '/public/%E2%80%A5/admin', [400, 400]],
+  ['encoded NUL', '/public/%00/../admin', [400, 400]],
+  ['encoded NUL after admin', '/admin%00', [400, 400]],
+  ['encoded line feed', '/public/%0a/../admin', [400, 400]],
+  ['broken escape', '/public/%2/../admin', [400, 400]],
+  ['IIS %u escape', '/public/%u002e%u002e/admin', [400, 400]],
+  ['dot-dot above the root', '/../admin', [400, 400]],
+  ['dot-dot twice out of /public', '/public/../../admin', [400, 400]],
+  ['encoded letter (%61dmin is admin)', '/%61dmin/users', [401, 403]],
+  ['absolute-form target', 'http://lapse.test/admin', [400, 400]],
+  ['absolute-form target naming /public', 'http://lapse.test/public/../admin', [400, 400]],
+  ['asterisk-form target', '*', [400, 400]],
+  ['fragment in the target', '/public/#/../admin', [400, 400]],
+]
+
+t.test('path normalization bypasses against /admin/** (protected) and /public/** (open)', async (t) => {
+  const lapse = await start(t)
+  const notAdmin = await mint({ scope: 'orders:read' })
+  for (const [attack, target, [anonymous, withToken]] of PATH_ATTACKS) {
+    const a = await raw(lapse, target)
+    t.equal(a.res.status, anonymous, `${attack} (${target}), no token: ${anonymous}`)
+    const b = await raw(lapse, target, [`Authorization: Bearer ${notAdmin}`])
+    t.equal(b.res.status, withToken, `${attack} (${target}), non-admin token: ${withToken}`)
+    if (withToken === 403) t.ok(['insufficient_scope', 'no_route'].includes(String(b.audit?.reason)), `${attack}: refused by the admin rule or for want of any rule`)
+    t.equal(lapse.upstream.calls, 0, `${attack}: upstream received nothing`)
+  }
+  assertNothingLeaked(t, lapse, { notAdmin })
+})
+
+t.test('paths that do resolve to /admin are governed by the admin rule: an admin token gets the normalized path', async (t) => {
+  const lapse = await start(t)
+  const admin = await mint({ scope: 'admin' })
+  for (const target of ['/public/../admin/x', '/public/%2e%2e/admin/x', '//admin//x', '/./admin/./x', '/%61dmin/x']) {
+    const { res, audit } = await raw(lapse, target, [`Authorization: Bearer ${admin}`])
+    t.equal(res.status, 200, `${target}: allowed`)
+    t.equal(audit?.route, '/admin/**', `${target}: decided by the /admin/** rule`)
+    t.equal(lapse.upstream.requests.at(-1)?.url, '/admin/x', `${target}: the upstream receives /admin/x, the path that was matched`)
+  }
+})
+
+t.test('what stays under /public is forwarded exactly as matched, never re-decoded', async (t) => {
+  const lapse = await start(t)
+  // A second decoding would turn %252e into ".": Lapse decodes once, so this is a segment
+  // named "%252e%252e" under /public, forwarded as such.
+  const { res } = await raw(lapse, '/public/%252e%252e/admin')
+  t.equal(res.status, 200, 'double-encoded dots: a public path')
+  t.equal(lapse.upstream.requests.at(-1)?.url, '/public/%252e%252e/admin', 'forwarded byte for byte as matched')
+  await raw(lapse, '/public/a/%7Euser/%41')
+  t.equal(lapse.upstream.requests.at(-1)?.url, '/public/a/~user/A', 'encoded unreserved characters are forwarded decoded, as matched')
+})
+
+t.test('malformed request lines are refused by the parser before any decision', async (t) => {
+  const lapse = await start(t)
+  for (const [attack, line] of [
+    ['raw NUL byte in the path', 'GET /public/\u0000/../admin HTTP/1.1'],
+    ['raw space in the path', 'GET /public/ /../admin HTTP/1.1'],
+    ['lower-case method', 'get /admin HTTP/1.1'],
+    ['unknown HTTP version', 'GET /admin HTTP/9.9'],
+  ] as const) {
+    const res = await rawHttp(lapse.url, `${line}\r\nHost: lapse.test\r\nConnection: close\r\n\r\n`)
+    t.ok(res.status === 400 || (res.status === 0 && res.closedByServer), `${attack}: 400 or closed`, { status: res.status })
+  }
+  // Raw non-ASCII bytes reach Lapse (llhttp lets them through) and are refused there.
+  const nonAscii = await rawHttp(lapse.url, [Buffer.from('GET /public/'), Buffer.from([0xc0, 0xae, 0xc0, 0xae]), Buffer.from('/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')])
+  t.equal(nonAscii.status, 400, 'raw overlong UTF-8 bytes in the path: 400')
+  t.equal(lapse.upstream.calls, 0, 'upstream received nothing')
+})
+
+t.test('identity header spoofing: only Lapse speaks for the caller', async (t) => {
+  const lapse = await start(t)
+  const token = await mint({ sub: 'ci-deployer', scope: 'orders:read' })
+  const spoofs: Array<[string, Array<[string, string]>]> = [
+    ['X-Auth-Subject', [['X-Auth-Subject', 'admin']]],
+    ['lower case', [['x-auth-subject', 'admin']]],
+    ['upper case', [['X-AUTH-SUBJECT', 'admin']]],
+    ['repeated', [['X-Auth-Subject', 'admin'], ['X-Auth-Subject', 'root']]],
+    ['named in Connection, to make the proxy drop the real one', [['Connection', 'X-Auth-Subject'], ['X-Auth-Subject', 'admin']]],
+    ['named in Connection with other tokens', [['Connection', 'keep-alive, x-auth-subject, X-Auth-Scopes'], ['X-Auth-Scopes', 'admin']]],
+    ['underscore spelling read as a dash by CGI-style upstreams', [['X_Auth_Subject', 'admin']]],
+    ['mixed separators', [['X-Auth_Subject', 'admin'], ['x_auth-scopes', 'admin']]],
+    ['every identity header', [['X-Auth-Scopes', 'admin'], ['X-Auth-Client-Id', 'root-client'], ['X-Auth-Token-Id', 'forged'], ['X-Auth-Expires-At', '99999999999'], ['X-Auth-Admin', 'true']]],
+  ]
+  for (const [attack, headers] of spoofs) {
+    const res = await send(`${lapse.url}/orders/1`, { headers: [bearer(token), ...headers] })
+    t.equal(res.status, 200, `${attack}: the request itself is allowed`)
+    const got = lapse.upstream.requests.at(-1)!
+    const names = got.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase().replace(/_/g, '-'))
+    t.equal(names.filter((n) => n === 'x-auth-subject').length, 1, `${attack}: exactly one X-Auth-Subject upstream`)
+    t.equal(got.headers['x-auth-subject'], 'ci-deployer', `${attack}: it is the verified sub`)
+    t.equal(got.headers['x-auth-scopes'], 'orders:read', `${attack}: X-Auth-Scopes is the verified scope`)
+    t.notOk(names.includes('x-auth-admin'), `${attack}: no client-invented X-Auth-* header`)
+    t.notOk(got.rawHeaders.some((v, i) => i % 2 === 1 && /^(admin|root|root-client|forged|99999999999|true)$/.test(v) && /auth/i.test(got.rawHeaders[i - 1]!)), `${attack}: no spoofed value reaches the upstream`)
+  }
+  // Public routes carry no identity at all, and client-sent identity headers are still removed.
+  await send(`${lapse.url}/public/x`, { headers: [['X-Auth-Subject', 'admin'], ['x_auth_scopes', 'admin']] })
+  const pub = lapse.upstream.requests.at(-1)!
+  t.notOk(pub.rawHeaders.some((v, i) => i % 2 === 0 && /^x[-_]auth[-_]/i.test(v)), 'public route: no X-Auth-* header upstream')
+  // Forwarding headers describe this hop, whatever the client claims.
+  await send(`${lapse.url}/orders/1`, { headers: [bearer(token), ['X-Forwarded-Proto', 'https']] })
+  t.equal(lapse.upstream.requests.at(-1)!.headers['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is set by Lapse, not the client')
+  assertNothingLeaked(t, lapse, { token })
+})
+
+t.test('WebSocket upgrades face the same checks: refused upgrades never reach the upstream', async (t) => {
+  const lapse = await start(t)
+  const notAdmin = await mint({ scope: 'orders:read' })
+  const upgrade = ['Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13']
+  for (const [attack, target, headers, status] of [
+    ['upgrade without a token', '/orders/ws', [], 401],
+    ['upgrade through /public/../admin', '/public/../admin/ws', [`Authorization: Bearer ${notAdmin}`], 403],
+    ['upgrade with an encoded slash', '/public/..%2fadmin/ws', [], 400],
+    ['upgrade with two Authorization headers', '/orders/ws', [`Authorization: Bearer ${notAdmin}`, `Authorization: Bearer ${notAdmin}`], 400],
+  ] as const) {
+    const res = await rawHttp(lapse.url, `GET ${target} HTTP/1.1\r\nHost: lapse.test\r\n${[...upgrade, ...headers].map((h) => `${h}\r\n`).join('')}\r\n`)
+    t.equal(res.status, status, `${attack}: ${status}`)
+  }
+  t.equal(lapse.upstream.calls, 0, 'upstream received no upgrade')
+})
