@@ -10,7 +10,9 @@ import type { Logger } from 'pino'
 import { createAdminServer } from './admin/server.js'
 import type { RouteMatcher } from './authorize/routes.js'
 import type { Config, HostPort } from './config/load.js'
+import { noteOf, type ConnectionTracker, type Cut } from './forward/connections.js'
 import type { Forwarder, UpstreamFailure } from './forward/forward.js'
+import { WS_POLICY_VIOLATION } from './forward/ws-close.js'
 import { decide, type DecideDeps, type Outcome } from './pipeline/decide.js'
 import { toAnswer } from './pipeline/reasons.js'
 import type { Clock, Denial, RevocationStore } from './pipeline/types.js'
@@ -33,11 +35,6 @@ export interface Deps {
   readonly metricsHandler?: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
   /** Long-lived exchanges (WebSocket, streamed responses) to cut when their token lapses. */
   readonly connections?: ConnectionTracker | undefined
-}
-
-/** Registered by the long-lived-connection tracker (src/forward/connections.ts). */
-export interface ConnectionTracker {
-  track(exchange: { identity: NonNullable<Extract<Outcome['decision'], { allow: true }>['identity']>; kind: 'websocket' | 'stream'; cutAtExpiry: boolean; close(reason: 'expired' | 'revoked'): void; trace: RequestTrace }): () => void
 }
 
 export interface App {
@@ -68,6 +65,9 @@ export function createApp(deps: Deps): App {
   const server = createServer({
     maxHeaderSize: config.maxHeaderBytes,
     headersTimeout: config.clientHeaderTimeoutMs,
+    // Node enforces headersTimeout only when it sweeps its connections (every 30 s by default), so
+    // a slowloris client would hold its socket up to 30 s past the limit; sweep every second.
+    connectionsCheckingInterval: Math.min(1000, config.clientHeaderTimeoutMs),
     // Uploads may be long; slow clients are bounded by the idle timeout instead.
     requestTimeout: 0,
     keepAliveTimeout: 5000,
@@ -101,7 +101,7 @@ export function createApp(deps: Deps): App {
   })
 
   async function decideFor(req: IncomingMessage, t: RequestTrace): Promise<Outcome> {
-    const outcome = await decide({ method: req.method ?? 'GET', url: req.url ?? '', authorization: req.headersDistinct.authorization }, decideDeps)
+    const outcome = await decide({ method: req.method ?? 'GET', url: req.url ?? '', authorization: req.headersDistinct.authorization, steps: t.steps }, decideDeps)
     deps.recorder.decided(t, outcome)
     return outcome
   }
@@ -119,10 +119,12 @@ export function createApp(deps: Deps): App {
       return
     }
     let upstreamFailure: UpstreamFailure | undefined
-    res.once('close', () => deps.recorder.finish(t, { status: res.statusCode, upstreamFailure, remoteAddress: req.socket.remoteAddress }))
+    let cut: Cut | undefined
+    res.once('close', () => deps.recorder.finish(t, { status: res.statusCode, upstreamFailure, remoteAddress: req.socket.remoteAddress, note: noteOf(cut) }))
     deps.recorder.inject(t, req.headers)
+    // Cut short, not ended: without the last chunk a cut download never looks complete.
     const untrack = d.identity && deps.connections
-      ? deps.connections.track({ identity: d.identity, kind: 'stream', cutAtExpiry: d.rule.cutStreamsAtExpiry, trace: t, close: () => res.destroy() })
+      ? deps.connections.track({ identity: d.identity, kind: 'stream', cutAtExpiry: d.rule.cutStreamsAtExpiry, trace: t, close: (c) => { cut = c; res.destroy() } })
       : undefined
     if (untrack) res.once('close', untrack)
     deps.forwarder.web(req, res, outcome.target!, d.identity, (failure, err) => {
@@ -147,17 +149,18 @@ export function createApp(deps: Deps): App {
     }
     deps.recorder.inject(t, req.headers)
     let upstreamFailure: UpstreamFailure | undefined
-    const untrack = d.identity && deps.connections
-      ? deps.connections.track({ identity: d.identity, kind: 'websocket', cutAtExpiry: true, trace: t, close: () => socket.destroy() })
-      : undefined
-    socket.once('close', () => {
-      untrack?.()
-      deps.recorder.finish(t, { status: upstreamFailure ? UPSTREAM_ANSWERS[upstreamFailure].status : 101, upstreamFailure, remoteAddress })
-    })
-    deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure) => {
+    let cut: Cut | undefined
+    const link = deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure) => {
       upstreamFailure = failure
       const a = UPSTREAM_ANSWERS[failure]
       writeRaw(socket, a.status, { 'content-type': 'application/json' }, JSON.stringify({ error: a.error, error_description: a.description }))
+    })
+    const untrack = d.identity && deps.connections
+      ? deps.connections.track({ identity: d.identity, kind: 'websocket', cutAtExpiry: true, trace: t, close: (c) => { cut = c; link.close(WS_POLICY_VIOLATION, `token ${c.reason}`) } })
+      : undefined
+    socket.once('close', () => {
+      untrack?.()
+      deps.recorder.finish(t, { status: upstreamFailure ? UPSTREAM_ANSWERS[upstreamFailure].status : 101, upstreamFailure, remoteAddress, note: noteOf(cut) })
     })
   }
 
@@ -219,4 +222,4 @@ function closeServer(server: Server, graceMs: number, upgraded: ReadonlySet<Dupl
   })
 }
 
-export type { Denial }
+export type { ConnectionTracker, Denial }

@@ -3,16 +3,18 @@
 //
 //   const running = await startProxy(process.env)   // throws ConfigError / StartError
 //   await running.close()
-import { trace } from '@opentelemetry/api'
 import pino, { type Logger } from 'pino'
 import { createApp, type App, type Deps } from './app.js'
 import { compileRoutes } from './authorize/routes.js'
 import { loadConfig, type Config, type HostPort } from './config/load.js'
+import { createConnectionRegistry } from './forward/connections.js'
 import { createForwarder } from './forward/forward.js'
 import { systemClock } from './pipeline/clock.js'
 import type { Clock, RevocationStore } from './pipeline/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
-import { createRecorder } from './telemetry/recorder.js'
+import { createDecisionMetrics } from './telemetry/metrics.js'
+import { createRecorder, createStepTracer } from './telemetry/recorder.js'
+import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/sdk.js'
 import { normalizeType } from './verify/claims.js'
 import { createKeyResolver } from './verify/keys.js'
 import { createVerifier } from './verify/verify-token.js'
@@ -35,13 +37,19 @@ export interface StartOptions {
   readonly clock?: Clock
   /** Where audit and operational lines go; stdout by default. */
   readonly log?: Logger
+  /**
+   * Tracer and meter providers (tests pass in-memory ones). startProxy builds them from OTEL_*
+   * when absent and shuts them down on close; buildDeps alone falls back to the OTel API globals.
+   */
+  readonly telemetry?: Telemetry
 }
 
 export function createLogger(level: string): Logger {
   // Asynchronous, buffered writes: a slow stdout must not sit on the request path.
   return pino(
     { level, base: { service: 'lapse' }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } },
-    pino.destination({ dest: 1, sync: false, minLength: 4096 }),
+    // …but a quiet sidecar must not sit on its audit lines until 4 KiB pile up: flush every second.
+    pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 1000 }),
   )
 }
 
@@ -60,7 +68,9 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
   for (const warning of config.warnings) log.warn({}, warning)
   const match = compileRoutes(config.routes)
   if (config.routes.length === 0) log.warn({}, 'no route rules (LAPSE_ROUTES): every request is denied')
-  const keys = createKeyResolver({ ...config.keys, algorithms: config.algorithms }, { clock, log })
+  const telemetry = opts.telemetry ?? NO_TELEMETRY
+  const tracer = telemetry.tracerProvider.getTracer('lapse')
+  const keys = createKeyResolver({ ...config.keys, algorithms: config.algorithms }, { clock, log, steps: createStepTracer(tracer) })
   try {
     await keys.start()
   } catch (err) {
@@ -82,18 +92,33 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
   })
   const revocations = await createRevocationStore(config, clock, log)
   const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, forwardAuthorization: config.forwardAuthorization })
-  const recorder = createRecorder({ tracer: trace.getTracer('lapse'), log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
-  return { config, clock, keys, verify, revocations, match, forwarder, recorder, log }
+  const metrics = telemetry.meterProvider ? createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), { keys, verify, revocations, clock }) : undefined
+  const recorder = createRecorder({ tracer, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
+  const connections = createConnectionRegistry({
+    clock, revocations, log, revocableClaims: config.revocableClaims, clockSkewS: config.clockSkewS, recheckIntervalS: config.streamRecheckIntervalS,
+  })
+  return { config, clock, keys, verify, revocations, match, forwarder, recorder, log, metricsHandler: telemetry.metricsHandler, connections }
 }
 
 export async function startProxy(env: Readonly<Record<string, string | undefined>>, opts: StartOptions = {}): Promise<Running> {
   const config = loadConfig(env)
-  const deps = await buildDeps(config, opts)
+  const log = opts.log ?? createLogger(config.log.level)
+  // Telemetry problems are warnings, never a failed start (STYLE.md "Config").
+  const ownTelemetry = opts.telemetry ? undefined : await startTelemetry(env, { log, clock: opts.clock ?? systemClock })
+  const telemetry = opts.telemetry ?? ownTelemetry!
+  let deps: Deps
+  try {
+    deps = await buildDeps(config, { ...opts, log, telemetry })
+  } catch (err) {
+    await ownTelemetry?.shutdown()
+    throw err
+  }
   const app = createApp(deps)
   let addresses: Running['addresses']
   try {
     addresses = await app.listen()
   } catch (err) {
+    await ownTelemetry?.shutdown()
     await closeDeps(deps)
     const e = err as NodeJS.ErrnoException
     throw new StartError('ERR_LISTEN', `cannot listen: ${e.code ?? e.message}`)
@@ -106,6 +131,8 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     addresses,
     async close(graceMs = 0) {
       await app.close(graceMs)
+      // After the last response: the decision spans have ended and are flushed (bounded in time).
+      await ownTelemetry?.shutdown()
       await closeDeps(deps)
     },
   }
@@ -114,6 +141,7 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
 async function closeDeps(deps: Deps): Promise<void> {
   deps.keys.close()
   deps.forwarder.close()
+  deps.connections?.close()
   await deps.revocations.close()
   deps.log.flush()
 }

@@ -59,16 +59,19 @@ function compileOne(s: RouteSetting, index: number): Compiled {
   return { rule, segments, trailingSlash }
 }
 
-/** Two rules with the same path and a shared method: the second could never match. */
+/**
+ * A rule whose every method an earlier rule with the same path already takes could never match.
+ * A partly shadowed one can (`GET` first, then every other method), so it stays.
+ */
 function rejectDuplicates(compiled: readonly Compiled[]): void {
   for (let i = 0; i < compiled.length; i++) {
-    for (let j = 0; j < i; j++) {
-      const a = compiled[j]!.rule
-      const b = compiled[i]!.rule
-      if (a.path !== b.path) continue
-      const overlap = !a.methods || !b.methods || [...b.methods].some((m) => a.methods!.has(m))
-      if (overlap) throw new ConfigError('ERR_RULES_DUPLICATE', `LAPSE_ROUTES: routes[${i}] (${b.path}) repeats routes[${j}] for the same methods`)
-    }
+    const b = compiled[i]!.rule
+    const earlier = compiled.slice(0, i).filter((c) => c.rule.path === b.path).map((c) => c.rule)
+    if (earlier.length === 0) continue
+    const everyMethodTaken = earlier.some((a) => !a.methods)
+    const taken = new Set(earlier.flatMap((a) => [...(a.methods ?? [])]))
+    const unreachable = everyMethodTaken || (b.methods !== undefined && [...b.methods].every((m) => taken.has(m)))
+    if (unreachable) throw new ConfigError('ERR_RULES_DUPLICATE', `LAPSE_ROUTES: routes[${i}] (${b.path}) repeats routes[${earlier[0]!.id}] for the same methods`)
   }
 }
 

@@ -1,5 +1,6 @@
 // `lapse <command>`: proxy, demo, token, revoke, lift. The only place that reads process.env.
 import { parseArgs } from 'node:util'
+import { writeSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { ConfigError } from '../config/load.js'
 import type { Running } from '../main.js'
@@ -31,7 +32,12 @@ LAPSE_ADMIN_TOKEN or LAPSE_ADMIN_TOKEN_FILE. Configuration reference: README.md.
 type Env = Record<string, string | undefined>
 
 function die(line: string, code = 2): never {
-  process.stderr.write(`lapse: ${line}\n`)
+  // Written synchronously: process.stderr on a pipe can still hold the line when exit comes.
+  try {
+    writeSync(2, `lapse: ${line}\n`)
+  } catch {
+    process.stderr.write(`lapse: ${line}\n`)
+  }
   process.exit(code)
 }
 
@@ -85,7 +91,9 @@ function closeOnSignal(running: Running, extra: () => void = () => undefined): v
     force.unref()
     running.close(SHUTDOWN_GRACE_MS).finally(() => {
       extra()
-      process.exitCode = 0
+      // Exit once the audit log is on disk: an exporter still retrying a dead collector, or a
+      // Redis reconnect timer, must not hold a terminated sidecar for seconds.
+      running.deps.log.flush(() => process.exit(0))
     })
   }
   process.once('SIGTERM', () => stop('SIGTERM'))

@@ -97,11 +97,13 @@ function readConfigFile(path: string): Record<string, unknown> {
   return doc as Record<string, unknown>
 }
 
-function describeIssue(issue: z.core.$ZodIssue): string {
+function describeIssue(issue: z.core.$ZodIssue, raw: Readonly<Record<string, unknown>>): string {
   if (issue.code === 'unrecognized_keys') return fail(issue.keys[0] ?? '?', 'not a Lapse setting')
   const key = String(issue.path[0] ?? '?')
   const where = issue.path.length > 1 ? ` (at ${issue.path.slice(1).join('.')})` : ''
-  if (issue.code === 'invalid_type' && issue.input === undefined) return fail(key, `required${where}`)
+  // Zod 4 leaves `issue.input` out of issues, so "missing" is read from the raw settings: a value
+  // that is set but of the wrong type ("abc" for a number) is not "required".
+  if (issue.code === 'invalid_type' && raw[key] === undefined) return fail(key, `required${where}`)
   return fail(key, `${issue.message}${where}`)
 }
 
@@ -146,7 +148,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   const warnings: string[] = []
   const raw = collectRaw(env, warnings)
   const parsed = settingsSchema.safeParse(raw)
-  if (!parsed.success) return describeIssue(parsed.error.issues[0]!) as never
+  if (!parsed.success) return describeIssue(parsed.error.issues[0]!, raw) as never
   const s = parsed.data
   if (!s.jwks_url && !s.jwks_file) fail('jwks_url', 'one of LAPSE_JWKS_URL or LAPSE_JWKS_FILE is required')
   if (s.jwks_url && s.jwks_file) fail('jwks_url', 'set LAPSE_JWKS_URL or LAPSE_JWKS_FILE, not both')

@@ -6,8 +6,10 @@ import type { IncomingHttpHeaders } from 'node:http'
 import type { Identity } from '../pipeline/types.js'
 
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']
-// Never dropped because the client named them in Connection: they frame or route the request.
-const PROTECTED = new Set(['host', 'content-length'])
+// Never dropped because the client named them in Connection: they frame or route the request, or
+// (trace context) Lapse wrote them itself for the upstream, after the client's were replaced.
+const PROTECTED = new Set(['host', 'content-length', 'traceparent', 'tracestate'])
+const IDENTITY_HEADER = /^x[-_]auth[-_]/
 
 export interface HeaderOptions {
   readonly remoteAddress: string | undefined
@@ -35,8 +37,9 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   }
   if (!opts.forwardAuthorization) delete headers.authorization
   for (const name of Object.keys(headers)) {
-    // Only Lapse speaks for the caller's identity.
-    if (name.startsWith('x-auth-')) delete headers[name]
+    // Only Lapse speaks for the caller's identity. CGI-style upstreams read `_` as `-`, so the
+    // underscore spellings (X_Auth_Subject) are identity headers too.
+    if (IDENTITY_HEADER.test(name)) delete headers[name]
   }
   const prior = headers['x-forwarded-for']
   const remote = opts.remoteAddress ?? 'unknown'

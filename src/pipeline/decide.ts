@@ -9,13 +9,15 @@ import { extractBearer } from '../extract/bearer.js'
 import { normalizeTarget, type Target } from '../extract/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Clock, Decision, Denial, RevocationStore } from './types.js'
+import type { Clock, Decision, Denial, RevocationStore, StepTracer } from './types.js'
 
 export interface DecisionInput {
   readonly method: string
   readonly url: string
   /** Every Authorization header the client sent (`req.headersDistinct.authorization`). */
   readonly authorization: readonly string[] | undefined
+  /** Makes the key fetch and revocation lookup child spans of the decision; optional. */
+  readonly steps?: StepTracer | undefined
 }
 
 export interface DecideDeps {
@@ -44,18 +46,20 @@ export async function decide(input: DecisionInput, deps: DecideDeps): Promise<Ou
   const rule = deps.match(input.method, target.path)
   const extracted = extractBearer(input.authorization, target.query, deps)
   if ('reason' in extracted) return { decision: deny({ ...extracted, rule }), target, revocationMs: undefined }
-  const forwarded = extracted.query === target.query ? target : { ...target, query: extracted.query }
+  // A query that held only access_token is forwarded without one, not as a bare `?`.
+  const forwarded = extracted.query === target.query ? target : { ...target, query: extracted.query, hasQuery: extracted.query !== '' }
   if (rule?.public) return { decision: { allow: true, rule, identity: undefined }, target: forwarded, revocationMs: undefined }
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
 
-  const verified = await deps.verify(extracted.token)
+  const verified = await deps.verify(extracted.token, input.steps)
   if ('allow' in verified) return { decision: { ...verified, rule }, target, revocationMs: undefined }
   const identity = verified
 
   const startedMs = deps.clock.now()
   let revoked: boolean | 'unknown'
   try {
-    revoked = await deps.revocations.isRevoked(toTokenRef(identity, deps.revocableClaims))
+    const ref = toTokenRef(identity, deps.revocableClaims)
+    revoked = await (input.steps ? input.steps.run('revocation_lookup', () => deps.revocations.isRevoked(ref)) : deps.revocations.isRevoked(ref))
   } catch {
     revoked = 'unknown'
   }

@@ -60,6 +60,14 @@ export interface Clock {
   now(): number
 }
 
+/**
+ * The I/O one decision waits on, handed over so telemetry can make each step a child span of the
+ * decision (telemetry/recorder.ts). Optional everywhere: without it the work simply runs.
+ */
+export interface StepTracer {
+  run<T>(step: 'jwks_fetch' | 'revocation_lookup', work: () => Promise<T>): Promise<T>
+}
+
 /** What the revocation set is asked about one token: its issuer, `iat` and revocable claim values. */
 export interface TokenRef {
   readonly iss: string

@@ -1,0 +1,105 @@
+// `lapse demo` as a newcomer runs it: the printed request gets the demo upstream's answer, and
+// the same request after the token's TTL gets 401 invalid_token. Real process, real clock.
+import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync } from 'node:fs'
+import { request as httpRequest } from 'node:http'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import t from 'tap'
+import { CHALLENGE } from '../fixtures/deny.js'
+
+const ROOT = resolve(import.meta.dirname, '../..')
+const TTL_S = 4
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+function get(url: string, authorization: string): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { agent: false, headers: { authorization } })
+    req.on('response', (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (c: string) => { body += c })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+t.test('lapse demo: the printed request is answered by the demo upstream, then refused 401 invalid_token after the TTL', async (t) => {
+  t.ok(existsSync(join(ROOT, 'dist/cli/index.js')), 'dist/ is built (npm test builds it; run `npm run build` before running this file alone)')
+  const [port, adminPort] = [await freePort(), await freePort()]
+  const child = spawn(process.execPath, [join(ROOT, 'bin/lapse.js'), 'demo', '--ttl', String(TTL_S)], {
+    cwd: ROOT,
+    env: {
+      PATH: process.env.PATH,
+      LAPSE_LISTEN: `127.0.0.1:${port}`,
+      LAPSE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+      LAPSE_CLOCK_SKEW: '0',
+      LAPSE_DEV_DIR: mkdtempSync(join(tmpdir(), 'lapse-demo-')),
+      OTEL_SDK_DISABLED: 'true',
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
+      await exited
+      clearTimeout(timer)
+    }
+  })
+
+  // The printed lines hold a live token: they are parsed here and never echoed into test output.
+  let stderr = ''
+  child.stderr.setEncoding('utf8')
+  child.stderr.on('data', (c: string) => { stderr += c })
+  const curl = /curl -i -H "(Authorization: Bearer [^"]+)" (http:\/\/\S+)/
+  const printed = await new Promise<RegExpExecArray | null>((resolve) => {
+    const timer = setTimeout(() => resolve(null), 15_000)
+    const check = () => {
+      const m = curl.exec(stderr)
+      if (m) { clearTimeout(timer); resolve(m) }
+    }
+    child.stderr.on('data', check)
+    child.once('exit', () => { clearTimeout(timer); resolve(null) })
+  })
+  t.ok(printed, 'the demo printed a curl command')
+  if (!printed) return
+  const [, header, url] = printed
+  const authorization = header!.slice('Authorization: '.length)
+  t.equal(new URL(url!).port, String(port), 'the printed URL uses LAPSE_LISTEN')
+  const token = authorization.slice('Bearer '.length)
+  const claims = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString('utf8')) as { exp: number; iat: number }
+  t.equal(claims.exp - claims.iat, TTL_S, 'the token lives --ttl seconds')
+
+  const first = await get(url!, authorization)
+  t.equal(first.status, 200, 'the printed request works')
+  const answer = JSON.parse(first.body) as Record<string, unknown>
+  t.equal(answer.hello, 'from the demo upstream')
+  t.equal(answer.subject, 'demo-user', 'the upstream saw the identity Lapse added')
+
+  // Real time has to pass here: the demo runs on the system clock in its own process.
+  const waitMs = claims.exp * 1000 - Date.now() + 100
+  if (waitMs > 0) await new Promise((r) => setTimeout(r, waitMs))
+  const second = await get(url!, authorization)
+  t.equal(second.status, 401, 'the same request after the TTL is refused')
+  t.match(second.headers['www-authenticate'], CHALLENGE.invalidToken)
+  t.equal((JSON.parse(second.body) as { error?: string }).error, 'invalid_token')
+  t.notOk(second.body.includes(token.split('.')[2]!), 'the answer does not echo the token')
+
+  child.kill('SIGTERM')
+  t.equal(await exited, 0, 'the demo stops cleanly on SIGTERM')
+})

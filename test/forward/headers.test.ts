@@ -1,0 +1,180 @@
+// What the upstream receives: hop-by-hop headers gone (those named in Connection too),
+// X-Forwarded-* set, traceparent passed on, identity headers only from Lapse, bodies framed.
+import t from 'tap'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { bearer, runApp, send, sendAudited } from '../fixtures/app.js'
+import { testKeys } from '../fixtures/keys.js'
+import { startUpstream, type Upstream } from '../fixtures/upstream.js'
+
+const T0_MS = Date.parse('2030-01-01T00:00:00Z')
+const T0_S = T0_MS / 1000
+const ROUTES = [
+  { path: '/public/**', public: true },
+  { path: '/orders/**', scopes: ['orders:read'] },
+]
+const mint = async (claims: Record<string, unknown> = {}) => (await testKeys()).mint({ sub: 'ci-deployer', client_id: 'deploy-bot', jti: 'token-1', exp: T0_S + 300, scope: 'orders:read', ...claims }, { nowS: T0_S })
+
+/** How many times the upstream saw a header name in its raw header list, any case. */
+const rawCount = (up: Upstream, i: number, name: string) => {
+  const raw = up.requests[i]!.rawHeaders
+  let n = 0
+  for (let k = 0; k < raw.length; k += 2) if (raw[k]!.toLowerCase() === name) n++
+  return n
+}
+
+t.test('hop-by-hop request headers are removed, including those named in Connection; end-to-end ones kept', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const res = await send(`${lapse.url}/orders/1`, {
+    method: 'POST',
+    body: 'x',
+    headers: [
+      bearer(await mint()),
+      ['transfer-encoding', 'chunked'],
+      ['connection', 'keep-alive, X-Custom-Hop, x-other-hop'],
+      ['x-custom-hop', 'secret-for-the-next-hop'],
+      ['x-other-hop', '1'],
+      ['keep-alive', 'timeout=5'],
+      ['te', 'trailers'],
+      ['trailer', 'x-checksum'],
+      ['proxy-authorization', 'Basic cHJveHk6cGFzcw=='],
+      ['proxy-connection', 'keep-alive'],
+      ['upgrade', 'h2c'],
+      ['x-end-to-end', 'kept'],
+      ['accept', 'application/json'],
+    ],
+  })
+  t.equal(res.status, 200)
+  const got = lapse.upstream.requests[0]!.headers
+  for (const name of ['x-custom-hop', 'x-other-hop', 'keep-alive', 'te', 'trailer', 'proxy-authorization', 'proxy-connection', 'upgrade']) {
+    t.equal(got[name], undefined, `${name} removed`)
+  }
+  t.notMatch(got.connection ?? '', /hop/i, 'the client’s Connection list is not forwarded')
+  t.equal(got['x-end-to-end'], 'kept')
+  t.equal(got.accept, 'application/json')
+})
+
+t.test('hop-by-hop response headers are removed, including those the upstream named in Connection', async (t) => {
+  const upstream = await startUpstream((req, res) => {
+    req.resume()
+    res.writeHead(200, { connection: 'x-upstream-hop', 'x-upstream-hop': 'internal', 'keep-alive': 'timeout=1', 'proxy-authenticate': 'Basic', 'x-end-to-end': 'kept' }).end('{}')
+  })
+  t.teardown(() => upstream.close())
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), upstream })
+  const res = await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint())] })
+  t.equal(res.status, 200)
+  t.equal(res.headers['x-upstream-hop'], undefined)
+  t.equal(res.headers['proxy-authenticate'], undefined)
+  t.notMatch(res.headers['keep-alive'] ?? '', /timeout=1\b/, 'the upstream hop’s keep-alive terms are not the client’s')
+  t.equal(res.headers['x-end-to-end'], 'kept')
+})
+
+t.test('X-Forwarded-For is appended to, X-Forwarded-Proto and X-Forwarded-Host are set (spoofed values replaced)', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  await send(`${lapse.url}/orders/1`, {
+    headers: [bearer(await mint()), ['x-forwarded-for', '203.0.113.7'], ['x-forwarded-proto', 'https'], ['x-forwarded-host', 'evil.example']],
+  })
+  await send(`${lapse.url}/orders/2`, { headers: [bearer(await mint())] })
+  const [first, second] = lapse.upstream.requests
+  const host = new URL(lapse.url).host
+  t.equal(first!.headers['x-forwarded-for'], '203.0.113.7, 127.0.0.1')
+  t.equal(first!.headers['x-forwarded-proto'], 'http')
+  t.equal(first!.headers['x-forwarded-host'], host)
+  t.equal(first!.headers.host, host, 'the client’s Host is kept')
+  t.equal(second!.headers['x-forwarded-for'], '127.0.0.1')
+  t.equal(second!.headers['x-forwarded-proto'], 'http')
+  t.equal(second!.headers['x-forwarded-host'], host)
+})
+
+t.test('traceparent is passed on: the upstream continues the client’s trace', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const traceId = '4bf92f3577b34da6a3ce929d0e0e4736'
+  await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint()), ['traceparent', `00-${traceId}-00f067aa0ba902b7-01`]] })
+  const got = lapse.upstream.requests[0]!.headers.traceparent
+  t.match(got, new RegExp(`^00-${traceId}-[0-9a-f]{16}-0[01]$`), 'same trace id, Lapse’s or the client’s span as parent')
+})
+
+t.test('spoofed X-Auth-* headers (any case, repeated) never reach the upstream; Lapse’s identity headers do', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const res = await send(`${lapse.url}/orders/1`, {
+    headers: [
+      bearer(await mint()),
+      ['X-Auth-Subject', 'root'],
+      ['x-auth-subject', 'admin'],
+      ['X-AUTH-SCOPES', 'orders:write admin'],
+      ['x-Auth-Client-Id', 'spoofed-client'],
+      ['X-Auth-Token-Id', 'forged'],
+      ['X-Auth-Expires-At', '9999999999'],
+      ['X-Auth-Role', 'superuser'],
+      ['x-auth-role', 'superuser'],
+    ],
+  })
+  t.equal(res.status, 200)
+  const got = lapse.upstream.requests[0]!.headers
+  t.equal(got['x-auth-subject'], 'ci-deployer')
+  t.equal(got['x-auth-scopes'], 'orders:read')
+  t.equal(got['x-auth-client-id'], 'deploy-bot')
+  t.equal(got['x-auth-token-id'], 'token-1')
+  t.equal(got['x-auth-expires-at'], String(T0_S + 300))
+  t.equal(got['x-auth-role'], undefined, 'a made-up X-Auth-* header is removed too')
+  for (const name of ['x-auth-subject', 'x-auth-scopes', 'x-auth-client-id', 'x-auth-token-id', 'x-auth-expires-at']) {
+    t.equal(rawCount(lapse.upstream, 0, name), 1, `exactly one ${name}`)
+  }
+})
+
+t.test('spoofed X-Auth-* headers are removed on public routes too, and no identity is invented', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const res = await send(`${lapse.url}/public/page`, { headers: [['X-Auth-Subject', 'root'], ['X-Auth-Scopes', 'admin']] })
+  t.equal(res.status, 200)
+  const got = lapse.upstream.requests[0]!.headers
+  t.equal(got['x-auth-subject'], undefined)
+  t.equal(got['x-auth-scopes'], undefined)
+})
+
+t.test('spoofed identity in underscore form (X_Auth_Subject) never reaches the upstream', async (t) => {
+  // CGI-style upstreams (and nginx with underscores_in_headers) read X_Auth_Subject as X-Auth-Subject.
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const res = await send(`${lapse.url}/public/page`, { headers: [['X_Auth_Subject', 'root'], ['x-auth_scopes', 'admin']] })
+  t.equal(res.status, 200)
+  const names = Object.keys(lapse.upstream.requests[0]!.headers)
+  t.same(names.filter((n) => /^x[-_]auth[-_]/.test(n)), [])
+})
+
+t.test('Connection: x-auth-subject cannot strip the identity headers Lapse adds', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const res = await send(`${lapse.url}/orders/1`, {
+    headers: [bearer(await mint()), ['connection', 'x-auth-subject, X-Auth-Scopes, x-auth-token-id, x-auth-expires-at, x-auth-client-id, x-forwarded-for']],
+  })
+  t.equal(res.status, 200)
+  const got = lapse.upstream.requests[0]!.headers
+  t.equal(got['x-auth-subject'], 'ci-deployer')
+  t.equal(got['x-auth-scopes'], 'orders:read')
+  t.equal(got['x-auth-token-id'], 'token-1')
+  t.equal(got['x-auth-expires-at'], String(T0_S + 300))
+  t.equal(got['x-auth-client-id'], 'deploy-bot')
+  t.equal(got['x-forwarded-for'], '127.0.0.1')
+})
+
+t.test('a chunked body is forwarded framed, whatever the method: its bytes never become a second upstream request', async (t) => {
+  const bodies: string[] = []
+  const upstream = await startUpstream((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      bodies.push(Buffer.concat(chunks).toString('utf8'))
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
+    })
+  })
+  t.teardown(() => upstream.close())
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), upstream })
+  const smuggled = 'GET /admin/smuggled HTTP/1.1\r\nHost: upstream\r\nContent-Length: 0\r\n\r\n'
+  for (const method of ['GET', 'DELETE', 'OPTIONS', 'POST']) {
+    const before = upstream.calls
+    const { res } = await sendAudited(lapse, '/orders/1', { method, headers: [bearer(await mint()), ['transfer-encoding', 'chunked']], body: smuggled })
+    t.equal(res.status, 200, `${method}: answered`)
+    // Give a smuggled request on the pooled upstream connection the time to show up.
+    await new Promise((r) => setTimeout(r, 50))
+    t.equal(upstream.calls, before + 1, `${method}: one upstream request`)
+    t.notOk(upstream.requests.some((r) => r.url.includes('smuggled')), `${method}: nothing smuggled`)
+    t.equal(bodies.at(-1), smuggled, `${method}: the body arrived as a body`)
+  }
+})
