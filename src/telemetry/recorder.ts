@@ -198,8 +198,17 @@ export function createRecorder(opts: RecorderOptions): Recorder {
           span.setAttribute(ATTR_ERROR_TYPE, fault)
         }
       }
+      // A long-lived exchange cut because its token lapsed says why and after how long, on the
+      // span and in an audit line that sampling never drops.
+      const note = end.note
+      const cut = note?.cut
+      if (cut !== undefined && span.isRecording()) {
+        span.setAttribute(A.ATTR_CONNECTION_CUT, String(cut))
+        span.setAttribute(A.ATTR_CONNECTION_KIND, String(note?.connection))
+        span.setAttribute(A.ATTR_CONNECTION_LIVED_MS, Number(note?.lived_ms))
+      }
       span.end()
-      if (d?.allow && !d.failedOpen && !shouldLogAllow()) return
+      if (d?.allow && !d.failedOpen && cut === undefined && !shouldLogAllow()) return
       const ctx = span.spanContext()
       const traced = isSpanContextValid(ctx)
       const id = d?.identity

@@ -30,3 +30,10 @@ export const METRIC_JWKS_KEYS = 'lapse.jwks.keys'
 export const METRIC_JWKS_REFRESH_AGE = 'lapse.jwks.refresh.age'
 export const METRIC_REVOCATION_BACKEND_UP = 'lapse.revocation.backend.up'
 export const METRIC_TOKEN_CACHE_SIZE = 'lapse.token_cache.size'
+
+/** Why a WebSocket or streamed response was closed by Lapse: `expired` or `revoked`. */
+export const ATTR_CONNECTION_CUT = 'lapse.connection.cut'
+/** `websocket` or `stream`. */
+export const ATTR_CONNECTION_KIND = 'lapse.connection.kind'
+/** How long the exchange lived before the cut, milliseconds. */
+export const ATTR_CONNECTION_LIVED_MS = 'lapse.connection.lived_ms'

@@ -75,6 +75,7 @@ t.test('bad bodies → 400 invalid_request with a clear message, nothing written
     ['bad issued_before', { claim: 'sub', value: 'x', issued_before: 'yesterday' }, /"issued_before" must be epoch seconds or an RFC 3339 time/],
     ['fractional issued_before', { claim: 'sub', value: 'x', issued_before: 1.5 }, /"issued_before" must be/],
     ['issued_before long past', { claim: 'sub', value: 'x', issued_before: 1000 }, /expired already/],
+    ['issued_before a year ahead (a typo would pin the entry)', { claim: 'sub', value: 'x', issued_before: nowS() + 365 * 86_400 }, /at most 24 hours in the future/],
     ['iss not configured', { claim: 'sub', value: 'x', iss: 'https://evil.test' }, /"iss" must be one of the configured issuers/],
     ['reason not a string', { claim: 'sub', value: 'x', reason: ['a'] }, /"reason" must be a string/],
     ['body over 16 KiB', { claim: 'sub', value: 'x', reason: 'a'.repeat(20_000) }, /too large/],
@@ -116,8 +117,9 @@ t.test('GET → 200 with the entry or 404; DELETE → 204 or 404; ?iss= addresse
 
 t.test('every change writes an audit line: who, claim, value, T and reason', async (t) => {
   const { lapse } = await lapseOn(t, { LAPSE_ADMIN_TOKEN_NAME: 'secops' })
-  const stored = await revoke(t, lapse, { claim: 'sub', value: 'ci-deployer', reason: 'pipeline compromised', issued_before: '2030-01-01T00:00:00Z' })
-  t.equal(stored.issued_before, Date.parse('2030-01-01T00:00:00Z') / 1000, 'issued_before as RFC 3339')
+  const anHourAgo = new Date((nowS() - 3600) * 1000).toISOString()
+  const stored = await revoke(t, lapse, { claim: 'sub', value: 'ci-deployer', reason: 'pipeline compromised', issued_before: anHourAgo })
+  t.equal(stored.issued_before, Date.parse(anHourAgo) / 1000, 'issued_before as RFC 3339')
   t.equal((await admin(lapse, 'DELETE', '/v1/revocations/sub/ci-deployer')).status, 204)
   await waitFor(() => revocationAudits(lapse).length >= 2, 'two audit lines')
   const [revoked, lifted] = revocationAudits(lapse)
