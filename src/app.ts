@@ -10,7 +10,7 @@ import type { Logger } from 'pino'
 import { createAdminServer } from './admin/server.js'
 import type { RouteMatcher } from './authorize/routes.js'
 import type { Config, HostPort } from './config/load.js'
-import { noteOf, type ConnectionTracker, type Cut } from './forward/connections.js'
+import { noteOf, type ConnectionTracker, type Cut, type TrackedExchange } from './forward/connections.js'
 import type { Forwarder, UpstreamFailure } from './forward/forward.js'
 import { WS_POLICY_VIOLATION } from './forward/ws-close.js'
 import { decide, type DecideDeps, type Outcome } from './pipeline/decide.js'
@@ -44,6 +44,9 @@ export interface App {
   /** Stops accepting; open requests get `graceMs` to finish, then every connection is cut. */
   close(graceMs?: number): Promise<void>
 }
+
+/** How long a streamed response may run before it is registered for cuts (see watchLater). */
+const YOUNG_TICK_MS = 100
 
 const UPSTREAM_ANSWERS: Record<UpstreamFailure, { status: number; error: string; description: string }> = {
   upstream_unavailable: { status: 502, error: 'bad_gateway', description: 'the upstream is unavailable' },
@@ -100,6 +103,30 @@ export function createApp(deps: Deps): App {
     socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
   })
 
+  // Most responses end within milliseconds, and registering every one with the connection registry
+  // cost more than the whole decision. A response still open after one tick is registered then:
+  // the registry cuts it at once if its deadline already passed, and it remembers recent revocation
+  // events, so one that came in between still cuts it. The tick bounds how late either can be.
+  let young: Array<{ res: ServerResponse; exchange: TrackedExchange }> = []
+  let youngTimer: NodeJS.Timeout | undefined
+  const promoteYoung = () => {
+    const batch = young
+    young = []
+    youngTimer = undefined
+    for (const { res, exchange } of batch) {
+      if (res.writableFinished || res.destroyed) continue
+      const untrack = deps.connections!.track(exchange)
+      res.once('close', untrack)
+    }
+  }
+  const watchLater = (res: ServerResponse, exchange: TrackedExchange) => {
+    young.push({ res, exchange })
+    if (!youngTimer) {
+      youngTimer = setTimeout(promoteYoung, YOUNG_TICK_MS)
+      youngTimer.unref()
+    }
+  }
+
   async function decideFor(req: IncomingMessage, t: RequestTrace): Promise<Outcome> {
     const outcome = await decide({ method: req.method ?? 'GET', url: req.url ?? '', authorization: req.headersDistinct.authorization, steps: t.steps }, decideDeps)
     deps.recorder.decided(t, outcome)
@@ -123,10 +150,9 @@ export function createApp(deps: Deps): App {
     res.once('close', () => deps.recorder.finish(t, { status: res.statusCode, upstreamFailure, remoteAddress: req.socket.remoteAddress, note: noteOf(cut) }))
     deps.recorder.inject(t, req.headers)
     // Cut short, not ended: without the last chunk a cut download never looks complete.
-    const untrack = d.identity && deps.connections
-      ? deps.connections.track({ identity: d.identity, kind: 'stream', cutAtExpiry: d.rule.cutStreamsAtExpiry, trace: t, close: (c) => { cut = c; res.destroy() } })
-      : undefined
-    if (untrack) res.once('close', untrack)
+    if (d.identity && deps.connections) {
+      watchLater(res, { identity: d.identity, kind: 'stream', cutAtExpiry: d.rule.cutStreamsAtExpiry, trace: t, close: (c) => { cut = c; res.destroy() } })
+    }
     deps.forwarder.web(req, res, outcome.target!, d.identity, (failure, err) => {
       upstreamFailure = failure
       deps.log.warn({ err: (err as NodeJS.ErrnoException).code ?? err.message, failure }, 'upstream request failed')

@@ -58,11 +58,14 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
 
   proxy.on('proxyReq', (proxyReq: ClientRequest, req: Tracked, res: ServerResponse) => {
     const exchange = req[EXCHANGE]
-    proxyReq.setTimeout(opts.timeoutMs, () => {
+    // A plain timer, not ClientRequest#setTimeout: a socket timeout is re-armed on every read and
+    // write and costs more than the decision itself. The budget runs until response headers.
+    const timer = setTimeout(() => {
       if (exchange) exchange.timedOut = true
       proxyReq.destroy()
-    })
-    proxyReq.once('response', () => proxyReq.setTimeout(0))
+    }, opts.timeoutMs)
+    proxyReq.once('response', () => clearTimeout(timer))
+    proxyReq.once('close', () => clearTimeout(timer))
     // http-proxy leaves the upstream request running when the client goes away mid-response.
     res.once('close', () => {
       if (!res.writableFinished) proxyReq.destroy()

@@ -1,0 +1,166 @@
+// Turns per-round measurements into the table, the target checks of issue 7, the JSON file
+// under results/, the latest table in README.md and one log line in RESULTS.md.
+//
+//   const summary = summarize(rows, measurements)
+//   console.log(formatTable(summary)); const checks = checkTargets(summary, memory)
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
+
+export const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b)
+  if (s.length === 0) return NaN
+  const mid = s.length >> 1
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2
+}
+
+/** Median of each metric over the rounds, and ratios to row 2 (floor) and row 6 (fastify). */
+export function summarize(rows, measurements) {
+  const out = rows.map((row) => {
+    const runs = measurements.get(row.id) ?? []
+    const good = runs.filter((r) => !r.error)
+    return {
+      id: row.id,
+      label: row.label,
+      server: row.server,
+      rounds: runs,
+      error: runs.find((r) => r.error)?.error,
+      median: good.length === 0 ? undefined : {
+        rps: median(good.map((r) => r.rps)),
+        p50Ms: median(good.map((r) => r.p50Ms)),
+        p99Ms: median(good.map((r) => r.p99Ms)),
+        serverCpuUsPerReq: median(good.map((r) => r.serverCpuUsPerReq ?? NaN)),
+        foreignCpuShare: median(good.map((r) => r.foreignCpuShare ?? NaN)),
+        // (max − min) / median of req/s over the rounds: how much to trust the row.
+        spread: good.length < 2 ? 0 : (Math.max(...good.map((r) => r.rps)) - Math.min(...good.map((r) => r.rps))) / median(good.map((r) => r.rps)),
+      },
+    }
+  })
+  const by = Object.fromEntries(out.map((r) => [r.id, r]))
+  for (const r of out) {
+    r.vsFloor = ratio(r, by['2'])
+    r.vsFastify = ratio(r, by['6'])
+  }
+  return out
+}
+const ratio = (a, b) => (a?.median && b?.median && b.median.rps > 0 ? a.median.rps / b.median.rps : undefined)
+
+const fmt = (x, digits = 2) => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(digits))
+const pad = (s, n) => String(s).padEnd(n)
+const lpad = (s, n) => String(s).padStart(n)
+
+/** A Markdown table: readable in a terminal and pasteable into README.md as it is. */
+export function formatTable(summary) {
+  const head = ['row', 'what', 'req/s', '± %', 'p50 ms', 'p99 ms', 'CPU µs/req', 'other %', '÷ row 2', '÷ row 6']
+  const lines = summary.map((r) => [
+    r.id,
+    r.label,
+    r.median ? Math.round(r.median.rps).toString() : r.error ? 'error' : '—',
+    r.median ? (r.rounds.length > 1 ? (r.median.spread * 100).toFixed(0) : '—') : '—',
+    fmt(r.median?.p50Ms),
+    fmt(r.median?.p99Ms),
+    fmt(r.median?.serverCpuUsPerReq, 0),
+    r.median?.foreignCpuShare === undefined || Number.isNaN(r.median.foreignCpuShare) ? '—' : (r.median.foreignCpuShare * 100).toFixed(0),
+    fmt(r.vsFloor),
+    fmt(r.vsFastify),
+  ])
+  const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => String(l[i]).length)))
+  const row = (cells) => `| ${cells.map((c, i) => (i >= 2 ? lpad(c, widths[i]) : pad(c, widths[i]))).join(' | ')} |`
+  const rule = `|${widths.map((w, i) => (i >= 2 ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`
+  return [row(head), rule, ...lines.map(row)].join('\n')
+}
+
+/**
+ * The targets of issue 7. A check whose rows were not run says `skip`; memory flatness is only
+ * judged by a soak run (`--soak 600`), the 150 MB ceiling by any run of row 5.
+ */
+export function checkTargets(summary, memory, soak) {
+  const by = Object.fromEntries(summary.map((r) => [r.id, r]))
+  const m = (id) => by[id]?.median
+  const checks = []
+  const add = (name, ids, test, show) => {
+    if (!ids.every((id) => m(id))) return checks.push({ name, status: 'skip', detail: `needs rows ${ids.join(', ')}` })
+    const value = test()
+    // Judged on rows that other work disturbed: say so next to the verdict.
+    const other = Math.max(...ids.map((id) => m(id).foreignCpuShare).filter((x) => Number.isFinite(x)), 0)
+    const noise = other > 0.05 ? `; other work took up to ${(other * 100).toFixed(0)}% of the machine: unreliable` : ''
+    checks.push({ name, status: value.pass ? 'PASS' : 'FAIL', detail: `${show(value)}${noise}`, noisy: other > 0.05 })
+  }
+  const rpsRatio = (a, b, min) => () => ({ pass: m(a).rps >= min * m(b).rps, r: m(a).rps / m(b).rps })
+  const showRatio = ({ r }) => `${r.toFixed(3)}×`
+
+  add('row 3 ≥ 0.90 × row 2 req/s', ['3', '2'], rpsRatio('3', '2', 0.9), showRatio)
+  add('row 3 p99 ≤ row 2 p99 + 1 ms', ['3', '2'], () => {
+    const d = m('3').p99Ms - m('2').p99Ms
+    return { pass: d <= 1, d }
+  }, ({ d }) => `${d >= 0 ? '+' : ''}${d.toFixed(2)} ms`)
+  add('row 4a (Redis + cache) ≥ 0.85 × row 2', ['4a', '2'], rpsRatio('4a', '2', 0.85), showRatio)
+  add('row 4b (Redis, no cache) ≥ 0.85 × row 2', ['4b', '2'], rpsRatio('4b', '2', 0.85), showRatio)
+  add('row 3 ≥ 1.5 × row 6', ['3', '6'], rpsRatio('3', '6', 1.5), showRatio)
+  add('row 5 RS256 ≥ 0.6 × row 2', ['5r', '2'], rpsRatio('5r', '2', 0.6), showRatio)
+  add('row 7 (collector unreachable) within 5% of row 3 (telemetry off)', ['7', '3'], () => {
+    const r = m('7').rps / m('3').rps
+    return { pass: r >= 0.95, r }
+  }, showRatio)
+
+  const maxKb = Math.max(memory?.maxKb ?? 0, soak?.maxKb ?? 0)
+  if (maxKb > 0) checks.push({ name: 'row 5 RSS < 150 MB', status: maxKb < 150 * 1024 ? 'PASS' : 'FAIL', detail: `max ${(maxKb / 1024).toFixed(1)} MB` })
+  else checks.push({ name: 'row 5 RSS < 150 MB', status: 'skip', detail: 'row 5 not run' })
+  if (soak) {
+    const growth = soak.endKb / soak.startKb - 1
+    checks.push({
+      name: `row 5 RSS flat within 10% over ${soak.durationS} s`,
+      status: Math.abs(growth) <= 0.1 ? 'PASS' : 'FAIL',
+      detail: `${(soak.startKb / 1024).toFixed(1)} → ${(soak.endKb / 1024).toFixed(1)} MB (${growth >= 0 ? '+' : ''}${(growth * 100).toFixed(1)}%)`,
+    })
+  } else {
+    checks.push({ name: 'row 5 RSS flat within 10% over 10 min', status: 'skip', detail: 'run with --soak 600' })
+  }
+  return checks
+}
+
+export const formatChecks = (checks) => checks.map((c) => `${pad(c.status, 4)}  ${c.name}  (${c.detail})`).join('\n')
+
+function formatMicroTable({ results }) {
+  const lines = ['| decision micro-benchmark | ops/s | µs/op |', '|---|---:|---:|']
+  for (const r of results) lines.push(`| ${r.name} | ${Math.round(r.opsPerS)} | ${r.usPerOp.toFixed(2)} |`)
+  return lines.join('\n')
+}
+
+const START = '<!-- bench:latest:start -->'
+const END = '<!-- bench:latest:end -->'
+
+/** Replaces the block between the markers in README.md with the latest table and checks. */
+export function updateReadme(path, { table, checks, meta, micro }) {
+  if (!existsSync(path)) return false
+  const text = readFileSync(path, 'utf8')
+  const a = text.indexOf(START)
+  const b = text.indexOf(END)
+  if (a < 0 || b < a) return false
+  const block = [
+    START,
+    '',
+    `${meta.date}, commit \`${meta.commit}\`, Node ${meta.node}, ${meta.cpu.count} × ${meta.cpu.model}, ${meta.pinningText};`,
+    `${meta.settings.connections} connections, ${meta.settings.durationS} s per row, median of ${meta.settings.rounds} interleaved rounds; 1-minute load average before the run: ${meta.loadavgAtStart[0]}.`,
+    '',
+    table,
+    '',
+    '```',
+    formatChecks(checks),
+    '```',
+    '',
+    ...(micro?.results ? [formatMicroTable(micro), ''] : []),
+    END,
+  ].join('\n')
+  writeFileSync(path, text.slice(0, a) + block + text.slice(b + END.length))
+  return true
+}
+
+/** One line per run in RESULTS.md: when, what, where, and the ratios the targets are about. */
+export function appendResultsLog(path, { summary, checks, meta, jsonName }) {
+  const by = Object.fromEntries(summary.map((r) => [r.id, r]))
+  const rps = (id) => (by[id]?.median ? Math.round(by[id].median.rps) : '—')
+  const r = (a, b) => (by[a]?.median && by[b]?.median ? (by[a].median.rps / by[b].median.rps).toFixed(2) : '—')
+  const passed = checks.filter((c) => c.status === 'PASS').length
+  const judged = checks.filter((c) => c.status !== 'skip').length
+  const line = `| ${meta.date} | \`${meta.commit}\` | ${meta.node} | ${meta.cpu.count}× ${meta.cpu.model} | ${meta.pinningShort} | ${meta.settings.durationS}s×${meta.settings.rounds} | ${rps('2')} | ${rps('3')} | ${r('3', '2')} | ${r('4a', '2')} | ${r('4b', '2')} | ${r('5r', '2')} | ${r('3', '6')} | ${r('7', '3')} | ${passed}/${judged} | [json](results/${jsonName}) |\n`
+  appendFileSync(path, line)
+}

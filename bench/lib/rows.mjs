@@ -1,0 +1,30 @@
+// The rows of issue 7. `server` names a fleet member, `auth` what each request carries: one
+// token reused (a verification-cache hit for Lapse), or a fresh token per request from a pool.
+// Rows 1 and 2 carry the same Authorization header unchecked, so every row moves the same bytes
+// and the ratios price the checking alone.
+//
+// Row 2 is always the floor on the forwarding engine Lapse itself uses; row 2x is the other
+// engine, kept so the engine can be chosen by measurement.
+export function defineRows({ engine }) {
+  const floors = {
+    'http-proxy': { server: 'floor-http-proxy', label: 'http-proxy pass-through, keep-alive agent, no auth' },
+    undici: { server: 'floor-undici', label: 'undici Pool pass-through, no auth' },
+  }
+  const other = engine === 'undici' ? 'http-proxy' : 'undici'
+  return [
+    { id: '1', label: 'direct to the upstream (ceiling)', server: 'upstream', auth: 'token' },
+    { id: '2', label: `${floors[engine].label} (floor)`, server: floors[engine].server, auth: 'token' },
+    { id: '2x', label: `${floors[other].label} (other engine)`, server: floors[other].server, auth: 'token' },
+    { id: '3', label: 'Lapse, one RS256 token (cache hit), memory set', server: 'lapse-mem', auth: 'token' },
+    { id: '4a', label: 'Lapse, one RS256 token, Redis set + local cache', server: 'lapse-redis-cache', auth: 'token' },
+    { id: '4b', label: 'Lapse, one RS256 token, Redis set, no local cache', server: 'lapse-redis-nocache', auth: 'token' },
+    { id: '5r', label: 'Lapse, fresh RS256 token per request (pool)', server: 'lapse-verify', auth: 'pool', alg: 'RS256' },
+    { id: '5e', label: 'Lapse, fresh ES256 token per request (pool)', server: 'lapse-verify', auth: 'pool', alg: 'ES256' },
+    { id: '6', label: 'fastify + @fastify/http-proxy + @fastify/jwt, RS256', server: 'fastify', auth: 'token' },
+    { id: '6c', label: 'row 6 with fast-jwt verify cache on (not default)', server: 'fastify-cache', auth: 'token', optional: true },
+    { id: '7', label: 'Lapse, telemetry on, collector unreachable', server: 'lapse-otel', auth: 'token' },
+  ]
+}
+
+/** Rows run by default: all but the optional ones. */
+export const defaultRowIds = (rows) => rows.filter((r) => !r.optional).map((r) => r.id)

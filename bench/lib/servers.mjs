@@ -1,0 +1,131 @@
+// Every server a row can hit, started on first use and kept for the whole run (so rounds can
+// interleave rows without restarts): the stub upstream, the floors, the fastify assembly, a
+// private redis-server, and Lapse in each configuration the rows need.
+//
+//   const fleet = createFleet(ctx)
+//   const { url, child } = await fleet.ensure('lapse-mem')
+//   await fleet.close()
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { startRedis } from './redis.mjs'
+import { freePort, spawnPinned, stop, waitHttp } from './proc.mjs'
+import { SCOPE } from './keys.mjs'
+
+export const ROUTES = JSON.stringify([{ path: '/**', scopes: [SCOPE] }])
+
+/** Lapse configurations by server name: what each adds to the common environment. */
+const LAPSE_VARIANTS = {
+  // Rows 3 (and the "telemetry off" side of row 7): memory revocation set, verification cache on.
+  'lapse-mem': () => ({}),
+  'lapse-redis-cache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true' }),
+  'lapse-redis-nocache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'false' }),
+  // Row 5: no verification cache, so every request pays its signature check even when the
+  // 10,000-token pool comes round again.
+  'lapse-verify': () => ({ LAPSE_TOKEN_CACHE_SIZE: '0' }),
+  // Row 7: the SDK on, exporting to a loopback port where nothing listens.
+  'lapse-otel': ({ closedPort }) => ({ OTEL_SDK_DISABLED: undefined, OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${closedPort}` }),
+}
+
+export const lapseEntry = (root) => join(root, 'bin', 'lapse.js')
+export const isLapseServer = (name) => name in LAPSE_VARIANTS
+
+/** The inherited environment without any LAPSE_* or OTEL_* setting that could skew a row. */
+function cleanEnv() {
+  const env = {}
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('LAPSE_') && !k.startsWith('OTEL_')) env[k] = v
+  return env
+}
+
+export function createFleet(ctx) {
+  const started = new Map()
+  const starting = new Map()
+  const node = process.execPath
+  const lib = (file) => join(ctx.benchDir, 'lib', file)
+
+  async function startNodeServer(name, script, args) {
+    const port = await freePort()
+    const child = spawnPinned(node, [lib(script), String(port), ...args], { cpu: ctx.pin.servers, name, logDir: ctx.logDir })
+    const url = `http://127.0.0.1:${port}`
+    await waitHttp(`${url}/ready-probe`, { child, status: 200 })
+    return { name, url, child }
+  }
+
+  async function startLapse(name) {
+    const entry = lapseEntry(ctx.root)
+    if (!existsSync(entry)) throw new Error(`Lapse is not there yet (${entry} missing)`)
+    const upstream = await ensure('upstream')
+    const extra = { redisUrl: undefined, closedPort: undefined }
+    if (name.startsWith('lapse-redis')) extra.redisUrl = (await ensure('redis')).url
+    if (name === 'lapse-otel') extra.closedPort = await freePort()
+    const [port, adminPort] = [await freePort(), await freePort()]
+    const env = {
+      ...cleanEnv(),
+      LAPSE_LISTEN: `127.0.0.1:${port}`,
+      LAPSE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+      LAPSE_UPSTREAM: upstream.url,
+      LAPSE_ISSUER: ctx.iss,
+      LAPSE_AUDIENCE: ctx.aud,
+      LAPSE_JWKS_FILE: ctx.keys.jwksFile,
+      LAPSE_ROUTES: ROUTES,
+      LAPSE_LOG_ALLOWS: 'none',
+      LAPSE_MAX_TOKEN_LIFETIME: String(ctx.maxLifetimeS),
+      OTEL_SDK_DISABLED: 'true',
+      ...LAPSE_VARIANTS[name](extra),
+    }
+    for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k]
+    const nodeFlags = ctx.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${ctx.cpuProfDir}`, `--cpu-prof-name=${name}.cpuprofile`] : []
+    const child = spawnPinned(node, [...nodeFlags, entry, 'proxy'], { cpu: ctx.pin.servers, name, logDir: ctx.logDir, env, cwd: ctx.root })
+    await waitHttp(`http://127.0.0.1:${adminPort}/readyz`, { child, timeoutMs: 20_000 })
+    return { name, url: `http://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, child, env }
+  }
+
+  async function start(name) {
+    switch (name) {
+      case 'upstream':
+        return startNodeServer(name, 'upstream.mjs', [])
+      case 'floor-http-proxy':
+        return startNodeServer(name, 'floor-http-proxy.mjs', [(await ensure('upstream')).url])
+      case 'floor-undici':
+        return startNodeServer(name, 'floor-undici.mjs', [(await ensure('upstream')).url])
+      case 'fastify':
+      case 'fastify-cache': {
+        const upstream = (await ensure('upstream')).url
+        const port = await freePort()
+        const env = { ...process.env, BENCH_FASTIFY_JWT_CACHE: name === 'fastify-cache' ? 'true' : 'false' }
+        const child = spawnPinned(node, [lib('fastify-jwt.mjs'), String(port), upstream, ctx.keys.rsPemFile, ctx.iss, ctx.aud, SCOPE], {
+          cpu: ctx.pin.servers, name, logDir: ctx.logDir, env,
+        })
+        const url = `http://127.0.0.1:${port}`
+        await waitHttp(`${url}/ready-probe`, { child, status: 401 })
+        return { name, url, child }
+      }
+      case 'redis': {
+        const redis = await startRedis({ cpu: ctx.pin.redis, logDir: ctx.logDir })
+        return { name, ...redis }
+      }
+      default:
+        if (isLapseServer(name)) return startLapse(name)
+        throw new Error(`unknown server ${name}`)
+    }
+  }
+
+  /** Starts `name` once; concurrent callers share the start. */
+  function ensure(name) {
+    if (started.has(name)) return Promise.resolve(started.get(name))
+    if (!starting.has(name)) {
+      starting.set(name, start(name).then((s) => { started.set(name, s); return s }).finally(() => starting.delete(name)))
+    }
+    return starting.get(name)
+  }
+
+  async function close() {
+    // Lapse first (its profile is written on a clean exit), then what it depends on.
+    const order = [...started.values()].sort((a, b) => rank(a.name) - rank(b.name))
+    for (const s of order) await stop(s.child, 5000)
+    started.clear()
+  }
+  const rank = (name) => (isLapseServer(name) ? 0 : name === 'redis' || name === 'upstream' ? 2 : 1)
+
+  const pids = () => [...started.values()].map((s) => s.child.pid).filter(Boolean)
+  return { ensure, close, pids, get: (name) => started.get(name) }
+}

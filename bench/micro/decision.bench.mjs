@@ -1,0 +1,172 @@
+#!/usr/bin/env node
+// The decision alone, without sockets: extract → verify (cached) → revocation (memory) →
+// authorize, in operations per second, so a hot-path regression shows without network noise.
+// It calls the core's compiled modules in ../../dist (run `npm run build` at the root first),
+// wired the way src/main.ts and src/app.ts wire them.
+//
+//   node micro/decision.bench.mjs                 # a table
+//   node micro/decision.bench.mjs --time 200 --rounds 3 --pool 1000 --json
+//
+// Each case is warmed up, then timed in `--rounds` bounded rounds of `--time` ms; the median
+// round is reported.
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { parseArgs } from 'node:util'
+import { makeKeys, mintPool, mintToken } from '../lib/keys.mjs'
+import { ROUTES } from '../lib/servers.mjs'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const root = resolve(here, '..', '..')
+const ISS = 'https://issuer.bench.lapse.test'
+const AUD = 'bench-api'
+const PATH = '/v1/items'
+
+/** Imports a module of the core's build; a missing one names the build step. */
+async function core(rel) {
+  try {
+    return await import(pathToFileURL(join(root, 'dist', rel)).href)
+  } catch (err) {
+    throw new Error(`cannot load dist/${rel} (run \`npm run build\` at the root): ${err.message}`)
+  }
+}
+
+function need(mod, name, rel) {
+  if (typeof mod[name] !== 'function') throw new Error(`dist/${rel} has no export ${name}: the core's API changed, update bench/micro/decision.bench.mjs`)
+  return mod[name]
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1]
+
+/**
+ * Times `fn(i)` (awaited when `async`) in rounds of `timeMs`; returns the median ops/s.
+ * Bounded: every loop stops on the clock, checked every `batch` calls.
+ */
+async function time(fn, { async, timeMs, warmupMs, rounds, batch = 64 }) {
+  let sink = 0
+  const run = async (ms) => {
+    let n = 0
+    const t0 = performance.now()
+    const stop = t0 + ms
+    while (performance.now() < stop) {
+      if (async) for (let i = 0; i < batch; i++) sink ^= (await fn(n + i)) ? 1 : 0
+      else for (let i = 0; i < batch; i++) sink ^= fn(n + i) ? 1 : 0
+      n += batch
+    }
+    return n / ((performance.now() - t0) / 1000)
+  }
+  await run(warmupMs)
+  const results = []
+  for (let r = 0; r < rounds; r++) results.push(await run(timeMs))
+  if (sink === 2) process.stdout.write('') // keep the results observable
+  return median(results)
+}
+
+export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolSize = 1000 } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'lapse-micro-'))
+  try {
+    const keys = await makeKeys(dir)
+    const claims = { iss: ISS, aud: AUD, ttlS: 3000 }
+    const token = await mintToken(keys, 'RS256', claims)
+    const pools = { RS256: await mintPool(keys, 'RS256', poolSize, claims), ES256: await mintPool(keys, 'ES256', poolSize, claims) }
+
+    const { loadConfig } = await core('config/load.js')
+    const main = await core('main.js')
+    const buildDeps = need(main, 'buildDeps', 'main.js')
+    const decide = need(await core('pipeline/decide.js'), 'decide', 'pipeline/decide.js')
+    const extractBearer = need(await core('extract/bearer.js'), 'extractBearer', 'extract/bearer.js')
+    const normalizeTarget = need(await core('extract/request-target.js'), 'normalizeTarget', 'extract/request-target.js')
+    const checkScopes = need(await core('authorize/scopes.js'), 'checkScopes', 'authorize/scopes.js')
+    const toTokenRef = need(await core('revocation/model.js'), 'toTokenRef', 'revocation/model.js')
+    const silent = silentLogger()
+
+    const env = (extra = {}) => ({
+      LAPSE_LISTEN: '127.0.0.1:0', LAPSE_ADMIN_LISTEN: '127.0.0.1:0', LAPSE_UPSTREAM: 'http://127.0.0.1:9',
+      LAPSE_ISSUER: ISS, LAPSE_AUDIENCE: AUD, LAPSE_JWKS_FILE: keys.jwksFile, LAPSE_ROUTES: ROUTES,
+      LAPSE_LOG_LEVEL: 'silent', LAPSE_LOG_ALLOWS: 'none', ...extra,
+    })
+    // As src/app.ts builds the decision's dependencies from the full Deps.
+    const decideDepsOf = (deps) => ({
+      match: deps.match, verify: deps.verify, revocations: deps.revocations,
+      revocableClaims: deps.config.revocableClaims, allowQueryToken: deps.config.allowQueryToken,
+      maxTokenBytes: deps.config.maxTokenBytes, clock: deps.clock,
+    })
+    const cachedDeps = await buildDeps(loadConfig(env()), { log: silent })
+    const freshDeps = await buildDeps(loadConfig(env({ LAPSE_TOKEN_CACHE_SIZE: '0' })), { log: silent })
+    const cached = decideDepsOf(cachedDeps)
+    const fresh = decideDepsOf(freshDeps)
+
+    const authorization = [`Bearer ${token}`]
+    const input = { method: 'GET', url: PATH, authorization }
+    const first = await decide(input, cached)
+    if (!first.decision.allow) throw new Error(`the bench token was denied: ${first.decision.reason}`)
+    const identity = first.decision.identity
+    const ref = toTokenRef(identity, cached.revocableClaims)
+    const rule = first.decision.rule
+    const extractOpts = { allowQueryToken: false, maxTokenBytes: cached.maxTokenBytes }
+    const poolInputs = (alg) => pools[alg].map((t) => ({ method: 'GET', url: PATH, authorization: [`Bearer ${t}`] }))
+    const rsInputs = poolInputs('RS256')
+    const esInputs = poolInputs('ES256')
+    const allowed = (o) => o.decision.allow
+
+    const cases = [
+      { name: 'extract: bearer from Authorization', fn: () => extractBearer(authorization, '', extractOpts) },
+      { name: 'authorize: normalize path + match rule', fn: () => cached.match('GET', normalizeTarget(PATH).path) },
+      { name: 'authorize: scopes', fn: () => checkScopes(identity.scopes, rule.scopes) === undefined },
+      { name: 'verify: cached token', async: true, fn: () => cached.verify(token) },
+      { name: 'revocation: memory set', async: true, fn: () => cached.revocations.isRevoked(ref) },
+      { name: 'decide: cached token, memory set (hot path)', async: true, fn: () => decide(input, cached).then(allowed) },
+      { name: 'decide: fresh RS256 token (signature checked)', async: true, fn: (i) => decide(rsInputs[i % rsInputs.length], fresh).then(allowed) },
+      { name: 'decide: fresh ES256 token (signature checked)', async: true, fn: (i) => decide(esInputs[i % esInputs.length], fresh).then(allowed) },
+    ]
+    const results = []
+    for (const c of cases) {
+      const opsPerS = await time(c.fn, { async: c.async, timeMs, warmupMs, rounds })
+      results.push({ name: c.name, opsPerS, usPerOp: 1e6 / opsPerS })
+    }
+    for (const deps of [cachedDeps, freshDeps]) {
+      deps.keys.close?.()
+      deps.forwarder?.close?.()
+      await deps.revocations.close?.()
+    }
+    return { timeMs, rounds, results }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** A pino-shaped logger that drops everything, so buildDeps' warnings stay off the output. */
+function silentLogger() {
+  const noop = () => {}
+  const log = { level: 'silent', fatal: noop, error: noop, warn: noop, info: noop, debug: noop, trace: noop, silent: noop, flush: noop }
+  log.child = () => log
+  return log
+}
+
+export function formatMicro({ results }) {
+  const w = Math.max(...results.map((r) => r.name.length))
+  const lines = [`| ${'decision micro-benchmark'.padEnd(w)} |      ops/s |   µs/op |`, `|${'-'.repeat(w + 2)}|-----------:|--------:|`]
+  for (const r of results) lines.push(`| ${r.name.padEnd(w)} | ${Math.round(r.opsPerS).toString().padStart(10)} | ${r.usPerOp.toFixed(2).padStart(7)} |`)
+  return lines.join('\n')
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const { values } = parseArgs({
+    options: {
+      time: { type: 'string', default: '500' },
+      rounds: { type: 'string', default: '3' },
+      pool: { type: 'string', default: '1000' },
+      json: { type: 'boolean', default: false },
+    },
+  })
+  const positive = (name) => {
+    const n = Number(values[name])
+    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`)
+    return n
+  }
+  const out = await runMicro({ timeMs: positive('time'), rounds: positive('rounds'), poolSize: positive('pool'), warmupMs: Math.min(300, positive('time')) })
+  process.stdout.write(values.json ? `${JSON.stringify(out)}\n` : `${formatMicro(out)}\n`)
+  process.exit(0)
+}

@@ -1,0 +1,472 @@
+#!/usr/bin/env node
+// The Lapse benchmark, one command: starts a stub upstream, the baselines, a private
+// redis-server and Lapse in each configuration on loopback, drives every row with autocannon at
+// a fixed concurrency for a bounded time over interleaved rounds, and prints the table, the
+// targets of issue 7, and writes results/<date>-<commit>.json.
+//
+//   npm run bench                                   # every row, 10 s × 3 rounds
+//   node run.mjs --duration 2 --rounds 1 --rows 1,2,3
+//   node run.mjs --soak 600                         # row 5 (RS256) for 10 minutes: RSS flatness
+//   node run.mjs --help
+import { spawnSync } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg, tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { makeKeys, mintPool, mintToken } from './lib/keys.mjs'
+import { canPin, cpuMs, killAllSync, machineBusyMs, rssKb, runJson } from './lib/proc.mjs'
+import { appendResultsLog, checkTargets, formatChecks, formatTable, summarize, updateReadme } from './lib/report.mjs'
+import { formatMicro } from './micro/decision.bench.mjs'
+import { defaultRowIds, defineRows } from './lib/rows.mjs'
+import { createFleet, isLapseServer, lapseEntry } from './lib/servers.mjs'
+
+const HELP = `usage: node run.mjs [options]
+
+  --duration S      seconds measured per row and round (default 10)
+  --rounds N        interleaved rounds; the table shows medians (default 3)
+  --connections C   concurrent keep-alive connections (default 10)
+  --rate R          cap the load at R requests/s over all connections (default: as fast as
+                    the server answers; the smoke test caps it so it does not starve other tests)
+  --warmup S        unmeasured load before a row's first round (default duration/4, 1..3 s)
+  --rows LIST       comma-separated row ids (default: all but 6c); see README.md
+  --pool N          tokens per algorithm in row 5's pool (default 10000)
+  --soak S          only row 5 (RS256) for S seconds, sampling Lapse's RSS (the flatness check)
+  --engine E        Lapse's forwarding engine for row 2: http-proxy | undici (default: read from dist/)
+  --results-dir D   where the JSON goes (default bench/results)
+  --quiet-wait S    before each measurement wait while other work keeps the machine busy,
+                    at most S seconds over the whole run (default 120; 0 never waits)
+  --no-record       do not update README.md and RESULTS.md (the JSON is still written)
+  --no-build        do not run the root build first (dist/ must be current)
+  --no-pin          do not pin processes with taskset
+  --micro-time MS   time per micro-benchmark round of the decision alone (default 500; 0 skips it)
+  --cpu-prof        run Lapse under --cpu-prof; profiles go to bench/profiles/
+  --keep            keep the run's temporary directory (keys, logs)
+`
+
+const benchDir = dirname(fileURLToPath(import.meta.url))
+const root = resolve(benchDir, '..')
+const PATH = '/v1/items'
+const ISS = 'https://issuer.bench.lapse.test'
+const AUD = 'bench-api'
+
+const { values: args } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '10' },
+    rounds: { type: 'string', default: '3' },
+    connections: { type: 'string', default: '10' },
+    warmup: { type: 'string' },
+    rate: { type: 'string' },
+    'quiet-wait': { type: 'string', default: '120' },
+    rows: { type: 'string' },
+    pool: { type: 'string', default: '10000' },
+    soak: { type: 'string' },
+    engine: { type: 'string' },
+    'results-dir': { type: 'string', default: join(benchDir, 'results') },
+    'no-record': { type: 'boolean', default: false },
+    'no-build': { type: 'boolean', default: false },
+    'no-pin': { type: 'boolean', default: false },
+    'micro-time': { type: 'string', default: '500' },
+    'cpu-prof': { type: 'boolean', default: false },
+    keep: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+})
+if (args.help) {
+  process.stdout.write(HELP)
+  process.exit(0)
+}
+
+const int = (name, min, max) => {
+  const n = Number(args[name])
+  if (!Number.isInteger(n) || n < min || n > max) {
+    process.stderr.write(`--${name} must be an integer in ${min}..${max}, got ${args[name]}\n`)
+    process.exit(2)
+  }
+  return n
+}
+const settings = {
+  durationS: int('duration', 1, 600),
+  rounds: int('rounds', 1, 20),
+  connections: int('connections', 1, 1000),
+  pool: int('pool', 1, 100_000),
+  soakS: args.soak === undefined ? 0 : int('soak', 10, 7200),
+  microTimeMs: int('micro-time', 0, 10_000),
+  rate: args.rate === undefined ? undefined : int('rate', 1, 1_000_000),
+  quietWaitS: int('quiet-wait', 0, 3600),
+}
+// Other work above this share of the machine's CPU makes a measurement suspect (flagged), and
+// above QUIET_SHARE before one starts makes the run wait (within --quiet-wait).
+const NOISY_SHARE = 0.05
+const QUIET_SHARE = 0.1
+let quietBudgetMs = settings.quietWaitS * 1000
+settings.warmupS = args.warmup === undefined ? Math.min(3, Math.max(1, Math.round(settings.durationS / 4))) : int('warmup', 0, 60)
+
+const log = (line) => process.stdout.write(`${line}\n`)
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+// ---- the machine and the commit ------------------------------------------------------------
+
+function git(...gitArgs) {
+  const r = spawnSync('git', gitArgs, { cwd: root, encoding: 'utf8' })
+  return r.status === 0 ? r.stdout.trim() : undefined
+}
+function describeCommit() {
+  const sha = git('rev-parse', '--short=10', 'HEAD')
+  if (!sha) return 'uncommitted'
+  const dirty = git('status', '--porcelain', '--untracked-files=no', '--', 'src', 'bin', 'package.json', 'package-lock.json')
+  return dirty ? `${sha}-dirty` : sha
+}
+function cpuModel() {
+  const model = cpus()[0]?.model?.trim()
+  return model && model !== 'unknown' ? model : 'unknown CPU'
+}
+const cpuCount = cpus().length
+const pinned = !args['no-pin'] && canPin(cpuCount)
+// The load generator (and redis-server, standing in for a remote service) on CPU 0; the server
+// under test and the upstream share CPU 1, like a sidecar shares its pod's cores.
+const pin = pinned ? { loadgen: 0, redis: 0, servers: 1 } : { loadgen: undefined, redis: undefined, servers: undefined }
+const pinningText = pinned
+  ? 'pinned with taskset: load generator and redis-server on CPU 0, upstream and server under test on CPU 1'
+  : `not pinned (${args['no-pin'] ? '--no-pin' : cpuCount < 2 ? 'one CPU' : 'taskset unavailable'})`
+const now = new Date()
+const meta = {
+  date: now.toISOString(),
+  commit: describeCommit(),
+  node: process.version,
+  cpu: { model: cpuModel(), count: cpuCount },
+  pinning: { enabled: pinned, ...pin },
+  pinningText,
+  pinningShort: pinned ? 'taskset 0/1' : 'none',
+  settings,
+  // Other work on the machine moves every row; the load averages tell whether it was quiet.
+  loadavgAtStart: loadavg().map((x) => Number(x.toFixed(2))),
+}
+
+// ---- what to run ---------------------------------------------------------------------------
+
+/** Which engine Lapse forwards with, read from its build, so row 2 is the floor on the same engine. */
+function detectEngine() {
+  if (args.engine) return args.engine
+  const dir = join(root, 'dist', 'forward')
+  if (!existsSync(dir)) return 'http-proxy'
+  const text = readdirSync(dir).filter((f) => f.endsWith('.js')).map((f) => readFileSync(join(dir, f), 'utf8')).join('\n')
+  const usesUndici = /from ['"]undici['"]/.test(text)
+  const usesHttpProxy = /from ['"]http-proxy['"]/.test(text)
+  return usesUndici && !usesHttpProxy ? 'undici' : 'http-proxy'
+}
+
+/** Whether Lapse's build starts an OpenTelemetry SDK at all (row 7 means nothing without one). */
+function detectTelemetrySdk() {
+  const dir = join(root, 'dist')
+  if (!existsSync(dir)) return false
+  const files = readdirSync(dir, { recursive: true }).filter((f) => String(f).endsWith('.js'))
+  return files.some((f) => /@opentelemetry\/sdk-(node|trace-node|trace-base)/.test(readFileSync(join(dir, String(f)), 'utf8')))
+}
+
+function buildLapse() {
+  log('building Lapse (npm run build at the root) …')
+  const r = spawnSync('npm', ['run', 'build', '--silent'], { cwd: root, encoding: 'utf8', timeout: 300_000 })
+  if (r.status !== 0) return `root build failed: ${(r.stdout + r.stderr).trim().split('\n').slice(-15).join('\n')}`
+  return undefined
+}
+
+// ---- main ----------------------------------------------------------------------------------
+
+const runDir = mkdtempSync(join(tmpdir(), 'lapse-bench-'))
+const cpuProfDir = args['cpu-prof'] ? join(benchDir, 'profiles') : undefined
+if (cpuProfDir) mkdirSync(cpuProfDir, { recursive: true })
+let fleet
+let failed = false
+
+const onSignal = (sig) => {
+  killAllSync()
+  process.stderr.write(`\n${sig}: stopped, children killed\n`)
+  process.exit(130)
+}
+process.on('SIGINT', onSignal)
+process.on('SIGTERM', onSignal)
+process.on('exit', killAllSync)
+
+try {
+  await main()
+} catch (err) {
+  failed = true
+  process.stderr.write(`bench failed: ${err.stack ?? err}\n`)
+} finally {
+  await fleet?.close().catch(() => {})
+  if (args.keep || failed) log(`run directory (keys, server logs): ${runDir}`)
+  else rmSync(runDir, { recursive: true, force: true })
+}
+process.exit(failed ? 1 : 0)
+
+async function main() {
+  let buildError
+  // Build before reading the engine from dist/.
+  const preRows = args.rows ? args.rows.split(',') : undefined
+  const mayNeedLapse = settings.soakS > 0 || !preRows || preRows.some((id) => /^[3457]/.test(id.trim()))
+  if (mayNeedLapse && !args['no-build'] && existsSync(join(root, 'src'))) buildError = buildLapse()
+
+  const engine = detectEngine()
+  const rows = defineRows({ engine })
+  const ids = args.rows ? args.rows.split(',').map((s) => s.trim()).filter(Boolean) : settings.soakS > 0 ? [] : defaultRowIds(rows)
+  const unknown = ids.filter((id) => !rows.some((r) => r.id === id))
+  if (unknown.length) throw new Error(`unknown rows: ${unknown.join(', ')} (known: ${rows.map((r) => r.id).join(', ')})`)
+  const selected = rows.filter((r) => ids.includes(r.id))
+  meta.engine = engine
+  meta.telemetrySdk = detectTelemetrySdk()
+  if (selected.some((r) => r.id === '7') && !meta.telemetrySdk) {
+    log('! row 7: no OpenTelemetry SDK set-up found in dist/, so telemetry cannot be on: row 7 is row 3 again')
+  }
+
+  log(`Lapse bench — ${meta.date}, commit ${meta.commit}, Node ${meta.node}, ${cpuCount} × ${meta.cpu.model}, load average ${meta.loadavgAtStart.join(' ')}`)
+  log(`${pinningText}`)
+  log(`${settings.connections} connections${settings.rate ? ` capped at ${settings.rate} req/s` : ''}, ${settings.durationS} s per row (warm-up ${settings.warmupS} s), ${settings.rounds} round(s); forwarding engine: ${engine}`)
+
+  // Tokens must outlive the whole run (soak included), inside Lapse's lifetime policy.
+  const plannedS = selected.length * settings.rounds * (settings.durationS + 4) + settings.soakS + settings.quietWaitS + 120
+  const ttlS = 600 + plannedS
+  const maxLifetimeS = Math.max(3600, ttlS + 60)
+  const keys = await makeKeys(runDir)
+  const claims = { iss: ISS, aud: AUD, ttlS }
+  const token = await mintToken(keys, 'RS256', claims)
+  const poolFiles = {}
+  for (const alg of new Set(selected.filter((r) => r.auth === 'pool').map((r) => r.alg).concat(settings.soakS > 0 ? ['RS256'] : []))) {
+    const t0 = Date.now()
+    const pool = await mintPool(keys, alg, settings.pool, claims)
+    poolFiles[alg] = join(runDir, `pool-${alg}.json`)
+    writeFileSync(poolFiles[alg], JSON.stringify(pool))
+    log(`minted ${pool.length} ${alg} tokens in ${((Date.now() - t0) / 1000).toFixed(1)} s`)
+  }
+
+  fleet = createFleet({ root, benchDir, logDir: runDir, pin, keys, iss: ISS, aud: AUD, maxLifetimeS, cpuProfDir })
+  const upstream = await fleet.ensure('upstream')
+  const expectedBody = await (await fetch(`${upstream.url}${PATH}`)).text()
+
+  // Start every server now, one at a time, so no start competes with a measurement.
+  const rowErrors = new Map()
+  const servers = [...new Set(selected.map((r) => r.server).concat(settings.soakS > 0 ? ['lapse-verify'] : []))]
+  const bootRssKb = {}
+  for (const name of servers) {
+    if (isLapseServer(name) && (buildError || !existsSync(lapseEntry(root)))) {
+      rowErrors.set(name, buildError ?? `Lapse is not built: ${lapseEntry(root)} missing`)
+      continue
+    }
+    try {
+      const s = await fleet.ensure(name)
+      if (isLapseServer(name)) bootRssKb[name] = rssKb(s.child.pid)
+    } catch (err) {
+      rowErrors.set(name, err.message)
+    }
+  }
+
+  const headersFor = (row, i = 0) => {
+    if (row.auth === 'token') return { authorization: `Bearer ${token}` }
+    if (row.auth === 'pool') return { authorization: `Bearer ${JSON.parse(readFileSync(poolFiles[row.alg], 'utf8'))[i]}` }
+    return {}
+  }
+
+  // One request per row before any load: a 200 with the upstream's body, or the row is void.
+  for (const row of selected) {
+    if (rowErrors.has(row.server)) continue
+    const { url } = fleet.get(row.server)
+    try {
+      const res = await fetch(`${url}${PATH}`, { headers: headersFor(row), signal: AbortSignal.timeout(5000) })
+      const body = await res.text()
+      if (res.status !== 200 || body !== expectedBody) {
+        rowErrors.set(row.server, `probe answered ${res.status} ${res.headers.get('www-authenticate') ?? ''} ${body.slice(0, 200)}`)
+      }
+    } catch (err) {
+      rowErrors.set(row.server, `probe failed: ${err.message}`)
+    }
+  }
+  for (const [server, error] of rowErrors) log(`! ${server}: ${error.split('\n')[0]}`)
+
+  const measurements = new Map(selected.map((r) => [r.id, []]))
+  const memory = { samples: [] }
+
+  /** Waits (within the run's budget) until other work leaves the machine mostly idle. */
+  async function waitQuiet() {
+    while (quietBudgetMs > 0) {
+      const share = await foreignShareOver(1000)
+      if (share === undefined || share < QUIET_SHARE) return
+      log(`  … the machine is busy with other work (${(share * 100).toFixed(0)}% of its CPU); waiting`)
+      const t0 = Date.now()
+      await sleep(Math.min(4000, quietBudgetMs))
+      quietBudgetMs -= Date.now() - t0 + 1000
+    }
+  }
+  /** Share of all CPUs busy with anything but our processes over `ms`. */
+  async function foreignShareOver(ms) {
+    const ours0 = ourCpuMs()
+    const busy0 = machineBusyMs()
+    const t0 = Date.now()
+    await sleep(ms)
+    const busy1 = machineBusyMs()
+    if (busy0 === undefined || busy1 === undefined) return undefined
+    return Math.max(0, busy1 - busy0 - (ourCpuMs() - ours0)) / ((Date.now() - t0) * cpuCount)
+  }
+  const ourCpuMs = () => {
+    const self = process.cpuUsage()
+    return fleet.pids().reduce((sum, pid) => sum + (cpuMs(pid) ?? 0), (self.user + self.system) / 1000)
+  }
+
+  async function measure(row, durationS) {
+    const { url, child } = fleet.get(row.server)
+    const cfg = { url: `${url}${PATH}`, connections: settings.connections, durationS, rate: settings.rate }
+    if (row.auth === 'token') cfg.token = token
+    if (row.auth === 'pool') cfg.tokenFile = poolFiles[row.alg]
+    const cfgPath = join(runDir, `load-${row.id}.json`)
+    writeFileSync(cfgPath, JSON.stringify(cfg))
+    const sampleRss = row.auth === 'pool'
+    const rss = []
+    const timer = sampleRss ? setInterval(() => rss.push(rssKb(child.pid)), 1000) : undefined
+    if (sampleRss) rss.push(rssKb(child.pid))
+    const upstreamPid = fleet.get('upstream').child.pid
+    const before = { server: cpuMs(child.pid), upstream: cpuMs(upstreamPid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
+    try {
+      const m = await runJson(process.execPath, [join(benchDir, 'lib', 'load.mjs'), cfgPath], { cpu: pin.loadgen, timeoutMs: (durationS + 60) * 1000 })
+      // CPU time per request of the server under test (all its threads): steadier than req/s
+      // when the machine is shared.
+      const after = { server: cpuMs(child.pid), upstream: cpuMs(upstreamPid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
+      if (m.ok > 0 && before.server !== undefined && after.server !== undefined) {
+        m.serverCpuUsPerReq = ((after.server - before.server) * 1000) / m.ok
+        m.upstreamCpuUsPerReq = ((after.upstream - before.upstream) * 1000) / m.ok
+      }
+      // Everything the machine did that was not us (other processes, hypervisor steal), as a
+      // share of all its CPU time during the measurement: the noise indicator of this figure.
+      if (before.machine !== undefined && after.machine !== undefined) {
+        const oursMs = after.ours - before.ours + (m.loadgenCpuMs ?? 0)
+        m.foreignCpuShare = Math.max(0, after.machine - before.machine - oursMs) / ((after.wallMs - before.wallMs) * cpuCount)
+      }
+      return { ...m, rssKb: rss }
+    } finally {
+      if (timer) clearInterval(timer)
+      if (sampleRss) rss.push(rssKb(child.pid))
+    }
+  }
+
+  const runnable = selected.filter((r) => !rowErrors.has(r.server))
+  for (const row of selected) if (rowErrors.has(row.server)) measurements.get(row.id).push({ error: rowErrors.get(row.server) })
+
+  for (let round = 0; round < settings.rounds; round++) {
+    // Rotate the order each round so no row always runs right after the same neighbour.
+    const order = runnable.map((_, i) => runnable[(i + round) % runnable.length])
+    for (const row of order) {
+      if (round === 0 && settings.warmupS > 0) await measure(row, settings.warmupS).catch(() => {})
+      await waitQuiet()
+      let m
+      try {
+        m = await measure(row, settings.durationS)
+        if (m.errors > 0 || m.non2xx > 0 || m.ok === 0) {
+          m.warning = `errors ${m.errors}, timeouts ${m.timeouts}, non-2xx ${m.non2xx} (${JSON.stringify(m.statuses)})`
+        }
+        if (m.ok === 0) m.error = m.warning
+      } catch (err) {
+        m = { error: err.message }
+      }
+      measurements.get(row.id).push(m)
+      if (row.auth === 'pool' && m.rssKb) memory.samples.push(...m.rssKb.filter(Boolean))
+      if (row.auth === 'pool' && m.rssKb?.length) {
+        memory.startKb ??= m.rssKb.find(Boolean)
+        memory.endKb = m.rssKb.filter(Boolean).at(-1)
+      }
+      const busy = m.foreignCpuShare > NOISY_SHARE ? `  ! other work took ${(m.foreignCpuShare * 100).toFixed(0)}% of the machine` : ''
+      const note = m.error ? `ERROR ${m.error}` : `${Math.round(m.rps)} req/s  p50 ${m.p50Ms.toFixed(2)} ms  p99 ${m.p99Ms.toFixed(2)} ms${m.warning ? `  ! ${m.warning}` : ''}${busy}`
+      log(`  round ${round + 1}/${settings.rounds}  row ${row.id.padEnd(3)} ${note}`)
+      await sleep(300)
+    }
+  }
+  if (memory.samples.length) memory.maxKb = Math.max(...memory.samples)
+  delete memory.samples
+
+  let soak
+  if (settings.soakS > 0) soak = await runSoak(fleet, rowErrors, token, poolFiles, measure, rows)
+
+  // The decision alone, pinned where the servers ran; skipped for a soak and when Lapse is absent.
+  let micro
+  if (settings.microTimeMs > 0 && settings.soakS === 0 && !buildError && existsSync(join(root, 'dist'))) {
+    log(`micro-benchmark of the decision (${settings.microTimeMs} ms × 3 rounds per case) …`)
+    try {
+      micro = await runJson(process.execPath, [join(benchDir, 'micro', 'decision.bench.mjs'), '--json', '--time', String(settings.microTimeMs), '--pool', String(Math.min(settings.pool, 1000))], {
+        cpu: pin.servers, timeoutMs: 120_000 + settings.microTimeMs * 60,
+      })
+    } catch (err) {
+      micro = { error: err.message }
+      failed = true
+    }
+  }
+
+  meta.loadavgAtEnd = loadavg().map((x) => Number(x.toFixed(2)))
+  const summary = summarize(selected, measurements)
+  const table = formatTable(summary)
+  const checks = checkTargets(summary, memory.startKb ? memory : undefined, soak)
+  log('')
+  if (selected.length) log(table)
+  log('')
+  if (memory.startKb) {
+    log(`Lapse RSS during row 5 (lapse-verify, pid ${fleet.get('lapse-verify')?.child.pid}): boot ${mb(bootRssKb['lapse-verify'])}, start ${mb(memory.startKb)}, end ${mb(memory.endKb)}, max ${mb(memory.maxKb)}`)
+  }
+  if (micro?.results) log(`${formatMicro(micro)}\n`)
+  else if (micro?.error) log(`micro-benchmark failed: ${micro.error}\n`)
+  log(formatChecks(checks))
+
+  const result = {
+    schema: 1,
+    ...meta,
+    path: PATH,
+    lapse: { bootRssKb, row5Memory: memory.startKb ? memory : undefined },
+    rows: summary,
+    soak,
+    micro,
+    checks,
+    table,
+  }
+  mkdirSync(args['results-dir'], { recursive: true })
+  const stamp = meta.date.slice(0, 16).replace(/:/g, '')
+  const jsonName = `${stamp}-${meta.commit}.json`
+  const jsonPath = join(args['results-dir'], jsonName)
+  writeFileSync(jsonPath, `${JSON.stringify(result, null, 2)}\n`)
+  log(`\nresults: ${jsonPath}`)
+  if (!args['no-record']) {
+    if (updateReadme(join(benchDir, 'README.md'), { table, checks, meta, micro })) log('README.md: latest table updated')
+    appendResultsLog(join(benchDir, 'RESULTS.md'), { summary, checks, meta, jsonName })
+    log('RESULTS.md: one line appended')
+  }
+  const missing = summary.filter((r) => !r.median)
+  if (missing.length) {
+    failed = true
+    log(`rows without a measurement: ${missing.map((r) => `${r.id} (${(r.error ?? 'no data').split('\n')[0]})`).join('; ')}`)
+  }
+  if (soak?.error) failed = true
+}
+
+/** Row 5 (RS256) for the soak duration, RSS sampled every 5 s after a warm-up. */
+async function runSoak(fleet, rowErrors, token, poolFiles, measure, rows) {
+  if (rowErrors.has('lapse-verify')) return { error: rowErrors.get('lapse-verify') }
+  const row = rows.find((r) => r.id === '5r')
+  const { child } = fleet.get('lapse-verify')
+  log(`soak: row 5r for ${settings.soakS} s (after a 10 s warm-up), RSS every 5 s`)
+  await measure(row, 10).catch(() => {})
+  const samples = []
+  const t0 = Date.now()
+  const timer = setInterval(() => samples.push({ s: Math.round((Date.now() - t0) / 1000), kb: rssKb(child.pid) }), 5000)
+  samples.push({ s: 0, kb: rssKb(child.pid) })
+  let m
+  try {
+    m = await measure(row, settings.soakS)
+  } catch (err) {
+    return { error: err.message, samples }
+  } finally {
+    clearInterval(timer)
+  }
+  samples.push({ s: Math.round((Date.now() - t0) / 1000), kb: rssKb(child.pid) })
+  const kbs = samples.map((x) => x.kb).filter(Boolean)
+  const soak = { durationS: settings.soakS, rps: m.rps, p50Ms: m.p50Ms, p99Ms: m.p99Ms, startKb: kbs[0], endKb: kbs.at(-1), maxKb: Math.max(...kbs), samples }
+  log(`soak: ${Math.round(m.rps)} req/s, p99 ${m.p99Ms.toFixed(2)} ms, RSS ${mb(soak.startKb)} → ${mb(soak.endKb)} (max ${mb(soak.maxKb)})`)
+  return soak
+}
+
+function mb(kb) {
+  return kb ? `${(kb / 1024).toFixed(1)} MB` : '—'
+}
