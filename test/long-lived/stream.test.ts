@@ -24,6 +24,8 @@ interface Stream {
   readonly chunks: number
   /** Resolves when the response ends or is cut: `complete` is false for a cut. */
   readonly ended: Promise<{ complete: boolean; atMs: number }>
+  /** The client hangs up. */
+  close(): void
 }
 
 function openStream(url: string, token: string): Promise<Stream> {
@@ -41,6 +43,7 @@ function openStream(url: string, token: string): Promise<Stream> {
           return chunks
         },
         ended,
+        close: () => res.destroy(),
       })
     })
     req.once('error', reject)
@@ -117,4 +120,22 @@ t.test('a route with cut_streams_at_expiry: false lets the stream run past exp, 
 
   t.equal((await revoke({ claim: 'jti', value: jti })).status, 201)
   t.match(await endedWithin(stream, 500), { complete: false }, 'revocation cuts it')
+})
+
+t.test('streams that end before they join the registry leave no gap: every one still open is cut', async (t) => {
+  // Open responses wait ~100 ms before they are registered, in a slot array; a hang-up removes its
+  // entry by moving the last one into its slot. Hang-ups at the front and in the middle must not
+  // lose the entries moved, or a revoked stream would run on.
+  const { up, lapse, mint, revoke } = await setup(t)
+  const token = await mint({ sub: 'many' })
+  const streams = await Promise.all(Array.from({ length: 6 }, () => openStream(`${lapse.url}/orders/stream/events`, token)))
+  streams[0]!.close()
+  streams[3]!.close()
+  const open = streams.filter((_, i) => i !== 0 && i !== 3)
+  await waitFor(() => open.every((s) => s.chunks >= 1), 'the first chunk on every open stream')
+  await waitFor(() => up.openStreams === open.length, 'the hung-up streams to close at the upstream')
+  t.equal((await revoke({ claim: 'sub', value: 'many' })).status, 201)
+  const ended = await Promise.all(open.map((s) => endedWithin(s, 500)))
+  t.same(ended.map((e) => e !== 'open' && !e.complete), open.map(() => true), 'all four remaining streams cut within 500 ms')
+  await waitFor(() => up.openStreams === 0, 'every stream closed at the upstream')
 })
