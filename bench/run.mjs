@@ -145,15 +145,18 @@ const meta = {
 
 // ---- what to run ---------------------------------------------------------------------------
 
-/** Which engine Lapse forwards with, read from its build, so row 2 is the floor on the same engine. */
+/**
+ * Which engine Lapse forwards plain HTTP with, read from its build, so row 2 is the floor on the
+ * same engine. Lapse keeps http-proxy for WebSocket upgrades, which no row measures: undici in the
+ * build means undici for HTTP.
+ */
 function detectEngine() {
   if (args.engine) return args.engine
   const dir = join(root, 'dist', 'forward')
   if (!existsSync(dir)) return 'http-proxy'
   const text = readdirSync(dir).filter((f) => f.endsWith('.js')).map((f) => readFileSync(join(dir, f), 'utf8')).join('\n')
   const usesUndici = /from ['"]undici['"]/.test(text)
-  const usesHttpProxy = /from ['"]http-proxy['"]/.test(text)
-  return usesUndici && !usesHttpProxy ? 'undici' : 'http-proxy'
+  return usesUndici ? 'undici' : 'http-proxy'
 }
 
 /** Whether Lapse's build starts an OpenTelemetry SDK at all (row 7 means nothing without one). */

@@ -56,12 +56,30 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   return headers
 }
 
-/** Response headers that belong to the upstream hop, not to the client's. */
-export function stripResponseHopByHop(headers: IncomingHttpHeaders): void {
-  const listed = typeof headers.connection === 'string' ? headers.connection.toLowerCase().split(',') : []
-  for (const name of listed) {
-    const n = name.trim()
-    if (n && !PROTECTED.has(n)) delete headers[n]
+/**
+ * The upstream's response headers (undici's raw name/value list) as the client gets them: without
+ * the fields of the upstream hop (RFC 9110 §7.6.1), including those its `Connection` names. Node
+ * then frames the response and says keep-alive or close for the client's own connection.
+ */
+export function responseHeaders(raw: readonly Buffer[]): string[] {
+  let listed: Set<string> | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.length === 10 && raw[i]!.toString('latin1').toLowerCase() === 'connection') {
+      listed ??= new Set()
+      for (const name of raw[i + 1]!.toString('latin1').toLowerCase().split(',')) {
+        const n = name.trim()
+        if (n && !PROTECTED.has(n)) listed.add(n)
+      }
+    }
   }
-  for (const name of HOP_BY_HOP) if (name !== 'transfer-encoding' && name !== 'upgrade') delete headers[name]
+  const out: string[] = []
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1')
+    const lower = name.toLowerCase()
+    if (RESPONSE_HOP_BY_HOP.has(lower) || listed?.has(lower)) continue
+    out.push(name, raw[i + 1]!.toString('latin1'))
+  }
+  return out
 }
+
+const RESPONSE_HOP_BY_HOP = new Set(HOP_BY_HOP)

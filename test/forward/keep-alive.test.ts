@@ -61,3 +61,20 @@ t.test('a token revoked between two requests on one keep-alive socket → the se
   await waitFor(() => decisions(lapse).length >= 2, 'the second audit line')
   assertDenied(t, lapse, second.res, decisions(lapse)[1]!, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'revoked', upstreamCalls: 1, token })
 })
+
+t.test('Lapse keeps its own connections to the upstream alive: many requests, few upstream connections', async (t) => {
+  const clock = manualClock(T0_S * 1000)
+  const lapse = await runApp(t, { clock })
+  let upstreamConnections = 0
+  lapse.upstream.server.on('connection', () => upstreamConnections++)
+  const token = await (await testKeys()).mint({ iat: T0_S, exp: T0_S + 60 }, { nowS: T0_S })
+  // A fresh client connection for every request: reuse upstream is Lapse's doing, not the client's.
+  for (let i = 0; i < 20; i++) {
+    const agent = new Agent({ keepAlive: false })
+    const sent = await sendOn(agent, lapse, `/orders/${i}`, token)
+    agent.destroy()
+    t.equal(sent.res.status, 200)
+  }
+  t.equal(lapse.upstream.calls, 20)
+  t.equal(upstreamConnections, 1, '20 sequential requests over one upstream connection')
+})

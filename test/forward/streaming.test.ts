@@ -5,7 +5,7 @@ import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { runApp } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
@@ -117,4 +117,75 @@ t.test('large streamed download reaches the client whole and is not buffered by 
   t.equal(received, TOTAL, 'every byte arrived')
   t.ok(upstreamSentAtFirstClientByte >= 0 && upstreamSentAtFirstClientByte < 16 * MB, `the client got bytes while the upstream was still sending (${Math.round(upstreamSentAtFirstClientByte / MB)} MB sent)`)
   t.ok(growth < MAX_RSS_GROWTH, `RSS grew by ${Math.round(growth / MB)} MB, under ${MAX_RSS_GROWTH / MB} MB`)
+})
+
+/** An upstream that streams `total` bytes as fast as its client lets it, counting what it sent. */
+async function endlessishUpstream(t: Test, total: number) {
+  const state = { sent: 0, closedEarly: false }
+  const upstream = await startUpstream((req, res) => {
+    req.resume()
+    res.writeHead(200, { 'content-type': 'application/octet-stream' })
+    res.once('close', () => { if (!res.writableFinished) state.closedEarly = true })
+    const out = Readable.from((async function* () {
+      for (; state.sent < total; state.sent += CHUNK.length) yield CHUNK
+    })())
+    out.pipe(res)
+  })
+  t.teardown(() => upstream.close())
+  return { upstream, state }
+}
+
+t.test('a client that stops reading holds the upstream back: backpressure reaches the upstream, nothing piles up in Lapse', async (t) => {
+  const { upstream, state } = await endlessishUpstream(t, TOTAL)
+  const lapse = await runApp(t, { upstream, clock: manualClock(T0_MS), routes: [{ path: '/download', scopes: ['files:read'] }] })
+  const token = await (await testKeys()).mint({ scope: 'files:read' }, { nowS: T0_MS / 1000 })
+
+  const stopWatch = watchRss()
+  const url = new URL(`${lapse.url}/download`)
+  const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, agent: false, headers: { authorization: `Bearer ${token}` } })
+  const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
+    req.on('response', resolve)
+    req.on('error', reject)
+    req.end()
+  })
+  res.pause()
+  // Give the upstream ample time to push everything if nothing held it back.
+  await new Promise((r) => setTimeout(r, 1500))
+  const sentWhilePaused = state.sent
+  t.ok(sentWhilePaused < 24 * MB, `while the client reads nothing the upstream has sent ${Math.round(sentWhilePaused / MB)} MB of ${TOTAL / MB} (socket buffers only)`)
+
+  let received = 0
+  res.on('data', (c: Buffer) => { received += c.length })
+  res.resume()
+  await new Promise((resolve) => res.once('end', resolve))
+  const growth = stopWatch()
+  t.equal(received, TOTAL, 'after resuming, every byte arrives')
+  t.ok(growth < MAX_RSS_GROWTH, `RSS grew by ${Math.round(growth / MB)} MB, under ${MAX_RSS_GROWTH / MB} MB`)
+})
+
+t.test('a client that hangs up mid-download stops the upstream request', async (t) => {
+  const { upstream, state } = await endlessishUpstream(t, TOTAL)
+  const lapse = await runApp(t, { upstream, clock: manualClock(T0_MS), routes: [{ path: '/download', scopes: ['files:read'] }] })
+  const token = await (await testKeys()).mint({ scope: 'files:read' }, { nowS: T0_MS / 1000 })
+  const url = new URL(`${lapse.url}/download`)
+  const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, agent: false, headers: { authorization: `Bearer ${token}` } })
+  await new Promise<void>((resolve, reject) => {
+    req.on('response', (res) => {
+      let received = 0
+      res.on('data', (c: Buffer) => {
+        received += c.length
+        if (received >= 2 * MB) {
+          req.destroy()
+          resolve()
+        }
+      })
+    })
+    req.on('error', () => {})
+    req.once('error', reject)
+    req.end()
+  })
+  const deadline = Date.now() + 3000
+  while (!state.closedEarly && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  t.ok(state.closedEarly, 'the upstream response was closed before it finished')
+  t.ok(state.sent < TOTAL, `the upstream stopped after ${Math.round(state.sent / MB)} MB`)
 })
