@@ -91,7 +91,7 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
     cacheSize: config.tokenCacheSize,
   })
   const revocations = await createRevocationStore(config, clock, log)
-  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, forwardAuthorization: config.forwardAuthorization })
+  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization })
   const metrics = telemetry.meterProvider ? createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), { keys, verify, revocations, clock }) : undefined
   const recorder = createRecorder({ tracer, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
   const connections = createConnectionRegistry({

@@ -38,6 +38,7 @@ export interface Config {
   readonly routes: readonly RouteSetting[]
   readonly admin: { readonly listen: HostPort; readonly token: string | undefined; readonly tokenName: string }
   readonly upstreamTimeoutMs: number
+  readonly upstreamMaxConnections: number
   readonly clientHeaderTimeoutMs: number
   readonly clientIdleTimeoutMs: number
   readonly maxHeaderBytes: number
@@ -170,6 +171,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     routes: parseRoutes(s.routes),
     admin: { listen: hostPort(s.admin_listen), token: readAdminToken(s), tokenName: s.admin_token_name },
     upstreamTimeoutMs: s.upstream_timeout,
+    upstreamMaxConnections: s.upstream_max_connections,
     clientHeaderTimeoutMs: s.client_header_timeout,
     clientIdleTimeoutMs: s.client_idle_timeout,
     maxHeaderBytes: s.max_header_bytes,

@@ -83,6 +83,7 @@ export const settingsSchema = z.strictObject({
   admin_token_file: z.string().min(1).optional(),
   admin_token_name: z.string().regex(/^[A-Za-z0-9_.@-]+$/).default('admin'),
   upstream_timeout: int(1, 3_600_000).default(30_000).describe('milliseconds until the upstream sends response headers, then 504'),
+  upstream_max_connections: int(1, 65_536).default(256).describe('HTTP connections to the upstream at most; further requests wait for one, within upstream_timeout'),
   client_header_timeout: int(1000, 600_000).default(10_000).describe('milliseconds a client may take to send its headers'),
   client_idle_timeout: int(0, 86_400_000).default(120_000).describe('milliseconds a client connection may sit idle'),
   max_header_bytes: int(1024, 1_048_576).default(16_384),

@@ -26,6 +26,8 @@ export interface ForwarderOptions {
   /** Until the upstream sends response headers (connect included); after that, streams may idle. */
   readonly timeoutMs: number
   readonly forwardAuthorization: boolean
+  /** HTTP connections to the upstream at most (WebSockets have their own); the rest queue. */
+  readonly maxConnections?: number | undefined
 }
 
 /** One forwarded HTTP request. */
@@ -51,7 +53,7 @@ type Tracked = IncomingMessage & { [EXCHANGE]?: Exchange }
 
 export function createForwarder(opts: ForwarderOptions): Forwarder {
   const pool = new Pool(opts.upstream.origin, {
-    connections: 256,
+    connections: opts.maxConnections ?? 256,
     // Lapse bounds the wait for response headers itself (one timer, connect and queue included);
     // these only stop undici's own defaults (10 s connect, 300 s headers) from answering first.
     connect: { timeout: opts.timeoutMs },

@@ -47,6 +47,7 @@ const bad: Bad[] = [
   { name: 'LAPSE_CLOCK_SKEW not whole', change: { LAPSE_CLOCK_SKEW: '1.5' }, setting: /^LAPSE_CLOCK_SKEW: /, why: /int/ },
   { name: 'LAPSE_MAX_TOKEN_LIFETIME negative', change: { LAPSE_MAX_TOKEN_LIFETIME: '-1' }, setting: /^LAPSE_MAX_TOKEN_LIFETIME: /, why: />=\s*0/ },
   { spawn: true, name: "LAPSE_ALGORITHMS with the unknown algorithm 'none'", change: { LAPSE_ALGORITHMS: 'ES256,none' }, setting: /^LAPSE_ALGORITHMS: /, why: /expected one of/ },
+  { name: 'LAPSE_UPSTREAM_MAX_CONNECTIONS zero', change: { LAPSE_UPSTREAM_MAX_CONNECTIONS: '0' }, setting: /^LAPSE_UPSTREAM_MAX_CONNECTIONS: /, why: />=\s*1/ },
   { name: 'LAPSE_LISTEN without a port', change: { LAPSE_LISTEN: 'localhost' }, setting: /^LAPSE_LISTEN: /, why: /host:port/ },
   { name: 'LAPSE_ALLOW_QUERY_TOKEN not a boolean', change: { LAPSE_ALLOW_QUERY_TOKEN: 'maybe' }, setting: /^LAPSE_ALLOW_QUERY_TOKEN: /, why: /boolean/ },
   { name: 'LAPSE_ISSUER an empty list', change: { LAPSE_ISSUER: ' , ' }, setting: /^LAPSE_ISSUER: /, why: /1/ },
