@@ -92,7 +92,9 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
   })
   const revocations = await createRevocationStore(config, clock, log)
   const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization })
-  const metrics = telemetry.meterProvider ? createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), { keys, verify, revocations, clock }) : undefined
+  const metrics = telemetry.meterProvider && telemetry.decisions
+    ? createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock })
+    : undefined
   const recorder = createRecorder({ tracer, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
   const connections = createConnectionRegistry({
     clock, revocations, log, revocableClaims: config.revocableClaims, clockSkewS: config.clockSkewS, recheckIntervalS: config.streamRecheckIntervalS,

@@ -30,6 +30,8 @@ import {
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions'
 import type { Logger } from 'pino'
 import type { Clock } from '../pipeline/types.js'
+import { coalesced } from './coalesced-counters.js'
+import { DecisionAggregates } from './metrics.js'
 import { errorType } from './recorder.js'
 
 type Env = Readonly<Record<string, string | undefined>>
@@ -39,6 +41,8 @@ export interface Telemetry {
   readonly tracerProvider: TracerProvider
   /** Undefined when metrics are off: no instruments are created at all. */
   readonly meterProvider: ApiMeterProvider | undefined
+  /** The per-request decision metrics, read by every metric reader of meterProvider; with it. */
+  readonly decisions?: DecisionAggregates | undefined
   readonly propagator: TextMapPropagator
   /** Prometheus text for the admin port's `/metrics`; undefined when metrics are off. */
   readonly metricsHandler: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
@@ -302,7 +306,9 @@ async function buildSdk(settings: TelemetrySettings, propagator: TextMapPropagat
     .merge(detectResources({ detectors: [hostDetector, processDetector] }))
     .merge(resourceFromAttributes(settings.resource))
 
-  const prometheus = new PrometheusExporter({ preventServerStart: true })
+  // Every reader also reads the decision metrics, which are aggregated outside the SDK (metrics.ts).
+  const decisions = new DecisionAggregates()
+  const prometheus = new PrometheusExporter({ preventServerStart: true, metricProducers: [decisions] })
   const readers: IMetricReader[] = [prometheus]
   for (const name of settings.metrics.exporters) {
     let exporter: PushMetricExporter
@@ -312,7 +318,7 @@ async function buildSdk(settings: TelemetrySettings, propagator: TextMapPropagat
       opts.log.warn({ telemetry: 'config', err: errorType(err) }, `cannot create the ${name} metric exporter; metrics stay on /metrics only`)
       continue
     }
-    readers.push(new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: settings.metrics.intervalMs, exportTimeoutMillis: settings.metrics.timeoutMs }))
+    readers.push(new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: settings.metrics.intervalMs, exportTimeoutMillis: settings.metrics.timeoutMs, metricProducers: [decisions] }))
   }
   const meterProvider = new MeterProvider({ resource, readers })
 
@@ -343,6 +349,7 @@ async function buildSdk(settings: TelemetrySettings, propagator: TextMapPropagat
   return {
     tracerProvider,
     meterProvider,
+    decisions,
     propagator,
     metricsHandler: (req, res) => prometheus.getMetricsRequestHandler(req, res),
     shutdown() {
@@ -387,7 +394,8 @@ export function createBatchProcessor(exporter: SpanExporter, batch: TelemetrySet
     maxExportBatchSize: batch.maxExportBatchSize,
     scheduledDelayMillis: batch.scheduledDelayMs,
     exportTimeoutMillis: batch.exportTimeoutMs,
-    selfObsMeterProvider: meterProvider,
+    // Counted in place: a dead collector drops every span, and each drop must stay nearly free.
+    selfObsMeterProvider: meterProvider && coalesced(meterProvider),
   }
   return new BatchSpanProcessor(exporter, config)
 }

@@ -11,6 +11,7 @@ import {
 } from '@opentelemetry/sdk-metrics'
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import type { Test } from 'tap'
+import { DecisionAggregates } from '../../src/telemetry/metrics.js'
 import type { Telemetry } from '../../src/telemetry/sdk.js'
 import { waitFor } from '../fixtures/app.js'
 
@@ -38,11 +39,13 @@ export function inMemoryTelemetry(t: Test): MemoryTelemetry {
   const tracerProvider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] })
   const metricExporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
   // Exports only when asked (forceFlush): the interval is longer than any test.
-  const reader = new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 3_600_000 })
+  const decisions = new DecisionAggregates()
+  const reader = new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 3_600_000, metricProducers: [decisions] })
   const meterProvider = new MeterProvider({ readers: [reader] })
   const telemetry: Telemetry = {
     tracerProvider,
     meterProvider,
+    decisions,
     propagator: new W3CTraceContextPropagator(),
     metricsHandler: undefined,
     shutdown: async () => {

@@ -1,9 +1,11 @@
 // The decision metrics move with the decisions, the gauges read the live state, and the admin port
 // serves them as Prometheus text.
-import type { Histogram } from '@opentelemetry/sdk-metrics'
+import { AggregationTemporality, DataPointType, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type Histogram } from '@opentelemetry/sdk-metrics'
 import pino from 'pino'
 import t from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
+import { coalesced } from '../../src/telemetry/coalesced-counters.js'
+import { DecisionAggregates } from '../../src/telemetry/metrics.js'
 import { startTelemetry } from '../../src/telemetry/sdk.js'
 import { bearer, decisions, runApp, send, waitFor } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
@@ -97,4 +99,56 @@ t.test('telemetry off: /metrics answers 404 "metrics are off"', async (t) => {
   const res = await send(`${lapse.adminUrl}/metrics`)
   t.equal(res.status, 404)
   t.equal(res.json().error_description, 'metrics are off')
+})
+
+t.test('DecisionAggregates: explicit buckets with inclusive upper bounds, min/max/sum, one series per label set', async (t) => {
+  const agg = new DecisionAggregates()
+  t.same((await agg.collect()).resourceMetrics.scopeMetrics, [], 'nothing recorded, nothing reported')
+  // 0.001 sits exactly on a boundary: it counts in that bucket, as in OpenTelemetry's histogram.
+  for (const s of [0.00001, 0.001, 0.0011, 99]) agg.decision('allow', 'ok', '1', '/orders/**', s)
+  agg.decision('deny', 'expired', '1', '/orders/**', 0.0002)
+  agg.lookup('redis', 0.00003)
+  const { resourceMetrics, errors } = await agg.collect()
+  t.same(errors, [])
+  const metrics = Object.fromEntries(resourceMetrics.scopeMetrics[0]!.metrics.map((m) => [m.descriptor.name, m]))
+  t.same(Object.keys(metrics).sort(), ['lapse.decision.duration', 'lapse.decisions', 'lapse.revocation.lookup.duration'])
+  const counts = Object.fromEntries(metrics['lapse.decisions']!.dataPoints.map((p) => [String(p.attributes['lapse.reason']), p.value]))
+  t.same(counts, { ok: 4, expired: 1 })
+  const allow = metrics['lapse.decision.duration']!.dataPoints.find((p) => p.attributes['lapse.decision'] === 'allow')!.value as Histogram
+  const bucketOf = (le: number) => allow.buckets.counts[allow.buckets.boundaries.indexOf(le)]
+  t.equal(allow.count, 4)
+  t.equal(bucketOf(0.00005), 1, '10 µs in the first bucket')
+  t.equal(bucketOf(0.001), 1, 'exactly 1 ms in the le=0.001 bucket')
+  t.equal(bucketOf(0.0025), 1, '1.1 ms in the next one')
+  t.equal(allow.buckets.counts.at(-1), 1, '99 s in the overflow bucket')
+  t.equal(allow.min, 0.00001)
+  t.equal(allow.max, 99)
+  t.ok(Math.abs(allow.sum! - 99.00211) < 1e-9)
+  const lookup = metrics['lapse.revocation.lookup.duration']!.dataPoints[0]!
+  t.same(lookup.attributes, { 'lapse.revocation.backend': 'redis' })
+  t.equal((lookup.value as Histogram).count, 1)
+})
+
+t.test('coalesced counters: adds by the same or an equal attribute set land in one total, read at collection', async (t) => {
+  const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
+  const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3_600_000 })
+  const provider = new MeterProvider({ readers: [reader] })
+  t.teardown(() => provider.shutdown())
+  const counter = coalesced(provider).getMeter('sdk-self').createCounter('spans.processed')
+  const dropped = { 'error.type': 'queue_full', 'otel.component.name': 'batching_span_processor/0' }
+  for (let i = 0; i < 1000; i++) counter.add(1, dropped)
+  counter.add(2, { 'otel.component.name': 'batching_span_processor/0', 'error.type': 'queue_full' })
+  counter.add(5, { 'otel.component.name': 'batching_span_processor/0' })
+  counter.add(3)
+  counter.add(-1, dropped)
+  await reader.forceFlush()
+  const metric = exporter.getMetrics().at(-1)!.scopeMetrics.flatMap((s) => s.metrics).find((m) => m.descriptor.name === 'spans.processed')!
+  t.equal(metric.dataPointType, DataPointType.SUM)
+  t.ok('isMonotonic' in metric && metric.isMonotonic, 'exported as a monotonic sum, like a counter')
+  const totals = Object.fromEntries(metric.dataPoints.map((p) => [JSON.stringify(p.attributes), p.value]))
+  t.same(totals, {
+    [JSON.stringify(dropped)]: 1002,
+    [JSON.stringify({ 'otel.component.name': 'batching_span_processor/0' })]: 5,
+    '{}': 3,
+  }, 'equal attribute sets share a total; a negative add is ignored')
 })
