@@ -157,7 +157,7 @@ A token for subject demo-user, scope demo:read, valid ${ttlS} s:
 
 After ${ttlS} s the same command answers 401 invalid_token. Revoke it sooner with:
 
-  LAPSE_ADMIN_TOKEN=${adminToken} npx lapse revoke --claim sub --value demo-user --reason "trying it out"
+  LAPSE_ADMIN_URL=http://${host(a.host)}:${a.port} LAPSE_ADMIN_TOKEN=${adminToken} npx lapse revoke --claim sub --value demo-user --reason "trying it out"
 
 Mint more with: npx lapse token --sub me --scope demo:read --ttl 60
 `)

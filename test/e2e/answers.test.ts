@@ -1,13 +1,12 @@
 // Every row of DESIGN.md's answers table, through real sockets: a real Lapse in front of a real
 // upstream, real signed tokens, the clock pinned.
-import { createServer, type Server } from 'node:http'
-import type { Socket } from 'node:net'
+import { createServer } from 'node:http'
 import t, { type Test } from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { bearer, runApp, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
 import { assertDenied, CHALLENGE } from '../fixtures/deny.js'
 import { newKeyPair, testKeys } from '../fixtures/keys.js'
-import { startUpstream } from '../fixtures/upstream.js'
+import { startSilentServer, startUpstream } from '../fixtures/upstream.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const T0_S = T0_MS / 1000
@@ -229,17 +228,9 @@ t.test('path that cannot be normalized → 400 invalid_request, upstream untouch
 })
 
 t.test('keys unavailable (JWKS URL that never answers) → 503 with Retry-After, no challenge, upstream untouched', async (t) => {
-  const sockets = new Set<Socket>()
-  const silent: Server = createServer(() => undefined)
-  silent.on('connection', (s: Socket) => sockets.add(s))
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => {
-    for (const s of sockets) s.destroy()
-    silent.close()
-  })
-  const port = (silent.address() as { port: number }).port
-  const lapse = await start(t, { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, LAPSE_JWKS_TIMEOUT: '200' })
-  await waitFor(() => sockets.size > 0, 'Lapse to ask the JWKS endpoint')
+  const silent = await startSilentServer(t)
+  const lapse = await start(t, { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: `${silent.url}/jwks.json`, LAPSE_JWKS_TIMEOUT: '200' })
+  await waitFor(() => silent.connections() > 0, 'Lapse to ask the JWKS endpoint')
   const token = await mint()
   const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
   assertDenied(t, lapse, res, audit, { status: 503, challenge: undefined, error: 'temporarily_unavailable', reason: 'keys_unavailable', token })

@@ -6,7 +6,7 @@ import { request as httpRequest } from 'node:http'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { CHALLENGE } from '../fixtures/deny.js'
 
 const ROOT = resolve(import.meta.dirname, '../..')
@@ -37,10 +37,11 @@ function get(url: string, authorization: string): Promise<{ status: number; head
   })
 }
 
-t.test('lapse demo: the printed request is answered by the demo upstream, then refused 401 invalid_token after the TTL', async (t) => {
+/** `lapse demo --ttl ttlS` as a child process; resolves once it has printed its instructions. */
+async function startDemo(t: Test, ttlS: number) {
   t.ok(existsSync(join(ROOT, 'dist/cli/index.js')), 'dist/ is built (npm test builds it; run `npm run build` before running this file alone)')
   const [port, adminPort] = [await freePort(), await freePort()]
-  const child = spawn(process.execPath, [join(ROOT, 'bin/lapse.js'), 'demo', '--ttl', String(TTL_S)], {
+  const child = spawn(process.execPath, [join(ROOT, 'bin/lapse.js'), 'demo', '--ttl', String(ttlS)], {
     cwd: ROOT,
     env: {
       PATH: process.env.PATH,
@@ -71,11 +72,16 @@ t.test('lapse demo: the printed request is answered by the demo upstream, then r
     const timer = setTimeout(() => resolve(null), 15_000)
     const check = () => {
       const m = curl.exec(stderr)
-      if (m) { clearTimeout(timer); resolve(m) }
+      if (m && /Mint more with/.test(stderr)) { clearTimeout(timer); resolve(m) }
     }
     child.stderr.on('data', check)
     child.once('exit', () => { clearTimeout(timer); resolve(null) })
   })
+  return { child, exited, port, adminPort, printed, stderr: () => stderr }
+}
+
+t.test('lapse demo: the printed request is answered by the demo upstream, then refused 401 invalid_token after the TTL', async (t) => {
+  const { child, exited, port, printed } = await startDemo(t, TTL_S)
   t.ok(printed, 'the demo printed a curl command')
   if (!printed) return
   const [, header, url] = printed
@@ -102,4 +108,27 @@ t.test('lapse demo: the printed request is answered by the demo upstream, then r
 
   child.kill('SIGTERM')
   t.equal(await exited, 0, 'the demo stops cleanly on SIGTERM')
+})
+
+t.test('lapse demo: the printed revoke command works as printed, and the printed request is then refused', async (t) => {
+  const { adminPort, printed, stderr } = await startDemo(t, 600)
+  t.ok(printed, 'the demo printed a curl command')
+  if (!printed) return
+  const [, header, url] = printed
+  const authorization = header!.slice('Authorization: '.length)
+  t.equal((await get(url!, authorization)).status, 200)
+
+  const revoke = /^ *LAPSE_ADMIN_URL=(\S+) LAPSE_ADMIN_TOKEN=(\S+) npx lapse revoke --claim sub --value demo-user --reason "([^"]+)"$/m.exec(stderr())
+  t.ok(revoke, 'the demo printed a revoke command')
+  if (!revoke) return
+  const [, adminUrl, adminToken, reason] = revoke
+  t.equal(adminUrl, `http://127.0.0.1:${adminPort}`, 'it names the admin address the demo listens on')
+  const cli = spawn(process.execPath, [join(ROOT, 'bin/lapse.js'), 'revoke', '--claim', 'sub', '--value', 'demo-user', '--reason', reason!], {
+    env: { PATH: process.env.PATH, LAPSE_ADMIN_URL: adminUrl, LAPSE_ADMIN_TOKEN: adminToken },
+    stdio: 'ignore',
+  })
+  t.equal(await new Promise((resolve) => cli.once('exit', resolve)), 0, 'lapse revoke exits 0')
+  const after = await get(url!, authorization)
+  t.equal(after.status, 401, 'the same request is refused once revoked')
+  t.equal((JSON.parse(after.body) as { error?: string }).error, 'invalid_token')
 })

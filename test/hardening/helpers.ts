@@ -7,9 +7,25 @@
 import { webcrypto } from 'node:crypto'
 import { connect } from 'node:net'
 import type { Test } from 'tap'
-import type { Lapse } from '../fixtures/app.js'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { runApp, type Lapse } from '../fixtures/app.js'
+import type { Upstream } from '../fixtures/upstream.js'
 import type { KeyPair } from '../fixtures/keys.js'
 import { assertNoSecrets } from '../fixtures/secrets.js'
+
+export const T0_MS = Date.parse('2030-01-01T00:00:00Z')
+export const T0_S = T0_MS / 1000
+
+/** The rule set the issue names: /admin/** protected, /public/** open, and an ordinary API. */
+export const GUARDED_ROUTES = [
+  { path: '/public/**', public: true },
+  { path: '/admin/**', scopes: ['admin'] },
+  { path: '/orders/**', scopes: ['orders:read'] },
+]
+
+/** Lapse in front of GUARDED_ROUTES, its clock fixed at T0. */
+export const startGuarded = (t: Test, env: Record<string, string> = {}, upstream?: Upstream): Promise<Lapse> =>
+  runApp(t, { routes: GUARDED_ROUTES, clock: manualClock(T0_MS), env, ...(upstream ? { upstream } : {}) })
 
 export const b64url = (data: string | Uint8Array): string => Buffer.from(data).toString('base64url')
 

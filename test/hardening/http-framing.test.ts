@@ -3,23 +3,17 @@
 // must forward none of them, and slow or stalled clients must be cut by the configured timeouts
 // without Lapse buffering what they send.
 import { connect } from 'node:net'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { bearer, runApp, send } from '../fixtures/app.js'
 import { defaultClaims, testKeys } from '../fixtures/keys.js'
 import { startUpstream } from '../fixtures/upstream.js'
-import { rawHttp, sleep } from './helpers.js'
+import { GUARDED_ROUTES, rawHttp, sleep, startGuarded, T0_MS, T0_S } from './helpers.js'
 
-const T0_MS = Date.parse('2030-01-01T00:00:00Z')
-const T0_S = T0_MS / 1000
 // The smuggled requests aim at /admin; the carrier goes to a public route, so only the framing
 // checks stand between it and the upstream.
-const ROUTES = [
-  { path: '/public/**', public: true },
-  { path: '/admin/**', scopes: ['admin'] },
-  { path: '/orders/**', scopes: ['orders:read'] },
-]
-const start = (t: Test, env: Record<string, string> = {}) => runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), env })
+const ROUTES = GUARDED_ROUTES
+const start = startGuarded
 const SMUGGLED = 'GET /admin/secrets HTTP/1.1\r\nHost: lapse.test\r\n\r\n'
 
 t.test('request smuggling shapes are refused by the parser and never forwarded', async (t) => {

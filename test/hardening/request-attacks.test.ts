@@ -1,22 +1,12 @@
 // Hostile requests, end to end: credentials in odd places, paths built to be matched as one
 // thing and served as another, and headers that try to speak for the caller. Requests go out raw
 // (over a socket) where a client library would normalize or refuse them first.
-import t, { type Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
-import { bearer, decisions, runApp, send, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
+import t from 'tap'
+import { bearer, decisions, send, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
 import { defaultClaims, testKeys } from '../fixtures/keys.js'
-import { assertNothingLeaked, rawHttp } from './helpers.js'
+import { assertNothingLeaked, rawHttp, startGuarded, T0_S } from './helpers.js'
 
-const T0_MS = Date.parse('2030-01-01T00:00:00Z')
-const T0_S = T0_MS / 1000
-// The rule set the issue names: /admin/** protected, /public/** open.
-const ROUTES = [
-  { path: '/public/**', public: true },
-  { path: '/admin/**', scopes: ['admin'] },
-  { path: '/orders/**', scopes: ['orders:read'] },
-]
-
-const start = (t: Test, env: Record<string, string> = {}) => runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), env })
+const start = startGuarded
 const mint = async (over: Record<string, unknown> = {}) => (await testKeys()).mint({ ...defaultClaims(T0_S), ...over }, { nowS: T0_S })
 
 /** One raw request; waits for its audit line when Lapse decided it (not for parser refusals). */

@@ -3,7 +3,7 @@
 import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
 import { manualClock } from '../../src/pipeline/clock.js'
-import { createRedisStore, type RedisRevocationStore } from '../../src/revocation/redis-store.js'
+import { createRedisStore } from '../../src/revocation/redis-store.js'
 import { startRedis, waitFor, type RedisServer } from '../fixtures/redis-server.js'
 import { entryAt, runStoreCases, tokenRef, type StoreFactory } from './store.cases.js'
 

@@ -1,8 +1,7 @@
 // Every `lapse.reason` of DESIGN.md produces exactly one `lapse.authorize` span, child of the
 // caller's trace, with the design's attributes; status ERROR only for Lapse's own 5xx answers.
 // Real Lapse, real upstream, real signed tokens, spans from the SDK's in-memory exporter.
-import { createServer, type Server } from 'node:http'
-import net, { type Socket } from 'node:net'
+import net from 'node:net'
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api'
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import t, { type Test } from 'tap'
@@ -10,6 +9,7 @@ import { manualClock } from '../../src/pipeline/clock.js'
 import { REASONS } from '../../src/pipeline/reasons.js'
 import { bearer, runApp, send, waitFor, type Lapse } from '../fixtures/app.js'
 import { newKeyPair, testKeys } from '../fixtures/keys.js'
+import { startSilentServer } from '../fixtures/upstream.js'
 import { inMemoryTelemetry, newTraceparent, type MemoryTelemetry } from './in-memory.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
@@ -129,23 +129,15 @@ t.test('alg_not_allowed: one span, reason alg_not_allowed', async (t) => {
 })
 
 t.test('keys_unavailable: 503, span status ERROR with error.type', async (t) => {
-  const sockets = new Set<Socket>()
-  const silent: Server = createServer(() => undefined)
-  silent.on('connection', (s: Socket) => sockets.add(s))
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => {
-    for (const s of sockets) s.destroy()
-    silent.close()
-  })
-  const port = (silent.address() as { port: number }).port
+  const silent = await startSilentServer(t)
   const mem = inMemoryTelemetry(t)
   const lapse = await runApp(t, {
     routes: ROUTES,
     clock: manualClock(T0_MS),
     telemetry: mem.telemetry,
-    env: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, LAPSE_JWKS_TIMEOUT: '200' },
+    env: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: `${silent.url}/jwks.json`, LAPSE_JWKS_TIMEOUT: '200' },
   })
-  await waitFor(() => sockets.size > 0, 'Lapse to ask the JWKS endpoint')
+  await waitFor(() => silent.connections() > 0, 'Lapse to ask the JWKS endpoint')
   await expectSpan(t, lapse, mem, 'keys_unavailable', { headers: [bearer(await mint())], status: 503, attrs: ORDERS_RULE })
 })
 

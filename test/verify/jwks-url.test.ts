@@ -4,7 +4,7 @@ import t, { type Test } from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { bearer, runApp, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
 import { assertDenied, CHALLENGE } from '../fixtures/deny.js'
-import { newKeyPair, serveJwks, testKeys, type KeyPair, type JwksServer } from '../fixtures/keys.js'
+import { newKeyPair, serveJwks, testKeys, type KeyPair } from '../fixtures/keys.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const T0_S = T0_MS / 1000
