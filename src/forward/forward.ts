@@ -60,7 +60,8 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
     headersTimeout: opts.timeoutMs,
     // Streams may idle: a slow download or an event stream is bounded by its token, not a timer.
     bodyTimeout: 0,
-    // Lapse checks the request; the upstream's answer, however odd, is the upstream's business.
+    // A request body that does not match its Content-Length fails rather than going upstream
+    // misframed (Node's parser already holds the client to it; this is the upstream hop's check).
     strictContentLength: true,
   })
 
