@@ -6,10 +6,16 @@ import type { IncomingHttpHeaders } from 'node:http'
 import type { Identity } from '../pipeline/types.js'
 
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']
+const HOP_BY_HOP_SET = new Set(HOP_BY_HOP)
 // Never dropped because the client named them in Connection: they frame or route the request, or
 // (trace context) Lapse wrote them itself for the upstream, after the client's were replaced.
 const PROTECTED = new Set(['host', 'content-length', 'traceparent', 'tracestate'])
 const IDENTITY_HEADER = /^x[-_]auth[-_]/
+
+/** The header names a `Connection` value lists, lower-cased, without the ones that are never dropped. */
+function namedIn(connection: string): string[] {
+  return connection.toLowerCase().split(',').map((n) => n.trim()).filter((n) => n !== '' && !PROTECTED.has(n))
+}
 
 export interface HeaderOptions {
   readonly remoteAddress: string | undefined
@@ -25,11 +31,7 @@ export function toHeaderValue(value: string): string {
 
 export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identity | undefined, opts: HeaderOptions): IncomingHttpHeaders {
   const headers: IncomingHttpHeaders = { ...incoming }
-  const listed = typeof headers.connection === 'string' ? headers.connection.toLowerCase().split(',') : []
-  for (const name of listed) {
-    const n = name.trim()
-    if (n && !PROTECTED.has(n)) delete headers[n]
-  }
+  if (typeof headers.connection === 'string') for (const name of namedIn(headers.connection)) delete headers[name]
   for (const name of HOP_BY_HOP) delete headers[name]
   if (opts.upgrade) {
     headers.connection = 'upgrade'
@@ -66,20 +68,15 @@ export function responseHeaders(raw: readonly Buffer[]): string[] {
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i]!.length === 10 && raw[i]!.toString('latin1').toLowerCase() === 'connection') {
       listed ??= new Set()
-      for (const name of raw[i + 1]!.toString('latin1').toLowerCase().split(',')) {
-        const n = name.trim()
-        if (n && !PROTECTED.has(n)) listed.add(n)
-      }
+      for (const name of namedIn(raw[i + 1]!.toString('latin1'))) listed.add(name)
     }
   }
   const out: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString('latin1')
     const lower = name.toLowerCase()
-    if (RESPONSE_HOP_BY_HOP.has(lower) || listed?.has(lower)) continue
+    if (HOP_BY_HOP_SET.has(lower) || listed?.has(lower)) continue
     out.push(name, raw[i + 1]!.toString('latin1'))
   }
   return out
 }
-
-const RESPONSE_HOP_BY_HOP = new Set(HOP_BY_HOP)

@@ -8,8 +8,8 @@ import { Writable } from 'node:stream'
 import pino from 'pino'
 import type { Test } from 'tap'
 import { startProxy, type Running } from '../../src/main.js'
-import { ADMIN_TOKEN } from '../fixtures/app.js'
-import { AUDIENCE, ISSUER, testKeys } from '../fixtures/keys.js'
+import { baseEnv } from '../fixtures/app.js'
+import { testKeys } from '../fixtures/keys.js'
 import { startUpstream, type Upstream } from '../fixtures/upstream.js'
 
 export const ROUTES = [
@@ -40,17 +40,7 @@ export async function startReal(t: Test, env: Record<string, string | undefined>
       done()
     },
   })
-  const running = await startProxy({
-    LAPSE_LISTEN: '127.0.0.1:0',
-    LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
-    LAPSE_UPSTREAM: upstream.url,
-    LAPSE_ISSUER: ISSUER,
-    LAPSE_AUDIENCE: AUDIENCE,
-    LAPSE_JWKS_FILE: keys.jwksPath,
-    LAPSE_ROUTES: JSON.stringify(ROUTES),
-    LAPSE_ADMIN_TOKEN: ADMIN_TOKEN,
-    ...env,
-  }, { log: pino({ level: opts.logLevel ?? 'info' }, sink) })
+  const running = await startProxy({ ...baseEnv(upstream.url, keys.jwksPath, ROUTES), ...env }, { log: pino({ level: opts.logLevel ?? 'info' }, sink) })
   let closed = false
   const close = async () => {
     if (closed) return
