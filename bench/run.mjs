@@ -40,7 +40,7 @@ const HELP = `usage: node run.mjs [options]
   --no-build        do not run the root build first (dist/ must be current)
   --no-pin          do not pin processes with taskset
   --micro-time MS   time per micro-benchmark round of the decision alone (default 500; 0 skips it)
-  --cpu-prof        run Lapse under --cpu-prof; profiles go to bench/profiles/
+  --cpu-prof        run Lapse and the floors under --cpu-prof; profiles go to bench/profiles/
   --keep            keep the run's temporary directory (keys, logs)
 `
 

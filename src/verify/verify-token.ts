@@ -1,14 +1,16 @@
-// token → Identity, or the reason it cannot be used. Signatures are checked with jose against
-// the KeyResolver; a verified token is cached (bounded, keyed by the token) so a token reused on
-// many requests pays for its signature once, while its time claims are checked on every request.
+// token → Identity, or the reason it cannot be used. Signatures are checked against the keys jose
+// imported from the KeyResolver's key set (signature.ts says why node:crypto does the arithmetic);
+// a verified token is cached (bounded, keyed by the token) so a token reused on many requests pays
+// for its signature once, while its time claims are checked on every request.
 //
 //   const verify = createVerifier({ policy, algorithms, keys, clock, cacheSize: 10_000 })
 //   const result = await verify(token)   // Identity | Denial
-import { compactVerify, decodeProtectedHeader, errors, type JWSHeaderParameters } from 'jose'
+import { compactVerify, errors, type JWSHeaderParameters } from 'jose'
 import type { Clock, Denial, DenyReason, Identity, StepTracer } from '../pipeline/types.js'
 import { checkClaims, type ClaimPolicy } from './claims.js'
 import { findDuplicateKey } from './duplicate-keys.js'
-import type { KeyResolver } from './keys.js'
+import type { KeyResolver, VerificationKey } from './keys.js'
+import { handlesAlgorithm, isCryptoKey, verifySignature as verifySigSync } from './signature.js'
 
 export interface VerifierOptions {
   readonly policy: ClaimPolicy
@@ -129,8 +131,11 @@ function precheck(token: string, algorithms: ReadonlySet<string>): { header: JWS
   if (!parts.every(isCanonicalBase64url)) return deny('malformed', 'token is not canonical base64url')
   let header: JWSHeaderParameters
   try {
-    header = decodeProtectedHeader(token) as JWSHeaderParameters
-    if (findDuplicateKey(utf8.decode(Buffer.from(parts[0]!, 'base64url'))) !== undefined) return deny('malformed', 'token header repeats a member')
+    const text = utf8.decode(Buffer.from(parts[0]!, 'base64url'))
+    const parsed: unknown = JSON.parse(text)
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return deny('malformed', 'token header is not a JSON object')
+    if (findDuplicateKey(text) !== undefined) return deny('malformed', 'token header repeats a member')
+    header = parsed as JWSHeaderParameters
   } catch {
     return deny('malformed', 'token header is not valid')
   }
@@ -152,20 +157,43 @@ function isCanonicalBase64url(s: string): boolean {
   return s.length % 4 === 2 ? (last & 0x0f) === 0 : s.length % 4 === 3 ? (last & 0x03) === 0 : true
 }
 
+/**
+ * The token's payload bytes once its signature verifies with a key the resolver gives for its
+ * header; throws (a jose error or a TypeError, mapped by reasonOf) otherwise.
+ */
 async function verifySignature(token: string, header: JWSHeaderParameters, keys: KeyResolver, options: { algorithms: string[] }, steps: StepTracer | undefined): Promise<Uint8Array> {
+  const alg = header.alg!
+  const lastDot = token.lastIndexOf('.')
+  const firstDot = token.indexOf('.')
+  // precheck made sure every part is canonical base64url, so these decodings are exact.
+  const signingInput = Buffer.from(token.slice(0, lastDot), 'latin1')
+  const signature = Buffer.from(token.slice(lastDot + 1), 'base64url')
+  const payload = () => Buffer.from(token.slice(firstDot + 1, lastDot), 'base64url')
+
+  // True when `key` verifies the token, false when the signature does not match it.
+  const check = async (key: VerificationKey): Promise<boolean> => {
+    if (isCryptoKey(key) && handlesAlgorithm(alg)) return verifySigSync(alg, key, signingInput, signature)
+    // HMAC secrets (only when configured) stay with jose.
+    try {
+      await compactVerify(token, key as never, options)
+      return true
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') return false
+      throw err
+    }
+  }
+
+  let key: VerificationKey | undefined
   try {
-    const { payload } = await compactVerify(token, (h: JWSHeaderParameters) => keys.getKey(h, steps) as never, options)
-    return payload
+    key = await keys.getKey(header, steps)
   } catch (err) {
     if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err
   }
-  // No kid and several keys fit: try each (bounded), as a verifier must when kid is absent.
-  for (const key of await keys.candidates(header)) {
-    try {
-      return (await compactVerify(token, key as never, options)).payload
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw err
-    }
+  if (key !== undefined) {
+    if (await check(key)) return payload()
+    throw new errors.JWSSignatureVerificationFailed()
   }
+  // No kid and several keys fit: try each (bounded), as a verifier must when kid is absent.
+  for (const candidate of await keys.candidates(header)) if (await check(candidate)) return payload()
   throw new errors.JWSSignatureVerificationFailed()
 }
