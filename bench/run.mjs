@@ -316,7 +316,9 @@ async function main() {
 
   async function measure(row, durationS) {
     const { url, child } = fleet.get(row.server)
-    const cfg = { url: `${url}${PATH}`, connections: settings.connections, durationS, rate: settings.rate }
+    // A fixed-rate row keeps its rate unless --rate caps the whole run lower.
+    const rate = Math.min(row.rate ?? Infinity, settings.rate ?? Infinity)
+    const cfg = { url: `${url}${PATH}`, connections: settings.connections, durationS, rate: Number.isFinite(rate) ? rate : undefined }
     if (row.auth === 'token') cfg.token = token
     if (row.auth === 'pool') cfg.tokenFile = poolFiles[row.alg]
     const cfgPath = join(runDir, `load-${row.id}.json`)

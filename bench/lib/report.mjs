@@ -35,7 +35,10 @@ export function summarize(rows, measurements) {
     }
   })
   const by = Object.fromEntries(out.map((r) => [r.id, r]))
+  // A row held at a fixed rate measures latency; its req/s is the rate, not a capacity to compare.
+  const fixed = new Set(rows.filter((row) => row.rate !== undefined).map((row) => row.id))
   for (const r of out) {
+    if (fixed.has(r.id)) continue
     r.vsFloor = ratio(r, by['2'])
     r.vsFastify = ratio(r, by['6'])
   }
@@ -100,6 +103,14 @@ export function checkTargets(summary, memory, soak) {
     const r = m('7').rps / m('3').rps
     return { pass: r >= 0.95, r }
   }, showRatio)
+
+  // Issue 4: a dead collector leaves the latency clients see unchanged. Judged at a fixed load, where
+  // latency is latency; at full load it only mirrors the capacity row 7 prices.
+  add('row 7f latency within 5% (p50) and +1 ms (p99) of row 3f, at the same fixed rate', ['7f', '3f'], () => {
+    const d50 = m('7f').p50Ms / m('3f').p50Ms - 1
+    const d99 = m('7f').p99Ms - m('3f').p99Ms
+    return { pass: d50 <= 0.05 && d99 <= 1, d50, d99 }
+  }, ({ d50, d99 }) => `p50 ${d50 >= 0 ? '+' : ''}${(d50 * 100).toFixed(1)}%, p99 ${d99 >= 0 ? '+' : ''}${d99.toFixed(2)} ms`)
 
   const maxKb = Math.max(memory?.maxKb ?? 0, soak?.maxKb ?? 0)
   if (maxKb > 0) checks.push({ name: 'row 5 RSS < 150 MB', status: maxKb < 150 * 1024 ? 'PASS' : 'FAIL', detail: `max ${(maxKb / 1024).toFixed(1)} MB` })

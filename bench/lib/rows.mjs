@@ -5,6 +5,9 @@
 //
 // Row 2 is always the floor on the forwarding engine Lapse itself uses; row 2x is the other
 // engine, kept so the engine can be chosen by measurement.
+/** Rows 3f and 7f: under a third of row 3's capacity on the slowest machine this ran on. */
+export const FIXED_RATE = 2000
+
 export function defineRows({ engine }) {
   const floors = {
     'http-proxy': { server: 'floor-http-proxy', label: 'http-proxy pass-through, keep-alive agent, no auth' },
@@ -23,6 +26,10 @@ export function defineRows({ engine }) {
     { id: '6', label: 'fastify + @fastify/http-proxy + @fastify/jwt, RS256', server: 'fastify', auth: 'token' },
     { id: '6c', label: 'row 6 with fast-jwt verify cache on (not default)', server: 'fastify-cache', auth: 'token', optional: true },
     { id: '7', label: 'Lapse, telemetry on, collector unreachable', server: 'lapse-otel', auth: 'token' },
+    // The same two servers at a fixed load well below either's capacity: the latency a client sees
+    // with telemetry on and the collector gone, not the capacity it costs (rows 3 and 7).
+    { id: '3f', label: `row 3 at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-mem', auth: 'token', rate: FIXED_RATE },
+    { id: '7f', label: `row 7 at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-otel', auth: 'token', rate: FIXED_RATE },
   ]
 }
 
