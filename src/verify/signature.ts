@@ -10,6 +10,9 @@
 // verifies a fresh token on every new grant. jose ≤ 5 called this same node:crypto function on
 // Node. Both end in OpenSSL's verify; a differential test (test/verify/signature.test.ts) holds
 // this module to jose's answer on every Wycheproof vector and on mutated tokens.
+// The trade: the arithmetic now runs on the event loop, so fresh tokens are checked on one core
+// where WebCrypto could spread them over libuv's pool. A sidecar is given a core or two, and the
+// event loop is what it runs out of first; there the synchronous check is the cheaper one.
 import { constants, KeyObject, verify, type webcrypto } from 'node:crypto'
 
 type CryptoKey = webcrypto.CryptoKey
