@@ -65,8 +65,8 @@ export function verifySignature(alg: string, key: CryptoKey, signingInput: Buffe
   let prepared = keyObjects.get(key)
   // A key is checked against the algorithm once; jose imported it for that one algorithm.
   if (prepared?.alg !== alg) prepared = prepare(alg, scheme, key)
-  // ECDSA: Node would pass a signature of another length on to its DER conversion; RFC 7518 fixes
-  // the length, and anything else is not a signature.
+  // ECDSA: RFC 7518 fixes the length, and anything else is not a signature; checked here rather
+  // than left to how Node turns r ‖ s into DER.
   if (scheme.signatureBytes !== undefined && signature.length !== scheme.signatureBytes) return false
   try {
     return verify(scheme.hash, signingInput, prepared.options, signature)
@@ -82,7 +82,7 @@ function checkFits(alg: string, scheme: Scheme, key: CryptoKey): void {
   if (algorithm.name !== scheme.name) throw new TypeError(`${alg}: the key was imported for ${algorithm.name}`)
   if (scheme.webHash !== undefined && algorithm.hash?.name !== scheme.webHash) throw new TypeError(`${alg}: the key was imported for ${algorithm.hash?.name ?? 'no hash'}`)
   if (scheme.curve !== undefined && algorithm.namedCurve !== scheme.curve) throw new TypeError(`${alg}: the key is on ${algorithm.namedCurve ?? 'no curve'}`)
-  if (scheme.webHash !== undefined && scheme.name !== 'ECDSA' && !((algorithm.modulusLength ?? 0) >= MIN_RSA_BITS)) throw new TypeError(`${alg} requires a key of at least ${MIN_RSA_BITS} bits`)
+  if (scheme.name.startsWith('RSA') && !((algorithm.modulusLength ?? 0) >= MIN_RSA_BITS)) throw new TypeError(`${alg} requires a key of at least ${MIN_RSA_BITS} bits`)
 }
 
 function prepare(alg: string, scheme: Scheme, key: CryptoKey) {
