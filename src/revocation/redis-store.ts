@@ -186,6 +186,8 @@ export function createRedisStore(opts: {
 // --- key layout --------------------------------------------------------------------------------
 
 interface KeyLayout {
+  /** `{<prefix>}:rev:`, what every entry key starts with. */
+  readonly base: string
   entry(claim: string, value: string, iss: string | undefined): string
   readonly channel: string
 }
@@ -195,6 +197,7 @@ function keyLayout(prefix: string): KeyLayout {
   if (prefix === '' || /[{}]/.test(prefix)) throw new TypeError('redis prefix must be non-empty and contain no { or }')
   const base = `{${prefix}}:rev:`
   return {
+    base,
     entry: (claim, value, iss) => `${base}${encode(claim)}:${iss === undefined ? '*' : encode(iss)}:${encode(value)}`,
     channel: `${prefix}:events`,
   }
@@ -202,12 +205,20 @@ function keyLayout(prefix: string): KeyLayout {
 
 // encodeURIComponent leaves !'()* alone; escaping them too leaves only RFC 3986 unreserved
 // characters and `%`, so no component can contain the separator or the any-issuer `*`.
+// Most parts (claim names, UUIDs, plain subjects) are unreserved already and are used as they are.
+const UNRESERVED = /^[A-Za-z0-9._~-]*$/
 const encode = (part: string) =>
-  encodeURIComponent(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+  UNRESERVED.test(part) ? part : encodeURIComponent(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
 
 function keysOfToken(keys: KeyLayout, ref: TokenRef): string[] {
   const out: string[] = []
-  for (const [claim, value] of ref.values) out.push(keys.entry(claim, value, ref.iss), keys.entry(claim, value, undefined))
+  // Every request builds these: the issuer is encoded once, not once per claim.
+  const iss = encode(ref.iss)
+  for (const [claim, value] of ref.values) {
+    const head = `${keys.base}${encode(claim)}:`
+    const tail = `:${encode(value)}`
+    out.push(`${head}${iss}${tail}`, `${head}*${tail}`)
+  }
   return out
 }
 

@@ -53,6 +53,23 @@ t.test('key layout: one key per (claim, iss-or-any, value) under the prefix hash
   t.match(stored, { claim: 'task', value: 'TASK-1', reason: 'ticket SEC-1', by: 'test' })
 })
 
+t.test('values that need percent-encoding: what a revocation writes is what a check reads', async (t) => {
+  // A check builds its keys on its own path (once per request); it must land on the key a put wrote.
+  const awkward = ['ci/runner 7', 'a:b{c}*', 'naïve-ünïcode', "it's (quoted)!", '%41', 'plain-UUID_1.2~3']
+  for (const cache of [false, true]) {
+    const { store, clock } = await openStore(t, redis, { cache })
+    const iatS = Math.floor(clock.now() / 1000) - 1
+    for (const [i, value] of awkward.entries()) {
+      const claim = i % 2 ? 'sub' : 'task:x'
+      const iss = i % 3 ? 'https://idp.example/tenant?a=1' : undefined
+      await store.put(entryAt(clock, claim, value, iss === undefined ? {} : { iss }))
+      const ref = tokenRef(iatS, [['jti', `j${i}`], [claim, value]], iss ?? 'https://other.example/')
+      t.equal(await store.isRevoked(ref), true, `cache ${cache ? 'on' : 'off'}: ${claim}=${JSON.stringify(value)} revoked${iss ? ' for its issuer' : ' for any issuer'}`)
+      t.equal(await store.isRevoked(tokenRef(iatS, [[claim, `${value}x`]])), false, `cache ${cache ? 'on' : 'off'}: a neighbouring value is not`)
+    }
+  }
+})
+
 t.test('a check of a token with five claims is one MGET, cached checks none', async (t) => {
   const { store, clock } = await openStore(t, redis, { cache: true })
   const token = tokenRef(Math.floor(clock.now() / 1000),
