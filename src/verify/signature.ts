@@ -30,7 +30,8 @@ interface Scheme {
 const rsa = (name: 'RSASSA-PKCS1-v1_5' | 'RSA-PSS', bits: 256 | 384 | 512): Scheme => ({ name, hash: `sha${bits}`, webHash: `SHA-${bits}` })
 const ecdsa = (bits: 256 | 384 | 512, curve: 'P-256' | 'P-384' | 'P-521', signatureBytes: number): Scheme => ({ name: 'ECDSA', hash: `sha${bits}`, curve, signatureBytes })
 
-const SCHEMES: Readonly<Record<string, Scheme>> = {
+// A Map, not an object: an `alg` such as "toString" must not find anything on a prototype.
+const SCHEMES: ReadonlyMap<string, Scheme> = new Map(Object.entries({
   RS256: rsa('RSASSA-PKCS1-v1_5', 256),
   RS384: rsa('RSASSA-PKCS1-v1_5', 384),
   RS512: rsa('RSASSA-PKCS1-v1_5', 512),
@@ -42,12 +43,12 @@ const SCHEMES: Readonly<Record<string, Scheme>> = {
   ES512: ecdsa(512, 'P-521', 132),
   EdDSA: { name: 'Ed25519', hash: null },
   Ed25519: { name: 'Ed25519', hash: null },
-}
+} satisfies Record<string, Scheme>))
 
 const MIN_RSA_BITS = 2048
 
 /** Whether `verifySignature` handles `alg`; the rest (HMAC) stays with jose. */
-export const handlesAlgorithm = (alg: string): boolean => alg in SCHEMES
+export const handlesAlgorithm = (alg: string): boolean => SCHEMES.has(alg)
 
 export const isCryptoKey = (key: unknown): key is CryptoKey => (key as { [Symbol.toStringTag]?: unknown })?.[Symbol.toStringTag] === 'CryptoKey'
 
@@ -60,7 +61,7 @@ const keyObjects = new WeakMap<CryptoKey, { alg: string; options: Parameters<typ
  * meant for verifying, or an RSA key under 2048 bits is a TypeError, as it is in jose.
  */
 export function verifySignature(alg: string, key: CryptoKey, signingInput: Buffer, signature: Buffer): boolean {
-  const scheme = SCHEMES[alg]
+  const scheme = SCHEMES.get(alg)
   if (!scheme) throw new TypeError(`${alg} is not an asymmetric JWS algorithm`)
   let prepared = keyObjects.get(key)
   // A key is checked against the algorithm once; jose imported it for that one algorithm.
