@@ -87,12 +87,24 @@ export function createApp(deps: Deps): App {
   })
   server.timeout = config.clientIdleTimeoutMs
 
-  server.on('request', (req, res) => {
-    handle(req, res).catch((err: unknown) => {
-      deps.log.error({ err: (err as Error).message }, 'request handling failed')
-      if (!res.headersSent) writeJson(res, 500, { error: 'internal_error', error_description: 'internal error' })
-      else res.destroy()
-    })
+  const failed = (res: ServerResponse, err: unknown) => {
+    deps.log.error({ err: (err as Error).message }, 'request handling failed')
+    if (!res.headersSent) writeJson(res, 500, { error: 'internal_error', error_description: 'internal error' })
+    else res.destroy()
+  }
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    // Read now: once the body has been forwarded, undici destroys the request and its socket link.
+    const remoteAddress = req.socket.remoteAddress
+    try {
+      const t = deps.recorder.start(req)
+      const outcome = decideFor(req, t)
+      // Most requests are decided without waiting (a cached token, an in-process revocation
+      // answer); only the rest pay for a promise.
+      if (outcome instanceof Promise) outcome.then((o) => respond(req, res, t, o, remoteAddress)).catch((err: unknown) => failed(res, err))
+      else respond(req, res, t, outcome, remoteAddress)
+    } catch (err) {
+      failed(res, err)
+    }
   })
   const upgraded = new Set<Duplex>()
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -150,17 +162,17 @@ export function createApp(deps: Deps): App {
     y.slot = -1
   }
 
-  async function decideFor(req: IncomingMessage, t: RequestTrace): Promise<Outcome> {
-    const outcome = await decide({ method: req.method ?? 'GET', url: req.url ?? '', authorization: req.headersDistinct.authorization, steps: t.steps }, decideDeps)
+  function decideFor(req: IncomingMessage, t: RequestTrace): Outcome | Promise<Outcome> {
+    const outcome = decide({ method: req.method ?? 'GET', url: req.url ?? '', authorization: authorizationOf(req.rawHeaders), steps: t.steps }, decideDeps)
+    if (outcome instanceof Promise) return outcome.then((o) => decided(t, o))
+    return decided(t, outcome)
+  }
+  const decided = (t: RequestTrace, outcome: Outcome) => {
     deps.recorder.decided(t, outcome)
     return outcome
   }
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    // Read now: once the body has been forwarded, undici destroys the request and its socket link.
-    const remoteAddress = req.socket.remoteAddress
-    const t = deps.recorder.start(req)
-    const outcome = await decideFor(req, t)
+  function respond(req: IncomingMessage, res: ServerResponse, t: RequestTrace, outcome: Outcome, remoteAddress: string | undefined): void {
     const d = outcome.decision
     if (!d.allow) {
       const answer = toAnswer(d, config.realm)
@@ -233,6 +245,19 @@ export function createApp(deps: Deps): App {
       await Promise.all([closeServer(server, graceMs, upgraded), closeServer(admin, 0, new Set())])
     },
   }
+}
+
+/**
+ * Every Authorization header the client sent, from the raw list: Node's `headers` keeps only the
+ * first of duplicates, and `headersDistinct` would build an array for every header of every request.
+ */
+export function authorizationOf(raw: readonly string[]): string[] | undefined {
+  let found: string[] | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!
+    if (name.length === 13 && name.toLowerCase() === 'authorization') (found ??= []).push(raw[i + 1]!)
+  }
+  return found
 }
 
 export function writeJson(res: ServerResponse, status: number, body: object, headers: Record<string, string> = {}): void {

@@ -95,7 +95,7 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
   const metrics = telemetry.meterProvider && telemetry.decisions
     ? createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock })
     : undefined
-  const recorder = createRecorder({ tracer, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
+  const recorder = createRecorder({ tracer, tracing: telemetry.tracing !== false, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
   const connections = createConnectionRegistry({
     clock, revocations, log, revocableClaims: config.revocableClaims, clockSkewS: config.clockSkewS, recheckIntervalS: config.streamRecheckIntervalS,
   })

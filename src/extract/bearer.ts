@@ -14,6 +14,8 @@ export interface Extracted {
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/
 // RFC 7235 §2.1: the scheme is case-insensitive and separated from the credentials by 1*SP.
 const BEARER = /^bearer +(\S+)$/i
+// Both at once, for the usual well-formed header: one pass over the token instead of two.
+const BEARER_B64TOKEN = /^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)$/
 
 export function extractBearer(
   authorization: readonly string[] | undefined,
@@ -28,6 +30,10 @@ export function extractBearer(
   if (fromQuery.found && !opts.allowQueryToken) return invalid('tokens in the query string are not accepted')
 
   let token: string | undefined
+  if (header !== undefined) {
+    const well = BEARER_B64TOKEN.exec(header)
+    if (well && well[1]!.length <= opts.maxTokenBytes) return { token: well[1], query }
+  }
   if (header !== undefined) {
     const m = BEARER.exec(header)
     // Another scheme (Basic, Digest) carries no bearer token: answer as if none was sent so the

@@ -103,7 +103,11 @@ function decodeEscapeRun(bytes: number[]): string | Refusal {
   return out
 }
 
+// A path with no empty, `.` or `..` segment is already resolved (most requests' paths).
+const NEEDS_RESOLVING = /\/(?:\.\.?)?(?:\/|$)/
+
 function resolveSegments(path: string): string | undefined {
+  if (!NEEDS_RESOLVING.test(path)) return path
   const parts = path.split('/')
   const out: string[] = []
   const last = parts.length - 1

@@ -12,6 +12,7 @@
 import { Agent, type IncomingMessage, type ServerResponse, type ClientRequest } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
 import type { Duplex } from 'node:stream'
+import { performance } from 'node:perf_hooks'
 import httpProxy from 'http-proxy'
 import { Pool, type Dispatcher } from 'undici'
 import type { Target } from '../extract/request-target.js'
@@ -65,6 +66,8 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
     strictContentLength: true,
   })
 
+  const deadlines = new Deadlines(opts.timeoutMs)
+
   // WebSocket upgrades only: http-proxy's tunnel.
   const agentOptions = { keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo' as const }
   const agent = opts.upstream.protocol === 'https:' ? new HttpsAgent(agentOptions) : new Agent(agentOptions)
@@ -110,14 +113,11 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   })
 
   const headersFor = (req: IncomingMessage, identity: Identity | undefined, upgrade: boolean) => {
-    const headers = upstreamHeaders(req.headers, identity, {
+    return upstreamHeaders(req.headers, identity, {
       remoteAddress: req.socket.remoteAddress,
       forwardAuthorization: opts.forwardAuthorization,
       upgrade,
     })
-    // Node already answered `100 Continue` to the client; the upstream hop starts fresh.
-    delete headers.expect
-    return headers
   }
   const pathOf = (target: Target) => (target.query || target.hasQuery ? `${target.path}?${target.query}` : target.path)
 
@@ -127,7 +127,7 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       // undici frames the body itself: Content-Length when the client sent one, chunked otherwise
       // (a chunked GET or DELETE stays one framed message; its bytes never become a second request).
       const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined
-      const forwarding = new UpstreamExchange(res, opts.timeoutMs, onFailure)
+      const forwarding = new UpstreamExchange(res, deadlines, onFailure)
       try {
         pool.dispatch({
           origin: opts.upstream.origin,
@@ -157,6 +157,7 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       return link
     },
     close() {
+      deadlines.close()
       proxy.close()
       agent.destroy()
       pool.destroy().catch(() => {})
@@ -173,9 +174,12 @@ const UNDICI_TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIM
  * the client's ServerResponse with backpressure both ways, without the Readable, AsyncResource
  * and stream.finished() listeners that undici's request() and stream() add per request.
  */
-class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding {
+class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding, Waiting {
   private abort: ((err?: Error) => void) | undefined
-  private timer: NodeJS.Timeout | undefined
+  dueAtMs = 0
+  prev: Waiting | undefined = undefined
+  next: Waiting | undefined = undefined
+  queued = false
   /** Why the exchange stopped early; set once. */
   private stopped: Error | undefined
   /** Response headers reached the client. */
@@ -186,12 +190,15 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding {
 
   constructor(
     private readonly res: ServerResponse,
-    timeoutMs: number,
+    private readonly deadlines: Deadlines,
     private readonly onFailure: (f: UpstreamFailure, err: Error) => void,
   ) {
-    // A plain timer, not a socket timeout: those are re-armed on every read and write, which cost
-    // more than the decision itself. The budget runs until response headers, queueing included.
-    this.timer = setTimeout(() => this.stop(TIMED_OUT), timeoutMs)
+    // The budget runs until response headers, queueing included.
+    deadlines.add(this)
+  }
+
+  expire(): void {
+    this.stop(TIMED_OUT)
   }
 
   abandon(): void {
@@ -214,7 +221,7 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding {
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     // 1xx interim answers (100 Continue, 103 Early Hints) belong to the upstream hop.
     if (statusCode < 200) return true
-    clearTimeout(this.timer)
+    this.deadlines.remove(this)
     this.resume = resume
     // Throws on a header value Node will not write: undici then aborts, and the client gets a 502.
     this.res.writeHead(statusCode, statusText, responseHeaders(rawHeaders))
@@ -233,12 +240,80 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding {
   }
 
   onError(err: Error): void {
-    clearTimeout(this.timer)
+    this.deadlines.remove(this)
     if (this.failed || this.stopped === ABANDONED || this.res.destroyed) return
     // Mid-response: the client must not mistake a cut body for a whole one.
     if (this.answered) return void this.res.destroy()
     this.failed = true
     const timedOut = this.stopped === TIMED_OUT || UNDICI_TIMEOUTS.has((err as NodeJS.ErrnoException).code ?? '')
     this.onFailure(timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
+  }
+}
+
+/** An exchange waiting for response headers, linked into its forwarder's Deadlines. */
+interface Waiting {
+  dueAtMs: number
+  prev: Waiting | undefined
+  next: Waiting | undefined
+  queued: boolean
+  expire(): void
+}
+
+/**
+ * The header deadlines of one forwarder's exchanges under a single timer. Every exchange gets the
+ * same budget, so the order they start in is the order they fall due: a FIFO list, O(1) to add and
+ * to remove. A timer per request (or a socket timeout, re-armed on every read and write) cost more
+ * than the decision itself (bench row 3); this one is re-armed about once per budget.
+ */
+class Deadlines {
+  private head: Waiting | undefined
+  private tail: Waiting | undefined
+  private timer: NodeJS.Timeout | undefined
+  private closed = false
+
+  constructor(private readonly budgetMs: number) {}
+
+  add(w: Waiting): void {
+    w.dueAtMs = performance.now() + this.budgetMs
+    w.prev = this.tail
+    w.next = undefined
+    if (this.tail) this.tail.next = w
+    else this.head = w
+    this.tail = w
+    w.queued = true
+    if (!this.timer && !this.closed) this.arm(this.budgetMs)
+  }
+
+  remove(w: Waiting): void {
+    if (!w.queued) return
+    w.queued = false
+    if (w.prev) w.prev.next = w.next
+    else this.head = w.next
+    if (w.next) w.next.prev = w.prev
+    else this.tail = w.prev
+    w.prev = w.next = undefined
+  }
+
+  close(): void {
+    this.closed = true
+    clearTimeout(this.timer)
+    this.timer = undefined
+  }
+
+  private arm(delayMs: number): void {
+    this.timer = setTimeout(this.fire, Math.max(1, Math.ceil(delayMs)))
+    // Pending exchanges keep their own sockets open; the timer alone should not hold the process.
+    this.timer.unref()
+  }
+
+  private readonly fire = (): void => {
+    this.timer = undefined
+    const now = performance.now()
+    while (this.head && this.head.dueAtMs <= now) {
+      const due = this.head
+      this.remove(due)
+      due.expire()
+    }
+    if (this.head && !this.closed) this.arm(this.head.dueAtMs - now)
   }
 }

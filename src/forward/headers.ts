@@ -7,6 +7,10 @@ import type { Identity } from '../pipeline/types.js'
 
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']
 const HOP_BY_HOP_SET = new Set(HOP_BY_HOP)
+const HOP_BY_HOP_LENGTHS = new Set(HOP_BY_HOP.map((name) => name.length))
+// Not forwarded either: `Expect`, because Node already answered `100 Continue` to the client and
+// the upstream hop starts fresh.
+const DROPPED = new Set([...HOP_BY_HOP, 'expect'])
 // Never dropped because the client named them in Connection: they frame or route the request, or
 // (trace context) Lapse wrote them itself for the upstream, after the client's were replaced.
 const PROTECTED = new Set(['host', 'content-length', 'traceparent', 'tracestate'])
@@ -30,32 +34,53 @@ export function toHeaderValue(value: string): string {
 }
 
 export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identity | undefined, opts: HeaderOptions): IncomingHttpHeaders {
-  const headers: IncomingHttpHeaders = { ...incoming }
-  if (typeof headers.connection === 'string') for (const name of namedIn(headers.connection)) delete headers[name]
-  for (const name of HOP_BY_HOP) delete headers[name]
+  const connection = incoming.connection
+  // The usual value names no field that is not dropped anyway.
+  const named = typeof connection === 'string' && connection !== 'keep-alive' ? new Set(namedIn(connection)) : undefined
+  // Built by adding, never by deleting from a copy: a deleted property leaves V8 a slow dictionary
+  // object, read again by undici for every header it writes.
+  const headers: IncomingHttpHeaders = {}
+  for (const name of Object.keys(incoming)) {
+    if (DROPPED.has(name) || named?.has(name)) continue
+    if (name === 'authorization' && !opts.forwardAuthorization) continue
+    // Only Lapse speaks for the caller's identity. CGI-style upstreams read `_` as `-`, so the
+    // underscore spellings (X_Auth_Subject) are identity headers too.
+    if (name.charCodeAt(0) === 0x78 && IDENTITY_HEADER.test(name)) continue
+    headers[name] = incoming[name]
+  }
   if (opts.upgrade) {
     headers.connection = 'upgrade'
     headers.upgrade = incoming.upgrade
   }
-  if (!opts.forwardAuthorization) delete headers.authorization
-  for (const name of Object.keys(headers)) {
-    // Only Lapse speaks for the caller's identity. CGI-style upstreams read `_` as `-`, so the
-    // underscore spellings (X_Auth_Subject) are identity headers too.
-    if (IDENTITY_HEADER.test(name)) delete headers[name]
-  }
-  const prior = headers['x-forwarded-for']
+  const prior = incoming['x-forwarded-for']
   const remote = opts.remoteAddress ?? 'unknown'
   headers['x-forwarded-for'] = prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${remote}` : remote
   headers['x-forwarded-proto'] = 'http'
   if (incoming.host) headers['x-forwarded-host'] = incoming.host
   if (identity) {
-    if (identity.sub !== undefined) headers['x-auth-subject'] = toHeaderValue(identity.sub)
-    if (identity.clientId !== undefined) headers['x-auth-client-id'] = toHeaderValue(identity.clientId)
-    if (identity.jti !== undefined) headers['x-auth-token-id'] = toHeaderValue(identity.jti)
-    headers['x-auth-scopes'] = toHeaderValue([...identity.scopes].join(' '))
-    headers['x-auth-expires-at'] = String(identity.expS)
+    const fields = identityFields(identity)
+    for (let i = 0; i < fields.length; i += 2) headers[fields[i]!] = fields[i + 1]!
   }
   return headers
+}
+
+// A token reused on many requests keeps its Identity object (verify-token.ts), so its header
+// values are computed once.
+const FIELDS = Symbol('lapse.identity-headers')
+type WithFields = Identity & { [FIELDS]?: readonly string[] }
+
+/** The identity headers as a flat name, value list. */
+function identityFields(identity: WithFields): readonly string[] {
+  const known = identity[FIELDS]
+  if (known !== undefined) return known
+  const fields: string[] = []
+  if (identity.sub !== undefined) fields.push('x-auth-subject', toHeaderValue(identity.sub))
+  if (identity.clientId !== undefined) fields.push('x-auth-client-id', toHeaderValue(identity.clientId))
+  if (identity.jti !== undefined) fields.push('x-auth-token-id', toHeaderValue(identity.jti))
+  fields.push('x-auth-scopes', toHeaderValue([...identity.scopes].join(' ')), 'x-auth-expires-at', String(identity.expS))
+  // A frozen identity (an embedder's) is served without the memo.
+  if (Object.isExtensible(identity)) identity[FIELDS] = fields
+  return fields
 }
 
 /**
@@ -74,8 +99,11 @@ export function responseHeaders(raw: readonly Buffer[]): string[] {
   const out: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString('latin1')
-    const lower = name.toLowerCase()
-    if (HOP_BY_HOP_SET.has(lower) || listed?.has(lower)) continue
+    // Only a name of a hop-by-hop length needs lower-casing, unless Connection listed others.
+    if (listed !== undefined || HOP_BY_HOP_LENGTHS.has(name.length)) {
+      const lower = name.toLowerCase()
+      if (HOP_BY_HOP_SET.has(lower) || listed?.has(lower)) continue
+    }
     out.push(name, raw[i + 1]!.toString('latin1'))
   }
   return out

@@ -1,15 +1,16 @@
 // One request → one Decision: extract → verify → revocation → authorize. No sockets here;
 // the stages it calls hide their I/O (keys, Redis) behind the interfaces in Deps.
 //
-//   const outcome = await decide({ method, url, authorization }, deps)
+//   const outcome = await decide({ method, url, authorization }, deps)   // an Outcome, or a promise of one
 //   outcome.decision.allow ? forward(outcome.target) : answer(outcome.decision)
+import { performance } from 'node:perf_hooks'
 import type { RouteMatcher } from '../authorize/routes.js'
 import { checkScopes } from '../authorize/scopes.js'
 import { extractBearer } from '../extract/bearer.js'
 import { normalizeTarget, type Target } from '../extract/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Clock, Decision, Denial, RevocationStore, StepTracer } from './types.js'
+import type { Clock, Decision, Denial, Identity, RevocationStore, Rule, StepTracer, TokenRef } from './types.js'
 
 export interface DecisionInput {
   readonly method: string
@@ -40,7 +41,12 @@ export interface Outcome {
 
 const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
 
-export async function decide(input: DecisionInput, deps: DecideDeps): Promise<Outcome> {
+/**
+ * A token answered from the verification cache and a revocation set that answers in-process
+ * (memory, or Redis's local cache) decide without a promise; anything that waits (a signature, a
+ * key fetch, a Redis read) returns one. app.ts handles both.
+ */
+export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promise<Outcome> {
   const target = normalizeTarget(input.url)
   if ('reason' in target) return { decision: deny(target), target: undefined, revocationMs: undefined }
   const rule = deps.match(input.method, target.path)
@@ -51,19 +57,51 @@ export async function decide(input: DecisionInput, deps: DecideDeps): Promise<Ou
   if (rule?.public) return { decision: { allow: true, rule, identity: undefined }, target: forwarded, revocationMs: undefined }
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
 
-  const verified = await deps.verify(extracted.token, input.steps)
-  if ('allow' in verified) return { decision: { ...verified, rule }, target, revocationMs: undefined }
-  const identity = verified
+  const request: Checked = { input, deps, rule, target, forwarded }
+  const known = deps.verify.cached(extracted.token)
+  if (known !== undefined) return afterVerify(known, request)
+  return deps.verify(extracted.token, input.steps).then((verified) => afterVerify(verified, request))
+}
 
+/** What the stages after verification need of the request. */
+interface Checked {
+  readonly input: DecisionInput
+  readonly deps: DecideDeps
+  readonly rule: Rule | undefined
+  readonly target: Target
+  /** The target as forwarded (without a query-string token). */
+  readonly forwarded: Target
+}
+
+function afterVerify(verified: Identity | Denial, c: Checked): Outcome | Promise<Outcome> {
+  if ('allow' in verified) return { decision: { ...verified, rule: c.rule }, target: c.target, revocationMs: undefined }
+  const identity = verified
+  const { deps, input } = c
   const startedMs = deps.clock.now()
-  let revoked: boolean | 'unknown'
+  const ref = tokenRefOf(identity, deps.revocableClaims)
+  const startedPerfMs = performance.now()
+  let now: boolean | undefined
   try {
-    const ref = toTokenRef(identity, deps.revocableClaims)
-    revoked = await (input.steps ? input.steps.run('revocation_lookup', () => deps.revocations.isRevoked(ref)) : deps.revocations.isRevoked(ref))
+    now = deps.revocations.isRevokedNow?.(ref)
   } catch {
-    revoked = 'unknown'
+    now = undefined
   }
-  const revocationMs = deps.clock.now() - startedMs
+  if (now !== undefined) {
+    input.steps?.ran('revocation_lookup', startedPerfMs, now)
+    return conclude(identity, now, deps.clock.now() - startedMs, c)
+  }
+  return lookUp(ref, c).then((revoked) => conclude(identity, revoked, deps.clock.now() - startedMs, c))
+}
+
+async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean | 'unknown'> {
+  try {
+    return await (input.steps ? input.steps.run('revocation_lookup', () => deps.revocations.isRevoked(ref)) : deps.revocations.isRevoked(ref))
+  } catch {
+    return 'unknown'
+  }
+}
+
+function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, { rule, target, forwarded }: Checked): Outcome {
   if (revoked === true) return { decision: deny({ reason: 'revoked', rule, identity }), target, revocationMs }
 
   // Authorization comes after the token checks so an anonymous caller cannot map the route table.
@@ -75,4 +113,17 @@ export async function decide(input: DecisionInput, deps: DecideDeps): Promise<Ou
     return { decision: { allow: true, rule, identity, failedOpen: true }, target: forwarded, revocationMs }
   }
   return { decision: { allow: true, rule, identity }, target: forwarded, revocationMs }
+}
+
+// A token served from the verification cache keeps its Identity object, so its TokenRef is kept on
+// it: the stores keep their keys on the ref in turn (memory-store.ts, redis-store.ts).
+const REF = Symbol('lapse.token-ref')
+type WithRef = Identity & { [REF]?: { readonly claims: readonly string[]; readonly ref: TokenRef } }
+
+function tokenRefOf(identity: WithRef, revocableClaims: readonly string[]): TokenRef {
+  const memo = identity[REF]
+  if (memo !== undefined && memo.claims === revocableClaims) return memo.ref
+  const ref = toTokenRef(identity, revocableClaims)
+  if (Object.isExtensible(identity)) identity[REF] = { claims: revocableClaims, ref }
+  return ref
 }

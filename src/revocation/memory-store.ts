@@ -7,6 +7,18 @@
 import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../pipeline/types.js'
 import { entryMatches, keyOf } from './model.js'
 
+// A token reused on many requests keeps one TokenRef (pipeline/decide.ts), so its keys are built
+// once: a fresh key string would be hashed again on every lookup.
+const KEYS = Symbol('lapse.memory-keys')
+type Keyed = TokenRef & { [KEYS]?: readonly string[] }
+function keysOf(ref: Keyed): readonly string[] {
+  const known = ref[KEYS]
+  if (known !== undefined) return known
+  const keys = ref.values.flatMap(([claim, value]) => [keyOf(claim, value, ref.iss), keyOf(claim, value, undefined)])
+  if (Object.isExtensible(ref)) ref[KEYS] = keys
+  return keys
+}
+
 export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
   const entries = new Map<string, RevocationEntry>()
   const listeners = new Set<(event: RevocationEvent) => void>()
@@ -30,14 +42,16 @@ export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
     for (const [key, entry] of entries) if (entry.expiresAtS <= now) entries.delete(key)
   }
 
+  const isRevokedNow = (ref: TokenRef) => {
+    for (const key of keysOf(ref)) if (entryMatches(live(key), ref.iatS)) return true
+    return false
+  }
+
   return {
     kind: 'memory',
+    isRevokedNow,
     async isRevoked(ref: TokenRef) {
-      for (const [claim, value] of ref.values) {
-        if (entryMatches(live(keyOf(claim, value, ref.iss)), ref.iatS)) return true
-        if (entryMatches(live(keyOf(claim, value, undefined)), ref.iatS)) return true
-      }
-      return false
+      return isRevokedNow(ref)
     },
     async put(entry) {
       sweep()

@@ -128,10 +128,27 @@ export function createRedisStore(opts: {
     log.warn({ prefix: opts.prefix }, 'unreadable revocation entry in Redis: matching tokens are denied (logged once)')
   }
 
+  // A token reused on many requests keeps one TokenRef (pipeline/decide.ts), so its keys are built
+  // once per store (they carry its prefix): building them was most of a cached check.
+  const memo = Symbol('lapse.redis-keys')
+  const tokenKeysOf = (ref: TokenRef): readonly string[] => {
+    const known = (ref as Memo)[memo]
+    if (known !== undefined) return known
+    const built = keysOfToken(keys, ref)
+    if (Object.isExtensible(ref)) (ref as Memo)[memo] = built
+    return built
+  }
+
   return {
     kind: 'redis',
+    isRevokedNow(ref: TokenRef) {
+      const tokenKeys = tokenKeysOf(ref)
+      if (tokenKeys.length === 0) return false
+      const hit = cache?.read(tokenKeys)
+      return hit ? anyMatches(hit, ref.iatS) : undefined
+    },
     async isRevoked(ref: TokenRef) {
-      const tokenKeys = keysOfToken(keys, ref)
+      const tokenKeys = tokenKeysOf(ref)
       if (tokenKeys.length === 0) return false
       const hit = cache?.read(tokenKeys)
       if (hit) return anyMatches(hit, ref.iatS)
@@ -209,6 +226,8 @@ function keyLayout(prefix: string): KeyLayout {
 const UNRESERVED = /^[A-Za-z0-9._~-]*$/
 const encode = (part: string) =>
   UNRESERVED.test(part) ? part : encodeURIComponent(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+
+type Memo = TokenRef & { [memo: symbol]: readonly string[] | undefined }
 
 function keysOfToken(keys: KeyLayout, ref: TokenRef): string[] {
   const out: string[] = []

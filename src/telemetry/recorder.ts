@@ -13,7 +13,7 @@ import type { IncomingMessage } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import {
-  ROOT_CONTEXT, SpanKind, SpanStatusCode, defaultTextMapGetter, defaultTextMapSetter, isSpanContextValid, trace as traceApi,
+  INVALID_SPAN_CONTEXT, ROOT_CONTEXT, SpanKind, SpanStatusCode, defaultTextMapGetter, defaultTextMapSetter, isSpanContextValid, trace as traceApi,
   type Attributes, type Context, type Span, type TextMapPropagator, type Tracer,
 } from '@opentelemetry/api'
 import {
@@ -22,7 +22,7 @@ import {
 } from '@opentelemetry/semantic-conventions'
 import type { Logger } from 'pino'
 import type { Outcome } from '../pipeline/decide.js'
-import type { Clock, Reason, StepTracer } from '../pipeline/types.js'
+import type { Clock, Reason, Step, StepTracer } from '../pipeline/types.js'
 import * as A from './semconv.js'
 
 /** What the recorder reports per decision; telemetry/metrics.ts implements it over OTel instruments. */
@@ -33,6 +33,8 @@ export interface DecisionMetrics {
 
 export interface RecorderOptions {
   readonly tracer: Tracer
+  /** False when `tracer` is known to be a no-op (telemetry off): spans and context work are skipped. */
+  readonly tracing?: boolean | undefined
   readonly log: Logger
   readonly clock: Clock
   readonly logAllows: 'all' | 'sampled' | 'none'
@@ -73,7 +75,7 @@ const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT'
 // Only Lapse's own 5xx answers are faults; a denial is an expected outcome (STYLE.md "Telemetry").
 const FAULT_STATUSES = new Set([502, 503, 504])
 
-const STEP_SPANS: Record<Parameters<StepTracer['run']>[0], string> = {
+const STEP_SPANS: Record<Step, string> = {
   jwks_fetch: A.SPAN_JWKS_FETCH,
   revocation_lookup: A.SPAN_REVOCATION_LOOKUP,
 }
@@ -97,34 +99,75 @@ export function errorType(err: unknown): string {
  */
 export function createStepTracer(tracer: Tracer, parent: Context = ROOT_CONTEXT): StepTracer {
   return {
-    async run(step, work) {
-      const span = tracer.startSpan(STEP_SPANS[step], { kind: SpanKind.INTERNAL }, parent)
-      try {
-        const result = await work()
-        if (step === 'revocation_lookup' && typeof result === 'boolean') span.setAttribute(A.ATTR_REVOKED, result)
-        return result
-      } catch (err) {
-        span.setStatus({ code: SpanStatusCode.ERROR })
-        span.setAttribute(ATTR_ERROR_TYPE, errorType(err))
-        throw err
-      } finally {
-        span.end()
-      }
-    },
+    run: (step, work) => runInSpan(tracer, parent, step, work),
+    ran: (step, startedPerfMs, result) => recordRan(tracer, parent, step, startedPerfMs, performance.now(), result),
   }
 }
 
-async function timeStep<T>(t: RequestTrace, step: Parameters<StepTracer['run']>[0], work: () => Promise<T>): Promise<T> {
-  const startedMs = performance.now()
+async function runInSpan<T>(tracer: Tracer, parent: Context, step: Step, work: () => Promise<T>): Promise<T> {
+  const span = tracer.startSpan(STEP_SPANS[step], { kind: SpanKind.INTERNAL }, parent)
   try {
-    return await work()
+    const result = await work()
+    if (step === 'revocation_lookup' && typeof result === 'boolean') span.setAttribute(A.ATTR_REVOKED, result)
+    return result
+  } catch (err) {
+    span.setStatus({ code: SpanStatusCode.ERROR })
+    span.setAttribute(ATTR_ERROR_TYPE, errorType(err))
+    throw err
   } finally {
-    if (step === 'revocation_lookup') t.lookupMs = performance.now() - startedMs
+    span.end()
   }
 }
+
+/** The span `runInSpan` would have made, for a step that already ran (times are performance.now()). */
+function recordRan(tracer: Tracer, parent: Context, step: Step, startedPerfMs: number, endedPerfMs: number, result: unknown): void {
+  const span = tracer.startSpan(STEP_SPANS[step], { kind: SpanKind.INTERNAL, startTime: startedPerfMs }, parent)
+  if (step === 'revocation_lookup' && typeof result === 'boolean') span.setAttribute(A.ATTR_REVOKED, result)
+  span.end(endedPerfMs)
+}
+
+/** One request's trace; it is its own StepTracer, so a request costs no closures for it. */
+class Trace implements RequestTrace, StepTracer {
+  readonly steps: StepTracer = this
+  lookupMs: number | undefined = undefined
+  path = ''
+  outcome: Outcome | undefined = undefined
+  decidedMs: number | undefined = undefined
+
+  constructor(
+    readonly span: Span,
+    readonly context: Context,
+    /** Set when the decision span records: steps become its child spans. */
+    private readonly tracer: Tracer | undefined,
+    readonly method: string,
+    readonly startedMs: number,
+    readonly startedPerfMs: number,
+    /** The client's headers, read for its trace context only if an audit line needs it (tracing off). */
+    readonly headers: IncomingMessage['headers'],
+  ) {}
+
+  async run<T>(step: Step, work: () => Promise<T>): Promise<T> {
+    const startedMs = performance.now()
+    try {
+      return await (this.tracer ? runInSpan(this.tracer, this.context, step, work) : work())
+    } finally {
+      if (step === 'revocation_lookup') this.lookupMs = performance.now() - startedMs
+    }
+  }
+
+  ran(step: Step, startedPerfMs: number, result: unknown): void {
+    const endedPerfMs = performance.now()
+    if (step === 'revocation_lookup') this.lookupMs = endedPerfMs - startedPerfMs
+    if (this.tracer) recordRan(this.tracer, this.context, step, startedPerfMs, endedPerfMs, result)
+  }
+}
+
+/** The span of every request while tracing is off: records nothing, carries no context. */
+const INERT_SPAN = traceApi.wrapSpanContext(INVALID_SPAN_CONTEXT)
 
 export function createRecorder(opts: RecorderOptions): Recorder {
   const random = opts.random ?? Math.random
+  const tracing = opts.tracing !== false
   const propagator = opts.propagator ?? new W3CTraceContextPropagator()
   const shouldLogAllow = () => opts.logAllows === 'all' || (opts.logAllows === 'sampled' && random() < opts.allowsSampleRate)
   // Audit lines are the record of who was let in; LAPSE_LOG_LEVEL quiets operational lines, not
@@ -133,8 +176,9 @@ export function createRecorder(opts: RecorderOptions): Recorder {
 
   return {
     start(req) {
-      const parent = propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter)
       const method = req.method ?? ''
+      if (!tracing) return new Trace(INERT_SPAN, ROOT_CONTEXT, undefined, method, opts.clock.now(), performance.now(), req.headers)
+      const parent = propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter)
       const attributes: Attributes = {
         [ATTR_HTTP_REQUEST_METHOD]: KNOWN_METHODS.has(method) ? method : '_OTHER',
         [ATTR_URL_SCHEME]: 'http',
@@ -143,12 +187,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       if (!KNOWN_METHODS.has(method)) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = method
       const span = opts.tracer.startSpan(A.SPAN_AUTHORIZE, { kind: SpanKind.SERVER, attributes }, parent)
       const context = traceApi.setSpan(parent, span)
-      const traced = span.isRecording() ? createStepTracer(opts.tracer, context) : undefined
-      const t: RequestTrace = {
-        span, context, steps: { run: (step, work) => timeStep(t, step, traced ? () => traced.run(step, work) : work) },
-        startedMs: opts.clock.now(), startedPerfMs: performance.now(), lookupMs: undefined, method, path: '', outcome: undefined, decidedMs: undefined,
-      }
-      return t
+      return new Trace(span, context, span.isRecording() ? opts.tracer : undefined, method, opts.clock.now(), performance.now(), req.headers)
     },
 
     decided(t, outcome) {
@@ -209,7 +248,8 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       }
       span.end()
       if (d?.allow && !d.failedOpen && cut === undefined && !shouldLogAllow()) return
-      const ctx = span.spanContext()
+      // Tracing off: the line still names the client's trace, as the upstream sees it.
+      const ctx = tracing ? span.spanContext() : traceApi.getSpanContext(propagator.extract(ROOT_CONTEXT, (t as Trace).headers, defaultTextMapGetter)) ?? INVALID_SPAN_CONTEXT
       const traced = isSpanContextValid(ctx)
       const id = d?.identity
       audit.info({
@@ -236,7 +276,8 @@ export function createRecorder(opts: RecorderOptions): Recorder {
     },
 
     inject(t, headers) {
-      propagator.inject(t.context, headers, defaultTextMapSetter)
+      // Tracing off: the client's trace context is already among the forwarded headers.
+      if (tracing) propagator.inject(t.context, headers, defaultTextMapSetter)
     },
   }
 }

@@ -39,6 +39,12 @@ type Env = Readonly<Record<string, string | undefined>>
 /** What the rest of Lapse needs from telemetry; tests build one over in-memory exporters. */
 export interface Telemetry {
   readonly tracerProvider: TracerProvider
+  /**
+   * False when the tracer provider is certainly a no-op (telemetry off, or no span exporter): the
+   * recorder then skips the span and context work per request and lets the client's trace
+   * context pass through as sent. Absent means it may record.
+   */
+  readonly tracing?: boolean
   /** Undefined when metrics are off: no instruments are created at all. */
   readonly meterProvider: ApiMeterProvider | undefined
   /** The per-request decision metrics, read by every metric reader of meterProvider; with it. */
@@ -286,7 +292,7 @@ export async function startTelemetry(env: Env, opts: StartTelemetryOptions): Pro
   const { settings, warnings } = readTelemetrySettings(env)
   for (const w of warnings) opts.log.warn({ telemetry: 'config' }, w)
   const propagator = createPropagator(settings.propagators)
-  const off: Telemetry = { tracerProvider: new ProxyTracerProvider(), meterProvider: undefined, propagator, metricsHandler: undefined, shutdown: async () => undefined }
+  const off: Telemetry = { tracerProvider: new ProxyTracerProvider(), tracing: false, meterProvider: undefined, propagator, metricsHandler: undefined, shutdown: async () => undefined }
   if (settings.disabled) {
     opts.log.info({ telemetry: 'off' }, 'OTEL_SDK_DISABLED=true: no spans or metrics are recorded; trace context still passes through')
     return off
@@ -348,6 +354,7 @@ async function buildSdk(settings: TelemetrySettings, propagator: TextMapPropagat
   let stopped: Promise<void> | undefined
   return {
     tracerProvider,
+    tracing: processors.length > 0,
     meterProvider,
     decisions,
     propagator,

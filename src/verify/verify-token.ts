@@ -21,7 +21,14 @@ export interface VerifierOptions {
 }
 
 /** `steps` lets a key fetch this token triggers (unknown kid) appear as a child span of the decision. */
-export type Verifier = ((token: string, steps?: StepTracer) => Promise<Identity | Denial>) & { cacheSize(): number }
+export type Verifier = ((token: string, steps?: StepTracer) => Promise<Identity | Denial>) & {
+  /**
+   * The answer when the verification cache alone gives it (a token verified before, keys
+   * unchanged), else undefined: then call the verifier. Spares the hot path a promise.
+   */
+  cached(token: string): Identity | Denial | undefined
+  cacheSize(): number
+}
 
 // Every jose error code mapped by code, never by message; the compiler keeps this complete.
 const JOSE_REASONS: Record<errors.JOSEErrorCode, DenyReason> = {
@@ -78,16 +85,23 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     cache.set(token, entry)
   }
 
-  const verify = async (token: string, steps?: StepTracer): Promise<Identity | Denial> => {
-    const nowS = Math.floor(clock.now() / 1000)
+  const cached = (token: string): Identity | Denial | undefined => {
     const hit = cache.get(token)
-    if (hit && hit.generation === keys.generation()) {
-      const stale = checkTime(hit, policy.clockSkewS, nowS)
-      if (!stale) return hit.identity
-      if (stale.reason === 'expired') cache.delete(token)
-      return stale
+    if (hit === undefined) return undefined
+    if (hit.generation !== keys.generation()) {
+      cache.delete(token)
+      return undefined
     }
-    if (hit) cache.delete(token)
+    const stale = checkTime(hit, policy.clockSkewS, Math.floor(clock.now() / 1000))
+    if (!stale) return hit.identity
+    if (stale.reason === 'expired') cache.delete(token)
+    return stale
+  }
+
+  const verify = async (token: string, steps?: StepTracer): Promise<Identity | Denial> => {
+    const known = cached(token)
+    if (known !== undefined) return known
+    const nowS = Math.floor(clock.now() / 1000)
 
     const pre = precheck(token, algorithms)
     if ('reason' in pre) return pre
@@ -111,7 +125,7 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     remember(token, { identity: result, nbfS: result.claims.nbf as number | undefined, generation })
     return result
   }
-  return Object.assign(verify, { cacheSize: () => cache.size })
+  return Object.assign(verify, { cached, cacheSize: () => cache.size })
 }
 
 function checkTime(c: Cached, skewS: number, nowS: number): Denial | undefined {

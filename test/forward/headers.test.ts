@@ -178,3 +178,29 @@ t.test('a chunked body is forwarded framed, whatever the method: its bytes never
     t.equal(bodies.at(-1), smuggled, `${method}: the body arrived as a body`)
   }
 })
+
+t.test('each token gets its own identity headers, reused or not, and Expect stays on the client hop', async (t) => {
+  // Identity headers are computed once per cached identity; two tokens interleaved on one
+  // connection must never see each other's.
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const alice = await mint({ sub: 'alice', jti: 'token-a', client_id: 'bot-a', scope: 'orders:read extra:a' })
+  const bob = await mint({ sub: 'bob', jti: 'token-b', client_id: 'bot-b', scope: 'orders:read' })
+  for (const token of [alice, bob, alice, bob, alice]) {
+    const res = await send(`${lapse.url}/orders/1`, { method: 'POST', body: 'x', headers: [bearer(token), ['expect', '100-continue']] })
+    t.equal(res.status, 200)
+  }
+  const seen = lapse.upstream.requests.map((r) => [r.headers['x-auth-subject'], r.headers['x-auth-token-id'], r.headers['x-auth-client-id'], r.headers['x-auth-scopes']])
+  const a = ['alice', 'token-a', 'bot-a', 'orders:read extra:a']
+  const b = ['bob', 'token-b', 'bot-b', 'orders:read']
+  t.same(seen, [a, b, a, b, a])
+  t.equal(lapse.upstream.requests.filter((r) => r.headers.expect !== undefined).length, 0, 'Expect is not forwarded')
+})
+
+t.test('a frozen identity (an embedder\'s) still gets its headers', async (t) => {
+  const { upstreamHeaders } = await import('../../src/forward/headers.js')
+  const identity = Object.freeze({ iss: 'i', sub: 'frozen', clientId: undefined, jti: 'j-1', iatS: 1, expS: 2, scopes: new Set(['a', 'b']), claims: {} })
+  for (let i = 0; i < 2; i++) {
+    const headers = upstreamHeaders({ host: 'h', 'x-auth-subject': 'forged' }, identity, { remoteAddress: '127.0.0.1', forwardAuthorization: false, upgrade: false })
+    t.match(headers, { host: 'h', 'x-auth-subject': 'frozen', 'x-auth-token-id': 'j-1', 'x-auth-scopes': 'a b', 'x-auth-expires-at': '2', 'x-forwarded-for': '127.0.0.1' })
+  }
+})

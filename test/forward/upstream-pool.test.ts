@@ -48,3 +48,39 @@ t.test('all upstream connections busy: a queued request gets 504 within the time
   const line = await waitFor(() => decisions(lapse).find((l) => l.path === '/orders/queued'), 'the audit line of the queued request')
   t.match(line, { decision: 'allow', status: 504, upstream_failure: 'upstream_timeout' })
 })
+
+t.test('requests started at different times each time out on their own deadline, and answers in between are untouched', async (t) => {
+  // One timer serves every pending request's deadline (forward.ts, Deadlines): a request must not be
+  // cut at an earlier request's deadline, nor wait for a later one's.
+  const upstream = await startUpstream((req, res) => {
+    req.resume()
+    if (req.url?.startsWith('/orders/hang')) return
+    res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}')
+  })
+  t.teardown(() => upstream.close())
+  const lapse = await runApp(t, { upstream, clock: manualClock(T0_S * 1000), env: { LAPSE_UPSTREAM_TIMEOUT: String(TIMEOUT_MS) } })
+  const token = await (await testKeys()).mint({}, { nowS: T0_S })
+  const timed = async (path: string) => {
+    const startedMs = Date.now()
+    const res = await send(`${lapse.url}${path}`, { headers: [bearer(token)] })
+    return { status: res.status, tookMs: Date.now() - startedMs }
+  }
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+  const pending = [timed('/orders/hang-1')]
+  await sleep(TIMEOUT_MS / 2)
+  pending.push(timed('/orders/hang-2'))
+  // Answered while both wait: leaving the list from the middle must not disturb the others.
+  const quick = await timed('/orders/quick')
+  await sleep(TIMEOUT_MS / 2 - 50)
+  pending.push(timed('/orders/hang-3'))
+  const results = await Promise.all(pending)
+  t.equal(quick.status, 200)
+  for (const [i, r] of results.entries()) {
+    t.equal(r.status, 504, `hang-${i + 1} timed out`)
+    t.ok(r.tookMs >= TIMEOUT_MS - 5, `hang-${i + 1} waited its whole budget (${r.tookMs} ms of ${TIMEOUT_MS})`)
+    t.ok(r.tookMs < TIMEOUT_MS + 700, `hang-${i + 1} was not kept waiting for a later deadline (${r.tookMs} ms)`)
+  }
+  const after = await timed('/orders/after')
+  t.equal(after.status, 200, 'a request after all the timeouts is served')
+  t.equal(upstream.requests.filter((r) => r.url?.startsWith('/orders/hang')).length, 3, 'all three reached the upstream')
+})

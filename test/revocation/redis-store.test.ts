@@ -84,6 +84,26 @@ t.test('a check of a token with five claims is one MGET, cached checks none', as
   t.equal((await commandCalls(raw)).total - after.total, 0, 'answered from the cache')
 })
 
+t.test('isRevokedNow answers only from a fresh local cache, and a revocation elsewhere takes the answer away', async (t) => {
+  const here = await openStore(t, redis, { cache: true, prefix: 'now-shared' })
+  const other = await openStore(t, redis, { cache: true, prefix: 'now-shared' })
+  const token = tokenRef(Math.floor(here.clock.now() / 1000) - 10, [['jti', 'j-now'], ['sub', 'ci-now']])
+  t.equal(here.store.isRevokedNow!(token), undefined, 'nothing cached yet: ask Redis')
+  t.equal(await here.store.isRevoked(token), false)
+  t.equal(here.store.isRevokedNow!(token), false, 'now answered in-process')
+  // Another sidecar revokes; its event must take the cached "not revoked" away before anything else.
+  await other.store.put(entryAt(other.clock, 'sub', 'ci-now'))
+  await waitFor(() => here.store.isRevokedNow!(token) !== false, 3000, 'the event invalidates the cached answer')
+  t.equal(here.store.isRevokedNow!(token), undefined, 'invalidated: ask Redis again')
+  t.equal(await here.store.isRevoked(token), true)
+  t.equal(here.store.isRevokedNow!(token), true, 'and the revoked answer is cached')
+
+  const uncached = await openStore(t, redis, { cache: false, prefix: 'now-shared' })
+  t.equal(await uncached.store.isRevoked(token), true)
+  t.equal(uncached.store.isRevokedNow!(token), undefined, 'without the cache every check is a read')
+  t.equal(here.store.isRevokedNow!(tokenRef(1, [])), false, 'a token with no revocable value needs no read')
+})
+
 t.test('a put writes and publishes in one step: its event reaches a bare subscriber', async (t) => {
   const { store, clock, prefix } = await openStore(t, redis, { cache: false })
   const listener = redis.client()

@@ -3,10 +3,12 @@
 // audit line names its trace.
 import { createServer } from 'node:http'
 import { SpanStatusCode } from '@opentelemetry/api'
+import pino from 'pino'
 import t from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { bearer, decisions, runApp, send, waitFor } from '../fixtures/app.js'
 import { newKeyPair, testKeys } from '../fixtures/keys.js'
+import { startTelemetry } from '../../src/telemetry/sdk.js'
 import { inMemoryTelemetry, newTraceparent } from './in-memory.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
@@ -121,14 +123,21 @@ t.test('a caller that is not sampled: nothing is recorded, the trace still reach
   t.equal(mem.spans().length, 0, 'no span recorded')
 })
 
-t.test('telemetry off: the caller\'s traceparent reaches the upstream unchanged, none is invented', async (t) => {
-  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+// Twice: with the API's global no-op (an embedder that registered no SDK), and as the CLI runs
+// with OTEL_SDK_DISABLED=true, where Lapse knows nothing records and skips the span work.
+for (const how of ['no SDK registered', 'OTEL_SDK_DISABLED=true'] as const) t.test(`telemetry off (${how}): the caller's traceparent reaches the upstream unchanged, none is invented`, async (t) => {
+  const telemetry = how === 'no SDK registered' ? undefined : await startTelemetry({ OTEL_SDK_DISABLED: 'true' }, { log: pino({ level: 'silent' }), clock: manualClock(T0_MS) })
+  if (telemetry) t.equal(telemetry.tracing, false, 'Lapse knows nothing records')
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry })
   const tp = newTraceparent()
-  await send(`${lapse.url}/orders/7`, { headers: [tp.header, bearer(await mint())] })
+  await send(`${lapse.url}/orders/7`, { headers: [tp.header, ['tracestate', 'vendor=abc'], bearer(await mint())] })
   await send(`${lapse.url}/orders/8`, { headers: [bearer(await mint())] })
   t.equal(lapse.upstream.requests[0]!.headers.traceparent, tp.header[1])
   t.equal(lapse.upstream.requests[1]!.headers.traceparent, undefined)
   const lines = await waitFor(() => (decisions(lapse).length === 2 ? decisions(lapse) : undefined), 'two audit lines')
   t.equal(lines[0]!.trace_id, tp.traceId, 'the audit line still names the caller\'s trace')
+  t.equal(lines[0]!.span_id, tp.parentSpanId, 'and the caller\'s span')
   t.equal(lines[1]!.trace_id, undefined, 'no trace, no made-up id')
+  t.equal(lapse.upstream.requests[0]!.headers.tracestate, 'vendor=abc', 'tracestate passed on')
+  t.equal(lapse.upstream.requests[1]!.headers.tracestate, undefined, 'none invented')
 })

@@ -1,0 +1,155 @@
+// decide() answers without a promise when nothing has to wait: a token from the verification
+// cache and a revocation set that answers in-process. Everything else returns a promise. Both
+// paths must reach the same decisions, and both must report the revocation lookup as a step.
+// Real signed tokens, the real verifier over the test key set, the real memory set.
+import t, { type Test } from 'tap'
+import { compileRoutes } from '../../src/authorize/routes.js'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { decide, type DecideDeps, type Outcome } from '../../src/pipeline/decide.js'
+import type { RevocationStore, Step, StepTracer, TokenRef } from '../../src/pipeline/types.js'
+import { createMemoryStore } from '../../src/revocation/memory-store.js'
+import { createKeyResolver } from '../../src/verify/keys.js'
+import { createVerifier } from '../../src/verify/verify-token.js'
+import { AUDIENCE, ISSUER, testKeys } from '../fixtures/keys.js'
+
+const T0_MS = Date.parse('2030-01-01T00:00:00Z')
+const T0_S = T0_MS / 1000
+const ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA']
+
+async function setUp(t: Test, revocations?: RevocationStore) {
+  const keys = await testKeys()
+  const clock = manualClock(T0_MS)
+  const resolver = createKeyResolver({ jwksFile: keys.jwksPath, refreshS: 300, cooldownS: 30, timeoutMs: 1000, algorithms: ALGS }, { clock })
+  await resolver.start()
+  t.teardown(() => resolver.close())
+  const verify = createVerifier({
+    policy: { issuers: new Set([ISSUER]), audiences: new Set([AUDIENCE]), clockSkewS: 30, maxLifetimeS: 3600, requiredClaims: ['iss', 'aud', 'exp', 'iat', 'jti', 'sub'], tokenTypes: undefined },
+    algorithms: ALGS, keys: resolver, clock, cacheSize: 100,
+  })
+  const memory = createMemoryStore({ clock })
+  const deps: DecideDeps = {
+    match: compileRoutes([{ path: '/orders/**', scopes: ['orders:read'], public: false, on_revocation_unavailable: 'closed', cut_streams_at_expiry: false }]),
+    verify, revocations: revocations ?? memory, revocableClaims: ['jti', 'sub'], allowQueryToken: false, maxTokenBytes: 8192, clock,
+  }
+  const mint = (claims: Record<string, unknown> = {}) => keys.mint({ sub: 'ci-deployer', jti: 'job-1', exp: T0_S + 300, scope: 'orders:read', ...claims }, { nowS: T0_S })
+  return { deps, memory, clock, mint }
+}
+
+/** A StepTracer that notes what it was asked to record. */
+function noteSteps() {
+  const seen: Array<{ how: 'run' | 'ran'; step: Step; result?: unknown }> = []
+  const steps: StepTracer = {
+    async run(step, work) {
+      const result = await work()
+      seen.push({ how: 'run', step, result })
+      return result
+    },
+    ran(step, startedPerfMs, result) {
+      if (!(startedPerfMs > 0 && startedPerfMs <= performance.now())) throw new Error('ran() needs the step\'s start on performance.now()')
+      seen.push({ how: 'ran', step, result })
+    },
+  }
+  return { steps, seen }
+}
+
+const input = (token: string, steps?: StepTracer, url = '/orders/7') => ({ method: 'GET', url, authorization: [`Bearer ${token}`], steps })
+const reasonOf = (o: Outcome) => (o.decision.allow ? 'ok' : o.decision.reason)
+
+t.test('a token seen before and the memory set: decided without a promise, as the first time was', async (t) => {
+  const { deps, mint } = await setUp(t)
+  const token = await mint()
+  const first = decide(input(token), deps)
+  t.ok(first instanceof Promise, 'the first request waits for its signature check')
+  const firstOutcome = await first
+  t.equal(reasonOf(firstOutcome), 'ok')
+  const again = decide(input(token), deps)
+  t.notOk(again instanceof Promise, 'the second is answered at once')
+  const outcome = again as Outcome
+  t.equal(reasonOf(outcome), 'ok')
+  t.same(outcome.target, firstOutcome.target)
+  t.equal(outcome.decision.identity, firstOutcome.decision.identity, 'the cached identity')
+  t.type(outcome.revocationMs, 'number', 'the revocation set was asked')
+})
+
+t.test('every way a cached token can be refused is refused on the promise-free path too', async (t) => {
+  const { deps, memory, clock, mint } = await setUp(t)
+  const token = await mint()
+  t.equal(reasonOf(await decide(input(token), deps)), 'ok')
+  const now = (url?: string) => {
+    const o = decide(input(token, undefined, url), deps)
+    if (o instanceof Promise) throw new Error('expected an answer without a promise')
+    return reasonOf(o)
+  }
+  t.equal(now('/billing/1'), 'no_route')
+  const narrow = await mint({ jti: 'job-2', scope: 'orders:write' })
+  t.equal(reasonOf(await decide(input(narrow), deps)), 'insufficient_scope')
+  const cachedNarrow = decide(input(narrow), deps)
+  t.notOk(cachedNarrow instanceof Promise)
+  t.equal(reasonOf(cachedNarrow as Outcome), 'insufficient_scope')
+
+  await memory.put({ claim: 'sub', value: 'ci-deployer', issuedBeforeS: T0_S, reason: 'test', by: 'test', createdAtS: T0_S, expiresAtS: T0_S + 3630 })
+  t.equal(now(), 'revoked', 'a revocation after the first use applies at once')
+  await memory.lift('sub', 'ci-deployer')
+  t.equal(now(), 'ok', 'and its lift too')
+
+  clock.set((T0_S + 300 + 30) * 1000)
+  t.equal(now(), 'expired', 'expiry is checked on every request, cache or not')
+})
+
+t.test('the revocation lookup is reported as a step on both paths', async (t) => {
+  const { deps, mint } = await setUp(t)
+  const token = await mint()
+  const first = noteSteps()
+  await decide(input(token, first.steps), deps)
+  t.same(first.seen, [{ how: 'ran', step: 'revocation_lookup', result: false }], 'the memory set answers in-process even when the signature was checked')
+  const second = noteSteps()
+  decide(input(token, second.steps), deps)
+  t.same(second.seen, [{ how: 'ran', step: 'revocation_lookup', result: false }])
+})
+
+t.test('a set that cannot answer in-process is asked and waited for; one whose quick answer throws is asked too', async (t) => {
+  const asked: TokenRef[] = []
+  let verdict: boolean | Error = false
+  // A set with the contract's shape that answers only by promise, as Redis without its cache does.
+  const slow: Pick<RevocationStore, 'isRevoked' | 'isRevokedNow'> = {
+    async isRevoked(ref) {
+      asked.push(ref)
+      if (verdict instanceof Error) throw verdict
+      return verdict
+    },
+    isRevokedNow: () => undefined,
+  }
+  const { deps, mint } = await setUp(t, slow as RevocationStore)
+  const token = await mint()
+  await decide(input(token), deps)
+  const noted = noteSteps()
+  const pending = decide(input(token, noted.steps), deps)
+  t.ok(pending instanceof Promise, 'a cached token still waits for the set')
+  t.equal(reasonOf(await pending), 'ok')
+  t.same(noted.seen, [{ how: 'run', step: 'revocation_lookup', result: false }])
+  t.equal(asked[0], asked[1], 'one TokenRef per cached token, so a set can keep its keys on it')
+
+  verdict = true
+  t.equal(reasonOf(await decide(input(token), deps)), 'revoked')
+  verdict = new Error('down')
+  t.equal(reasonOf(await decide(input(token), deps)), 'revocation_unavailable', 'fail closed')
+
+  slow.isRevokedNow = () => {
+    throw new Error('broken quick path')
+  }
+  verdict = false
+  const fallback = decide(input(token), deps)
+  t.ok(fallback instanceof Promise)
+  t.equal(reasonOf(await fallback), 'ok', 'a throwing quick answer falls back to asking')
+})
+
+t.test('a TokenRef kept on an identity is not reused for other revocable claims', async (t) => {
+  const asked: TokenRef[] = []
+  const recording = { async isRevoked(ref: TokenRef) { asked.push(ref); return false } } as unknown as RevocationStore
+  const { deps, mint } = await setUp(t, recording)
+  const token = await mint({ task: 'MIGR-1' })
+  await decide(input(token), deps)
+  await decide(input(token), { ...deps, revocableClaims: ['task'] })
+  t.same(asked[0]!.values, [['jti', 'job-1'], ['sub', 'ci-deployer']])
+  t.same(asked[1]!.values, [['task', 'MIGR-1']])
+})
