@@ -76,8 +76,13 @@ function rejectDuplicates(compiled: readonly Compiled[]): void {
 }
 
 function splitPath(path: string): { segments: string[]; trailingSlash: boolean } {
-  const segments = path.split('/').filter((s) => s !== '')
-  return { segments, trailingSlash: path.length > 1 && path.endsWith('/') }
+  const trailingSlash = path.length > 1 && path.endsWith('/')
+  // A normalized path (what decide passes) has no empty segment but at its ends: one array, not two.
+  if (path.startsWith('/') && !path.includes('//')) {
+    const inner = path.slice(1, trailingSlash ? -1 : undefined)
+    return { segments: inner === '' ? [] : inner.split('/'), trailingSlash }
+  }
+  return { segments: path.split('/').filter((s) => s !== ''), trailingSlash }
 }
 
 function matches(c: Compiled, parts: readonly string[], trailingSlash: boolean): boolean {

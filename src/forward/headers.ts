@@ -92,8 +92,11 @@ export function responseHeaders(raw: readonly Buffer[]): string[] {
   let listed: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i]!.length === 10 && raw[i]!.toString('latin1').toLowerCase() === 'connection') {
+      const value = raw[i + 1]!.toString('latin1')
+      // The usual value names no field that is not dropped anyway.
+      if (value === 'keep-alive') continue
       listed ??= new Set()
-      for (const name of namedIn(raw[i + 1]!.toString('latin1'))) listed.add(name)
+      for (const name of namedIn(value)) listed.add(name)
     }
   }
   const out: string[] = []
