@@ -351,6 +351,28 @@ async function main() {
     }
   }
 
+  // A dead collector is noticed when the first export has failed (the exporter retries it up to its
+  // timeout, 10 s by default); from then on Lapse stops recording spans (docs/telemetry.md). Row 7
+  // prices that steady state, so it waits for it under load; the time it took is reported.
+  const settled = new Map()
+  async function settleSpansPaused(row) {
+    const { adminUrl } = fleet.get(row.server)
+    if (settled.has(row.server)) return
+    const t0 = Date.now()
+    const unrecorded = async () => {
+      const text = await (await fetch(`${adminUrl}/metrics`)).text().catch(() => '')
+      return Number(/^lapse_telemetry_spans_unrecorded_total(?:\{[^}]*\})? (\d+)/m.exec(text)?.[1] ?? 0)
+    }
+    while (Date.now() - t0 < 60_000 && (await unrecorded()) === 0) await measure(row, 1).catch(() => {})
+    const s = (Date.now() - t0) / 1000 + settings.warmupS
+    const paused = (await unrecorded()) > 0
+    settled.set(row.server, paused ? s : undefined)
+    meta.spansPausedAfterS = paused ? Number(s.toFixed(1)) : null
+    log(paused
+      ? `  row ${row.id}: Lapse stopped recording spans ${s.toFixed(0)} s after load began (collector unreachable)`
+      : `  ! row ${row.id}: Lapse still records spans after ${s.toFixed(0)} s; measured anyway`)
+  }
+
   const runnable = selected.filter((r) => !rowErrors.has(r.server))
   for (const row of selected) if (rowErrors.has(row.server)) measurements.get(row.id).push({ error: rowErrors.get(row.server) })
 
@@ -359,6 +381,7 @@ async function main() {
     const order = runnable.map((_, i) => runnable[(i + round) % runnable.length])
     for (const row of order) {
       if (round === 0 && settings.warmupS > 0) await measure(row, settings.warmupS).catch(() => {})
+      if (round === 0 && row.settle === 'spans-paused') await settleSpansPaused(row)
       await waitQuiet()
       let m
       try {

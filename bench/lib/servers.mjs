@@ -1,6 +1,6 @@
 // Every server a row can hit, started on first use and kept for the whole run (so rounds can
 // interleave rows without restarts): the stub upstream, the floors, the fastify assembly, a
-// private redis-server, and Lapse in each configuration the rows need.
+// private redis-server, an OTLP sink, and Lapse in each configuration the rows need.
 //
 //   const fleet = createFleet(ctx)
 //   const { url, child } = await fleet.ensure('lapse-mem')
@@ -24,6 +24,8 @@ const LAPSE_VARIANTS = {
   'lapse-verify': () => ({ LAPSE_TOKEN_CACHE_SIZE: '0' }),
   // Row 7: the SDK on, exporting to a loopback port where nothing listens.
   'lapse-otel': ({ closedPort }) => ({ OTEL_SDK_DISABLED: undefined, OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${closedPort}` }),
+  // Row 7r: the SDK on, exporting to a loopback sink that takes everything (what recording costs).
+  'lapse-otel-live': ({ collectorUrl }) => ({ OTEL_SDK_DISABLED: undefined, OTEL_EXPORTER_OTLP_ENDPOINT: collectorUrl }),
 }
 
 export const lapseEntry = (root) => join(root, 'bin', 'lapse.js')
@@ -47,7 +49,7 @@ export function createFleet(ctx) {
   async function startNodeServer(name, script, args) {
     const port = await freePort()
     // The floors are profiled with Lapse, so the two profiles can be told apart function by function.
-    const flags = name === 'upstream' ? [] : profileFlags(name)
+    const flags = name === 'upstream' || name === 'collector' ? [] : profileFlags(name)
     const child = spawnPinned(node, [...flags, lib(script), String(port), ...args], { cpu: ctx.pin.servers, name, logDir: ctx.logDir })
     const url = `http://127.0.0.1:${port}`
     await waitHttp(`${url}/ready-probe`, { child, status: 200 })
@@ -58,9 +60,10 @@ export function createFleet(ctx) {
     const entry = lapseEntry(ctx.root)
     if (!existsSync(entry)) throw new Error(`Lapse is not there yet (${entry} missing)`)
     const upstream = await ensure('upstream')
-    const extra = { redisUrl: undefined, closedPort: undefined }
+    const extra = { redisUrl: undefined, closedPort: undefined, collectorUrl: undefined }
     if (name.startsWith('lapse-redis')) extra.redisUrl = (await ensure('redis')).url
     if (name === 'lapse-otel') extra.closedPort = await freePort()
+    if (name === 'lapse-otel-live') extra.collectorUrl = (await ensure('collector')).url
     const [port, adminPort] = [await freePort(), await freePort()]
     const env = {
       ...cleanEnv(),
@@ -86,6 +89,8 @@ export function createFleet(ctx) {
     switch (name) {
       case 'upstream':
         return startNodeServer(name, 'upstream.mjs', [])
+      case 'collector':
+        return startNodeServer(name, 'collector.mjs', [])
       case 'floor-http-proxy':
         return startNodeServer(name, 'floor-http-proxy.mjs', [(await ensure('upstream')).url])
       case 'floor-undici':
@@ -127,7 +132,7 @@ export function createFleet(ctx) {
     for (const s of order) await stop(s.child, 5000)
     started.clear()
   }
-  const rank = (name) => (isLapseServer(name) ? 0 : name === 'redis' || name === 'upstream' ? 2 : 1)
+  const rank = (name) => (isLapseServer(name) ? 0 : ['redis', 'upstream', 'collector'].includes(name) ? 2 : 1)
 
   const pids = () => [...started.values()].map((s) => s.child.pid).filter(Boolean)
   return { ensure, close, pids, get: (name) => started.get(name) }

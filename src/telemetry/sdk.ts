@@ -32,7 +32,10 @@ import type { Logger } from 'pino'
 import type { Clock } from '../pipeline/types.js'
 import { coalesced } from './coalesced-counters.js'
 import { DecisionAggregates } from './metrics.js'
+import { createExportGate, pausingTracerProvider } from './pausing.js'
 import { errorType } from './recorder.js'
+
+const ATTR_SPANS_UNRECORDED = 'lapse.telemetry.spans.unrecorded'
 
 type Env = Readonly<Record<string, string | undefined>>
 
@@ -95,6 +98,13 @@ const DEFAULTS = {
   batchExportTimeoutMs: 30_000,
   metricIntervalMs: 60_000,
   metricTimeoutMs: 30_000,
+  // Span recording pauses after this many failed exports in a row (each already retried by the
+  // exporter up to its timeout) and tries again with a few spans after one traces export timeout
+  // (pausing.ts): a dead collector costs next to nothing, one back from a restart gets spans
+  // within seconds.
+  pauseAfterFailures: 1,
+  pauseRetryMinMs: 100,
+  pauseTrialSpans: 64,
   propagators: ['tracecontext', 'baggage'] as const,
   // A dead collector must not hold up a rolling restart: SIGTERM to exit stays within the CLI's 10 s.
   shutdownTimeoutMs: 3000,
@@ -328,11 +338,25 @@ async function buildSdk(settings: TelemetrySettings, propagator: TextMapPropagat
   }
   const meterProvider = new MeterProvider({ resource, readers })
 
+  // Only when OTLP is the one span exporter: a console exporter always takes spans.
+  const gate = settings.traces.exporters.length === 1 && settings.traces.exporters[0] === 'otlp'
+    ? createExportGate({
+      failuresToPause: DEFAULTS.pauseAfterFailures,
+      retryAfterMs: Math.max(DEFAULTS.pauseRetryMinMs, settings.traces.otlp.timeoutMs),
+      trialSpans: DEFAULTS.pauseTrialSpans, log: opts.log,
+    })
+    : undefined
   const processors: BatchSpanProcessor[] = []
   for (const name of settings.traces.exporters) {
     let exporter: SpanExporter
     try {
-      exporter = name === 'console' ? new ConsoleSpanExporter() : watchExports(await otlpSpanExporter(settings.traces.otlp, meterProvider), failureLog('traces', opts))
+      const logFailure = failureLog('traces', opts)
+      exporter = name === 'console'
+        ? new ConsoleSpanExporter()
+        : watchExports(await otlpSpanExporter(settings.traces.otlp, meterProvider), (r) => {
+          logFailure(r)
+          gate?.report(r)
+        })
     } catch (err) {
       opts.log.warn({ telemetry: 'config', err: errorType(err) }, `cannot create the ${name} span exporter; spans are not exported there`)
       continue
@@ -340,9 +364,19 @@ async function buildSdk(settings: TelemetrySettings, propagator: TextMapPropagat
     processors.push(createBatchProcessor(exporter, settings.batch, meterProvider))
   }
   // No exporter means no recording at all: a no-op tracer still passes the caller's trace context on.
-  const tracerProvider: TracerProvider = processors.length
-    ? new BasicTracerProvider({ resource, sampler: createSampler(settings.sampler), spanProcessors: processors })
-    : new ProxyTracerProvider()
+  const sampler = createSampler(settings.sampler)
+  const basic = processors.length ? new BasicTracerProvider({ resource, sampler, spanProcessors: processors }) : undefined
+  let unrecorded = 0
+  const tracerProvider: TracerProvider = !basic
+    ? new ProxyTracerProvider()
+    : gate
+      ? pausingTracerProvider(basic, { gate, sampler, onUnrecorded: () => void unrecorded++ })
+      : basic
+  if (gate) {
+    meterProvider.getMeter('lapse').createObservableCounter(ATTR_SPANS_UNRECORDED, {
+      description: 'Spans not recorded because OTLP span exports kept failing (see docs/telemetry.md, "Off the request path")',
+    }).addCallback((result) => result.observe(unrecorded))
+  }
 
   opts.log.info({
     telemetry: 'on',
@@ -361,7 +395,8 @@ async function buildSdk(settings: TelemetrySettings, propagator: TextMapPropagat
     metricsHandler: (req, res) => prometheus.getMetricsRequestHandler(req, res),
     shutdown() {
       stopped ??= (async () => {
-        const providers = [meterProvider.shutdown(), ...(tracerProvider instanceof BasicTracerProvider ? [tracerProvider.shutdown()] : [])]
+        gate?.close()
+        const providers = [meterProvider.shutdown(), ...(basic ? [basic.shutdown()] : [])]
         let timer: NodeJS.Timeout | undefined
         const bound = new Promise<'timeout'>((resolve) => {
           timer = setTimeout(() => resolve('timeout'), DEFAULTS.shutdownTimeoutMs)

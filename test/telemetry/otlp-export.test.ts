@@ -173,11 +173,57 @@ for (const collector of ['dead (connection refused)', 'silent (accepts, never an
     await waitFor(async () => counted.test((await send(`${lapse.adminUrl}/metrics`)).body), 'lost spans counted on /metrics')
     t.pass(`otel_sdk_processor_span_processed_total{error_type=~"${lost}"} > 0`)
     if (collector.startsWith('dead')) {
-      await waitFor(() => lapse.lines().some((l) => l.telemetry === 'traces' && l.level === 40), 'the export-failure warning', 5000)
-      t.equal(lapse.lines().filter((l) => l.telemetry === 'traces' && l.level === 40).length, 1, 'warned once, not per failure')
+      const warnings = (re: RegExp) => lapse.lines().filter((l) => l.telemetry === 'traces' && l.level === 40 && re.test(String(l.msg)))
+      await waitFor(() => warnings(/export failed/).length > 0 && warnings(/not recorded/).length > 0, 'the export-failure and pause warnings', 5000)
+      t.equal(warnings(/export failed/).length, 1, 'warned once of failing exports, not per failure')
+      t.equal(warnings(/not recorded/).length, 1, 'and once that spans stop being recorded')
     }
   })
 }
+
+t.test('collector down, then up on the same port: spans stop being recorded, requests and trace context carry on, recording resumes', async (t) => {
+  const port = await closedPort()
+  const lapse = await startReal(t, {
+    OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    // Also the pause before each trial (sdk.ts): short, so the test sees one.
+    OTEL_EXPORTER_OTLP_TIMEOUT: '300',
+    OTEL_BSP_SCHEDULE_DELAY: '20',
+    OTEL_METRICS_EXPORTER: 'none',
+  })
+  const token = await (await testKeys()).mint()
+  const paused = () => lapse.lines().some((l) => l.telemetry === 'traces' && l.level === 40 && /not recorded/.test(String(l.msg)))
+  await waitFor(async () => {
+    t.equal((await send(`${lapse.url}/orders/warm`, { headers: [bearer(token)] })).status, 200)
+    return paused() || undefined
+  }, 'the pause after a failed export', 10_000)
+
+  const unrecorded = async () => Number(/^lapse_telemetry_spans_unrecorded_total(?:\{[^}]*\})? (\d+)/m.exec((await send(`${lapse.adminUrl}/metrics`)).body)?.[1] ?? NaN)
+  const before = await unrecorded()
+  const tp = newTraceparent()
+  const res = await send(`${lapse.url}/orders/paused`, { headers: [tp.header, bearer(token)] })
+  t.equal(res.status, 200, 'requests are served while paused')
+  const seen = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/.exec(String(lapse.upstream.requests.at(-1)!.headers.traceparent))
+  t.ok(seen, 'the upstream gets a sampled traceparent')
+  t.equal(seen?.[1], tp.traceId, 'in the caller\'s trace')
+  t.not(seen?.[2], tp.parentSpanId, 'with a new parent span id, as when recording')
+  const audit = await waitFor(() => lapse.lines().find((l) => l.path === '/orders/paused'), 'the audit line of the paused request')
+  t.same([audit.trace_id, audit.span_id], [tp.traceId, seen?.[2]], 'the audit line names the same trace and span as the upstream\'s traceparent')
+  t.ok((await unrecorded()) > before || before > 0, 'unrecorded spans counted on /metrics')
+
+  const otlp = await startOtlpReceiver({ port })
+  t.teardown(otlp.close)
+  const back = newTraceparent()
+  await waitFor(async () => {
+    t.equal((await send(`${lapse.url}/orders/back`, { headers: [back.header, bearer(token)] })).status, 200)
+    return lapse.lines().some((l) => l.telemetry === 'traces' && l.level === 30 && /succeed again/.test(String(l.msg))) || undefined
+  }, 'recording resumes once a trial export succeeds', 10_000)
+  const after = newTraceparent()
+  t.equal((await send(`${lapse.url}/orders/after`, { headers: [after.header, bearer(token)] })).status, 200)
+  const span = await waitFor(() => otlp.spans().find((s) => s.name === 'lapse.authorize' && s.traceId === after.traceId), 'the next decision span at the collector')
+  t.equal(span.parentSpanId, after.parentSpanId, 'a full decision span again, child of the caller')
+  t.ok(otlp.spans().some((s) => s.traceId === after.traceId && s.name !== 'lapse.authorize'), 'with its revocation-lookup child span')
+})
 
 t.test('OTEL_SDK_DISABLED=true: nothing exported, /metrics off, trace context still passes through', async (t) => {
   const otlp = await startOtlpReceiver()

@@ -53,7 +53,7 @@ export function decodeAttributes(list: KeyValue[] | undefined): Record<string, u
   return Object.fromEntries((list ?? []).map((kv) => [kv.key, decodeValue(kv.value)]))
 }
 
-export async function startOtlpReceiver(opts: { silent?: boolean } = {}): Promise<OtlpReceiver> {
+export async function startOtlpReceiver(opts: { silent?: boolean; port?: number } = {}): Promise<OtlpReceiver> {
   const bodies: OtlpReceiver['bodies'] = []
   const traceBatches: any[] = []
   const metricBatches: any[] = []
@@ -80,7 +80,7 @@ export async function startOtlpReceiver(opts: { silent?: boolean } = {}): Promis
     sockets.add(s)
     s.on('close', () => sockets.delete(s))
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  await new Promise<void>((resolve) => server.listen(opts.port ?? 0, '127.0.0.1', resolve))
   const port = (server.address() as { port: number }).port
 
   return {

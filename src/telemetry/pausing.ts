@@ -1,0 +1,153 @@
+// Span recording that stops while the collector cannot take spans, and comes back by itself.
+//
+//   const gate = createExportGate({ failuresToPause: 1, retryAfterMs: 10_000, trialSpans: 64, log })
+//   exporter results → gate.report(result)         // (sdk.ts wraps the OTLP span exporter)
+//   const provider = pausingTracerProvider(sdkProvider, { gate, sampler, onUnrecorded })
+//
+// Why: a recorded span costs the OpenTelemetry JS SDK 10–25 µs of CPU per request (the span
+// objects, their attributes, the batch queue), which bench row 7 measured at 20–25% of a
+// cached-token request's throughput. While every export fails, all of that buys nothing: the
+// spans are dropped at the end anyway. So once exports fail (one failed export already includes
+// the OTLP exporter's own retries, up to its timeout), spans are not recorded: each request still
+// gets a span context with a fresh span id and the sampling decision the SDK's sampler makes, so
+// the upstream's traceparent, the audit line's trace id and the caller's trace are exactly what
+// they would have been; only the span objects are skipped, and counted.
+//
+// After `retryAfterMs` a trial records up to `trialSpans` spans and waits for an export's result:
+// success ends the pause, failure starts the next one. A trial is capped because its verdict takes
+// as long as an export can take to fail (the exporter's timeout): recording everything meanwhile
+// would pay the full cost for half of every pause. Any successful export ends a pause at once.
+import {
+  SamplingDecision, TraceFlags, context as contextApi, isSpanContextValid, trace as traceApi,
+  type Context, type Span, type SpanOptions, type Tracer, type TracerOptions, type TracerProvider,
+} from '@opentelemetry/api'
+import { ExportResultCode, type ExportResult } from '@opentelemetry/core'
+import { RandomIdGenerator, type Sampler } from '@opentelemetry/sdk-trace-base'
+import type { Logger } from 'pino'
+
+export type GateState = 'recording' | 'paused' | 'trial'
+
+export interface ExportGate {
+  readonly state: GateState
+  /** Whether the span about to start is recorded; called once per span. */
+  admit(): boolean
+  /** One export's result, from the span exporter. */
+  report(result: ExportResult): void
+  close(): void
+}
+
+export interface ExportGateOptions {
+  /** Consecutive failed exports before recording pauses. */
+  readonly failuresToPause: number
+  /** How long a pause lasts before a trial. */
+  readonly retryAfterMs: number
+  /** Spans a trial records before it waits for an export's result. */
+  readonly trialSpans: number
+  readonly log: Pick<Logger, 'warn' | 'info'>
+}
+
+export function createExportGate(opts: ExportGateOptions): ExportGate {
+  let state: GateState = 'recording'
+  let failures = 0
+  let trialLeft = 0
+  let timer: NodeJS.Timeout | undefined
+
+  const pause = () => {
+    const wasRecording = state === 'recording'
+    state = 'paused'
+    clearTimeout(timer)
+    timer = setTimeout(() => {
+      timer = undefined
+      if (state !== 'paused') return
+      state = 'trial'
+      trialLeft = opts.trialSpans
+    }, opts.retryAfterMs)
+    timer.unref()
+    // One line when a pause starts; trials that fail again are not news.
+    if (wasRecording) {
+      opts.log.warn({ telemetry: 'traces', failures, retry_after_ms: opts.retryAfterMs },
+        'OTLP traces exports fail: spans are not recorded until the collector takes them again (requests are unaffected; trace context still passes through)')
+    }
+  }
+
+  return {
+    get state() {
+      return state
+    },
+    admit() {
+      if (state === 'recording') return true
+      if (state === 'paused' || trialLeft === 0) return false
+      trialLeft--
+      return true
+    },
+    report(result) {
+      if (result.code === ExportResultCode.SUCCESS) {
+        if (state !== 'recording') opts.log.info({ telemetry: 'traces' }, 'OTLP traces exports succeed again: spans are recorded')
+        state = 'recording'
+        failures = 0
+        clearTimeout(timer)
+        timer = undefined
+        return
+      }
+      failures++
+      if (state === 'trial' || (state === 'recording' && failures >= opts.failuresToPause)) pause()
+    },
+    close() {
+      clearTimeout(timer)
+      timer = undefined
+    },
+  }
+}
+
+export interface PausingOptions {
+  readonly gate: Pick<ExportGate, 'admit'>
+  /** The sampler the SDK's tracers use: a paused span gets the same decision. */
+  readonly sampler: Sampler
+  /** Called once per span that would have been recorded and was not. */
+  readonly onUnrecorded: () => void
+}
+
+/** `inner`'s tracers, recording only while the gate says so. */
+export function pausingTracerProvider(inner: TracerProvider, opts: PausingOptions): TracerProvider {
+  const ids = new RandomIdGenerator()
+  return {
+    getTracer(name: string, version?: string, options?: TracerOptions): Tracer {
+      return new PausingTracer(inner.getTracer(name, version, options), opts, ids)
+    },
+  }
+}
+
+class PausingTracer implements Tracer {
+  constructor(
+    private readonly inner: Tracer,
+    private readonly opts: PausingOptions,
+    private readonly ids: RandomIdGenerator,
+  ) {}
+
+  startSpan(name: string, options: SpanOptions = {}, ctx: Context = contextApi.active()): Span {
+    if (this.opts.gate.admit()) return this.inner.startSpan(name, options, ctx)
+    // As the SDK's tracer decides, minus the span object (sdk-trace Tracer.startSpan).
+    const parent = options.root ? undefined : traceApi.getSpanContext(ctx)
+    const valid = parent !== undefined && isSpanContextValid(parent)
+    const traceId = valid ? parent.traceId : this.ids.generateTraceId()
+    const sampled = this.opts.sampler.shouldSample(ctx, traceId, name, options.kind ?? 0, options.attributes ?? {}, options.links ?? [])
+    if (sampled.decision !== SamplingDecision.NOT_RECORD) this.opts.onUnrecorded()
+    return traceApi.wrapSpanContext({
+      traceId,
+      spanId: this.ids.generateSpanId(),
+      traceFlags: sampled.decision === SamplingDecision.RECORD_AND_SAMPLED ? TraceFlags.SAMPLED : TraceFlags.NONE,
+      traceState: sampled.traceState ?? (valid ? parent.traceState : undefined),
+    })
+  }
+
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, fn: F): ReturnType<F>
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, options: SpanOptions, fn: F): ReturnType<F>
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, options: SpanOptions, ctx: Context, fn: F): ReturnType<F>
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, ...rest: unknown[]): ReturnType<F> {
+    const fn = rest.pop() as F
+    const [options, ctx] = rest as [SpanOptions | undefined, Context | undefined]
+    const parent = ctx ?? contextApi.active()
+    const span = this.startSpan(name, options, parent)
+    return contextApi.with(traceApi.setSpan(parent, span), fn as (s: Span) => ReturnType<F>, undefined, span)
+  }
+}
