@@ -377,8 +377,10 @@ async function main() {
   for (const row of selected) if (rowErrors.has(row.server)) measurements.get(row.id).push({ error: rowErrors.get(row.server) })
 
   for (let round = 0; round < settings.rounds; round++) {
-    // Rotate the order each round so no row always runs right after the same neighbour.
-    const order = runnable.map((_, i) => runnable[(i + round) % runnable.length])
+    // A new order each round (seeded, so a run can be repeated): this host slows down in phases of
+    // tens of seconds, and a rotated order kept the same neighbours together, so one slow phase
+    // hit the same cluster of rows in every round it came.
+    const order = shuffled(runnable, round)
     for (const row of order) {
       if (round === 0 && settings.warmupS > 0) await measure(row, settings.warmupS).catch(() => {})
       if (round === 0 && row.settle === 'spans-paused') await settleSpansPaused(row)
@@ -467,6 +469,24 @@ async function main() {
     log(`rows without a measurement: ${missing.map((r) => `${r.id} (${(r.error ?? 'no data').split('\n')[0]})`).join('; ')}`)
   }
   if (soak?.error) failed = true
+}
+
+/** `items` in an order fixed by `seed` (Fisher–Yates over mulberry32); seed 0 keeps the listed order. */
+function shuffled(items, seed) {
+  const out = [...items]
+  if (seed === 0) return out
+  let a = seed * 0x9e3779b9
+  const random = () => {
+    a = (a + 0x6d2b79f5) | 0
+    let t = Math.imul(a ^ (a >>> 15), 1 | a)
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1))
+    ;[out[i], out[j]] = [out[j], out[i]]
+  }
+  return out
 }
 
 /** Row 5 (RS256) for the soak duration, RSS sampled every 5 s after a warm-up. */
