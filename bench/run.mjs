@@ -354,7 +354,7 @@ async function main() {
   // A dead collector is noticed when the first export has failed (the exporter retries it up to its
   // timeout, 10 s by default); from then on Lapse stops recording spans (docs/telemetry.md). Row 7
   // prices that steady state, so it waits for it under load; the time it took is reported.
-  const settled = new Map()
+  const settled = new Set()
   async function settleSpansPaused(row) {
     const { adminUrl } = fleet.get(row.server)
     if (settled.has(row.server)) return
@@ -366,7 +366,7 @@ async function main() {
     while (Date.now() - t0 < 60_000 && (await unrecorded()) === 0) await measure(row, 1).catch(() => {})
     const s = (Date.now() - t0) / 1000 + settings.warmupS
     const paused = (await unrecorded()) > 0
-    settled.set(row.server, paused ? s : undefined)
+    settled.add(row.server)
     meta.spansPausedAfterS = paused ? Number(s.toFixed(1)) : null
     log(paused
       ? `  row ${row.id}: Lapse stopped recording spans ${s.toFixed(0)} s after load began (collector unreachable)`

@@ -199,7 +199,6 @@ t.test('collector down, then up on the same port: spans stop being recorded, req
   }, 'the pause after a failed export', 10_000)
 
   const unrecorded = async () => Number(/^lapse_telemetry_spans_unrecorded_total(?:\{[^}]*\})? (\d+)/m.exec((await send(`${lapse.adminUrl}/metrics`)).body)?.[1] ?? NaN)
-  const before = await unrecorded()
   const tp = newTraceparent()
   const res = await send(`${lapse.url}/orders/paused`, { headers: [tp.header, bearer(token)] })
   t.equal(res.status, 200, 'requests are served while paused')
@@ -209,7 +208,7 @@ t.test('collector down, then up on the same port: spans stop being recorded, req
   t.not(seen?.[2], tp.parentSpanId, 'with a new parent span id, as when recording')
   const audit = await waitFor(() => lapse.lines().find((l) => l.path === '/orders/paused'), 'the audit line of the paused request')
   t.same([audit.trace_id, audit.span_id], [tp.traceId, seen?.[2]], 'the audit line names the same trace and span as the upstream\'s traceparent')
-  t.ok((await unrecorded()) > before || before > 0, 'unrecorded spans counted on /metrics')
+  t.ok((await unrecorded()) > 0, 'unrecorded spans counted on /metrics')
 
   const otlp = await startOtlpReceiver({ port })
   t.teardown(otlp.close)
