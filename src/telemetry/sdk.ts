@@ -34,8 +34,7 @@ import { coalesced } from './coalesced-counters.js'
 import { DecisionAggregates } from './metrics.js'
 import { createExportGate, pausingTracerProvider } from './pausing.js'
 import { errorType } from './recorder.js'
-
-const ATTR_SPANS_UNRECORDED = 'lapse.telemetry.spans.unrecorded'
+import { METRIC_SPANS_UNRECORDED } from './semconv.js'
 
 type Env = Readonly<Record<string, string | undefined>>
 
@@ -373,7 +372,7 @@ async function buildSdk(settings: TelemetrySettings, propagator: TextMapPropagat
       ? pausingTracerProvider(basic, { gate, sampler, onUnrecorded: () => void unrecorded++ })
       : basic
   if (gate) {
-    meterProvider.getMeter('lapse').createObservableCounter(ATTR_SPANS_UNRECORDED, {
+    meterProvider.getMeter('lapse').createObservableCounter(METRIC_SPANS_UNRECORDED, {
       description: 'Spans not recorded because OTLP span exports kept failing (see docs/telemetry.md, "Off the request path")',
     }).addCallback((result) => result.observe(unrecorded))
   }

@@ -30,6 +30,7 @@ export const METRIC_JWKS_KEYS = 'lapse.jwks.keys'
 export const METRIC_JWKS_REFRESH_AGE = 'lapse.jwks.refresh.age'
 export const METRIC_REVOCATION_BACKEND_UP = 'lapse.revocation.backend.up'
 export const METRIC_TOKEN_CACHE_SIZE = 'lapse.token_cache.size'
+export const METRIC_SPANS_UNRECORDED = 'lapse.telemetry.spans.unrecorded'
 
 /** Why a WebSocket or streamed response was closed by Lapse: `expired` or `revoked`. */
 export const ATTR_CONNECTION_CUT = 'lapse.connection.cut'

@@ -75,8 +75,14 @@ t.test('the gate: any successful export ends a pause at once, and close stops it
   t.equal(gate.state, 'recording', 'an export queued before the pause succeeded: the collector is back')
   gate.report(FAILED)
   gate.report(FAILED)
-  gate.close() // a 60 s timer would otherwise hold this test open (it is unref'd, but close must clear it)
   t.equal(gate.state, 'paused')
+
+  const short = gateOf(t, { retryAfterMs: 20 }).gate
+  short.report(FAILED)
+  short.report(FAILED)
+  short.close()
+  await new Promise((resolve) => setTimeout(resolve, 80))
+  t.equal(short.state, 'paused', 'closed: no trial comes after retryAfterMs')
 })
 
 function tracerOver(t: Test, sampler: Sampler) {
