@@ -9,14 +9,14 @@
 //   node run.mjs --soak 600                         # row 5 (RS256) for 10 minutes: RSS flatness
 //   node run.mjs --help
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { makeKeys, mintPool, mintToken } from './lib/keys.mjs'
 import { canPin, cpuMs, killAllSync, machineBusyMs, rssKb, runJson } from './lib/proc.mjs'
-import { appendResultsLog, checkTargets, formatChecks, formatTable, summarize, updateReadme } from './lib/report.mjs'
+import { appendResultsLog, checkTargets, formatChecks, formatTable, median, summarize, updateReadme } from './lib/report.mjs'
 import { formatMicro } from './micro/decision.bench.mjs'
 import { defaultRowIds, defineRows } from './lib/rows.mjs'
 import { createFleet, isLapseServer, lapseEntry } from './lib/servers.mjs'
@@ -41,6 +41,9 @@ const HELP = `usage: node run.mjs [options]
   --no-pin          do not pin processes with taskset
   --micro-time MS   time per micro-benchmark round of the decision alone (default 500; 0 skips it)
   --cpu-prof        run Lapse and the floors under --cpu-prof; profiles go to bench/profiles/
+  --against REF     A/B: also run every selected Lapse row on git commit REF (built in a temporary
+                    copy that shares node_modules), as row "<id>@base" next to it in every round,
+                    and print each pair's ratio per round; implies --no-record
   --keep            keep the run's temporary directory (keys, logs)
 `
 
@@ -69,6 +72,7 @@ const { values: args } = parseArgs({
     'micro-time': { type: 'string', default: '500' },
     'cpu-prof': { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
+    against: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 })
@@ -167,11 +171,32 @@ function detectTelemetrySdk() {
   return files.some((f) => /@opentelemetry\/sdk-(node|trace-node|trace-base)/.test(readFileSync(join(dir, String(f)), 'utf8')))
 }
 
-function buildLapse() {
-  log('building Lapse (npm run build at the root) …')
-  const r = spawnSync('npm', ['run', 'build', '--silent'], { cwd: root, encoding: 'utf8', timeout: 300_000 })
-  if (r.status !== 0) return `root build failed: ${(r.stdout + r.stderr).trim().split('\n').slice(-15).join('\n')}`
+function buildLapse(dir = root) {
+  log(`building Lapse (npm run build in ${dir}) …`)
+  const r = spawnSync('npm', ['run', 'build', '--silent'], { cwd: dir, encoding: 'utf8', timeout: 300_000 })
+  if (r.status !== 0) return `build failed in ${dir}: ${(r.stdout + r.stderr).trim().split('\n').slice(-15).join('\n')}`
   return undefined
+}
+
+/**
+ * The tree of commit `ref`, built, for the "@base" rows of an A/B run. It shares the root's
+ * node_modules: an A/B run compares our code, and a commit that changes dependencies should be
+ * compared by two full runs instead (noted in the log).
+ */
+function prepareBase(ref) {
+  const sha = git('rev-parse', '--short=10', `${ref}^{commit}`)
+  if (!sha) throw new Error(`--against ${ref}: not a commit`)
+  const dir = join(runDir, `base-${sha}`)
+  mkdirSync(dir)
+  const archive = spawnSync('sh', ['-c', `git archive ${sha} | tar -x -C '${dir}'`], { cwd: root, encoding: 'utf8' })
+  if (archive.status !== 0) throw new Error(`--against ${ref}: git archive failed: ${archive.stderr}`)
+  symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'))
+  if (git('diff', '--quiet', sha, '--', 'package-lock.json') === undefined) {
+    log(`! --against ${ref}: its package-lock.json differs; it runs with this tree's node_modules`)
+  }
+  const error = buildLapse(dir)
+  if (error) throw new Error(`--against ${ref}: ${error}`)
+  return { ref, sha, dir }
 }
 
 // ---- main ----------------------------------------------------------------------------------
@@ -209,13 +234,17 @@ async function main() {
   const preRows = args.rows ? args.rows.split(',') : undefined
   const mayNeedLapse = settings.soakS > 0 || !preRows || preRows.some((id) => /^[3457]/.test(id.trim()))
   if (mayNeedLapse && !args['no-build'] && existsSync(join(root, 'src'))) buildError = buildLapse()
+  const base = args.against ? prepareBase(args.against) : undefined
 
   const engine = detectEngine()
   const rows = defineRows({ engine })
   const ids = args.rows ? args.rows.split(',').map((s) => s.trim()).filter(Boolean) : settings.soakS > 0 ? [] : defaultRowIds(rows)
   const unknown = ids.filter((id) => !rows.some((r) => r.id === id))
   if (unknown.length) throw new Error(`unknown rows: ${unknown.join(', ')} (known: ${rows.map((r) => r.id).join(', ')})`)
-  const selected = rows.filter((r) => ids.includes(r.id))
+  const selected = rows.filter((r) => ids.includes(r.id)).flatMap((r) => (base && isLapseServer(r.server)
+    ? [r, { ...r, id: `${r.id}@base`, label: `${r.label} @ ${base.sha}`, server: `${r.server}@base`, pairOf: r.id }]
+    : [r]))
+  if (base) meta.against = { ref: base.ref, commit: base.sha }
   meta.engine = engine
   meta.telemetrySdk = detectTelemetrySdk()
   if (selected.some((r) => r.id === '7') && !meta.telemetrySdk) {
@@ -242,7 +271,7 @@ async function main() {
     log(`minted ${pool.length} ${alg} tokens in ${((Date.now() - t0) / 1000).toFixed(1)} s`)
   }
 
-  fleet = createFleet({ root, benchDir, logDir: runDir, pin, keys, iss: ISS, aud: AUD, maxLifetimeS, cpuProfDir })
+  fleet = createFleet({ root, baseRoot: base?.dir, benchDir, logDir: runDir, pin, keys, iss: ISS, aud: AUD, maxLifetimeS, cpuProfDir })
   const upstream = await fleet.ensure('upstream')
   const expectedBody = await (await fetch(`${upstream.url}${PATH}`)).text()
 
@@ -323,7 +352,8 @@ async function main() {
     if (row.auth === 'pool') cfg.tokenFile = poolFiles[row.alg]
     const cfgPath = join(runDir, `load-${row.id}.json`)
     writeFileSync(cfgPath, JSON.stringify(cfg))
-    const sampleRss = row.auth === 'pool'
+    // Row 5's memory figures are this tree's: an A/B run's base twin is not sampled.
+    const sampleRss = row.auth === 'pool' && !row.pairOf
     const rss = []
     const timer = sampleRss ? setInterval(() => rss.push(rssKb(child.pid)), 1000) : undefined
     if (sampleRss) rss.push(rssKb(child.pid))
@@ -380,7 +410,10 @@ async function main() {
     // A new order each round (seeded, so a run can be repeated): this host slows down in phases of
     // tens of seconds, and a rotated order kept the same neighbours together, so one slow phase
     // hit the same cluster of rows in every round it came.
-    const order = shuffled(runnable, round)
+    // An A/B pair runs back to back (in a random order within the pair) so both halves see the
+    // same phase of the host.
+    const groups = shuffled(runnable.filter((r) => !r.pairOf).map((r) => [r, ...runnable.filter((b) => b.pairOf === r.id)]), round)
+    const order = groups.flatMap((g) => (g.length === 2 && (round + g[0].id.length) % 2 ? [g[1], g[0]] : g))
     for (const row of order) {
       if (round === 0 && settings.warmupS > 0) await measure(row, settings.warmupS).catch(() => {})
       if (round === 0 && row.settle === 'spans-paused') await settleSpansPaused(row)
@@ -396,7 +429,7 @@ async function main() {
         m = { error: err.message }
       }
       measurements.get(row.id).push(m)
-      if (row.auth === 'pool' && m.rssKb) memory.samples.push(...m.rssKb.filter(Boolean))
+      if (row.auth === 'pool' && m.rssKb?.length) memory.samples.push(...m.rssKb.filter(Boolean))
       if (row.auth === 'pool' && m.rssKb?.length) {
         memory.startKb ??= m.rssKb.find(Boolean)
         memory.endKb = m.rssKb.filter(Boolean).at(-1)
@@ -440,6 +473,11 @@ async function main() {
   if (micro?.results) log(`${formatMicro(micro)}\n`)
   else if (micro?.error) log(`micro-benchmark failed: ${micro.error}\n`)
   log(formatChecks(checks))
+  const pairs = base ? comparePairs(selected, measurements) : undefined
+  if (pairs) {
+    log(`\nA/B against ${base.ref} (${base.sha}): this tree ÷ base, per round (the pair ran back to back)`)
+    for (const p of pairs) log(`  row ${p.id.padEnd(3)} req/s ${p.rps.text}   CPU µs/req ${p.cpu.text}`)
+  }
 
   const result = {
     schema: 1,
@@ -450,6 +488,7 @@ async function main() {
     soak,
     micro,
     checks,
+    pairs,
     table,
   }
   mkdirSync(args['results-dir'], { recursive: true })
@@ -458,7 +497,7 @@ async function main() {
   const jsonPath = join(args['results-dir'], jsonName)
   writeFileSync(jsonPath, `${JSON.stringify(result, null, 2)}\n`)
   log(`\nresults: ${jsonPath}`)
-  if (!args['no-record']) {
+  if (!args['no-record'] && !base) {
     if (updateReadme(join(benchDir, 'README.md'), { table, checks, meta, micro })) log('README.md: latest table updated')
     appendResultsLog(join(benchDir, 'RESULTS.md'), { summary, checks, meta, jsonName })
     log('RESULTS.md: one line appended')
@@ -472,6 +511,24 @@ async function main() {
 }
 
 /** `items` in an order fixed by `seed` (Fisher–Yates over mulberry32); seed 0 keeps the listed order. */
+/** Per-round ratios of each row to its "@base" twin: median and range, for req/s and CPU per request. */
+function comparePairs(selected, measurements) {
+  const describe = (xs) => {
+    const m = median(xs)
+    return { median: m, perRound: xs, text: xs.length ? `${m.toFixed(3)} (rounds ${xs.map((x) => x.toFixed(2)).join(' ')})` : '—' }
+  }
+  return selected.filter((r) => r.pairOf).map((b) => {
+    const ours = measurements.get(b.pairOf)
+    const theirs = measurements.get(b.id)
+    const both = ours.map((m, i) => [m, theirs[i]]).filter(([m, t]) => m && t && !m.error && !t.error)
+    return {
+      id: b.pairOf,
+      rps: describe(both.map(([m, t]) => m.rps / t.rps)),
+      cpu: describe(both.filter(([m, t]) => m.serverCpuUsPerReq && t.serverCpuUsPerReq).map(([m, t]) => m.serverCpuUsPerReq / t.serverCpuUsPerReq)),
+    }
+  })
+}
+
 function shuffled(items, seed) {
   const out = [...items]
   if (seed === 0) return out

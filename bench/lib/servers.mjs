@@ -29,7 +29,9 @@ const LAPSE_VARIANTS = {
 }
 
 export const lapseEntry = (root) => join(root, 'bin', 'lapse.js')
-export const isLapseServer = (name) => name in LAPSE_VARIANTS
+// "<variant>@base" is the same configuration on the commit an A/B run compares against (--against).
+const variantOf = (name) => name.replace(/@base$/, '')
+export const isLapseServer = (name) => variantOf(name) in LAPSE_VARIANTS
 
 /** The inherited environment without any LAPSE_* or OTEL_* setting that could skew a row. */
 function cleanEnv() {
@@ -57,13 +59,16 @@ export function createFleet(ctx) {
   }
 
   async function startLapse(name) {
-    const entry = lapseEntry(ctx.root)
+    const variant = variantOf(name)
+    const lapseRoot = name === variant ? ctx.root : ctx.baseRoot
+    if (!lapseRoot) throw new Error(`${name}: no base tree (run with --against)`)
+    const entry = lapseEntry(lapseRoot)
     if (!existsSync(entry)) throw new Error(`Lapse is not there yet (${entry} missing)`)
     const upstream = await ensure('upstream')
     const extra = { redisUrl: undefined, closedPort: undefined, collectorUrl: undefined }
-    if (name.startsWith('lapse-redis')) extra.redisUrl = (await ensure('redis')).url
-    if (name === 'lapse-otel') extra.closedPort = await freePort()
-    if (name === 'lapse-otel-live') extra.collectorUrl = (await ensure('collector')).url
+    if (variant.startsWith('lapse-redis')) extra.redisUrl = (await ensure('redis')).url
+    if (variant === 'lapse-otel') extra.closedPort = await freePort()
+    if (variant === 'lapse-otel-live') extra.collectorUrl = (await ensure('collector')).url
     const [port, adminPort] = [await freePort(), await freePort()]
     const env = {
       ...cleanEnv(),
@@ -77,10 +82,10 @@ export function createFleet(ctx) {
       LAPSE_LOG_ALLOWS: 'none',
       LAPSE_MAX_TOKEN_LIFETIME: String(ctx.maxLifetimeS),
       OTEL_SDK_DISABLED: 'true',
-      ...LAPSE_VARIANTS[name](extra),
+      ...LAPSE_VARIANTS[variant](extra),
     }
     for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k]
-    const child = spawnPinned(node, [...profileFlags(name), entry, 'proxy'], { cpu: ctx.pin.servers, name, logDir: ctx.logDir, env, cwd: ctx.root })
+    const child = spawnPinned(node, [...profileFlags(name), entry, 'proxy'], { cpu: ctx.pin.servers, name, logDir: ctx.logDir, env, cwd: lapseRoot })
     await waitHttp(`http://127.0.0.1:${adminPort}/readyz`, { child, timeoutMs: 20_000 })
     return { name, url: `http://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, child, env }
   }

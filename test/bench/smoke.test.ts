@@ -3,25 +3,11 @@
 // produce a table and a JSON file with non-zero throughput. No timing is asserted: the figures
 // of a run on a shared CI machine mean nothing, only that the harness still works end to end.
 // The load is capped (--rate) so this file does not starve the tests tap runs beside it.
-import { execFile, type ExecFileException } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
-
-const root = fileURLToPath(new URL('../../', import.meta.url))
-const benchDir = join(root, 'bench')
-
-interface Run { code: number; stdout: string; stderr: string }
-
-function run(cmd: string, args: string[], cwd: string, timeoutMs: number): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { cwd, timeout: timeoutMs, killSignal: 'SIGTERM', maxBuffer: 16 * 1024 * 1024 }, (err: ExecFileException | null, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr })
-    })
-  })
-}
+import { benchDir, prepareBench, run } from '../fixtures/bench-harness.js'
 
 interface BenchRow { id: string; median?: { rps: number; p50Ms: number; p99Ms: number }; error?: string }
 interface BenchResult {
@@ -35,18 +21,7 @@ interface BenchResult {
 }
 
 t.test('bench smoke: 2 s rows produce a table and JSON with non-zero req/s', async (t) => {
-  // The bench has its own lockfile; a fresh clone has not installed it yet.
-  if (!existsSync(join(benchDir, 'node_modules', 'autocannon'))) {
-    const install = await run('npm', ['ci', '--no-audit', '--no-fund'], benchDir, 180_000)
-    t.equal(install.code, 0, 'npm ci in bench/', { stderr: install.stderr.slice(-2000) })
-    if (install.code !== 0) return
-  }
-  // `npm test` builds before tap runs; a bare `tap` on a fresh clone builds here.
-  if (!existsSync(join(root, 'dist', 'main.js'))) {
-    const build = await run('npm', ['run', 'build'], root, 180_000)
-    t.equal(build.code, 0, 'root build', { stdout: build.stdout.slice(-2000) })
-  }
-
+  if (!(await prepareBench(t))) return
   const resultsDir = mkdtempSync(join(tmpdir(), 'lapse-bench-smoke-'))
   t.teardown(() => rmSync(resultsDir, { recursive: true, force: true }))
   const bench = await run(process.execPath, [

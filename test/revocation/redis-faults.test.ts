@@ -95,6 +95,10 @@ t.test('Redis frozen (SIGSTOP): checks fail closed within the budget, ready() go
   t.equal(await store.isRevoked(token), false)
 
   redis.pause()
+  // A burst in one turn shares one MGET (read-batch.ts): its budget must hold for every check in it.
+  const burst = await Promise.all(Array.from({ length: 50 }, (_, i) => timedCheck(store, tokenRef(nowS(clock), [['jti', `burst-${i}`]]))))
+  t.equal(count(burst, 'unavailable'), burst.length, 'a burst of 50 checks: every one revocation_unavailable')
+  t.ok(slowest(burst) <= TIMEOUT_MS + MARGIN_MS, `slowest check of the burst ${slowest(burst).toFixed(1)} ms`)
   const outcomes = await checkContinuously(store, token, 600, 5)
   t.equal(count(outcomes, 'unavailable'), outcomes.length, 'every check: revocation_unavailable')
   t.ok(slowest(outcomes) <= TIMEOUT_MS + MARGIN_MS, `slowest check ${slowest(outcomes).toFixed(1)} ms`)

@@ -2,8 +2,8 @@
 // Redis has: the key layout, the TTL in Redis, one round trip per check, cached checks.
 import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
-import { manualClock } from '../../src/pipeline/clock.js'
-import { createRedisStore } from '../../src/revocation/redis-store.js'
+import { manualClock, nowS } from '../../src/pipeline/clock.js'
+import { createRedisStore, type RedisStoreTuning } from '../../src/revocation/redis-store.js'
 import { startRedis, waitFor, type RedisServer } from '../fixtures/redis-server.js'
 import { entryAt, runStoreCases, tokenRef, type StoreFactory } from './store.cases.js'
 
@@ -12,12 +12,16 @@ t.teardown(() => redis.stop())
 const raw = redis.client()
 
 let stores = 0
+const ISS_A = 'https://idp-a.example/'
+const ISS_B = 'https://idp-b.example/'
 /** A store on its own prefix, ready and receiving events; closed at the end of the test. */
-async function openStore(t: Test, server: RedisServer, opts: { cache: boolean; prefix?: string }) {
+async function openStore(t: Test, server: RedisServer, opts: { cache: boolean; prefix?: string; tuning?: Partial<RedisStoreTuning> }) {
   const clock = manualClock(Date.now())
   const prefix = opts.prefix ?? `t${++stores}`
   // A generous budget: these tests are about answers; the budget is tested in redis-faults.test.ts.
-  const store = createRedisStore({ url: server.url, prefix, timeoutMs: 1000, clock, cache: opts.cache })
+  const store = createRedisStore({
+    url: server.url, prefix, timeoutMs: 1000, clock, cache: opts.cache, ...(opts.tuning ? { tuning: opts.tuning } : {}),
+  })
   t.teardown(() => store.close())
   await waitFor(() => store.ready() && store.eventsLive(), 5000, 'store ready')
   return { store, clock, prefix }
@@ -84,6 +88,47 @@ t.test('a check of a token with five claims is one MGET, cached checks none', as
   t.equal((await commandCalls(raw)).total - after.total, 0, 'answered from the cache')
 })
 
+t.test('checks started in the same turn share one MGET of their distinct keys, and each gets its own answer', async (t) => {
+  for (const cache of [false, true]) {
+    const { store, clock, prefix } = await openStore(t, redis, { cache })
+    const iatS = nowS(clock) - 10
+    await store.put(entryAt(clock, 'sub', 'revoked-sub'))
+    await store.put(entryAt(clock, 'jti', 'revoked-jti', { iss: ISS_A }))
+    // 30 checks: a shared sub on all of them, a revoked sub on every third, a revoked jti (for
+    // one issuer only) on every fifth, and every token's own jti.
+    const refs = Array.from({ length: 30 }, (_, i) => tokenRef(iatS, [
+      ['jti', i % 5 === 0 ? 'revoked-jti' : `j-${cache}-${i}`],
+      ['sub', i % 3 === 0 ? 'revoked-sub' : 'shared-sub'],
+    ], i % 2 ? ISS_A : ISS_B))
+    const expected = refs.map((_, i) => i % 3 === 0 || (i % 5 === 0 && i % 2 === 1))
+    const log = await recordCommands(raw)
+    const answers = await Promise.all(refs.map((ref) => store.isRevoked(ref)))
+    const mgets = (await log.stop()).filter((args) => args[0]?.toLowerCase() === 'mget')
+    t.same(answers, expected, `cache ${cache ? 'on' : 'off'}: every check has its own token's answer`)
+    t.equal(mgets.length, 1, `cache ${cache ? 'on' : 'off'}: one MGET for all 30 checks`)
+    const keys = mgets[0]?.slice(1) ?? []
+    t.equal(new Set(keys).size, keys.length, 'no key asked twice')
+    // Distinct jti values: 24 own + 1 revoked; each with the issuer's key and the any-issuer key;
+    // subs: 2 values × (2 issuers + any) = 6 keys.
+    // 24 own jti values × (issuer, any-issuer) + the revoked jti under both issuers and any
+    // + 2 sub values × (2 issuers + any).
+    t.equal(keys.length, 24 * 2 + 3 + 2 * 3, 'the distinct keys of the 30 tokens')
+    t.ok(keys.every((key) => key.startsWith(`{${prefix}}:rev:`)), 'all under the prefix hash tag')
+  }
+})
+
+t.test('a burst beyond batchMaxKeys goes out as several MGETs in the same turn, answers unchanged', async (t) => {
+  const { store, clock } = await openStore(t, redis, { cache: false, tuning: { batchMaxKeys: 8 } })
+  const iatS = nowS(clock) - 10
+  await store.put(entryAt(clock, 'jti', 'j-7'))
+  const refs = Array.from({ length: 10 }, (_, i) => tokenRef(iatS, [['jti', `j-${i}`], ['sub', `s-${i}`]]))
+  const log = await recordCommands(raw)
+  const answers = await Promise.all(refs.map((ref) => store.isRevoked(ref)))
+  const mgets = (await log.stop()).filter((args) => args[0]?.toLowerCase() === 'mget')
+  t.same(answers, refs.map((_, i) => i === 7), 'only the token with the revoked jti')
+  t.same(mgets.map((args) => args.length - 1), [8, 8, 8, 8, 8], '40 keys in MGETs of at most 8')
+})
+
 t.test('isRevokedNow answers only from a fresh local cache, and a revocation elsewhere takes the answer away', async (t) => {
   const here = await openStore(t, redis, { cache: true, prefix: 'now-shared' })
   const other = await openStore(t, redis, { cache: true, prefix: 'now-shared' })
@@ -123,6 +168,23 @@ t.test('unreadable data under a token key counts as revoked (fail closed)', asyn
 t.test('a prefix with a brace is refused: it would move the hash tag', async (t) => {
   t.throws(() => createRedisStore({ url: redis.url, prefix: 'a{b}', timeoutMs: 50, clock: manualClock(0), cache: false }))
 })
+
+/** Every command the server runs from now until stop(), with its arguments (Redis MONITOR). */
+async function recordCommands(client: Redis) {
+  const monitor = await client.monitor()
+  const seen: string[][] = []
+  monitor.on('monitor', (_time: string, args: string[]) => { seen.push(args) })
+  return {
+    async stop(): Promise<string[][]> {
+      // The feed is a separate connection: a marker sent last and seen means all before it arrived.
+      const marker = `end-of-record-${Math.random()}`
+      await client.echo(marker)
+      await waitFor(() => seen.some((args) => args[1] === marker), 3000, 'the monitor feed caught up')
+      monitor.disconnect()
+      return seen
+    },
+  }
+}
 
 /** Calls seen by the server so far: one INFO is not counted by itself (its stats are taken first). */
 async function commandCalls(client: Redis): Promise<{ mget: number; total: number }> {
