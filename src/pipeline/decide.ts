@@ -42,9 +42,10 @@ export interface Outcome {
 const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
 
 /**
- * A token answered from the verification cache and a revocation set that answers in-process
- * (memory, or Redis's local cache) decide without a promise; anything that waits (a signature, a
- * key fetch, a Redis read) returns one. app.ts handles both.
+ * A token the verifier answers at once (from its cache, or checked against a key it already
+ * knows) and a revocation set that answers in-process (memory, or Redis's local cache) decide
+ * without a promise; anything that waits (a key fetch, a Redis read) returns one. app.ts handles
+ * both.
  */
 export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promise<Outcome> {
   const target = normalizeTarget(input.url)
@@ -58,9 +59,9 @@ export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promis
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
 
   const request: Checked = { input, deps, rule, target, forwarded }
-  const known = deps.verify.cached(extracted.token)
-  if (known !== undefined) return afterVerify(known, request)
-  return deps.verify(extracted.token, input.steps).then((verified) => afterVerify(verified, request))
+  const verified = deps.verify.check(extracted.token, input.steps)
+  if (!(verified instanceof Promise)) return afterVerify(verified, request)
+  return verified.then((identity) => afterVerify(identity, request))
 }
 
 /** What the stages after verification need of the request. */

@@ -19,6 +19,12 @@ export type VerificationKey = Awaited<ReturnType<ReturnType<typeof createLocalJW
 export interface KeyResolver {
   /** `steps`: the decision waiting on this lookup, so a refetch it triggers is one of its child spans. */
   getKey(header: JWSHeaderParameters, steps?: StepTracer): Promise<VerificationKey>
+  /**
+   * The key a successful `getKey` already gave for this header's `alg` and `kid` in the current key
+   * set, else undefined (then call `getKey`). Synchronous: it lets a fresh token whose key is
+   * known be verified without a promise. Asymmetric keys only.
+   */
+  knownKey(header: JWSHeaderParameters): VerificationKey | undefined
   /** Every candidate key when the header names no `kid` and several keys fit; bounded. */
   candidates(header: JWSHeaderParameters): Promise<VerificationKey[]>
   ready(): boolean
@@ -48,6 +54,9 @@ interface Log {
 }
 
 const MAX_JWKS_BYTES = 512 * 1024
+// Only lookups that found exactly one key are remembered, so the memo is bounded by the key set
+// (keys × algorithms), not by what clients put in `kid`; the cap is a second fence.
+const MAX_KNOWN_KEYS = 256
 const MAX_CANDIDATES = 4
 const MIN_RSA_BITS = 2048
 
@@ -196,12 +205,17 @@ export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?:
   let timer: NodeJS.Timeout | undefined
   let closed = false
   const hmacCache = new Map<string, Promise<VerificationKey>>()
+  // Replaced, not cleared, with the key set: a lookup that began before a refresh and ends after it
+  // writes into the old map and is forgotten with it.
+  let known = new Map<string, VerificationKey>()
+  const knownId = (header: JWSHeaderParameters) => `${header.alg}\u0000${header.kid ?? ''}\u0000${header.kid === undefined ? 0 : 1}`
 
   const install = (set: JSONWebKeySet) => {
     if (jwks && JSON.stringify(jwks) === JSON.stringify(set)) return
     jwks = set
     local = createLocalJWKSet(set)
     hmacCache.clear()
+    known = new Map()
     generation++
   }
 
@@ -254,17 +268,27 @@ export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?:
 
   const cooldownPassed = () => source.jwksUrl !== undefined && deps.clock.now() - lastAttemptMs >= source.cooldownS * 1000
 
+  /** `lookup`, remembering an asymmetric key found for the key set it was found in. */
+  const lookupAndRemember = async (header: JWSHeaderParameters): Promise<VerificationKey> => {
+    const memo = known
+    const key = await lookup(header)
+    const asymmetric = typeof header.alg === 'string' && !header.alg.startsWith('HS')
+    if (asymmetric && memo === known && memo.size < MAX_KNOWN_KEYS) memo.set(knownId(header), key)
+    return key
+  }
+
   return {
     async getKey(header, steps) {
       try {
-        return await lookup(header)
+        return await lookupAndRemember(header)
       } catch (err) {
         if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || !cooldownPassed()) throw err
         // An unknown kid may mean the issuer rotated: look once, then answer.
         await (steps ? steps.run('jwks_fetch', refresh) : refresh()).catch(() => undefined)
-        return lookup(header)
+        return lookupAndRemember(header)
       }
     },
+    knownKey: (header) => known.get(knownId(header)),
     async candidates(header) {
       try {
         return [await lookup(header)]

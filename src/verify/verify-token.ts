@@ -5,6 +5,7 @@
 //
 //   const verify = createVerifier({ policy, algorithms, keys, clock, cacheSize: 10_000 })
 //   const result = await verify(token)   // Identity | Denial
+//   const now = verify.check(token)      // the same answer, a promise only when something waits
 import { compactVerify, errors, type JWSHeaderParameters } from 'jose'
 import type { Clock, Denial, DenyReason, Identity, StepTracer } from '../pipeline/types.js'
 import { checkClaims, type ClaimPolicy } from './claims.js'
@@ -27,6 +28,13 @@ export type Verifier = ((token: string, steps?: StepTracer) => Promise<Identity 
    * unchanged), else undefined: then call the verifier. Spares the hot path a promise.
    */
   cached(token: string): Identity | Denial | undefined
+  /**
+   * The verifier's answer, without a promise when nothing has to wait: a cached token, a token
+   * refused before any key is needed, or a fresh token whose key an earlier lookup already found
+   * (KeyResolver.knownKey; the signature check itself is synchronous, signature.ts). A promise
+   * only for a key lookup (first use of a kid, an unknown kid, several candidates) or HMAC.
+   */
+  check(token: string, steps?: StepTracer): Identity | Denial | Promise<Identity | Denial>
   cacheSize(): number
 }
 
@@ -98,20 +106,8 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     return stale
   }
 
-  const verify = async (token: string, steps?: StepTracer): Promise<Identity | Denial> => {
-    const known = cached(token)
-    if (known !== undefined) return known
-    const nowS = Math.floor(clock.now() / 1000)
-
-    const pre = precheck(token, algorithms)
-    if ('reason' in pre) return pre
-    const generation = keys.generation()
-    let payloadBytes: Uint8Array
-    try {
-      payloadBytes = await verifySignature(token, pre.header, keys, joseOptions, steps)
-    } catch (err) {
-      return deny(reasonOf(err))
-    }
+  /** The payload's claims once the signature held: the Identity (cached) or the reason. */
+  const accept = (token: string, payloadBytes: Uint8Array, header: JWSHeaderParameters, generation: number, nowS: number): Identity | Denial => {
     let payload: unknown
     try {
       const text = utf8.decode(payloadBytes)
@@ -120,12 +116,38 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     } catch {
       return deny('malformed', 'token payload is not JSON')
     }
-    const result = checkClaims(pre.header, payload, policy, nowS)
+    const result = checkClaims(header, payload, policy, nowS)
     if ('allow' in result) return result
     remember(token, { identity: result, nbfS: result.claims.nbf as number | undefined, generation })
     return result
   }
-  return Object.assign(verify, { cached, cacheSize: () => cache.size })
+
+  const check = (token: string, steps?: StepTracer): Identity | Denial | Promise<Identity | Denial> => {
+    const known = cached(token)
+    if (known !== undefined) return known
+    const nowS = Math.floor(clock.now() / 1000)
+    const pre = precheck(token, algorithms)
+    if ('reason' in pre) return pre
+    const generation = keys.generation()
+    const alg = pre.header.alg!
+    const key = keys.knownKey(pre.header)
+    if (key !== undefined && isCryptoKey(key) && handlesAlgorithm(alg)) {
+      const parts = splitToken(token)
+      let good: boolean
+      try {
+        good = verifySigSync(alg, key, parts.signingInput, parts.signature)
+      } catch (err) {
+        return deny(reasonOf(err))
+      }
+      return good ? accept(token, parts.payload(), pre.header, generation, nowS) : deny('bad_signature')
+    }
+    return verifySignature(token, pre.header, keys, joseOptions, steps).then(
+      (payloadBytes) => accept(token, payloadBytes, pre.header, generation, nowS),
+      (err: unknown) => deny(reasonOf(err)),
+    )
+  }
+  const verify = async (token: string, steps?: StepTracer): Promise<Identity | Denial> => check(token, steps)
+  return Object.assign(verify, { cached, check, cacheSize: () => cache.size })
 }
 
 function checkTime(c: Cached, skewS: number, nowS: number): Denial | undefined {
@@ -171,18 +193,24 @@ function isCanonicalBase64url(s: string): boolean {
   return s.length % 4 === 2 ? (last & 0x0f) === 0 : s.length % 4 === 3 ? (last & 0x03) === 0 : true
 }
 
+/** The parts a signature check needs; precheck made sure every part is canonical base64url, so the decodings are exact. */
+function splitToken(token: string) {
+  const lastDot = token.lastIndexOf('.')
+  const firstDot = token.indexOf('.')
+  return {
+    signingInput: Buffer.from(token.slice(0, lastDot), 'latin1'),
+    signature: Buffer.from(token.slice(lastDot + 1), 'base64url'),
+    payload: () => Buffer.from(token.slice(firstDot + 1, lastDot), 'base64url'),
+  }
+}
+
 /**
  * The token's payload bytes once its signature verifies with a key the resolver gives for its
  * header; throws (a jose error or a TypeError, mapped by reasonOf) otherwise.
  */
 async function verifySignature(token: string, header: JWSHeaderParameters, keys: KeyResolver, options: { algorithms: string[] }, steps: StepTracer | undefined): Promise<Uint8Array> {
   const alg = header.alg!
-  const lastDot = token.lastIndexOf('.')
-  const firstDot = token.indexOf('.')
-  // precheck made sure every part is canonical base64url, so these decodings are exact.
-  const signingInput = Buffer.from(token.slice(0, lastDot), 'latin1')
-  const signature = Buffer.from(token.slice(lastDot + 1), 'base64url')
-  const payload = () => Buffer.from(token.slice(firstDot + 1, lastDot), 'base64url')
+  const { signingInput, signature, payload } = splitToken(token)
 
   // True when `key` verifies the token, false when the signature does not match it.
   const check = async (key: VerificationKey): Promise<boolean> => {

@@ -1,5 +1,6 @@
 // decide() answers without a promise when nothing has to wait: a token from the verification
-// cache and a revocation set that answers in-process. Everything else returns a promise. Both
+// cache, or a fresh one whose key an earlier lookup found, and a revocation set that answers
+// in-process. Everything else returns a promise. Both
 // paths must reach the same decisions, and both must report the revocation lookup as a step.
 // Real signed tokens, the real verifier over the test key set, the real memory set.
 import t, { type Test } from 'tap'
@@ -69,6 +70,47 @@ t.test('a token seen before and the memory set: decided without a promise, as th
   t.same(outcome.target, firstOutcome.target)
   t.equal(outcome.decision.identity, firstOutcome.decision.identity, 'the cached identity')
   t.type(outcome.revocationMs, 'number', 'the revocation set was asked')
+})
+
+t.test('a fresh token whose key is already known is checked without a promise, and refused as on the waiting path', async (t) => {
+  const { deps, mint, clock } = await setUp(t)
+  const now = (token: string) => {
+    const o = decide(input(token), deps)
+    if (o instanceof Promise) throw new Error('expected an answer without a promise')
+    return o
+  }
+  const first = decide(input(await mint({ jti: 'first' })), deps)
+  t.ok(first instanceof Promise, 'the first token of a key waits for the key lookup')
+  t.equal(reasonOf(await first), 'ok')
+
+  const fresh = now(await mint({ jti: 'second' }))
+  t.equal(reasonOf(fresh), 'ok', 'another token, same key: verified at once')
+  t.equal(fresh.decision.identity?.jti, 'second', 'its own identity, not the first token\'s')
+
+  // Each answer is compared with a new twin's: a decider over its own verifier and resolver,
+  // which knows no key yet and so must wait.
+  const both = async (token: string) => {
+    const { deps: waiting } = await setUp(t)
+    const slow = decide(input(token), waiting)
+    t.ok(slow instanceof Promise, 'the twin waits')
+    const [a, b] = [reasonOf(now(token)), reasonOf(await slow)]
+    t.equal(a, b, `same answer on both paths: ${a}`)
+    return a
+  }
+  const good = await mint({ jti: 'third' })
+  const [head, body, sig] = good.split('.') as [string, string, string]
+  const flipped = `${sig.slice(0, 10)}${sig[10] === 'A' ? 'B' : 'A'}${sig.slice(11)}`
+  t.equal(await both(`${head}.${body}.${flipped}`), 'bad_signature')
+  const other = await mint({ jti: 'fourth', sub: 'someone-else' })
+  t.equal(await both(`${head}.${other.split('.')[1]}.${sig}`), 'bad_signature', 'a payload swapped under a good signature')
+  t.equal(await both(await mint({ jti: 'fifth', aud: 'other-api' })), 'wrong_audience')
+  t.equal(await both(await mint({ jti: 'sixth', scope: 'orders:write' })), 'insufficient_scope')
+  t.equal(await both(await mint({ jti: 'seventh', exp: T0_S - 60 })), 'expired')
+  const twin = (await setUp(t)).deps
+  t.equal(reasonOf(now('not.a.token')), 'malformed', 'refused before any key is needed')
+  t.equal(reasonOf(decide(input('not.a.token'), twin) as Outcome), 'malformed', 'by a decider that knows no key too, without a promise')
+  clock.set((T0_S + 10) * 1000)
+  t.equal(reasonOf(now(await mint({ jti: 'eighth' }))), 'ok', 'still ok as time moves within the token\'s life')
 })
 
 t.test('every way a cached token can be refused is refused on the promise-free path too', async (t) => {
