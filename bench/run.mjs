@@ -18,7 +18,7 @@ import { makeKeys, mintPool, mintToken } from './lib/keys.mjs'
 import { canPin, cpuMs, killAllSync, machineBusyMs, rssKb, runJson } from './lib/proc.mjs'
 import { appendResultsLog, checkTargets, formatChecks, formatTable, median, summarize, updateReadme } from './lib/report.mjs'
 import { formatMicro } from './micro/decision.bench.mjs'
-import { defaultRowIds, defineRows } from './lib/rows.mjs'
+import { adjacentGroups, defaultRowIds, defineRows } from './lib/rows.mjs'
 import { createFleet, isLapseServer, lapseEntry } from './lib/servers.mjs'
 
 const HELP = `usage: node run.mjs [options]
@@ -410,10 +410,9 @@ async function main() {
     // A new order each round (seeded, so a run can be repeated): this host slows down in phases of
     // tens of seconds, and a rotated order kept the same neighbours together, so one slow phase
     // hit the same cluster of rows in every round it came.
-    // An A/B pair runs back to back (in a random order within the pair) so both halves see the
-    // same phase of the host.
-    const groups = shuffled(runnable.filter((r) => !r.pairOf).map((r) => [r, ...runnable.filter((b) => b.pairOf === r.id)]), round)
-    const order = groups.flatMap((g) => (g.length === 2 && (round + g[0].id.length) % 2 ? [g[1], g[0]] : g))
+    // An A/B pair, and the rows a target compares (ADJACENT), run back to back, forwards or
+    // backwards by round, so the rows compared see the same phase of the host.
+    const order = shuffled(adjacentGroups(runnable), round).flatMap((g) => ((round + g[0].id.length) % 2 ? [...g].reverse() : g))
     for (const row of order) {
       if (round === 0 && settings.warmupS > 0) await measure(row, settings.warmupS).catch(() => {})
       if (round === 0 && row.settle === 'spans-paused') await settleSpansPaused(row)
@@ -510,7 +509,6 @@ async function main() {
   if (soak?.error) failed = true
 }
 
-/** `items` in an order fixed by `seed` (Fisher–Yates over mulberry32); seed 0 keeps the listed order. */
 /** Per-round ratios of each row to its "@base" twin: median and range, for req/s and CPU per request. */
 function comparePairs(selected, measurements) {
   const describe = (xs) => {
@@ -529,6 +527,7 @@ function comparePairs(selected, measurements) {
   })
 }
 
+/** `items` in an order fixed by `seed` (Fisher–Yates over mulberry32); seed 0 keeps the listed order. */
 function shuffled(items, seed) {
   const out = [...items]
   if (seed === 0) return out

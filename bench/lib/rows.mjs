@@ -36,5 +36,29 @@ export function defineRows({ engine }) {
   ]
 }
 
+/**
+ * Rows that run back to back in every round (in this order or its reverse), because a target
+ * compares them: this host slows down in phases of tens of seconds, and two rows measured in the
+ * same phase give a ratio that phase cannot move. Each target is judged on the median over the
+ * rounds of that round's ratio (report.mjs).
+ */
+export const ADJACENT = [['2', '3', '7'], ['3f', '7f']]
+
+/**
+ * The units a round is shuffled in: each row with its "@base" twin, and the rows of an ADJACENT
+ * group (when more than one of them runs) joined into one unit.
+ */
+export function adjacentGroups(runnable) {
+  const units = new Map(runnable.filter((r) => !r.pairOf).map((r) => [r.id, [r, ...runnable.filter((b) => b.pairOf === r.id)]]))
+  const groups = []
+  for (const ids of ADJACENT) {
+    const members = ids.filter((id) => units.has(id))
+    if (members.length < 2) continue
+    groups.push(members.flatMap((id) => units.get(id)))
+    for (const id of members) units.delete(id)
+  }
+  return [...groups, ...units.values()]
+}
+
 /** Rows run by default: all but the optional ones. */
 export const defaultRowIds = (rows) => rows.filter((r) => !r.optional).map((r) => r.id)

@@ -16,6 +16,7 @@ import { performance } from 'node:perf_hooks'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { makeKeys, mintPool, mintToken } from '../lib/keys.mjs'
+import { freePort } from '../lib/proc.mjs'
 import { ROUTES } from '../lib/servers.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -80,6 +81,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const normalizeTarget = need(await core('extract/request-target.js'), 'normalizeTarget', 'extract/request-target.js')
     const checkScopes = need(await core('authorize/scopes.js'), 'checkScopes', 'authorize/scopes.js')
     const toTokenRef = need(await core('revocation/model.js'), 'toTokenRef', 'revocation/model.js')
+    const startTelemetry = need(await core('telemetry/sdk.js'), 'startTelemetry', 'telemetry/sdk.js')
     const silent = silentLogger()
 
     const env = (extra = {}) => ({
@@ -96,6 +98,14 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const cachedDeps = await buildDeps(loadConfig(env()), { log: silent })
     const freshDeps = await buildDeps(loadConfig(env({ LAPSE_TOKEN_CACHE_SIZE: '0' })), { log: silent })
     const cached = decideDepsOf(cachedDeps)
+    // Row 7's configuration without sockets: the SDK on, exporting to a loopback port where nothing
+    // listens (a short export timeout, so the first failure and the pause come within a second or two).
+    const otelEnv = env({
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await freePort()}`, OTEL_EXPORTER_OTLP_TIMEOUT: '300', OTEL_BSP_SCHEDULE_DELAY: '50',
+    })
+    const telemetry = await startTelemetry(otelEnv, { log: silent, clock: { now: () => Date.now() } })
+    const tracedDeps = await buildDeps(loadConfig(otelEnv), { log: silent, telemetry })
+    const traced = decideDepsOf(tracedDeps)
     const fresh = decideDepsOf(freshDeps)
 
     const authorization = [`Bearer ${token}`]
@@ -117,6 +127,20 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       return allowed(o)
     }
 
+    // What app.ts does around each decision: recorder.start, decide, decided, inject, finish.
+    const request = (deps, d) => () => {
+      const req = { method: 'GET', url: PATH, httpVersion: '1.1', headers: { host: '127.0.0.1', authorization: authorization[0], connection: 'keep-alive' } }
+      const t = deps.recorder.start(req)
+      const outcome = decide({ method: req.method, url: req.url, authorization, steps: t.steps }, d)
+      if (outcome instanceof Promise) throw new Error('the hot path waited: a cached token and the memory set must decide without a promise')
+      deps.recorder.decided(t, outcome)
+      deps.recorder.inject(t, req.headers)
+      deps.recorder.finish(t, { status: 200, remoteAddress: '127.0.0.1' })
+      return outcome.decision.allow
+    }
+    await decide(input, traced)
+    await pausedSpans(tracedDeps.recorder, request(tracedDeps, traced))
+
     const cases = [
       { name: 'extract: bearer from Authorization', fn: () => extractBearer(authorization, '', extractOpts) },
       { name: 'authorize: normalize path + match rule', fn: () => cached.match('GET', normalizeTarget(PATH).path) },
@@ -124,6 +148,8 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       { name: 'verify: cached token', fn: () => cached.verify.cached(token) !== undefined },
       { name: 'revocation: memory set', fn: () => cached.revocations.isRevokedNow(ref) === false },
       { name: 'decide: cached token, memory set (hot path)', fn: () => hot(decide(input, cached)) },
+      { name: 'request: decide + record, telemetry off', fn: request(cachedDeps, cached) },
+      { name: 'request: decide + record, telemetry on, collector gone', fn: request(tracedDeps, traced) },
       { name: 'decide: fresh RS256 token (signature checked)', async: true, fn: (i) => decided(decide(rsInputs[i % rsInputs.length], fresh)) },
       { name: 'decide: fresh ES256 token (signature checked)', async: true, fn: (i) => decided(decide(esInputs[i % esInputs.length], fresh)) },
     ]
@@ -132,7 +158,8 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       const opsPerS = await time(c.fn, { async: c.async, timeMs, warmupMs, rounds })
       results.push({ name: c.name, opsPerS, usPerOp: 1e6 / opsPerS })
     }
-    for (const deps of [cachedDeps, freshDeps]) {
+    await telemetry.shutdown().catch(() => {})
+    for (const deps of [cachedDeps, freshDeps, tracedDeps]) {
       deps.keys.close?.()
       deps.forwarder?.close?.()
       await deps.revocations.close?.()
@@ -140,6 +167,20 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     return { timeMs, rounds, results }
   } finally {
     rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/**
+ * Runs `request` until the recorder stops recording spans for the unreachable collector (as bench
+ * row 7 waits for it), so the telemetry case measures the paused path a dead collector leaves.
+ */
+async function pausedSpans(recorder, request) {
+  const recording = () => recorder.start({ method: 'GET', url: PATH, httpVersion: '1.1', headers: {} }).span.isRecording()
+  const deadline = Date.now() + 30_000
+  while (recording()) {
+    if (Date.now() > deadline) throw new Error('telemetry still records spans 30 s after the collector went missing')
+    request()
+    await new Promise((resolve) => setTimeout(resolve, 5))
   }
 }
 

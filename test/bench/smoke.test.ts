@@ -51,4 +51,7 @@ t.test('bench smoke: 2 s rows produce a table and JSON with non-zero req/s', asy
   t.ok(row3 && row3.status !== 'skip', 'the row 3 target was judged')
   const hot = result.micro?.results.find((r) => r.name.startsWith('decide: cached token'))
   t.ok(hot && hot.opsPerS > 0, 'the micro-benchmark measured the cached decision')
+  // Measured only once the SDK has stopped recording spans for the missing collector.
+  const gone = result.micro?.results.find((r) => r.name.includes('telemetry on, collector gone'))
+  t.ok(gone && gone.opsPerS > 0, 'the micro-benchmark measured a request with telemetry on and the collector gone')
 })
