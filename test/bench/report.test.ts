@@ -67,6 +67,17 @@ t.test('the target checks judge the paired ratio and show its range over the rou
   t.equal(checks.find((c) => c.name.startsWith('row 5 RS256'))!.status, 'skip', 'a target whose rows did not run is skipped')
 })
 
+t.test('two rows that never measured in the same round are skipped, not judged', async (t) => {
+  const { summarize, checkTargets } = await load<Report>('report.mjs')
+  const m = new Map<string, Array<Round | { error: string }>>([
+    ['2', [round(100), { error: 'refused' }]],
+    ['3', [{ error: 'refused' }, round(90)]],
+  ])
+  const row3 = checkTargets(summarize([row('2'), row('3')], m)).find((c) => c.name.startsWith('row 3 ≥ 0.90'))!
+  t.equal(row3.status, 'skip')
+  t.match(row3.detail, /no round measured rows 3 and 2 both/)
+})
+
 t.test('rows a target compares, and each A/B twin, run as one unit of a round', async (t) => {
   const { adjacentGroups } = await load<Rows>('rows.mjs')
   const ids = (groups: Row[][]) => groups.map((g) => g.map((r) => r.id).join(','))
