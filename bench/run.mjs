@@ -15,7 +15,7 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { makeKeys, mintPool, mintToken } from './lib/keys.mjs'
-import { canPin, cpuMs, killAllSync, machineBusyMs, rssKb, runJson } from './lib/proc.mjs'
+import { canPin, cpuMs, cpuSplitMs, killAllSync, machineBusyMs, rssKb, runJson } from './lib/proc.mjs'
 import { appendResultsLog, checkTargets, formatChecks, formatTable, median, summarize, updateReadme } from './lib/report.mjs'
 import { formatMicro } from './micro/decision.bench.mjs'
 import { adjacentGroups, defaultRowIds, defineRows } from './lib/rows.mjs'
@@ -358,15 +358,20 @@ async function main() {
     const timer = sampleRss ? setInterval(() => rss.push(rssKb(child.pid)), 1000) : undefined
     if (sampleRss) rss.push(rssKb(child.pid))
     const upstreamPid = fleet.get('upstream').child.pid
-    const before = { server: cpuMs(child.pid), upstream: cpuMs(upstreamPid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
+    const before = { server: cpuMs(child.pid), split: cpuSplitMs(child.pid), upstream: cpuMs(upstreamPid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
     try {
       const m = await runJson(process.execPath, [join(benchDir, 'lib', 'load.mjs'), cfgPath], { cpu: pin.loadgen, timeoutMs: (durationS + 60) * 1000 })
       // CPU time per request of the server under test (all its threads): steadier than req/s
       // when the machine is shared.
-      const after = { server: cpuMs(child.pid), upstream: cpuMs(upstreamPid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
+      const after = { server: cpuMs(child.pid), split: cpuSplitMs(child.pid), upstream: cpuMs(upstreamPid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
       if (m.ok > 0 && before.server !== undefined && after.server !== undefined) {
         m.serverCpuUsPerReq = ((after.server - before.server) * 1000) / m.ok
         m.upstreamCpuUsPerReq = ((after.upstream - before.upstream) * 1000) / m.ok
+      }
+      // Where a row's CPU goes (JSON only): user or system time, the event loop or other threads.
+      if (m.ok > 0 && before.split && after.split) {
+        const perReq = (k) => ((after.split[k] - before.split[k]) * 1000) / m.ok
+        m.serverCpuSplitUsPerReq = { user: perReq('user'), system: perReq('system'), otherThreads: perReq('otherThreads') }
       }
       // Everything the machine did that was not us (other processes, hypervisor steal), as a
       // share of all its CPU time during the measurement: the noise indicator of this figure.

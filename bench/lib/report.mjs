@@ -29,6 +29,13 @@ export function paired(a, b, f = (x, y) => x.rps / y.rps) {
   return xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), perRound: xs } : undefined
 }
 
+/** Medians of the user / system / other-threads split of the server's CPU; undefined when no round has it. */
+function splitMedian(rounds) {
+  const split = rounds.map((r) => r.serverCpuSplitUsPerReq).filter(Boolean)
+  if (split.length === 0) return undefined
+  return { user: median(split.map((s) => s.user)), system: median(split.map((s) => s.system)), otherThreads: median(split.map((s) => s.otherThreads)) }
+}
+
 /** Median of each metric over the rounds, and each row's paired ratio to row 2 (floor) and row 6 (fastify). */
 export function summarize(rows, measurements) {
   const out = rows.map((row) => {
@@ -45,6 +52,7 @@ export function summarize(rows, measurements) {
         p50Ms: median(good.map((r) => r.p50Ms)),
         p99Ms: median(good.map((r) => r.p99Ms)),
         serverCpuUsPerReq: median(good.map((r) => r.serverCpuUsPerReq ?? NaN)),
+        serverCpuSplitUsPerReq: splitMedian(good),
         foreignCpuShare: median(good.map((r) => r.foreignCpuShare ?? NaN)),
         // (max − min) / median of req/s over the rounds: how much to trust the row.
         spread: good.length < 2 ? 0 : (Math.max(...good.map((r) => r.rps)) - Math.min(...good.map((r) => r.rps))) / median(good.map((r) => r.rps)),

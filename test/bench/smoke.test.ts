@@ -3,13 +3,14 @@
 // produce a table and a JSON file with non-zero throughput. No timing is asserted: the figures
 // of a run on a shared CI machine mean nothing, only that the harness still works end to end.
 // The load is capped (--rate) so this file does not starve the tests tap runs beside it.
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { benchDir, prepareBench, run } from '../fixtures/bench-harness.js'
 
-interface BenchRow { id: string; median?: { rps: number; p50Ms: number; p99Ms: number }; error?: string }
+interface CpuSplit { user: number; system: number; otherThreads: number }
+interface BenchRow { id: string; median?: { rps: number; p50Ms: number; p99Ms: number; serverCpuUsPerReq: number; serverCpuSplitUsPerReq?: CpuSplit }; error?: string }
 interface BenchResult {
   commit: string
   node: string
@@ -46,6 +47,18 @@ t.test('bench smoke: 2 s rows produce a table and JSON with non-zero req/s', asy
   for (const id of ['1', '2', '3', '6']) {
     const row = result.rows.find((r) => r.id === id)
     t.ok(row?.median && row.median.rps > 0, `row ${id} measured non-zero req/s${row?.error ? `: ${row.error}` : ''}`)
+  }
+  // The split of row 3's CPU (user, system, other threads) adds up to the row's CPU figure, within
+  // the two clock ticks (10 ms each) that separate reads can differ by.
+  const lapse = result.rows.find((r) => r.id === '3')?.median
+  if (existsSync('/proc/self/task') && lapse) {
+    const split = lapse.serverCpuSplitUsPerReq
+    t.ok(split, 'records the split of Lapse\'s CPU')
+    if (split) {
+      t.ok(split.user > 0 && split.system >= 0 && split.otherThreads >= 0 && split.otherThreads <= split.user + split.system, 'user, system and other-thread time are sane', split)
+      const requests = 500 // at least, of the 600 the capped rate allows in 2 s
+      t.ok(Math.abs(split.user + split.system - lapse.serverCpuUsPerReq) <= (2 * 10_000) / requests + 1, 'user + system is the row\'s CPU µs/req', { split, cpu: lapse.serverCpuUsPerReq })
+    }
   }
   const row3 = result.checks.find((c) => c.name.startsWith('row 3 ≥ 0.90'))
   t.ok(row3 && row3.status !== 'skip', 'the row 3 target was judged')
