@@ -12,9 +12,8 @@ import { createForwarder } from './forward/forward.js'
 import { systemClock } from './pipeline/clock.js'
 import type { Clock, RevocationStore } from './pipeline/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
-import { createDecisionMetrics } from './telemetry/metrics.js'
 import { createRecorder, createStepTracer } from './telemetry/recorder.js'
-import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/sdk.js'
+import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settings.js'
 import { normalizeType } from './verify/claims.js'
 import { createKeyResolver } from './verify/keys.js'
 import { createVerifier } from './verify/verify-token.js'
@@ -92,8 +91,9 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
   })
   const revocations = await createRevocationStore(config, clock, log)
   const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization })
+  // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
   const metrics = telemetry.meterProvider && telemetry.decisions
-    ? createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock })
+    ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock })
     : undefined
   const recorder = createRecorder({ tracer, tracing: telemetry.tracing !== false, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
   const connections = createConnectionRegistry({

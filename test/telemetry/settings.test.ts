@@ -1,7 +1,10 @@
 // OTEL_* → telemetry settings: the specification's names and defaults; a bad value is a warning
 // that names the variable (never a header value or URL credential) and a fallback, never an error.
+import { rmSync } from 'node:fs'
+import { dirname } from 'node:path'
 import t from 'tap'
 import { readTelemetrySettings } from '../../src/telemetry/sdk.js'
+import { newKeyPair, writeJwks } from '../fixtures/keys.js'
 
 const read = (env: Record<string, string>) => readTelemetrySettings(env)
 
@@ -99,4 +102,29 @@ t.test('OTEL_PROPAGATORS: none, or a subset; unsupported ones warn', async (t) =
   const b3 = read({ OTEL_PROPAGATORS: 'b3,tracecontext' })
   t.same(b3.settings.propagators, ['tracecontext'])
   t.match(b3.warnings, [/^OTEL_PROPAGATORS: "b3"/])
+})
+
+// A fresh process each way, on the built Lapse (npm test builds first): the span and metric SDKs
+// are CommonJS packages, so what is loaded shows in require's cache.
+t.test('OTEL_SDK_DISABLED=true: the span and metric SDKs are never loaded; with telemetry on they are', async (t) => {
+  const { execFileSync } = await import('node:child_process')
+  const root = new URL('../../', import.meta.url)
+  const jwksPath = writeJwks([(await newKeyPair('ES256')).publicJwk])
+  t.teardown(() => rmSync(dirname(jwksPath), { recursive: true, force: true }))
+  const script = `
+    import { createRequire } from 'node:module'
+    const { startProxy } = await import('./dist/main.js')
+    const running = await startProxy(process.env)
+    const loaded = Object.keys(createRequire(import.meta.url).cache).filter((k) => /@opentelemetry[\\\\/]sdk-(trace-base|metrics)[\\\\/]/.test(k))
+    await running.close()
+    process.stdout.write(String(loaded.length))
+  `
+  const env = (disabled: string) => ({
+    PATH: process.env.PATH ?? '', OTEL_SDK_DISABLED: disabled, OTEL_TRACES_EXPORTER: 'console', OTEL_METRICS_EXPORTER: 'none',
+    LAPSE_LISTEN: '127.0.0.1:0', LAPSE_ADMIN_LISTEN: '127.0.0.1:0', LAPSE_UPSTREAM: 'http://127.0.0.1:9', LAPSE_LOG_LEVEL: 'silent',
+    LAPSE_ISSUER: 'https://issuer.test', LAPSE_AUDIENCE: 'api', LAPSE_JWKS_FILE: jwksPath,
+  })
+  const count = (disabled: string) => Number(execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, env: env(disabled), encoding: 'utf8', timeout: 30_000 }))
+  t.equal(count('true'), 0, 'telemetry off: no SDK module loaded')
+  t.ok(count('false') > 0, 'telemetry on: the SDK is loaded (so the check above can fail)')
 })
