@@ -94,9 +94,7 @@ export function rssKb(pid) {
 /** CPU time (user + system, all threads) a process has used so far, in ms; undefined off Linux. */
 export function cpuMs(pid) {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    const fields = statFields(`/proc/${pid}/stat`)
     return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
   } catch {
     return undefined
@@ -107,7 +105,9 @@ export function cpuMs(pid) {
  * The same CPU time split three ways, in ms: user and system time of the whole process, and the
  * part of it spent by threads other than the main one (V8's compiler and GC helpers, libuv's
  * pool). A difference between two configurations that shows in `user` but not in `otherThreads`
- * is JavaScript on the event loop; one in `system` is syscalls. Undefined off Linux.
+ * is JavaScript on the event loop; one in `system` is syscalls. A thread that ends mid-window takes
+ * its time out of `otherThreads` (not out of the process totals); Node's own threads live as long
+ * as the process. Undefined off Linux.
  */
 export function cpuSplitMs(pid) {
   try {
@@ -126,7 +126,8 @@ export function cpuSplitMs(pid) {
     return undefined
   }
 }
-// Fields after the parenthesised command name (which may hold spaces): utime is [11], stime [12].
+// Fields after the parenthesised command name (which may hold spaces): utime (field 14 of the
+// line) is [11], stime (15) [12].
 const statFields = (path) => {
   const stat = readFileSync(path, 'utf8')
   return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
