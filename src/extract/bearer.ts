@@ -1,6 +1,6 @@
 // headers (+ query) → one bearer token, or a denial. Pure: no I/O, no clock.
 //
-//   const got = extractBearer(req.headersDistinct.authorization, query, { allowQueryToken, maxTokenBytes })
+//   const got = extractBearer(req.headersDistinct.authorization, query, { allowQueryToken, maxTokenBytes }, verify.knows)
 //   if ('reason' in got) deny(got.reason)
 import type { DenyReason } from '../pipeline/types.js'
 
@@ -21,6 +21,8 @@ export function extractBearer(
   authorization: readonly string[] | undefined,
   query: string,
   opts: { readonly allowQueryToken: boolean; readonly maxTokenBytes: number },
+  /** The verifier's `knows`: a token it has cached passed the checks below when it first came. */
+  known?: (token: string) => boolean,
 ): Extracted | { readonly reason: DenyReason; readonly description: string } {
   const fromQuery = findQueryToken(query)
   if (authorization && authorization.length > 1) return invalid('more than one Authorization header')
@@ -31,6 +33,12 @@ export function extractBearer(
 
   let token: string | undefined
   if (header !== undefined) {
+    // The usual request repeats a token already verified: an exact `Bearer ` and a cache hit stand
+    // in for the character check, which is linear in the token (≈ 0.4 µs for RS256).
+    if (known !== undefined && header.startsWith('Bearer ')) {
+      const candidate = header.slice(7)
+      if (candidate.length <= opts.maxTokenBytes && known(candidate)) return { token: candidate, query }
+    }
     const well = BEARER_B64TOKEN.exec(header)
     if (well && well[1]!.length <= opts.maxTokenBytes) return { token: well[1], query }
   }

@@ -51,7 +51,7 @@ export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promis
   const target = normalizeTarget(input.url)
   if ('reason' in target) return { decision: deny(target), target: undefined, revocationMs: undefined }
   const rule = deps.match(input.method, target.path)
-  const extracted = extractBearer(input.authorization, target.query, deps)
+  const extracted = extractBearer(input.authorization, target.query, deps, deps.verify.knows)
   if ('reason' in extracted) return { decision: deny({ ...extracted, rule }), target, revocationMs: undefined }
   // A query that held only access_token is forwarded without one, not as a bare `?`.
   const forwarded = extracted.query === target.query ? target : { ...target, query: extracted.query, hasQuery: extracted.query !== '' }

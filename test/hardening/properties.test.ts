@@ -209,6 +209,26 @@ t.test('extractBearer: never throws, never returns a token that is not a bounded
   t.pass('total and bounded')
 })
 
+t.test('extractBearer: the verifier\'s known-token hint never changes the answer', async (t) => {
+  // The hint holds only what the verifier can hold: compact JWS strings of base64url parts.
+  const part = fc.stringMatching(/^[A-Za-z0-9_-]{1,60}$/)
+  const jws = fc.tuple(part, part, part).map((p) => p.join('.'))
+  fc.assert(
+    fc.property(fc.array(jws, { minLength: 1, maxLength: 3 }), fc.integer({ min: 0, max: 2 }), fc.constantFrom('Bearer ', 'bearer ', 'Bearer  ', 'Bearer\t', 'Basic ', '', 'Bearer'),
+      fc.constantFrom('', ' ', ',', 'x', '\t', '=', '.'), fc.constantFrom('', 'a=1', 'access_token=k'), fc.boolean(), fc.integer({ min: 8, max: 200 }),
+      (cached, pick, scheme, tail, q, allowQuery, max) => {
+        const known = new Set(cached)
+        const headers = [`${scheme}${cached[pick % cached.length]}${tail}`]
+        const opts = { allowQueryToken: allowQuery, maxTokenBytes: max }
+        const plain = extractBearer(headers, q, opts)
+        const hinted = extractBearer(headers, q, opts, (token) => known.has(token))
+        return JSON.stringify(plain) === JSON.stringify(hinted)
+      }),
+    RUNS,
+  )
+  t.pass('same answer with and without the hint, length limit included')
+})
+
 t.test('extractBearer: a query token is refused unless allowed, and removed when taken', async (t) => {
   const other = fc.array(fc.constantFrom('a=1', 'b=2', 'x=%2e', 'c'), { maxLength: 3 })
   const name = fc.constantFrom('access_token', 'access%5Ftoken', 'access%5ftoken', '%61ccess_token')

@@ -138,6 +138,40 @@ t.test('every way a cached token can be refused is refused on the promise-free p
   t.equal(now(), 'expired', 'expiry is checked on every request, cache or not')
 })
 
+t.test('the verification cache finds a token by its signature\'s tail, but a hit needs the whole token', async (t) => {
+  const { deps, mint } = await setUp(t)
+  const token = await mint()
+  t.equal(reasonOf(await decide(input(token), deps)), 'ok')
+  t.ok(deps.verify.knows(token), 'cached')
+  const [head, body, sig] = token.split('.') as [string, string, string]
+  // Same last 32 characters as the cached token: a payload swapped under its signature, and a
+  // signature changed away from its tail.
+  const swapped = `${head}.${(await mint({ sub: 'someone-else' })).split('.')[1]}.${sig}`
+  const bent = `${head}.${body}.${sig[0] === 'A' ? 'B' : 'A'}${sig.slice(1)}`
+  for (const [name, forged] of [['payload swapped', swapped], ['signature bent', bent]] as const) {
+    t.equal(forged.slice(-32), token.slice(-32), `${name}: shares the cached token's fingerprint`)
+    t.notOk(deps.verify.knows(forged), `${name}: not known`)
+    t.equal(reasonOf(await decide(input(forged), deps)), 'bad_signature', `${name}: verified on its own, refused`)
+  }
+  const again = decide(input(token), deps)
+  t.notOk(again instanceof Promise, 'the cached token is still a hit')
+  t.equal(reasonOf(again as Outcome), 'ok')
+  t.equal(deps.verify.cacheSize(), 1, 'the forgeries took no place in the cache')
+})
+
+t.test('a cached token is still extracted by the rules: spelling, stray characters, length', async (t) => {
+  const { deps, mint } = await setUp(t)
+  const token = await mint()
+  t.equal(reasonOf(await decide(input(token), deps)), 'ok')
+  const withHeader = (authorization: string, d: DecideDeps = deps) => decide({ method: 'GET', url: '/orders/7', authorization: [authorization] }, d) as Outcome
+  t.equal(reasonOf(withHeader(`bearer ${token}`)), 'ok', 'the scheme in any case')
+  t.equal(reasonOf(withHeader(`Bearer   ${token}`)), 'ok', 'several spaces')
+  t.equal(reasonOf(withHeader(`Bearer ${token} `)), 'malformed', 'a trailing space')
+  t.equal(reasonOf(withHeader(`Bearer ${token},x`)), 'malformed', 'a character a bearer token cannot hold')
+  t.equal(reasonOf(withHeader(`Bearer ${token}`, { ...deps, maxTokenBytes: token.length - 1 })), 'malformed', 'over the length limit, though cached')
+  t.equal(reasonOf(withHeader(`Bearer ${token}`, { ...deps, maxTokenBytes: token.length })), 'ok', 'at the limit')
+})
+
 t.test('the revocation lookup is reported as a step on both paths', async (t) => {
   const { deps, mint } = await setUp(t)
   const token = await mint()
