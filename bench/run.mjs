@@ -103,6 +103,8 @@ const settings = {
 // above QUIET_SHARE before one starts makes the run wait (within --quiet-wait).
 const NOISY_SHARE = 0.05
 const QUIET_SHARE = 0.1
+// Seconds of load (warm-up included) every row-7 instance gets before it is measured (settleSpansPaused).
+const SETTLE_MIN_LOAD_S = 12
 let quietBudgetMs = settings.quietWaitS * 1000
 settings.warmupS = args.warmup === undefined ? Math.min(3, Math.max(1, Math.round(settings.durationS / 4))) : int('warmup', 0, 60)
 
@@ -401,6 +403,11 @@ async function main() {
     while (Date.now() - t0 < 60_000 && (await unrecorded()) === 0) await measure(row, 1).catch(() => {})
     const s = (Date.now() - t0) / 1000 + settings.warmupS
     const paused = (await unrecorded()) > 0
+    // Load on until every row-7 instance has had the same minimum: how soon a pause comes varies
+    // from 1 to 10 s (the exporter's retries), and in an A/B the instance that paused sooner was
+    // measured less warmed up and came out up to 40% slower in its first rounds, whichever code it ran.
+    const minLoadMs = (SETTLE_MIN_LOAD_S - settings.warmupS) * 1000
+    while (Date.now() - t0 < minLoadMs) await measure(row, Math.min(2, Math.ceil((minLoadMs - (Date.now() - t0)) / 1000))).catch(() => {})
     settled.add(row.server)
     meta.spansPausedAfterS = paused ? Number(s.toFixed(1)) : null
     log(paused
