@@ -117,7 +117,7 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
 }
 
 // A token served from the verification cache keeps its Identity object, so its TokenRef is kept on
-// it: the stores keep their keys on the ref in turn (memory-store.ts, redis-store.ts).
+// it: the Redis store keeps its keys on the ref in turn (redis-store.ts).
 const REF = Symbol('lapse.token-ref')
 type WithRef = Identity & { [REF]?: { readonly claims: readonly string[]; readonly ref: TokenRef } }
 

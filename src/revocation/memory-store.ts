@@ -7,27 +7,40 @@
 import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../pipeline/types.js'
 import { entryMatches, keyOf } from './model.js'
 
-// A token reused on many requests keeps one TokenRef (pipeline/decide.ts), so its keys are built
-// once: a fresh key string would be hashed again on every lookup.
-const KEYS = Symbol('lapse.memory-keys')
-type Keyed = TokenRef & { [KEYS]?: readonly string[] }
-function keysOf(ref: Keyed): readonly string[] {
-  const known = ref[KEYS]
-  if (known !== undefined) return known
-  const keys = ref.values.flatMap(([claim, value]) => [keyOf(claim, value, ref.iss), keyOf(claim, value, undefined)])
-  if (Object.isExtensible(ref)) ref[KEYS] = keys
-  return keys
-}
-
 export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
+  // The set, keyed as the admin API names an entry: (claim, issuer or any, value).
   const entries = new Map<string, RevocationEntry>()
+  // The same entries by value alone, for the per-request check: it looks up the token's own claim
+  // values (strings JSON.parse already made) instead of building and hashing a key string for each
+  // claim under both its issuer and "any issuer", which was ≈ 2 µs of a fresh token's decision.
+  const byValue = new Map<string, RevocationEntry[]>()
   const listeners = new Set<(event: RevocationEvent) => void>()
   const nowS = () => Math.floor(opts.clock.now() / 1000)
+
+  const add = (key: string, entry: RevocationEntry) => {
+    const replaced = entries.get(key)
+    if (replaced !== undefined) unindex(replaced)
+    entries.set(key, entry)
+    const list = byValue.get(entry.value)
+    if (list === undefined) byValue.set(entry.value, [entry])
+    else list.push(entry)
+  }
+  const unindex = (entry: RevocationEntry) => {
+    const list = byValue.get(entry.value)
+    if (list === undefined) return
+    const at = list.indexOf(entry)
+    if (at !== -1) list.splice(at, 1)
+    if (list.length === 0) byValue.delete(entry.value)
+  }
+  const remove = (key: string, entry: RevocationEntry) => {
+    entries.delete(key)
+    unindex(entry)
+  }
 
   const live = (key: string): RevocationEntry | undefined => {
     const entry = entries.get(key)
     if (entry && entry.expiresAtS <= nowS()) {
-      entries.delete(key)
+      remove(key, entry)
       return undefined
     }
     return entry
@@ -39,11 +52,21 @@ export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
   // bounded by the revocation rate, like the TTLs do in Redis.
   const sweep = () => {
     const now = nowS()
-    for (const [key, entry] of entries) if (entry.expiresAtS <= now) entries.delete(key)
+    for (const [key, entry] of entries) if (entry.expiresAtS <= now) remove(key, entry)
   }
 
   const isRevokedNow = (ref: TokenRef) => {
-    for (const key of keysOf(ref)) if (entryMatches(live(key), ref.iatS)) return true
+    let now: number | undefined
+    for (const [claim, value] of ref.values) {
+      const list = byValue.get(value)
+      if (list === undefined) continue
+      for (const entry of list) {
+        if (entry.claim !== claim || (entry.iss !== undefined && entry.iss !== ref.iss)) continue
+        // An expired entry matches nothing; the next write sweeps it out.
+        now ??= nowS()
+        if (entry.expiresAtS > now && entryMatches(entry, ref.iatS)) return true
+      }
+    }
     return false
   }
 
@@ -55,7 +78,7 @@ export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
     },
     async put(entry) {
       sweep()
-      entries.set(keyOf(entry.claim, entry.value, entry.iss), entry)
+      add(keyOf(entry.claim, entry.value, entry.iss), entry)
       emit({ kind: 'revoked', entry })
       return entry
     },
@@ -66,7 +89,7 @@ export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
       const key = keyOf(claim, value, iss)
       const entry = live(key)
       if (!entry) return false
-      entries.delete(key)
+      remove(key, entry)
       emit({ kind: 'lifted', entry })
       return true
     },

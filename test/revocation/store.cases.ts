@@ -153,6 +153,29 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     t.equal(await revoked(t, store, tokenRef(later, [['sub', 'carol']])), true)
   })
 
+  t.test('a replaced entry leaves nothing behind: an earlier T frees later tokens, and a lift frees all', async (t) => {
+    const { store, clock } = await factory(t)
+    const first = await store.put(entryAt(clock, 'sub', 'erin'))
+    const T = first.issuedBeforeS
+    await store.put({ ...first, issuedBeforeS: T - 60, reason: 'narrowed' })
+    t.equal(await revoked(t, store, tokenRef(T - 60, [['sub', 'erin']])), true, 'at the new T')
+    t.equal(await revoked(t, store, tokenRef(T - 30, [['sub', 'erin']])), false, 'after the new T, before the old one')
+    t.equal(await store.lift('sub', 'erin'), true)
+    t.equal(await revoked(t, store, tokenRef(T - 120, [['sub', 'erin']])), false, 'lifted: nothing of either put remains')
+  })
+
+  t.test('one value under two claims is two entries', async (t) => {
+    const { store, clock } = await factory(t)
+    const T = nowS(clock)
+    await store.put(entryAt(clock, 'sub', 'shared-42'))
+    await store.put(entryAt(clock, 'jti', 'shared-42', { iss: ISS }))
+    t.equal(await revoked(t, store, tokenRef(T, [['client_id', 'shared-42']])), false, 'a claim with no entry')
+    t.equal(await revoked(t, store, tokenRef(T, [['jti', 'shared-42']], OTHER_ISS)), false, 'the jti entry binds its issuer only')
+    t.equal(await store.lift('sub', 'shared-42'), true)
+    t.equal(await revoked(t, store, tokenRef(T, [['sub', 'shared-42']])), false, 'the sub entry is lifted')
+    t.equal(await revoked(t, store, tokenRef(T, [['jti', 'shared-42']], ISS)), true, 'the jti entry stays')
+  })
+
   t.test('put and lift are delivered as events; unsubscribe stops delivery', async (t) => {
     const { store, clock } = await factory(t)
     const entry = entryAt(clock, 'jti', 'j-42', { iss: ISS })
