@@ -26,7 +26,31 @@ export function paired(a, b, f = (x, y) => x.rps / y.rps) {
     const y = b.rounds[i]
     if (x && y && !x.error && !y.error) xs.push(f(x, y))
   }
-  return xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), perRound: xs } : undefined
+  return xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), interval: medianInterval(xs), perRound: xs } : undefined
+}
+
+/**
+ * A distribution-free confidence interval for the median of `xs`: the k-th smallest and k-th
+ * largest value, with k as large as keeps the coverage ≥ `coverage`. The median of n rounds lies
+ * below the true median with probability ½ each, so the chance that the interval misses it is
+ * 2·P(Binomial(n, ½) ≤ k − 1). Undefined for fewer than 5 rounds (then even [min, max] covers
+ * under 90%). It says how far the host's noise lets one run's median be trusted; it does not
+ * change a verdict.
+ */
+export function medianInterval(xs, coverage = 0.9) {
+  const n = xs.length
+  const s = [...xs].sort((a, b) => a - b)
+  let best
+  let tail = 0 // P(Binomial(n, ½) ≤ k − 1)
+  let choose = 1 // C(n, k − 1)
+  for (let k = 1; k <= n >> 1; k++) {
+    tail += choose / 2 ** n
+    choose = (choose * (n - k + 1)) / k
+    const covered = 1 - 2 * tail
+    if (covered < coverage) break
+    best = { low: s[k - 1], high: s[n - k], coverage: covered }
+  }
+  return best
 }
 
 /** Medians of the user / system / other-threads split of the server's CPU; undefined when no round has it. */
@@ -112,20 +136,32 @@ export function checkTargets(summary, memory, soak) {
     // Judged on rows that other work disturbed: say so next to the verdict.
     const other = Math.max(...ids.map((id) => m(id).foreignCpuShare).filter((x) => Number.isFinite(x)), 0)
     const noise = other > 0.05 ? `; other work took up to ${(other * 100).toFixed(0)}% of the machine: unreliable` : ''
-    checks.push({ name, status: value.pass ? 'PASS' : 'FAIL', detail: `${show(value)}${noise}`, noisy: other > 0.05 })
+    // Whether the median's interval lies on the verdict's side of the target: a verdict 'within
+    // noise' is one that another run of the same code could reverse.
+    const sure = value.clear === undefined ? '' : value.clear ? '; clear of the noise' : '; within noise: the interval spans the target'
+    checks.push({ name, status: value.pass ? 'PASS' : 'FAIL', detail: `${show(value)}${noise}${sure}`, noisy: other > 0.05, clear: value.clear })
   }
+  // clear: undefined without an interval (too few rounds), else whether all of it is on the
+  // verdict's side of the target.
+  const atLeast = (iv, min, pass) => (iv ? (pass ? iv.low >= min : iv.high < min) : undefined)
+  const atMost = (iv, max, pass) => (iv ? (pass ? iv.high <= max : iv.low > max) : undefined)
   const rpsRatio = (a, b, min) => () => {
     const p = paired(by[a], by[b])
-    return p && { pass: p.median >= min, r: p.median, p }
+    if (!p) return p
+    const pass = p.median >= min
+    return { pass, r: p.median, p, clear: atLeast(p.interval, min, pass) }
   }
-  const range = (p, f) => (p.perRound.length > 1 ? `, rounds ${f(p.min)} to ${f(p.max)}` : '')
+  const interval = (p, f) => (p.interval ? `, ${Math.round(p.interval.coverage * 100)}% interval ${f(p.interval.low)} to ${f(p.interval.high)}` : '')
+  const range = (p, f) => (p.perRound.length > 1 ? `${interval(p, f)}, rounds ${f(p.min)} to ${f(p.max)}` : '')
   const showRatio = ({ r, p }) => `${r.toFixed(3)}×${range(p, (x) => x.toFixed(2))}`
   const signedMs = (d) => `${d >= 0 ? '+' : ''}${d.toFixed(2)} ms`
 
   add('row 3 ≥ 0.90 × row 2 req/s', ['3', '2'], rpsRatio('3', '2', 0.9), showRatio)
   add('row 3 p99 ≤ row 2 p99 + 1 ms', ['3', '2'], () => {
     const p = paired(by['3'], by['2'], (x, y) => x.p99Ms - y.p99Ms)
-    return p && { pass: p.median <= 1, d: p.median, p }
+    if (!p) return p
+    const pass = p.median <= 1
+    return { pass, d: p.median, p, clear: atMost(p.interval, 1, pass) }
   }, ({ d, p }) => `${signedMs(d)}${range(p, signedMs)}`)
   add('row 4a (Redis + cache) ≥ 0.85 × row 2', ['4a', '2'], rpsRatio('4a', '2', 0.85), showRatio)
   add('row 4b (Redis, no cache) ≥ 0.85 × row 2', ['4b', '2'], rpsRatio('4b', '2', 0.85), showRatio)
@@ -138,7 +174,12 @@ export function checkTargets(summary, memory, soak) {
   add('row 7f latency within 5% (p50) and +1 ms (p99) of row 3f, at the same fixed rate', ['7f', '3f'], () => {
     const p50 = paired(by['7f'], by['3f'], (x, y) => x.p50Ms / y.p50Ms - 1)
     const p99 = paired(by['7f'], by['3f'], (x, y) => x.p99Ms - y.p99Ms)
-    return p50 && p99 && { pass: p50.median <= 0.05 && p99.median <= 1, p50, p99 }
+    if (!p50 || !p99) return undefined
+    const pass = p50.median <= 0.05 && p99.median <= 1
+    // Clear pass: both intervals within their bounds; clear fail: either interval wholly beyond.
+    const both = p50.interval && p99.interval
+    const clear = !both ? undefined : pass ? p50.interval.high <= 0.05 && p99.interval.high <= 1 : p50.interval.low > 0.05 || p99.interval.low > 1
+    return { pass, p50, p99, clear }
   }, ({ p50, p99 }) => {
     const pct = (x) => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)}%`
     return `p50 ${pct(p50.median)}${range(p50, pct)}; p99 ${signedMs(p99.median)}${range(p99, signedMs)}`

@@ -10,11 +10,12 @@ import { benchDir } from '../fixtures/bench-harness.js'
 interface Round { rps: number; p50Ms: number; p99Ms: number; serverCpuUsPerReq: number; foreignCpuShare: number; error?: string }
 interface Row { id: string; label: string; server: string; rate?: number; pairOf?: string }
 interface Summary { id: string; vsFloor?: number; median?: { rps: number } }
-interface Check { name: string; status: string; detail: string }
+interface Check { name: string; status: string; detail: string; clear?: boolean }
 interface Report {
   summarize(rows: Row[], measurements: Map<string, Array<Round | { error: string }>>): Summary[]
   checkTargets(summary: Summary[]): Check[]
   paired(a: { rounds: unknown[] }, b: { rounds: unknown[] }): { median: number; min: number; max: number; perRound: number[] } | undefined
+  medianInterval(xs: number[], coverage?: number): { low: number; high: number; coverage: number } | undefined
 }
 interface Rows { adjacentGroups(runnable: Row[]): Row[][] }
 
@@ -85,4 +86,40 @@ t.test('rows a target compares, and each A/B twin, run as one unit of a round', 
   const withTwins = ['2', '3', '4a', '7'].map((id) => row(id)).flatMap((r) => (r.id === '2' ? [r] : [r, row(`${r.id}@base`, { pairOf: r.id })]))
   t.same(ids(adjacentGroups(withTwins)).sort(), ['2,3,3@base,7,7@base', '4a,4a@base'].sort(), 'each twin stays next to its row inside the group')
   t.same(ids(adjacentGroups([row('3'), row('6')])).sort(), ['3', '6'], 'a group with one member present is no group')
+})
+
+t.test('the median gets a distribution-free interval from the order statistics of the rounds', async (t) => {
+  const { medianInterval } = await load<Report>('report.mjs')
+  const shuffled = (n: number) => Array.from({ length: n }, (_, i) => ((i * 7) % n) + 1)
+  t.equal(medianInterval(shuffled(4)), undefined, '4 rounds: even [min, max] misses the median 1 time in 8')
+  t.same(medianInterval(shuffled(5)), { low: 1, high: 5, coverage: 1 - 2 / 32 })
+  // 8 rounds: P(Binomial(8, ½) ≤ 1) = 9/256, so the 2nd and 7th values cover 1 − 18/256.
+  t.same(medianInterval(shuffled(8)), { low: 2, high: 7, coverage: 1 - 18 / 256 })
+  // 12 rounds: the 3rd and 10th (1 − 2·79/4096); the 4th and 9th would cover only 85%.
+  t.same(medianInterval(shuffled(12)), { low: 3, high: 10, coverage: 1 - 158 / 4096 })
+  t.same(medianInterval(shuffled(12), 0.8), { low: 4, high: 9, coverage: 1 - 598 / 4096 })
+})
+
+t.test('a verdict says whether the interval of its median clears the target or spans it', async (t) => {
+  const { summarize, checkTargets } = await load<Report>('report.mjs')
+  const floor = Array.from({ length: 8 }, () => round(1000))
+  // Row 3: every round between 0.93 and 0.99 of the floor. Row 4a: a median of 0.87 (a pass), but
+  // rounds from 0.70 to 1.00 put the interval across 0.85. Row 4b: every round under 0.80.
+  const m = new Map([
+    ['2', floor],
+    ['3', [930, 940, 950, 960, 970, 980, 990, 955].map((r) => round(r))],
+    ['4a', [700, 800, 860, 870, 875, 880, 950, 1000].map((r) => round(r))],
+    ['4b', [600, 650, 700, 720, 740, 760, 780, 790].map((r) => round(r))],
+  ])
+  const checks = checkTargets(summarize([row('2'), row('3'), row('4a'), row('4b')], m))
+  const of = (prefix: string) => checks.find((c) => c.name.startsWith(prefix))!
+  t.match(of('row 3 ≥ 0.90'), { status: 'PASS', clear: true })
+  t.match(of('row 3 ≥ 0.90').detail, /^0\.958×, 93% interval 0\.94 to 0\.98, rounds 0\.93 to 0\.99; clear of the noise$/)
+  t.match(of('row 4a'), { status: 'PASS', clear: false })
+  t.match(of('row 4a').detail, /93% interval 0\.80 to 0\.95, .*within noise: the interval spans the target$/)
+  t.match(of('row 4b'), { status: 'FAIL', clear: true })
+  // Three rounds are too few for an interval: the verdict stands without one.
+  const few = checkTargets(summarize([row('2'), row('3')], new Map([['2', floor.slice(0, 3)], ['3', [900, 950, 990].map((r) => round(r))]])))
+  t.equal(few.find((c) => c.name.startsWith('row 3 ≥ 0.90'))!.clear, undefined)
+  t.notMatch(few.find((c) => c.name.startsWith('row 3 ≥ 0.90'))!.detail, /interval|noise/)
 })
