@@ -31,11 +31,12 @@ export function paired(a, b, f = (x, y) => x.rps / y.rps) {
 
 /**
  * A distribution-free confidence interval for the median of `xs`: the k-th smallest and k-th
- * largest value, with k as large as keeps the coverage ≥ `coverage`. The median of n rounds lies
- * below the true median with probability ½ each, so the chance that the interval misses it is
- * 2·P(Binomial(n, ½) ≤ k − 1). Undefined for fewer than 5 rounds (then even [min, max] covers
- * under 90%). It says how far the host's noise lets one run's median be trusted; it does not
- * change a verdict.
+ * largest value, with k as large as keeps the coverage ≥ `coverage`. Each round falls below the
+ * true median with probability ½, independently of the others (the one assumption: the host's
+ * slow phases, which last longer than a round, bend it), so the chance that the interval misses
+ * the true median is 2·P(Binomial(n, ½) ≤ k − 1). Undefined for fewer than 5 rounds (then even
+ * [min, max] covers under 90%). It says how far the host's noise lets one run's median be
+ * trusted; it does not change a verdict.
  */
 export function medianInterval(xs, coverage = 0.9) {
   const n = xs.length
