@@ -1,44 +1,72 @@
-// Finds a member name repeated within one JSON object. JSON.parse keeps the last of two equal
-// names; another parser (an upstream re-reading the token, a library in another language) may
-// keep the first, so a token whose header or claims repeat a name means two things at once and
-// is refused (RFC 7515 §5.2 and RFC 7519 §4 let a verifier reject duplicates; Lapse must).
+// Whether a JSON text repeats a member name within one object. JSON.parse keeps the last of two
+// equal names; another parser (an upstream re-reading the token, a library in another language)
+// may keep the first, so a token whose header or claims repeat a name means two things at once
+// and is refused (RFC 7515 §5.2 and RFC 7519 §4 let a verifier reject duplicates; Lapse must).
 //
-//   findDuplicateKey('{"sub":"a","sub":"b"}')   // 'sub'
-//   findDuplicateKey('{"sub":"a"}')             // undefined
+//   repeatsMember('{"sub":"a","sub":"b"}', JSON.parse(...))   // true
+//   repeatsMember('{"sub":"a"}', JSON.parse(...))             // false
 //
-// Call it only on text JSON.parse accepted: it walks the structure, not the grammar.
+// It counts instead of comparing names: every member name in the text is one own key of the
+// parsed value unless the same object named it before (JSON.parse then keeps one key, and may
+// drop a whole overwritten subtree with it). So the text holds as many names as the parsed value
+// has keys in all its objects exactly when no object repeats a name, however the names are
+// spelled ("a" and "\u0061" are one name to JSON.parse, and so here). Counting needs no string
+// slices and no sets: it runs on every fresh token's payload.
+//
+// Call it only with the value JSON.parse gave for `text`: it walks the structure, not the grammar.
 
-/** The first repeated member name, compared after unescaping ("a" and "\u0061" are the same). */
-export function findDuplicateKey(json: string): string | undefined {
-  // One entry per open container: the names seen so far for an object, null for an array.
-  const stack: Array<Set<string> | null> = []
+/** True when some object in `text` names a member more than once; `parsed` is JSON.parse(text). */
+export function repeatsMember(text: string, parsed: unknown): boolean {
+  return countNames(text) !== countKeys(parsed)
+}
+
+/** Member names in the text: the strings that open a member of an object. */
+function countNames(json: string): number {
+  // Per open container: true for an object, false for an array.
+  const inObject: boolean[] = []
   let expectName = false
+  let names = 0
   for (let i = 0; i < json.length; i++) {
     const c = json.charCodeAt(i)
     if (c === 0x22 /* " */) {
       let j = i + 1
       while (json.charCodeAt(j) !== 0x22) j += json.charCodeAt(j) === 0x5c /* \ */ ? 2 : 1
-      if (expectName) {
-        const names = stack[stack.length - 1]!
-        const raw = json.slice(i + 1, j)
-        const name = raw.includes('\\') ? (JSON.parse(json.slice(i, j + 1)) as string) : raw
-        if (names.has(name)) return name
-        names.add(name)
-        expectName = false
-      }
+      if (expectName) names++
+      expectName = false
       i = j
     } else if (c === 0x7b /* { */) {
-      stack.push(new Set())
+      inObject.push(true)
       expectName = true
     } else if (c === 0x5b /* [ */) {
-      stack.push(null)
+      inObject.push(false)
       expectName = false
     } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
-      stack.pop()
+      inObject.pop()
       expectName = false
     } else if (c === 0x2c /* , */) {
-      expectName = stack[stack.length - 1] instanceof Set
+      expectName = inObject[inObject.length - 1] === true
     }
   }
-  return undefined
+  return names
+}
+
+/** Own keys over every object in a parsed JSON value; iterative, so deep nesting cannot overflow the stack. */
+function countKeys(value: unknown): number {
+  let keys = 0
+  const pending: unknown[] = [value]
+  while (pending.length > 0) {
+    const v = pending.pop()
+    if (v === null || typeof v !== 'object') continue
+    if (Array.isArray(v)) {
+      for (const item of v) if (item !== null && typeof item === 'object') pending.push(item)
+      continue
+    }
+    // JSON.parse makes "__proto__" an own data key like any other, so Object.keys counts it.
+    for (const key of Object.keys(v)) {
+      keys++
+      const member = (v as Record<string, unknown>)[key]
+      if (member !== null && typeof member === 'object') pending.push(member)
+    }
+  }
+  return keys
 }

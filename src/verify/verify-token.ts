@@ -9,7 +9,7 @@
 import { compactVerify, errors, type JWSHeaderParameters } from 'jose'
 import type { Clock, Denial, DenyReason, Identity, StepTracer } from '../pipeline/types.js'
 import { checkClaims, type ClaimPolicy } from './claims.js'
-import { findDuplicateKey } from './duplicate-keys.js'
+import { repeatsMember } from './duplicate-keys.js'
 import type { KeyResolver, VerificationKey } from './keys.js'
 import { handlesAlgorithm, isCryptoKey, verifySignature as verifySigSync } from './signature.js'
 
@@ -42,6 +42,8 @@ export type Verifier = ((token: string, steps?: StepTracer) => Promise<Identity 
    */
   check(token: string, steps?: StepTracer): Identity | Denial | Promise<Identity | Denial>
   cacheSize(): number
+  /** Headers kept parsed (those of verified tokens), at most HEADER_CACHE_SIZE. */
+  headerCacheSize(): number
 }
 
 // Every jose error code mapped by code, never by message; the compiler keeps this complete.
@@ -97,8 +99,17 @@ const utf8 = new TextDecoder('utf-8', { fatal: true })
 const FINGERPRINT_CHARS = 32
 const fingerprint = (token: string): string => (token.length <= FINGERPRINT_CHARS ? token : token.slice(-FINGERPRINT_CHARS))
 
+// Headers of tokens whose signature verified, parsed, by their encoded text. An issuer signs
+// every token with one of a few headers ({"alg","kid","typ"} per key), so a fresh token's header
+// is almost always one seen before, and decoding, parsing and checking it again was ≈ 2 µs of a
+// fresh token's ≈ 45 µs. The answer is a pure function of the text (and of the verifier's fixed
+// algorithm list), so a hit is exactly what parsing would give. Only headers that verified are
+// kept: nobody without the issuer's key can add one, so forged headers cannot churn it.
+const HEADER_CACHE_SIZE = 64
+
 export function createVerifier(opts: VerifierOptions): Verifier {
   const cache = new Map<string, Cached>()
+  const headers = new Map<string, JWSHeaderParameters>()
   const { policy, keys, clock } = opts
   const algorithms = new Set(opts.algorithms)
   const joseOptions = { algorithms: [...opts.algorithms] }
@@ -129,13 +140,22 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     return stale
   }
 
+  const rememberHeader = (pre: Prechecked) => {
+    if (pre.known) return
+    if (headers.size >= HEADER_CACHE_SIZE && !headers.has(pre.encoded)) headers.delete(headers.keys().next().value!)
+    // Shared by every later token with this header: nothing may change it.
+    headers.set(pre.encoded, Object.freeze(pre.header))
+  }
+
   /** The payload's claims once the signature held: the Identity (cached) or the reason. */
-  const accept = (token: string, payloadBytes: Uint8Array, header: JWSHeaderParameters, generation: number, nowS: number): Identity | Denial => {
+  const accept = (token: string, payloadBytes: Uint8Array, pre: Prechecked, generation: number, nowS: number): Identity | Denial => {
+    rememberHeader(pre)
+    const header = pre.header
     let payload: unknown
     try {
       const text = utf8.decode(payloadBytes)
       payload = JSON.parse(text)
-      if (findDuplicateKey(text) !== undefined) return deny('malformed', 'token payload repeats a claim')
+      if (repeatsMember(text, payload)) return deny('malformed', 'token payload repeats a claim')
     } catch {
       return deny('malformed', 'token payload is not JSON')
     }
@@ -149,7 +169,7 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     const known = cached(token)
     if (known !== undefined) return known
     const nowS = Math.floor(clock.now() / 1000)
-    const pre = precheck(token, algorithms)
+    const pre = precheck(token, algorithms, headers)
     if ('reason' in pre) return pre
     const generation = keys.generation()
     const alg = pre.header.alg!
@@ -162,15 +182,17 @@ export function createVerifier(opts: VerifierOptions): Verifier {
       } catch (err) {
         return deny(reasonOf(err))
       }
-      return good ? accept(token, parts.payload(), pre.header, generation, nowS) : deny('bad_signature')
+      return good ? accept(token, parts.payload(), pre, generation, nowS) : deny('bad_signature')
     }
     return verifySignature(token, pre.header, keys, joseOptions, steps).then(
-      (payloadBytes) => accept(token, payloadBytes, pre.header, generation, nowS),
+      (payloadBytes) => accept(token, payloadBytes, pre, generation, nowS),
       (err: unknown) => deny(reasonOf(err)),
     )
   }
   const verify = async (token: string, steps?: StepTracer): Promise<Identity | Denial> => check(token, steps)
-  return Object.assign(verify, { cached, knows: (token: string) => lookUp(token) !== undefined, check, cacheSize: () => cache.size })
+  return Object.assign(verify, {
+    cached, knows: (token: string) => lookUp(token) !== undefined, check, cacheSize: () => cache.size, headerCacheSize: () => headers.size,
+  })
 }
 
 function checkTime(c: Cached, skewS: number, nowS: number): Denial | undefined {
@@ -180,20 +202,31 @@ function checkTime(c: Cached, skewS: number, nowS: number): Denial | undefined {
   return undefined
 }
 
+interface Prechecked {
+  readonly header: JWSHeaderParameters
+  /** The header as it appears in the token, the header cache's key. */
+  readonly encoded: string
+  /** Whether the header came from the cache of verified headers. */
+  readonly known: boolean
+}
+
 /** Cheap structural checks before any key is looked up or any signature computed. */
-function precheck(token: string, algorithms: ReadonlySet<string>): { header: JWSHeaderParameters } | Denial {
+function precheck(token: string, algorithms: ReadonlySet<string>, verifiedHeaders: ReadonlyMap<string, JWSHeaderParameters>): Prechecked | Denial {
   const parts = token.split('.')
   if (parts.length === 5) return deny('malformed', 'encrypted tokens (JWE) are not accepted')
   if (parts.length !== 3 || parts.some((p) => p === '')) return deny('malformed', 'token is not a signed JWT')
   // The signature covers the encoded text, so a lenient decoder that skips stray characters or
   // ignores non-zero padding bits would accept many encodings of one signed value.
   if (!parts.every(isCanonicalBase64url)) return deny('malformed', 'token is not canonical base64url')
+  const encoded = parts[0]!
+  const seen = verifiedHeaders.get(encoded)
+  if (seen !== undefined) return { header: seen, encoded, known: true }
   let header: JWSHeaderParameters
   try {
     const text = utf8.decode(Buffer.from(parts[0]!, 'base64url'))
     const parsed: unknown = JSON.parse(text)
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return deny('malformed', 'token header is not a JSON object')
-    if (findDuplicateKey(text) !== undefined) return deny('malformed', 'token header repeats a member')
+    if (repeatsMember(text, parsed)) return deny('malformed', 'token header repeats a member')
     header = parsed as JWSHeaderParameters
   } catch {
     return deny('malformed', 'token header is not valid')
@@ -204,7 +237,7 @@ function precheck(token: string, algorithms: ReadonlySet<string>): { header: JWS
   // RFC 7515 §4.1.11: an extension the verifier does not understand must fail; Lapse knows none.
   if ('crit' in header) return deny('malformed', 'token header has critical extensions')
   if (header.kid !== undefined && typeof header.kid !== 'string') return deny('malformed', 'token kid is not a string')
-  return { header }
+  return { header, encoded, known: false }
 }
 
 const B64URL_DIGITS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'

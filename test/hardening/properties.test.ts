@@ -11,7 +11,7 @@ import { normalizeTarget, type Target } from '../../src/extract/request-target.j
 import { manualClock } from '../../src/pipeline/clock.js'
 import { decide, type DecideDeps } from '../../src/pipeline/decide.js'
 import type { Identity, RevocationStore } from '../../src/pipeline/types.js'
-import { findDuplicateKey } from '../../src/verify/duplicate-keys.js'
+import { repeatsMember } from '../../src/verify/duplicate-keys.js'
 import type { Verifier } from '../../src/verify/verify-token.js'
 
 const RUNS = { numRuns: 2000 }
@@ -245,23 +245,41 @@ t.test('extractBearer: a query token is refused unless allowed, and removed when
   t.pass('refused when not configured; when configured, taken once and stripped, the rest verbatim')
 })
 
-t.test('findDuplicateKey: silent on any JSON.stringify output, finds any repeated member', async (t) => {
-  const value = fc.jsonValue()
+t.test('repeatsMember: silent on any JSON.stringify output, finds any repeated member at any depth', async (t) => {
+  const said = (text: string) => repeatsMember(text, JSON.parse(text))
   fc.assert(
-    fc.property(value, (v) => findDuplicateKey(JSON.stringify(v)) === undefined),
+    fc.property(fc.jsonValue(), (v) => !said(JSON.stringify(v))),
     RUNS,
   )
-  // Repeat one member of a generated object, anywhere in it, spelled with or without escapes.
+  // Repeat one member of a generated object, spelled with or without escapes, with any value
+  // (an object too, whose own members JSON.parse then drops), and bury the object at any depth
+  // among unique siblings.
+  const spell = (name: string, escape: boolean) =>
+    escape ? `"${[...name].map((c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`).join('')}"` : JSON.stringify(name)
   fc.assert(
-    fc.property(fc.dictionary(fc.string(), fc.jsonValue(), { minKeys: 1, maxKeys: 6 }), fc.nat(), fc.boolean(), fc.jsonValue(), (obj, pick, escape, extra) => {
-      const names = Object.keys(obj)
-      const name = names[pick % names.length]!
-      const spelled = escape ? `"${[...name].map((c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`).join('')}"` : JSON.stringify(name)
-      const text = JSON.stringify(obj)
-      const doubled = `${text.slice(0, -1)},${spelled}:${JSON.stringify(extra)}}`
-      return JSON.parse(doubled) !== undefined && findDuplicateKey(doubled) === name
-    }),
+    fc.property(
+      fc.dictionary(fc.string(), fc.jsonValue(), { minKeys: 1, maxKeys: 6 }), fc.nat(), fc.boolean(), fc.boolean(), fc.jsonValue(),
+      fc.array(fc.tuple(fc.boolean(), fc.string(), fc.jsonValue()), { maxLength: 4 }),
+      (obj, pick, escape, first, extra, wrappers) => {
+        const names = Object.keys(obj)
+        const name = names[pick % names.length]!
+        const text = JSON.stringify(obj)
+        const repeated = `${spell(name, escape)}:${JSON.stringify(extra)}`
+        let doubled = first ? `{${repeated},${text.slice(1)}` : `${text.slice(0, -1)},${repeated}}`
+        // Wrap: inside an array next to a sibling value, or as a member next to a unique sibling.
+        for (const [inArray, key, sibling] of wrappers) {
+          doubled = inArray ? `[${JSON.stringify(sibling)},${doubled}]` : `{${JSON.stringify(key)}:${doubled},${JSON.stringify(key + '.')}:${JSON.stringify(sibling)}}`
+        }
+        return said(doubled)
+      },
+    ),
     RUNS,
   )
-  t.pass('no false alarm on unique members; every duplicate found, escaped or not')
+  t.ok(said('{"__proto__":1,"__proto__":2}'), '__proto__ twice is a repeat like any other')
+  t.notOk(said('{"__proto__":{"a":1},"b":{"a":2}}'), '__proto__ once, with a member, is not')
+  t.ok(said('{"a":{"x":1,"y":[1,{"z":2}]},"a":{"x":1,"y":[1,{"z":2}]}}'), 'an object member repeated whole is a repeat')
+  t.ok(said('{"a":1,"\\u0061":2}'), 'an escaped spelling of a name is the same name')
+  t.notOk(said('{"a":"}{\\"b\\":1,","b":[",{"]}'), 'braces, commas and quotes inside strings are not structure')
+  t.notOk(said(`${'['.repeat(20000)}{"a":1}${']'.repeat(20000)}`), 'deep nesting neither overflows nor misleads')
+  t.ok(said(`${'['.repeat(20000)}{"a":1,"a":1}${']'.repeat(20000)}`), 'a repeat under deep nesting is found')
 })

@@ -65,6 +65,7 @@ t.test('8000 distinct invalid tokens: nothing cached, memory flat', async (t) =>
   await flood(8000, 1000)
   const grown = heapMiB() - before
   t.equal(verify.cacheSize(), 0, 'the verified-token cache holds no invalid token')
+  t.equal(verify.headerCacheSize(), 0, 'nor does the cache of verified headers, though one flood reused a real header')
   t.ok(grown < 3, `heap grew ${grown.toFixed(1)} MiB over 8000 distinct invalid tokens`)
   t.same([...reasons.keys()].sort(), ['bad_signature', 'malformed', 'unknown_key'], 'each kind refused for its reason')
 })
@@ -78,6 +79,7 @@ t.test('distinct valid tokens: the cache stays within LAPSE_TOKEN_CACHE_SIZE', a
     if (verify.cacheSize() > 200) break
   }
   t.equal(verify.cacheSize(), 200, 'bounded at the configured size, oldest evicted first')
+  t.equal(verify.headerCacheSize(), 1, 'their one header is kept once')
 })
 
 t.test('a flood of unknown kids triggers at most one JWKS refetch per cooldown', async (t) => {

@@ -3,6 +3,7 @@
 // in-process. Everything else returns a promise. Both
 // paths must reach the same decisions, and both must report the revocation lookup as a step.
 // Real signed tokens, the real verifier over the test key set, the real memory set.
+import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import { compileRoutes } from '../../src/authorize/routes.js'
 import { manualClock } from '../../src/pipeline/clock.js'
@@ -11,7 +12,8 @@ import type { RevocationStore, Step, StepTracer, TokenRef } from '../../src/pipe
 import { createMemoryStore } from '../../src/revocation/memory-store.js'
 import { createKeyResolver } from '../../src/verify/keys.js'
 import { createVerifier } from '../../src/verify/verify-token.js'
-import { AUDIENCE, ISSUER, testKeys } from '../fixtures/keys.js'
+import { AUDIENCE, defaultClaims, ISSUER, testKeys, type MintOpts } from '../fixtures/keys.js'
+import { signRaw } from '../hardening/helpers.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const T0_S = T0_MS / 1000
@@ -157,6 +159,42 @@ t.test('the verification cache finds a token by its signature\'s tail, but a hit
   t.notOk(again instanceof Promise, 'the cached token is still a hit')
   t.equal(reasonOf(again as Outcome), 'ok')
   t.equal(deps.verify.cacheSize(), 1, 'the forgeries took no place in the cache')
+})
+
+t.test('a header is kept parsed only once a token carrying it verified, and a kept header changes no answer', async (t) => {
+  const { deps } = await setUp(t)
+  const keys = await testKeys()
+  const fresh = (claims: Record<string, unknown> = {}, opts: MintOpts = {}) => keys.mint({ jti: `h-${randomUUID()}`, ...claims }, { nowS: T0_S, ...opts })
+  const es = await fresh()
+  const [esHead, esBody, esSig] = es.split('.') as [string, string, string]
+  // A forged signature under the real header: refused, and the header is not kept.
+  const bent = `${esHead}.${esBody}.${esSig[0] === 'A' ? 'B' : 'A'}${esSig.slice(1)}`
+  t.equal(reasonOf(await decide(input(bent), deps)), 'bad_signature')
+  t.equal(deps.verify.headerCacheSize(), 0, 'a header whose token failed is not kept')
+  t.equal(reasonOf(await decide(input(es), deps)), 'ok')
+  t.equal(deps.verify.headerCacheSize(), 1, 'kept once its token verified')
+
+  // Later tokens with that header: each still checked in full, from claims to signature.
+  t.equal(reasonOf(await decide(input(await fresh()), deps)), 'ok', 'another token, same header')
+  t.equal(reasonOf(await decide(input(bent), deps)), 'bad_signature', 'the forgery is still refused')
+  t.equal(reasonOf(await decide(input(await fresh({ exp: T0_S - 60 })), deps)), 'expired', 'claims are checked as before')
+  const rs = await fresh({}, { alg: 'RS256' })
+  const [rsHead, rsBody, rsSig] = rs.split('.') as [string, string, string]
+  t.equal(reasonOf(await decide(input(`${esHead}.${rsBody}.${rsSig}`), deps)), 'bad_signature', 'an RS256 signature under the kept ES256 header')
+  t.equal(reasonOf(await decide(input(rs), deps)), 'ok', 'a header differing from the kept one is read on its own')
+  t.equal(reasonOf(await decide(input(`${rsHead}.${esBody}.${esSig}`), deps)), 'bad_signature', 'and the other way round')
+  t.equal(deps.verify.headerCacheSize(), 2, 'one entry per header')
+
+  // Headers that name the kept key and alg but say more: each read on its own.
+  const pair = keys.pairs.ES256
+  const claims = JSON.stringify(defaultClaims(T0_S))
+  const typed = await signRaw(pair, JSON.stringify({ alg: 'ES256', kid: pair.kid, typ: 'JWT' }), claims)
+  t.equal(reasonOf(await decide(input(typed), deps)), 'ok', 'one more member, accepted on its own reading')
+  const critical = await signRaw(pair, JSON.stringify({ alg: 'ES256', kid: pair.kid, crit: ['exp'], exp: 1 }), claims)
+  t.equal(reasonOf(await decide(input(critical), deps)), 'malformed', 'crit: refused')
+  const repeated = await signRaw(pair, `{"alg":"ES256","kid":${JSON.stringify(pair.kid)},"kid":${JSON.stringify(pair.kid)}}`, claims)
+  t.equal(reasonOf(await decide(input(repeated), deps)), 'malformed', 'a repeated member: refused')
+  t.equal(deps.verify.headerCacheSize(), 3, 'only the header that verified was added')
 })
 
 t.test('a cached token is still extracted by the rules: spelling, stray characters, length', async (t) => {
