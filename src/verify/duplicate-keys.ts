@@ -29,11 +29,9 @@ function countNames(json: string): number {
   for (let i = 0; i < json.length; i++) {
     const c = json.charCodeAt(i)
     if (c === 0x22 /* " */) {
-      let j = i + 1
-      while (json.charCodeAt(j) !== 0x22) j += json.charCodeAt(j) === 0x5c /* \ */ ? 2 : 1
       if (expectName) names++
       expectName = false
-      i = j
+      i = closingQuote(json, i)
     } else if (c === 0x7b /* { */) {
       inObject.push(true)
       expectName = true
@@ -48,6 +46,23 @@ function countNames(json: string): number {
     }
   }
   return names
+}
+
+/**
+ * The index of the quote that closes the string opened at `open`. Found with indexOf, which is
+ * much faster than a loop over claim values; a quote preceded by an odd run of backslashes is
+ * escaped and skipped.
+ */
+function closingQuote(json: string, open: number): number {
+  let at = json.indexOf('"', open + 1)
+  for (;;) {
+    // Only on text JSON.parse refused; ending the scan keeps even that from looping.
+    if (at === -1) return json.length
+    let slashes = 0
+    while (json.charCodeAt(at - 1 - slashes) === 0x5c /* \ */) slashes++
+    if (slashes % 2 === 0) return at
+    at = json.indexOf('"', at + 1)
+  }
 }
 
 /** Own keys over every object in a parsed JSON value; iterative, so deep nesting cannot overflow the stack. */

@@ -175,7 +175,7 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     const alg = pre.header.alg!
     const key = keys.knownKey(pre.header)
     if (key !== undefined && isCryptoKey(key) && handlesAlgorithm(alg)) {
-      const parts = splitToken(token)
+      const parts = splitToken(token, pre.parts)
       let good: boolean
       try {
         good = verifySigSync(alg, key, parts.signingInput, parts.signature)
@@ -184,7 +184,7 @@ export function createVerifier(opts: VerifierOptions): Verifier {
       }
       return good ? accept(token, parts.payload(), pre, generation, nowS) : deny('bad_signature')
     }
-    return verifySignature(token, pre.header, keys, joseOptions, steps).then(
+    return verifySignature(token, pre, keys, joseOptions, steps).then(
       (payloadBytes) => accept(token, payloadBytes, pre, generation, nowS),
       (err: unknown) => deny(reasonOf(err)),
     )
@@ -204,6 +204,8 @@ function checkTime(c: Cached, skewS: number, nowS: number): Denial | undefined {
 
 interface Prechecked {
   readonly header: JWSHeaderParameters
+  /** The token's three parts, each canonical base64url. */
+  readonly parts: readonly [string, string, string]
   /** The header as it appears in the token, the header cache's key. */
   readonly encoded: string
   /** Whether the header came from the cache of verified headers. */
@@ -220,7 +222,7 @@ function precheck(token: string, algorithms: ReadonlySet<string>, verifiedHeader
   if (!parts.every(isCanonicalBase64url)) return deny('malformed', 'token is not canonical base64url')
   const encoded = parts[0]!
   const seen = verifiedHeaders.get(encoded)
-  if (seen !== undefined) return { header: seen, encoded, known: true }
+  if (seen !== undefined) return { header: seen, parts: parts as [string, string, string], encoded, known: true }
   let header: JWSHeaderParameters
   try {
     const text = utf8.decode(Buffer.from(parts[0]!, 'base64url'))
@@ -237,7 +239,7 @@ function precheck(token: string, algorithms: ReadonlySet<string>, verifiedHeader
   // RFC 7515 §4.1.11: an extension the verifier does not understand must fail; Lapse knows none.
   if ('crit' in header) return deny('malformed', 'token header has critical extensions')
   if (header.kid !== undefined && typeof header.kid !== 'string') return deny('malformed', 'token kid is not a string')
-  return { header, encoded, known: false }
+  return { header, parts: parts as [string, string, string], encoded, known: false }
 }
 
 const B64URL_DIGITS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
@@ -250,13 +252,12 @@ function isCanonicalBase64url(s: string): boolean {
 }
 
 /** The parts a signature check needs; precheck made sure every part is canonical base64url, so the decodings are exact. */
-function splitToken(token: string) {
-  const lastDot = token.lastIndexOf('.')
-  const firstDot = token.indexOf('.')
+function splitToken(token: string, [header, payload, signature]: readonly [string, string, string]) {
   return {
-    signingInput: Buffer.from(token.slice(0, lastDot), 'latin1'),
-    signature: Buffer.from(token.slice(lastDot + 1), 'base64url'),
-    payload: () => Buffer.from(token.slice(firstDot + 1, lastDot), 'base64url'),
+    // The signature covers the token's text up to its last dot: header "." payload.
+    signingInput: Buffer.from(token.slice(0, header.length + 1 + payload.length), 'latin1'),
+    signature: Buffer.from(signature, 'base64url'),
+    payload: () => Buffer.from(payload, 'base64url'),
   }
 }
 
@@ -264,9 +265,9 @@ function splitToken(token: string) {
  * The token's payload bytes once its signature verifies with a key the resolver gives for its
  * header; throws (a jose error or a TypeError, mapped by reasonOf) otherwise.
  */
-async function verifySignature(token: string, header: JWSHeaderParameters, keys: KeyResolver, options: { algorithms: string[] }, steps: StepTracer | undefined): Promise<Uint8Array> {
+async function verifySignature(token: string, { header, parts }: Prechecked, keys: KeyResolver, options: { algorithms: string[] }, steps: StepTracer | undefined): Promise<Uint8Array> {
   const alg = header.alg!
-  const { signingInput, signature, payload } = splitToken(token)
+  const { signingInput, signature, payload } = splitToken(token, parts)
 
   // True when `key` verifies the token, false when the signature does not match it.
   const check = async (key: VerificationKey): Promise<boolean> => {

@@ -280,6 +280,8 @@ t.test('repeatsMember: silent on any JSON.stringify output, finds any repeated m
   t.ok(said('{"a":{"x":1,"y":[1,{"z":2}]},"a":{"x":1,"y":[1,{"z":2}]}}'), 'an object member repeated whole is a repeat')
   t.ok(said('{"a":1,"\\u0061":2}'), 'an escaped spelling of a name is the same name')
   t.notOk(said('{"a":"}{\\"b\\":1,","b":[",{"]}'), 'braces, commas and quotes inside strings are not structure')
+  t.notOk(said(JSON.stringify({ 'a\\': 1, b: '\\', q: 'say "hi"\\', r: '\\"' })), 'a string may end in an escaped backslash or hold an escaped quote')
+  t.ok(said(`{${JSON.stringify('a\\')}:1,"b":"\\\\",${JSON.stringify('a\\')}:2}`), 'a name ending in a backslash, repeated after a value that ends in one')
   t.notOk(said(`${'['.repeat(20000)}{"a":1}${']'.repeat(20000)}`), 'deep nesting neither overflows nor misleads')
   t.ok(said(`${'['.repeat(20000)}{"a":1,"a":1}${']'.repeat(20000)}`), 'a repeat under deep nesting is found')
 })
