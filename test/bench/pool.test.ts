@@ -82,6 +82,10 @@ t.test('the pooled figures the docs cite come out of the committed results', asy
 
   const b4 = poolRuns(runsOf('b0e810a', 'd860d26', 'c793e1f', '21f3b94', '914beb0'), '4b', '2')
   t.equal(fixed(b4.median, 3), '0.764', 'row 4b ÷ row 2, five runs')
+  const b4six = poolRuns(runsOf('b0e810a', 'd860d26', 'c793e1f', '21f3b94', '914beb0', 'b61c16d'), '4b', '2')
+  t.same([b4six.rounds, fixed(b4six.median, 3), fixed(b4six.interval?.low, 3), fixed(b4six.interval?.high, 3)], [84, '0.791', '0.763', '0.822'], 'row 4b ÷ row 2, six runs')
+  const r5 = poolRuns(runsOf('21f3b94', '914beb0', 'b61c16d'), '5r', '2')
+  t.same([r5.rounds, fixed(r5.median, 3), fixed(r5.interval?.low, 3), fixed(r5.interval?.high, 3)], [48, '0.614', '0.578', '0.646'], 'row 5r ÷ row 2, the three runs of the header cache')
 
   const p50 = poolRuns(runsOf('b0e810a', '92d8953', 'c793e1f'), '7f', '3f', 'p50', 0.95)
   t.equal(p50.rounds, 56)
