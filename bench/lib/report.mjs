@@ -139,7 +139,7 @@ export function checkTargets(summary, memory, soak) {
     const noise = other > 0.05 ? `; other work took up to ${(other * 100).toFixed(0)}% of the machine: unreliable` : ''
     // Whether the median's interval lies on the verdict's side of the target: a verdict 'within
     // noise' is one that another run of the same code could reverse.
-    const sure = value.clear === undefined ? '' : value.clear ? '; clear of the noise' : '; within noise: the interval spans the target'
+    const sure = value.clear === undefined ? '' : value.clear ? "; clear of this run's noise" : '; within noise: the interval spans the target'
     checks.push({ name, status: value.pass ? 'PASS' : 'FAIL', detail: `${show(value)}${noise}${sure}`, noisy: other > 0.05, clear: value.clear })
   }
   // clear: undefined without an interval (too few rounds), else whether all of it is on the
