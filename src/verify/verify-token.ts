@@ -142,9 +142,10 @@ export function createVerifier(opts: VerifierOptions): Verifier {
 
   const rememberHeader = (pre: Prechecked) => {
     if (pre.known) return
-    if (headers.size >= HEADER_CACHE_SIZE && !headers.has(pre.encoded)) headers.delete(headers.keys().next().value!)
+    const encoded = pre.parts[0]
+    if (headers.size >= HEADER_CACHE_SIZE && !headers.has(encoded)) headers.delete(headers.keys().next().value!)
     // Shared by every later token with this header: nothing may change it.
-    headers.set(pre.encoded, Object.freeze(pre.header))
+    headers.set(encoded, Object.freeze(pre.header))
   }
 
   /** The payload's claims once the signature held: the Identity (cached) or the reason. */
@@ -204,10 +205,8 @@ function checkTime(c: Cached, skewS: number, nowS: number): Denial | undefined {
 
 interface Prechecked {
   readonly header: JWSHeaderParameters
-  /** The token's three parts, each canonical base64url. */
+  /** The token's three parts, each canonical base64url; the first (the encoded header) keys the header cache. */
   readonly parts: readonly [string, string, string]
-  /** The header as it appears in the token, the header cache's key. */
-  readonly encoded: string
   /** Whether the header came from the cache of verified headers. */
   readonly known: boolean
 }
@@ -220,9 +219,8 @@ function precheck(token: string, algorithms: ReadonlySet<string>, verifiedHeader
   // The signature covers the encoded text, so a lenient decoder that skips stray characters or
   // ignores non-zero padding bits would accept many encodings of one signed value.
   if (!parts.every(isCanonicalBase64url)) return deny('malformed', 'token is not canonical base64url')
-  const encoded = parts[0]!
-  const seen = verifiedHeaders.get(encoded)
-  if (seen !== undefined) return { header: seen, parts: parts as [string, string, string], encoded, known: true }
+  const seen = verifiedHeaders.get(parts[0]!)
+  if (seen !== undefined) return { header: seen, parts: parts as [string, string, string], known: true }
   let header: JWSHeaderParameters
   try {
     const text = utf8.decode(Buffer.from(parts[0]!, 'base64url'))
@@ -239,7 +237,7 @@ function precheck(token: string, algorithms: ReadonlySet<string>, verifiedHeader
   // RFC 7515 §4.1.11: an extension the verifier does not understand must fail; Lapse knows none.
   if ('crit' in header) return deny('malformed', 'token header has critical extensions')
   if (header.kid !== undefined && typeof header.kid !== 'string') return deny('malformed', 'token kid is not a string')
-  return { header, parts: parts as [string, string, string], encoded, known: false }
+  return { header, parts: parts as [string, string, string], known: false }
 }
 
 const B64URL_DIGITS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
