@@ -32,6 +32,8 @@ export function defineRows({ engine }) {
     // The same two servers at a fixed load well below either's capacity: the latency a client sees
     // with telemetry on and the collector gone, not the capacity it costs (rows 3 and 7).
     { id: '3f', label: `row 3 at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-mem', auth: 'token', rate: FIXED_RATE },
+    // Row 4b's latency at that load: every request waits for a Redis read, batched per turn of the loop.
+    { id: '4bf', label: `row 4b at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-redis-nocache', auth: 'token', rate: FIXED_RATE, optional: true },
     { id: '7f', label: `row 7 at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-otel', auth: 'token', rate: FIXED_RATE, settle: 'spans-paused' },
   ]
 }

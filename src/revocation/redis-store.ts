@@ -15,9 +15,9 @@
 // contains `:`, `{`, `}` or `*`; `*` as <iss> is the any-issuer entry. A check reads, for every
 // revocable claim of the token, both the issuer's key and the any-issuer key in the same MGET.
 //
-// Checks that miss the local cache in the same turn of the event loop share one MGET of their
-// distinct keys (read-batch.ts): under load the fixed cost of a round trip is paid once per turn,
-// not once per request.
+// Checks that miss the local cache in the same turn of the event loop or the next share one MGET
+// of their distinct keys (read-batch.ts): under load the fixed cost of a round trip is paid once
+// per two turns, not once per request.
 //
 // Fail closed: a check rejects with RevocationUnavailableError when Redis is not connected
 // (immediately: the offline queue is off, so nothing waits for a reconnect) or does not answer
@@ -69,7 +69,7 @@ const DEFAULTS = {
   cacheStalenessMs: 1000,
   // jti values are unique per token: the cache must not grow with every token ever seen.
   cacheMaxEntries: 100_000,
-  // Checks that miss the cache in the same turn of the loop share one MGET (read-batch.ts); a
+  // Checks that miss the cache in two consecutive turns of the loop share one MGET (read-batch.ts); a
   // burst beyond this many distinct keys is split so no single reply grows without bound.
   batchMaxKeys: 512,
 }

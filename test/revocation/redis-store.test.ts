@@ -1,5 +1,6 @@
 // The Redis set against the shared RevocationStore contract (cache off and on), plus what only
 // Redis has: the key layout, the TTL in Redis, one round trip per check, cached checks.
+import { execFileSync } from 'node:child_process'
 import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
 import { manualClock, nowS } from '../../src/pipeline/clock.js'
@@ -115,6 +116,44 @@ t.test('checks started in the same turn share one MGET of their distinct keys, a
     t.equal(keys.length, 24 * 2 + 3 + 2 * 3, 'the distinct keys of the 30 tokens')
     t.ok(keys.every((key) => key.startsWith(`{${prefix}}:rev:`)), 'all under the prefix hash tag')
   }
+})
+
+t.test('a check started in the next turn of the loop joins the batch; one started after the batch left gets its own MGET', async (t) => {
+  for (const cache of [false, true]) {
+    const { store, clock } = await openStore(t, redis, { cache })
+    const ref = (jti: string) => tokenRef(nowS(clock) - 10, [['jti', `${jti}-${cache}`]])
+    const log = await recordCommands(raw)
+    const checks: Array<Promise<boolean>> = [store.isRevoked(ref('first'))]
+    // Immediates run in the order they were queued: this one in the turn the batch is held
+    // through, the nested one in the turn after, once the batch's MGET has gone.
+    await new Promise<void>((resolve) => setImmediate(() => {
+      checks.push(store.isRevoked(ref('next-turn')))
+      setImmediate(() => { checks.push(store.isRevoked(ref('after-send'))); resolve() })
+    }))
+    t.same(await Promise.all(checks), [false, false, false])
+    const mgets = (await log.stop()).filter((args) => args[0]?.toLowerCase() === 'mget')
+    const jtis = mgets.map((args) => [...new Set(args.slice(1).map((key) => key.split(':').pop()))])
+    t.same(jtis, [[`first-${cache}`, `next-turn-${cache}`], [`after-send-${cache}`]], `cache ${cache ? 'on' : 'off'}: two MGETs`)
+  }
+})
+
+t.test('a check that starts while an MGET of its own keys is in flight is not answered by it', async (t) => {
+  // The in-flight MGET ran before the revocation was written; a check that began after the write
+  // must read again, or it would miss a revocation acknowledged before it started.
+  const { store, clock, prefix } = await openStore(t, redis, { cache: false })
+  const ref = tokenRef(nowS(clock) - 10, [['jti', 'in-flight']])
+  const log = await recordCommands(raw)
+  const first = store.isRevoked(ref)
+  await new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve))) // the batch has been sent
+  // Everything below is synchronous, so this process cannot read the first MGET's reply meanwhile.
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100) // Redis answers into our socket
+  const entry = JSON.stringify(entryAt(clock, 'jti', 'in-flight'))
+  execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), 'SET', `{${prefix}}:rev:jti:*:in-flight`, entry], { timeout: 10_000 })
+  const second = store.isRevoked(ref)
+  t.equal(await second, true, 'the check that began after the write sees it')
+  await first // either answer: this test is about the second
+  const commands = (await log.stop()).map((args) => args[0]?.toLowerCase()).filter((name) => name === 'mget' || name === 'set')
+  t.same(commands, ['mget', 'set', 'mget'], 'its own MGET, after the write')
 })
 
 t.test('a burst beyond batchMaxKeys goes out as several MGETs in the same turn, answers unchanged', async (t) => {
