@@ -32,7 +32,8 @@ const HELP = `usage: node run.mjs [options]
   --warmup S        unmeasured load before a row's first round (default duration/4, 1..3 s)
   --rows LIST       comma-separated row ids (default: all but 6c); see README.md
   --pool N          tokens per algorithm in row 5's pool (default 10000)
-  --soak S          only row 5 (RS256) for S seconds, sampling Lapse's RSS (the flatness check)
+  --soak S          only row 5 (RS256) for S seconds, sampling Lapse's RSS (the flatness check);
+                    with no --rows it has no table, so README.md and RESULTS.md stay as they are
   --engine E        Lapse's forwarding engine for row 2: http-proxy | undici (default: read from dist/)
   --results-dir D   where the JSON goes (default bench/results)
   --quiet-wait S    before each measurement wait while other work keeps the machine busy,
@@ -509,7 +510,8 @@ async function main() {
   const jsonPath = join(args['results-dir'], jsonName)
   writeFileSync(jsonPath, `${JSON.stringify(result, null, 2)}\n`)
   log(`\nresults: ${jsonPath}`)
-  if (!args['no-record'] && !base) {
+  // A soak alone has no table: recording it would replace the latest full table with an empty one.
+  if (!args['no-record'] && !base && selected.length > 0) {
     if (updateReadme(join(benchDir, 'README.md'), { table, checks, meta, micro })) log('README.md: latest table updated')
     appendResultsLog(join(benchDir, 'RESULTS.md'), { summary, checks, meta, jsonName })
     log('RESULTS.md: one line appended')

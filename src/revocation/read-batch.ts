@@ -11,10 +11,11 @@
 // and sends one MGET of the distinct keys. A key asked for by several requests (a token reused
 // across concurrent requests, a shared `sub`) is read and parsed once.
 //
-// Why two turns: on a saturated sidecar one poll phase holds only a few requests (≈ 3.5 in the
+// Why two turns: on a saturated sidecar one poll phase holds only a few requests (3–4 in the
 // benchmark's row 4b), so holding the batch through the next poll phase as well roughly halves
-// the MGETs: row 4b × 1.07 req/s and × 0.92 CPU per request (bench/README.md). Holding it for a
-// third turn bought nothing measurable. The wait is counted in turns, not time: on an idle loop
+// the MGETs (6–7 requests each): row 4b × 1.04 req/s pooled over two A/B runs, and at a fixed
+// moderate rate p50 −13% and × 0.86 CPU per request, because fewer round trips leave less
+// queueing (bench/README.md). Holding it for a third turn bought nothing measurable. The wait is counted in turns, not time: on an idle loop
 // a turn is one poll with a zero timeout (microseconds), so a lone read is not held back.
 //
 // What it does not change:

@@ -91,6 +91,20 @@ t.test('the pooled figures the docs cite come out of the committed results', asy
   t.equal(p50.rounds, 56)
   t.same([fixed(p50.median, 3), fixed(p50.interval?.low, 3), fixed(p50.interval?.high, 3)], ['0.023', '-0.038', '0.058'], '7f ÷ 3f p50 +2.3% (−3.8% to +5.8%)')
 
+  // Session 12: the full run of dffa8e9 added, and the two-turn revocation batch's own runs.
+  const r7six = poolRuns(runsOf('b0e810a', '92d8953', 'c793e1f', '21f3b94', '914beb0', 'dffa8e9'), '7', '3')
+  t.same([r7six.rounds, fixed(r7six.median, 3), fixed(r7six.interval?.low, 3), fixed(r7six.interval?.high, 3)], [72, '0.966', '0.932', '0.990'], 'row 7 ÷ row 3, six runs')
+  const p50six = poolRuns(runsOf('b0e810a', '92d8953', 'd860d26', 'c793e1f', '21f3b94', 'dffa8e9'), '7f', '3f', 'p50')
+  t.same([p50six.rounds, fixed(p50six.median, 3), fixed(p50six.interval?.low, 3), fixed(p50six.interval?.high, 3)], [72, '0.042', '0.008', '0.060'], '7f ÷ 3f p50, six runs')
+  const b4hold = poolRuns(runsOf('f1f1a72', 'dffa8e9'), '4b', '2')
+  t.same([b4hold.rounds, fixed(b4hold.median, 3), fixed(b4hold.interval?.low, 3), fixed(b4hold.interval?.high, 3)], [32, '0.775', '0.732', '0.838'], 'row 4b ÷ row 2 with the two-turn batch')
+  const abHold = poolRuns(runsOf('f1f1a72'), '4b', '4b@base')
+  t.same([abHold.rounds, fixed(abHold.median, 3), fixed(abHold.interval?.low, 3), fixed(abHold.interval?.high, 3)], [24, '1.036', '0.992', '1.060'], 'the two-turn batch against its parent')
+  const fixedHold = poolRuns(runsOf('f1f1a72'), '4bf', '4bf@base', 'p50')
+  t.same([fixedHold.rounds, fixed(fixedHold.median, 3), fixed(fixedHold.interval?.low, 3), fixed(fixedHold.interval?.high, 3)], [12, '-0.130', '-0.179', '-0.089'], '4bf p50 against its parent')
+  const r5four = poolRuns(runsOf('21f3b94', '914beb0', 'b61c16d', 'dffa8e9'), '5r', '2')
+  t.same([r5four.rounds, fixed(r5four.median, 3), fixed(r5four.interval?.low, 3), fixed(r5four.interval?.high, 3)], [56, '0.613', '0.598', '0.635'], 'row 5r ÷ row 2, four runs')
+
   const r7old = poolRuns(runsOf('b0e810a', '92d8953', 'c793e1f'), '7', '3', 'rps', 0.95)
   t.same([r7old.rounds, fixed(r7old.median, 3), fixed(r7old.interval?.low, 3), fixed(r7old.interval?.high, 3)], [36, '0.953', '0.903', '1.009'])
 })
