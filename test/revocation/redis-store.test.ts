@@ -153,7 +153,9 @@ t.test('a check that starts while an MGET of its own keys is in flight is not an
   t.equal(await second, true, 'the check that began after the write sees it')
   await first // either answer: this test is about the second
   const commands = (await log.stop()).map((args) => args[0]?.toLowerCase()).filter((name) => name === 'mget' || name === 'set')
-  t.same(commands, ['mget', 'set', 'mget'], 'its own MGET, after the write')
+  // Normally MGET, SET, MGET; on a starved machine Redis may run the first MGET after the SET too.
+  t.equal(commands.filter((name) => name === 'mget').length, 2, 'two MGETs')
+  t.ok(commands.lastIndexOf('mget') > commands.indexOf('set'), 'the second after the write', { commands })
 })
 
 t.test('a burst beyond batchMaxKeys goes out as several MGETs in the same turn, answers unchanged', async (t) => {
