@@ -15,8 +15,9 @@
 // benchmark's row 4b), so holding the batch through the next poll phase as well roughly halves
 // the MGETs (6–7 requests each): row 4b × 1.04 req/s pooled over two A/B runs, and at a fixed
 // moderate rate p50 −13% and × 0.86 CPU per request, because fewer round trips leave less
-// queueing (bench/README.md). Holding it for a third turn bought nothing measurable. The wait is counted in turns, not time: on an idle loop
-// a turn is one poll with a zero timeout (microseconds), so a lone read is not held back.
+// queueing (bench/README.md). Holding it for a third turn bought nothing measurable. The wait is
+// counted in turns, not time: on an idle loop a turn is one poll with a zero timeout (a lone
+// check's p50 went 44 → 47–48 µs in bench/revocation.mjs), so a lone read is not held back.
 //
 // What it does not change:
 // - Fail closed: a read when the data connection is not ready rejects at once, as before; a batch
