@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { makeKeys, mintPool, mintToken } from './lib/keys.mjs'
 import { canPin, cpuMs, cpuSplitMs, killAllSync, machineBusyMs, rssKb, runJson } from './lib/proc.mjs'
-import { appendResultsLog, checkTargets, formatChecks, formatTable, median, summarize, updateReadme } from './lib/report.mjs'
+import { appendResultsLog, checkTargets, formatChecks, formatTable, median, shouldRecord, summarize, updateReadme } from './lib/report.mjs'
 import { formatMicro } from './micro/decision.bench.mjs'
 import { adjacentGroups, defaultRowIds, defineRows } from './lib/rows.mjs'
 import { createFleet, isLapseServer, lapseEntry } from './lib/servers.mjs'
@@ -510,8 +510,7 @@ async function main() {
   const jsonPath = join(args['results-dir'], jsonName)
   writeFileSync(jsonPath, `${JSON.stringify(result, null, 2)}\n`)
   log(`\nresults: ${jsonPath}`)
-  // A soak alone has no table: recording it would replace the latest full table with an empty one.
-  if (!args['no-record'] && !base && selected.length > 0) {
+  if (shouldRecord({ noRecord: args['no-record'], against: base, rowCount: selected.length })) {
     if (updateReadme(join(benchDir, 'README.md'), { table, checks, meta, micro })) log('README.md: latest table updated')
     appendResultsLog(join(benchDir, 'RESULTS.md'), { summary, checks, meta, jsonName })
     log('RESULTS.md: one line appended')

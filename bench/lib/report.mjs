@@ -210,6 +210,16 @@ function formatMicroTable({ results }) {
   return lines.join('\n')
 }
 
+/**
+ * Whether a run replaces README.md's "Latest run" block and appends a line to RESULTS.md. Not with
+ * `--no-record`; not in an A/B (`--against`), whose rows are two builds rather than the tree; and not
+ * when no row ran: a soak alone has no table, and recording it would replace the latest full table
+ * with an empty one.
+ */
+export function shouldRecord({ noRecord, against, rowCount }) {
+  return !noRecord && !against && rowCount > 0
+}
+
 const START = '<!-- bench:latest:start -->'
 const END = '<!-- bench:latest:end -->'
 

@@ -16,6 +16,7 @@ interface Report {
   checkTargets(summary: Summary[]): Check[]
   paired(a: { rounds: unknown[] }, b: { rounds: unknown[] }): { median: number; min: number; max: number; perRound: number[] } | undefined
   medianInterval(xs: number[], coverage?: number): { low: number; high: number; coverage: number } | undefined
+  shouldRecord(run: { noRecord: boolean; against?: object; rowCount: number }): boolean
 }
 interface Rows { adjacentGroups(runnable: Row[]): Row[][] }
 
@@ -122,4 +123,13 @@ t.test('a verdict says whether the interval of its median clears the target or s
   const few = checkTargets(summarize([row('2'), row('3')], new Map([['2', floor.slice(0, 3)], ['3', [900, 950, 990].map((r) => round(r))]])))
   t.equal(few.find((c) => c.name.startsWith('row 3 ≥ 0.90'))!.clear, undefined)
   t.notMatch(few.find((c) => c.name.startsWith('row 3 ≥ 0.90'))!.detail, /interval|noise/)
+})
+
+t.test('a run records its table only when it measured rows of the tree itself', async (t) => {
+  const { shouldRecord } = await load<Report>('report.mjs')
+  t.equal(shouldRecord({ noRecord: false, rowCount: 3 }), true, 'a plain run replaces the latest table')
+  t.equal(shouldRecord({ noRecord: true, rowCount: 3 }), false, '--no-record (the smoke test) leaves the docs alone')
+  t.equal(shouldRecord({ noRecord: false, against: { ref: 'HEAD~1' }, rowCount: 6 }), false, 'an A/B compares two builds, not the tree')
+  // `--soak` with no rows: recording would replace the latest full table with an empty one.
+  t.equal(shouldRecord({ noRecord: false, rowCount: 0 }), false, 'a soak alone has no table to record')
 })
