@@ -60,19 +60,27 @@ function compileOne(s: RouteSetting, index: number): Compiled {
 }
 
 /**
- * A rule whose every method an earlier rule with the same path already takes could never match.
- * A partly shadowed one can (`GET` first, then every other method), so it stays.
+ * Rules match first to last, so a later rule with the same path as an earlier one gets only the
+ * methods the earlier ones leave. A rule for every method after narrower ones (`GET` needing
+ * `read`, then the rest needing `write`) is the point of that. A method a later rule *names* that
+ * an earlier one already takes would never reach it: an operator who wrote it expects that rule's
+ * scopes to apply, so the start fails rather than quietly applying the earlier rule's.
  */
 function rejectDuplicates(compiled: readonly Compiled[]): void {
   for (let i = 0; i < compiled.length; i++) {
     const b = compiled[i]!.rule
-    const earlier = compiled.slice(0, i).filter((c) => c.rule.path === b.path).map((c) => c.rule)
-    if (earlier.length === 0) continue
-    const everyMethodTaken = earlier.some((a) => !a.methods)
-    const taken = new Set(earlier.flatMap((a) => [...(a.methods ?? [])]))
-    const unreachable = everyMethodTaken || (b.methods !== undefined && [...b.methods].every((m) => taken.has(m)))
-    if (unreachable) throw new ConfigError('ERR_RULES_DUPLICATE', `LAPSE_ROUTES: routes[${i}] (${b.path}) repeats routes[${earlier[0]!.id}] for the same methods`)
+    for (const a of compiled.slice(0, i).map((c) => c.rule)) {
+      if (a.path !== b.path) continue
+      if (!a.methods) throw duplicate(b, a, 'every method')
+      const shared = b.methods && [...b.methods].find((m) => a.methods!.has(m))
+      if (shared) throw duplicate(b, a, shared)
+    }
   }
+}
+
+function duplicate(b: Rule, a: Rule, taken: string): ConfigError {
+  return new ConfigError('ERR_RULES_DUPLICATE',
+    `LAPSE_ROUTES: routes[${b.id}] (${b.path}) can never apply to ${taken}: routes[${a.id}] takes it first`)
 }
 
 function splitPath(path: string): { segments: string[]; trailingSlash: boolean } {

@@ -99,8 +99,10 @@ function readConfigFile(path: string): Record<string, unknown> {
 }
 
 function describeIssue(issue: z.core.$ZodIssue, raw: Readonly<Record<string, unknown>>): string {
-  if (issue.code === 'unrecognized_keys') return fail(issue.keys[0] ?? '?', 'not a Lapse setting')
   const key = String(issue.path[0] ?? '?')
+  // Rules from the file are checked here, those from LAPSE_ROUTES in parseRoutes: one error code.
+  if (key === 'routes' && issue.path.length > 1) return ruleIssue(issue.message, issue.path.slice(1))
+  if (issue.code === 'unrecognized_keys') return fail(issue.keys[0] ?? '?', 'not a Lapse setting')
   const where = issue.path.length > 1 ? ` (at ${issue.path.slice(1).join('.')})` : ''
   // Zod 4 leaves `issue.input` out of issues, so "missing" is read from the raw settings: a value
   // that is set but of the wrong type ("abc" for a number) is not "required".
@@ -121,10 +123,15 @@ function parseRoutes(value: Settings['routes']): RouteSetting[] {
   const parsed = z.array(routeSchema).safeParse(list)
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!
-    const at = issue.path.length ? ` (at routes[${issue.path.join('].')})` : ''
-    throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${issue.message}${at}`)
+    return ruleIssue(issue.message, issue.path)
   }
   return parsed.data
+}
+
+/** A malformed rule, located as the operator wrote it: `(at routes[1].methods[0])`. */
+function ruleIssue(message: string, path: readonly PropertyKey[]): never {
+  const at = path.length ? ` (at routes${path.map((k) => (typeof k === 'number' ? `[${k}]` : `.${String(k)}`)).join('')})` : ''
+  throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${message}${at}`)
 }
 
 function hostPort(value: string): HostPort {

@@ -103,13 +103,17 @@ t.test('rules that could never match fail the boot with ERR_RULES_DUPLICATE', as
     ['same path, same method', [{ path: '/a/**', methods: ['GET'] }, { path: '/a/**', methods: ['GET'], scopes: ['y'] }]],
     ['same path, every method before a narrower rule', [{ path: '/a', scopes: ['x'] }, { path: '/a', methods: ['GET'] }]],
     ['same path, methods covered by two earlier rules', [{ path: '/a', methods: ['GET'] }, { path: '/a', methods: ['POST'] }, { path: '/a', methods: ['post', 'GET'] }]],
+    // The later rule's GET would never apply: its scopes would silently not be the ones checked.
+    ['same path, the later rule names a method an earlier one takes', [{ path: '/a', methods: ['GET'], scopes: ['x'] }, { path: '/a', methods: ['POST', 'get'], scopes: ['y'] }]],
   ]
   for (const [what, rules] of dupes) {
-    t.throws(() => compile(rules), { code: 'ERR_RULES_DUPLICATE', message: /^LAPSE_ROUTES: routes\[\d\]/ }, what)
+    t.throws(() => compile(rules), { code: 'ERR_RULES_DUPLICATE', message: /^LAPSE_ROUTES: routes\[\d\] \(\/a(\/\*\*)?\) can never apply to (GET|POST|every method): routes\[\d\] takes it first$/ }, what)
   }
+  t.throws(() => compile([{ path: '/a', methods: ['GET'] }, { path: '/a', methods: ['POST', 'get'] }]),
+    { message: 'LAPSE_ROUTES: routes[1] (/a) can never apply to GET: routes[0] takes it first' }, 'the message names the rule, the method and the rule that takes it')
   const fine: Array<[string, object[]]> = [
     ['same path, disjoint methods', [{ path: '/a', methods: ['GET'] }, { path: '/a', methods: ['POST'] }]],
-    ['same path, the later rule takes more methods', [{ path: '/a', methods: ['GET'] }, { path: '/a', methods: ['GET', 'POST'] }]],
+    ['same path, every other method after a narrower rule', [{ path: '/a', methods: ['GET'], scopes: ['read'] }, { path: '/a', scopes: ['write'] }]],
     ['different paths', [{ path: '/a' }, { path: '/a/' }, { path: '/a/*' }]],
   ]
   for (const [what, rules] of fine) t.doesNotThrow(() => compile(rules), what)

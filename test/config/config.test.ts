@@ -171,3 +171,20 @@ t.test('YAML file problems name LAPSE_CONFIG or the setting, in one line', async
     t.throws(() => loadConfig({ LAPSE_CONFIG: path }), { code, message }, what)
   }
 })
+
+t.test('a malformed rule is ERR_RULES_INVALID at the same place, from the file or from LAPSE_ROUTES', async (t) => {
+  const env = await validEnv()
+  const dir = mkdtempSync(join(tmpdir(), 'lapse-config-'))
+  const file = join(dir, 'routes.yaml')
+  const rules: Array<[string, string, string]> = [
+    ['a path without its /', '[{ path: orders }]', 'a route path starts with / (at routes[0].path)'],
+    ['a method that is not letters', '[{ path: /a }, { path: /b, methods: [GET, "PO ST"] }]', 'a method is letters only (at routes[1].methods[1])'],
+    ['an unknown key (not a setting of its own)', '[{ path: /a, scope: [x] }]', '"scope" (at routes[0])'],
+  ]
+  for (const [what, yaml, where] of rules) {
+    writeFileSync(file, `routes: ${yaml}\n`)
+    const expect = { code: 'ERR_RULES_INVALID', message: new RegExp(`^LAPSE_ROUTES: .*${where.replace(/[[\]().]/g, '\\$&')}$`) }
+    t.throws(() => loadConfig({ ...env, LAPSE_CONFIG: file }), expect, `${what}, in the file`)
+    t.throws(() => loadConfig({ ...env, LAPSE_ROUTES: yaml }), expect, `${what}, in LAPSE_ROUTES`)
+  }
+})
