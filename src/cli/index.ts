@@ -143,6 +143,9 @@ async function runDemo(args: string[], env: Env): Promise<void> {
   }
   const running = await start(demoEnv)
   closeOnSignal(running, () => upstream.server.close())
+  const { maxLifetimeS, clockSkewS } = running.config
+  // The demo would answer its own token 401 lifetime_exceeds_policy: say so instead of printing it.
+  if (maxLifetimeS > 0 && ttlS > maxLifetimeS) die(`demo: --ttl ${ttlS} is longer than LAPSE_MAX_TOKEN_LIFETIME (${maxLifetimeS} s), so Lapse would refuse the token`)
   const nowS = Math.floor(Date.now() / 1000)
   const token = await mintToken(dev, { sub: 'demo-user', scope: 'demo:read', ttlS, nowS, iss: running.config.issuers[0], aud: running.config.audiences[0] })
   const p = running.addresses.proxy
@@ -155,7 +158,8 @@ A token for subject demo-user, scope demo:read, valid ${ttlS} s:
 
   curl -i -H "Authorization: Bearer ${token}" http://${host(p.host)}:${p.port}/hello
 
-After ${ttlS} s the same command answers 401 invalid_token. Revoke it sooner with:
+After ${ttlS + clockSkewS} s (its lifetime and the ${clockSkewS} s LAPSE_CLOCK_SKEW allows) the same command answers 401 invalid_token.
+Revoke it sooner with:
 
   LAPSE_ADMIN_URL=http://${host(a.host)}:${a.port} LAPSE_ADMIN_TOKEN=${adminToken} npx lapse revoke --claim sub --value demo-user --reason "trying it out"
 

@@ -1,5 +1,6 @@
 // `lapse demo` as a newcomer runs it: the printed request gets the demo upstream's answer, and
-// the same request after the token's TTL gets 401 invalid_token. Real process, real clock.
+// the same request once the token's TTL and the clock skew have passed gets 401 invalid_token, as
+// the banner says. Real process, real clock.
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
@@ -10,7 +11,8 @@ import t, { type Test } from 'tap'
 import { CHALLENGE } from '../fixtures/deny.js'
 
 const ROOT = resolve(import.meta.dirname, '../..')
-const TTL_S = 4
+const TTL_S = 2
+const SKEW_S = 2
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -38,7 +40,7 @@ function get(url: string, authorization: string): Promise<{ status: number; head
 }
 
 /** `lapse demo --ttl ttlS` as a child process; resolves once it has printed its instructions. */
-async function startDemo(t: Test, ttlS: number) {
+async function startDemo(t: Test, ttlS: number, env: Record<string, string> = {}) {
   t.ok(existsSync(join(ROOT, 'dist/cli/index.js')), 'dist/ is built (npm test builds it; run `npm run build` before running this file alone)')
   const [port, adminPort] = [await freePort(), await freePort()]
   const child = spawn(process.execPath, [join(ROOT, 'bin/lapse.js'), 'demo', '--ttl', String(ttlS)], {
@@ -50,6 +52,7 @@ async function startDemo(t: Test, ttlS: number) {
       LAPSE_CLOCK_SKEW: '0',
       LAPSE_DEV_DIR: mkdtempSync(join(tmpdir(), 'lapse-demo-')),
       OTEL_SDK_DISABLED: 'true',
+      ...env,
     },
     stdio: ['ignore', 'ignore', 'pipe'],
   })
@@ -80,9 +83,10 @@ async function startDemo(t: Test, ttlS: number) {
   return { child, exited, port, adminPort, printed, stderr: () => stderr }
 }
 
-t.test('lapse demo: the printed request is answered by the demo upstream, then refused 401 invalid_token after the TTL', async (t) => {
-  const { child, exited, port, printed } = await startDemo(t, TTL_S)
+t.test('lapse demo: the printed request is answered by the demo upstream, then refused 401 invalid_token when the banner says', async (t) => {
+  const { child, exited, port, printed, stderr } = await startDemo(t, TTL_S, { LAPSE_CLOCK_SKEW: String(SKEW_S) })
   t.ok(printed, 'the demo printed a curl command')
+  t.match(stderr(), `After ${TTL_S + SKEW_S} s (its lifetime and the ${SKEW_S} s LAPSE_CLOCK_SKEW allows) the same command answers 401 invalid_token`)
   if (!printed) return
   const [, header, url] = printed
   const authorization = header!.slice('Authorization: '.length)
@@ -98,10 +102,12 @@ t.test('lapse demo: the printed request is answered by the demo upstream, then r
   t.equal(answer.subject, 'demo-user', 'the upstream saw the identity Lapse added')
 
   // Real time has to pass here: the demo runs on the system clock in its own process.
-  const waitMs = claims.exp * 1000 - Date.now() + 100
-  if (waitMs > 0) await new Promise((r) => setTimeout(r, waitMs))
+  const until = async (ms: number) => { if (ms > Date.now()) await new Promise((r) => setTimeout(r, ms - Date.now())) }
+  await until(claims.exp * 1000 + 200)
+  t.equal((await get(url!, authorization)).status, 200, 'past exp but within the clock skew, the request still works')
+  await until((claims.exp + SKEW_S) * 1000 + 100)
   const second = await get(url!, authorization)
-  t.equal(second.status, 401, 'the same request after the TTL is refused')
+  t.equal(second.status, 401, 'the same request after the TTL and the skew is refused')
   t.match(second.headers['www-authenticate'], CHALLENGE.invalidToken)
   t.equal((JSON.parse(second.body) as { error?: string }).error, 'invalid_token')
   t.notOk(second.body.includes(token.split('.')[2]!), 'the answer does not echo the token')
@@ -131,4 +137,11 @@ t.test('lapse demo: the printed revoke command works as printed, and the printed
   const after = await get(url!, authorization)
   t.equal(after.status, 401, 'the same request is refused once revoked')
   t.equal((JSON.parse(after.body) as { error?: string }).error, 'invalid_token')
+})
+
+t.test('lapse demo: a --ttl over the lifetime policy fails the start instead of printing a token Lapse refuses', async (t) => {
+  const { printed, exited, stderr } = await startDemo(t, 7200)
+  t.notOk(printed, 'no curl command was printed')
+  t.equal(await exited, 2, 'exit code 2, as for any start-up error')
+  t.match(stderr(), 'demo: --ttl 7200 is longer than LAPSE_MAX_TOKEN_LIFETIME (3600 s), so Lapse would refuse the token')
 })
