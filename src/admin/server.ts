@@ -5,6 +5,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Deps } from '../app.js'
 import type { RevocationEntry } from '../pipeline/types.js'
+import { errorType } from '../telemetry/recorder.js'
 import { parseRevocation } from './revocation-body.js'
 
 const MAX_BODY_BYTES = 16 * 1024
@@ -85,14 +86,16 @@ async function create(req: IncomingMessage, res: ServerResponse, deps: Deps): Pr
   const { config, clock } = deps
   const parsed = parseRevocation(body.value, { config, nowS: Math.floor(clock.now() / 1000), by })
   if ('error' in parsed) return send(res, 400, { error: 'invalid_request', error_description: parsed.error })
+  const change = deps.recorder.revocationChange(req.headers, 'revoke')
   let stored: RevocationEntry
   try {
     stored = await deps.revocations.put(parsed)
   } catch (err) {
+    change.ended(errorType(err))
     deps.log.error({ err: (err as Error).message }, 'revocation write failed')
     return send(res, 503, { error: 'temporarily_unavailable', error_description: 'the revocation set did not acknowledge the write' }, { 'retry-after': '1' })
   }
-  audit(deps, 'revoke', stored)
+  change.done(stored)
   send(res, 201, toJson(stored))
 }
 
@@ -110,21 +113,19 @@ async function read(req: IncomingMessage, res: ServerResponse, deps: Deps, claim
 async function lift(req: IncomingMessage, res: ServerResponse, deps: Deps, claim: string, value: string, iss: string | undefined): Promise<void> {
   const by = authorize(req, res, deps)
   if (!by) return
+  const change = deps.recorder.revocationChange(req.headers, 'lift')
   try {
     const entry = await deps.revocations.get(claim, value, iss)
     const removed = await deps.revocations.lift(claim, value, iss)
+    // Nothing lifted is nothing changed: the span ends without an audit line.
+    if (removed && entry) change.done({ ...entry, by })
+    else change.ended()
     if (!removed) return send(res, 404, { error: 'not_found', error_description: 'no such revocation' })
-    if (entry) audit(deps, 'lift', { ...entry, by })
     res.writeHead(204).end()
-  } catch {
+  } catch (err) {
+    change.ended(errorType(err))
     send(res, 503, { error: 'temporarily_unavailable', error_description: 'the revocation set is unreachable' }, { 'retry-after': '1' })
   }
-}
-
-function audit(deps: Deps, action: 'revoke' | 'lift', e: RevocationEntry): void {
-  // Audit lines are written whatever LAPSE_LOG_LEVEL says (short of silent), like decision lines.
-  const log = deps.log.levelVal > 30 && deps.log.level !== 'silent' ? deps.log.child({}, { level: 'info' }) : deps.log
-  log.info({ audit: 'revocation', action, by: e.by, claim: e.claim, value: e.value, iss: e.iss, issued_before: e.issuedBeforeS, expires_at: e.expiresAtS, reason: e.reason }, `revocation ${action}`)
 }
 
 export function toJson(e: RevocationEntry): Record<string, unknown> {

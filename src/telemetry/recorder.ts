@@ -9,7 +9,7 @@
 // Nothing here waits on an exporter: spans end into the SDK's batch processor and audit lines into
 // pino's buffered destination. No token, signature or raw query string is ever written: only
 // claims Lapse has verified (sub, client_id, jti, iat, exp) and the normalized path.
-import type { IncomingMessage } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import {
@@ -22,7 +22,7 @@ import {
 } from '@opentelemetry/semantic-conventions'
 import type { Logger } from 'pino'
 import type { Outcome } from '../pipeline/decide.js'
-import type { Clock, Reason, Step, StepTracer } from '../pipeline/types.js'
+import type { Clock, Reason, RevocationEntry, Step, StepTracer } from '../pipeline/types.js'
 import * as A from './semconv.js'
 
 /** What the recorder reports per decision; telemetry/metrics.ts implements it over OTel instruments. */
@@ -67,6 +67,18 @@ export interface Recorder {
   finish(trace: RequestTrace, end: { status: number; upstreamFailure?: string | undefined; remoteAddress: string | undefined; note?: Record<string, unknown> }): void
   /** W3C trace context headers for the upstream, with the decision span as parent. */
   inject(trace: RequestTrace, headers: Record<string, unknown>): void
+  /**
+   * A revocation write or lift on the admin API: starts its `lapse.revocation.change` span, child of
+   * the caller's traceparent. `done` ends it and writes the audit line, which carries its trace id
+   * like a decision line does; `ended` ends it with no audit line (nothing changed), as a fault
+   * when given one (the revocation set failed).
+   */
+  revocationChange(headers: IncomingHttpHeaders, action: 'revoke' | 'lift'): RevocationChangeTrace
+}
+
+export interface RevocationChangeTrace {
+  done(entry: RevocationEntry): void
+  ended(fault?: string): void
 }
 
 // HTTP semantic conventions: methods outside this set are reported as `_OTHER` (bounded cardinality).
@@ -278,6 +290,47 @@ export function createRecorder(opts: RecorderOptions): Recorder {
     inject(t, headers) {
       // Tracing off: the client's trace context is already among the forwarded headers.
       if (tracing) propagator.inject(t.context, headers, defaultTextMapSetter)
+    },
+
+    revocationChange(headers, action) {
+      const parent = propagator.extract(ROOT_CONTEXT, headers, defaultTextMapGetter)
+      const span = tracing
+        ? opts.tracer.startSpan(A.SPAN_REVOCATION_CHANGE, { kind: SpanKind.SERVER, attributes: { [A.ATTR_REVOCATION_ACTION]: action } }, parent)
+        : INERT_SPAN
+      return {
+        done(e) {
+          if (span.isRecording()) {
+            span.setAttribute(A.ATTR_REVOCATION_CLAIM, e.claim)
+            span.setAttribute(A.ATTR_REVOCATION_VALUE, e.value)
+            if (e.iss !== undefined) span.setAttribute(A.ATTR_REVOCATION_ISS, e.iss)
+            span.setAttribute(A.ATTR_REVOCATION_BY, e.by)
+          }
+          span.end()
+          // Tracing off: the line still names the caller's trace, as a decision line does.
+          const ctx = tracing ? span.spanContext() : traceApi.getSpanContext(parent) ?? INVALID_SPAN_CONTEXT
+          const traced = isSpanContextValid(ctx)
+          audit.info({
+            audit: 'revocation',
+            trace_id: traced ? ctx.traceId : undefined,
+            span_id: traced ? ctx.spanId : undefined,
+            action,
+            by: e.by,
+            claim: e.claim,
+            value: e.value,
+            iss: e.iss,
+            issued_before: e.issuedBeforeS,
+            expires_at: e.expiresAtS,
+            reason: e.reason,
+          }, `revocation ${action}`)
+        },
+        ended(fault) {
+          if (fault !== undefined && span.isRecording()) {
+            span.setStatus({ code: SpanStatusCode.ERROR })
+            span.setAttribute(ATTR_ERROR_TYPE, fault)
+          }
+          span.end()
+        },
+      }
     },
   }
 }

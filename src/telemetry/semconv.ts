@@ -5,6 +5,8 @@
 export const SPAN_AUTHORIZE = 'lapse.authorize'
 export const SPAN_JWKS_FETCH = 'lapse.jwks.fetch'
 export const SPAN_REVOCATION_LOOKUP = 'lapse.revocation.lookup'
+// One per revocation written or lifted through the admin API, child of the caller's traceparent.
+export const SPAN_REVOCATION_CHANGE = 'lapse.revocation.change'
 
 // Decision span attributes (also the labels of the decision metrics).
 export const ATTR_DECISION = 'lapse.decision'
@@ -20,6 +22,16 @@ export const ATTR_ENDUSER_ID = 'enduser.id'
 // Step span attributes.
 export const ATTR_REVOKED = 'lapse.revocation.revoked'
 export const ATTR_REVOCATION_BACKEND = 'lapse.revocation.backend'
+
+// Revocation change span attributes: what the audit line says, but the free-text reason.
+/** `revoke` or `lift`. */
+export const ATTR_REVOCATION_ACTION = 'lapse.revocation.action'
+export const ATTR_REVOCATION_CLAIM = 'lapse.revocation.claim'
+export const ATTR_REVOCATION_VALUE = 'lapse.revocation.value'
+/** The entry's issuer; absent for an entry that binds every issuer. */
+export const ATTR_REVOCATION_ISS = 'lapse.revocation.iss'
+/** The admin token's name (`LAPSE_ADMIN_TOKEN_NAME`), `(cli)` appended when `lapse revoke` wrote it. */
+export const ATTR_REVOCATION_BY = 'lapse.revocation.by'
 
 // Metrics. Durations are in seconds, as OpenTelemetry's semantic conventions ask (the Prometheus
 // text keeps the name without a unit suffix: `lapse_decision_duration_bucket`).

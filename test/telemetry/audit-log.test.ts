@@ -87,4 +87,59 @@ t.test('revocation changes are audit lines too', async (t) => {
   }, 'two revocation lines')
   t.match(lines[0], { action: 'revoke', claim: 'sub', value: 'contractor-7', reason: 'offboarded', by: 'admin' })
   t.match(lines[1], { action: 'lift', claim: 'sub', value: 'contractor-7' })
+  t.notOk('trace_id' in lines[0]! || 'trace_id' in lines[1]!, 'telemetry off and no traceparent: no trace id')
+})
+
+t.test('a revocation change is a lapse.revocation.change span, child of the caller\'s trace, and its line carries the trace id', async (t) => {
+  const mem = inMemoryTelemetry(t)
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry })
+  const base = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }
+  const [revoke, lift, missing] = [newTraceparent(), newTraceparent(), newTraceparent()]
+  const body = JSON.stringify({ claim: 'sub', value: 'contractor-7', iss: 'https://issuer.test', reason: 'offboarded' })
+  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations`, { method: 'POST', headers: { ...base, traceparent: revoke.header[1] }, body })).status, 201)
+  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations/sub/contractor-7?iss=https://issuer.test`, { method: 'DELETE', headers: { ...base, traceparent: lift.header[1] } })).status, 204)
+  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations/sub/nobody`, { method: 'DELETE', headers: { ...base, traceparent: missing.header[1] } })).status, 404)
+
+  const lines = await waitFor(() => {
+    const l = lapse.lines.filter((x) => x.audit === 'revocation')
+    return l.length === 2 ? l : undefined
+  }, 'two revocation lines')
+  for (const [i, tp, action] of [[0, revoke, 'revoke'], [1, lift, 'lift']] as const) {
+    const [span] = (await mem.spansOf(tp.traceId, 'lapse.revocation.change')).filter((s) => s.name === 'lapse.revocation.change')
+    t.equal(span?.parentSpanContext?.spanId, tp.parentSpanId, `${action}: the span is a child of the caller's span`)
+    t.same(span?.attributes, {
+      'lapse.revocation.action': action, 'lapse.revocation.claim': 'sub', 'lapse.revocation.value': 'contractor-7',
+      'lapse.revocation.iss': 'https://issuer.test', 'lapse.revocation.by': 'admin',
+    }, `${action}: the span says what changed and who changed it`)
+    t.equal(span?.status.code, 0, `${action}: not a fault`)
+    t.match(lines[i], { action, trace_id: tp.traceId, span_id: span?.spanContext().spanId }, `${action}: the line leads to the span`)
+  }
+  const [nothing] = await mem.spansOf(missing.traceId, 'lapse.revocation.change')
+  t.equal(nothing?.status.code, 0, 'lifting nothing: the span ends, not as a fault')
+  t.equal(lapse.lines.filter((x) => x.audit === 'revocation').length, 2, 'and writes no line: nothing changed')
+})
+
+t.test('telemetry off: a revocation line still names the caller\'s trace', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const tp = newTraceparent()
+  const headers = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json', traceparent: tp.header[1] }
+  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations`, { method: 'POST', headers, body: JSON.stringify({ claim: 'jti', value: 'tok-9', reason: 'leaked' }) })).status, 201)
+  const line = await waitFor(() => lapse.lines.find((x) => x.audit === 'revocation'), 'the revocation line')
+  t.match(line, { action: 'revoke', trace_id: tp.traceId, span_id: tp.parentSpanId })
+})
+
+t.test('a revocation write the set does not acknowledge: the span ends as a fault, with no audit line', async (t) => {
+  const probe = net.createServer()
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
+  const port = (probe.address() as { port: number }).port
+  await new Promise((resolve) => probe.close(resolve))
+  const mem = inMemoryTelemetry(t)
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry, env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` } })
+  const tp = newTraceparent()
+  const headers = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json', traceparent: tp.header[1] }
+  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations`, { method: 'POST', headers, body: JSON.stringify({ claim: 'sub', value: 'x', reason: 'r' }) })).status, 503)
+  const [span] = await mem.spansOf(tp.traceId, 'lapse.revocation.change')
+  t.equal(span?.status.code, 2, 'an error status')
+  t.equal(span?.attributes['error.type'], 'ERR_REVOCATION_UNAVAILABLE')
+  t.notOk(lapse.lines.some((x) => x.audit === 'revocation'), 'no audit line: nothing changed')
 })
