@@ -8,9 +8,12 @@ export const keyOf = (claim: string, value: string, iss: string | undefined): st
 /**
  * Revoked when the token was issued at or before T. A token without `iat` (only possible
  * when `iat` is not required) cannot prove it came later, so it is revoked: the safe side.
+ * A `jti` entry names one token, which no later grant reuses, so T is not compared: an issuer
+ * whose clock runs ahead of ours (Lapse accepts an `iat` up to LAPSE_CLOCK_SKEW in the future)
+ * would otherwise stamp that very token "after" a revocation written moments after it was minted.
  */
 export const entryMatches = (entry: RevocationEntry | undefined, iatS: number | undefined): boolean =>
-  entry !== undefined && (iatS === undefined || iatS <= entry.issuedBeforeS)
+  entry !== undefined && (iatS === undefined || entry.claim === 'jti' || iatS <= entry.issuedBeforeS)
 
 export const MAX_VALUES_PER_CLAIM = 16
 
@@ -22,7 +25,9 @@ export function toTokenRef(identity: Identity, revocableClaims: readonly string[
     else if (typeof value === 'number' && Number.isFinite(value)) values.push([claim, String(value)])
   }
   for (const claim of revocableClaims) {
-    const value = identity.claims[claim]
+    // The client is `client_id`, else `azp` (claims.ts, X-Auth-Client-Id, audit lines), so revoking
+    // a `client_id` must reach a token that names its client only in `azp`.
+    const value = identity.claims[claim] ?? (claim === 'client_id' ? identity.claims.azp : undefined)
     // A token of several tasks (`task: ["MIGR-42", "MIGR-43"]`) is revoked by any of them. The
     // bound keeps one check one round trip of a sane size; elements past it cannot be revoked.
     if (Array.isArray(value)) for (const element of value.slice(0, MAX_VALUES_PER_CLAIM)) add(claim, element)

@@ -119,7 +119,9 @@ t.test('revocation events follow the model: claim value, iss-bound entries, iat 
   const sameIss = exchange({ sub: 'dave' })
   const byTask = exchange({ task: 'ticket-42' })
   const numeric = exchange({ sid: 7 })
-  const all = [bySub, otherSub, laterIat, sameIat, otherIss, sameIss, byTask, numeric]
+  const laterJti = exchange({ jti: 'tok-7', iat: T0_S + 5 })
+  const azpOnly = exchange({ azp: 'deploy-bot' })
+  const all = [bySub, otherSub, laterIat, sameIat, otherIss, sameIss, byTask, numeric, laterJti, azpOnly]
   for (const x of all) registry.track(x.ex)
 
   await store.put(entry('sub', 'alice'))
@@ -129,6 +131,11 @@ t.test('revocation events follow the model: claim value, iss-bound entries, iat 
   await store.put(entry('sub', 'carol', { issuedBeforeS: T0_S }))
   t.same(laterIat.cuts, [], 'a token issued after T is not revoked')
   t.equal(sameIat.cuts.length, 1, 'a token issued at T is')
+
+  await store.put(entry('jti', 'tok-7', { issuedBeforeS: T0_S }))
+  t.equal(laterJti.cuts.length, 1, 'one jti is one token: cut whatever its iat')
+  await store.put(entry('client_id', 'deploy-bot'))
+  t.equal(azpOnly.cuts.length, 1, 'a client named only in azp is revoked by client_id')
 
   await store.put(entry('sub', 'dave', { iss: ISS }))
   t.same(otherIss.cuts, [], 'an iss-bound entry leaves other issuers alone')
