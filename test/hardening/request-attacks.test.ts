@@ -2,9 +2,11 @@
 // thing and served as another, and headers that try to speak for the caller. Requests go out raw
 // (over a socket) where a client library would normalize or refuse them first.
 import t from 'tap'
-import { bearer, decisions, send, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { bearer, decisions, runApp, send, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
 import { defaultClaims, testKeys } from '../fixtures/keys.js'
-import { assertNothingLeaked, rawHttp, startGuarded, T0_S } from './helpers.js'
+import { startUpstream } from '../fixtures/upstream.js'
+import { assertNothingLeaked, rawHttp, startGuarded, T0_MS, T0_S } from './helpers.js'
 
 const start = startGuarded
 const mint = async (over: Record<string, unknown> = {}) => (await testKeys()).mint({ ...defaultClaims(T0_S), ...over }, { nowS: T0_S })
@@ -168,6 +170,73 @@ t.test('what stays under /public is forwarded exactly as matched, never re-decod
   t.equal(lapse.upstream.requests.at(-1)?.url, '/public/%252e%252e/admin', 'forwarded byte for byte as matched')
   await raw(lapse, '/public/a/%7Euser/%41')
   t.equal(lapse.upstream.requests.at(-1)?.url, '/public/a/~user/A', 'encoded unreserved characters are forwarded decoded, as matched')
+})
+
+// A stricter rule whose literal holds a character a segment may carry raw, before a broader one.
+// The upstream routes on the path decoded once, as Go's ServeMux and most frameworks do, and
+// says which of its handlers ran.
+const RESERVED_ROUTES = [
+  { path: '/v1/jobs:purge', scopes: ['jobs:admin'] },
+  { path: '/users/@me/**', scopes: ['account:self'] },
+  { path: '/v1/*', scopes: ['jobs:read'] },
+  { path: '/users/**', scopes: ['jobs:read'] },
+]
+
+t.test('reserved characters sent percent-encoded are decided by the rule of the character, as the upstream reads them', async (t) => {
+  const upstream = await startUpstream((req, res) => {
+    req.resume()
+    const path = decodeURIComponent(req.url!.split('?')[0]!)
+    const handler = path === '/v1/jobs:purge' ? 'purge' : path.startsWith('/users/@me/') ? 'own-account' : 'read-only'
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ handler }))
+  })
+  t.teardown(() => upstream.close())
+  const lapse = await runApp(t, { routes: RESERVED_ROUTES, clock: manualClock(T0_MS), upstream })
+  const reader = await mint({ scope: 'jobs:read' })
+  for (const [target, rule, scope] of [
+    ['/v1/jobs:purge', '/v1/jobs:purge', 'jobs:admin'],
+    ['/v1/jobs%3Apurge', '/v1/jobs:purge', 'jobs:admin'],
+    ['/v1/jobs%3apurge', '/v1/jobs:purge', 'jobs:admin'],
+    ['/v1/%6Aobs%3Apurge', '/v1/jobs:purge', 'jobs:admin'],
+    ['/users/%40me/keys', '/users/@me/**', 'account:self'],
+    ['/users/%40me', '/users/@me/**', 'account:self'],
+  ] as const) {
+    const { res, audit } = await raw(lapse, target, [`Authorization: Bearer ${reader}`], 'POST')
+    t.equal(res.status, 403, `${target}, a jobs:read token: 403`)
+    t.equal(audit?.reason, 'insufficient_scope', `${target}: insufficient_scope`)
+    t.equal(audit?.route, rule, `${target}: decided by ${rule}`)
+    t.match(res.head, new RegExp(`scope="${scope}"`), `${target}: the challenge asks for ${scope}`)
+  }
+  t.equal(upstream.calls, 0, 'the upstream ran no handler')
+
+  // With the scope the stricter rule asks for, the upstream gets the one normalized spelling.
+  const admin = await mint({ scope: 'jobs:admin account:self' })
+  for (const [target, forwarded, handler] of [
+    ['/v1/jobs%3Apurge', '/v1/jobs:purge', 'purge'],
+    ['/users/%40me/keys', '/users/@me/keys', 'own-account'],
+  ] as const) {
+    const { res, audit } = await raw(lapse, target, [`Authorization: Bearer ${admin}`], 'POST')
+    t.equal(res.status, 200, `${target}, the stricter rule's scope: 200`)
+    t.equal(audit?.path, forwarded, `${target}: decided on ${forwarded}`)
+    t.equal(upstream.requests.at(-1)?.url, forwarded, `${target}: forwarded as ${forwarded}`)
+    t.match(res.body, `"handler":"${handler}"`, `${target}: the upstream ran ${handler}, the handler of the rule that decided`)
+  }
+
+  // Text, never syntax: a decoded "*" is a segment like any other; "?", "#" and "%" stay encoded
+  // (decoded, they would end the path); an encoded ";" stays refused like a raw one.
+  for (const [target, status, forwarded] of [
+    ['/v1/%2A', 200, '/v1/*'],
+    ['/v1/jobs%3Fpurge', 200, '/v1/jobs%3Fpurge'],
+    ['/v1/jobs%23purge', 200, '/v1/jobs%23purge'],
+    ['/v1/jobs%3Bpurge', 400, undefined],
+    ['/v1/jobs%EF%BC%9Apurge', 400, undefined],
+  ] as const) {
+    const before = upstream.calls
+    const { res } = await raw(lapse, target, [`Authorization: Bearer ${reader}`])
+    t.equal(res.status, status, `${target}: ${status}`)
+    if (forwarded) t.equal(upstream.requests.at(-1)?.url, forwarded, `${target}: forwarded as ${forwarded}`)
+    else t.equal(upstream.calls, before, `${target}: nothing forwarded`)
+  }
+  assertNothingLeaked(t, lapse, { reader, admin })
 })
 
 t.test('malformed request lines are refused by the parser before any decision', async (t) => {
