@@ -288,6 +288,13 @@ t.test('identity header spoofing: only Lapse speaks for the caller', async (t) =
   // Forwarding headers describe this hop, whatever the client claims.
   await send(`${lapse.url}/orders/1`, { headers: [bearer(token), ['X-Forwarded-Proto', 'https']] })
   t.equal(lapse.upstream.requests.at(-1)!.headers['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is set by Lapse, not the client')
+  // Path overrides some frameworks honour, and forwarding headers on a request without Host
+  // (HTTP/1.0), where there is no Host for Lapse to write X-Forwarded-Host from.
+  await rawHttp(lapse.url, 'GET /public/x HTTP/1.0\r\nX-Original-URL: /admin/secret\r\nX-Rewrite-URL: /admin/secret\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Host: admin.internal\r\nForwarded: for=10.0.0.1;host=admin.internal\r\nX-Real-IP: 10.0.0.1\r\n\r\n')
+  const overridden = lapse.upstream.requests.at(-1)!
+  t.equal(overridden.url, '/public/x', 'HTTP/1.0 without Host: forwarded')
+  t.notOk(overridden.rawHeaders.some((v, i) => i % 2 === 1 && /admin|10\.0\.0\.1/.test(v)), 'no path override, forwarded host or client address from the client reaches the upstream')
+  t.equal(overridden.headers.forwarded, 'for=127.0.0.1;proto=http', 'Forwarded describes Lapse\'s hop')
   assertNothingLeaked(t, lapse, { token })
 })
 
