@@ -203,7 +203,8 @@ t.test('extractBearer: any b64token in any Bearer spelling is extracted exactly'
 
 t.test('extractBearer: never throws, never returns a token that is not a bounded b64token', async (t) => {
   const header = fc.oneof(fc.string({ maxLength: 60 }), fc.string({ unit: 'binary', maxLength: 60 }), fc.constantFrom('Bearer', 'Bearer ', 'bearer\t', 'Basic x', 'Bearer a b', 'Bearer a,b'))
-  const query = fc.array(fc.constantFrom('a=1', 'access_token=t0k', 'access%5Ftoken=x', 'ACCESS_TOKEN=y', '%zz', 'access_token', '&', '=', 'b=%2e'), { maxLength: 5 }).map((q) => q.join('&'))
+  const query = fc.array(fc.tuple(fc.constantFrom('a=1', 'access_token=t0k', 'access%5Ftoken=x', 'ACCESS_TOKEN=y', '%zz', 'access_token', '&', ';', '=', 'b=%2e'), fc.constantFrom('&', ';')), { maxLength: 5 })
+    .map((q) => q.map(([part, sep], i) => (i === 0 ? part : `${sep}${part}`)).join(''))
   fc.assert(
     fc.property(fc.option(fc.array(header, { minLength: 1, maxLength: 3 })), query, fc.boolean(), fc.integer({ min: 1, max: 64 }), (headers, q, allowQuery, max) => {
       const got = extractBearer(headers ?? undefined, q, { allowQueryToken: allowQuery, maxTokenBytes: max })
@@ -211,7 +212,7 @@ t.test('extractBearer: never throws, never returns a token that is not a bounded
       if ('reason' in got) return got.reason === 'invalid_request' || got.reason === 'malformed'
       if (got.token !== undefined && (!/^[A-Za-z0-9\-._~+/]+=*$/.test(got.token) || got.token.length > max)) return false
       // A query token is only ever taken when allowed, and is then gone from the forwarded query.
-      const names = got.query.split('&').map((p) => {
+      const names = got.query.split(/[&;]/).map((p) => {
         try {
           return decodeURIComponent(p.split('=')[0]!)
         } catch {
@@ -249,13 +250,20 @@ t.test('extractBearer: the verifier\'s known-token hint never changes the answer
 t.test('extractBearer: a query token is refused unless allowed, and removed when taken', async (t) => {
   const other = fc.array(fc.constantFrom('a=1', 'b=2', 'x=%2e', 'c'), { maxLength: 3 })
   const name = fc.constantFrom('access_token', 'access%5Ftoken', 'access%5ftoken', '%61ccess_token')
+  // `&` or `;` before each parameter after the first: many upstreams split on both.
+  const seps = fc.array(fc.constantFrom('&', ';'), { minLength: 7, maxLength: 7 })
   fc.assert(
-    fc.property(other, name, fc.stringMatching(/^[A-Za-z0-9._~-]{1,40}$/), other, (before, n, value, after) => {
-      const q = [...before, `${n}=${value}`, ...after].join('&')
+    fc.property(other, name, fc.stringMatching(/^[A-Za-z0-9._~-]{1,40}$/), other, seps, (before, n, value, after, sep) => {
+      const params = [...before, `${n}=${value}`, ...after]
+      const q = params.map((p, i) => (i === 0 ? p : `${sep[i - 1]}${p}`)).join('')
       const refused = extractBearer(undefined, q, { allowQueryToken: false, maxTokenBytes: 8192 })
       if (!('reason' in refused) || refused.reason !== 'invalid_request') return false
       const taken = extractBearer(undefined, q, { allowQueryToken: true, maxTokenBytes: 8192 })
-      return 'token' in taken && taken.token === value && taken.query === [...before, ...after].join('&')
+      if (!('token' in taken) || taken.token !== value) return false
+      // The other parameters, in order, verbatim, with their own separators: only the token and one separator went.
+      const rest = [...before, ...after]
+      if (rest.length === 0) return taken.query === ''
+      return JSON.stringify(taken.query.split(/[&;]/)) === JSON.stringify(rest) && taken.query.length === q.length - n.length - value.length - 2
     }),
     RUNS,
   )

@@ -69,6 +69,9 @@ t.test('token in the query string: refused unless configured, and never forwarde
     ['access_token with an encoded name (access%5Ftoken)', `/orders/1?access%5Ftoken=${token}`, []],
     ['access_token on a public route', `/public/x?access_token=${token}`, []],
     ['access_token and an Authorization header', `/orders/1?access_token=${token}`, [`Authorization: Bearer ${token}`]],
+    ['access_token after a ";" (a parameter separator to many upstreams)', `/orders/1?x=1;access_token=${token}`, []],
+    ['access_token after a ";" on a public route', `/public/x?x=1;access_token=${token}`, []],
+    ['access_token before a ";"', `/public/x?access_token=${token};x=1`, []],
   ] as const) {
     const { res, audit } = await raw(lapse, target, [...headers])
     t.equal(res.status, 400, `${attack}: 400`)
@@ -83,9 +86,22 @@ t.test('token in the query string: refused unless configured, and never forwarde
   const both = await raw(allowing, `/orders/1?access_token=${token}`, [`Authorization: Bearer ${token}`])
   t.equal(both.res.status, 400, 'allowed, but also in the header: 400')
   t.equal(allowing.upstream.calls, 0, 'upstream received nothing')
+  const twiceSemi = await raw(allowing, `/orders/1?access_token=${token};access_token=${token}`)
+  t.equal(twiceSemi.res.status, 400, 'allowed, but sent twice, ";"-separated: 400')
+  t.equal(allowing.upstream.calls, 0, 'upstream received nothing')
   const ok = await raw(allowing, `/orders/1?a=1&access_token=${token}&b=2`)
   t.equal(ok.res.status, 200, 'allowed and sent once: 200')
   t.equal(allowing.upstream.requests[0]?.url, '/orders/1?a=1&b=2', 'the token is removed from the forwarded query')
+  for (const [target, forwarded] of [
+    [`/orders/1?a=1;access_token=${token};b=2`, '/orders/1?a=1;b=2'],
+    [`/orders/1?a=1&access_token=${token};b=2`, '/orders/1?a=1;b=2'],
+    [`/public/x?x=1;access_token=${token}`, '/public/x?x=1'],
+    [`/public/x?access_token=${token};x=1`, '/public/x?x=1'],
+  ] as const) {
+    const { res } = await raw(allowing, target)
+    t.equal(res.status, 200, `${forwarded}: allowed`)
+    t.equal(allowing.upstream.requests.at(-1)?.url, forwarded, `${forwarded}: the token after or before a ";" is removed, the other separators kept`)
+  }
   assertNothingLeaked(t, allowing, { token })
 })
 
