@@ -96,6 +96,7 @@ export function createApp(deps: Deps): App {
     // Read now: once the body has been forwarded, undici destroys the request and its socket link.
     const remoteAddress = req.socket.remoteAddress
     try {
+      if (unsupportedTransferCoding(req.headers['transfer-encoding'])) return refuseTransferCoding(res)
       const t = deps.recorder.start(req)
       const outcome = decideFor(req, t)
       // Most requests are decided without waiting (a cached token, an in-process revocation
@@ -204,6 +205,9 @@ export function createApp(deps: Deps): App {
   }
 
   async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    if (unsupportedTransferCoding(req.headers['transfer-encoding'])) {
+      return writeRaw(socket, 501, { 'content-type': 'application/json' }, JSON.stringify(TRANSFER_CODING_REFUSAL))
+    }
     const t = deps.recorder.start(req)
     const outcome = await decideFor(req, t)
     const d = outcome.decision
@@ -260,12 +264,36 @@ export function authorizationOf(raw: readonly string[]): string[] | undefined {
   return found
 }
 
+/**
+ * Whether a request's Transfer-Encoding holds a coding other than `chunked`. Node's parser decodes
+ * only `chunked` yet accepts codings before it (`gzip, chunked`), and undici re-frames the body for
+ * the upstream without them: gzip bytes would arrive as a plain body, the coding silently lost.
+ */
+function unsupportedTransferCoding(te: string | undefined): boolean {
+  if (te === undefined || te === 'chunked') return false
+  // Codings are case-insensitive and a list may hold empty elements (RFC 9110 §5.6.1); Node joins
+  // repeated Transfer-Encoding lines with ", ".
+  const codings = te.split(',').map((c) => c.trim().toLowerCase()).filter((c) => c !== '')
+  return codings.length !== 1 || codings[0] !== 'chunked'
+}
+
+// RFC 9112 §6.1: a server that receives a transfer coding it does not understand SHOULD answer 501
+// (Not Implemented). 400 would blame a well-formed request; 501 tells the client the coding is
+// what Lapse lacks, so it can resend the body plain (or with Content-Encoding, which is end to end).
+const TRANSFER_CODING_REFUSAL = { error: 'not_implemented', error_description: 'only the chunked transfer coding is accepted' }
+
+/** The body is never read, so the connection closes after the answer, as for other refusals. */
+function refuseTransferCoding(res: ServerResponse): void {
+  res.shouldKeepAlive = false
+  writeJson(res, 501, TRANSFER_CODING_REFUSAL)
+}
+
 export function writeJson(res: ServerResponse, status: number, body: object, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body)
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers }).end(text)
 }
 
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
 
 function writeRaw(socket: Duplex, status: number, headers: Readonly<Record<string, string>>, body: string): void {
   if (!socket.writable) return void socket.destroy()

@@ -5,7 +5,8 @@
 //
 // `*` is exactly one non-empty segment, `**` (last only) is any rest including none, so
 // `/orders/**` covers `/orders`, `/orders/` and `/orders/1/items`. Literal segments compare
-// case-sensitively against the normalized (percent-encoded) path.
+// case-sensitively against the normalized path: unreserved and pchar characters (`:`, `@`, `!`,
+// `$`, `&`, `'`, `(`, `)`, `*`, `+`, `,`, `=`) raw, other escapes upper-case.
 import { ConfigError } from '../config/load.js'
 import type { RouteSetting } from '../config/schema.js'
 import type { Rule } from '../pipeline/types.js'
@@ -45,6 +46,8 @@ function compileOne(s: RouteSetting, index: number): Compiled {
     if (text === '*') return { kind: 'one' }
     if (text.includes('*')) throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} mixes "*" with text in one segment`)
     if (text === '.' || text === '..') throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has a dot segment`)
+    const dead = unmatchableEscape(text)
+    if (dead) throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has ${dead}, so it could never match`)
     return { kind: 'literal', text }
   })
   const rule: Rule = Object.freeze({
@@ -81,6 +84,23 @@ function rejectDuplicates(compiled: readonly Compiled[]): void {
 function duplicate(b: Rule, a: Rule, taken: string): ConfigError {
   return new ConfigError('ERR_RULES_DUPLICATE',
     `LAPSE_ROUTES: routes[${b.id}] (${b.path}) can never apply to ${taken}: routes[${a.id}] takes it first`)
+}
+
+// The characters the path normalizer decodes (request-target.ts): a request never holds them encoded.
+const DECODED_BY_NORMALIZER = /[A-Za-z0-9\-._~!$&'()*+,=:@]/
+
+/**
+ * Why a rule literal holds an escape the normalizer would have rewritten (`%3A`, `%7E`, lower-case
+ * `%c3`), if it does. Such a rule can never match, and a dead strict rule before a broader one
+ * hands its paths to the broader one: `/v1/jobs%3Apurge` before `/v1/*` would let the purge through.
+ */
+function unmatchableEscape(text: string): string | undefined {
+  for (const [escape] of text.matchAll(/%[0-9A-Fa-f]{2}/g)) {
+    const ch = String.fromCharCode(parseInt(escape.slice(1), 16))
+    if (DECODED_BY_NORMALIZER.test(ch)) return `"${escape}", which request paths hold decoded ("${ch}")`
+    if (/[a-f]/.test(escape)) return `"${escape}", which request paths hold upper-case ("${escape.toUpperCase()}")`
+  }
+  return undefined
 }
 
 function splitPath(path: string): { segments: string[]; trailingSlash: boolean } {

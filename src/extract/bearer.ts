@@ -61,26 +61,38 @@ export function extractBearer(
 const invalid = (description: string) => ({ reason: 'invalid_request' as const, description })
 const malformed = (description: string) => ({ reason: 'malformed' as const, description })
 
-/** Finds `access_token` parameters without decoding the rest of the query, which is forwarded verbatim. */
+// `;` separates parameters too for many upstreams (Python's parse_qs before 3.9.2, Go's net/url
+// before 1.17, Rack before 3): `?x=1;access_token=…` carries a token to them, so it is one here,
+// refused or taken and removed like any other.
+const SEPARATOR = /([&;])/
+
+/**
+ * Finds `access_token` parameters without decoding the rest of the query, which is forwarded
+ * verbatim: the parameters kept keep the separators they had.
+ */
 function findQueryToken(query: string): { found: false } | { found: true; value: string; rest: string; count: number } {
   // Fast path only when no escape could spell the name (`access%5Ftoken` decodes to it too).
   if (!query.includes('access_token') && !query.includes('%')) return { found: false }
-  const parts = query.split('&')
-  const kept: string[] = []
+  // [param, separator, param, separator, …, param]
+  const pieces = query.split(SEPARATOR)
+  let rest = ''
+  let kept = 0
   let value: string | undefined
   let count = 0
-  for (const part of parts) {
+  for (let i = 0; i < pieces.length; i += 2) {
+    const part = pieces[i]!
     const eq = part.indexOf('=')
     const name = safeDecode(eq === -1 ? part : part.slice(0, eq))
     if (name === 'access_token') {
       count++
       value = safeDecode(eq === -1 ? '' : part.slice(eq + 1)) ?? ''
     } else {
-      kept.push(part)
+      // A kept parameter keeps the separator before it, unless it now comes first.
+      rest += kept++ === 0 ? part : `${pieces[i - 1]}${part}`
     }
   }
   if (count === 0) return { found: false }
-  return { found: true, value: value ?? '', rest: kept.join('&'), count }
+  return { found: true, value: value ?? '', rest, count }
 }
 
 function safeDecode(s: string): string | undefined {

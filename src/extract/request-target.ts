@@ -5,10 +5,11 @@
 //
 // Rules, in order (README "Path normalization"):
 // - origin-form only (`/…`); absolute-form, authority-form and `*` are refused;
-// - percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), other escapes kept
+// - percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), and so are the
+//   other characters a segment may hold raw (`! $ & ' ( ) * + , = : @`); other escapes are kept
 //   with upper-case hex; an encoded `/`, `\`, `;`, NUL or control byte is refused, as is an
 //   escape that is not valid UTF-8 (overlong forms such as %C0%AE), or one whose character
-//   becomes `.`, `/`, `\`, `;`, `%`, `?` or `#` under NFKC (fullwidth "．", "／");
+//   becomes a delimiter or one of those raw characters under NFKC (fullwidth "．", "／", "：");
 // - raw `\`, `;`, control characters, spaces and non-ASCII are refused: upstreams disagree on
 //   what they mean (Tomcat's `..;`, IIS's backslash);
 // - empty segments (`//`) are merged, `.` and `..` resolved; `..` above the root is refused;
@@ -30,7 +31,18 @@ const refuse = (description: string): Refusal => ({ reason: 'invalid_request', d
 const PATH_CHAR = /^[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$/
 // RFC 3986 query: pchar / "/" / "?"; `;` is harmless here since it does not split a path.
 const QUERY_CHAR = /^[A-Za-z0-9\-._~!$&'()*+,;=:@/?%[\]|^`{}"<>]*$/
-const UNRESERVED = /[A-Za-z0-9\-._~]/
+// Unreserved characters plus the pchar ones (RFC 3986 §3.3) that may stand raw in a segment.
+// Left encoded, `%3A` and `:` would be two paths to the rules but one to an upstream that decodes
+// the path once (most do): `/v1/jobs%3Apurge` would miss a `/v1/jobs:purge` rule, fall to `/v1/*`,
+// and run as the purge. Decoded, every spelling is matched and forwarded as one path. A decoded
+// `*` is only ever text: the matcher compares segments, it never reads a path as a pattern.
+// `;` stays refused (Tomcat's `..;`), and `/ ? # %` stay encoded: decoded, they would change
+// where the path ends or how it splits.
+const DECODED = /[A-Za-z0-9\-._~!$&'()*+,=:@]/
+// Upstreams that apply Unicode compatibility normalization (NFKC) turn U+FF0E "．" into "." and
+// U+FF1A "：" into ":": such a character is one of these to them, so it is refused rather than
+// matched as something else.
+const NFKC_SIGNIFICANT = /[./\\;%?#!$&'()*+,=:@]/
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 export function normalizeTarget(rawUrl: string): Target | Refusal {
@@ -40,7 +52,7 @@ export function normalizeTarget(rawUrl: string): Target | Refusal {
   const query = q === -1 ? '' : rawUrl.slice(q + 1)
   if (!PATH_CHAR.test(rawPath)) return refuse('path contains a character that is not allowed')
   if (!QUERY_CHAR.test(query) || !validEscapes(query)) return refuse('query contains a character that is not allowed')
-  const decoded = decodeUnreserved(rawPath)
+  const decoded = decodeEscapes(rawPath)
   if (typeof decoded !== 'string') return decoded
   const path = resolveSegments(decoded)
   if (path === undefined) return refuse('path leaves the root')
@@ -54,7 +66,7 @@ function validEscapes(s: string): boolean {
   return true
 }
 
-function decodeUnreserved(path: string): string | Refusal {
+function decodeEscapes(path: string): string | Refusal {
   if (!path.includes('%')) return path
   let out = ''
   let i = 0
@@ -80,7 +92,7 @@ function decodeUnreserved(path: string): string | Refusal {
   return out
 }
 
-/** One run of consecutive escapes: must be valid UTF-8; unreserved ASCII decoded, the rest re-encoded. */
+/** One run of consecutive escapes: must be valid UTF-8; unreserved and pchar ASCII decoded, the rest re-encoded. */
 function decodeEscapeRun(bytes: number[]): string | Refusal {
   let text: string
   try {
@@ -88,17 +100,16 @@ function decodeEscapeRun(bytes: number[]): string | Refusal {
   } catch {
     return refuse('path has an escape that is not valid UTF-8')
   }
-  // Upstreams that apply Unicode compatibility normalization (NFKC) turn U+FF0E "．" into "."
-  // and U+FF0F "／" into "/": a segment matched as "．．" would be served as "..".
+  // A segment matched as "．．" would be served as ".." by an NFKC upstream, "jobs：purge" as "jobs:purge".
   for (const ch of text) {
-    if (ch > '\x7f' && /[./\\;%?#]/.test(ch.normalize('NFKC'))) return refuse('path has an encoded character that normalizes to a delimiter')
+    if (ch > '\x7f' && NFKC_SIGNIFICANT.test(ch.normalize('NFKC'))) return refuse('path has an encoded character that normalizes to a delimiter or a reserved character')
   }
   let out = ''
   for (const b of bytes) {
     if (b === 0x2f || b === 0x5c || b === 0x3b) return refuse('path has an encoded "/", "\\" or ";"')
     if (b < 0x20 || b === 0x7f) return refuse('path has an encoded control character')
     const ch = String.fromCharCode(b)
-    out += b < 0x80 && UNRESERVED.test(ch) ? ch : `%${b.toString(16).toUpperCase().padStart(2, '0')}`
+    out += b < 0x80 && DECODED.test(ch) ? ch : `%${b.toString(16).toUpperCase().padStart(2, '0')}`
   }
   return out
 }

@@ -1,5 +1,6 @@
 // The headers an allowed request carries upstream: hop-by-hop removed (RFC 9110 §7.6.1),
-// client-sent identity headers dropped, Lapse's identity headers added. Pure; mutates a copy.
+// client-sent identity headers and request overrides dropped, the forwarding headers written from
+// what Lapse saw, Lapse's identity headers added. Pure; mutates a copy.
 //
 //   const headers = upstreamHeaders(req.headers, identity, { remoteAddress, forwardAuthorization, upgrade: false })
 import type { IncomingHttpHeaders } from 'node:http'
@@ -8,9 +9,23 @@ import type { Identity } from '../pipeline/types.js'
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']
 const HOP_BY_HOP_SET = new Set(HOP_BY_HOP)
 const HOP_BY_HOP_LENGTHS = new Set(HOP_BY_HOP.map((name) => name.length))
+// Headers through which a client could tell the upstream the request is something else than what
+// Lapse decided on. `X-Original-URL` and `X-Rewrite-URL` replace the path in some frameworks
+// (Symfony, IIS's URL Rewrite): a request allowed as /public/x would run as the path they name.
+// `X-Forwarded-Prefix` makes others (Spring, ASP.NET) strip or prepend a path prefix. The rest say
+// who connected, over what, to which host: Lapse writes those itself from its own hop below, and
+// drops the client's copies first so none survives where Lapse writes nothing (no Host, no
+// X-Forwarded-Host).
+const OVERRIDES = ['x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'forwarded', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']
+/** A name with each `-` also spelled `_`: CGI-style upstreams read `X_Real_IP` as `X-Real-IP`. */
+function spellings(name: string): string[] {
+  const at = name.indexOf('-')
+  if (at === -1) return [name]
+  return spellings(name.slice(at + 1)).flatMap((rest) => [`${name.slice(0, at)}-${rest}`, `${name.slice(0, at)}_${rest}`])
+}
 // Not forwarded either: `Expect`, because Node already answered `100 Continue` to the client and
 // the upstream hop starts fresh.
-const DROPPED = new Set([...HOP_BY_HOP, 'expect'])
+const DROPPED = new Set([...HOP_BY_HOP, 'expect', ...OVERRIDES.flatMap(spellings)])
 // Never dropped because the client named them in Connection: they frame or route the request, or
 // (trace context) Lapse wrote them itself for the upstream, after the client's were replaced.
 const PROTECTED = new Set(['host', 'content-length', 'traceparent', 'tracestate'])
@@ -57,11 +72,25 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   headers['x-forwarded-for'] = prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${remote}` : remote
   headers['x-forwarded-proto'] = 'http'
   if (incoming.host) headers['x-forwarded-host'] = incoming.host
+  headers['x-real-ip'] = remote
+  // RFC 7239 parsers read the first element as the client, so the client's list is not extended
+  // but replaced: one element, Lapse's hop. X-Forwarded-For keeps the longer (untrusted) history.
+  headers.forwarded = forwardedElement(opts.remoteAddress, incoming.host)
   if (identity) {
     const fields = identityFields(identity)
     for (let i = 0; i < fields.length; i += 2) headers[fields[i]!] = fields[i + 1]!
   }
   return headers
+}
+
+// RFC 7239 §4: a value that is not a token is a quoted-string; §6: an IPv6 node is bracketed.
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+const quoted = (value: string) => (TOKEN.test(value) ? value : `"${value.replace(/["\\]/g, '\\$&')}"`)
+
+/** `for=…;host=…;proto=http` for the hop Lapse received; `unknown` when the peer is (RFC 7239 §6.3). */
+function forwardedElement(remoteAddress: string | undefined, host: string | undefined): string {
+  const node = remoteAddress === undefined ? 'unknown' : remoteAddress.includes(':') ? `[${remoteAddress}]` : remoteAddress
+  return `for=${quoted(node)}${host ? `;host=${quoted(host)}` : ''};proto=http`
 }
 
 // A token reused on many requests keeps its Identity object (verify-token.ts), so its header

@@ -126,8 +126,19 @@ t.test('invalid rules fail the boot with ERR_RULES_INVALID', async (t) => {
     ['a dot segment', { path: '/a/../b' }],
     ['a single-dot segment', { path: '/a/./b' }],
     ['public and scoped at once', { path: '/a', public: true, scopes: ['x'] }],
+    // Request paths hold these decoded (or upper-case), so the rule could never match, and the
+    // paths it meant to guard would fall to the next, broader rule.
+    ['an encoded ":" (request paths hold it decoded)', { path: '/v1/jobs%3Apurge' }],
+    ['an encoded "@"', { path: '/users/%40me/**' }],
+    ['an encoded "*"', { path: '/a/%2A' }],
+    ['an encoded unreserved character', { path: '/%7Euser' }],
+    ['an escape in lower-case hex', { path: '/caf%c3%a9' }],
   ]
   for (const [what, rule] of invalid) {
     t.throws(() => compile([rule]), { code: 'ERR_RULES_INVALID', message: /^LAPSE_ROUTES: / }, what)
+  }
+  t.throws(() => compile([{ path: '/v1/jobs%3Apurge' }]), { message: /"%3A", which request paths hold decoded \(":"\)/ }, 'the message says how requests spell it')
+  for (const path of ['/a%20b', '/caf%C3%A9', '/a%3Fb', '/v1/jobs:purge', '/users/@me/**']) {
+    t.doesNotThrow(() => compile([{ path }]), `${path}: a spelling normalized request paths use`)
   }
 })

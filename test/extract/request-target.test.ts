@@ -23,6 +23,13 @@ const normalized: Array<[raw: string, path: string, why: string]> = [
   ['/a%20b', '/a%20b', 'reserved escapes kept'],
   ['/%e2%82%ac', '/%E2%82%AC', 'escapes upper-cased (valid UTF-8 kept)'],
   ['/a:b@c!$&\'()*+,=', '/a:b@c!$&\'()*+,=', 'sub-delims and : @ are path characters'],
+  ['/v1/jobs%3Apurge', '/v1/jobs:purge', 'an encoded ":" is decoded: one path, whichever spelling'],
+  ['/v1/jobs%3apurge', '/v1/jobs:purge', 'an encoded ":" in lower-case hex'],
+  ['/users/%40me/keys', '/users/@me/keys', 'an encoded "@" is decoded'],
+  ['/%21%24%26%27%28%29%2A%2B%2C%3D%3A%40', '/!$&\'()*+,=:@', 'every encoded sub-delim a segment may hold raw, and : @'],
+  ['/a/%2A', '/a/*', 'an encoded "*" is decoded into plain text (rules compare it, never read it as a wildcard)'],
+  ['/a%3Fb%23c%25d', '/a%3Fb%23c%25d', 'encoded "?", "#" and "%" are kept: decoded they would end or re-escape the path'],
+  ['/a%5Bb%5D', '/a%5Bb%5D', 'encoded "[" and "]" are kept (not allowed raw in a path)'],
   ['/Orders', '/Orders', 'case kept'],
 ]
 
@@ -36,6 +43,9 @@ const refused: Array<[raw: string, why: string]> = [
   ['/a;b', 'raw semicolon'],
   ['/a/..;/b', 'Tomcat path parameter'],
   ['/a%3Bb', 'encoded semicolon'],
+  ['/a%3bb', 'encoded semicolon (lower case): not decoded into the raw ";" that is refused'],
+  ['/v1/jobs%EF%BC%9Apurge', 'fullwidth colon (NFKC ":")'],
+  ['/users/%EF%BC%A0me', 'fullwidth commercial at (NFKC "@")'],
   ['/%C0%AE%C0%AE/b', 'overlong UTF-8 for ".."'],
   ['/%C0%AF', 'overlong UTF-8 for "/"'],
   ['/%E0%80%AF', 'three-byte overlong "/"'],

@@ -3,6 +3,7 @@
 // must forward none of them, and slow or stalled clients must be cut by the configured timeouts
 // without Lapse buffering what they send.
 import { connect } from 'node:net'
+import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { bearer, runApp, send } from '../fixtures/app.js'
@@ -74,6 +75,52 @@ t.test('a body Node cannot frame is never relayed as a request', async (t) => {
   const allowed = await rawHttp(lapse.url, `POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nAuthorization: Bearer ${await token}\r\nContent-Length: ${SMUGGLED.length}\r\nConnection: close\r\n\r\n${SMUGGLED}`)
   t.equal(allowed.status, 200, 'allowed request with a request-shaped body: 200')
   t.same(lapse.upstream.requests.map((r) => `${r.method} ${r.url}`).filter((r) => r.includes('admin')), [], 'no /admin request upstream')
+})
+
+t.test('a request transfer coding other than chunked → 501, connection closed, nothing forwarded', async (t) => {
+  // The upstream records each body: a coding Lapse cannot undo must not arrive as a plain body.
+  const bodies: string[] = []
+  const upstream = await startUpstream((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      bodies.push(Buffer.concat(chunks).toString('latin1'))
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
+    })
+  })
+  t.teardown(() => upstream.close())
+  const lapse = await start(t, {}, upstream)
+  const token = await (await testKeys()).mint(defaultClaims(T0_S), { nowS: T0_S })
+  const gzipped = gzipSync('hello')
+  const chunked = Buffer.concat([Buffer.from(`${gzipped.length.toString(16)}\r\n`), gzipped, Buffer.from('\r\n0\r\n\r\n')])
+  for (const [coding, te] of [
+    ['gzip, chunked', 'Transfer-Encoding: gzip, chunked'],
+    ['gzip then chunked on two lines', 'Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked'],
+    ['deflate, chunked', 'Transfer-Encoding: deflate, chunked'],
+    ['upper-case GZIP, Chunked', 'Transfer-Encoding: GZIP, Chunked'],
+    ['identity, chunked (identity is no coding since RFC 7230)', 'Transfer-Encoding: identity, chunked'],
+    ['an unknown coding, chunked', 'Transfer-Encoding: x-custom, chunked'],
+  ] as const) {
+    for (const [route, auth] of [['/public/upload', ''], ['/orders/1', `Authorization: Bearer ${token}\r\n`]] as const) {
+      const res = await rawHttp(lapse.url, [`POST ${route} HTTP/1.1\r\nHost: lapse.test\r\n${auth}${te}\r\n\r\n`, chunked])
+      t.equal(res.status, 501, `${coding} on ${route}: 501`)
+      t.match(res.body, /"error":"not_implemented"/, `${coding} on ${route}: a JSON body says so`)
+      t.ok(res.closedByServer, `${coding} on ${route}: connection closed`)
+    }
+  }
+  t.equal(upstream.calls, 0, 'upstream received nothing')
+
+  // A WebSocket upgrade is refused the same way, before any decision.
+  const ws = await rawHttp(lapse.url, `GET /public/ws HTTP/1.1\r\nHost: lapse.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n`)
+  t.equal(ws.status, 501, 'upgrade with gzip, chunked: 501')
+  t.equal(upstream.calls, 0, 'upstream received no upgrade')
+
+  // Plain chunked, in any letter case or with an empty list element, is still relayed as its bytes.
+  for (const te of ['chunked', 'Chunked', 'CHUNKED', ', chunked']) {
+    const res = await rawHttp(lapse.url, `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\nTransfer-Encoding: ${te}\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n`)
+    t.equal(res.status, 200, `Transfer-Encoding: ${te}: forwarded`)
+    t.equal(bodies.at(-1), 'abc', `Transfer-Encoding: ${te}: the body arrived as sent`)
+  }
 })
 
 t.test('duplicate Host: the upstream sees one Host, the one Lapse read', async (t) => {

@@ -23,6 +23,10 @@ const PIECES = [
   'ADMIN', 'Admin', 'orders', 'a', 'b', 'c', '%61', '%41', '%7e', '%7E', '~', '-', '_', '%2d', '%C0%AE', '%c0%af', '%E0%80%AE', '%00',
   '%0a', '%0D', '%7f', '%25', '%252e', '%252f', '%EF%BC%8E', '%EF%BC%8F', '%E2%80%A5', '%C3%A9', '%E2%82%AC', '%F0%9F%98%80', '%ff',
   '%', '%2', '%zz', '%u002e', ' ', '\t', '#', '*', '@', ':', '!', '$', '&', "'", '(', ')', '+', ',', '=', '|', '"', 'é', '\u0000',
+  // The characters a segment may hold raw, in every spelling, and the rule literals made of them
+  // (a Google-style custom method, a "me" alias): `jobs%3Apurge` must be decided as `jobs:purge`.
+  '%3A', '%3a', '%40', '%21', '%24', '%26', '%27', '%28', '%29', '%2A', '%2a', '%2B', '%2C', '%3D', '%3F', '%23', '%5B',
+  'jobs:purge', 'jobs%3Apurge', 'jobs%3apurge', '@me', '%40me', 'a%21b%2Cc', 'a!b,c', '%EF%BC%9A', '%EF%BC%A0', '%EF%BC%8A',
 ]
 const rawPath = fc.array(fc.constantFrom(...PIECES), { maxLength: 14 }).map((parts) => parts.join(''))
 const rawTarget = fc.tuple(
@@ -69,6 +73,7 @@ t.test('normalizeTarget: never throws; its output is clean, stable and means the
       if (!/^[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$/.test(path)) return false
       if (/%(?![0-9A-F]{2})/.test(path)) return false
       if (/%(2[DdEe]|3[0-9]|4[1-9A-F]|5[0-9A]|5F|6[1-9A-F]|7[0-9A]|7E)/.test(path)) return false // encoded unreserved
+      if (/%(2[1246-9A-C]|3[AD]|40)/i.test(path)) return false // encoded ! $ & ' ( ) * + , : = @, which a segment holds raw
       if (/%(2F|5C|3B|00)/i.test(path)) return false
       // Stable: normalizing what is forwarded changes nothing (one path, matched and forwarded).
       const again = normalizeTarget(forwardedUrl(r))
@@ -99,7 +104,8 @@ t.test('normalizeTarget: the known bypass forms are refused or resolved, never l
 
 // Route patterns built from a small alphabet so generated paths hit them often.
 // (ASCII only: a rule literal is compared with the percent-encoded path, see the report on non-ASCII rules.)
-const LITERALS = ['admin', 'public', 'orders', 'a', 'b', 'ADMIN', 'x-y', '~u']
+// Some hold reserved characters a segment may carry raw, which clients can also send encoded.
+const LITERALS = ['admin', 'public', 'orders', 'a', 'b', 'ADMIN', 'x-y', '~u', 'jobs:purge', '@me', 'a!b,c', "('$&+=')"]
 const segment = fc.oneof({ weight: 5, arbitrary: fc.constantFrom(...LITERALS) }, { weight: 2, arbitrary: fc.constant('*') })
 const pattern = fc
   .tuple(fc.array(segment, { maxLength: 4 }), fc.boolean(), fc.boolean())
@@ -126,6 +132,17 @@ function referenceMatch(rules: readonly RouteSetting[], method: string, path: st
 
 const normalizedPath = rawPath.map((p) => normalizeTarget(`/${p}`)).filter(ok).map((r) => r.path)
 const literalPath = fc.array(fc.constantFrom(...LITERALS, 'c', 'zz'), { maxLength: 5 }).chain((segs) => fc.constantFrom(`/${segs.join('/')}`, `/${segs.join('/')}/`).map((p) => (p === '//' ? '/' : p)))
+/** A rule literal as a client may spell it: any of its characters percent-encoded, in either hex case. */
+const spelled = fc.constantFrom(...LITERALS, 'c').chain((lit) =>
+  fc.array(fc.constantFrom('raw', 'upper', 'lower'), { minLength: lit.length, maxLength: lit.length }).map((how) =>
+    [...lit].map((ch, i) => {
+      const hex = ch.charCodeAt(0).toString(16).padStart(2, '0')
+      return how[i] === 'raw' ? ch : `%${how[i] === 'upper' ? hex.toUpperCase() : hex}`
+    }).join('')))
+/** Targets aimed at the rules: their literals in any spelling, among hostile pieces. */
+const spelledTarget = fc
+  .tuple(fc.array(fc.oneof({ weight: 3, arbitrary: spelled }, { weight: 1, arbitrary: fc.constantFrom(...PIECES) }), { maxLength: 5 }), fc.boolean())
+  .map(([segs, trailing]) => `/${segs.join('/')}${trailing && segs.length > 0 ? '/' : ''}`)
 
 t.test('route matcher: agrees with a regular-expression reference, first match wins', async (t) => {
   fc.assert(
@@ -148,7 +165,7 @@ const revocations = { isRevoked: async () => false } as unknown as RevocationSto
 
 t.test('decide: the rule that allowed a request is the rule that governs the path forwarded', async (t) => {
   await fc.assert(
-    fc.asyncProperty(ruleTable, fc.constantFrom(...METHODS), rawTarget, fc.boolean(), async (rules, method, raw, withToken) => {
+    fc.asyncProperty(ruleTable, fc.constantFrom(...METHODS), fc.oneof(rawTarget, spelledTarget), fc.boolean(), async (rules, method, raw, withToken) => {
       const match = compileRoutes(rules)
       const deps: DecideDeps = { match, verify, revocations, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0) }
       const outcome = await decide({ method, url: raw, authorization: withToken ? ['Bearer abc.def.ghi'] : undefined }, deps)
@@ -186,7 +203,8 @@ t.test('extractBearer: any b64token in any Bearer spelling is extracted exactly'
 
 t.test('extractBearer: never throws, never returns a token that is not a bounded b64token', async (t) => {
   const header = fc.oneof(fc.string({ maxLength: 60 }), fc.string({ unit: 'binary', maxLength: 60 }), fc.constantFrom('Bearer', 'Bearer ', 'bearer\t', 'Basic x', 'Bearer a b', 'Bearer a,b'))
-  const query = fc.array(fc.constantFrom('a=1', 'access_token=t0k', 'access%5Ftoken=x', 'ACCESS_TOKEN=y', '%zz', 'access_token', '&', '=', 'b=%2e'), { maxLength: 5 }).map((q) => q.join('&'))
+  const query = fc.array(fc.tuple(fc.constantFrom('a=1', 'access_token=t0k', 'access%5Ftoken=x', 'ACCESS_TOKEN=y', '%zz', 'access_token', '&', ';', '=', 'b=%2e'), fc.constantFrom('&', ';')), { maxLength: 5 })
+    .map((q) => q.map(([part, sep], i) => (i === 0 ? part : `${sep}${part}`)).join(''))
   fc.assert(
     fc.property(fc.option(fc.array(header, { minLength: 1, maxLength: 3 })), query, fc.boolean(), fc.integer({ min: 1, max: 64 }), (headers, q, allowQuery, max) => {
       const got = extractBearer(headers ?? undefined, q, { allowQueryToken: allowQuery, maxTokenBytes: max })
@@ -194,7 +212,7 @@ t.test('extractBearer: never throws, never returns a token that is not a bounded
       if ('reason' in got) return got.reason === 'invalid_request' || got.reason === 'malformed'
       if (got.token !== undefined && (!/^[A-Za-z0-9\-._~+/]+=*$/.test(got.token) || got.token.length > max)) return false
       // A query token is only ever taken when allowed, and is then gone from the forwarded query.
-      const names = got.query.split('&').map((p) => {
+      const names = got.query.split(/[&;]/).map((p) => {
         try {
           return decodeURIComponent(p.split('=')[0]!)
         } catch {
@@ -232,13 +250,20 @@ t.test('extractBearer: the verifier\'s known-token hint never changes the answer
 t.test('extractBearer: a query token is refused unless allowed, and removed when taken', async (t) => {
   const other = fc.array(fc.constantFrom('a=1', 'b=2', 'x=%2e', 'c'), { maxLength: 3 })
   const name = fc.constantFrom('access_token', 'access%5Ftoken', 'access%5ftoken', '%61ccess_token')
+  // `&` or `;` before each parameter after the first: many upstreams split on both.
+  const seps = fc.array(fc.constantFrom('&', ';'), { minLength: 7, maxLength: 7 })
   fc.assert(
-    fc.property(other, name, fc.stringMatching(/^[A-Za-z0-9._~-]{1,40}$/), other, (before, n, value, after) => {
-      const q = [...before, `${n}=${value}`, ...after].join('&')
+    fc.property(other, name, fc.stringMatching(/^[A-Za-z0-9._~-]{1,40}$/), other, seps, (before, n, value, after, sep) => {
+      const params = [...before, `${n}=${value}`, ...after]
+      const q = params.map((p, i) => (i === 0 ? p : `${sep[i - 1]}${p}`)).join('')
       const refused = extractBearer(undefined, q, { allowQueryToken: false, maxTokenBytes: 8192 })
       if (!('reason' in refused) || refused.reason !== 'invalid_request') return false
       const taken = extractBearer(undefined, q, { allowQueryToken: true, maxTokenBytes: 8192 })
-      return 'token' in taken && taken.token === value && taken.query === [...before, ...after].join('&')
+      if (!('token' in taken) || taken.token !== value) return false
+      // The other parameters, in order, verbatim, with their own separators: only the token and one separator went.
+      const rest = [...before, ...after]
+      if (rest.length === 0) return taken.query === ''
+      return JSON.stringify(taken.query.split(/[&;]/)) === JSON.stringify(rest) && taken.query.length === q.length - n.length - value.length - 2
     }),
     RUNS,
   )

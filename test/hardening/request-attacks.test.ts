@@ -2,9 +2,11 @@
 // thing and served as another, and headers that try to speak for the caller. Requests go out raw
 // (over a socket) where a client library would normalize or refuse them first.
 import t from 'tap'
-import { bearer, decisions, send, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
+import { manualClock } from '../../src/pipeline/clock.js'
+import { bearer, decisions, runApp, send, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
 import { defaultClaims, testKeys } from '../fixtures/keys.js'
-import { assertNothingLeaked, rawHttp, startGuarded, T0_S } from './helpers.js'
+import { startUpstream } from '../fixtures/upstream.js'
+import { assertNothingLeaked, rawHttp, startGuarded, T0_MS, T0_S } from './helpers.js'
 
 const start = startGuarded
 const mint = async (over: Record<string, unknown> = {}) => (await testKeys()).mint({ ...defaultClaims(T0_S), ...over }, { nowS: T0_S })
@@ -67,6 +69,9 @@ t.test('token in the query string: refused unless configured, and never forwarde
     ['access_token with an encoded name (access%5Ftoken)', `/orders/1?access%5Ftoken=${token}`, []],
     ['access_token on a public route', `/public/x?access_token=${token}`, []],
     ['access_token and an Authorization header', `/orders/1?access_token=${token}`, [`Authorization: Bearer ${token}`]],
+    ['access_token after a ";" (a parameter separator to many upstreams)', `/orders/1?x=1;access_token=${token}`, []],
+    ['access_token after a ";" on a public route', `/public/x?x=1;access_token=${token}`, []],
+    ['access_token before a ";"', `/public/x?access_token=${token};x=1`, []],
   ] as const) {
     const { res, audit } = await raw(lapse, target, [...headers])
     t.equal(res.status, 400, `${attack}: 400`)
@@ -81,9 +86,22 @@ t.test('token in the query string: refused unless configured, and never forwarde
   const both = await raw(allowing, `/orders/1?access_token=${token}`, [`Authorization: Bearer ${token}`])
   t.equal(both.res.status, 400, 'allowed, but also in the header: 400')
   t.equal(allowing.upstream.calls, 0, 'upstream received nothing')
+  const twiceSemi = await raw(allowing, `/orders/1?access_token=${token};access_token=${token}`)
+  t.equal(twiceSemi.res.status, 400, 'allowed, but sent twice, ";"-separated: 400')
+  t.equal(allowing.upstream.calls, 0, 'upstream received nothing')
   const ok = await raw(allowing, `/orders/1?a=1&access_token=${token}&b=2`)
   t.equal(ok.res.status, 200, 'allowed and sent once: 200')
   t.equal(allowing.upstream.requests[0]?.url, '/orders/1?a=1&b=2', 'the token is removed from the forwarded query')
+  for (const [target, forwarded] of [
+    [`/orders/1?a=1;access_token=${token};b=2`, '/orders/1?a=1;b=2'],
+    [`/orders/1?a=1&access_token=${token};b=2`, '/orders/1?a=1;b=2'],
+    [`/public/x?x=1;access_token=${token}`, '/public/x?x=1'],
+    [`/public/x?access_token=${token};x=1`, '/public/x?x=1'],
+  ] as const) {
+    const { res } = await raw(allowing, target)
+    t.equal(res.status, 200, `${forwarded}: allowed`)
+    t.equal(allowing.upstream.requests.at(-1)?.url, forwarded, `${forwarded}: the token after or before a ";" is removed, the other separators kept`)
+  }
   assertNothingLeaked(t, allowing, { token })
 })
 
@@ -170,6 +188,73 @@ t.test('what stays under /public is forwarded exactly as matched, never re-decod
   t.equal(lapse.upstream.requests.at(-1)?.url, '/public/a/~user/A', 'encoded unreserved characters are forwarded decoded, as matched')
 })
 
+// A stricter rule whose literal holds a character a segment may carry raw, before a broader one.
+// The upstream routes on the path decoded once, as Go's ServeMux and most frameworks do, and
+// says which of its handlers ran.
+const RESERVED_ROUTES = [
+  { path: '/v1/jobs:purge', scopes: ['jobs:admin'] },
+  { path: '/users/@me/**', scopes: ['account:self'] },
+  { path: '/v1/*', scopes: ['jobs:read'] },
+  { path: '/users/**', scopes: ['jobs:read'] },
+]
+
+t.test('reserved characters sent percent-encoded are decided by the rule of the character, as the upstream reads them', async (t) => {
+  const upstream = await startUpstream((req, res) => {
+    req.resume()
+    const path = decodeURIComponent(req.url!.split('?')[0]!)
+    const handler = path === '/v1/jobs:purge' ? 'purge' : path.startsWith('/users/@me/') ? 'own-account' : 'read-only'
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ handler }))
+  })
+  t.teardown(() => upstream.close())
+  const lapse = await runApp(t, { routes: RESERVED_ROUTES, clock: manualClock(T0_MS), upstream })
+  const reader = await mint({ scope: 'jobs:read' })
+  for (const [target, rule, scope] of [
+    ['/v1/jobs:purge', '/v1/jobs:purge', 'jobs:admin'],
+    ['/v1/jobs%3Apurge', '/v1/jobs:purge', 'jobs:admin'],
+    ['/v1/jobs%3apurge', '/v1/jobs:purge', 'jobs:admin'],
+    ['/v1/%6Aobs%3Apurge', '/v1/jobs:purge', 'jobs:admin'],
+    ['/users/%40me/keys', '/users/@me/**', 'account:self'],
+    ['/users/%40me', '/users/@me/**', 'account:self'],
+  ] as const) {
+    const { res, audit } = await raw(lapse, target, [`Authorization: Bearer ${reader}`], 'POST')
+    t.equal(res.status, 403, `${target}, a jobs:read token: 403`)
+    t.equal(audit?.reason, 'insufficient_scope', `${target}: insufficient_scope`)
+    t.equal(audit?.route, rule, `${target}: decided by ${rule}`)
+    t.match(res.head, new RegExp(`scope="${scope}"`), `${target}: the challenge asks for ${scope}`)
+  }
+  t.equal(upstream.calls, 0, 'the upstream ran no handler')
+
+  // With the scope the stricter rule asks for, the upstream gets the one normalized spelling.
+  const admin = await mint({ scope: 'jobs:admin account:self' })
+  for (const [target, forwarded, handler] of [
+    ['/v1/jobs%3Apurge', '/v1/jobs:purge', 'purge'],
+    ['/users/%40me/keys', '/users/@me/keys', 'own-account'],
+  ] as const) {
+    const { res, audit } = await raw(lapse, target, [`Authorization: Bearer ${admin}`], 'POST')
+    t.equal(res.status, 200, `${target}, the stricter rule's scope: 200`)
+    t.equal(audit?.path, forwarded, `${target}: decided on ${forwarded}`)
+    t.equal(upstream.requests.at(-1)?.url, forwarded, `${target}: forwarded as ${forwarded}`)
+    t.match(res.body, `"handler":"${handler}"`, `${target}: the upstream ran ${handler}, the handler of the rule that decided`)
+  }
+
+  // Text, never syntax: a decoded "*" is a segment like any other; "?", "#" and "%" stay encoded
+  // (decoded, they would end the path); an encoded ";" stays refused like a raw one.
+  for (const [target, status, forwarded] of [
+    ['/v1/%2A', 200, '/v1/*'],
+    ['/v1/jobs%3Fpurge', 200, '/v1/jobs%3Fpurge'],
+    ['/v1/jobs%23purge', 200, '/v1/jobs%23purge'],
+    ['/v1/jobs%3Bpurge', 400, undefined],
+    ['/v1/jobs%EF%BC%9Apurge', 400, undefined],
+  ] as const) {
+    const before = upstream.calls
+    const { res } = await raw(lapse, target, [`Authorization: Bearer ${reader}`])
+    t.equal(res.status, status, `${target}: ${status}`)
+    if (forwarded) t.equal(upstream.requests.at(-1)?.url, forwarded, `${target}: forwarded as ${forwarded}`)
+    else t.equal(upstream.calls, before, `${target}: nothing forwarded`)
+  }
+  assertNothingLeaked(t, lapse, { reader, admin })
+})
+
 t.test('malformed request lines are refused by the parser before any decision', async (t) => {
   const lapse = await start(t)
   for (const [attack, line] of [
@@ -219,6 +304,13 @@ t.test('identity header spoofing: only Lapse speaks for the caller', async (t) =
   // Forwarding headers describe this hop, whatever the client claims.
   await send(`${lapse.url}/orders/1`, { headers: [bearer(token), ['X-Forwarded-Proto', 'https']] })
   t.equal(lapse.upstream.requests.at(-1)!.headers['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is set by Lapse, not the client')
+  // Path overrides some frameworks honour, and forwarding headers on a request without Host
+  // (HTTP/1.0), where there is no Host for Lapse to write X-Forwarded-Host from.
+  await rawHttp(lapse.url, 'GET /public/x HTTP/1.0\r\nX-Original-URL: /admin/secret\r\nX-Rewrite-URL: /admin/secret\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Host: admin.internal\r\nForwarded: for=10.0.0.1;host=admin.internal\r\nX-Real-IP: 10.0.0.1\r\n\r\n')
+  const overridden = lapse.upstream.requests.at(-1)!
+  t.equal(overridden.url, '/public/x', 'HTTP/1.0 without Host: forwarded')
+  t.notOk(overridden.rawHeaders.some((v, i) => i % 2 === 1 && /admin|10\.0\.0\.1/.test(v)), 'no path override, forwarded host or client address from the client reaches the upstream')
+  t.equal(overridden.headers.forwarded, 'for=127.0.0.1;proto=http', 'Forwarded describes Lapse\'s hop')
   assertNothingLeaked(t, lapse, { token })
 })
 
