@@ -267,10 +267,16 @@ export function writeJson(res: ServerResponse, status: number, body: object, hea
 
 const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
 
+/** How long a socket answered by writeRaw may stay half-open, waiting for the client to close its side. */
+const RAW_LINGER_MS = 1000
+
 function writeRaw(socket: Duplex, status: number, headers: Readonly<Record<string, string>>, body: string): void {
   if (!socket.writable) return void socket.destroy()
   const lines = Object.entries(headers).filter(([k]) => k !== 'content-length').map(([k, v]) => `${k}: ${v}\r\n`).join('')
   socket.end(`HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? ''}\r\n${lines}content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+  // Node's idle timeout no longer watches a socket handed to 'upgrade': a client that never
+  // closes its side would hold it for good.
+  setTimeout(() => socket.destroy(), RAW_LINGER_MS).unref()
 }
 
 function listenOn(server: Server, at: HostPort): Promise<HostPort> {

@@ -24,7 +24,10 @@ export type UpstreamFailure = 'upstream_timeout' | 'upstream_unavailable'
 
 export interface ForwarderOptions {
   readonly upstream: URL
-  /** Until the upstream sends response headers (connect included); after that, streams may idle. */
+  /**
+   * Until the upstream's response headers are complete (connect included), for HTTP and for a
+   * WebSocket upgrade's 101 alike; after that, streams may idle.
+   */
   readonly timeoutMs: number
   readonly forwardAuthorization: boolean
   /** HTTP connections to the upstream at most (WebSockets have their own); the rest queue. */
@@ -45,12 +48,8 @@ export interface Forwarder {
   close(): void
 }
 
-interface Exchange {
-  timedOut: boolean
-  link?: WsLink
-}
 const EXCHANGE = Symbol('lapse.exchange')
-type Tracked = IncomingMessage & { [EXCHANGE]?: Exchange }
+type Tracked = IncomingMessage & { [EXCHANGE]?: UpgradeExchange }
 
 export function createForwarder(opts: ForwarderOptions): Forwarder {
   const pool = new Pool(opts.upstream.origin, {
@@ -87,19 +86,17 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   const upgraded = new WeakMap<Duplex, WsLink>()
   proxy.on('proxyReqWs', (proxyReq: ClientRequest, req: Tracked, socket: Duplex) => {
     const exchange = req[EXCHANGE]
-    proxyReq.setTimeout(opts.timeoutMs, () => {
-      if (exchange) exchange.timedOut = true
-      proxyReq.destroy()
-    })
-    proxyReq.once('response', () => proxyReq.setTimeout(0))
+    if (exchange) exchange.proxyReq = proxyReq
+    // The deadline ends with the answer's complete head, not with its first byte.
+    proxyReq.once('response', () => exchange && deadlines.remove(exchange))
     // A client that leaves before the upstream answers must not leave the upgrade request running.
     const abort = () => proxyReq.destroy()
     socket.once('close', abort)
     proxyReq.once('upgrade', (_res: IncomingMessage, proxySocket: Duplex) => {
-      proxyReq.setTimeout(0)
       socket.off('close', abort)
-      const link = exchange?.link
-      if (!link) return
+      if (!exchange) return
+      deadlines.remove(exchange)
+      const link = exchange.link
       // Cut while the upstream was answering: nothing is relayed.
       if (link.state !== 'open') return void proxySocket.destroy()
       upgraded.set(proxySocket, link)
@@ -143,13 +140,13 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       return forwarding
     },
     ws(req, socket, head, target, identity, onFailure) {
-      const exchange: Exchange = { timedOut: false }
+      const link = createWsLink(socket)
+      const exchange = new UpgradeExchange(link, deadlines)
       ;(req as Tracked)[EXCHANGE] = exchange
       req.url = pathOf(target)
       req.headers = headersFor(req, identity, true)
-      const link = createWsLink(socket)
-      exchange.link = link
       proxy.ws(req, socket, head, {}, (err: Error) => {
+        deadlines.remove(exchange)
         // After the 101 the client speaks WebSocket: an HTTP answer would corrupt its stream.
         if (link.attached) return void socket.destroy()
         onFailure(exchange.timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
@@ -247,6 +244,33 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding, Waitin
     this.failed = true
     const timedOut = this.stopped === TIMED_OUT || UNDICI_TIMEOUTS.has((err as NodeJS.ErrnoException).code ?? '')
     this.onFailure(timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
+  }
+}
+
+/**
+ * One WebSocket upgrade until the upstream's answer head is complete. Its budget is a deadline
+ * in the same Deadlines as HTTP's: Node's socket timeout (proxyReq.setTimeout) is an idle timer
+ * that every byte re-arms, so an upstream trickling its 101 head a byte at a time held the
+ * client until the token expired.
+ */
+class UpgradeExchange implements Waiting {
+  dueAtMs = 0
+  prev: Waiting | undefined = undefined
+  next: Waiting | undefined = undefined
+  queued = false
+  timedOut = false
+  /** Set by http-proxy's proxyReqWs, synchronously within proxy.ws(): before any deadline can fire. */
+  proxyReq: ClientRequest | undefined = undefined
+
+  constructor(readonly link: WsLink, deadlines: Deadlines) {
+    // Connecting and waiting for a free socket count, as for HTTP.
+    deadlines.add(this)
+  }
+
+  expire(): void {
+    this.timedOut = true
+    // Its 'error' reaches http-proxy's callback, which answers 504 and ends the client socket.
+    this.proxyReq?.destroy(TIMED_OUT)
   }
 }
 
