@@ -3,7 +3,8 @@
 //   const forwarder = createForwarder({ upstream, timeoutMs, forwardAuthorization })
 //   const fwd = forwarder.web(req, res, target, identity, (failure) => …)   // failure: 'upstream_timeout' | 'upstream_unavailable'
 //   fwd.abandon()                      // the client left before the response ended: stop the upstream request
-//   const link = forwarder.ws(req, socket, head, target, identity, onFailure)   // link.close(1008, 'token expired')
+//   const up = forwarder.ws(req, socket, head, target, identity, onFailure)   // when isWebSocketUpgrade(req)
+//   up.link.close(1008, 'token expired')   // up.status: 101, or the upstream's ordinary answer
 //
 // Two engines, chosen by measurement (bench/README.md): plain HTTP goes through an undici Pool,
 // whose pass-through runs at 1.5–1.8× http-proxy's on the same machine (bench row 2x against row
@@ -43,9 +44,27 @@ export interface Forwarding {
 export interface Forwarder {
   /** onFailure is called at most once, and only while no response byte has reached the client. */
   web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): Forwarding
-  /** onFailure is called only before the upgrade; after it an upstream failure destroys the client socket. */
-  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): WsLink
+  /**
+   * Only for a request `isWebSocketUpgrade` accepts. onFailure is called only while nothing of the
+   * upstream's answer has reached the client; after that an upstream failure destroys the client socket.
+   */
+  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): Upgrading
   close(): void
+}
+
+/** One forwarded WebSocket upgrade. */
+export interface Upgrading {
+  readonly link: WsLink
+  /** The upstream's answer: 101, or the status of an ordinary answer relayed as is; undefined until its head. */
+  readonly status: number | undefined
+}
+
+/**
+ * The upgrades `ws` proxies: a GET asking for websocket (RFC 6455 §4.1), exactly what http-proxy's
+ * ws pass accepts; it destroys the client socket, unanswered, on anything else.
+ */
+export function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  return req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket'
 }
 
 const EXCHANGE = Symbol('lapse.exchange')
@@ -88,13 +107,18 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
     const exchange = req[EXCHANGE]
     if (exchange) exchange.proxyReq = proxyReq
     // The deadline ends with the answer's complete head, not with its first byte.
-    proxyReq.once('response', () => exchange && deadlines.remove(exchange))
+    proxyReq.once('response', (res: IncomingMessage) => {
+      if (!exchange) return
+      exchange.status = res.statusCode
+      deadlines.remove(exchange)
+    })
     // A client that leaves before the upstream answers must not leave the upgrade request running.
     const abort = () => proxyReq.destroy()
     socket.once('close', abort)
     proxyReq.once('upgrade', (_res: IncomingMessage, proxySocket: Duplex) => {
       socket.off('close', abort)
       if (!exchange) return
+      exchange.status = 101
       deadlines.remove(exchange)
       const link = exchange.link
       // Cut while the upstream was answering: nothing is relayed.
@@ -147,11 +171,12 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       req.headers = headersFor(req, identity, true)
       proxy.ws(req, socket, head, {}, (err: Error) => {
         deadlines.remove(exchange)
-        // After the 101 the client speaks WebSocket: an HTTP answer would corrupt its stream.
-        if (link.attached) return void socket.destroy()
+        // After the 101 the client speaks WebSocket, and after an ordinary answer's head it reads
+        // that answer's body: an HTTP answer of our own would corrupt either.
+        if (link.attached || exchange.status !== undefined) return void socket.destroy()
         onFailure(exchange.timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
       })
-      return link
+      return exchange
     },
     close() {
       deadlines.close()
@@ -253,12 +278,13 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding, Waitin
  * that every byte re-arms, so an upstream trickling its 101 head a byte at a time held the
  * client until the token expired.
  */
-class UpgradeExchange implements Waiting {
+class UpgradeExchange implements Waiting, Upgrading {
   dueAtMs = 0
   prev: Waiting | undefined = undefined
   next: Waiting | undefined = undefined
   queued = false
   timedOut = false
+  status: number | undefined = undefined
   /** Set by http-proxy's proxyReqWs, synchronously within proxy.ws(): before any deadline can fire. */
   proxyReq: ClientRequest | undefined = undefined
 
