@@ -130,6 +130,23 @@ export function createApp(deps: Deps): App {
     })
   })
 
+  // CONNECT asks for a tunnel to an authority: nothing a reverse proxy in front of one resource
+  // could decide on, so it is refused like any target that is not a path, and no tunnel is ever
+  // opened. (Without a listener Node drops the connection unanswered and unaudited.)
+  server.on('connect', (req: IncomingMessage, socket: Duplex) => {
+    upgraded.add(socket)
+    socket.once('close', () => upgraded.delete(socket))
+    // Node detached its own error handling from the socket; a client's reset must not crash Lapse.
+    socket.on('error', () => socket.destroy())
+    const t = deps.recorder.start(req)
+    const denial: Denial = { allow: false, reason: 'invalid_request', description: 'CONNECT is not supported' }
+    deps.recorder.decided(t, { decision: denial, target: undefined, revocationMs: undefined })
+    const answer = toAnswer(denial, config.realm)
+    // The bytes after the head would be the tunnel's: they are never read.
+    writeRaw(socket, answer.status, answer.headers, answer.body)
+    deps.recorder.finish(t, { status: answer.status, remoteAddress: (socket as Socket).remoteAddress })
+  })
+
   // RFC 9110 §7.8 lets a server ignore Upgrade and answer in the protocol in use. Lapse proxies
   // one upgrade, a GET asking for websocket (RFC 6455 §4.1); any other — h2c, which `curl --http2`
   // adds to ordinary requests over http:// and then reads an HTTP/1.1 answer, a POST asking for
