@@ -123,6 +123,9 @@ export function createApp(deps: Deps): App {
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     upgraded.add(socket)
     socket.once('close', () => upgraded.delete(socket))
+    // Node detached its own error handling from the socket: without a listener, a client's reset
+    // while Lapse decides or waits for the upstream is an uncaught 'error' that ends the process.
+    socket.on('error', () => socket.destroy())
     if (!isWebSocketUpgrade(req)) return serveWithoutUpgrade(req, socket, head)
     handleUpgrade(req, socket, head).catch((err: unknown) => {
       deps.log.error({ err: (err as Error).message }, 'upgrade handling failed')
@@ -136,7 +139,7 @@ export function createApp(deps: Deps): App {
   server.on('connect', (req: IncomingMessage, socket: Duplex) => {
     upgraded.add(socket)
     socket.once('close', () => upgraded.delete(socket))
-    // Node detached its own error handling from the socket; a client's reset must not crash Lapse.
+    // As for 'upgrade': a client's reset must not be an uncaught 'error'.
     socket.on('error', () => socket.destroy())
     const t = deps.recorder.start(req)
     const denial: Denial = { allow: false, reason: 'invalid_request', description: 'CONNECT is not supported' }
