@@ -11,7 +11,7 @@ import { createAdminServer } from './admin/server.js'
 import type { RouteMatcher } from './authorize/routes.js'
 import type { Config, HostPort } from './config/load.js'
 import { noteOf, type ConnectionTracker, type Cut, type TrackedExchange } from './forward/connections.js'
-import type { Forwarder, UpstreamFailure } from './forward/forward.js'
+import { isWebSocketUpgrade, type Forwarder, type UpstreamFailure } from './forward/forward.js'
 import { WS_POLICY_VIOLATION } from './forward/ws-close.js'
 import { decide, type DecideDeps, type Outcome } from './pipeline/decide.js'
 import { toAnswer } from './pipeline/reasons.js'
@@ -73,7 +73,7 @@ export function createApp(deps: Deps): App {
     clock: deps.clock,
   }
 
-  const server = createServer({
+  const serverOptions = {
     maxHeaderSize: config.maxHeaderBytes,
     headersTimeout: config.clientHeaderTimeoutMs,
     // Node enforces headersTimeout only when it sweeps its connections (every 30 s by default), so
@@ -84,15 +84,21 @@ export function createApp(deps: Deps): App {
     keepAliveTimeout: 5000,
     // Smuggling shapes (CL+TE, duplicate CL, obs-fold) are refused by llhttp when not lenient.
     insecureHTTPParser: false,
-  })
+  }
+  const server = createServer(serverOptions)
   server.timeout = config.clientIdleTimeoutMs
+  // Serves the upgrade requests Lapse does not proxy as the ordinary requests they also are (see
+  // serveWithoutUpgrade). It never listens: connections are handed to it. Without an 'upgrade'
+  // listener, Node's parser frames such a request's body like any other.
+  const plain = createServer(serverOptions)
+  plain.timeout = config.clientIdleTimeoutMs
 
   const failed = (res: ServerResponse, err: unknown) => {
     deps.log.error({ err: (err as Error).message }, 'request handling failed')
     if (!res.headersSent) writeJson(res, 500, { error: 'internal_error', error_description: 'internal error' })
     else res.destroy()
   }
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     // Read now: once the body has been forwarded, undici destroys the request and its socket link.
     const remoteAddress = req.socket.remoteAddress
     try {
@@ -106,23 +112,72 @@ export function createApp(deps: Deps): App {
     } catch (err) {
       failed(res, err)
     }
+  }
+  server.on('request', onRequest)
+  plain.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    // Its connection came from an upgrade and is no longer the main server's: its header and
+    // keep-alive timers do not watch it, so it serves this one request only.
+    res.shouldKeepAlive = false
+    onRequest(req, res)
   })
   const upgraded = new Set<Duplex>()
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     upgraded.add(socket)
     socket.once('close', () => upgraded.delete(socket))
+    // Node detached its own error handling from the socket: without a listener, a client's reset
+    // while Lapse decides or waits for the upstream is an uncaught 'error' that ends the process.
+    socket.on('error', () => socket.destroy())
+    if (!isWebSocketUpgrade(req)) return serveWithoutUpgrade(req, socket, head)
     handleUpgrade(req, socket, head).catch((err: unknown) => {
       deps.log.error({ err: (err as Error).message }, 'upgrade handling failed')
       socket.destroy()
     })
   })
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+
+  // CONNECT asks for a tunnel to an authority: nothing a reverse proxy in front of one resource
+  // could decide on, so it is refused like any target that is not a path, and no tunnel is ever
+  // opened. (Without a listener Node drops the connection unanswered and unaudited.)
+  server.on('connect', (req: IncomingMessage, socket: Duplex) => {
+    upgraded.add(socket)
+    socket.once('close', () => upgraded.delete(socket))
+    // As for 'upgrade': a client's reset must not be an uncaught 'error'.
+    socket.on('error', () => socket.destroy())
+    const t = deps.recorder.start(req)
+    const denial: Denial = { allow: false, reason: 'invalid_request', description: 'CONNECT is not supported' }
+    deps.recorder.decided(t, { decision: denial, target: undefined, revocationMs: undefined })
+    const answer = toAnswer(denial, config.realm)
+    // The bytes after the head would be the tunnel's: they are never read.
+    writeRaw(socket, answer.status, answer.headers, answer.body)
+    deps.recorder.finish(t, { status: answer.status, remoteAddress: (socket as Socket).remoteAddress })
+  })
+
+  // RFC 9110 §7.8 lets a server ignore Upgrade and answer in the protocol in use. Lapse proxies
+  // one upgrade, a GET asking for websocket (RFC 6455 §4.1); any other — h2c, which `curl --http2`
+  // adds to ordinary requests over http:// and then reads an HTTP/1.1 answer, a POST asking for
+  // websocket, an unknown protocol — is decided and forwarded as an ordinary HTTP/1.1 request
+  // without the upgrade, so such a client gets the answer it would get without asking. Node's parser
+  // stopped at the head of an upgrade request and left its body raw, so the head is re-serialized
+  // from the fields Node parsed and handed with the rest of the connection to `plain`, whose
+  // parser frames the body as strictly as the first; Lapse never frames bytes itself.
+  function serveWithoutUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    // Node keeps at most this many rawHeaders entries: a head that reached it may have lost
+    // fields, its framing ones among them, and cannot be replayed faithfully.
+    if (req.rawHeaders.length >= NODE_MAX_RAW_HEADERS) {
+      return writeRaw(socket, 431, { 'content-type': 'application/json' }, JSON.stringify({ error: 'invalid_request', error_description: 'request headers too large' }))
+    }
+    socket.unshift(Buffer.concat([Buffer.from(requestHead(req), 'latin1'), head]))
+    plain.emit('connection', socket)
+  }
+
+  const onClientError = (err: NodeJS.ErrnoException, socket: Duplex) => {
     // Node's parser refused the request (bad framing, oversized headers): answer and close.
     if (!socket.writable) return socket.destroy()
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400
     const body = JSON.stringify({ error: 'invalid_request', error_description: status === 431 ? 'request headers too large' : status === 408 ? 'request timed out' : 'malformed HTTP request' })
     socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
-  })
+  }
+  server.on('clientError', onClientError)
+  plain.on('clientError', onClientError)
 
   // Most responses end within milliseconds, and registering every one with the connection registry
   // cost more than the whole decision. A response still open after one tick is registered then:
@@ -221,17 +276,20 @@ export function createApp(deps: Deps): App {
     deps.recorder.inject(t, req.headers)
     let upstreamFailure: UpstreamFailure | undefined
     let cut: Cut | undefined
-    const link = deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure) => {
+    const upgrading = deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure) => {
       upstreamFailure = failure
       const a = UPSTREAM_ANSWERS[failure]
       writeRaw(socket, a.status, { 'content-type': 'application/json' }, JSON.stringify({ error: a.error, error_description: a.description }))
     })
+    const { link } = upgrading
     const untrack = d.identity && deps.connections
       ? deps.connections.track({ identity: d.identity, kind: 'websocket', cutAtExpiry: true, trace: t, close: (c) => { cut = c; link.close(WS_POLICY_VIOLATION, `token ${c.reason}`) } })
       : undefined
     socket.once('close', () => {
       untrack?.()
-      deps.recorder.finish(t, { status: upstreamFailure ? UPSTREAM_ANSWERS[upstreamFailure].status : 101, upstreamFailure, remoteAddress, note: noteOf(cut) })
+      // The upstream may refuse the upgrade with an ordinary answer (say 200 or 426), relayed as is.
+      const status = upstreamFailure ? UPSTREAM_ANSWERS[upstreamFailure].status : upgrading.status ?? 101
+      deps.recorder.finish(t, { status, upstreamFailure, remoteAddress, note: noteOf(cut) })
     })
   }
 
@@ -293,12 +351,33 @@ export function writeJson(res: ServerResponse, status: number, body: object, hea
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers }).end(text)
 }
 
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 431: 'Request Header Fields Too Large', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
+
+/** _http_common.js MAX_HEADER_PAIRS: the rawHeaders entries (names and values) Node keeps of a request. */
+const NODE_MAX_RAW_HEADERS = 2000
+
+/**
+ * The head of a request as Node parsed it. Its parser was strict (no obs-fold, no bare CR or LF,
+ * values trimmed), so the fields come out as they went in; `name:value` with no space is never
+ * longer than the original, so the replay stays within LAPSE_MAX_HEADER_BYTES.
+ */
+function requestHead(req: IncomingMessage): string {
+  let head = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`
+  const raw = req.rawHeaders
+  for (let i = 0; i < raw.length; i += 2) head += `${raw[i]}:${raw[i + 1]}\r\n`
+  return `${head}\r\n`
+}
+
+/** How long a socket answered by writeRaw may stay half-open, waiting for the client to close its side. */
+const RAW_LINGER_MS = 1000
 
 function writeRaw(socket: Duplex, status: number, headers: Readonly<Record<string, string>>, body: string): void {
   if (!socket.writable) return void socket.destroy()
   const lines = Object.entries(headers).filter(([k]) => k !== 'content-length').map(([k, v]) => `${k}: ${v}\r\n`).join('')
   socket.end(`HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? ''}\r\n${lines}content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+  // Node's idle timeout no longer watches a socket handed to 'upgrade': a client that never
+  // closes its side would hold it for good.
+  setTimeout(() => socket.destroy(), RAW_LINGER_MS).unref()
 }
 
 function listenOn(server: Server, at: HostPort): Promise<HostPort> {

@@ -3,7 +3,8 @@
 //   const forwarder = createForwarder({ upstream, timeoutMs, forwardAuthorization })
 //   const fwd = forwarder.web(req, res, target, identity, (failure) => …)   // failure: 'upstream_timeout' | 'upstream_unavailable'
 //   fwd.abandon()                      // the client left before the response ended: stop the upstream request
-//   const link = forwarder.ws(req, socket, head, target, identity, onFailure)   // link.close(1008, 'token expired')
+//   const up = forwarder.ws(req, socket, head, target, identity, onFailure)   // when isWebSocketUpgrade(req)
+//   up.link.close(1008, 'token expired')   // up.status: 101, or the upstream's ordinary answer
 //
 // Two engines, chosen by measurement (bench/README.md): plain HTTP goes through an undici Pool,
 // whose pass-through runs at 1.5–1.8× http-proxy's on the same machine (bench row 2x against row
@@ -24,7 +25,10 @@ export type UpstreamFailure = 'upstream_timeout' | 'upstream_unavailable'
 
 export interface ForwarderOptions {
   readonly upstream: URL
-  /** Until the upstream sends response headers (connect included); after that, streams may idle. */
+  /**
+   * Until the upstream's response headers are complete (connect included), for HTTP and for a
+   * WebSocket upgrade's 101 alike; after that, streams may idle.
+   */
   readonly timeoutMs: number
   readonly forwardAuthorization: boolean
   /** HTTP connections to the upstream at most (WebSockets have their own); the rest queue. */
@@ -40,17 +44,31 @@ export interface Forwarding {
 export interface Forwarder {
   /** onFailure is called at most once, and only while no response byte has reached the client. */
   web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): Forwarding
-  /** onFailure is called only before the upgrade; after it an upstream failure destroys the client socket. */
-  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): WsLink
+  /**
+   * Only for a request `isWebSocketUpgrade` accepts. onFailure is called only while nothing of the
+   * upstream's answer has reached the client; after that an upstream failure destroys the client socket.
+   */
+  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): Upgrading
   close(): void
 }
 
-interface Exchange {
-  timedOut: boolean
-  link?: WsLink
+/** One forwarded WebSocket upgrade. */
+export interface Upgrading {
+  readonly link: WsLink
+  /** The upstream's answer: 101, or the status of an ordinary answer relayed as is; undefined until its head. */
+  readonly status: number | undefined
 }
+
+/**
+ * The upgrades `ws` proxies: a GET asking for websocket (RFC 6455 §4.1), exactly what http-proxy's
+ * ws pass accepts; it destroys the client socket, unanswered, on anything else.
+ */
+export function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  return req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket'
+}
+
 const EXCHANGE = Symbol('lapse.exchange')
-type Tracked = IncomingMessage & { [EXCHANGE]?: Exchange }
+type Tracked = IncomingMessage & { [EXCHANGE]?: UpgradeExchange }
 
 export function createForwarder(opts: ForwarderOptions): Forwarder {
   const pool = new Pool(opts.upstream.origin, {
@@ -87,19 +105,22 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   const upgraded = new WeakMap<Duplex, WsLink>()
   proxy.on('proxyReqWs', (proxyReq: ClientRequest, req: Tracked, socket: Duplex) => {
     const exchange = req[EXCHANGE]
-    proxyReq.setTimeout(opts.timeoutMs, () => {
-      if (exchange) exchange.timedOut = true
-      proxyReq.destroy()
+    if (exchange) exchange.proxyReq = proxyReq
+    // The deadline ends with the answer's complete head, not with its first byte.
+    proxyReq.once('response', (res: IncomingMessage) => {
+      if (!exchange) return
+      exchange.status = res.statusCode
+      deadlines.remove(exchange)
     })
-    proxyReq.once('response', () => proxyReq.setTimeout(0))
     // A client that leaves before the upstream answers must not leave the upgrade request running.
     const abort = () => proxyReq.destroy()
     socket.once('close', abort)
     proxyReq.once('upgrade', (_res: IncomingMessage, proxySocket: Duplex) => {
-      proxyReq.setTimeout(0)
       socket.off('close', abort)
-      const link = exchange?.link
-      if (!link) return
+      if (!exchange) return
+      exchange.status = 101
+      deadlines.remove(exchange)
+      const link = exchange.link
       // Cut while the upstream was answering: nothing is relayed.
       if (link.state !== 'open') return void proxySocket.destroy()
       upgraded.set(proxySocket, link)
@@ -143,18 +164,19 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       return forwarding
     },
     ws(req, socket, head, target, identity, onFailure) {
-      const exchange: Exchange = { timedOut: false }
+      const link = createWsLink(socket)
+      const exchange = new UpgradeExchange(link, deadlines)
       ;(req as Tracked)[EXCHANGE] = exchange
       req.url = pathOf(target)
       req.headers = headersFor(req, identity, true)
-      const link = createWsLink(socket)
-      exchange.link = link
       proxy.ws(req, socket, head, {}, (err: Error) => {
-        // After the 101 the client speaks WebSocket: an HTTP answer would corrupt its stream.
-        if (link.attached) return void socket.destroy()
+        deadlines.remove(exchange)
+        // After the 101 the client speaks WebSocket, and after an ordinary answer's head it reads
+        // that answer's body: an HTTP answer of our own would corrupt either.
+        if (link.attached || exchange.status !== undefined) return void socket.destroy()
         onFailure(exchange.timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
       })
-      return link
+      return exchange
     },
     close() {
       deadlines.close()
@@ -247,6 +269,34 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding, Waitin
     this.failed = true
     const timedOut = this.stopped === TIMED_OUT || UNDICI_TIMEOUTS.has((err as NodeJS.ErrnoException).code ?? '')
     this.onFailure(timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
+  }
+}
+
+/**
+ * One WebSocket upgrade until the upstream's answer head is complete. Its budget is a deadline
+ * in the same Deadlines as HTTP's: Node's socket timeout (proxyReq.setTimeout) is an idle timer
+ * that every byte re-arms, so an upstream trickling its 101 head a byte at a time held the
+ * client until the token expired.
+ */
+class UpgradeExchange implements Waiting, Upgrading {
+  dueAtMs = 0
+  prev: Waiting | undefined = undefined
+  next: Waiting | undefined = undefined
+  queued = false
+  timedOut = false
+  status: number | undefined = undefined
+  /** Set by http-proxy's proxyReqWs, synchronously within proxy.ws(): before any deadline can fire. */
+  proxyReq: ClientRequest | undefined = undefined
+
+  constructor(readonly link: WsLink, deadlines: Deadlines) {
+    // Connecting and waiting for a free socket count, as for HTTP.
+    deadlines.add(this)
+  }
+
+  expire(): void {
+    this.timedOut = true
+    // Its 'error' reaches http-proxy's callback, which answers 504 and ends the client socket.
+    this.proxyReq?.destroy(TIMED_OUT)
   }
 }
 

@@ -54,6 +54,7 @@ interface Log {
 }
 
 const MAX_JWKS_BYTES = 512 * 1024
+const NO_USABLE_KEY = Object.assign(new Error('the key set holds no usable key'), { code: 'ERR_JWKS_NO_USABLE_KEY' })
 // Only lookups that found exactly one key are remembered, so the memo is bounded by the key set
 // (keys × algorithms), not by what clients put in `kid`; the cap is a second fence.
 const MAX_KNOWN_KEYS = 256
@@ -222,12 +223,17 @@ export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?:
   const fetchOnce = async (): Promise<void> => {
     lastAttemptMs = deps.clock.now()
     try {
-      install(filterKeys(await fetchJwks(source.jwksUrl!, source.timeoutMs), source.algorithms, deps.log))
+      const set = filterKeys(await fetchJwks(source.jwksUrl!, source.timeoutMs), source.algorithms, deps.log)
+      // A set with no usable key (an issuer glitch serving {"keys":[]}, or only keys Lapse refuses)
+      // is a failed refresh, not a rotation to nothing: installed, it would refuse every token as
+      // unknown_key while /readyz said ready. Before any good set it leaves keys_unavailable.
+      if (set.keys.length === 0) throw NO_USABLE_KEY
+      install(set)
       lastRefreshMs = deps.clock.now()
       lastError = undefined
     } catch (err) {
       lastError = (err as { code?: string }).code ?? (err as Error).name
-      deps.log?.warn({ err: lastError, keys: jwks?.keys.length ?? 0 }, 'JWKS fetch failed; keeping the last good key set')
+      deps.log?.warn({ err: lastError, keys: jwks?.keys.length ?? 0 }, jwks ? 'JWKS fetch failed; keeping the last good key set' : 'JWKS fetch failed; no key set loaded yet')
       throw err
     }
   }

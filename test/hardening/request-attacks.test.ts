@@ -272,6 +272,37 @@ t.test('malformed request lines are refused by the parser before any decision', 
   t.equal(lapse.upstream.calls, 0, 'upstream received nothing')
 })
 
+t.test('CONNECT → 400 invalid_request (the usual body and challenge), a deny audit line, and no tunnel', async (t) => {
+  const lapse = await start(t)
+  // Counted at the socket: a tunnel would be a TCP connection the upstream's HTTP server never parses.
+  let connections = 0
+  lapse.upstream.server.on('connection', () => connections++)
+  const token = await mint({ scope: 'orders:read admin' })
+  const { port } = new URL(lapse.upstream.url)
+  for (const [form, target] of [
+    ['authority-form, to the upstream itself', `127.0.0.1:${port}`],
+    ['origin-form, a path a rule allows', '/orders/1'],
+  ] as const) {
+    const before = decisions(lapse).length
+    const res = await rawHttp(lapse.url, [
+      `CONNECT ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${token}\r\n\r\n`,
+      // What a client would send into the tunnel once it believed it open.
+      `GET /admin/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n\r\n`,
+    ])
+    t.equal(res.status, 400, `${form}: 400`)
+    t.match(res.head, /\r\nwww-authenticate: Bearer realm="lapse", error="invalid_request", error_description="[^"]+"/i, `${form}: invalid_request challenge`)
+    const body = JSON.parse(res.body) as Record<string, unknown>
+    t.equal(body.error, 'invalid_request', `${form}: body error`)
+    t.type(body.error_description, 'string', `${form}: body error_description`)
+    t.ok(res.closedByServer, `${form}: connection closed`)
+    const audit = await waitFor(() => decisions(lapse)[before], `${form}: the audit line`)
+    t.match(audit, { decision: 'deny', reason: 'invalid_request', method: 'CONNECT', status: 400 }, `${form}: deny audit line`)
+  }
+  t.equal(lapse.upstream.calls, 0, 'the upstream received no request')
+  t.equal(connections, 0, 'and no connection: no tunnel was opened')
+  assertNothingLeaked(t, lapse, { token })
+})
+
 t.test('identity header spoofing: only Lapse speaks for the caller', async (t) => {
   const lapse = await start(t)
   const token = await mint({ sub: 'ci-deployer', scope: 'orders:read' })

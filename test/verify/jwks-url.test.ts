@@ -1,5 +1,6 @@
 // Keys from a JWKS URL served by a real HTTP server: rotation through the unknown-kid refetch,
-// removal, an issuer that goes down, and a flood of made-up kids that must not hammer it.
+// removal, an issuer that goes down or serves no usable key, and a flood of made-up kids that
+// must not hammer it.
 import t, { type Test } from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { bearer, runApp, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
@@ -117,4 +118,59 @@ t.test('a flood of unknown kids causes at most one refetch per cooldown', async 
   t.equal(jwks.hits, 3, 'one more once it has')
   t.equal(lapse.upstream.calls, 0)
   await expectAccepted(t, lapse, await tokenFrom(a), 'the real key still works')
+})
+
+t.test('a refresh that yields no usable key is a failed refresh: the last good set keeps verifying, /readyz stays 200', async (t) => {
+  const unusable = await newKeyPair('RS256', 'key-unusable')
+  for (const [what, published] of [
+    ['an empty set', []],
+    ['only a key of an unsupported kind', [{ kty: 'XYZ', kid: 'odd', use: 'sig' }]],
+    ['only a key of an algorithm not allowed', [{ ...unusable.publicJwk, alg: 'RS512' }]],
+    ['only a key Lapse refuses (RSA exponent 1)', [{ ...unusable.publicJwk, e: 'AQ' }]],
+  ] as const) {
+    await t.test(what, async (t) => {
+      const a = await newKeyPair('ES256', 'key-a')
+      const { jwks, clock, lapse } = await startWithJwks(t, [a])
+      const keys = lapse.running.deps.keys
+      const cached = await tokenFrom(a)
+      await expectAccepted(t, lapse, cached, 'before the glitch')
+      const loadedAtMs = keys.stats().lastRefreshMs
+
+      jwks.setKeys(published)
+      clock.advance(COOLDOWN_MS)
+      // An unknown kid makes Lapse refetch, and the issuer now serves nothing usable.
+      await expectUnknownKey(t, lapse, await tokenFrom(await newKeyPair('ES256', 'never-published')))
+      t.equal(jwks.hits, 2, 'the refetch happened')
+
+      await expectAccepted(t, lapse, cached, 'a cached token, after the refresh')
+      await expectAccepted(t, lapse, await tokenFrom(a), 'a fresh token of the last good set')
+      t.equal((await fetch(`${lapse.adminUrl}/readyz`)).status, 200, '/readyz stays 200')
+      t.match(keys.stats(), { keys: 1, lastError: 'ERR_JWKS_NO_USABLE_KEY', lastRefreshMs: loadedAtMs }, 'counted as a failed refresh')
+      const warnings = lapse.lines.filter((l) => l.err === 'ERR_JWKS_NO_USABLE_KEY')
+      t.equal(warnings.length, 1, 'one warning')
+      t.match(warnings[0], { level: 40, keys: 1, msg: /keeping the last good key set/ })
+    })
+  }
+})
+
+t.test('no usable key at the first load → 503 keys_unavailable and /readyz 503, until the issuer publishes one', async (t) => {
+  const a = await newKeyPair('ES256', 'key-a')
+  const jwks = await serveJwks([])
+  t.teardown(() => jwks.close())
+  // The first fetch is retried after LAPSE_JWKS_COOLDOWN (at most 5 s) until one succeeds.
+  const lapse = await runApp(t, { clock: manualClock(T0_MS), env: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: jwks.url, LAPSE_JWKS_COOLDOWN: '1' } })
+  const keys = lapse.running.deps.keys
+  await waitFor(() => keys.stats().lastError ?? keys.stats().lastRefreshMs, 'the first JWKS fetch', 10_000)
+
+  const token = await tokenFrom(a)
+  const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
+  assertDenied(t, lapse, res, audit, { status: 503, challenge: undefined, error: 'temporarily_unavailable', reason: 'keys_unavailable', token })
+  t.notOk(keys.ready(), 'not ready')
+  t.equal((await fetch(`${lapse.adminUrl}/readyz`)).status, 503, '/readyz 503')
+  t.equal(keys.stats().lastError, 'ERR_JWKS_NO_USABLE_KEY')
+
+  jwks.setKeys([a.publicJwk])
+  await waitFor(() => keys.ready(), 'the retried fetch to load the key', 10_000)
+  await expectAccepted(t, lapse, token, 'once the issuer publishes a usable key')
+  t.equal((await fetch(`${lapse.adminUrl}/readyz`)).status, 200, '/readyz 200')
 })
