@@ -13,9 +13,11 @@ const HOP_BY_HOP_LENGTHS = new Set(HOP_BY_HOP.map((name) => name.length))
 // Lapse decided on. `X-Original-URL` and `X-Rewrite-URL` replace the path in some frameworks
 // (Symfony, IIS's URL Rewrite): a request allowed as /public/x would run as the path they name.
 // `X-Forwarded-Prefix` makes others (Spring, ASP.NET) strip or prepend a path prefix. The rest say
-// who connected, over what, to which host: Lapse writes those itself from its own hop below, and
-// drops the client's copies first so none survives where Lapse writes nothing (no Host, no
-// X-Forwarded-Host).
+// who connected, over what, to which host. Lapse writes the X-Forwarded-* trio from its own hop
+// below, after dropping the client's copies (so none survives where Lapse writes nothing: no Host,
+// no X-Forwarded-Host). `Forwarded` (RFC 7239) and `X-Real-IP` say the same again: they are only
+// dropped, not rewritten, since two more headers on every request would cost the upstream and
+// Lapse for what X-Forwarded-* already says; an upstream that reads them falls back to its peer.
 const OVERRIDES = ['x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'forwarded', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']
 /** A name with each `-` also spelled `_`: CGI-style upstreams read `X_Real_IP` as `X-Real-IP`. */
 function spellings(name: string): string[] {
@@ -72,25 +74,11 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   headers['x-forwarded-for'] = prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${remote}` : remote
   headers['x-forwarded-proto'] = 'http'
   if (incoming.host) headers['x-forwarded-host'] = incoming.host
-  headers['x-real-ip'] = remote
-  // RFC 7239 parsers read the first element as the client, so the client's list is not extended
-  // but replaced: one element, Lapse's hop. X-Forwarded-For keeps the longer (untrusted) history.
-  headers.forwarded = forwardedElement(opts.remoteAddress, incoming.host)
   if (identity) {
     const fields = identityFields(identity)
     for (let i = 0; i < fields.length; i += 2) headers[fields[i]!] = fields[i + 1]!
   }
   return headers
-}
-
-// RFC 7239 §4: a value that is not a token is a quoted-string; §6: an IPv6 node is bracketed.
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
-const quoted = (value: string) => (TOKEN.test(value) ? value : `"${value.replace(/["\\]/g, '\\$&')}"`)
-
-/** `for=…;host=…;proto=http` for the hop Lapse received; `unknown` when the peer is (RFC 7239 §6.3). */
-function forwardedElement(remoteAddress: string | undefined, host: string | undefined): string {
-  const node = remoteAddress === undefined ? 'unknown' : remoteAddress.includes(':') ? `[${remoteAddress}]` : remoteAddress
-  return `for=${quoted(node)}${host ? `;host=${quoted(host)}` : ''};proto=http`
 }
 
 // A token reused on many requests keeps its Identity object (verify-token.ts), so its header

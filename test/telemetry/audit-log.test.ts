@@ -1,7 +1,7 @@
 // The audit log: one JSON line per decision and per revocation change, with the fields an SRE
 // needs to go from a line to its trace; allows as LAPSE_LOG_ALLOWS says, denials always.
-import net from 'node:net'
 import t from 'tap'
+import { freePort } from '../fixtures/redis-server.js'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { ADMIN_TOKEN, bearer, decisions, runApp, send, waitFor } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
@@ -53,10 +53,7 @@ t.test('LAPSE_LOG_ALLOWS=sampled: the sample rate decides for allows; denials al
 })
 
 t.test('an allow that failed open is always logged, even with LAPSE_LOG_ALLOWS=none', async (t) => {
-  const probe = net.createServer()
-  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
-  const port = (probe.address() as { port: number }).port
-  await new Promise((resolve) => probe.close(resolve))
+  const port = await freePort() // nothing listens there
   const lapse = await runApp(t, {
     routes: [{ path: '/orders/**', scopes: ['orders:read'], on_revocation_unavailable: 'open' }],
     clock: manualClock(T0_MS),
@@ -129,10 +126,7 @@ t.test('telemetry off: a revocation line still names the caller\'s trace', async
 })
 
 t.test('a revocation write the set does not acknowledge: the span ends as a fault, with no audit line', async (t) => {
-  const probe = net.createServer()
-  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
-  const port = (probe.address() as { port: number }).port
-  await new Promise((resolve) => probe.close(resolve))
+  const port = await freePort() // nothing listens there
   const mem = inMemoryTelemetry(t)
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry, env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` } })
   const tp = newTraceparent()

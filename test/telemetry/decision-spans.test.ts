@@ -1,9 +1,9 @@
 // Every `lapse.reason` of DESIGN.md produces exactly one `lapse.authorize` span, child of the
 // caller's trace, with the design's attributes; status ERROR only for Lapse's own 5xx answers.
 // Real Lapse, real upstream, real signed tokens, spans from the SDK's in-memory exporter.
-import net from 'node:net'
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api'
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base'
+import { freePort } from '../fixtures/redis-server.js'
 import t, { type Test } from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { REASONS } from '../../src/pipeline/reasons.js'
@@ -143,10 +143,7 @@ t.test('keys_unavailable: 503, span status ERROR with error.type', async (t) => 
 
 t.test('revocation_unavailable: Redis unreachable → 503, span status ERROR, the lookup child span failed', async (t) => {
   // A port nothing listens on: the store refuses at once (no offline queue), so the check fails closed.
-  const probe = net.createServer()
-  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
-  const port = (probe.address() as { port: number }).port
-  await new Promise((resolve) => probe.close(resolve))
+  const port = await freePort() // nothing listens there
   const mem = inMemoryTelemetry(t)
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry, env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` } })
   const span = await expectSpan(t, lapse, mem, 'revocation_unavailable', { headers: [bearer(await mint({ sub: 'ci-deployer' }))], status: 503, attrs: { ...ORDERS_RULE, 'enduser.id': 'ci-deployer' } })

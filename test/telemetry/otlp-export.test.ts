@@ -3,9 +3,9 @@
 // nothing for clients, OTEL_SDK_DISABLED turns everything off, bad settings only warn.
 import { spawn } from 'node:child_process'
 import { existsSync, statSync } from 'node:fs'
-import net from 'node:net'
 import { SpanKind } from '@opentelemetry/api'
 import t from 'tap'
+import { freePort } from '../fixtures/redis-server.js'
 import { ADMIN_TOKEN, bearer, send, waitFor } from '../fixtures/app.js'
 import { AUDIENCE, ISSUER, testKeys } from '../fixtures/keys.js'
 import { startUpstream } from '../fixtures/upstream.js'
@@ -16,10 +16,7 @@ import { startOtlpReceiver } from './otlp-receiver.js'
 const COLLECTOR_KEY = 'collector-api-key-5f0c1e9a7b3d'
 
 async function closedPort(): Promise<number> {
-  const probe = net.createServer()
-  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
-  const port = (probe.address() as { port: number }).port
-  await new Promise((resolve) => probe.close(resolve))
+  const port = await freePort() // nothing listens there
   return port
 }
 
