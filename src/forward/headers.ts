@@ -18,7 +18,13 @@ const HOP_BY_HOP_LENGTHS = new Set(HOP_BY_HOP.map((name) => name.length))
 // no X-Forwarded-Host). `Forwarded` (RFC 7239) and `X-Real-IP` say the same again: they are only
 // dropped, not rewritten, since two more headers on every request would cost the upstream and
 // Lapse for what X-Forwarded-* already says; an upstream that reads them falls back to its peer.
-const OVERRIDES = ['x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'forwarded', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']
+const OVERRIDES = [
+  'x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'forwarded', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host',
+  // The same claims in other dialects: the scheme (Rack, Django, Heroku-style `X-Forwarded-Ssl: on`
+  // makes an upstream believe the hop was TLS), the port, the original host, the client address.
+  'x-forwarded-port', 'x-forwarded-scheme', 'x-forwarded-ssl', 'x-url-scheme', 'front-end-https', 'x-original-host',
+  'true-client-ip', 'x-client-ip', 'x-cluster-client-ip',
+]
 /** A name with each `-` also spelled `_`: CGI-style upstreams read `X_Real_IP` as `X-Real-IP`. */
 function spellings(name: string): string[] {
   const at = name.indexOf('-')

@@ -94,6 +94,15 @@ const OVERRIDES: Array<[string, string]> = [
   ['X-Forwarded-Prefix', '/admin'],
   ['Forwarded', 'for=10.0.0.1;host=admin.internal;proto=https'],
   ['X-Real-IP', '10.0.0.1'],
+  ['X-Forwarded-Port', '443'],
+  ['X-Forwarded-Scheme', 'https'],
+  ['X-Forwarded-Ssl', 'on'],
+  ['X-Url-Scheme', 'https'],
+  ['Front-End-Https', 'on'],
+  ['X-Original-Host', 'admin.internal'],
+  ['True-Client-IP', '10.0.0.1'],
+  ['X-Client-IP', '10.0.0.1'],
+  ['X-Cluster-Client-IP', '10.0.0.1'],
   // CGI-style upstreams read an underscore as a dash.
   ['X_Original_URL', '/admin/secret'],
   ['x-rewrite_url', '/admin/secret'],
@@ -103,7 +112,7 @@ const OVERRIDES: Array<[string, string]> = [
   ['X_Forwarded_Host', 'admin.internal'],
   ['X-Forwarded_Proto', 'https'],
 ]
-const SPOOFED = /\/admin|10\.0\.0\.1|admin\.internal|https/
+const SPOOFED = /\/admin|10\.0\.0\.1|admin\.internal|https|^on$|^443$/
 
 t.test('path and client overrides a client sends never reach the upstream (X-Forwarded-* carry Lapse’s view)', async (t) => {
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
