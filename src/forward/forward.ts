@@ -18,7 +18,7 @@ import httpProxy from 'http-proxy'
 import { Pool, type Dispatcher } from 'undici'
 import type { Target } from '../extract/request-target.js'
 import type { Identity } from '../pipeline/types.js'
-import { responseHeaders, upstreamHeaders } from './headers.js'
+import { closeDelimited, responseHeaders, upstreamHeaders } from './headers.js'
 import { createWsLink, type WsLink } from './ws-close.js'
 
 export type UpstreamFailure = 'upstream_timeout' | 'upstream_unavailable'
@@ -107,7 +107,9 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
     const exchange = req[EXCHANGE]
     if (exchange) exchange.proxyReq = proxyReq
     // The deadline ends with the answer's complete head, not with its first byte.
+    // Runs before http-proxy's own 'response' listener, which writes this head to the client.
     proxyReq.once('response', (res: IncomingMessage) => {
+      closeDelimited(res.headers)
       if (!exchange) return
       exchange.status = res.statusCode
       deadlines.remove(exchange)

@@ -107,6 +107,20 @@ function identityFields(identity: WithFields): readonly string[] {
 }
 
 /**
+ * An upstream's ordinary answer to a WebSocket upgrade, relayed by http-proxy: it writes the head
+ * from these headers and pipes the body Node has already de-chunked. The upstream hop's fields
+ * (RFC 9110 §7.6.1) would describe framing that is no longer there (`Transfer-Encoding: chunked`
+ * over plain bytes), so they go, and the body ends with the connection (RFC 9112 §6.3), as
+ * http-proxy's pipe ends it. Mutates `headers`.
+ */
+export function closeDelimited(headers: IncomingHttpHeaders): void {
+  const connection = headers.connection
+  const listed = typeof connection === 'string' ? namedIn(connection) : []
+  for (const name of [...HOP_BY_HOP, ...listed]) delete headers[name]
+  headers.connection = 'close'
+}
+
+/**
  * The upstream's response headers (undici's raw name/value list) as the client gets them: without
  * the fields of the upstream hop (RFC 9110 §7.6.1), including those its `Connection` names. Node
  * then frames the response and says keep-alive or close for the client's own connection.

@@ -3,7 +3,7 @@
 // served as the ordinary HTTP/1.1 request it also is (RFC 9110 §7.8), and its audit line says the
 // status the client really got. An upstream that answers a WebSocket upgrade with an ordinary
 // answer gets that status in the audit line too, not 101.
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http'
 import t, { type Test } from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { decisions, runApp, waitFor, type Lapse } from '../fixtures/app.js'
@@ -107,4 +107,38 @@ t.test('an upstream that answers a WebSocket upgrade with an ordinary 200 → th
   const audit = await lastAudit(lapse, 1)
   t.match(audit, { decision: 'allow', status: 200 }, 'the audit line says 200, not 101')
   t.notOk(audit.upstream_failure)
+})
+
+t.test('an ordinary chunked answer to a WebSocket upgrade reaches an HTTP client framed: no stale Transfer-Encoding', async (t) => {
+  const server = createServer()
+  server.on('upgrade', (_req, socket) => socket.end('HTTP/1.1 426 Upgrade Required\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\r\n' +
+    '6\r\nuse h2\r\n9\r\n, not ws.\r\n0\r\n\r\n'))
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => server.close())
+  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), env: { LAPSE_UPSTREAM: url } })
+  const token = await (await testKeys()).mint({}, { nowS: T0_S })
+  // Node's own client parses the answer by its headers: a chunked header over de-chunked bytes is a parse error.
+  const got = await new Promise<{ status: number; headers: IncomingMessage['headers']; body: string }>((resolve, reject) => {
+    const req = httpRequest(`${lapse.url}/orders/live`, {
+      agent: false,
+      headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', authorization: `Bearer ${token}` },
+    })
+    req.on('upgrade', () => reject(new Error('upgraded')))
+    req.on('response', (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (c: string) => { body += c })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end()
+  })
+  t.equal(got.status, 426)
+  t.equal(got.body, 'use h2, not ws.', 'the body, whole')
+  t.equal(got.headers['transfer-encoding'], undefined, 'no Transfer-Encoding for bytes that are not chunked')
+  t.equal(got.headers['keep-alive'], undefined, 'nor the upstream hop\'s Keep-Alive')
+  t.equal(got.headers.connection, 'close', 'the body ends with the connection')
+  t.match(await lastAudit(lapse, 1), { decision: 'allow', status: 426 })
 })
