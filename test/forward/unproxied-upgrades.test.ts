@@ -3,10 +3,10 @@
 // served as the ordinary HTTP/1.1 request it also is (RFC 9110 §7.8), and its audit line says the
 // status the client really got. An upstream that answers a WebSocket upgrade with an ordinary
 // answer gets that status in the audit line too, not 101.
-import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import t, { type Test } from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
-import { decisions, runApp, waitFor, type Lapse } from '../fixtures/app.js'
+import { bearer, decisions, runApp, send, waitFor, type Lapse } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
 import { startUpstream } from '../fixtures/upstream.js'
 import { rawHttp } from '../hardening/helpers.js'
@@ -119,21 +119,8 @@ t.test('an ordinary chunked answer to a WebSocket upgrade reaches an HTTP client
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), env: { LAPSE_UPSTREAM: url } })
   const token = await (await testKeys()).mint({}, { nowS: T0_S })
   // Node's own client parses the answer by its headers: a chunked header over de-chunked bytes is a parse error.
-  const got = await new Promise<{ status: number; headers: IncomingMessage['headers']; body: string }>((resolve, reject) => {
-    const req = httpRequest(`${lapse.url}/orders/live`, {
-      agent: false,
-      headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', authorization: `Bearer ${token}` },
-    })
-    req.on('upgrade', () => reject(new Error('upgraded')))
-    req.on('response', (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (c: string) => { body += c })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
-      res.on('error', reject)
-    })
-    req.on('error', reject)
-    req.end()
+  const got = await send(`${lapse.url}/orders/live`, {
+    headers: [['connection', 'Upgrade'], ['upgrade', 'websocket'], ['sec-websocket-version', '13'], ['sec-websocket-key', 'dGhlIHNhbXBsZSBub25jZQ=='], bearer(token)],
   })
   t.equal(got.status, 426)
   t.equal(got.body, 'use h2, not ws.', 'the body, whole')
