@@ -255,7 +255,9 @@ export function createApp(deps: Deps): App {
     res.once('close', () => {
       forwarding.abandon()
       unwatch(watched)
-      deps.recorder.finish(t, { status: res.statusCode, upstreamFailure, remoteAddress, note: noteOf(cut) })
+      // No head went out and Lapse wrote no failure: the client left first, and got no status.
+      const answered = res.headersSent
+      deps.recorder.finish(t, { status: answered ? res.statusCode : undefined, upstreamFailure, remoteAddress, note: answered ? noteOf(cut) : CLIENT_CLOSED })
     })
   }
 
@@ -288,8 +290,9 @@ export function createApp(deps: Deps): App {
     socket.once('close', () => {
       untrack?.()
       // The upstream may refuse the upgrade with an ordinary answer (say 200 or 426), relayed as is.
-      const status = upstreamFailure ? UPSTREAM_ANSWERS[upstreamFailure].status : upgrading.status ?? 101
-      deps.recorder.finish(t, { status, upstreamFailure, remoteAddress, note: noteOf(cut) })
+      // None at all, no failure written and no cut: the client left before the upstream answered.
+      const status = upstreamFailure ? UPSTREAM_ANSWERS[upstreamFailure].status : upgrading.status
+      deps.recorder.finish(t, { status, upstreamFailure, remoteAddress, note: status === undefined && cut === undefined ? CLIENT_CLOSED : noteOf(cut) })
     })
   }
 
@@ -350,6 +353,9 @@ export function writeJson(res: ServerResponse, status: number, body: object, hea
   const text = JSON.stringify(body)
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers }).end(text)
 }
+
+/** The audit line's mark of a client that left before any answer reached it. */
+const CLIENT_CLOSED = Object.freeze({ client_closed: true })
 
 const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 431: 'Request Header Fields Too Large', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
 

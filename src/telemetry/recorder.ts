@@ -64,7 +64,8 @@ export interface RequestTrace {
 export interface Recorder {
   start(req: IncomingMessage): RequestTrace
   decided(trace: RequestTrace, outcome: Outcome): void
-  finish(trace: RequestTrace, end: { status: number; upstreamFailure?: string | undefined; remoteAddress: string | undefined; note?: Record<string, unknown> }): void
+  /** `status` undefined: no answer reached the client (it left first); the span gets no status code. */
+  finish(trace: RequestTrace, end: { status: number | undefined; upstreamFailure?: string | undefined; remoteAddress: string | undefined; note?: Record<string, unknown> }): void
   /** W3C trace context headers for the upstream, with the decision span as parent. */
   inject(trace: RequestTrace, headers: Record<string, unknown>): void
   /**
@@ -239,11 +240,11 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       const span = t.span
       const d = t.outcome?.decision
       if (span.isRecording()) {
-        span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, end.status)
+        if (end.status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, end.status)
         if (end.remoteAddress) span.setAttribute(ATTR_CLIENT_ADDRESS, end.remoteAddress)
         // 502/504 (upstream down or slow) and Lapse's own 503 (fail closed); an upstream's own 503
         // passed through on an allowed request is the upstream's story, not ours.
-        const fault = end.upstreamFailure ?? (d && !d.allow && FAULT_STATUSES.has(end.status) ? d.reason : undefined)
+        const fault = end.upstreamFailure ?? (d && !d.allow && end.status !== undefined && FAULT_STATUSES.has(end.status) ? d.reason : undefined)
         if (fault) {
           span.setStatus({ code: SpanStatusCode.ERROR })
           span.setAttribute(ATTR_ERROR_TYPE, fault)

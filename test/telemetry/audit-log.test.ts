@@ -1,9 +1,11 @@
 // The audit log: one JSON line per decision and per revocation change, with the fields an SRE
 // needs to go from a line to its trace; allows as LAPSE_LOG_ALLOWS says, denials always.
+import net from 'node:net'
 import t from 'tap'
 import { freePort } from '../fixtures/redis-server.js'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { ADMIN_TOKEN, bearer, decisions, runApp, send, waitFor } from '../fixtures/app.js'
+import { startUpstream } from '../fixtures/upstream.js'
 import { testKeys } from '../fixtures/keys.js'
 import { startReal } from './harness.js'
 import { inMemoryTelemetry, newTraceparent } from './in-memory.js'
@@ -136,4 +138,38 @@ t.test('a revocation write the set does not acknowledge: the span ends as a faul
   t.equal(span?.status.code, 2, 'an error status')
   t.equal(span?.attributes['error.type'], 'ERR_REVOCATION_UNAVAILABLE')
   t.notOk(lapse.lines.some((x) => x.audit === 'revocation'), 'no audit line: nothing changed')
+})
+
+t.test('a client that leaves before any answer: the line has no status and says client_closed; the span no status code', async (t) => {
+  const mem = inMemoryTelemetry(t)
+  // An upstream that answers HTTP after 2 s and never answers an upgrade.
+  const upstream = await startUpstream((_req, res) => { setTimeout(() => res.writeHead(200).end('late'), 2000).unref() })
+  let upgrades = 0
+  upstream.server.on('upgrade', () => { upgrades++ })
+  t.teardown(() => upstream.close())
+  const lapse = await runApp(t, { routes: [{ path: '/orders/**' }], clock: manualClock(T0_MS), telemetry: mem.telemetry, upstream })
+  const token = await mint({ sub: 'leaver' })
+  const port = Number(new URL(lapse.url).port)
+  // Sends a request head and leaves once the upstream has it, before any answer.
+  const leave = async (head: string, tp: { header: [string, string] }, reached: () => boolean) => {
+    const socket = net.connect(port, '127.0.0.1')
+    await new Promise((resolve) => socket.once('connect', resolve))
+    socket.write(`${head}traceparent: ${tp.header[1]}\r\nAuthorization: Bearer ${token}\r\n\r\n`)
+    await waitFor(() => reached() || undefined, 'the request to reach the upstream')
+    // A reset, not a FIN: a half-closed client may still be waiting for its answer (HTTP/1.1
+    // allows it), so Lapse waits too, up to LAPSE_UPSTREAM_TIMEOUT, and answers it then.
+    socket.resetAndDestroy()
+  }
+  const http = newTraceparent()
+  await leave('GET /orders/1 HTTP/1.1\r\nHost: x\r\n', http, () => upstream.calls === 1)
+  const ws = newTraceparent()
+  await leave('GET /orders/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n', ws, () => upgrades === 1)
+  for (const [what, tp] of [['HTTP', http], ['WebSocket upgrade', ws]] as const) {
+    const line = await waitFor(() => decisions(lapse).find((l) => l.trace_id === tp.traceId), `the ${what} line`)
+    t.match(line, { decision: 'allow', client_closed: true }, `${what}: the line says the client left`)
+    t.notOk('status' in line, `${what}: and claims no status it never sent`)
+    const span = await mem.authorizeSpan(tp.traceId)
+    t.equal(span.attributes['http.response.status_code'], undefined, `${what}: the span has no status code`)
+    t.equal(span.status.code, 0, `${what}: not a fault`)
+  }
 })
