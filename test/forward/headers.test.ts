@@ -4,7 +4,7 @@ import t from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { bearer, runApp, send, sendAudited } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
-import { startUpstream, type Upstream } from '../fixtures/upstream.js'
+import { startBodyRecorder, startUpstream, type Upstream } from '../fixtures/upstream.js'
 import { rawHttp } from '../hardening/helpers.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
@@ -220,15 +220,7 @@ t.test('Connection: x-auth-subject cannot strip the identity headers Lapse adds'
 })
 
 t.test('a chunked body is forwarded framed, whatever the method: its bytes never become a second upstream request', async (t) => {
-  const bodies: string[] = []
-  const upstream = await startUpstream((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      bodies.push(Buffer.concat(chunks).toString('utf8'))
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
-    })
-  })
+  const { upstream, bodies } = await startBodyRecorder()
   t.teardown(() => upstream.close())
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), upstream })
   const smuggled = 'GET /admin/smuggled HTTP/1.1\r\nHost: upstream\r\nContent-Length: 0\r\n\r\n'

@@ -8,7 +8,7 @@ import t from 'tap'
 import { manualClock } from '../../src/pipeline/clock.js'
 import { bearer, runApp, send } from '../fixtures/app.js'
 import { defaultClaims, testKeys } from '../fixtures/keys.js'
-import { startUpstream } from '../fixtures/upstream.js'
+import { startBodyRecorder, startUpstream } from '../fixtures/upstream.js'
 import { GUARDED_ROUTES, rawHttp, sleep, startGuarded, T0_MS, T0_S } from './helpers.js'
 
 // The smuggled requests aim at /admin; the carrier goes to a public route, so only the framing
@@ -79,15 +79,7 @@ t.test('a body Node cannot frame is never relayed as a request', async (t) => {
 
 t.test('a request transfer coding other than chunked → 501, connection closed, nothing forwarded', async (t) => {
   // The upstream records each body: a coding Lapse cannot undo must not arrive as a plain body.
-  const bodies: string[] = []
-  const upstream = await startUpstream((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      bodies.push(Buffer.concat(chunks).toString('latin1'))
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
-    })
-  })
+  const { upstream, bodies } = await startBodyRecorder('latin1')
   t.teardown(() => upstream.close())
   const lapse = await start(t, {}, upstream)
   const token = await (await testKeys()).mint(defaultClaims(T0_S), { nowS: T0_S })
