@@ -4,13 +4,13 @@
 //   const running = await startProxy(process.env)   // throws ConfigError / StartError
 //   await running.close()
 import pino, { type Logger } from 'pino'
-import { createApp, type App, type Deps } from './app.js'
+import { createApp, type App, type Deps } from './http/server.js'
 import { compileRoutes } from './authorize/routes.js'
 import { loadConfig, type Config, type HostPort } from './config/load.js'
-import { createConnectionRegistry } from './forward/connections.js'
-import { createForwarder } from './forward/forward.js'
-import { systemClock } from './pipeline/clock.js'
-import type { Clock, RevocationStore } from './pipeline/types.js'
+import { createConnectionRegistry } from './connections/connections.js'
+import { createForwarder } from './http/forward.js'
+import { systemClock } from './core/clock.js'
+import type { Clock, RevocationStore } from './core/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
 import { createRecorder, createStepTracer } from './telemetry/recorder.js'
 import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settings.js'

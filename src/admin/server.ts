@@ -3,8 +3,8 @@
 //   const admin = createAdminServer(deps); admin.listen(9901, '127.0.0.1')
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { Deps } from '../app.js'
-import type { RevocationEntry } from '../pipeline/types.js'
+import type { Deps } from '../http/server.js'
+import type { RevocationEntry } from '../core/types.js'
 import { errorType } from '../telemetry/recorder.js'
 import { parseRevocation } from './revocation-body.js'
 

@@ -9,7 +9,7 @@
 // `$`, `&`, `'`, `(`, `)`, `*`, `+`, `,`, `=`) raw, other escapes upper-case.
 import { ConfigError } from '../config/load.js'
 import type { RouteSetting } from '../config/schema.js'
-import type { Rule } from '../pipeline/types.js'
+import type { Rule } from '../core/types.js'
 
 type Segment = { kind: 'literal'; text: string } | { kind: 'one' } | { kind: 'rest' }
 

@@ -7,10 +7,10 @@ import { performance } from 'node:perf_hooks'
 import type { RouteMatcher } from '../authorize/routes.js'
 import { checkScopes } from '../authorize/scopes.js'
 import { extractBearer } from '../extract/bearer.js'
-import { normalizeTarget, type Target } from '../extract/request-target.js'
+import { normalizeTarget, type Target } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Clock, Decision, Denial, Identity, RevocationStore, Rule, StepTracer, TokenRef } from './types.js'
+import type { Clock, Decision, Denial, Identity, RevocationStore, Rule, StepTracer, TokenRef } from '../core/types.js'
 
 export interface DecisionInput {
   readonly method: string
