@@ -12,7 +12,7 @@ import net from 'node:net'
 import os from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { manualClock } from '../dist/pipeline/clock.js'
+import { manualClock } from '../dist/core/clock.js'
 import { createMemoryStore } from '../dist/revocation/memory-store.js'
 import { createRedisStore } from '../dist/revocation/redis-store.js'
 

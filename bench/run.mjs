@@ -160,7 +160,7 @@ const meta = {
  */
 function detectEngine() {
   if (args.engine) return args.engine
-  const dir = join(root, 'dist', 'forward')
+  const dir = join(root, 'dist', 'http')
   if (!existsSync(dir)) return 'http-proxy'
   const text = readdirSync(dir).filter((f) => f.endsWith('.js')).map((f) => readFileSync(join(dir, f), 'utf8')).join('\n')
   const usesUndici = /from ['"]undici['"]/.test(text)

@@ -277,7 +277,7 @@ async function echoSample(clients, count) {
 }
 
 async function registryAlone(n) {
-  const { createConnectionRegistry } = await import(join(root, 'dist', 'forward', 'connections.js'))
+  const { createConnectionRegistry } = await import(join(root, 'dist', 'connections', 'connections.js'))
   const { createMemoryStore } = await import(join(root, 'dist', 'revocation', 'memory-store.js'))
   const now = Date.now()
   const nowS = Math.floor(now / 1000)

@@ -3,14 +3,16 @@
 //
 //   const running = await startProxy(process.env)   // throws ConfigError / StartError
 //   await running.close()
+import type { Server } from 'node:http'
 import pino, { type Logger } from 'pino'
-import { createApp, type App, type Deps } from './app.js'
+import { createAdminServer } from './admin/server.js'
+import { closeServer, createApp, listenOn, type App, type Deps } from './http/server.js'
 import { compileRoutes } from './authorize/routes.js'
 import { loadConfig, type Config, type HostPort } from './config/load.js'
-import { createConnectionRegistry } from './forward/connections.js'
-import { createForwarder } from './forward/forward.js'
-import { systemClock } from './pipeline/clock.js'
-import type { Clock, RevocationStore } from './pipeline/types.js'
+import { createConnectionRegistry } from './connections/connections.js'
+import { createForwarder } from './http/forward.js'
+import { systemClock } from './core/clock.js'
+import type { Clock, RevocationStore } from './core/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
 import { createRecorder, createStepTracer } from './telemetry/recorder.js'
 import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settings.js'
@@ -24,8 +26,17 @@ export class StartError extends Error {
   }
 }
 
-export interface Running {
+/** The proxy and the admin listener, listened and closed together. */
+export interface Sidecar {
   readonly app: App
+  readonly admin: Server
+  listen(): Promise<{ proxy: HostPort; admin: HostPort }>
+  /** Stops accepting; open requests get `graceMs` to finish, then every connection is cut. */
+  close(graceMs?: number): Promise<void>
+}
+
+export interface Running {
+  readonly app: Sidecar
   readonly config: Config
   readonly deps: Deps
   readonly addresses: { proxy: HostPort; admin: HostPort }
@@ -115,7 +126,7 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     await ownTelemetry?.shutdown()
     throw err
   }
-  const app = createApp(deps)
+  const app = createSidecar(deps)
   let addresses: Running['addresses']
   try {
     addresses = await app.listen()
@@ -136,6 +147,23 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
       // After the last response: the decision spans have ended and are flushed (bounded in time).
       await ownTelemetry?.shutdown()
       await closeDeps(deps)
+    },
+  }
+}
+
+export function createSidecar(deps: Deps): Sidecar {
+  const app = createApp(deps)
+  const admin = createAdminServer(deps)
+  return {
+    app,
+    admin,
+    async listen() {
+      const proxy = await app.listen()
+      const adminAddr = await listenOn(admin, deps.config.admin.listen)
+      return { proxy, admin: adminAddr }
+    },
+    async close(graceMs = 0) {
+      await Promise.all([app.close(graceMs), closeServer(admin, 0, new Set())])
     },
   }
 }

@@ -2,7 +2,7 @@
 // The decision alone, without sockets: extract → verify (cached) → revocation (memory) →
 // authorize, in operations per second, so a hot-path regression shows without network noise.
 // It calls the core's compiled modules in ../../dist (run `npm run build` at the root first),
-// wired the way src/main.ts and src/app.ts wire them.
+// wired the way src/main.ts and src/http/server.ts wire them.
 //
 //   node micro/decision.bench.mjs                 # a table
 //   node micro/decision.bench.mjs --time 200 --rounds 3 --pool 1000 --json
@@ -76,9 +76,9 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const { loadConfig } = await core('config/load.js')
     const main = await core('main.js')
     const buildDeps = need(main, 'buildDeps', 'main.js')
-    const decide = need(await core('pipeline/decide.js'), 'decide', 'pipeline/decide.js')
+    const decide = need(await core('decide/decide.js'), 'decide', 'decide/decide.js')
     const extractBearer = need(await core('extract/bearer.js'), 'extractBearer', 'extract/bearer.js')
-    const normalizeTarget = need(await core('extract/request-target.js'), 'normalizeTarget', 'extract/request-target.js')
+    const normalizeTarget = need(await core('target/request-target.js'), 'normalizeTarget', 'target/request-target.js')
     const checkScopes = need(await core('authorize/scopes.js'), 'checkScopes', 'authorize/scopes.js')
     const toTokenRef = need(await core('revocation/model.js'), 'toTokenRef', 'revocation/model.js')
     const startTelemetry = need(await core('telemetry/sdk.js'), 'startTelemetry', 'telemetry/sdk.js')
@@ -89,7 +89,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       LAPSE_ISSUER: ISS, LAPSE_AUDIENCE: AUD, LAPSE_JWKS_FILE: keys.jwksFile, LAPSE_ROUTES: ROUTES,
       LAPSE_LOG_LEVEL: 'silent', LAPSE_LOG_ALLOWS: 'none', ...extra,
     })
-    // As src/app.ts builds the decision's dependencies from the full Deps.
+    // As src/http/server.ts builds the decision's dependencies from the full Deps.
     const decideDepsOf = (deps) => ({
       match: deps.match, verify: deps.verify, revocations: deps.revocations,
       revocableClaims: deps.config.revocableClaims, allowQueryToken: deps.config.allowQueryToken,
@@ -127,7 +127,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       return allowed(o)
     }
 
-    // What app.ts does around each decision: recorder.start, decide, decided, inject, finish.
+    // What http/server.ts does around each decision: recorder.start, decide, decided, inject, finish.
     const request = (deps, d) => () => {
       const req = { method: 'GET', url: PATH, httpVersion: '1.1', headers: { host: '127.0.0.1', authorization: authorization[0], connection: 'keep-alive' } }
       const t = deps.recorder.start(req)

@@ -2,7 +2,7 @@
 //
 //   parseRevocation({ claim: 'sub', value: 'ci-deployer', reason: '…' }, { config, nowS, by })
 import type { Config } from '../config/load.js'
-import type { RevocationEntry } from '../pipeline/types.js'
+import type { RevocationEntry } from '../core/types.js'
 import { expiryOf } from '../revocation/model.js'
 
 const MAX_FUTURE_T_S = 86_400

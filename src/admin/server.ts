@@ -3,10 +3,24 @@
 //   const admin = createAdminServer(deps); admin.listen(9901, '127.0.0.1')
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { Deps } from '../app.js'
-import type { RevocationEntry } from '../pipeline/types.js'
-import { errorType } from '../telemetry/recorder.js'
+import type { Logger } from 'pino'
+import type { Config } from '../config/load.js'
+import type { Clock, RevocationEntry, RevocationStore } from '../core/types.js'
+import { errorType, type Recorder } from '../telemetry/recorder.js'
+import type { KeyResolver } from '../verify/keys.js'
 import { parseRevocation } from './revocation-body.js'
+
+/** What the admin listener uses of the sidecar's dependencies: http/server.ts's Deps has all of it. */
+export interface Deps {
+  readonly config: Config
+  readonly clock: Clock
+  readonly keys: Pick<KeyResolver, 'ready'>
+  readonly revocations: RevocationStore
+  readonly recorder: Pick<Recorder, 'revocationChange'>
+  readonly log: Logger
+  /** Serves `/metrics`; absent when metrics are off. */
+  readonly metricsHandler?: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
+}
 
 const MAX_BODY_BYTES = 16 * 1024
 

@@ -7,9 +7,18 @@
 // `/orders/**` covers `/orders`, `/orders/` and `/orders/1/items`. Literal segments compare
 // case-sensitively against the normalized path: unreserved and pchar characters (`:`, `@`, `!`,
 // `$`, `&`, `'`, `(`, `)`, `*`, `+`, `,`, `=`) raw, other escapes upper-case.
-import { ConfigError } from '../config/load.js'
-import type { RouteSetting } from '../config/schema.js'
-import type { Rule } from '../pipeline/types.js'
+import { ConfigError } from '../core/errors.js'
+import type { Rule } from '../core/types.js'
+
+/** One rule as configured (LAPSE_ROUTES); config/schema.ts's routeSchema produces it. */
+export interface RouteSpec {
+  readonly path: string
+  readonly methods?: readonly string[] | undefined
+  readonly scopes: readonly string[]
+  readonly public: boolean
+  readonly on_revocation_unavailable: 'closed' | 'open'
+  readonly cut_streams_at_expiry: boolean
+}
 
 type Segment = { kind: 'literal'; text: string } | { kind: 'one' } | { kind: 'rest' }
 
@@ -21,7 +30,7 @@ interface Compiled {
 
 export type RouteMatcher = (method: string, path: string) => Rule | undefined
 
-export function compileRoutes(settings: readonly RouteSetting[]): RouteMatcher {
+export function compileRoutes(settings: readonly RouteSpec[]): RouteMatcher {
   const compiled = settings.map((setting, i) => compileOne(setting, i))
   rejectDuplicates(compiled)
   return (method, path) => {
@@ -34,7 +43,7 @@ export function compileRoutes(settings: readonly RouteSetting[]): RouteMatcher {
   }
 }
 
-function compileOne(s: RouteSetting, index: number): Compiled {
+function compileOne(s: RouteSpec, index: number): Compiled {
   const where = `routes[${index}] (${s.path})`
   if (s.public && s.scopes.length > 0) throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} is public and also requires scopes`)
   const { segments: texts, trailingSlash } = splitPath(s.path)

@@ -1,7 +1,7 @@
 // Granted scopes vs a rule's required scopes. Pure and synchronous.
 //
 //   checkScopes(identity.scopes, rule.scopes)   // undefined when every scope is granted
-import type { Denial } from '../pipeline/types.js'
+import type { Denial } from '../core/types.js'
 
 export function checkScopes(granted: ReadonlySet<string>, required: readonly string[]): Denial | undefined {
   for (const scope of required) {

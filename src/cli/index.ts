@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util'
 import { writeSync } from 'node:fs'
 import { resolve } from 'node:path'
-import { ConfigError } from '../config/load.js'
+import { ConfigError } from '../core/errors.js'
 import type { Running } from '../main.js'
 import { startDemoUpstream } from './demo-upstream.js'
 import { DEV_AUDIENCE, DEV_ISSUER, loadDevKey, mintToken } from './dev-key.js'

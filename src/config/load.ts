@@ -5,13 +5,8 @@
 import { readFileSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
+import { ConfigError } from '../core/errors.js'
 import { envName, routeSchema, SETTING_NAMES, settingsSchema, type RouteSetting, type Settings } from './schema.js'
-
-export class ConfigError extends Error {
-  constructor(readonly code: 'ERR_CONFIG_INVALID' | 'ERR_CONFIG_FILE' | 'ERR_RULES_INVALID' | 'ERR_RULES_DUPLICATE', message: string) {
-    super(message)
-  }
-}
 
 export interface HostPort { readonly host: string; readonly port: number }
 

@@ -2,7 +2,7 @@
 //
 //   const got = extractBearer(req.headersDistinct.authorization, query, { allowQueryToken, maxTokenBytes }, verify.knows)
 //   if ('reason' in got) deny(got.reason)
-import type { DenyReason } from '../pipeline/types.js'
+import type { DenyReason } from '../core/types.js'
 
 export interface Extracted {
   readonly token: string | undefined

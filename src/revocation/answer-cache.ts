@@ -14,7 +14,7 @@
 //    the revocation's event arrives (replies and events travel on different connections); without
 //    the epoch that stale "not revoked" would be cached after the invalidation and stay there.
 // 3. Dropping clears everything: after a gap in the channel we cannot know what we missed.
-import type { RevocationEntry } from '../pipeline/types.js'
+import type { RevocationEntry } from '../core/types.js'
 
 /** What one key holds: an entry, nothing, or something unreadable (which counts as revoked). */
 export type StoredAnswer = RevocationEntry | null | 'unreadable'

@@ -1,4 +1,4 @@
-import { RevocationUnavailableError } from '../pipeline/types.js'
+import { RevocationUnavailableError } from '../core/types.js'
 
 /** The work's answer within `ms`, or RevocationUnavailableError: the caller never waits longer. */
 export function bounded<T>(work: Promise<T>, ms: number, what: string): Promise<T> {

@@ -4,7 +4,7 @@
 //   await store.put(entry); await store.isRevoked({ iss, iatS, values: [['sub', 'ci']] })
 //
 // Same contract as the Redis set, so both run one shared test suite (test/revocation/*.cases.ts).
-import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../pipeline/types.js'
+import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../core/types.js'
 import { entryMatches, keyOf } from './model.js'
 
 export function createMemoryStore(opts: { clock: Clock }): RevocationStore {

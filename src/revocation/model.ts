@@ -1,5 +1,5 @@
 // The revocation model of DESIGN.md in pure functions, shared by every RevocationStore.
-import type { Identity, RevocationEntry, TokenRef } from '../pipeline/types.js'
+import type { Identity, RevocationEntry, TokenRef } from '../core/types.js'
 
 /** A map key for (claim, value, issuer); NUL cannot occur in a claim name or issuer we accept. */
 export const keyOf = (claim: string, value: string, iss: string | undefined): string =>

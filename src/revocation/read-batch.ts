@@ -30,7 +30,7 @@
 //   its MGET leaves, and the answers are offered to the cache once per batch.
 // - Cluster: every key shares the `{prefix}` hash tag, so a batch is still one slot's MGET.
 // - An idle sidecar: a lone read is one MGET, two `setImmediate` hops later (microseconds).
-import { RevocationUnavailableError } from '../pipeline/types.js'
+import { RevocationUnavailableError } from '../core/types.js'
 import type { StoredAnswer } from './answer-cache.js'
 import { bounded } from './bounded.js'
 

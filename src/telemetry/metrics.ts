@@ -19,7 +19,7 @@ import {
   AggregationTemporality, DataPointType, type CollectionResult, type Histogram, type MetricData, type MetricProducer,
 } from '@opentelemetry/sdk-metrics'
 import { ATTR_HTTP_ROUTE } from '@opentelemetry/semantic-conventions'
-import type { Clock } from '../pipeline/types.js'
+import type { Clock } from '../core/types.js'
 import type { DecisionMetrics } from './recorder.js'
 import * as A from './semconv.js'
 

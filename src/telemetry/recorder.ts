@@ -21,8 +21,7 @@ import {
   ATTR_HTTP_ROUTE, ATTR_NETWORK_PROTOCOL_VERSION, ATTR_URL_PATH, ATTR_URL_SCHEME,
 } from '@opentelemetry/semantic-conventions'
 import type { Logger } from 'pino'
-import type { Outcome } from '../pipeline/decide.js'
-import type { Clock, Reason, RevocationEntry, Step, StepTracer } from '../pipeline/types.js'
+import type { Clock, Outcome, Reason, RevocationEntry, Step, StepTracer } from '../core/types.js'
 import * as A from './semconv.js'
 
 /** What the recorder reports per decision; telemetry/metrics.ts implements it over OTel instruments. */

@@ -15,7 +15,7 @@ import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } 
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
-import type { Clock } from '../pipeline/types.js'
+import type { Clock } from '../core/types.js'
 import type { DecisionAggregates } from './metrics.js'
 import { errorType } from './recorder.js'
 

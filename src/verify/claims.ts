@@ -2,7 +2,7 @@
 // Pure and synchronous: it runs on every request, cached signature or not, against the clock.
 //
 //   const identity = checkClaims(header, payload, policy, nowS)
-import type { Claims, Denial, DenyReason, Identity } from '../pipeline/types.js'
+import type { Claims, Denial, DenyReason, Identity } from '../core/types.js'
 
 export interface ClaimPolicy {
   readonly issuers: ReadonlySet<string>

@@ -12,7 +12,7 @@ import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createLocalJWKSet, importJWK, errors, type JSONWebKeySet, type JWK, type JWSHeaderParameters } from 'jose'
 import { request } from 'undici'
-import type { Clock, StepTracer } from '../pipeline/types.js'
+import type { Clock, StepTracer } from '../core/types.js'
 
 export type VerificationKey = Awaited<ReturnType<ReturnType<typeof createLocalJWKSet>>> | Uint8Array
 

@@ -7,7 +7,7 @@
 //   const result = await verify(token)   // Identity | Denial
 //   const now = verify.check(token)      // the same answer, a promise only when something waits
 import { compactVerify, errors, type JWSHeaderParameters } from 'jose'
-import type { Clock, Denial, DenyReason, Identity, StepTracer } from '../pipeline/types.js'
+import type { Clock, Denial, DenyReason, Identity, StepTracer } from '../core/types.js'
 import { checkClaims, type ClaimPolicy } from './claims.js'
 import { repeatsMember } from './duplicate-keys.js'
 import type { KeyResolver, VerificationKey } from './keys.js'

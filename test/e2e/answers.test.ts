@@ -2,7 +2,7 @@
 // upstream, real signed tokens, the clock pinned.
 import { createServer } from 'node:http'
 import t, { type Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, runApp, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
 import { assertDenied, CHALLENGE } from '../fixtures/deny.js'
 import { newKeyPair, testKeys } from '../fixtures/keys.js'

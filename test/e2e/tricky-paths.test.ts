@@ -1,7 +1,7 @@
 // The path a rule matched is the path the upstream receives: tricky request targets are either
 // normalized once, for both, or refused with 400 — never matched one way and forwarded another.
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, runApp, sendAudited } from '../fixtures/app.js'
 import { assertDenied, CHALLENGE } from '../fixtures/deny.js'
 import { testKeys } from '../fixtures/keys.js'

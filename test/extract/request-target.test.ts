@@ -1,7 +1,7 @@
 // normalizeTarget as a table: the tricky request targets, each either normalized to the one
 // path that is matched and forwarded, or refused as invalid_request.
 import t from 'tap'
-import { normalizeTarget } from '../../src/extract/request-target.js'
+import { normalizeTarget } from '../../src/target/request-target.js'
 
 const normalized: Array<[raw: string, path: string, why: string]> = [
   ['/a/../b', '/b', 'dot-dot resolved'],

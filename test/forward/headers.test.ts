@@ -1,7 +1,7 @@
 // What the upstream receives: hop-by-hop headers gone (those named in Connection too),
 // X-Forwarded-* set, traceparent passed on, identity headers only from Lapse, bodies framed.
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, runApp, send, sendAudited } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
 import { startBodyRecorder, startUpstream, type Upstream } from '../fixtures/upstream.js'
@@ -143,7 +143,7 @@ t.test('a WebSocket upgrade gets the same forwarding headers, none of the client
 })
 
 t.test('without Host (HTTP/1.0) the client’s X-Forwarded-Host is not passed on either', async (t) => {
-  const { upstreamHeaders } = await import('../../src/forward/headers.js')
+  const { upstreamHeaders } = await import('../../src/http/headers.js')
   const noHost = upstreamHeaders({ 'x-forwarded-host': 'evil.example', forwarded: 'host=evil.example' }, undefined, { forwardAuthorization: false, upgrade: false, remoteAddress: '192.0.2.1' })
   t.equal(noHost['x-forwarded-host'], undefined)
   t.equal(noHost.forwarded, undefined)
@@ -254,7 +254,7 @@ t.test('each token gets its own identity headers, reused or not, and Expect stay
 })
 
 t.test('a frozen identity (an embedder\'s) still gets its headers', async (t) => {
-  const { upstreamHeaders } = await import('../../src/forward/headers.js')
+  const { upstreamHeaders } = await import('../../src/http/headers.js')
   const identity = Object.freeze({ iss: 'i', sub: 'frozen', clientId: undefined, jti: 'j-1', iatS: 1, expS: 2, scopes: new Set(['a', 'b']), claims: {} })
   for (let i = 0; i < 2; i++) {
     const headers = upstreamHeaders({ host: 'h', 'x-auth-subject': 'forged' }, identity, { remoteAddress: '127.0.0.1', forwardAuthorization: false, upgrade: false })

@@ -1,7 +1,7 @@
 // A keep-alive connection is no grant: every request on it is decided again, at its own time.
 import { Agent, request as httpRequest } from 'node:http'
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, decisions, runApp, waitFor, type Lapse, type Sent } from '../fixtures/app.js'
 import { assertDenied, CHALLENGE } from '../fixtures/deny.js'
 import { testKeys } from '../fixtures/keys.js'

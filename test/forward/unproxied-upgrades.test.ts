@@ -5,7 +5,7 @@
 // answer gets that status in the audit line too, not 101.
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import t, { type Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, decisions, runApp, send, waitFor, type Lapse } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
 import { startUpstream } from '../fixtures/upstream.js'

@@ -3,7 +3,7 @@
 // waiting is never sent afterwards.
 import { request, type ClientRequest } from 'node:http'
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, decisions, runApp, send, waitFor } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
 import { startUpstream } from '../fixtures/upstream.js'

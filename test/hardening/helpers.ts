@@ -7,7 +7,7 @@
 import { webcrypto } from 'node:crypto'
 import { connect } from 'node:net'
 import type { Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { runApp, type Lapse } from '../fixtures/app.js'
 import type { Upstream } from '../fixtures/upstream.js'
 import type { KeyPair } from '../fixtures/keys.js'

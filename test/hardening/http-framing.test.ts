@@ -5,7 +5,7 @@
 import { connect } from 'node:net'
 import { gzipSync } from 'node:zlib'
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, runApp, send } from '../fixtures/app.js'
 import { defaultClaims, testKeys } from '../fixtures/keys.js'
 import { startBodyRecorder, startUpstream } from '../fixtures/upstream.js'

@@ -4,7 +4,7 @@ import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import t from 'tap'
 import { exportJWK, type JWK } from 'jose'
 import { KNOWN_ALGORITHMS } from '../../src/config/schema.js'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { createKeyResolver, filterKeys } from '../../src/verify/keys.js'
 import { testKeys, writeJwks } from '../fixtures/keys.js'
 

@@ -2,7 +2,7 @@
 // thing and served as another, and headers that try to speak for the caller. Requests go out raw
 // (over a socket) where a client library would normalize or refuse them first.
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, decisions, runApp, send, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
 import { defaultClaims, testKeys } from '../fixtures/keys.js'
 import { startUpstream } from '../fixtures/upstream.js'

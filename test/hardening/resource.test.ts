@@ -4,7 +4,7 @@
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { createKeyResolver } from '../../src/verify/keys.js'
 import { createVerifier } from '../../src/verify/verify-token.js'
 import { bearer, runApp, send, waitFor } from '../fixtures/app.js'

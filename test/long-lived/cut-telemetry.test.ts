@@ -1,7 +1,7 @@
 // A cut connection says why and after how long on its lapse.authorize span, and its audit line
 // is written even when allows are not logged.
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { decisions, runApp, waitFor } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
 import { inMemoryTelemetry } from '../telemetry/in-memory.js'

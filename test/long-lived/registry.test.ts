@@ -1,10 +1,10 @@
 // The connection registry on its own: fake exchanges, a manual clock, the memory revocation set.
 import t, { type Test } from 'tap'
 import pino from 'pino'
-import { createConnectionRegistry, type Cut, type TrackedExchange } from '../../src/forward/connections.js'
-import { manualClock } from '../../src/pipeline/clock.js'
-import type { Identity, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../../src/pipeline/types.js'
-import { RevocationUnavailableError } from '../../src/pipeline/types.js'
+import { createConnectionRegistry, type Cut, type TrackedExchange } from '../../src/connections/connections.js'
+import { manualClock } from '../../src/core/clock.js'
+import type { Identity, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../../src/core/types.js'
+import { RevocationUnavailableError } from '../../src/core/types.js'
 import { createMemoryStore } from '../../src/revocation/memory-store.js'
 
 const T0 = Date.parse('2030-01-01T00:00:00Z')

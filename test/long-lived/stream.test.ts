@@ -3,7 +3,7 @@
 // not ended, so the client sees it incomplete.
 import { request } from 'node:http'
 import t, { type Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { ADMIN_TOKEN, decisions, runApp, send, waitFor } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
 import { startLongLivedUpstream } from './upstream.js'

@@ -3,7 +3,7 @@
 // a 504 at the deadline, not an answer at the token's expiry.
 import { createServer, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { decisions, runApp, waitFor } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
 import { rawHttp } from '../hardening/helpers.js'

@@ -1,8 +1,8 @@
 // WebSockets through Lapse: verified at upgrade like a request, cut with close code 1008 when the
 // token expires (on the injected clock) or is revoked through the admin API.
 import t, { type Test } from 'tap'
-import type { ConnectionRegistry } from '../../src/forward/connections.js'
-import { manualClock } from '../../src/pipeline/clock.js'
+import type { ConnectionRegistry } from '../../src/connections/connections.js'
+import { manualClock } from '../../src/core/clock.js'
 import { ADMIN_TOKEN, decisions, runApp, send, waitFor } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
 import { closedWithin, openClient, sleep, startLongLivedUpstream } from './upstream.js'

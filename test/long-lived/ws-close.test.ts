@@ -5,7 +5,7 @@ import type { Writable } from 'node:stream'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import * as wsModule from 'ws'
-import { closeFrame, createWsLink, FrameCursor } from '../../src/forward/ws-close.js'
+import { closeFrame, createWsLink, FrameCursor } from '../../src/http/ws-close.js'
 
 function frame(payload: Buffer, masked: boolean, opcode = 0x1): Buffer {
   const n = payload.length

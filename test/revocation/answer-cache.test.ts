@@ -1,6 +1,6 @@
 // The cache rules that make it safe: fresh channel only, no fill across an invalidation, bounded.
 import t from 'tap'
-import type { RevocationEntry } from '../../src/pipeline/types.js'
+import type { RevocationEntry } from '../../src/core/types.js'
 import { createAnswerCache } from '../../src/revocation/answer-cache.js'
 
 const entry = (expiresAtS: number): RevocationEntry =>

@@ -1,6 +1,6 @@
 // The in-memory set against the shared RevocationStore contract, on a manual clock.
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { createMemoryStore } from '../../src/revocation/memory-store.js'
 import { runStoreCases, tokenRef } from './store.cases.js'
 

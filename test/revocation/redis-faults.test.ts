@@ -2,8 +2,8 @@
 // sockets and TLS, several sidecars sharing one set, and the cache's guarantee under all that.
 import { performance } from 'node:perf_hooks'
 import t, { type Test } from 'tap'
-import { manualClock, nowS } from '../../src/pipeline/clock.js'
-import { RevocationUnavailableError, type RevocationStore, type TokenRef } from '../../src/pipeline/types.js'
+import { manualClock, nowS } from '../../src/core/clock.js'
+import { RevocationUnavailableError, type RevocationStore, type TokenRef } from '../../src/core/types.js'
 import { createRedisStore, type RedisRevocationStore, type RedisStoreTuning } from '../../src/revocation/redis-store.js'
 import { sleep, startLatencyProxy, startRedis, waitFor } from '../fixtures/redis-server.js'
 import { entryAt, eventDuring, tokenRef } from './store.cases.js'

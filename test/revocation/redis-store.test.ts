@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process'
 import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
-import { manualClock, nowS } from '../../src/pipeline/clock.js'
+import { manualClock, nowS } from '../../src/core/clock.js'
 import { createRedisStore, type RedisStoreTuning } from '../../src/revocation/redis-store.js'
 import { startRedis, waitFor, type RedisServer } from '../fixtures/redis-server.js'
 import { entryAt, runStoreCases, tokenRef, type StoreFactory } from './store.cases.js'

@@ -2,8 +2,8 @@
 // hash tag must keep every key of one check in one slot.
 import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
-import { manualClock, nowS } from '../../src/pipeline/clock.js'
-import type { RevocationEntry } from '../../src/pipeline/types.js'
+import { manualClock, nowS } from '../../src/core/clock.js'
+import type { RevocationEntry } from '../../src/core/types.js'
 import { createRedisStore } from '../../src/revocation/redis-store.js'
 import { startRedisCluster, startRedisSentinel, waitFor } from '../fixtures/redis-server.js'
 import { entryAt, runStoreCases, tokenRef, type StoreFactory } from './store.cases.js'

@@ -6,8 +6,8 @@
 // The factory returns a store that is ready and already receiving its own events, on a clock
 // the cases read T from; it tears the store down itself (t.teardown).
 import type { Test } from 'tap'
-import { nowS } from '../../src/pipeline/clock.js'
-import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../../src/pipeline/types.js'
+import { nowS } from '../../src/core/clock.js'
+import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../../src/core/types.js'
 
 export interface StoreHarness {
   readonly store: RevocationStore

@@ -3,7 +3,7 @@
 import net from 'node:net'
 import t from 'tap'
 import { freePort } from '../fixtures/redis-server.js'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { ADMIN_TOKEN, bearer, decisions, runApp, send, waitFor } from '../fixtures/app.js'
 import { startUpstream } from '../fixtures/upstream.js'
 import { testKeys } from '../fixtures/keys.js'

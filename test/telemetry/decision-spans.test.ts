@@ -5,8 +5,8 @@ import { SpanKind, SpanStatusCode } from '@opentelemetry/api'
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import { freePort } from '../fixtures/redis-server.js'
 import t, { type Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
-import { REASONS } from '../../src/pipeline/reasons.js'
+import { manualClock } from '../../src/core/clock.js'
+import { REASONS } from '../../src/core/reasons.js'
 import { bearer, runApp, send, waitFor, type Lapse } from '../fixtures/app.js'
 import { newKeyPair, testKeys } from '../fixtures/keys.js'
 import { startSilentServer } from '../fixtures/upstream.js'
@@ -157,5 +157,5 @@ t.test('revocation_unavailable: Redis unreachable → 503, span status ERROR, th
 t.test('the tests above cover every reason of DESIGN.md and of the reasons table', async (t) => {
   // Runs last (tap runs subtests in order): `covered` is filled by the tests above.
   t.same([...covered].sort(), [...DESIGN_REASONS].sort(), 'every DESIGN.md reason produced its span')
-  t.same([...Object.keys(REASONS), 'ok'].sort(), [...DESIGN_REASONS].sort(), 'DESIGN.md and pipeline/reasons.ts list the same reasons')
+  t.same([...Object.keys(REASONS), 'ok'].sort(), [...DESIGN_REASONS].sort(), 'DESIGN.md and core/reasons.ts list the same reasons')
 })

@@ -3,7 +3,7 @@
 import { AggregationTemporality, DataPointType, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type Histogram } from '@opentelemetry/sdk-metrics'
 import pino from 'pino'
 import t from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { coalesced } from '../../src/telemetry/coalesced-counters.js'
 import { DecisionAggregates } from '../../src/telemetry/metrics.js'
 import { startTelemetry } from '../../src/telemetry/sdk.js'

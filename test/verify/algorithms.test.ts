@@ -3,7 +3,7 @@
 import { createPublicKey } from 'node:crypto'
 import { SignJWT } from 'jose'
 import t, { type Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, runApp, sendAudited } from '../fixtures/app.js'
 import { assertDenied, CHALLENGE } from '../fixtures/deny.js'
 import { ALGS, defaultClaims, testKeys } from '../fixtures/keys.js'

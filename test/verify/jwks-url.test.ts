@@ -2,7 +2,7 @@
 // removal, an issuer that goes down or serves no usable key, and a flood of made-up kids that
 // must not hammer it.
 import t, { type Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, runApp, sendAudited, waitFor, type Lapse } from '../fixtures/app.js'
 import { assertDenied, CHALLENGE } from '../fixtures/deny.js'
 import { newKeyPair, serveJwks, testKeys, type KeyPair } from '../fixtures/keys.js'

@@ -1,7 +1,7 @@
 // Every time claim at its boundary, with the clock pinned to the millisecond: exp, nbf, iat and
 // the lifetime policy, with and without clock skew, and through the verified-token cache.
 import t, { type Test } from 'tap'
-import { manualClock } from '../../src/pipeline/clock.js'
+import { manualClock } from '../../src/core/clock.js'
 import { bearer, runApp, sendAudited, type Lapse } from '../fixtures/app.js'
 import { assertDenied, CHALLENGE } from '../fixtures/deny.js'
 import { testKeys } from '../fixtures/keys.js'

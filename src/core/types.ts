@@ -55,6 +55,23 @@ export type Decision =
 
 export type Denial = Extract<Decision, { allow: false }>
 
+/** A request target after normalization (target/request-target.ts). */
+export interface Target {
+  readonly path: string
+  /** Without the leading `?`; forwarded verbatim. */
+  readonly query: string
+  readonly hasQuery: boolean
+}
+
+/** What decide() answers for one request. */
+export interface Outcome {
+  readonly decision: Decision
+  /** The normalized target: what was matched is what is forwarded. */
+  readonly target: Target | undefined
+  /** Milliseconds spent asking the revocation set; undefined when it was not asked. */
+  readonly revocationMs: number | undefined
+}
+
 export interface Clock {
   /** Epoch milliseconds. */
   now(): number

@@ -7,10 +7,10 @@ import { performance } from 'node:perf_hooks'
 import type { RouteMatcher } from '../authorize/routes.js'
 import { checkScopes } from '../authorize/scopes.js'
 import { extractBearer } from '../extract/bearer.js'
-import { normalizeTarget, type Target } from '../extract/request-target.js'
+import { normalizeTarget } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Clock, Decision, Denial, Identity, RevocationStore, Rule, StepTracer, TokenRef } from './types.js'
+import type { Clock, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef } from '../core/types.js'
 
 export interface DecisionInput {
   readonly method: string
@@ -29,14 +29,6 @@ export interface DecideDeps {
   readonly allowQueryToken: boolean
   readonly maxTokenBytes: number
   readonly clock: Clock
-}
-
-export interface Outcome {
-  readonly decision: Decision
-  /** The normalized target: what was matched is what is forwarded. */
-  readonly target: Target | undefined
-  /** Milliseconds spent asking the revocation set; undefined when it was not asked. */
-  readonly revocationMs: number | undefined
 }
 
 const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })

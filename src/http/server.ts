@@ -1,24 +1,23 @@
 // The sidecar: an HTTP server that decides every request and forwards the allowed ones.
 //
 //   const app = createApp(deps)
-//   await app.listen()         // binds config.listen and config.admin.listen
+//   await app.listen()         // binds config.listen; main.ts's createSidecar adds the admin listener
 //   await app.close()
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
-import { createAdminServer } from './admin/server.js'
-import type { RouteMatcher } from './authorize/routes.js'
-import type { Config, HostPort } from './config/load.js'
-import { noteOf, type ConnectionTracker, type Cut, type TrackedExchange } from './forward/connections.js'
-import { isWebSocketUpgrade, type Forwarder, type UpstreamFailure } from './forward/forward.js'
-import { WS_POLICY_VIOLATION } from './forward/ws-close.js'
-import { decide, type DecideDeps, type Outcome } from './pipeline/decide.js'
-import { toAnswer } from './pipeline/reasons.js'
-import type { Clock, Denial, RevocationStore } from './pipeline/types.js'
-import type { Recorder, RequestTrace } from './telemetry/recorder.js'
-import type { KeyResolver } from './verify/keys.js'
-import type { Verifier } from './verify/verify-token.js'
+import type { RouteMatcher } from '../authorize/routes.js'
+import type { Config, HostPort } from '../config/load.js'
+import { noteOf, type ConnectionTracker, type Cut, type TrackedExchange } from '../connections/connections.js'
+import { isWebSocketUpgrade, type Forwarder, type UpstreamFailure } from './forward.js'
+import { WS_POLICY_VIOLATION } from './ws-close.js'
+import { decide, type DecideDeps } from '../decide/decide.js'
+import { toAnswer } from '../core/reasons.js'
+import type { Clock, Denial, Outcome, RevocationStore } from '../core/types.js'
+import type { Recorder, RequestTrace } from '../telemetry/recorder.js'
+import type { KeyResolver } from '../verify/keys.js'
+import type { Verifier } from '../verify/verify-token.js'
 
 /** Everything that varies between production and tests: main.ts builds the real ones. */
 export interface Deps {
@@ -39,8 +38,7 @@ export interface Deps {
 
 export interface App {
   readonly server: Server
-  readonly admin: Server
-  listen(): Promise<{ proxy: HostPort; admin: HostPort }>
+  listen(): Promise<HostPort>
   /** Stops accepting; open requests get `graceMs` to finish, then every connection is cut. */
   close(graceMs?: number): Promise<void>
 }
@@ -296,19 +294,10 @@ export function createApp(deps: Deps): App {
     })
   }
 
-  const admin = createAdminServer(deps)
-
   return {
     server,
-    admin,
-    async listen() {
-      const proxy = await listenOn(server, config.listen)
-      const adminAddr = await listenOn(admin, config.admin.listen)
-      return { proxy, admin: adminAddr }
-    },
-    async close(graceMs = 0) {
-      await Promise.all([closeServer(server, graceMs, upgraded), closeServer(admin, 0, new Set())])
-    },
+    listen: () => listenOn(server, config.listen),
+    close: (graceMs = 0) => closeServer(server, graceMs, upgraded),
   }
 }
 
@@ -386,7 +375,7 @@ function writeRaw(socket: Duplex, status: number, headers: Readonly<Record<strin
   setTimeout(() => socket.destroy(), RAW_LINGER_MS).unref()
 }
 
-function listenOn(server: Server, at: HostPort): Promise<HostPort> {
+export function listenOn(server: Server, at: HostPort): Promise<HostPort> {
   return new Promise((resolve, reject) => {
     server.once('error', reject)
     server.listen(at.port, at.host, () => {
@@ -397,7 +386,7 @@ function listenOn(server: Server, at: HostPort): Promise<HostPort> {
   })
 }
 
-function closeServer(server: Server, graceMs: number, upgraded: ReadonlySet<Duplex>): Promise<void> {
+export function closeServer(server: Server, graceMs: number, upgraded: ReadonlySet<Duplex>): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve()
     const cut = () => {

@@ -14,14 +14,7 @@
 //   what they mean (Tomcat's `..;`, IIS's backslash);
 // - empty segments (`//`) are merged, `.` and `..` resolved; `..` above the root is refused;
 // - case is kept: matching is case-sensitive, as RFC 3986 paths are.
-import type { DenyReason } from '../pipeline/types.js'
-
-export interface Target {
-  readonly path: string
-  /** Without the leading `?`; forwarded verbatim. */
-  readonly query: string
-  readonly hasQuery: boolean
-}
+import type { DenyReason, Target } from '../core/types.js'
 
 type Refusal = { readonly reason: DenyReason; readonly description: string }
 

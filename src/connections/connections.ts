@@ -18,7 +18,7 @@
 // a timer wake O(exchanges due + log deadlines). Deadlines are whole seconds (exp has second
 // precision), so every exchange expiring in one second shares one bucket.
 import type { Logger } from 'pino'
-import type { Clock, Identity, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../pipeline/types.js'
+import type { Clock, Identity, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../core/types.js'
 import { entryMatches, keyOf, toTokenRef } from '../revocation/model.js'
 
 export type CutReason = 'expired' | 'revoked'

@@ -4,7 +4,7 @@
 //
 //   const headers = upstreamHeaders(req.headers, identity, { remoteAddress, forwardAuthorization, upgrade: false })
 import type { IncomingHttpHeaders } from 'node:http'
-import type { Identity } from '../pipeline/types.js'
+import type { Identity } from '../core/types.js'
 
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']
 const HOP_BY_HOP_SET = new Set(HOP_BY_HOP)
