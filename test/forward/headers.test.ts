@@ -286,3 +286,14 @@ t.test('identity and routing headers spelled with dots or other punctuation neve
   t.equal(lapse.upstream.requests[1]!.headers['x-auth-subject'], 'ci-deployer', 'the verified subject is Lapse’s')
   t.equal(lapse.upstream.requests[0]!.headers['x-auth-subject'], undefined, 'a public request carries no subject')
 })
+
+t.test('names listed in Connection are folded like the fields they name', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const res = await send(`${lapse.url}/public/page`, {
+    headers: [['connection', 'X.Custom.Hop, x_other_hop, Content.Length'], ['x-custom-hop', 'a'], ['X_Custom_Hop', 'b'], ['x-other-hop', 'c'], ['x.other.hop', 'd']],
+  })
+  t.equal(res.status, 200)
+  const names = lapse.upstream.requests[0]!.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase())
+  t.same(names.filter((n) => /custom|other/.test(n)), [], 'every spelling of a listed name is dropped')
+  t.notOk(names.includes('content.length'), 'no content.length either')
+})
