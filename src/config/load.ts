@@ -38,6 +38,9 @@ export interface Config {
   readonly clientIdleTimeoutMs: number
   readonly maxHeaderBytes: number
   readonly maxTokenBytes: number
+  readonly maxHeaderFields: number
+  /** LAPSE_HOSTS: lower-case, without trailing dot; undefined serves any valid Host. */
+  readonly hosts: readonly string[] | undefined
   readonly tokenCacheSize: number
   readonly allowQueryToken: boolean
   readonly forwardAuthorization: boolean
@@ -178,6 +181,8 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     clientIdleTimeoutMs: s.client_idle_timeout,
     maxHeaderBytes: s.max_header_bytes,
     maxTokenBytes: s.max_token_bytes,
+    maxHeaderFields: s.max_header_fields,
+    hosts: s.hosts ? [...new Set(s.hosts.map((h) => h.toLowerCase().replace(/\.$/, '')))] : undefined,
     tokenCacheSize: s.token_cache_size,
     allowQueryToken: s.allow_query_token,
     forwardAuthorization: s.forward_authorization,

@@ -2,6 +2,7 @@
 // the environment variable is `LAPSE_` + the key in upper case.
 //
 //   const parsed = settingsSchema.safeParse(raw)   // raw: { upstream: 'http://…', … }
+import { isIPv6 } from 'node:net'
 import { z } from 'zod'
 import { parseRedisUrl } from '../revocation/redis-url.js'
 
@@ -28,6 +29,14 @@ const int = (min: number, max: number) => z.coerce.number().int().min(min).max(m
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected host:port')
   .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port out of range')
+
+// A LAPSE_HOSTS entry: a host name (dot-separated labels of letters, digits and `-`, as hostOf in
+// extract/request-head.ts accepts them), `*.` before one for the names below it, or a bracketed
+// IPv6 address; never a port.
+const hostEntry = z.string().refine((s) => {
+  if (s.startsWith('[') && s.endsWith(']')) return isIPv6(s.slice(1, -1))
+  return /^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?$/.test(s)
+}, 'expected a host name without port, *.name, or [IPv6]')
 
 const httpUrl = z.string().refine((s) => {
   try {
@@ -88,6 +97,10 @@ export const settingsSchema = z.strictObject({
   client_idle_timeout: int(0, 86_400_000).default(120_000).describe('milliseconds a client connection may sit idle'),
   max_header_bytes: int(1024, 1_048_576).default(16_384),
   max_token_bytes: int(256, 65_536).default(8192),
+  // Envoy's default max_request_headers_count. Node keeps 1000 fields by default; past what Lapse
+  // reads, framing and token fields would go unseen, so a longer head is refused with 431.
+  max_header_fields: int(10, 1000).default(100).describe('header fields a request head may have (each line counts, repeats included); more is refused with 431'),
+  hosts: csv.pipe(z.array(hostEntry).min(1)).optional().describe('Host names this sidecar serves, without port; *.example.com matches names below example.com; unset accepts any valid Host; another gets 421'),
   token_cache_size: int(0, 1_000_000).default(10_000).describe('verified tokens kept; 0 verifies every request'),
   allow_query_token: bool.default(false).describe('accept access_token in the query string (RFC 6750 §2.3)'),
   forward_authorization: bool.default(true).describe('pass the Authorization header on to the upstream'),

@@ -6,7 +6,7 @@ import type { Denial, DenyReason } from './types.js'
 type Challenge = 'none' | 'bare' | 'invalid_token' | 'invalid_request' | 'insufficient_scope'
 
 interface ReasonRow {
-  readonly status: 400 | 401 | 403 | 503
+  readonly status: 400 | 401 | 403 | 421 | 503
   readonly challenge: Challenge
   readonly error: string
   readonly description: string
@@ -34,6 +34,9 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   // Fail closed, honestly: 503 tells the client to retry rather than that its token is bad.
   keys_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'verification keys are unavailable' },
   revocation_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'revocation set is unavailable' },
+  // RFC 9110 §15.5.20: a valid Host this sidecar does not serve (LAPSE_HOSTS); the client may
+  // retry on a connection to the right server. Decided before any token is looked at.
+  host_not_allowed: { status: 421, challenge: 'none', error: 'misdirected_request', description: 'this host is not served here' },
 }
 
 export const RETRY_AFTER_S = 1
@@ -70,5 +73,5 @@ export function toAnswer(denial: Denial, realm: string): Answer {
   if (row.status === 503) headers['retry-after'] = String(RETRY_AFTER_S)
   const body = JSON.stringify({ error: row.error, error_description: denial.description ?? row.description })
   headers['content-length'] = String(Buffer.byteLength(body))
-  return { status: row.status, headers, body }
+  return { status: denial.status ?? row.status, headers, body }
 }

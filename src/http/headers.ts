@@ -25,19 +25,33 @@ const OVERRIDES = [
   'x-forwarded-port', 'x-forwarded-scheme', 'x-forwarded-ssl', 'x-url-scheme', 'front-end-https', 'x-original-host',
   'true-client-ip', 'x-client-ip', 'x-cluster-client-ip',
 ]
-/** A name with each `-` also spelled `_`: CGI-style upstreams read `X_Real_IP` as `X-Real-IP`. */
-function spellings(name: string): string[] {
-  const at = name.indexOf('-')
-  if (at === -1) return [name]
-  return spellings(name.slice(at + 1)).flatMap((rest) => [`${name.slice(0, at)}-${rest}`, `${name.slice(0, at)}_${rest}`])
-}
 // Not forwarded either: `Expect`, because Node already answered `100 Continue` to the client and
 // the upstream hop starts fresh.
-const DROPPED = new Set([...HOP_BY_HOP, 'expect', ...OVERRIDES.flatMap(spellings)])
+const DROPPED = new Set([...HOP_BY_HOP, 'expect', ...OVERRIDES])
+// Upstreams disagree on which characters of a field name separate words: CGI gateways (PHP, any
+// FastCGI app) turn `-` and `.` into `_`, others drop or fold case and punctuation. So a client
+// field whose name folds (see foldName) to a dropped name is dropped too, and so is one that folds
+// to a framing field Lapse forwards under its own name only: `Content.Length` could be read as a
+// second Content-Length.
+const ALIASED = new Set([...DROPPED, 'content-length'])
 // Never dropped because the client named them in Connection: they frame or route the request, or
 // (trace context) Lapse wrote them itself for the upstream, after the client's were replaced.
 const PROTECTED = new Set(['host', 'content-length', 'traceparent', 'tracestate'])
-const IDENTITY_HEADER = /^x[-_]auth[-_]/
+const IDENTITY_PREFIX = 'x-auth-'
+
+/**
+ * A field name as the most lenient upstream reads it: lower-case, every character that is not an
+ * ASCII letter or digit the same separator `-` (runs are not collapsed). Node hands names
+ * lower-cased, so one made of [a-z0-9-] only, the usual case, is returned as it is.
+ */
+export function foldName(name: string): string {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i)
+    if ((c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2d) continue
+    return name.toLowerCase().replace(/[^a-z0-9]/g, '-')
+  }
+  return name
+}
 
 /** The header names a `Connection` value lists, lower-cased, without the ones that are never dropped. */
 function namedIn(connection: string): string[] {
@@ -59,16 +73,18 @@ export function toHeaderValue(value: string): string {
 export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identity | undefined, opts: HeaderOptions): IncomingHttpHeaders {
   const connection = incoming.connection
   // The usual value names no field that is not dropped anyway.
-  const named = typeof connection === 'string' && connection !== 'keep-alive' ? new Set(namedIn(connection)) : undefined
+  // Folded, as the names they are compared with.
+  const named = typeof connection === 'string' && connection !== 'keep-alive' ? new Set(namedIn(connection).map(foldName).filter((n) => !PROTECTED.has(n))) : undefined
   // Built by adding, never by deleting from a copy: a deleted property leaves V8 a slow dictionary
   // object, read again by undici for every header it writes.
   const headers: IncomingHttpHeaders = {}
   for (const name of Object.keys(incoming)) {
     if (DROPPED.has(name) || named?.has(name)) continue
     if (name === 'authorization' && !opts.forwardAuthorization) continue
-    // Only Lapse speaks for the caller's identity. CGI-style upstreams read `_` as `-`, so the
-    // underscore spellings (X_Auth_Subject) are identity headers too.
-    if (name.charCodeAt(0) === 0x78 && IDENTITY_HEADER.test(name)) continue
+    // Only Lapse speaks for the caller's identity, in any spelling (X.Auth.Subject, X_Auth_Scopes).
+    if (name.charCodeAt(0) === 0x78 && name.startsWith(IDENTITY_PREFIX)) continue
+    const folded = foldName(name)
+    if (folded !== name && (ALIASED.has(folded) || named?.has(folded) || folded.startsWith(IDENTITY_PREFIX))) continue
     headers[name] = incoming[name]
   }
   if (opts.upgrade) {

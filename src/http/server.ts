@@ -13,11 +13,12 @@ import { noteOf, type ConnectionTracker, type Cut, type TrackedExchange } from '
 import { isWebSocketUpgrade, type Forwarder, type UpstreamFailure } from './forward.js'
 import { WS_POLICY_VIOLATION } from './ws-close.js'
 import { decide, type DecideDeps } from '../decide/decide.js'
-import { toAnswer } from '../core/reasons.js'
+import { toAnswer, type Answer } from '../core/reasons.js'
 import type { Clock, Denial, Outcome, RevocationStore } from '../core/types.js'
 import type { Recorder, RequestTrace } from '../telemetry/recorder.js'
 import type { KeyResolver } from '../verify/keys.js'
 import type { Verifier } from '../verify/verify-token.js'
+import { createHeadCheck } from '../extract/request-head.js'
 
 /** Everything that varies between production and tests: main.ts builds the real ones. */
 export interface Deps {
@@ -85,11 +86,32 @@ export function createApp(deps: Deps): App {
   }
   const server = createServer(serverOptions)
   server.timeout = config.clientIdleTimeoutMs
+  // Node builds req.headers from its first maxHeadersCount fields (1000 unless set) but frames the
+  // body with all of them; keeping one more than the limit lets checkHead see every head that is over.
+  server.maxHeadersCount = config.maxHeaderFields + 1
   // Serves the upgrade requests Lapse does not proxy as the ordinary requests they also are (see
   // serveWithoutUpgrade). It never listens: connections are handed to it. Without an 'upgrade'
   // listener, Node's parser frames such a request's body like any other.
   const plain = createServer(serverOptions)
   plain.timeout = config.clientIdleTimeoutMs
+  plain.maxHeadersCount = config.maxHeaderFields + 1
+  const checkHead = createHeadCheck({ maxHeaderFields: config.maxHeaderFields, hosts: config.hosts })
+
+  // Refusals that come before any decision, for every request and upgrade: a head with more fields
+  // than Lapse reads, a Host that is repeated, invalid or not served. Audited and traced like a
+  // decision; the connection closes, since the body is never read.
+  const refuseEarly = (req: IncomingMessage, denial: Denial, remoteAddress: string | undefined, write: (answer: Answer) => void): void => {
+    const t = deps.recorder.start(req)
+    deps.recorder.decided(t, { decision: denial, target: undefined, revocationMs: undefined })
+    const answer = toAnswer(denial, config.realm)
+    write(answer)
+    deps.recorder.finish(t, { status: answer.status, remoteAddress })
+  }
+  const refuseOn = (res: ServerResponse) => (answer: Answer) => {
+    res.shouldKeepAlive = false
+    res.writeHead(answer.status, answer.headers).end(answer.body)
+  }
+  const refuseRaw = (socket: Duplex) => (answer: Answer) => writeRaw(socket, answer.status, answer.headers, answer.body)
 
   const failed = (res: ServerResponse, err: unknown) => {
     deps.log.error({ err: (err as Error).message }, 'request handling failed')
@@ -100,6 +122,8 @@ export function createApp(deps: Deps): App {
     // Read now: once the body has been forwarded, undici destroys the request and its socket link.
     const remoteAddress = req.socket.remoteAddress
     try {
+      const early = checkHead(req.rawHeaders)
+      if (early) return refuseEarly(req, early, remoteAddress, refuseOn(res))
       if (unsupportedTransferCoding(req.headers['transfer-encoding'])) return refuseTransferCoding(res)
       const t = deps.recorder.start(req)
       const outcome = decideFor(req, t)
@@ -125,6 +149,8 @@ export function createApp(deps: Deps): App {
     // Node detached its own error handling from the socket: without a listener, a client's reset
     // while Lapse decides or waits for the upstream is an uncaught 'error' that ends the process.
     socket.on('error', () => socket.destroy())
+    const early = checkHead(req.rawHeaders)
+    if (early) return refuseEarly(req, early, (socket as Socket).remoteAddress, refuseRaw(socket))
     if (!isWebSocketUpgrade(req)) return serveWithoutUpgrade(req, socket, head)
     handleUpgrade(req, socket, head).catch((err: unknown) => {
       deps.log.error({ err: (err as Error).message }, 'upgrade handling failed')
@@ -346,7 +372,7 @@ export function writeJson(res: ServerResponse, status: number, body: object, hea
 /** The audit line's mark of a client that left before any answer reached it. */
 const CLIENT_CLOSED = Object.freeze({ client_closed: true })
 
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 431: 'Request Header Fields Too Large', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 421: 'Misdirected Request', 431: 'Request Header Fields Too Large', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
 
 /** _http_common.js MAX_HEADER_PAIRS: the rawHeaders entries (names and values) Node keeps of a request. */
 const NODE_MAX_RAW_HEADERS = 2000

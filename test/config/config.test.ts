@@ -51,6 +51,13 @@ const bad: Bad[] = [
   { name: 'LAPSE_LISTEN without a port', change: { LAPSE_LISTEN: 'localhost' }, setting: /^LAPSE_LISTEN: /, why: /host:port/ },
   { name: 'LAPSE_ALLOW_QUERY_TOKEN not a boolean', change: { LAPSE_ALLOW_QUERY_TOKEN: 'maybe' }, setting: /^LAPSE_ALLOW_QUERY_TOKEN: /, why: /boolean/ },
   { name: 'LAPSE_ISSUER an empty list', change: { LAPSE_ISSUER: ' , ' }, setting: /^LAPSE_ISSUER: /, why: /1/ },
+  { name: 'LAPSE_MAX_HEADER_FIELDS below 10', change: { LAPSE_MAX_HEADER_FIELDS: '9' }, setting: /^LAPSE_MAX_HEADER_FIELDS: /, why: />=\s*10/ },
+  { name: 'LAPSE_MAX_HEADER_FIELDS above what Node keeps by default', change: { LAPSE_MAX_HEADER_FIELDS: '1001' }, setting: /^LAPSE_MAX_HEADER_FIELDS: /, why: /<=\s*1000/ },
+  { spawn: true, name: 'LAPSE_HOSTS entry with a port', change: { LAPSE_HOSTS: 'api.example.com:8080' }, setting: /^LAPSE_HOSTS: /, why: /without port/ },
+  { name: 'LAPSE_HOSTS entry with a path', change: { LAPSE_HOSTS: 'api.example.com,evil/admin' }, setting: /^LAPSE_HOSTS: /, why: /host name/ },
+  { name: 'LAPSE_HOSTS wildcard not a whole label', change: { LAPSE_HOSTS: '*example.com' }, setting: /^LAPSE_HOSTS: /, why: /\*\.name/ },
+  { name: 'LAPSE_HOSTS bad IPv6', change: { LAPSE_HOSTS: '[::1::2]' }, setting: /^LAPSE_HOSTS: /, why: /IPv6/ },
+  { name: 'LAPSE_HOSTS an empty list', change: { LAPSE_HOSTS: ' , ' }, setting: /^LAPSE_HOSTS: /, why: /1/ },
   { spawn: true, name: 'LAPSE_ROUTES not YAML or JSON', change: { LAPSE_ROUTES: '[{' }, setting: /^LAPSE_ROUTES: /, why: /YAML|JSON/ },
 ]
 
@@ -151,6 +158,22 @@ t.test('YAML file via LAPSE_CONFIG: settings read from it, environment wins over
   t.same(overridden.routes.map((r) => r.path), ['/only'], 'env wins for routes')
   t.same(overridden.issuers, ['https://a.test', 'https://b.test'], 'what env does not set still comes from the file')
   t.ok(Object.isFrozen(overridden) && Object.isFrozen(overridden.routes), 'the result is frozen')
+})
+
+t.test('LAPSE_HOSTS and LAPSE_MAX_HEADER_FIELDS: defaults, normalized lists, YAML keys hosts and max_header_fields', async (t) => {
+  const base = await validEnv()
+  const plain = loadConfig(base)
+  t.equal(plain.hosts, undefined, 'unset: any valid Host')
+  t.equal(plain.maxHeaderFields, 100, 'Envoy’s default')
+  const set = loadConfig({ ...base, LAPSE_HOSTS: 'API.Example.com., *.Example.org , [::1], 10.0.0.1,api.example.com', LAPSE_MAX_HEADER_FIELDS: '250' })
+  t.same(set.hosts, ['api.example.com', '*.example.org', '[::1]', '10.0.0.1'], 'lower-cased, trailing dot dropped, repeats once')
+  t.equal(set.maxHeaderFields, 250)
+  const dir = mkdtempSync(join(tmpdir(), 'lapse-config-'))
+  const file = join(dir, 'lapse.yaml')
+  writeFileSync(file, 'hosts: [api.example.com, "*.example.org"]\nmax_header_fields: 40\n')
+  const fromFile = loadConfig({ ...base, LAPSE_CONFIG: file })
+  t.same(fromFile.hosts, ['api.example.com', '*.example.org'])
+  t.equal(fromFile.maxHeaderFields, 40)
 })
 
 t.test('YAML file problems name LAPSE_CONFIG or the setting, in one line', async (t) => {

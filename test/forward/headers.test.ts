@@ -261,3 +261,39 @@ t.test('a frozen identity (an embedder\'s) still gets its headers', async (t) =>
     t.match(headers, { host: 'h', 'x-auth-subject': 'frozen', 'x-auth-token-id': 'j-1', 'x-auth-scopes': 'a b', 'x-auth-expires-at': '2', 'x-forwarded-for': '127.0.0.1' })
   }
 })
+
+t.test('identity and routing headers spelled with dots or other punctuation never reach the upstream', async (t) => {
+  // PHP and other CGI-style gateways turn `.` (and `-`) into `_`: X.Auth.Subject arrives as
+  // HTTP_X_AUTH_SUBJECT, the same variable Lapse's X-Auth-Subject fills.
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const spoofed: Array<[string, string]> = [
+    ['X.Auth.Subject', 'root'], ['X.Auth.Scopes', 'admin'], ['X.Auth.Client.Id', 'spoofed-client'], ['X.Original.URL', '/admin/secret'],
+    ['x~auth~token~id', 'forged'], ['X!Auth.Expires_At', '9999999999'], ['x.forwarded.host', 'evil.example'], ['X.Real.IP', '10.0.0.1'],
+    ['Content.Length', '5'], ['Transfer.Encoding', 'chunked'],
+  ]
+  const noClientId = await mint({ client_id: undefined })
+  for (const [route, auth] of [['/public/page', []], ['/orders/1', [bearer(noClientId)]]] as const) {
+    const before = lapse.upstream.requests.length
+    const res = await send(`${lapse.url}${route}`, { headers: [...auth, ...spoofed] })
+    t.equal(res.status, 200, `${route}: allowed`)
+    const got = lapse.upstream.requests[before]!
+    const names = got.rawHeaders.filter((_, i) => i % 2 === 0)
+    t.same(names.filter((n) => /[^A-Za-z0-9-]/.test(n)), [], `${route}: no punctuated spelling reaches the upstream`)
+    t.notOk(got.rawHeaders.some((v, i) => i % 2 === 1 && ['root', 'admin', 'spoofed-client', '/admin/secret', 'forged', '9999999999', 'evil.example', '10.0.0.1'].includes(v)), `${route}: no spoofed value reaches the upstream`)
+    t.equal(got.headers['x-auth-client-id'], undefined, `${route}: no client id is invented`)
+    t.equal(got.url, route, `${route}: the path decided is the path forwarded`)
+  }
+  t.equal(lapse.upstream.requests[1]!.headers['x-auth-subject'], 'ci-deployer', 'the verified subject is Lapse’s')
+  t.equal(lapse.upstream.requests[0]!.headers['x-auth-subject'], undefined, 'a public request carries no subject')
+})
+
+t.test('names listed in Connection are folded like the fields they name', async (t) => {
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
+  const res = await send(`${lapse.url}/public/page`, {
+    headers: [['connection', 'X.Custom.Hop, x_other_hop, Content.Length'], ['x-custom-hop', 'a'], ['X_Custom_Hop', 'b'], ['x-other-hop', 'c'], ['x.other.hop', 'd']],
+  })
+  t.equal(res.status, 200)
+  const names = lapse.upstream.requests[0]!.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase())
+  t.same(names.filter((n) => /custom|other/.test(n)), [], 'every spelling of a listed name is dropped')
+  t.notOk(names.includes('content.length'), 'no content.length either')
+})

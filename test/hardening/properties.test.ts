@@ -1,5 +1,6 @@
-// Property-based tests (fast-check) for the three pure stages an attacker's bytes flow through
-// before anything is forwarded: the bearer extractor, the path normalizer and the route matcher.
+// Property-based tests (fast-check) for the pure stages an attacker's bytes flow through before
+// anything is forwarded: the bearer extractor, the path normalizer, the route matcher and the
+// headers sent upstream.
 // The property that matters: for any request, the rule that decided it is the rule that governs
 // the path the upstream actually receives, and reads.
 import fc from 'fast-check'
@@ -11,6 +12,7 @@ import { normalizeTarget } from '../../src/target/request-target.js'
 import { manualClock } from '../../src/core/clock.js'
 import { decide, type DecideDeps } from '../../src/decide/decide.js'
 import type { Identity, RevocationStore, Target } from '../../src/core/types.js'
+import { upstreamHeaders } from '../../src/http/headers.js'
 import { repeatsMember } from '../../src/verify/duplicate-keys.js'
 import type { Verifier } from '../../src/verify/verify-token.js'
 
@@ -309,4 +311,42 @@ t.test('repeatsMember: silent on any JSON.stringify output, finds any repeated m
   t.ok(said(`{${JSON.stringify('a\\')}:1,"b":"\\\\",${JSON.stringify('a\\')}:2}`), 'a name ending in a backslash, repeated after a value that ends in one')
   t.notOk(said(`${'['.repeat(20000)}{"a":1}${']'.repeat(20000)}`), 'deep nesting neither overflows nor misleads')
   t.ok(said(`${'['.repeat(20000)}{"a":1,"a":1}${']'.repeat(20000)}`), 'a repeat under deep nesting is found')
+})
+
+// The names Lapse writes or removes, any of which a client could try to slip past it in a spelling
+// a lenient upstream reads the same: identity, routing overrides, hop-by-hop, framing.
+const GUARDED_NAMES = [
+  'x-auth-subject', 'x-auth-scopes', 'x-auth-client-id', 'x-auth-token-id', 'x-auth-expires-at', 'x-auth-role', 'x-original-url', 'x-rewrite-url',
+  'x-forwarded-prefix', 'forwarded', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-scheme',
+  'x-forwarded-ssl', 'x-url-scheme', 'front-end-https', 'x-original-host', 'true-client-ip', 'x-client-ip', 'x-cluster-client-ip', 'connection',
+  'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'expect', 'content-length',
+]
+// Every tchar (RFC 9110 §5.6.2) that is not a letter or digit.
+const SEPARATORS = [...'!#$%&\'*+-.^_`|~']
+const fold = (name: string) => name.toLowerCase().replace(/[^a-z0-9]/g, '-')
+/** A guarded name with each `-` any separator and each letter in either case. */
+const spelledName = fc.constantFrom(...GUARDED_NAMES).chain((name) =>
+  fc.array(fc.tuple(fc.constantFrom(...SEPARATORS), fc.boolean()), { minLength: name.length, maxLength: name.length }).map((how) =>
+    [...name].map((ch, i) => (ch === '-' ? how[i]![0] : how[i]![1] ? ch.toUpperCase() : ch)).join('')))
+/** Any other name: letters, digits and separators, which must be forwarded untouched. */
+const otherName = fc.string({ unit: fc.constantFrom(...'abcXYZ09', ...SEPARATORS), minLength: 1, maxLength: 12 })
+  .filter((n) => !GUARDED_NAMES.includes(fold(n)) && !fold(n).startsWith('x-auth-') && !['host', 'authorization', 'te', 'trailer'].includes(fold(n)))
+
+t.test('upstreamHeaders: no spelling of a guarded name reaches the upstream; other names pass', async (t) => {
+  const remoteAddress = '192.0.2.1'
+  fc.assert(
+    fc.property(fc.uniqueArray(spelledName, { minLength: 1, maxLength: 6 }), fc.uniqueArray(otherName, { maxLength: 4 }), fc.boolean(), fc.boolean(), (spoofed, others, asNode, withIdentity) => {
+      // Node hands names lower-cased; an embedder may not.
+      const incoming: Record<string, string> = { host: 'lapse.test' }
+      for (const name of spoofed) incoming[asNode ? name.toLowerCase() : name] = 'spoof'
+      for (const name of others) incoming[asNode ? name.toLowerCase() : name] = 'kept'
+      // The exact spellings Lapse reads or forwards on purpose are not spoofs.
+      if (incoming['x-forwarded-for'] !== undefined || incoming['content-length'] !== undefined || incoming['transfer-encoding'] !== undefined || incoming.connection !== undefined) return true
+      const out = upstreamHeaders(incoming, withIdentity ? identity : undefined, { remoteAddress, forwardAuthorization: true, upgrade: false })
+      if (Object.values(out).includes('spoof')) return false
+      return others.every((name) => out[asNode ? name.toLowerCase() : name] === 'kept')
+    }),
+    RUNS,
+  )
+  t.pass('guarded names in any spelling are dropped; unrelated names are forwarded')
 })

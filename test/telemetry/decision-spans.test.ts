@@ -18,11 +18,11 @@ const ROUTES = [
   { path: '/healthz', public: true },
   { path: '/orders/**', methods: ['GET'], scopes: ['orders:read'] },
 ]
-// DESIGN.md "Telemetry": the `lapse.reason` values, verbatim.
+// DESIGN.md "Telemetry": the `lapse.reason` values, verbatim, and host_not_allowed (LAPSE_HOSTS).
 const DESIGN_REASONS = [
   'ok', 'missing_token', 'malformed', 'bad_signature', 'unknown_key', 'alg_not_allowed', 'expired', 'not_yet_valid',
   'wrong_issuer', 'wrong_audience', 'lifetime_exceeds_policy', 'missing_claim', 'revoked', 'insufficient_scope',
-  'no_route', 'revocation_unavailable', 'keys_unavailable', 'invalid_request',
+  'no_route', 'revocation_unavailable', 'keys_unavailable', 'invalid_request', 'host_not_allowed',
 ]
 
 const mint = async (claims: Record<string, unknown> = {}, opts: Parameters<Awaited<ReturnType<typeof testKeys>>['mint']>[1] = {}) =>
@@ -152,6 +152,19 @@ t.test('revocation_unavailable: Redis unreachable → 503, span status ERROR, th
   t.equal(lookups[0]!.parentSpanContext?.spanId, span.spanContext().spanId, 'child of the decision span')
   t.equal(lookups[0]!.status.code, SpanStatusCode.ERROR)
   t.equal(lookups[0]!.attributes['error.type'], 'ERR_REVOCATION_UNAVAILABLE')
+})
+
+t.test('refusals of the head, before any decision: host_not_allowed (421) and too many fields (431), one span each', async (t) => {
+  const mem = inMemoryTelemetry(t)
+  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry, env: { LAPSE_HOSTS: 'api.example.com' } })
+  const good = await mint({ sub: 'ci-deployer' })
+  // Decided before the token is read: no identity, no rule, no path.
+  // The client's Host is 127.0.0.1:<port>, which LAPSE_HOSTS does not list.
+  await expectSpan(t, lapse, mem, 'host_not_allowed', { headers: [bearer(good)], status: 421, absent: ['enduser.id', 'lapse.route', 'url.path'] })
+  const padding = Array.from({ length: 100 }, (_, i): [string, string] => [`x-pad-${i}`, 'a'])
+  // The field count is checked first, so the Host does not matter here.
+  await expectSpan(t, lapse, mem, 'invalid_request', { headers: [bearer(good), ...padding], status: 431, absent: ['enduser.id', 'url.path'] })
+  t.equal(lapse.upstream.calls, 0, 'the upstream was not reached')
 })
 
 t.test('the tests above cover every reason of DESIGN.md and of the reasons table', async (t) => {
