@@ -142,14 +142,19 @@ export function createApp(deps: Deps): App {
     socket.once('close', () => upgraded.delete(socket))
     // As for 'upgrade': a client's reset must not be an uncaught 'error'.
     socket.on('error', () => socket.destroy())
+    // The bytes after the head would be the tunnel's: they are never read.
+    refuseRaw(req, socket, 'CONNECT is not supported')
+  })
+
+  /** A 400 invalid_request before any decision, audited, on a connection Node has handed over; it closes. */
+  function refuseRaw(req: IncomingMessage, socket: Duplex, description: string): void {
     const t = deps.recorder.start(req)
-    const denial: Denial = { allow: false, reason: 'invalid_request', description: 'CONNECT is not supported' }
+    const denial: Denial = { allow: false, reason: 'invalid_request', description }
     deps.recorder.decided(t, { decision: denial, target: undefined, revocationMs: undefined })
     const answer = toAnswer(denial, config.realm)
-    // The bytes after the head would be the tunnel's: they are never read.
     writeRaw(socket, answer.status, answer.headers, answer.body)
     deps.recorder.finish(t, { status: answer.status, remoteAddress: (socket as Socket).remoteAddress })
-  })
+  }
 
   // RFC 9110 §7.8 lets a server ignore Upgrade and answer in the protocol in use. Lapse proxies
   // one upgrade, a GET asking for websocket (RFC 6455 §4.1); any other — h2c, which `curl --http2`
@@ -265,6 +270,10 @@ export function createApp(deps: Deps): App {
     if (unsupportedTransferCoding(req.headers['transfer-encoding'])) {
       return writeRaw(socket, 501, { 'content-type': 'application/json' }, JSON.stringify(TRANSFER_CODING_REFUSAL))
     }
+    // RFC 6455 §4.1: the opening handshake is a GET, and nothing frames a body over an upgrade:
+    // Node's parser left it raw and http-proxy never sends it, so a declared body would be owed to
+    // the upstream and read there as the start of another request. Refused before any decision.
+    if (declaresBody(req)) return refuseRaw(req, socket, 'a WebSocket upgrade cannot carry a body')
     const t = deps.recorder.start(req)
     const outcome = await decideFor(req, t)
     const d = outcome.decision
@@ -278,8 +287,9 @@ export function createApp(deps: Deps): App {
     deps.recorder.inject(t, req.headers)
     let upstreamFailure: UpstreamFailure | undefined
     let cut: Cut | undefined
-    const upgrading = deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure) => {
+    const upgrading = deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure, err) => {
       upstreamFailure = failure
+      deps.log.warn({ err: (err as NodeJS.ErrnoException).code ?? err.message, failure }, 'upstream upgrade failed')
       const a = UPSTREAM_ANSWERS[failure]
       writeRaw(socket, a.status, { 'content-type': 'application/json' }, JSON.stringify({ error: a.error, error_description: a.description }))
     })
@@ -323,6 +333,12 @@ export function authorizationOf(raw: readonly string[]): string[] | undefined {
     if (name.length === 13 && name.toLowerCase() === 'authorization') (found ??= []).push(raw[i + 1]!)
   }
   return found
+}
+
+/** Whether a request declares a body: any Transfer-Encoding, or a Content-Length other than "0". */
+function declaresBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length']
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
 }
 
 /**
