@@ -11,7 +11,7 @@ import { createAdminServer } from './admin/server.js'
 import type { RouteMatcher } from './authorize/routes.js'
 import type { Config, HostPort } from './config/load.js'
 import { noteOf, type ConnectionTracker, type Cut, type TrackedExchange } from './forward/connections.js'
-import { isWebSocketUpgrade, type Forwarder, type UpstreamFailure } from './forward/forward.js'
+import { isWebSocketUpgrade, type Forwarder, type UpstreamFailure, type Upgrading } from './forward/forward.js'
 import { WS_POLICY_VIOLATION } from './forward/ws-close.js'
 import { decide, type DecideDeps, type Outcome } from './pipeline/decide.js'
 import { toAnswer } from './pipeline/reasons.js'
@@ -274,10 +274,19 @@ export function createApp(deps: Deps): App {
     // Node's parser left it raw and http-proxy never sends it, so a declared body would be owed to
     // the upstream and read there as the start of another request. Refused before any decision.
     if (declaresBody(req)) return refuseRaw(req, socket, 'a WebSocket upgrade cannot carry a body')
-    const t = deps.recorder.start(req)
-    const outcome = await decideFor(req, t)
-    const d = outcome.decision
+    // Read now: a socket destroyed while the decision is awaited no longer knows its peer.
     const remoteAddress = (socket as Socket).remoteAddress
+    const t = deps.recorder.start(req)
+    let outcome: Outcome
+    try {
+      outcome = await decideFor(req, t)
+    } catch (err) {
+      return failUpgrade(t, socket, remoteAddress, err)
+    }
+    const d = outcome.decision
+    // The client left while the decision was awaited: its 'close' has passed, so nothing below would
+    // ever untrack or audit the exchange, and the upstream must not be asked for a tunnel to no one.
+    if (socket.destroyed) return deps.recorder.finish(t, { status: undefined, remoteAddress, note: CLIENT_CLOSED })
     if (!d.allow) {
       const answer = toAnswer(d, config.realm)
       writeRaw(socket, answer.status, answer.headers, answer.body)
@@ -287,12 +296,18 @@ export function createApp(deps: Deps): App {
     deps.recorder.inject(t, req.headers)
     let upstreamFailure: UpstreamFailure | undefined
     let cut: Cut | undefined
-    const upgrading = deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure, err) => {
-      upstreamFailure = failure
-      deps.log.warn({ err: (err as NodeJS.ErrnoException).code ?? err.message, failure }, 'upstream upgrade failed')
-      const a = UPSTREAM_ANSWERS[failure]
-      writeRaw(socket, a.status, { 'content-type': 'application/json' }, JSON.stringify({ error: a.error, error_description: a.description }))
-    })
+    let upgrading: Upgrading
+    try {
+      upgrading = deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure, err) => {
+        upstreamFailure = failure
+        deps.log.warn({ err: (err as NodeJS.ErrnoException).code ?? err.message, failure }, 'upstream upgrade failed')
+        const a = UPSTREAM_ANSWERS[failure]
+        writeRaw(socket, a.status, { 'content-type': 'application/json' }, JSON.stringify({ error: a.error, error_description: a.description }))
+      })
+    } catch (err) {
+      // Nothing was sent upstream yet (headers are built, and checked by Node, before the request).
+      return failUpgrade(t, socket, remoteAddress, err)
+    }
     const { link } = upgrading
     const untrack = d.identity && deps.connections
       ? deps.connections.track({ identity: d.identity, kind: 'websocket', cutAtExpiry: true, trace: t, close: (c) => { cut = c; link.close(WS_POLICY_VIOLATION, `token ${c.reason}`) } })
@@ -304,6 +319,13 @@ export function createApp(deps: Deps): App {
       const status = upstreamFailure ? UPSTREAM_ANSWERS[upstreamFailure].status : upgrading.status
       deps.recorder.finish(t, { status, upstreamFailure, remoteAddress, note: status === undefined && cut === undefined ? CLIENT_CLOSED : noteOf(cut) })
     })
+  }
+
+  /** A bug on the upgrade path: the client gets a 500, and the exchange its audit line and ended span. */
+  function failUpgrade(t: RequestTrace, socket: Duplex, remoteAddress: string | undefined, err: unknown): void {
+    deps.log.error({ err: (err as Error).message }, 'upgrade handling failed')
+    writeRaw(socket, 500, { 'content-type': 'application/json' }, JSON.stringify({ error: 'internal_error', error_description: 'internal error' }))
+    deps.recorder.finish(t, { status: 500, remoteAddress })
   }
 
   const admin = createAdminServer(deps)
@@ -373,7 +395,7 @@ export function writeJson(res: ServerResponse, status: number, body: object, hea
 /** The audit line's mark of a client that left before any answer reached it. */
 const CLIENT_CLOSED = Object.freeze({ client_closed: true })
 
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 431: 'Request Header Fields Too Large', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 500: 'Internal Server Error', 401: 'Unauthorized', 403: 'Forbidden', 431: 'Request Header Fields Too Large', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
 
 /** _http_common.js MAX_HEADER_PAIRS: the rawHeaders entries (names and values) Node keeps of a request. */
 const NODE_MAX_RAW_HEADERS = 2000
