@@ -32,7 +32,7 @@ for (const [name, fields] of INVALID) {
     t.equal(res.status, 502)
     t.match(res.body, /"error":"bad_gateway"/)
     t.notMatch(res.head + res.body, /FROM-UPSTREAM|101/, 'no upstream byte reached the client')
-    t.ok(res.closedByServer, 'the client connection is closed')
+    t.ok(res.closedByServer, `the client connection is closed (${res.elapsedMs} ms)`)
     await waitFor(() => up.connections[0]?.closed, 'the upstream connection to be closed')
     await sleep(50)
     t.notMatch(up.connections[0]!.text(), /FROM-CLIENT/, 'no client byte reached the upstream')
