@@ -197,7 +197,7 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
           fail(BAD_HANDSHAKE)
           return false
         }
-        holdUntil(proxyReq, 'upgrade', (res: IncomingMessage, proxySocket: Duplex) => acceptsHandshake(res.headers, key) || refuse(proxySocket))
+        holdUntil(proxyReq, 'upgrade', (res: IncomingMessage, proxySocket: Duplex) => (res.statusCode === 101 && acceptsHandshake(res.headers, key)) || refuse(proxySocket))
         holdUntil(proxyReq, 'response', (res: IncomingMessage) => res.statusCode !== 101 || refuse(res.socket))
       }
       return exchange
