@@ -1,4 +1,5 @@
-// An allowed request → the upstream, streamed both ways over keep-alive connections.
+// An allowed request → the upstream, streamed both ways: HTTP over keep-alive connections, each
+// WebSocket upgrade on a connection of its own.
 //
 //   const forwarder = createForwarder({ upstream, timeoutMs, forwardAuthorization })
 //   const fwd = forwarder.web(req, res, target, identity, (failure) => …)   // failure: 'upstream_timeout' | 'upstream_unavailable'
