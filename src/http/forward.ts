@@ -1,4 +1,5 @@
-// An allowed request → the upstream, streamed both ways over keep-alive connections.
+// An allowed request → the upstream, streamed both ways: HTTP over keep-alive connections, each
+// WebSocket upgrade on a connection of its own.
 //
 //   const forwarder = createForwarder({ upstream, timeoutMs, forwardAuthorization })
 //   const fwd = forwarder.web(req, res, target, identity, (failure) => …)   // failure: 'upstream_timeout' | 'upstream_unavailable'
@@ -10,7 +11,8 @@
 // whose pass-through runs at 1.5–1.8× http-proxy's on the same machine (bench row 2x against row
 // 2); WebSocket upgrades go through http-proxy, whose tunnel the close-frame logic (ws-close.ts)
 // is built on.
-import { Agent, type IncomingMessage, type ServerResponse, type ClientRequest } from 'node:http'
+import { createHash } from 'node:crypto'
+import { Agent, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse, type ClientRequest } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
 import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
@@ -85,8 +87,11 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
 
   const deadlines = new Deadlines(opts.timeoutMs)
 
-  // WebSocket upgrades only: http-proxy's tunnel.
-  const agentOptions = { keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo' as const }
+  // WebSocket upgrades only: http-proxy's tunnel. A connection that carried an upgrade is never
+  // reused, whatever the upstream answered: after an ordinary answer (426, 404, …) it may still be
+  // owed bytes or hold state of the upgrade. Without keep-alive and without a socket limit, Node's
+  // agent neither pools a socket nor hands it to a queued request (it queues only at maxSockets).
+  const agentOptions = { keepAlive: false, maxSockets: Infinity }
   const agent = opts.upstream.protocol === 'https:' ? new HttpsAgent(agentOptions) : new Agent(agentOptions)
   const proxy = httpProxy.createProxyServer({
     target: opts.upstream.origin,
@@ -109,6 +114,8 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
     // Runs before http-proxy's own 'response' listener, which writes this head to the client.
     proxyReq.once('response', (res: IncomingMessage) => {
       closeDelimited(res.headers)
+      // The relayed answer ends the upstream connection too, even if the upstream kept it alive.
+      res.once('end', () => proxyReq.destroy())
       if (!exchange) return
       exchange.status = res.statusCode
       deadlines.remove(exchange)
@@ -170,13 +177,29 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       ;(req as Tracked)[EXCHANGE] = exchange
       req.url = pathOf(target)
       req.headers = headersFor(req, identity, true)
-      proxy.ws(req, socket, head, {}, (err: Error) => {
+      const fail = (err: Error) => {
         deadlines.remove(exchange)
         // After the 101 the client speaks WebSocket, and after an ordinary answer's head it reads
         // that answer's body: an HTTP answer of our own would corrupt either.
         if (link.attached || exchange.status !== undefined) return void socket.destroy()
         onFailure(exchange.timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
-      })
+      }
+      const key = req.headers['sec-websocket-key']
+      proxy.ws(req, socket, head, {}, fail)
+      // http-proxy's listeners write the upstream's answer to the client: its 'upgrade' one a 101
+      // and the tunnel, its 'response' one an ordinary answer (Node hands a 101 without Upgrade and
+      // Connection: upgrade over as one). They are held back until the answer is checked; they were
+      // added within proxy.ws, and no answer can arrive before this line.
+      const proxyReq = exchange.proxyReq
+      if (proxyReq) {
+        const refuse = (upstreamSocket: Duplex) => {
+          upstreamSocket.destroy()
+          fail(BAD_HANDSHAKE)
+          return false
+        }
+        holdUntil(proxyReq, 'upgrade', (res: IncomingMessage, proxySocket: Duplex) => (res.statusCode === 101 && acceptsHandshake(res.headers, key)) || refuse(proxySocket))
+        holdUntil(proxyReq, 'response', (res: IncomingMessage) => res.statusCode !== 101 || refuse(res.socket))
+      }
       return exchange
     },
     close() {
@@ -188,6 +211,32 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   }
 }
 
+/** Runs `emitter`'s current `event` listeners, once, only if `check` passes on the event's arguments. */
+function holdUntil(emitter: ClientRequest, event: string, check: (...args: any[]) => boolean): void {
+  const held = emitter.listeners(event) as Array<(...args: unknown[]) => void>
+  emitter.removeAllListeners(event)
+  emitter.once(event, (...args: unknown[]) => {
+    if (!check(...args)) return
+    for (const listener of held) listener.apply(emitter, args)
+  })
+}
+
+/** RFC 6455 §1.3: the GUID the server appends to the client's key to prove it read the handshake. */
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
+
+/**
+ * Whether a 101 is the answer RFC 6455 §4.2.2 requires, checked as a client must (§4.1): Upgrade is
+ * websocket, Connection holds the upgrade token, Sec-WebSocket-Accept matches the client's key.
+ * Anything else was not a WebSocket server agreeing to this handshake, and is not tunnelled.
+ */
+export function acceptsHandshake(headers: IncomingHttpHeaders, key: string | undefined): boolean {
+  if (key === undefined || headers.upgrade?.toLowerCase() !== 'websocket') return false
+  const connection = headers.connection
+  if (connection === undefined || !connection.toLowerCase().split(',').some((token) => token.trim() === 'upgrade')) return false
+  return headers['sec-websocket-accept'] === createHash('sha1').update(key + WS_GUID).digest('base64')
+}
+
+const BAD_HANDSHAKE = Object.assign(new Error('the upstream answered 101 without a valid WebSocket handshake'), { code: 'LAPSE_BAD_HANDSHAKE' })
 const TIMED_OUT = Object.assign(new Error('the upstream did not send response headers in time'), { code: 'LAPSE_UPSTREAM_TIMEOUT' })
 const ABANDONED = Object.assign(new Error('the client went away'), { code: 'LAPSE_CLIENT_GONE' })
 const UNDICI_TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT'])

@@ -10,7 +10,7 @@ import type { Logger } from 'pino'
 import type { RouteMatcher } from '../authorize/routes.js'
 import type { Config, HostPort } from '../config/load.js'
 import { noteOf, type ConnectionTracker, type Cut, type TrackedExchange } from '../connections/connections.js'
-import { isWebSocketUpgrade, type Forwarder, type UpstreamFailure } from './forward.js'
+import { isWebSocketUpgrade, type Forwarder, type UpstreamFailure, type Upgrading } from './forward.js'
 import { WS_POLICY_VIOLATION } from './ws-close.js'
 import { decide, type DecideDeps } from '../decide/decide.js'
 import { toAnswer, type Answer } from '../core/reasons.js'
@@ -166,14 +166,14 @@ export function createApp(deps: Deps): App {
     socket.once('close', () => upgraded.delete(socket))
     // As for 'upgrade': a client's reset must not be an uncaught 'error'.
     socket.on('error', () => socket.destroy())
-    const t = deps.recorder.start(req)
-    const denial: Denial = { allow: false, reason: 'invalid_request', description: 'CONNECT is not supported' }
-    deps.recorder.decided(t, { decision: denial, target: undefined, revocationMs: undefined })
-    const answer = toAnswer(denial, config.realm)
     // The bytes after the head would be the tunnel's: they are never read.
-    writeRaw(socket, answer.status, answer.headers, answer.body)
-    deps.recorder.finish(t, { status: answer.status, remoteAddress: (socket as Socket).remoteAddress })
+    refuseInvalid(req, socket, 'CONNECT is not supported')
   })
+
+  /** A 400 invalid_request before any decision, audited, on a connection Node has handed over; it closes. */
+  function refuseInvalid(req: IncomingMessage, socket: Duplex, description: string): void {
+    refuseEarly(req, { allow: false, reason: 'invalid_request', description }, (socket as Socket).remoteAddress, refuseRaw(socket))
+  }
 
   // RFC 9110 §7.8 lets a server ignore Upgrade and answer in the protocol in use. Lapse proxies
   // one upgrade, a GET asking for websocket (RFC 6455 §4.1); any other — h2c, which `curl --http2`
@@ -289,10 +289,23 @@ export function createApp(deps: Deps): App {
     if (unsupportedTransferCoding(req.headers['transfer-encoding'])) {
       return writeRaw(socket, 501, { 'content-type': 'application/json' }, JSON.stringify(TRANSFER_CODING_REFUSAL))
     }
-    const t = deps.recorder.start(req)
-    const outcome = await decideFor(req, t)
-    const d = outcome.decision
+    // RFC 6455 §4.1: the opening handshake is a GET, and nothing frames a body over an upgrade:
+    // Node's parser left it raw and http-proxy never sends it, so a declared body would be owed to
+    // the upstream and read there as the start of another request. Refused before any decision.
+    if (declaresBody(req)) return refuseInvalid(req, socket, 'a WebSocket upgrade cannot carry a body')
+    // Read now: a socket destroyed while the decision is awaited no longer knows its peer.
     const remoteAddress = (socket as Socket).remoteAddress
+    const t = deps.recorder.start(req)
+    let outcome: Outcome
+    try {
+      outcome = await decideFor(req, t)
+    } catch (err) {
+      return failUpgrade(t, socket, remoteAddress, err)
+    }
+    const d = outcome.decision
+    // The client left while the decision was awaited: its 'close' has passed, so nothing below would
+    // ever untrack or audit the exchange, and the upstream must not be asked for a tunnel to no one.
+    if (socket.destroyed) return deps.recorder.finish(t, { status: undefined, remoteAddress, note: CLIENT_CLOSED })
     if (!d.allow) {
       const answer = toAnswer(d, config.realm)
       writeRaw(socket, answer.status, answer.headers, answer.body)
@@ -302,11 +315,18 @@ export function createApp(deps: Deps): App {
     deps.recorder.inject(t, req.headers)
     let upstreamFailure: UpstreamFailure | undefined
     let cut: Cut | undefined
-    const upgrading = deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure) => {
-      upstreamFailure = failure
-      const a = UPSTREAM_ANSWERS[failure]
-      writeRaw(socket, a.status, { 'content-type': 'application/json' }, JSON.stringify({ error: a.error, error_description: a.description }))
-    })
+    let upgrading: Upgrading
+    try {
+      upgrading = deps.forwarder.ws(req, socket, head, outcome.target!, d.identity, (failure, err) => {
+        upstreamFailure = failure
+        deps.log.warn({ err: (err as NodeJS.ErrnoException).code ?? err.message, failure }, 'upstream upgrade failed')
+        const a = UPSTREAM_ANSWERS[failure]
+        writeRaw(socket, a.status, { 'content-type': 'application/json' }, JSON.stringify({ error: a.error, error_description: a.description }))
+      })
+    } catch (err) {
+      // Nothing was sent upstream yet (headers are built, and checked by Node, before the request).
+      return failUpgrade(t, socket, remoteAddress, err)
+    }
     const { link } = upgrading
     const untrack = d.identity && deps.connections
       ? deps.connections.track({ identity: d.identity, kind: 'websocket', cutAtExpiry: true, trace: t, close: (c) => { cut = c; link.close(WS_POLICY_VIOLATION, `token ${c.reason}`) } })
@@ -318,6 +338,13 @@ export function createApp(deps: Deps): App {
       const status = upstreamFailure ? UPSTREAM_ANSWERS[upstreamFailure].status : upgrading.status
       deps.recorder.finish(t, { status, upstreamFailure, remoteAddress, note: status === undefined && cut === undefined ? CLIENT_CLOSED : noteOf(cut) })
     })
+  }
+
+  /** A bug on the upgrade path: the client gets a 500, and the exchange its audit line and ended span. */
+  function failUpgrade(t: RequestTrace, socket: Duplex, remoteAddress: string | undefined, err: unknown): void {
+    deps.log.error({ err: (err as Error).message }, 'upgrade handling failed')
+    writeRaw(socket, 500, { 'content-type': 'application/json' }, JSON.stringify({ error: 'internal_error', error_description: 'internal error' }))
+    deps.recorder.finish(t, { status: 500, remoteAddress })
   }
 
   return {
@@ -338,6 +365,12 @@ export function authorizationOf(raw: readonly string[]): string[] | undefined {
     if (name.length === 13 && name.toLowerCase() === 'authorization') (found ??= []).push(raw[i + 1]!)
   }
   return found
+}
+
+/** Whether a request declares a body: any Transfer-Encoding, or a Content-Length other than "0". */
+function declaresBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length']
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
 }
 
 /**
@@ -372,7 +405,7 @@ export function writeJson(res: ServerResponse, status: number, body: object, hea
 /** The audit line's mark of a client that left before any answer reached it. */
 const CLIENT_CLOSED = Object.freeze({ client_closed: true })
 
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 421: 'Misdirected Request', 431: 'Request Header Fields Too Large', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 500: 'Internal Server Error', 401: 'Unauthorized', 403: 'Forbidden', 421: 'Misdirected Request', 431: 'Request Header Fields Too Large', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
 
 /** _http_common.js MAX_HEADER_PAIRS: the rawHeaders entries (names and values) Node keeps of a request. */
 const NODE_MAX_RAW_HEADERS = 2000

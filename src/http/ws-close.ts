@@ -99,7 +99,7 @@ export class FrameCursor {
 
 /** A close frame (RFC 6455 §5.5.1): status code, then a UTF-8 reason, 125 bytes of payload at most. */
 export function closeFrame(code: number, reason: string, masked: boolean): Buffer {
-  const text = Buffer.from(reason, 'utf8').subarray(0, 123)
+  const text = utf8Prefix(Buffer.from(reason, 'utf8'), 123)
   const payload = Buffer.allocUnsafe(2 + text.length)
   payload.writeUInt16BE(code, 0)
   text.copy(payload, 2)
@@ -114,6 +114,18 @@ export function closeFrame(code: number, reason: string, masked: boolean): Buffe
   randomFillSync(mask)
   for (let i = 0; i < payload.length; i++) frame[6 + i] = payload[i]! ^ mask[i & 3]!
   return frame
+}
+
+/**
+ * The longest prefix of `text` within `maxBytes` that ends on a character boundary: RFC 6455 §5.5.1
+ * makes the reason UTF-8, and a peer must fail the connection on invalid UTF-8 (§8.1).
+ */
+function utf8Prefix(text: Buffer, maxBytes: number): Buffer {
+  if (text.length <= maxBytes) return text
+  let end = maxBytes
+  // A continuation byte (10xxxxxx) at the cut: the character it belongs to starts before it.
+  while (end > 0 && (text[end]! & 0xc0) === 0x80) end--
+  return text.subarray(0, end)
 }
 
 /** One direction of the link: where its bytes go, and how its cut is going. */

@@ -77,6 +77,29 @@ t.test('closeFrame: code and reason, masked or not', async (t) => {
   t.equal(closeFrame(1008, 'x'.repeat(300), false).length, 2 + 125, 'a reason is cut to fit a control frame')
 })
 
+t.test('closeFrame cuts a long reason at a UTF-8 character boundary, so a strict peer accepts it', async (t) => {
+  // 'é' is 2 bytes, '€' 3, '😀' 4: after the ASCII prefix, byte 123 falls inside a character.
+  for (const [name, prefix, ch, keptBytes] of [['é', 'xx', 'é', 122], ['€', 'x', '€', 121], ['😀', 'xx', '😀', 122]] as const) {
+    const reason = prefix + ch.repeat(100)
+    const frame = closeFrame(1008, reason, false)
+    const text = frame.subarray(4)
+    t.equal(text.length, keptBytes, `${name}: whole characters only`)
+    t.ok(frame.length <= 2 + 125, `${name}: fits a control frame`)
+    t.equal(text.toString('utf8'), reason.slice(0, text.toString('utf8').length), `${name}: a prefix of the reason`)
+    t.doesNotThrow(() => new TextDecoder('utf-8', { fatal: true }).decode(text), `${name}: valid UTF-8`)
+    // ws's Receiver fails the connection with 1007 on invalid UTF-8 in a close reason (RFC 6455 §8.1).
+    const receiver = new Receiver({ isServer: false })
+    const seen = await new Promise<{ code?: number; error?: string }>((resolve) => {
+      receiver.on('conclude', (code: number) => resolve({ code }))
+      receiver.on('error', (err: Error) => resolve({ error: err.message }))
+      receiver.write(frame)
+    })
+    t.same(seen, { code: 1008 }, `${name}: a strict parser reads the close`)
+  }
+  const exact = 'x'.repeat(121) + 'é'
+  t.equal(closeFrame(1008, exact, false).subarray(4).toString('utf8'), exact, 'a reason of exactly 123 bytes is kept whole')
+})
+
 /** Two connected TCP sockets on loopback. */
 async function socketPair(t: Test): Promise<[Socket, Socket]> {
   const server = createServer()
