@@ -303,8 +303,13 @@ export function createApp(deps: Deps): App {
     admin,
     async listen() {
       const proxy = await listenOn(server, config.listen)
-      const adminAddr = await listenOn(admin, config.admin.listen)
-      return { proxy, admin: adminAddr }
+      try {
+        return { proxy, admin: await listenOn(admin, config.admin.listen) }
+      } catch (err) {
+        // Half a sidecar would take traffic that its readiness probe cannot vouch for: close what opened.
+        await new Promise<void>((resolve) => server.close(() => resolve()))
+        throw err
+      }
     },
     async close(graceMs = 0) {
       await Promise.all([closeServer(server, graceMs, upgraded), closeServer(admin, 0, new Set())])
