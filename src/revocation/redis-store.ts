@@ -196,7 +196,11 @@ export function createRedisStore(opts: {
       const key = keys.entry(claim, value, iss)
       const removed = await bounded(data.eval(LIFT_SCRIPT, 1, key, keys.channel), tuning.adminTimeoutMs, 'revocation lift')
       cache?.invalidate(key)
-      return removed !== null
+      if (typeof removed !== 'string') return undefined
+      const entry = parseStored(removed)
+      // Removed all the same: an entry stored in a shape this version cannot read is named by its key.
+      if (entry === null || entry === 'unreadable') return { claim, value, iss, issuedBeforeS: 0, reason: '', by: '', createdAtS: 0, expiresAtS: 0 }
+      return entry
     },
     subscribe(listener) {
       listeners.add(listener)
@@ -262,6 +266,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`
 
+// GET, DEL and PUBLISH in one script: the entry answered is the entry removed, whatever writes race it.
 const LIFT_SCRIPT = `
 local stored = redis.call('GET', KEYS[1])
 if not stored then return false end
