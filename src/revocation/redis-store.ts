@@ -242,7 +242,27 @@ function keyLayout(prefix: string): KeyLayout {
 // Most parts (claim names, UUIDs, plain subjects) are unreserved already and are used as they are.
 const UNRESERVED = /^[A-Za-z0-9._~-]*$/
 const encode = (part: string) =>
-  UNRESERVED.test(part) ? part : encodeURIComponent(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+  UNRESERVED.test(part) ? part : encodeText(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+
+/**
+ * encodeURIComponent, except that it throws on a lone UTF-16 surrogate, which a signed custom
+ * claim (`task`) may hold: the whole check would fail, and a rule with on_revocation_unavailable
+ * open would let the token through unchecked on its other values. Such a unit is written as the
+ * three bytes WTF-8 gives it (`%ED%A0%80`), which no UTF-8 text encodes to, so it names no other value.
+ */
+function encodeText(part: string): string {
+  if ((part as unknown as { isWellFormed(): boolean }).isWellFormed()) return encodeURIComponent(part)
+  let out = ''
+  for (const ch of part) {
+    const c = ch.charCodeAt(0)
+    if (ch.length === 1 && c >= 0xd800 && c <= 0xdfff) {
+      out += [0xe0 | (c >> 12), 0x80 | ((c >> 6) & 0x3f), 0x80 | (c & 0x3f)].map((b) => `%${b.toString(16).toUpperCase()}`).join('')
+    } else {
+      out += encodeURIComponent(ch)
+    }
+  }
+  return out
+}
 
 type Memo = TokenRef & { [memo: symbol]: readonly string[] | undefined }
 

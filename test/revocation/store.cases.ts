@@ -137,6 +137,15 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     t.equal(await store.lift('client_id', 'ci', ISS), undefined, 'nothing left to lift')
   })
 
+  t.test('a token value holding a lone surrogate is checked like any other and does not stop the check of the rest', async (t) => {
+    const { store, clock } = await factory(t)
+    const entry = await store.put(entryAt(clock, 'sub', 'grace'))
+    t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', 'MIGR-\ud800'], ['sub', 'grace']])), true, 'the revoked sub is found')
+    t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', '\udc00x'], ['sub', 'other']])), false, 'nothing revoked: false, not a failure')
+    await store.put(entryAt(clock, 'task', 'MIGR-\ufffd'))
+    t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', 'MIGR-\ud800']])), false, 'not the value with U+FFFD in its place')
+  })
+
   t.test('a lift answers the entry it removed, not one read before a replacing put', async (t) => {
     const { store, clock } = await factory(t)
     const first = await store.put(entryAt(clock, 'sub', 'frank', { reason: 'first' }))
