@@ -159,8 +159,13 @@ export function createSidecar(deps: Deps): Sidecar {
     admin,
     async listen() {
       const proxy = await app.listen()
-      const adminAddr = await listenOn(admin, deps.config.admin.listen)
-      return { proxy, admin: adminAddr }
+      try {
+        return { proxy, admin: await listenOn(admin, deps.config.admin.listen) }
+      } catch (err) {
+        // Half a sidecar would take traffic that its readiness probe cannot vouch for: close what opened.
+        await app.close()
+        throw err
+      }
     },
     async close(graceMs = 0) {
       await Promise.all([app.close(graceMs), closeServer(admin, 0, new Set())])

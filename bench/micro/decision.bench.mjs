@@ -24,6 +24,8 @@ const root = resolve(here, '..', '..')
 const ISS = 'https://issuer.bench.lapse.test'
 const AUD = 'bench-api'
 const PATH = '/v1/items'
+// A usual request's head as Node hands it over (req.rawHeaders): method overrides are looked for in it.
+const RAW_HEADERS = ['Host', '127.0.0.1', 'Authorization', 'Bearer …', 'Connection', 'keep-alive', 'User-Agent', 'bench/1', 'Accept', '*/*']
 
 /** Imports a module of the core's build; a missing one names the build step. */
 async function core(rel) {
@@ -109,14 +111,14 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const fresh = decideDepsOf(freshDeps)
 
     const authorization = [`Bearer ${token}`]
-    const input = { method: 'GET', url: PATH, authorization }
+    const input = { method: 'GET', url: PATH, authorization, rawHeaders: RAW_HEADERS }
     const first = await decide(input, cached)
     if (!first.decision.allow) throw new Error(`the bench token was denied: ${first.decision.reason}`)
     const identity = first.decision.identity
     const ref = toTokenRef(identity, cached.revocableClaims)
     const rule = first.decision.rule
     const extractOpts = { allowQueryToken: false, maxTokenBytes: cached.maxTokenBytes }
-    const poolInputs = (alg) => pools[alg].map((t) => ({ method: 'GET', url: PATH, authorization: [`Bearer ${t}`] }))
+    const poolInputs = (alg) => pools[alg].map((t) => ({ method: 'GET', url: PATH, authorization: [`Bearer ${t}`], rawHeaders: RAW_HEADERS }))
     const rsInputs = poolInputs('RS256')
     const esInputs = poolInputs('ES256')
     // decide answers a cached token without a promise, and returns one when it must wait.
@@ -131,7 +133,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const request = (deps, d) => () => {
       const req = { method: 'GET', url: PATH, httpVersion: '1.1', headers: { host: '127.0.0.1', authorization: authorization[0], connection: 'keep-alive' } }
       const t = deps.recorder.start(req)
-      const outcome = decide({ method: req.method, url: req.url, authorization, steps: t.steps }, d)
+      const outcome = decide({ method: req.method, url: req.url, authorization, rawHeaders: RAW_HEADERS, steps: t.steps }, d)
       if (outcome instanceof Promise) throw new Error('the hot path waited: a cached token and the memory set must decide without a promise')
       deps.recorder.decided(t, outcome)
       deps.recorder.inject(t, req.headers)

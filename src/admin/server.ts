@@ -129,10 +129,10 @@ async function lift(req: IncomingMessage, res: ServerResponse, deps: Deps, claim
   if (!by) return
   const change = deps.recorder.revocationChange(req.headers, 'lift')
   try {
-    const entry = await deps.revocations.get(claim, value, iss)
+    // One atomic step: the audit line names the entry that was removed, not one read before it.
     const removed = await deps.revocations.lift(claim, value, iss)
     // Nothing lifted is nothing changed: the span ends without an audit line.
-    if (removed && entry) change.done({ ...entry, by })
+    if (removed) change.done({ ...removed, by })
     else change.ended()
     if (!removed) return send(res, 404, { error: 'not_found', error_description: 'no such revocation' })
     res.writeHead(204).end()

@@ -6,7 +6,9 @@
 // `*` is exactly one non-empty segment, `**` (last only) is any rest including none, so
 // `/orders/**` covers `/orders`, `/orders/` and `/orders/1/items`. Literal segments compare
 // case-sensitively against the normalized path: unreserved and pchar characters (`:`, `@`, `!`,
-// `$`, `&`, `'`, `(`, `)`, `*`, `+`, `,`, `=`) raw, other escapes upper-case.
+// `$`, `&`, `'`, `(`, `)`, `*`, `+`, `,`, `=`) raw, other escapes upper-case. A rule that lists
+// GET takes HEAD too, as fastify and express route it: HEAD is GET without the body (RFC 9110
+// §9.3.2), and most upstreams answer it with their GET handler.
 import { ConfigError } from '../core/errors.js'
 import type { Rule } from '../core/types.js'
 
@@ -24,6 +26,8 @@ type Segment = { kind: 'literal'; text: string } | { kind: 'one' } | { kind: 're
 
 interface Compiled {
   readonly rule: Rule
+  /** The methods the rule takes: those it lists, plus HEAD when it lists GET; undefined for all. */
+  readonly takes: ReadonlySet<string> | undefined
   readonly segments: readonly Segment[]
   readonly trailingSlash: boolean
 }
@@ -36,7 +40,7 @@ export function compileRoutes(settings: readonly RouteSpec[]): RouteMatcher {
   return (method, path) => {
     const parts = splitPath(path)
     for (const c of compiled) {
-      if (c.rule.methods && !c.rule.methods.has(method)) continue
+      if (c.takes && !c.takes.has(method)) continue
       if (matches(c, parts.segments, parts.trailingSlash)) return c.rule
     }
     return undefined
@@ -68,7 +72,8 @@ function compileOne(s: RouteSpec, index: number): Compiled {
     onRevocationUnavailable: s.on_revocation_unavailable,
     cutStreamsAtExpiry: s.cut_streams_at_expiry,
   })
-  return { rule, segments, trailingSlash }
+  const takes = rule.methods?.has('GET') && !rule.methods.has('HEAD') ? new Set([...rule.methods, 'HEAD']) : rule.methods
+  return { rule, takes, segments, trailingSlash }
 }
 
 /**
@@ -76,23 +81,27 @@ function compileOne(s: RouteSpec, index: number): Compiled {
  * methods the earlier ones leave. A rule for every method after narrower ones (`GET` needing
  * `read`, then the rest needing `write`) is the point of that. A method a later rule *names* that
  * an earlier one already takes would never reach it: an operator who wrote it expects that rule's
- * scopes to apply, so the start fails rather than quietly applying the earlier rule's.
+ * scopes to apply, so the start fails rather than quietly applying the earlier rule's. An earlier
+ * rule takes the HEAD its GET implies, so a later rule naming HEAD is one too; a later rule's own
+ * implied HEAD is not named, so a HEAD rule before a GET rule is fine.
  */
 function rejectDuplicates(compiled: readonly Compiled[]): void {
   for (let i = 0; i < compiled.length; i++) {
     const b = compiled[i]!.rule
-    for (const a of compiled.slice(0, i).map((c) => c.rule)) {
+    for (const earlier of compiled.slice(0, i)) {
+      const a = earlier.rule
       if (a.path !== b.path) continue
-      if (!a.methods) throw duplicate(b, a, 'every method')
-      const shared = b.methods && [...b.methods].find((m) => a.methods!.has(m))
+      if (!earlier.takes) throw duplicate(b, a, 'every method')
+      const shared = b.methods && [...b.methods].find((m) => earlier.takes!.has(m))
       if (shared) throw duplicate(b, a, shared)
     }
   }
 }
 
 function duplicate(b: Rule, a: Rule, taken: string): ConfigError {
+  const why = taken === 'HEAD' && !a.methods?.has('HEAD') ? ' (a rule for GET takes HEAD too)' : ''
   return new ConfigError('ERR_RULES_DUPLICATE',
-    `LAPSE_ROUTES: routes[${b.id}] (${b.path}) can never apply to ${taken}: routes[${a.id}] takes it first`)
+    `LAPSE_ROUTES: routes[${b.id}] (${b.path}) can never apply to ${taken}: routes[${a.id}] takes it first${why}`)
 }
 
 // The characters the path normalizer decodes (request-target.ts): a request never holds them encoded.

@@ -141,8 +141,8 @@ export interface RevocationStore {
   /** Resolves only once the entry is durable in the set (for Redis: acknowledged). */
   put(entry: RevocationEntry): Promise<RevocationEntry>
   get(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
-  /** Resolves true when an entry was removed. */
-  lift(claim: string, value: string, iss?: string): Promise<boolean>
+  /** Removes the entry and resolves it, in one atomic step; undefined when there was none. */
+  lift(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
   /** Revocations and lifts from any sidecar sharing the set, as they happen. Returns an unsubscribe. */
   subscribe(listener: (event: RevocationEvent) => void): () => void
   /** Whether the set can answer right now (for `/readyz`). */

@@ -1,12 +1,13 @@
 // One request → one Decision: extract → verify → revocation → authorize. No sockets here;
 // the stages it calls hide their I/O (keys, Redis) behind the interfaces in Deps.
 //
-//   const outcome = await decide({ method, url, authorization }, deps)   // an Outcome, or a promise of one
+//   const outcome = await decide({ method, url, authorization, rawHeaders }, deps)   // an Outcome, or a promise of one
 //   outcome.decision.allow ? forward(outcome.target) : answer(outcome.decision)
 import { performance } from 'node:perf_hooks'
 import type { RouteMatcher } from '../authorize/routes.js'
 import { checkScopes } from '../authorize/scopes.js'
 import { extractBearer } from '../extract/bearer.js'
+import { extractOverrides } from '../extract/method-override.js'
 import { normalizeTarget } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
@@ -17,6 +18,8 @@ export interface DecisionInput {
   readonly url: string
   /** Every Authorization header the client sent (`req.headersDistinct.authorization`). */
   readonly authorization: readonly string[] | undefined
+  /** The header list as sent, name then value (`req.rawHeaders`): method overrides are read from it. */
+  readonly rawHeaders: readonly string[]
   /** Makes the key fetch and revocation lookup child spans of the decision; optional. */
   readonly steps?: StepTracer | undefined
 }
@@ -42,18 +45,31 @@ const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
 export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promise<Outcome> {
   const target = normalizeTarget(input.url)
   if ('reason' in target) return { decision: deny(target), target: undefined, revocationMs: undefined }
+  const overrides = extractOverrides(input.rawHeaders, target.query)
+  if (overrides !== undefined && 'reason' in overrides) return { decision: deny(overrides), target: undefined, revocationMs: undefined }
   const rule = deps.match(input.method, target.path)
+  // The rules of the other methods the request names, each decided as its own request would be.
+  const others = overrides === undefined ? undefined : rulesOf(overrides, input.method, target.path, deps.match)
   const extracted = extractBearer(input.authorization, target.query, deps, deps.verify.knows)
   if ('reason' in extracted) return { decision: deny({ ...extracted, rule }), target, revocationMs: undefined }
   // A query that held only access_token is forwarded without one, not as a bare `?`.
   const forwarded = extracted.query === target.query ? target : { ...target, query: extracted.query, hasQuery: extracted.query !== '' }
-  if (rule?.public) return { decision: { allow: true, rule, identity: undefined }, target: forwarded, revocationMs: undefined }
+  if (rule?.public && (others === undefined || others.every((r) => r?.public))) {
+    return { decision: { allow: true, rule, identity: undefined }, target: forwarded, revocationMs: undefined }
+  }
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
 
-  const request: Checked = { input, deps, rule, target, forwarded }
+  const request: Checked = { input, deps, rule, others, target, forwarded }
   const verified = deps.verify.check(extracted.token, input.steps)
   if (!(verified instanceof Promise)) return afterVerify(verified, request)
   return verified.then((identity) => afterVerify(identity, request))
+}
+
+/** The first matching rule of each override method other than the request's own, in order. */
+function rulesOf(methods: readonly string[], own: string, path: string, match: RouteMatcher): ReadonlyArray<Rule | undefined> | undefined {
+  const rules: Array<Rule | undefined> = []
+  for (const m of methods) if (m !== own) rules.push(match(m, path))
+  return rules.length === 0 ? undefined : rules
 }
 
 /** What the stages after verification need of the request. */
@@ -61,6 +77,8 @@ interface Checked {
   readonly input: DecisionInput
   readonly deps: DecideDeps
   readonly rule: Rule | undefined
+  /** The rules of the override methods (extract/method-override.ts); undefined without one. */
+  readonly others: ReadonlyArray<Rule | undefined> | undefined
   readonly target: Target
   /** The target as forwarded (without a query-string token). */
   readonly forwarded: Target
@@ -94,8 +112,10 @@ async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean 
   }
 }
 
-function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, { rule, target, forwarded }: Checked): Outcome {
+function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome {
+  const { rule, target, forwarded } = c
   if (revoked === true) return { decision: deny({ reason: 'revoked', rule, identity }), target, revocationMs }
+  if (c.others !== undefined) return concludeEach(identity, revoked, revocationMs, c)
 
   // Authorization comes after the token checks so an anonymous caller cannot map the route table.
   if (!rule) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
@@ -106,6 +126,27 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
     return { decision: { allow: true, rule, identity, failedOpen: true }, target: forwarded, revocationMs }
   }
   return { decision: { allow: true, rule, identity }, target: forwarded, revocationMs }
+}
+
+/**
+ * A request that names other methods is allowed only if each method's rule allows it; the first
+ * refusal, in the order the methods came (its own first), is the answer. The allowing rule
+ * reported is the first protected one, or one of them that cuts streams at expiry if any does:
+ * the stricter applies.
+ */
+function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, { rule, others, target, forwarded }: Checked): Outcome {
+  let governing: Rule | undefined
+  for (const r of [rule, ...others!]) {
+    if (!r) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
+    if (r.public) continue
+    const short = checkScopes(identity.scopes, r.scopes)
+    if (short) return { decision: { ...short, rule: r, identity }, target, revocationMs }
+    if (revoked === 'unknown' && r.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule: r, identity }), target, revocationMs }
+    if (governing === undefined || (r.cutStreamsAtExpiry && !governing.cutStreamsAtExpiry)) governing = r
+  }
+  const allowed = governing ?? rule!
+  if (revoked === 'unknown' && governing !== undefined) return { decision: { allow: true, rule: allowed, identity, failedOpen: true }, target: forwarded, revocationMs }
+  return { decision: { allow: true, rule: allowed, identity }, target: forwarded, revocationMs }
 }
 
 // A token served from the verification cache keeps its Identity object, so its TokenRef is kept on

@@ -243,7 +243,7 @@ export function createApp(deps: Deps): App {
   }
 
   function decideFor(req: IncomingMessage, t: RequestTrace): Outcome | Promise<Outcome> {
-    const outcome = decide({ method: req.method ?? 'GET', url: req.url ?? '', authorization: authorizationOf(req.rawHeaders), steps: t.steps }, decideDeps)
+    const outcome = decide({ method: req.method ?? 'GET', url: req.url ?? '', authorization: authorizationOf(req.rawHeaders), rawHeaders: req.rawHeaders, steps: t.steps }, decideDeps)
     if (outcome instanceof Promise) return outcome.then((o) => decided(t, o))
     return decided(t, outcome)
   }

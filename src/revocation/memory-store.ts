@@ -89,10 +89,10 @@ export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
     async lift(claim, value, iss) {
       const key = keyOf(claim, value, iss)
       const entry = live(key)
-      if (!entry) return false
+      if (!entry) return undefined
       remove(key, entry)
       emit({ kind: 'lifted', entry })
-      return true
+      return entry
     },
     subscribe(listener) {
       listeners.add(listener)

@@ -196,7 +196,11 @@ export function createRedisStore(opts: {
       const key = keys.entry(claim, value, iss)
       const removed = await bounded(data.eval(LIFT_SCRIPT, 1, key, keys.channel), tuning.adminTimeoutMs, 'revocation lift')
       cache?.invalidate(key)
-      return removed !== null
+      if (typeof removed !== 'string') return undefined
+      const entry = parseStored(removed)
+      // Removed all the same: an entry stored in a shape this version cannot read is named by its key.
+      if (entry === null || entry === 'unreadable') return { claim, value, iss, issuedBeforeS: 0, reason: '', by: '', createdAtS: 0, expiresAtS: 0 }
+      return entry
     },
     subscribe(listener) {
       listeners.add(listener)
@@ -238,7 +242,27 @@ function keyLayout(prefix: string): KeyLayout {
 // Most parts (claim names, UUIDs, plain subjects) are unreserved already and are used as they are.
 const UNRESERVED = /^[A-Za-z0-9._~-]*$/
 const encode = (part: string) =>
-  UNRESERVED.test(part) ? part : encodeURIComponent(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+  UNRESERVED.test(part) ? part : encodeText(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+
+/**
+ * encodeURIComponent, except that it throws on a lone UTF-16 surrogate, which a signed custom
+ * claim (`task`) may hold: the whole check would fail, and a rule with on_revocation_unavailable
+ * open would let the token through unchecked on its other values. Such a unit is written as the
+ * three bytes WTF-8 gives it (`%ED%A0%80`), which no UTF-8 text encodes to, so it names no other value.
+ */
+function encodeText(part: string): string {
+  if ((part as unknown as { isWellFormed(): boolean }).isWellFormed()) return encodeURIComponent(part)
+  let out = ''
+  for (const ch of part) {
+    const c = ch.charCodeAt(0)
+    if (ch.length === 1 && c >= 0xd800 && c <= 0xdfff) {
+      out += [0xe0 | (c >> 12), 0x80 | ((c >> 6) & 0x3f), 0x80 | (c & 0x3f)].map((b) => `%${b.toString(16).toUpperCase()}`).join('')
+    } else {
+      out += encodeURIComponent(ch)
+    }
+  }
+  return out
+}
 
 type Memo = TokenRef & { [memo: symbol]: readonly string[] | undefined }
 
@@ -262,6 +286,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`
 
+// GET, DEL and PUBLISH in one script: the entry answered is the entry removed, whatever writes race it.
 const LIFT_SCRIPT = `
 local stored = redis.call('GET', KEYS[1])
 if not stored then return false end

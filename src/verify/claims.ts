@@ -20,6 +20,10 @@ const deny = (reason: DenyReason, description?: string): Denial => ({ allow: fal
 const NUMERIC_DATES = ['exp', 'iat', 'nbf'] as const
 // Printable, no control characters: these values become upstream header values.
 const SAFE_TEXT = /^[^\u0000-\u001f\u007f]{1,1024}$/
+// A lone UTF-16 surrogate (JSON's "\ud800") has no UTF-8 form: encodeURIComponent throws on it
+// while the identity headers are built, and no upstream could read it. ES2024's isWellFormed
+// (Node 20) is not in the ES2023 lib this project compiles against.
+const wellFormed = (s: string): boolean => (s as unknown as { isWellFormed(): boolean }).isWellFormed()
 
 export const normalizeType = (typ: string) => typ.toLowerCase().replace(/^application\//, '')
 
@@ -32,6 +36,7 @@ function checkTypes(c: Claims): Denial | undefined {
   for (const name of ['iss', 'sub', 'jti', 'client_id', 'azp', 'sid'] as const) {
     const v = c[name]
     if (v !== undefined && (typeof v !== 'string' || !SAFE_TEXT.test(v))) return deny('malformed', `claim ${name} is not a non-empty string`)
+    if (v !== undefined && !wellFormed(v)) return deny('malformed', `claim ${name} is not well-formed Unicode`)
   }
   const aud = c.aud
   if (aud !== undefined && typeof aud !== 'string' && !(Array.isArray(aud) && aud.length > 0 && aud.every((a) => typeof a === 'string'))) {
@@ -41,6 +46,11 @@ function checkTypes(c: Claims): Denial | undefined {
   const scp = c.scp
   if (scp !== undefined && typeof scp !== 'string' && !(Array.isArray(scp) && scp.every((s) => typeof s === 'string'))) {
     return deny('malformed', 'claim scp is not a list of strings')
+  }
+  // Granted scopes become X-Auth-Scopes.
+  if (typeof c.scope === 'string' && !wellFormed(c.scope)) return deny('malformed', 'claim scope is not well-formed Unicode')
+  if (typeof scp === 'string' ? !wellFormed(scp) : Array.isArray(scp) && !scp.every((s) => wellFormed(s as string))) {
+    return deny('malformed', 'claim scp is not well-formed Unicode')
   }
   return undefined
 }

@@ -27,7 +27,7 @@ const cases: Case[] = [
   {
     name: 'a partly shadowed rule still takes the methods before it did not',
     rules: [{ path: '/orders/**', methods: ['GET'], scopes: ['orders:read'] }, { path: '/orders/**', scopes: ['orders:write'] }],
-    checks: [['GET', '/orders/1', 0], ['POST', '/orders/1', 1], ['HEAD', '/orders/1', 1]],
+    checks: [['GET', '/orders/1', 0], ['POST', '/orders/1', 1], ['PATCH', '/orders/1', 1]],
   },
   {
     name: '* is exactly one non-empty segment',
@@ -55,9 +55,24 @@ const cases: Case[] = [
     checks: [['GET', '/healthz', 0], ['GET', '/healthz/', undefined], ['GET', '/Healthz', undefined], ['GET', '/docs/', 1], ['GET', '/docs', undefined]],
   },
   {
-    name: 'methods: listed ones only (HEAD is not implied by GET); names are case-insensitive in config',
+    name: 'methods: listed ones only, and HEAD where GET is listed; names are case-insensitive in config',
     rules: [{ path: '/r', methods: ['get', 'Post'], scopes: ['x'] }],
-    checks: [['GET', '/r', 0], ['POST', '/r', 0], ['HEAD', '/r', undefined], ['DELETE', '/r', undefined]],
+    checks: [['GET', '/r', 0], ['POST', '/r', 0], ['HEAD', '/r', 0], ['DELETE', '/r', undefined], ['OPTIONS', '/r', undefined], ['head', '/r', undefined]],
+  },
+  {
+    name: 'a rule for GET takes HEAD first; a later rule for every method gets what is left',
+    rules: [{ path: '/o/**', methods: ['GET'], scopes: ['read'] }, { path: '/o/**', scopes: ['write'] }],
+    checks: [['HEAD', '/o/1', 0], ['GET', '/o/1', 0], ['POST', '/o/1', 1], ['HEAD', '/x', undefined]],
+  },
+  {
+    name: 'a rule for HEAD alone before a GET rule keeps HEAD; GET goes on to the later rule',
+    rules: [{ path: '/h', methods: ['HEAD'], scopes: ['peek'] }, { path: '/h', methods: ['GET'], scopes: ['read'] }],
+    checks: [['HEAD', '/h', 0], ['GET', '/h', 1], ['POST', '/h', undefined]],
+  },
+  {
+    name: 'a rule without GET does not take HEAD',
+    rules: [{ path: '/w', methods: ['POST'], scopes: ['write'] }, { path: '/w', methods: ['HEAD'], scopes: ['peek'] }],
+    checks: [['HEAD', '/w', 1], ['POST', '/w', 0], ['GET', '/w', undefined]],
   },
   {
     name: 'no methods means every method',
@@ -105,15 +120,21 @@ t.test('rules that could never match fail the boot with ERR_RULES_DUPLICATE', as
     ['same path, methods covered by two earlier rules', [{ path: '/a', methods: ['GET'] }, { path: '/a', methods: ['POST'] }, { path: '/a', methods: ['post', 'GET'] }]],
     // The later rule's GET would never apply: its scopes would silently not be the ones checked.
     ['same path, the later rule names a method an earlier one takes', [{ path: '/a', methods: ['GET'], scopes: ['x'] }, { path: '/a', methods: ['POST', 'get'], scopes: ['y'] }]],
+    // The earlier GET rule takes HEAD: the later rule's HEAD scopes would never be checked.
+    ['same path, the later rule names HEAD after a GET rule', [{ path: '/a', methods: ['GET'], scopes: ['x'] }, { path: '/a', methods: ['HEAD'], scopes: ['y'] }]],
   ]
   for (const [what, rules] of dupes) {
-    t.throws(() => compile(rules), { code: 'ERR_RULES_DUPLICATE', message: /^LAPSE_ROUTES: routes\[\d\] \(\/a(\/\*\*)?\) can never apply to (GET|POST|every method): routes\[\d\] takes it first$/ }, what)
+    t.throws(() => compile(rules), { code: 'ERR_RULES_DUPLICATE', message: /^LAPSE_ROUTES: routes\[\d\] \(\/a(\/\*\*)?\) can never apply to (GET|POST|HEAD|every method): routes\[\d\] takes it first( \(a rule for GET takes HEAD too\))?$/ }, what)
   }
   t.throws(() => compile([{ path: '/a', methods: ['GET'] }, { path: '/a', methods: ['POST', 'get'] }]),
     { message: 'LAPSE_ROUTES: routes[1] (/a) can never apply to GET: routes[0] takes it first' }, 'the message names the rule, the method and the rule that takes it')
+  t.throws(() => compile([{ path: '/a', methods: ['GET'] }, { path: '/a', methods: ['HEAD'] }]),
+    { message: 'LAPSE_ROUTES: routes[1] (/a) can never apply to HEAD: routes[0] takes it first (a rule for GET takes HEAD too)' }, 'the message says why a GET rule took HEAD')
   const fine: Array<[string, object[]]> = [
     ['same path, disjoint methods', [{ path: '/a', methods: ['GET'] }, { path: '/a', methods: ['POST'] }]],
     ['same path, every other method after a narrower rule', [{ path: '/a', methods: ['GET'], scopes: ['read'] }, { path: '/a', scopes: ['write'] }]],
+    // The GET rule's implied HEAD is not a method it names: the HEAD rule before it keeps HEAD.
+    ['same path, a HEAD rule before a GET rule', [{ path: '/a', methods: ['HEAD'], scopes: ['peek'] }, { path: '/a', methods: ['GET'], scopes: ['read'] }]],
     ['different paths', [{ path: '/a' }, { path: '/a/' }, { path: '/a/*' }]],
   ]
   for (const [what, rules] of fine) t.doesNotThrow(() => compile(rules), what)

@@ -170,7 +170,7 @@ t.test('decide: the rule that allowed a request is the rule that governs the pat
     fc.asyncProperty(ruleTable, fc.constantFrom(...METHODS), fc.oneof(rawTarget, spelledTarget), fc.boolean(), async (rules, method, raw, withToken) => {
       const match = compileRoutes(rules)
       const deps: DecideDeps = { match, verify, revocations, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0) }
-      const outcome = await decide({ method, url: raw, authorization: withToken ? ['Bearer abc.def.ghi'] : undefined }, deps)
+      const outcome = await decide({ method, url: raw, authorization: withToken ? ['Bearer abc.def.ghi'] : undefined, rawHeaders: [] }, deps)
       if (!outcome.decision.allow) return true
       const target = outcome.target!
       const forwarded = forwardedUrl(target)

@@ -187,7 +187,7 @@ function lossyStore(): RevocationStore & { entries: RevocationEntry[]; down: boo
       return undefined
     },
     async lift() {
-      return false
+      return undefined
     },
     subscribe(_listener: (event: RevocationEvent) => void) {
       return () => {}

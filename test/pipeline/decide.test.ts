@@ -55,7 +55,7 @@ function noteSteps() {
   return { steps, seen }
 }
 
-const input = (token: string, steps?: StepTracer, url = '/orders/7') => ({ method: 'GET', url, authorization: [`Bearer ${token}`], steps })
+const input = (token: string, steps?: StepTracer, url = '/orders/7') => ({ method: 'GET', url, authorization: [`Bearer ${token}`], rawHeaders: [], steps })
 const reasonOf = (o: Outcome) => (o.decision.allow ? 'ok' : o.decision.reason)
 
 t.test('a token seen before and the memory set: decided without a promise, as the first time was', async (t) => {
@@ -201,7 +201,7 @@ t.test('a cached token is still extracted by the rules: spelling, stray characte
   const { deps, mint } = await setUp(t)
   const token = await mint()
   t.equal(reasonOf(await decide(input(token), deps)), 'ok')
-  const withHeader = (authorization: string, d: DecideDeps = deps) => decide({ method: 'GET', url: '/orders/7', authorization: [authorization] }, d) as Outcome
+  const withHeader = (authorization: string, d: DecideDeps = deps) => decide({ method: 'GET', url: '/orders/7', authorization: [authorization], rawHeaders: [] }, d) as Outcome
   t.equal(reasonOf(withHeader(`bearer ${token}`)), 'ok', 'the scheme in any case')
   t.equal(reasonOf(withHeader(`Bearer   ${token}`)), 'ok', 'several spaces')
   t.equal(reasonOf(withHeader(`Bearer ${token} `)), 'malformed', 'a trailing space')

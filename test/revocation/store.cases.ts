@@ -125,23 +125,51 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     t.equal(await revoked(t, store, tokenRef(T, [['task', '{x}:*é']], OTHER_ISS)), false, 'an escape is not what it escapes')
   })
 
-  t.test('get returns the entry; lift removes it and says whether it did', async (t) => {
+  t.test('get returns the entry; lift removes it and answers the entry it removed', async (t) => {
     const { store, clock } = await factory(t)
     const entry = await store.put(entryAt(clock, 'client_id', 'ci', { iss: ISS }))
     t.same(await store.get('client_id', 'ci', ISS), entry)
     t.equal(await store.get('client_id', 'ci'), undefined, 'the any-issuer entry is a different entry')
     t.equal(await store.get('client_id', 'other', ISS), undefined)
-    t.equal(await store.lift('client_id', 'ci', ISS), true)
+    t.same(await store.lift('client_id', 'ci', ISS), entry, 'the removed entry')
     t.equal(await store.get('client_id', 'ci', ISS), undefined)
     t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['client_id', 'ci']])), false, 'lifted: allowed again')
-    t.equal(await store.lift('client_id', 'ci', ISS), false, 'nothing left to lift')
+    t.equal(await store.lift('client_id', 'ci', ISS), undefined, 'nothing left to lift')
+  })
+
+  t.test('a token value holding a lone surrogate is checked like any other and does not stop the check of the rest', async (t) => {
+    const { store, clock } = await factory(t)
+    const entry = await store.put(entryAt(clock, 'sub', 'grace'))
+    t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', 'MIGR-\ud800'], ['sub', 'grace']])), true, 'the revoked sub is found')
+    t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', '\udc00x'], ['sub', 'other']])), false, 'nothing revoked: false, not a failure')
+    await store.put(entryAt(clock, 'task', 'MIGR-\ufffd'))
+    t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', 'MIGR-\ud800']])), false, 'not the value with U+FFFD in its place')
+  })
+
+  t.test('a lift answers the entry it removed, not one read before a replacing put', async (t) => {
+    const { store, clock } = await factory(t)
+    const first = await store.put(entryAt(clock, 'sub', 'frank', { reason: 'first' }))
+    const second = { ...first, issuedBeforeS: first.issuedBeforeS + 60, reason: 'second' }
+    // The put and the lift race; whichever order the set applies them in, the lift names what it removed.
+    const [, removed] = await Promise.all([store.put(second), store.lift('sub', 'frank')])
+    const left = await store.get('sub', 'frank')
+    t.ok(removed, 'one of the two was removed')
+    t.same(removed, left === undefined ? second : first, 'the entry removed is the one answered')
+    if (left !== undefined) t.same(left, second, 'the put that came after the lift stays')
+  })
+
+  t.test('two lifts at once: exactly one answers the entry', async (t) => {
+    const { store, clock } = await factory(t)
+    const entry = await store.put(entryAt(clock, 'sid', 's-9'))
+    const answers = await Promise.all([store.lift('sid', 's-9'), store.lift('sid', 's-9')])
+    t.same(answers.filter((a) => a !== undefined), [entry])
   })
 
   t.test('lifting the iss-bound entry leaves the any-issuer one in force', async (t) => {
     const { store, clock } = await factory(t)
     const any = await store.put(entryAt(clock, 'sub', 'bob'))
     await store.put(entryAt(clock, 'sub', 'bob', { iss: ISS }))
-    t.equal(await store.lift('sub', 'bob', ISS), true)
+    t.ok(await store.lift('sub', 'bob', ISS))
     t.same(await store.get('sub', 'bob'), any)
     t.equal(await revoked(t, store, tokenRef(any.issuedBeforeS, [['sub', 'bob']])), true)
   })
@@ -162,7 +190,7 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     await store.put({ ...first, issuedBeforeS: T - 60, reason: 'narrowed' })
     t.equal(await revoked(t, store, tokenRef(T - 60, [['sub', 'erin']])), true, 'at the new T')
     t.equal(await revoked(t, store, tokenRef(T - 30, [['sub', 'erin']])), false, 'after the new T, before the old one')
-    t.equal(await store.lift('sub', 'erin'), true)
+    t.ok(await store.lift('sub', 'erin'))
     t.equal(await revoked(t, store, tokenRef(T - 120, [['sub', 'erin']])), false, 'lifted: nothing of either put remains')
   })
 
@@ -173,7 +201,7 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     await store.put(entryAt(clock, 'jti', 'shared-42', { iss: ISS }))
     t.equal(await revoked(t, store, tokenRef(T, [['client_id', 'shared-42']])), false, 'a claim with no entry')
     t.equal(await revoked(t, store, tokenRef(T, [['jti', 'shared-42']], OTHER_ISS)), false, 'the jti entry binds its issuer only')
-    t.equal(await store.lift('sub', 'shared-42'), true)
+    t.ok(await store.lift('sub', 'shared-42'))
     t.equal(await revoked(t, store, tokenRef(T, [['sub', 'shared-42']])), false, 'the sub entry is lifted')
     t.equal(await revoked(t, store, tokenRef(T, [['jti', 'shared-42']], ISS)), true, 'the jti entry stays')
   })
