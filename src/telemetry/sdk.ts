@@ -28,7 +28,7 @@ import {
 } from '@opentelemetry/sdk-trace-base'
 import { coalesced } from './coalesced-counters.js'
 import { DecisionAggregates } from './metrics.js'
-import { createExportGate, pausingTracerProvider } from './pausing.js'
+import { createExportGate, pausingTracerProvider, type ExportGate } from './pausing.js'
 import { errorType } from './recorder.js'
 import { METRIC_SPANS_UNRECORDED } from './semconv.js'
 import { DEFAULTS, type OtlpSettings, type StartTelemetryOptions, type Telemetry, type TelemetrySettings } from './settings.js'
@@ -63,13 +63,8 @@ export async function buildSdk(settings: TelemetrySettings, propagator: TextMapP
   const meterProvider = new MeterProvider({ resource, readers })
 
   // Only when OTLP is the one span exporter: a console exporter always takes spans.
-  const gate = settings.traces.exporters.length === 1 && settings.traces.exporters[0] === 'otlp'
-    ? createExportGate({
-      failuresToPause: DEFAULTS.pauseAfterFailures,
-      retryAfterMs: Math.max(DEFAULTS.pauseRetryMinMs, settings.traces.otlp.timeoutMs),
-      trialSpans: DEFAULTS.pauseTrialSpans, log: opts.log,
-    })
-    : undefined
+  const gated = settings.traces.exporters.length === 1 && settings.traces.exporters[0] === 'otlp'
+  let gate: ExportGate | undefined
   const processors: BatchSpanProcessor[] = []
   for (const name of settings.traces.exporters) {
     let exporter: SpanExporter
@@ -84,6 +79,16 @@ export async function buildSdk(settings: TelemetrySettings, propagator: TextMapP
     } catch (err) {
       opts.log.warn({ telemetry: 'config', err: errorType(err) }, `cannot create the ${name} span exporter; spans are not exported there`)
       continue
+    }
+    if (gated) {
+      const probed = exporter
+      gate = createExportGate({
+        failuresToPause: DEFAULTS.pauseAfterFailures,
+        retryAfterMs: Math.max(DEFAULTS.pauseRetryMinMs, settings.traces.otlp.timeoutMs),
+        // Its result reaches the gate through watchExports, like a batch's.
+        probe: () => probed.export([], () => undefined),
+        log: opts.log,
+      })
     }
     processors.push(createBatchProcessor(exporter, settings.batch, meterProvider))
   }

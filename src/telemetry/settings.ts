@@ -81,12 +81,11 @@ export const DEFAULTS = {
   metricIntervalMs: 60_000,
   metricTimeoutMs: 30_000,
   // Span recording pauses after this many failed exports in a row (each already retried by the
-  // exporter up to its timeout) and tries again with a few spans after one traces export timeout
-  // (pausing.ts): a dead collector costs next to nothing, one back from a restart gets spans
-  // within seconds.
+  // exporter up to its timeout) and probes the collector with an empty export after one traces
+  // export timeout (pausing.ts): a dead collector costs next to nothing, one back from a restart
+  // gets spans within seconds.
   pauseAfterFailures: 1,
   pauseRetryMinMs: 100,
-  pauseTrialSpans: 64,
   propagators: ['tracecontext', 'baggage'] as const,
   // A dead collector must not hold up a rolling restart: SIGTERM to exit stays within the CLI's 10 s.
   shutdownTimeoutMs: 3000,

@@ -221,6 +221,50 @@ t.test('collector down, then up on the same port: spans stop being recorded, req
   t.ok(otlp.spans().some((s) => s.traceId === after.traceId && s.name !== 'lapse.authorize'), 'with its revocation-lookup child span')
 })
 
+// Issue 21: the trial after a pause used to record a few spans and wait for their export; with
+// spans the sampler drops (the README's parentbased_traceidratio, callers' unsampled traceparent)
+// no export ever ran, and spans stayed off until a restart.
+t.test('collector back while only unsampled requests arrive: recording still resumes, the next sampled span reaches the collector', async (t) => {
+  const port = await closedPort()
+  const lapse = await startReal(t, {
+    OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    OTEL_EXPORTER_OTLP_TIMEOUT: '300',
+    OTEL_BSP_SCHEDULE_DELAY: '20',
+    OTEL_METRICS_EXPORTER: 'none',
+    // Requests without a traceparent are never sampled; callers' sampled ones are.
+    OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+    OTEL_TRACES_SAMPLER_ARG: '0',
+  })
+  const token = await (await testKeys()).mint()
+  const logged = (level: number, re: RegExp) => lapse.lines().some((l) => l.telemetry === 'traces' && l.level === level && re.test(String(l.msg)))
+  await waitFor(async () => {
+    t.equal((await send(`${lapse.url}/orders/warm`, { headers: [newTraceparent().header, bearer(token)] })).status, 200)
+    return logged(40, /not recorded/) || undefined
+  }, 'the pause after a failed export', 10_000)
+
+  const otlp = await startOtlpReceiver({ port })
+  t.teardown(otlp.close)
+  // Well past the retry interval (the 300 ms export timeout), with only unsampled traffic: no
+  // request of this phase gives the SDK a span to export.
+  const unsampled = (): [string, string] => ['traceparent', newTraceparent().header[1].replace(/-01$/, '-00')]
+  const until = Date.now() + 1500
+  let sent = 0
+  while (Date.now() < until || sent < 100) {
+    const headers = sent % 2 ? [unsampled(), bearer(token)] : [bearer(token)]
+    t.equal((await send(`${lapse.url}/orders/unsampled-${sent}`, { headers })).status, 200)
+    sent++
+  }
+  const sampled = newTraceparent()
+  const span = await waitFor(async () => {
+    t.equal((await send(`${lapse.url}/orders/sampled`, { headers: [sampled.header, bearer(token)] })).status, 200)
+    return otlp.spans().find((s) => s.name === 'lapse.authorize' && s.traceId === sampled.traceId)
+  }, 'a sampled decision span at the collector', 5000)
+  t.equal(span.parentSpanId, sampled.parentSpanId, 'a full decision span again, child of the caller')
+  t.ok(logged(30, /succeed again/), 'said recording resumed')
+  t.notOk(otlp.spans().some((s) => s.attributes['url.path']?.toString().startsWith('/orders/unsampled-')), 'unsampled requests stay unrecorded')
+})
+
 t.test('OTEL_SDK_DISABLED=true: nothing exported, /metrics off, trace context still passes through', async (t) => {
   const otlp = await startOtlpReceiver()
   t.teardown(otlp.close)
