@@ -94,6 +94,31 @@ t.test('decision spans and metrics reach an OTLP/HTTP receiver, decoded with the
   t.equal(otlp.points('lapse.jwks.keys')[0]?.value, keys.jwks.keys.length)
 })
 
+t.test('two Lapse apps in one process, each with its own OTEL_*: each collector gets only its own app\'s spans and metrics', async (t) => {
+  const [a, b] = [await startOtlpReceiver(), await startOtlpReceiver()]
+  t.teardown(a.close)
+  t.teardown(b.close)
+  const env = (url: string, name: string) => ({
+    OTEL_EXPORTER_OTLP_ENDPOINT: url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_SERVICE_NAME: name, OTEL_BSP_SCHEDULE_DELAY: '20', OTEL_METRIC_EXPORT_INTERVAL: '100',
+  })
+  const lapseA = await startReal(t, env(a.url, 'sidecar-a'))
+  const lapseB = await startReal(t, env(b.url, 'sidecar-b'))
+  const token = await (await testKeys()).mint()
+  const [tpA, tpB] = [newTraceparent(), newTraceparent()]
+  t.equal((await send(`${lapseA.url}/orders/a`, { headers: [tpA.header, bearer(token)] })).status, 200)
+  t.equal((await send(`${lapseB.url}/orders/b`, { headers: [tpB.header, bearer(token)] })).status, 200)
+  const spanA = await waitFor(() => a.spans().find((s) => s.name === 'lapse.authorize'), 'app A\'s span at collector A')
+  const spanB = await waitFor(() => b.spans().find((s) => s.name === 'lapse.authorize'), 'app B\'s span at collector B')
+  t.same([spanA.traceId, spanA.resource['service.name']], [tpA.traceId, 'sidecar-a'])
+  t.same([spanB.traceId, spanB.resource['service.name']], [tpB.traceId, 'sidecar-b'])
+  t.notOk(a.spans().some((s) => s.traceId === tpB.traceId), 'nothing of B at A')
+  t.notOk(b.spans().some((s) => s.traceId === tpA.traceId), 'nothing of A at B')
+  await waitFor(() => a.points('lapse.decisions').length && b.points('lapse.decisions').length, 'decision metrics at both collectors')
+  t.equal(a.points('lapse.decisions').reduce((n, p) => n + p.value, 0), 1, 'A counted its one decision')
+  t.equal(b.points('lapse.decisions').reduce((n, p) => n + p.value, 0), 1, 'B counted its one decision')
+  t.match((await send(`${lapseA.adminUrl}/metrics`)).body, /lapse_decisions_total\{[^}]*\} 1$/m, 'each /metrics reads its own app')
+})
+
 // bin/lapse.js runs dist/: `npm test` builds it first; a bare `npx tap` on a stale tree skips this.
 const distStale = !existsSync('dist/telemetry/sdk.js') || statSync('dist/telemetry/sdk.js').mtimeMs < statSync('src/telemetry/sdk.ts').mtimeMs
 
@@ -290,7 +315,9 @@ t.test('bad OTEL_* values warn, name the variable, fall back, and the proxy serv
   })
   t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(await (await testKeys()).mint())] })).status, 200)
   const warnings = lapse.lines().filter((l) => l.telemetry === 'config' && l.level === 40).map((l) => String(l.msg))
-  for (const name of ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_TRACES_SAMPLER', 'OTEL_BSP_MAX_QUEUE_SIZE', 'OTEL_TRACES_EXPORTER']) {
-    t.ok(warnings.some((w) => w.startsWith(name)), `warns about ${name}`)
+  // Lapse's own warnings and the SDK's (NodeSDK, the exporters), as each words them.
+  for (const name of ['OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_TRACES_SAMPLER', 'OTEL_BSP_MAX_QUEUE_SIZE', 'OTEL_TRACES_EXPORTER']) {
+    t.ok(warnings.some((w) => w.includes(name)), `warns about ${name}`)
   }
+  t.ok(warnings.some((w) => /export URL/.test(w)), 'warns about the endpoint')
 })
