@@ -69,7 +69,8 @@ function assemble(warnings: string[], opts: StartTelemetryOptions): Telemetry {
   // The SDK's own counters (span queue, exports), bound to NodeSDK's MeterProvider once it exists.
   const selfObs = coalesced()
   const prometheus = new PrometheusExporter({ preventServerStart: true, metricProducers: [decisions] })
-  const readers: IMetricReader[] = [prometheus, ...metricReaders(decisions, warnings, opts)]
+  const pushed = metricReaders(decisions, warnings, opts)
+  const readers: IMetricReader[] = [prometheus, ...pushed.map((p) => p.reader)]
 
   const traceExporters = exporterNames('OTEL_TRACES_EXPORTER', ['otlp', 'console'], warnings)
   const sampler = createSamplerFromEnv() ?? new ParentBasedSampler({ root: new AlwaysOnSampler() })
@@ -129,7 +130,7 @@ function assemble(warnings: string[], opts: StartTelemetryOptions): Telemetry {
   opts.log.info({
     telemetry: 'on',
     traces: traceExporters.length ? traceExporters.map((e) => (e === 'otlp' ? `otlp ${protocol('TRACES', [])}` : e)) : 'off',
-    metrics: ['prometheus /metrics', ...readers.slice(1).map(() => 'otlp or console')],
+    metrics: ['prometheus /metrics', ...pushed.map((p) => p.name)],
     sampler: sampler.toString(),
   }, 'telemetry started')
 
@@ -170,29 +171,35 @@ function startIsolated(sdk: NodeSDK, tracing: boolean): { tracerProvider: Tracer
   sdk.start()
   const tracerProvider = tracing ? globalTracer() : undefined
   const meterProvider = metricsApi.getMeterProvider()
+  const tookTracer = tracing && tracerProvider !== before.tracer
+  const tookMeter = meterProvider !== before.meter
+  if (tookTracer) traceApi.disable()
+  if (tookMeter) metricsApi.disable()
   // Someone registered first (e.g. an auto-instrumentation preloaded with --require): the globals are theirs.
-  if (meterProvider === before.meter || (tracing && tracerProvider === before.tracer)) {
+  if (!tookMeter || (tracing && !tookTracer)) {
     void sdk.shutdown()
     throw Object.assign(new Error('another OpenTelemetry SDK holds the API globals'), { code: 'ERR_OTEL_GLOBALS_TAKEN' })
   }
-  traceApi.disable()
-  metricsApi.disable()
   return { tracerProvider, meterProvider }
 }
 
 /** The reader of each OTEL_METRICS_EXPORTER entry; Prometheus is served by the admin port whatever it says. */
-function metricReaders(decisions: DecisionAggregates, warnings: string[], opts: StartTelemetryOptions): IMetricReader[] {
+function metricReaders(decisions: DecisionAggregates, warnings: string[], opts: StartTelemetryOptions): Array<{ name: string; reader: IMetricReader }> {
   const names = exporterNames('OTEL_METRICS_EXPORTER', ['otlp', 'console', 'prometheus'], warnings).filter((n) => n !== 'prometheus')
   if (!names.length) return []
   // As NodeSDK reads them (it cannot be handed a metric producer for the readers it builds).
   const intervalMs = positive(getNumberFromEnv('OTEL_METRIC_EXPORT_INTERVAL')) ?? DEFAULTS.metricIntervalMs
   const timeoutMs = Math.min(intervalMs, positive(getNumberFromEnv('OTEL_METRIC_EXPORT_TIMEOUT')) ?? DEFAULTS.metricTimeoutMs)
-  return names.map((name) => new PeriodicExportingMetricReader({
-    exporter: name === 'console' ? new ConsoleMetricExporter() : watchExports(new METRIC_EXPORTERS[protocol('METRICS', warnings)](), failureLog('metrics', opts)),
-    exportIntervalMillis: intervalMs,
-    exportTimeoutMillis: timeoutMs,
-    metricProducers: [decisions],
-  }))
+  return names.map((name) => {
+    const otlp = name === 'otlp' ? protocol('METRICS', warnings) : undefined
+    const reader = new PeriodicExportingMetricReader({
+      exporter: otlp ? watchExports(new METRIC_EXPORTERS[otlp](), failureLog('metrics', opts)) : new ConsoleMetricExporter(),
+      exportIntervalMillis: intervalMs,
+      exportTimeoutMillis: timeoutMs,
+      metricProducers: [decisions],
+    })
+    return { name: otlp ? `otlp ${otlp}` : name, reader }
+  })
 }
 
 /** An OTEL_*_EXPORTER list as the specification reads it: otlp by default, `none` for nothing. */

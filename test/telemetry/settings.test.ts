@@ -19,7 +19,7 @@ async function start(t: Test, env: Record<string, string>): Promise<{ telemetry:
 }
 const warnings = (lines: Array<{ level: number; msg: string; telemetry?: string }>) => lines.filter((l) => l.level === 40 && l.telemetry === 'config').map((l) => l.msg)
 // No collector is contacted: exports are never due during these tests.
-const QUIET = { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9', OTEL_BSP_SCHEDULE_DELAY: '600000', OTEL_METRIC_EXPORT_INTERVAL: '600000' }
+const QUIET = { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9', OTEL_EXPORTER_OTLP_TIMEOUT: '200', OTEL_BSP_SCHEDULE_DELAY: '600000', OTEL_METRIC_EXPORT_INTERVAL: '600000' }
 
 t.test('OTEL_SDK_DISABLED: true in any case turns it off; anything but true/false warns and stays on', async (t) => {
   for (const v of ['true', 'TRUE']) {
@@ -80,6 +80,22 @@ t.test('OTEL_PROPAGATORS: none, or a subset; unsupported ones warn', async (t) =
   const b3 = fields(['b3', 'tracecontext'])
   t.same(b3.fields, ['traceparent', 'tracestate'])
   t.match(b3.w, [/^OTEL_PROPAGATORS: "b3"/])
+})
+
+t.test('another SDK already holds the OpenTelemetry API globals: Lapse warns and serves without telemetry of its own', async (t) => {
+  const { metrics } = await import('@opentelemetry/api')
+  const { MeterProvider } = await import('@opentelemetry/sdk-metrics')
+  const foreign = new MeterProvider()
+  t.ok(metrics.setGlobalMeterProvider(foreign), 'a foreign SDK registered first')
+  t.teardown(() => metrics.disable())
+  const { telemetry, lines } = await start(t, QUIET)
+  t.equal(telemetry.tracing, false)
+  t.equal(telemetry.meterProvider, undefined)
+  t.ok(lines.some((l) => l.level === 40 && /could not start/.test(l.msg)), 'says why')
+  t.equal(metrics.getMeterProvider(), foreign, 'the foreign registration is left as it was')
+  metrics.disable()
+  const after = await start(t, QUIET)
+  t.equal(after.telemetry.tracing, true, 'once the globals are free, Lapse starts its own')
 })
 
 // A fresh process each way, on the built Lapse (npm test builds first): the span and metric SDKs
