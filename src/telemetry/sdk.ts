@@ -14,10 +14,9 @@
 // leaves no API global behind: see startIsolated.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import {
-  ProxyTracerProvider, diag, metrics as metricsApi, trace as traceApi,
+  DiagLogLevel, ProxyTracerProvider, diag, metrics as metricsApi, trace as traceApi,
   type ContextManager, type DiagLogger, type MeterProvider, type TracerProvider,
 } from '@opentelemetry/api'
-import { DiagLogLevel } from '@opentelemetry/api'
 import { ExportResultCode, diagLogLevelFromString, getNumberFromEnv, getStringFromEnv, getStringListFromEnv, type ExportResult } from '@opentelemetry/core'
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
 import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources'
@@ -56,9 +55,13 @@ const METRIC_EXPORTERS: Record<Protocol, new () => PushMetricExporter> = {
 /** The SDK for telemetry that is on; called by settings.ts's startTelemetry, which handles a throw. */
 export async function buildSdk(env: Env, opts: StartTelemetryOptions): Promise<Telemetry> {
   const warnings: string[] = []
-  const built = withEnv(env, () => withDiagWarnings(warnings, () => assemble(warnings, opts)))
+  let diagLevel: DiagLogLevel | undefined
+  const built = withEnv(env, () => withDiagWarnings(warnings, () => {
+    diagLevel = diagLogLevelFromString(getStringFromEnv('OTEL_LOG_LEVEL'))
+    return assemble(warnings, opts)
+  }))
   for (const w of [...new Set(warnings)]) opts.log.warn({ telemetry: 'config' }, w)
-  const diagLevel = diagLogLevelFromString(env.OTEL_LOG_LEVEL?.trim() || undefined)
+  // OTEL_LOG_LEVEL: the SDK's diagnostics from now on, into Lapse's log.
   if (diagLevel !== undefined) diag.setLogger(toDiagLogger(opts.log), { logLevel: diagLevel, suppressOverrideMessage: true })
   return built
 }
@@ -100,7 +103,7 @@ function assemble(warnings: string[], opts: StartTelemetryOptions): Telemetry {
     processors.push(createBatchSpanProcessorFromEnv(exporter, selfObs))
   }
 
-  const sdk = new NodeSDK({
+  const sdk = withoutLogLevel(() => new NodeSDK({
     // Detectors (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, process, host) are merged over this.
     resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: DEFAULTS.serviceName })),
     sampler,
@@ -112,7 +115,7 @@ function assemble(warnings: string[], opts: StartTelemetryOptions): Telemetry {
     contextManager: null as unknown as ContextManager,
     textMapPropagator: null,
     logRecordProcessors: [],
-  })
+  }))
   const { tracerProvider: sdkTracer, meterProvider } = startIsolated(sdk, processors.length > 0)
   selfObs.bind(meterProvider)
 
@@ -245,6 +248,17 @@ function withEnv<T>(env: Env, build: () => T): T {
       if (saved[k] === undefined) delete process.env[k]
       else process.env[k] = saved[k]
     }
+  }
+}
+
+/** NodeSDK's constructor would point diag at the console for OTEL_LOG_LEVEL; Lapse routes it to its log (buildSdk). */
+function withoutLogLevel<T>(build: () => T): T {
+  const level = process.env.OTEL_LOG_LEVEL
+  delete process.env.OTEL_LOG_LEVEL
+  try {
+    return build()
+  } finally {
+    if (level !== undefined) process.env.OTEL_LOG_LEVEL = level
   }
 }
 
