@@ -1,56 +1,116 @@
-// A MeterProvider for the SDK's own bookkeeping whose counters add up in place.
+// A MeterProvider for the SDK's own bookkeeping: its counters add up in place, and it is bound to
+// the real MeterProvider only once NodeSDK has built that one.
 //
-//   new BatchSpanProcessor(exporter, { selfObsMeterProvider: coalesced(meterProvider) })
+//   const selfObs = coalesced()
+//   new BatchSpanProcessor(exporter, { selfObsMeterProvider: selfObs })   // before NodeSDK#start
+//   selfObs.bind(meterProvider)                                             // after it
 //
-// Why: with the collector dead the span queue stays full, and the batch processor counts every
-// span it drops with `counter.add(1, attrs)`. On a real counter each add hashes its attribute set
-// once per metric reader, ≈ 4 µs a request in bench row 7, so a dead collector made every request
-// dearer. Here an add is a lookup by the attribute object (the SDK passes the same object for
-// each drop) and an increment; the totals reach the real meter as an observable counter read at
-// collection time, exported under the same name as a monotonic sum, like a counter.
+// Why in place: with the collector dead the span queue stays full, and the batch processor counts
+// every span it drops with `counter.add(1, attrs)`. On a real counter each add hashes its
+// attribute set once per metric reader, so a dead collector made every request dearer. Here an
+// add is a lookup by the attribute object (the SDK passes the same object for each drop) and an
+// increment; the totals reach the real meter as an observable counter read at collection time,
+// exported under the same name as a monotonic sum, like a counter.
+// Why late: the processors and exporters are handed to NodeSDK, which creates the MeterProvider.
+// Nothing is recorded between the two moments but the queue's capacity, which is kept.
 import type {
-  Attributes, BatchObservableCallback, Counter, Meter, MeterOptions, MeterProvider, MetricOptions, Observable, ObservableCounter,
-  ObservableGauge, ObservableUpDownCounter, Gauge, Histogram, UpDownCounter,
+  Attributes, BatchObservableCallback, Counter, Gauge, Histogram, Meter, MeterOptions, MeterProvider, MetricOptions, Observable,
+  ObservableCallback, ObservableCounter, ObservableGauge, ObservableUpDownCounter, UpDownCounter,
 } from '@opentelemetry/api'
 
-export function coalesced(provider: MeterProvider): MeterProvider {
+export interface LateMeterProvider extends MeterProvider {
+  bind(provider: MeterProvider): void
+}
+
+export function coalesced(): LateMeterProvider {
+  const meters: CoalescingMeter[] = []
+  let bound: MeterProvider | undefined
   return {
     getMeter(name: string, version?: string, options?: MeterOptions): Meter {
-      return new CoalescingMeter(provider.getMeter(name, version, options))
+      const meter = new CoalescingMeter(name, version, options)
+      if (bound) meter.bind(bound)
+      else meters.push(meter)
+      return meter
+    },
+    bind(provider) {
+      bound = provider
+      for (const m of meters.splice(0)) m.bind(provider)
     },
   }
 }
 
+type Bindable = { bind(meter: Meter): void }
+
 class CoalescingMeter implements Meter {
-  constructor(private readonly meter: Meter) {}
+  private readonly pending: Bindable[] = []
+  private meter: Meter | undefined
+
+  constructor(private readonly name: string, private readonly version?: string, private readonly options?: MeterOptions) {}
+
+  bind(provider: MeterProvider): void {
+    this.meter = provider.getMeter(this.name, this.version, this.options)
+    for (const p of this.pending.splice(0)) p.bind(this.meter)
+  }
+
+  private later<T extends Bindable>(instrument: T): T {
+    if (this.meter) instrument.bind(this.meter)
+    else this.pending.push(instrument)
+    return instrument
+  }
 
   createCounter<A extends Attributes = Attributes>(name: string, options?: MetricOptions): Counter<A> {
-    return new CoalescedCounter<A>(this.meter.createObservableCounter<A>(name, options))
-  }
-
-  createGauge<A extends Attributes = Attributes>(name: string, options?: MetricOptions): Gauge<A> {
-    return this.meter.createGauge<A>(name, options)
-  }
-  createHistogram<A extends Attributes = Attributes>(name: string, options?: MetricOptions): Histogram<A> {
-    return this.meter.createHistogram<A>(name, options)
+    return this.later(new CoalescedCounter<A>(name, options, false))
   }
   createUpDownCounter<A extends Attributes = Attributes>(name: string, options?: MetricOptions): UpDownCounter<A> {
-    return this.meter.createUpDownCounter<A>(name, options)
+    return this.later(new CoalescedCounter<A>(name, options, true))
+  }
+  createHistogram<A extends Attributes = Attributes>(name: string, options?: MetricOptions): Histogram<A> {
+    return this.later(new LateRecorder<A>((m) => m.createHistogram<A>(name, options)))
+  }
+  createGauge<A extends Attributes = Attributes>(name: string, options?: MetricOptions): Gauge<A> {
+    return this.later(new LateRecorder<A>((m) => m.createGauge<A>(name, options)))
   }
   createObservableGauge<A extends Attributes = Attributes>(name: string, options?: MetricOptions): ObservableGauge<A> {
-    return this.meter.createObservableGauge<A>(name, options)
+    return this.later(new LateObservable<A>((m) => m.createObservableGauge<A>(name, options)))
   }
   createObservableCounter<A extends Attributes = Attributes>(name: string, options?: MetricOptions): ObservableCounter<A> {
-    return this.meter.createObservableCounter<A>(name, options)
+    return this.later(new LateObservable<A>((m) => m.createObservableCounter<A>(name, options)))
   }
   createObservableUpDownCounter<A extends Attributes = Attributes>(name: string, options?: MetricOptions): ObservableUpDownCounter<A> {
-    return this.meter.createObservableUpDownCounter<A>(name, options)
+    return this.later(new LateObservable<A>((m) => m.createObservableUpDownCounter<A>(name, options)))
   }
-  addBatchObservableCallback<A extends Attributes = Attributes>(callback: BatchObservableCallback<A>, observables: Observable<A>[]): void {
-    this.meter.addBatchObservableCallback(callback, observables)
+  // The SDK's bookkeeping registers no batch callbacks.
+  addBatchObservableCallback<A extends Attributes = Attributes>(_callback: BatchObservableCallback<A>, _observables: Observable<A>[]): void {}
+  removeBatchObservableCallback<A extends Attributes = Attributes>(_callback: BatchObservableCallback<A>, _observables: Observable<A>[]): void {}
+}
+
+/** A histogram or gauge: what is recorded before it is bound is dropped (nothing is). */
+class LateRecorder<A extends Attributes> implements Histogram<A>, Gauge<A> {
+  private real: { record(value: number, attributes?: A): void } | undefined
+  constructor(private readonly create: (m: Meter) => { record(value: number, attributes?: A): void }) {}
+  bind(meter: Meter): void {
+    this.real = this.create(meter)
   }
-  removeBatchObservableCallback<A extends Attributes = Attributes>(callback: BatchObservableCallback<A>, observables: Observable<A>[]): void {
-    this.meter.removeBatchObservableCallback(callback, observables)
+  record(value: number, attributes?: A): void {
+    this.real?.record(value, attributes)
+  }
+}
+
+class LateObservable<A extends Attributes> implements ObservableGauge<A> {
+  private readonly callbacks = new Set<ObservableCallback<A>>()
+  private real: Observable<A> | undefined
+  constructor(private readonly create: (m: Meter) => Observable<A>) {}
+  bind(meter: Meter): void {
+    this.real = this.create(meter)
+    for (const cb of this.callbacks) this.real.addCallback(cb)
+  }
+  addCallback(callback: ObservableCallback<A>): void {
+    this.callbacks.add(callback)
+    this.real?.addCallback(callback)
+  }
+  removeCallback(callback: ObservableCallback<A>): void {
+    this.callbacks.delete(callback)
+    this.real?.removeCallback(callback)
   }
 }
 
@@ -59,14 +119,17 @@ interface Total<A> {
   value: number
 }
 
-class CoalescedCounter<A extends Attributes> implements Counter<A> {
+class CoalescedCounter<A extends Attributes> implements Counter<A>, UpDownCounter<A> {
   /** Fast path: the attribute objects the SDK reuses. Weak, so one-off objects cost nothing. */
   private readonly byObject = new WeakMap<A, Total<A>>()
   /** Every distinct attribute set once, whatever object carried it. */
   private readonly byContent = new Map<string, Total<A>>()
   private withoutAttributes: Total<A> | undefined
 
-  constructor(observable: ObservableCounter<A>) {
+  constructor(private readonly name: string, private readonly options: MetricOptions | undefined, private readonly upDown: boolean) {}
+
+  bind(meter: Meter): void {
+    const observable = this.upDown ? meter.createObservableUpDownCounter<A>(this.name, this.options) : meter.createObservableCounter<A>(this.name, this.options)
     observable.addCallback((result) => {
       if (this.withoutAttributes) result.observe(this.withoutAttributes.value)
       for (const total of this.byContent.values()) result.observe(total.value, total.attributes)
@@ -74,7 +137,7 @@ class CoalescedCounter<A extends Attributes> implements Counter<A> {
   }
 
   add(value: number, attributes?: A): void {
-    if (!(value >= 0)) return
+    if (!(value >= 0) && !(this.upDown && value < 0)) return
     this.totalFor(attributes).value += value
   }
 

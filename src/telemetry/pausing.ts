@@ -1,22 +1,21 @@
 // Span recording that stops while the collector cannot take spans, and comes back by itself.
 //
-//   const gate = createExportGate({ failuresToPause: 1, retryAfterMs: 10_000, trialSpans: 64, log })
+//   const gate = createExportGate({ failuresToPause: 1, retryAfterMs: 10_000, probe, log })
 //   exporter results → gate.report(result)         // (sdk.ts wraps the OTLP span exporter)
 //   const provider = pausingTracerProvider(sdkProvider, { gate, sampler, onUnrecorded })
 //
-// Why: a recorded span costs the OpenTelemetry JS SDK 10–25 µs of CPU per request (the span
-// objects, their attributes, the batch queue), which bench row 7 measured at 20–25% of a
-// cached-token request's throughput. While every export fails, all of that buys nothing: the
-// spans are dropped at the end anyway. So once exports fail (one failed export already includes
-// the OTLP exporter's own retries, up to its timeout), spans are not recorded: each request still
-// gets a span context with a fresh span id and the sampling decision the SDK's sampler makes, so
-// the upstream's traceparent, the audit line's trace id and the caller's trace are exactly what
-// they would have been; only the span objects are skipped, and counted.
+// Why: recording is most of what tracing costs per request, and while every export fails it buys
+// nothing: the spans are dropped at the end anyway. So once exports fail (one failed export
+// already includes the OTLP exporter's own retries, up to its timeout), spans are not recorded:
+// each request still gets a span context with a fresh span id and the sampling decision the SDK's
+// sampler makes, so the upstream's traceparent, the audit line's trace id and the caller's trace
+// are exactly what they would have been; only the span objects are skipped, and counted.
 //
-// After `retryAfterMs` a trial records up to `trialSpans` spans and waits for an export's result:
-// success ends the pause, failure starts the next one. A trial is capped because its verdict takes
-// as long as an export can take to fail (the exporter's timeout): recording everything meanwhile
-// would pay the full cost for half of every pause. Any successful export ends a pause at once.
+// After `retryAfterMs` the gate probes the collector with an empty export (a valid OTLP request
+// with no spans) instead of recording spans for a trial: a trial's spans may all be unsampled
+// (parentbased_traceidratio, or callers' unsampled traceparent), and then no export would ever
+// run to end it. The probe's result comes back through report(), like any export's: success
+// resumes recording, failure starts the next pause. Any successful export ends a pause at once.
 import {
   SamplingDecision, TraceFlags, context as contextApi, isSpanContextValid, trace as traceApi,
   type Context, type Span, type SpanOptions, type Tracer, type TracerOptions, type TracerProvider,
@@ -25,7 +24,8 @@ import { ExportResultCode, type ExportResult } from '@opentelemetry/core'
 import { RandomIdGenerator, type Sampler } from '@opentelemetry/sdk-trace-base'
 import type { Logger } from 'pino'
 
-export type GateState = 'recording' | 'paused' | 'trial'
+/** `probing`: paused, an empty export is on its way to the collector. */
+export type GateState = 'recording' | 'paused' | 'probing'
 
 export interface ExportGate {
   readonly state: GateState
@@ -39,17 +39,19 @@ export interface ExportGate {
 export interface ExportGateOptions {
   /** Consecutive failed exports before recording pauses. */
   readonly failuresToPause: number
-  /** How long a pause lasts before a trial. */
+  /** How long a pause lasts before the probe. */
   readonly retryAfterMs: number
-  /** Spans a trial records before it waits for an export's result. */
-  readonly trialSpans: number
+  /**
+   * Sends an empty export through the watched exporter; its result must reach report(). The
+   * exporter calls back on every export (its timeout bounds it), so each probe ends in a verdict.
+   */
+  readonly probe: () => void
   readonly log: Pick<Logger, 'warn' | 'info'>
 }
 
 export function createExportGate(opts: ExportGateOptions): ExportGate {
   let state: GateState = 'recording'
   let failures = 0
-  let trialLeft = 0
   let timer: NodeJS.Timeout | undefined
 
   const pause = () => {
@@ -59,11 +61,11 @@ export function createExportGate(opts: ExportGateOptions): ExportGate {
     timer = setTimeout(() => {
       timer = undefined
       if (state !== 'paused') return
-      state = 'trial'
-      trialLeft = opts.trialSpans
+      state = 'probing'
+      opts.probe()
     }, opts.retryAfterMs)
     timer.unref()
-    // One line when a pause starts; trials that fail again are not news.
+    // One line when a pause starts; probes that fail again are not news.
     if (wasRecording) {
       opts.log.warn({ telemetry: 'traces', failures, retry_after_ms: opts.retryAfterMs },
         'OTLP traces exports fail: spans are not recorded until the collector takes them again (requests are unaffected; trace context still passes through)')
@@ -75,10 +77,7 @@ export function createExportGate(opts: ExportGateOptions): ExportGate {
       return state
     },
     admit() {
-      if (state === 'recording') return true
-      if (state === 'paused' || trialLeft === 0) return false
-      trialLeft--
-      return true
+      return state === 'recording'
     },
     report(result) {
       if (result.code === ExportResultCode.SUCCESS) {
@@ -90,7 +89,8 @@ export function createExportGate(opts: ExportGateOptions): ExportGate {
         return
       }
       failures++
-      if (state === 'trial' || (state === 'recording' && failures >= opts.failuresToPause)) pause()
+      // While paused, a failed export queued before the pause changes nothing: the timer runs on.
+      if (state === 'probing' || (state === 'recording' && failures >= opts.failuresToPause)) pause()
     },
     close() {
       clearTimeout(timer)

@@ -1,101 +1,129 @@
-// The OpenTelemetry SDK of one Lapse process, built from the settings settings.ts reads from the
-// standard OTEL_* variables; settings.ts's startTelemetry imports this module only when telemetry
-// is on.
+// The OpenTelemetry SDK of one Lapse process: NodeSDK from @opentelemetry/sdk-node, configured by
+// the standard OTEL_* variables, with Lapse's parts plugged in. settings.ts's startTelemetry imports
+// this module only when telemetry is on.
 //
-//   const telemetry = await startTelemetry(env, { log })   // settings.ts (re-exported here)
-//   const deps = await buildDeps(config, { telemetry })    // tracer, meter, the admin /metrics handler
-//   await telemetry.shutdown()                             // flushes what is buffered, bounded in time
+//   const telemetry = await startTelemetry(env, { log, clock })   // settings.ts
+//   const deps = await buildDeps(config, { telemetry })            // tracer, meter, the admin /metrics handler
+//   await telemetry.shutdown()                                     // flushes what is buffered, bounded in time
 //
-// Why not NodeSDK: it reads process.env itself and registers process-wide globals (tracer and meter
-// providers, context manager, propagator). Lapse reads its environment in one place and keeps no
-// module state ("two apps share nothing"), so this assembles the same SDK parts — batch span
-// processor, OTLP exporters, samplers, periodic metric reader — from the record it is given, with the
-// variable names and defaults of the OpenTelemetry specification, and registers nothing globally.
-//
-// Off the request path by construction: a span ends into the batch processor's bounded queue
-// (OTEL_BSP_MAX_QUEUE_SIZE) and one export runs at a time in the background; when the collector is
-// dead or slow the queue fills and further spans are dropped and counted
-// (`otel.sdk.processor.span.processed{error.type="queue_full"}`), never waited on.
+// NodeSDK, the exporters and the batch processor read the OTEL_* variables themselves (resource,
+// endpoints, headers, timeouts, TLS, compression, sampler, batch queue, span limits). Lapse adds:
+// the span recording that pauses while exports fail (pausing.ts), the decision metrics as a metric
+// producer of every reader (metrics.ts), Prometheus on the admin port, warnings instead of silence
+// for bad values, and a shutdown bounded in time. It registers no instrumentation and, once built,
+// leaves no API global behind: see startIsolated.
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { ProxyTracerProvider, diag, type DiagLogger, type MeterProvider as ApiMeterProvider, type TextMapPropagator, type TracerProvider } from '@opentelemetry/api'
-import { ExportResultCode, type ExportResult } from '@opentelemetry/core'
-import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
-import { defaultResource, detectResources, hostDetector, processDetector, resourceFromAttributes } from '@opentelemetry/resources'
-import { ConsoleMetricExporter, MeterProvider, PeriodicExportingMetricReader, type IMetricReader, type PushMetricExporter } from '@opentelemetry/sdk-metrics'
 import {
-  AlwaysOffSampler, AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor, ConsoleSpanExporter, ParentBasedSampler,
-  TraceIdRatioBasedSampler, type BufferConfig, type Sampler, type SpanExporter,
-} from '@opentelemetry/sdk-trace-base'
+  DiagLogLevel, ProxyTracerProvider, diag, metrics as metricsApi, trace as traceApi,
+  type ContextManager, type DiagLogger, type MeterProvider, type TracerProvider,
+} from '@opentelemetry/api'
+import { ExportResultCode, diagLogLevelFromString, getNumberFromEnv, getStringFromEnv, getStringListFromEnv, type ExportResult } from '@opentelemetry/core'
+import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
+import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources'
+import { ConsoleMetricExporter, PeriodicExportingMetricReader, type IMetricReader, type PushMetricExporter } from '@opentelemetry/sdk-metrics'
+import { NodeSDK } from '@opentelemetry/sdk-node'
+// NodeSDK's own readers of OTEL_TRACES_SAMPLER* and OTEL_BSP_*, the ones it uses for a traceExporter
+// option: not re-exported by the package's index, so taken from their module.
+import { createBatchSpanProcessorFromEnv, createSamplerFromEnv } from '@opentelemetry/sdk-node/build/src/create-from-env.js'
+import { AlwaysOnSampler, ConsoleSpanExporter, ParentBasedSampler, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from '@opentelemetry/sdk-trace-base'
+import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions'
+import { OTLPMetricExporter as GrpcMetricExporter } from '@opentelemetry/exporter-metrics-otlp-grpc'
+import { OTLPMetricExporter as JsonMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http'
+import { OTLPMetricExporter as ProtoMetricExporter } from '@opentelemetry/exporter-metrics-otlp-proto'
+import { OTLPTraceExporter as GrpcTraceExporter } from '@opentelemetry/exporter-trace-otlp-grpc'
+import { OTLPTraceExporter as JsonTraceExporter } from '@opentelemetry/exporter-trace-otlp-http'
+import { OTLPTraceExporter as ProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto'
 import { coalesced } from './coalesced-counters.js'
 import { DecisionAggregates } from './metrics.js'
-import { createExportGate, pausingTracerProvider } from './pausing.js'
+import { createExportGate, pausingTracerProvider, type ExportGate } from './pausing.js'
 import { errorType } from './recorder.js'
 import { METRIC_SPANS_UNRECORDED } from './semconv.js'
-import { DEFAULTS, type OtlpSettings, type StartTelemetryOptions, type Telemetry, type TelemetrySettings } from './settings.js'
+import { DEFAULTS, createPropagator, type Env, type StartTelemetryOptions, type Telemetry } from './settings.js'
 
-export {
-  NO_TELEMETRY, createPropagator, readTelemetrySettings, startTelemetry,
-  type OtlpSettings, type StartTelemetryOptions, type Telemetry, type TelemetrySettings,
-} from './settings.js'
+// Where the bench and older callers import them from.
+export { startTelemetry, type Telemetry } from './settings.js'
+
+type Protocol = 'http/protobuf' | 'http/json' | 'grpc'
+const PROTOCOLS: readonly Protocol[] = ['http/protobuf', 'http/json', 'grpc']
+const TRACE_EXPORTERS: Record<Protocol, new (c: { selfObsMeterProvider?: MeterProvider }) => SpanExporter> = {
+  'http/protobuf': ProtoTraceExporter, 'http/json': JsonTraceExporter, grpc: GrpcTraceExporter,
+}
+const METRIC_EXPORTERS: Record<Protocol, new () => PushMetricExporter> = {
+  'http/protobuf': ProtoMetricExporter, 'http/json': JsonMetricExporter, grpc: GrpcMetricExporter,
+}
 
 /** The SDK for telemetry that is on; called by settings.ts's startTelemetry, which handles a throw. */
-export async function buildSdk(settings: TelemetrySettings, propagator: TextMapPropagator, opts: StartTelemetryOptions): Promise<Telemetry> {
-  if (settings.diagLevel !== undefined) diag.setLogger(toDiagLogger(opts.log), { logLevel: settings.diagLevel, suppressOverrideMessage: true })
+export async function buildSdk(env: Env, opts: StartTelemetryOptions): Promise<Telemetry> {
+  const warnings: string[] = []
+  let diagLevel: DiagLogLevel | undefined
+  const built = withEnv(env, () => withDiagWarnings(warnings, () => {
+    diagLevel = diagLogLevelFromString(getStringFromEnv('OTEL_LOG_LEVEL'))
+    return assemble(warnings, opts)
+  }))
+  for (const w of [...new Set(warnings)]) opts.log.warn({ telemetry: 'config' }, w)
+  // OTEL_LOG_LEVEL: the SDK's diagnostics from now on, into Lapse's log.
+  if (diagLevel !== undefined) diag.setLogger(toDiagLogger(opts.log), { logLevel: diagLevel, suppressOverrideMessage: true })
+  return built
+}
 
-  const resource = defaultResource()
-    .merge(detectResources({ detectors: [hostDetector, processDetector] }))
-    .merge(resourceFromAttributes(settings.resource))
-
-  // Every reader also reads the decision metrics, which are aggregated outside the SDK (metrics.ts).
+/** Synchronous: it runs with OTEL_* taken from `env` (withEnv). */
+function assemble(warnings: string[], opts: StartTelemetryOptions): Telemetry {
   const decisions = new DecisionAggregates()
+  // The SDK's own counters (span queue, exports), bound to NodeSDK's MeterProvider once it exists.
+  const selfObs = coalesced()
   const prometheus = new PrometheusExporter({ preventServerStart: true, metricProducers: [decisions] })
-  const readers: IMetricReader[] = [prometheus]
-  for (const name of settings.metrics.exporters) {
-    let exporter: PushMetricExporter
-    try {
-      exporter = name === 'console' ? new ConsoleMetricExporter() : watchExports(await otlpMetricExporter(settings.metrics.otlp), failureLog('metrics', opts))
-    } catch (err) {
-      opts.log.warn({ telemetry: 'config', err: errorType(err) }, `cannot create the ${name} metric exporter; metrics stay on /metrics only`)
-      continue
-    }
-    readers.push(new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: settings.metrics.intervalMs, exportTimeoutMillis: settings.metrics.timeoutMs, metricProducers: [decisions] }))
-  }
-  const meterProvider = new MeterProvider({ resource, readers })
+  const pushed = metricReaders(decisions, warnings, opts)
+  const readers: IMetricReader[] = [prometheus, ...pushed.map((p) => p.reader)]
 
-  // Only when OTLP is the one span exporter: a console exporter always takes spans.
-  const gate = settings.traces.exporters.length === 1 && settings.traces.exporters[0] === 'otlp'
-    ? createExportGate({
-      failuresToPause: DEFAULTS.pauseAfterFailures,
-      retryAfterMs: Math.max(DEFAULTS.pauseRetryMinMs, settings.traces.otlp.timeoutMs),
-      trialSpans: DEFAULTS.pauseTrialSpans, log: opts.log,
-    })
-    : undefined
-  const processors: BatchSpanProcessor[] = []
-  for (const name of settings.traces.exporters) {
-    let exporter: SpanExporter
-    try {
-      const logFailure = failureLog('traces', opts)
-      exporter = name === 'console'
-        ? new ConsoleSpanExporter()
-        : watchExports(await otlpSpanExporter(settings.traces.otlp, meterProvider), (r) => {
-          logFailure(r)
-          gate?.report(r)
-        })
-    } catch (err) {
-      opts.log.warn({ telemetry: 'config', err: errorType(err) }, `cannot create the ${name} span exporter; spans are not exported there`)
+  const traceExporters = exporterNames('OTEL_TRACES_EXPORTER', ['otlp', 'console'], warnings)
+  const sampler = createSamplerFromEnv() ?? new ParentBasedSampler({ root: new AlwaysOnSampler() })
+  const processors: SpanProcessor[] = []
+  let gate: ExportGate | undefined
+  for (const name of traceExporters) {
+    if (name === 'console') {
+      processors.push(new SimpleSpanProcessor(new ConsoleSpanExporter()))
       continue
     }
-    processors.push(createBatchProcessor(exporter, settings.batch, meterProvider))
+    const logFailure = failureLog('traces', opts)
+    const exporter = watchExports(new TRACE_EXPORTERS[protocol('TRACES', warnings)]({ selfObsMeterProvider: selfObs }), (r) => {
+      logFailure(r)
+      gate?.report(r)
+    })
+    // Only when OTLP is the one span exporter: a console exporter always takes spans.
+    if (traceExporters.length === 1) {
+      const timeoutMs = positive(getNumberFromEnv('OTEL_EXPORTER_OTLP_TRACES_TIMEOUT')) ?? positive(getNumberFromEnv('OTEL_EXPORTER_OTLP_TIMEOUT')) ?? DEFAULTS.exportTimeoutMs
+      gate = createExportGate({
+        failuresToPause: DEFAULTS.pauseAfterFailures,
+        retryAfterMs: Math.max(DEFAULTS.pauseRetryMinMs, timeoutMs),
+        // Its result reaches the gate through watchExports, like a batch's.
+        probe: () => exporter.export([], () => undefined),
+        log: opts.log,
+      })
+    }
+    processors.push(createBatchSpanProcessorFromEnv(exporter, selfObs))
   }
-  // No exporter means no recording at all: a no-op tracer still passes the caller's trace context on.
-  const sampler = createSampler(settings.sampler)
-  const basic = processors.length ? new BasicTracerProvider({ resource, sampler, spanProcessors: processors }) : undefined
+
+  const sdk = withoutLogLevel(() => new NodeSDK({
+    // Detectors (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, process, host) are merged over this.
+    resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: DEFAULTS.serviceName })),
+    sampler,
+    spanProcessors: processors,
+    metricReaders: readers,
+    // Lapse records its own spans and passes contexts explicitly: no instrumentation, no global
+    // context manager or propagator (the recorder's propagator is settings.ts's createPropagator).
+    instrumentations: [],
+    contextManager: null as unknown as ContextManager,
+    textMapPropagator: null,
+    logRecordProcessors: [],
+  }))
+  const { tracerProvider: sdkTracer, meterProvider } = startIsolated(sdk, processors.length > 0)
+  selfObs.bind(meterProvider)
+
   let unrecorded = 0
-  const tracerProvider: TracerProvider = !basic
+  // No exporter means no recording at all: a no-op tracer still passes the caller's trace context on.
+  const tracerProvider: TracerProvider = !sdkTracer
     ? new ProxyTracerProvider()
-    : gate
-      ? pausingTracerProvider(basic, { gate, sampler, onUnrecorded: () => void unrecorded++ })
-      : basic
+    : gate ? pausingTracerProvider(sdkTracer, { gate, sampler, onUnrecorded: () => void unrecorded++ }) : sdkTracer
   if (gate) {
     meterProvider.getMeter('lapse').createObservableCounter(METRIC_SPANS_UNRECORDED, {
       description: 'Spans not recorded because OTLP span exports kept failing (see docs/telemetry.md, "Off the request path")',
@@ -104,29 +132,28 @@ export async function buildSdk(settings: TelemetrySettings, propagator: TextMapP
 
   opts.log.info({
     telemetry: 'on',
-    traces: settings.traces.exporters.length ? settings.traces.exporters.map((e) => (e === 'otlp' ? `otlp ${settings.traces.otlp.protocol} ${redactUrl(settings.traces.otlp.url)}` : e)) : 'off',
-    metrics: ['prometheus /metrics', ...settings.metrics.exporters.map((e) => (e === 'otlp' ? `otlp ${settings.metrics.otlp.protocol} ${redactUrl(settings.metrics.otlp.url)}` : e))],
-    sampler: settings.sampler.name.endsWith('traceidratio') ? `${settings.sampler.name}(${settings.sampler.ratio})` : settings.sampler.name,
+    traces: traceExporters.length ? traceExporters.map((e) => (e === 'otlp' ? `otlp ${protocol('TRACES', [])}` : e)) : 'off',
+    metrics: ['prometheus /metrics', ...pushed.map((p) => p.name)],
+    sampler: sampler.toString(),
   }, 'telemetry started')
 
   let stopped: Promise<void> | undefined
   return {
     tracerProvider,
-    tracing: processors.length > 0,
+    tracing: sdkTracer !== undefined,
     meterProvider,
     decisions,
-    propagator,
-    metricsHandler: (req, res) => prometheus.getMetricsRequestHandler(req, res),
+    propagator: createPropagator(getStringListFromEnv('OTEL_PROPAGATORS'), warnings),
+    metricsHandler: (req: IncomingMessage, res: ServerResponse) => prometheus.getMetricsRequestHandler(req, res),
     shutdown() {
       stopped ??= (async () => {
         gate?.close()
-        const providers = [meterProvider.shutdown(), ...(basic ? [basic.shutdown()] : [])]
         let timer: NodeJS.Timeout | undefined
         const bound = new Promise<'timeout'>((resolve) => {
           timer = setTimeout(() => resolve('timeout'), DEFAULTS.shutdownTimeoutMs)
           timer.unref()
         })
-        const done = Promise.allSettled(providers).then(() => 'done' as const)
+        const done = sdk.shutdown().then(() => 'done' as const, () => 'done' as const)
         const result = await Promise.race([done, bound])
         clearTimeout(timer)
         if (result === 'timeout') opts.log.warn({ telemetry: 'shutdown' }, `telemetry not flushed within ${DEFAULTS.shutdownTimeoutMs} ms; the rest is dropped`)
@@ -136,48 +163,114 @@ export async function buildSdk(settings: TelemetrySettings, propagator: TextMapP
   }
 }
 
-export function createSampler(s: TelemetrySettings['sampler']): Sampler {
-  switch (s.name) {
-    case 'always_on': return new AlwaysOnSampler()
-    case 'always_off': return new AlwaysOffSampler()
-    case 'traceidratio': return new TraceIdRatioBasedSampler(s.ratio)
-    case 'parentbased_always_on': return new ParentBasedSampler({ root: new AlwaysOnSampler() })
-    case 'parentbased_always_off': return new ParentBasedSampler({ root: new AlwaysOffSampler() })
-    case 'parentbased_traceidratio': return new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(s.ratio) })
+/**
+ * Starts `sdk` and takes back the providers it registered as the API's globals (NodeSDK hands them
+ * out only that way), then unregisters them: Lapse uses the providers it is given, never the
+ * globals, so two Lapse apps in one process (tests) each get their own.
+ */
+function startIsolated(sdk: NodeSDK, tracing: boolean): { tracerProvider: TracerProvider | undefined; meterProvider: MeterProvider } {
+  const globalTracer = () => (traceApi.getTracerProvider() as ProxyTracerProvider).getDelegate()
+  const before = { tracer: globalTracer(), meter: metricsApi.getMeterProvider() }
+  sdk.start()
+  const tracerProvider = tracing ? globalTracer() : undefined
+  const meterProvider = metricsApi.getMeterProvider()
+  const tookTracer = tracing && tracerProvider !== before.tracer
+  const tookMeter = meterProvider !== before.meter
+  if (tookTracer) traceApi.disable()
+  if (tookMeter) metricsApi.disable()
+  // Someone registered first (e.g. an auto-instrumentation preloaded with --require): the globals are theirs.
+  if (!tookMeter || (tracing && !tookTracer)) {
+    void sdk.shutdown()
+    throw Object.assign(new Error('another OpenTelemetry SDK holds the API globals'), { code: 'ERR_OTEL_GLOBALS_TAKEN' })
+  }
+  return { tracerProvider, meterProvider }
+}
+
+/** The reader of each OTEL_METRICS_EXPORTER entry; Prometheus is served by the admin port whatever it says. */
+function metricReaders(decisions: DecisionAggregates, warnings: string[], opts: StartTelemetryOptions): Array<{ name: string; reader: IMetricReader }> {
+  const names = exporterNames('OTEL_METRICS_EXPORTER', ['otlp', 'console', 'prometheus'], warnings).filter((n) => n !== 'prometheus')
+  if (!names.length) return []
+  // As NodeSDK reads them (it cannot be handed a metric producer for the readers it builds).
+  const intervalMs = positive(getNumberFromEnv('OTEL_METRIC_EXPORT_INTERVAL')) ?? DEFAULTS.metricIntervalMs
+  const timeoutMs = Math.min(intervalMs, positive(getNumberFromEnv('OTEL_METRIC_EXPORT_TIMEOUT')) ?? DEFAULTS.metricTimeoutMs)
+  return names.map((name) => {
+    const otlp = name === 'otlp' ? protocol('METRICS', warnings) : undefined
+    const reader = new PeriodicExportingMetricReader({
+      exporter: otlp ? watchExports(new METRIC_EXPORTERS[otlp](), failureLog('metrics', opts)) : new ConsoleMetricExporter(),
+      exportIntervalMillis: intervalMs,
+      exportTimeoutMillis: timeoutMs,
+      metricProducers: [decisions],
+    })
+    return { name: otlp ? `otlp ${otlp}` : name, reader }
+  })
+}
+
+/** An OTEL_*_EXPORTER list as the specification reads it: otlp by default, `none` for nothing. */
+function exporterNames<N extends string>(name: string, supported: readonly N[], warnings: string[]): N[] {
+  const listed = getStringListFromEnv(name)?.map((s) => s.toLowerCase()) ?? []
+  if (listed.includes('none')) return []
+  const out: N[] = []
+  for (const e of listed.length ? listed : ['otlp']) {
+    if (!(supported as readonly string[]).includes(e)) warnings.push(`${name}: "${e}" is not supported (${supported.join(', ')}, none); ignored`)
+    else if (!out.includes(e as N)) out.push(e as N)
+  }
+  return out
+}
+
+function protocol(signal: 'TRACES' | 'METRICS', warnings: string[]): Protocol {
+  const name = getStringFromEnv(`OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`) !== undefined ? `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL` : 'OTEL_EXPORTER_OTLP_PROTOCOL'
+  const value = getStringFromEnv(name) ?? 'http/protobuf'
+  if ((PROTOCOLS as readonly string[]).includes(value)) return value as Protocol
+  warnings.push(`${name}="${value}" is not one of ${PROTOCOLS.join(', ')}; using http/protobuf`)
+  return 'http/protobuf'
+}
+
+const positive = (n: number | undefined) => (n !== undefined && n > 0 ? n : undefined)
+
+/**
+ * Runs `build` with process.env's OTEL_* variables replaced by `env`'s, because NodeSDK and the
+ * exporters read process.env while they are built. Synchronous, so nothing else runs meanwhile;
+ * a no-op when `env` is process.env (production).
+ */
+function withEnv<T>(env: Env, build: () => T): T {
+  if (env === process.env) return build()
+  const saved: Record<string, string | undefined> = {}
+  const names = new Set([...Object.keys(process.env), ...Object.keys(env)].filter((k) => k.startsWith('OTEL_')))
+  for (const k of names) {
+    saved[k] = process.env[k]
+    if (env[k] === undefined) delete process.env[k]
+    else process.env[k] = env[k]
+  }
+  try {
+    return build()
+  } finally {
+    for (const k of names) {
+      if (saved[k] === undefined) delete process.env[k]
+      else process.env[k] = saved[k]
+    }
   }
 }
 
-/** A bounded queue in front of the exporter; it also counts what it drops, into `meterProvider`. */
-export function createBatchProcessor(exporter: SpanExporter, batch: TelemetrySettings['batch'], meterProvider: ApiMeterProvider | undefined): BatchSpanProcessor {
-  // selfObsMeterProvider is a BatchSpanProcessor option the BufferConfig type does not list yet.
-  const config: BufferConfig & { selfObsMeterProvider?: ApiMeterProvider } = {
-    maxQueueSize: batch.maxQueueSize,
-    maxExportBatchSize: batch.maxExportBatchSize,
-    scheduledDelayMillis: batch.scheduledDelayMs,
-    exportTimeoutMillis: batch.exportTimeoutMs,
-    // Counted in place: a dead collector drops every span, and each drop must stay nearly free.
-    selfObsMeterProvider: meterProvider && coalesced(meterProvider),
-  }
-  return new BatchSpanProcessor(exporter, config)
-}
-
-// Each protocol's exporter is loaded only when chosen (gRPC pulls in @grpc/grpc-js).
-// TLS files (OTEL_EXPORTER_OTLP_CERTIFICATE…) and compression are read by the exporters themselves.
-async function otlpSpanExporter(s: OtlpSettings, meterProvider: ApiMeterProvider): Promise<SpanExporter> {
-  const common = { url: s.url, timeoutMillis: s.timeoutMs, selfObsMeterProvider: meterProvider }
-  switch (s.protocol) {
-    case 'http/json': return new (await import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ ...common, headers: { ...s.headers } })
-    case 'http/protobuf': return new (await import('@opentelemetry/exporter-trace-otlp-proto')).OTLPTraceExporter({ ...common, headers: { ...s.headers } })
-    case 'grpc': return new (await import('@opentelemetry/exporter-trace-otlp-grpc')).OTLPTraceExporter(common)
+/** NodeSDK's constructor would point diag at the console for OTEL_LOG_LEVEL; Lapse routes it to its log (buildSdk). */
+function withoutLogLevel<T>(build: () => T): T {
+  const level = process.env.OTEL_LOG_LEVEL
+  delete process.env.OTEL_LOG_LEVEL
+  try {
+    return build()
+  } finally {
+    if (level !== undefined) process.env.OTEL_LOG_LEVEL = level
   }
 }
 
-async function otlpMetricExporter(s: OtlpSettings): Promise<PushMetricExporter> {
-  const common = { url: s.url, timeoutMillis: s.timeoutMs }
-  switch (s.protocol) {
-    case 'http/json': return new (await import('@opentelemetry/exporter-metrics-otlp-http')).OTLPMetricExporter({ ...common, headers: { ...s.headers } })
-    case 'http/protobuf': return new (await import('@opentelemetry/exporter-metrics-otlp-proto')).OTLPMetricExporter({ ...common, headers: { ...s.headers } })
-    case 'grpc': return new (await import('@opentelemetry/exporter-metrics-otlp-grpc')).OTLPMetricExporter(common)
+/** What the SDK says while it is built (bad values it falls back from) becomes Lapse's warnings. */
+function withDiagWarnings<T>(warnings: string[], build: () => T): T {
+  // An unparsable endpoint is quoted by the exporter, and may hold a credential: it is not repeated.
+  const push = (message: string) => void warnings.push(redactUrls(/url/i.test(message) ? message.replace(/'[^']*'/g, "'(not shown)'") : message))
+  diag.setLogger({ error: push, warn: push, info: () => undefined, debug: () => undefined, verbose: () => undefined }, { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true })
+  try {
+    return build()
+  } finally {
+    diag.disable()
   }
 }
 
@@ -214,17 +307,19 @@ function failureLog(signal: 'traces' | 'metrics', opts: StartTelemetryOptions): 
   }
 }
 
-/** The endpoint for a log line, without userinfo or query (either could hold a credential). */
-function redactUrl(url: string): string {
-  try {
-    const u = new URL(url)
-    return `${u.protocol}//${u.host}${u.pathname}`
-  } catch {
-    return '(invalid)'
-  }
+/** URLs in a message without userinfo or query (either could hold a credential). */
+function redactUrls(message: string): string {
+  return message.replace(/[a-z][a-z0-9+.-]*:\/\/[^\s'"]*/gi, (url) => {
+    try {
+      const u = new URL(url)
+      return `${u.protocol}//${u.host}${u.pathname}`
+    } catch {
+      return '(invalid URL)'
+    }
+  })
 }
 
 function toDiagLogger(log: StartTelemetryOptions['log']): DiagLogger {
-  const line = (level: 'error' | 'warn' | 'info' | 'debug') => (message: string) => log[level]({ telemetry: 'sdk' }, `otel: ${message}`)
+  const line = (level: 'error' | 'warn' | 'info' | 'debug') => (message: string) => log[level]({ telemetry: 'sdk' }, `otel: ${redactUrls(message)}`)
   return { error: line('error'), warn: line('warn'), info: line('info'), debug: line('debug'), verbose: line('debug') }
 }

@@ -129,14 +129,20 @@ t.test('DecisionAggregates: explicit buckets with inclusive upper bounds, min/ma
   t.equal((lookup.value as Histogram).count, 1)
 })
 
-t.test('coalesced counters: adds by the same or an equal attribute set land in one total, read at collection', async (t) => {
+t.test('coalesced counters: adds by the same or an equal attribute set land in one total, read at collection; made before the MeterProvider exists', async (t) => {
   const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
   const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3_600_000 })
+  const selfObs = coalesced()
+  // As the batch processor does in its constructor, before NodeSDK has built the MeterProvider.
+  const counter = selfObs.getMeter('sdk-self').createCounter('spans.processed')
+  const capacity = selfObs.getMeter('sdk-self').createUpDownCounter('queue.capacity')
+  capacity.add(2048)
+  const dropped = { 'error.type': 'queue_full', 'otel.component.name': 'batching_span_processor/0' }
+  counter.add(1, dropped)
   const provider = new MeterProvider({ readers: [reader] })
   t.teardown(() => provider.shutdown())
-  const counter = coalesced(provider).getMeter('sdk-self').createCounter('spans.processed')
-  const dropped = { 'error.type': 'queue_full', 'otel.component.name': 'batching_span_processor/0' }
-  for (let i = 0; i < 1000; i++) counter.add(1, dropped)
+  selfObs.bind(provider)
+  for (let i = 0; i < 999; i++) counter.add(1, dropped)
   counter.add(2, { 'otel.component.name': 'batching_span_processor/0', 'error.type': 'queue_full' })
   counter.add(5, { 'otel.component.name': 'batching_span_processor/0' })
   counter.add(3)
@@ -150,5 +156,7 @@ t.test('coalesced counters: adds by the same or an equal attribute set land in o
     [JSON.stringify(dropped)]: 1002,
     [JSON.stringify({ 'otel.component.name': 'batching_span_processor/0' })]: 5,
     '{}': 3,
-  }, 'equal attribute sets share a total; a negative add is ignored')
+  }, 'equal attribute sets share a total, adds before the bind included; a negative add is ignored')
+  const cap = exporter.getMetrics().at(-1)!.scopeMetrics.flatMap((s) => s.metrics).find((m) => m.descriptor.name === 'queue.capacity')
+  t.equal(cap?.dataPoints[0]?.value, 2048, 'an up-down counter added to before the bind keeps its value')
 })

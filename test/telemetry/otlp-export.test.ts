@@ -94,6 +94,31 @@ t.test('decision spans and metrics reach an OTLP/HTTP receiver, decoded with the
   t.equal(otlp.points('lapse.jwks.keys')[0]?.value, keys.jwks.keys.length)
 })
 
+t.test('two Lapse apps in one process, each with its own OTEL_*: each collector gets only its own app\'s spans and metrics', async (t) => {
+  const [a, b] = [await startOtlpReceiver(), await startOtlpReceiver()]
+  t.teardown(a.close)
+  t.teardown(b.close)
+  const env = (url: string, name: string) => ({
+    OTEL_EXPORTER_OTLP_ENDPOINT: url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_SERVICE_NAME: name, OTEL_BSP_SCHEDULE_DELAY: '20', OTEL_METRIC_EXPORT_INTERVAL: '100',
+  })
+  const lapseA = await startReal(t, env(a.url, 'sidecar-a'))
+  const lapseB = await startReal(t, env(b.url, 'sidecar-b'))
+  const token = await (await testKeys()).mint()
+  const [tpA, tpB] = [newTraceparent(), newTraceparent()]
+  t.equal((await send(`${lapseA.url}/orders/a`, { headers: [tpA.header, bearer(token)] })).status, 200)
+  t.equal((await send(`${lapseB.url}/orders/b`, { headers: [tpB.header, bearer(token)] })).status, 200)
+  const spanA = await waitFor(() => a.spans().find((s) => s.name === 'lapse.authorize'), 'app A\'s span at collector A')
+  const spanB = await waitFor(() => b.spans().find((s) => s.name === 'lapse.authorize'), 'app B\'s span at collector B')
+  t.same([spanA.traceId, spanA.resource['service.name']], [tpA.traceId, 'sidecar-a'])
+  t.same([spanB.traceId, spanB.resource['service.name']], [tpB.traceId, 'sidecar-b'])
+  t.notOk(a.spans().some((s) => s.traceId === tpB.traceId), 'nothing of B at A')
+  t.notOk(b.spans().some((s) => s.traceId === tpA.traceId), 'nothing of A at B')
+  await waitFor(() => a.points('lapse.decisions').length && b.points('lapse.decisions').length, 'decision metrics at both collectors')
+  t.equal(a.points('lapse.decisions').reduce((n, p) => n + p.value, 0), 1, 'A counted its one decision')
+  t.equal(b.points('lapse.decisions').reduce((n, p) => n + p.value, 0), 1, 'B counted its one decision')
+  t.match((await send(`${lapseA.adminUrl}/metrics`)).body, /lapse_decisions_total\{[^}]*\} 1$/m, 'each /metrics reads its own app')
+})
+
 // bin/lapse.js runs dist/: `npm test` builds it first; a bare `npx tap` on a stale tree skips this.
 const distStale = !existsSync('dist/telemetry/sdk.js') || statSync('dist/telemetry/sdk.js').mtimeMs < statSync('src/telemetry/sdk.ts').mtimeMs
 
@@ -221,6 +246,50 @@ t.test('collector down, then up on the same port: spans stop being recorded, req
   t.ok(otlp.spans().some((s) => s.traceId === after.traceId && s.name !== 'lapse.authorize'), 'with its revocation-lookup child span')
 })
 
+// Issue 21: the trial after a pause used to record a few spans and wait for their export; with
+// spans the sampler drops (the README's parentbased_traceidratio, callers' unsampled traceparent)
+// no export ever ran, and spans stayed off until a restart.
+t.test('collector back while only unsampled requests arrive: recording still resumes, the next sampled span reaches the collector', async (t) => {
+  const port = await closedPort()
+  const lapse = await startReal(t, {
+    OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    OTEL_EXPORTER_OTLP_TIMEOUT: '300',
+    OTEL_BSP_SCHEDULE_DELAY: '20',
+    OTEL_METRICS_EXPORTER: 'none',
+    // Requests without a traceparent are never sampled; callers' sampled ones are.
+    OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+    OTEL_TRACES_SAMPLER_ARG: '0',
+  })
+  const token = await (await testKeys()).mint()
+  const logged = (level: number, re: RegExp) => lapse.lines().some((l) => l.telemetry === 'traces' && l.level === level && re.test(String(l.msg)))
+  await waitFor(async () => {
+    t.equal((await send(`${lapse.url}/orders/warm`, { headers: [newTraceparent().header, bearer(token)] })).status, 200)
+    return logged(40, /not recorded/) || undefined
+  }, 'the pause after a failed export', 10_000)
+
+  const otlp = await startOtlpReceiver({ port })
+  t.teardown(otlp.close)
+  // Well past the retry interval (the 300 ms export timeout), with only unsampled traffic: no
+  // request of this phase gives the SDK a span to export.
+  const unsampled = (): [string, string] => ['traceparent', newTraceparent().header[1].replace(/-01$/, '-00')]
+  const until = Date.now() + 1500
+  let sent = 0
+  while (Date.now() < until || sent < 100) {
+    const headers = sent % 2 ? [unsampled(), bearer(token)] : [bearer(token)]
+    t.equal((await send(`${lapse.url}/orders/unsampled-${sent}`, { headers })).status, 200)
+    sent++
+  }
+  const sampled = newTraceparent()
+  const span = await waitFor(async () => {
+    t.equal((await send(`${lapse.url}/orders/sampled`, { headers: [sampled.header, bearer(token)] })).status, 200)
+    return otlp.spans().find((s) => s.name === 'lapse.authorize' && s.traceId === sampled.traceId)
+  }, 'a sampled decision span at the collector', 5000)
+  t.equal(span.parentSpanId, sampled.parentSpanId, 'a full decision span again, child of the caller')
+  t.ok(logged(30, /succeed again/), 'said recording resumed')
+  t.notOk(otlp.spans().some((s) => s.attributes['url.path']?.toString().startsWith('/orders/unsampled-')), 'unsampled requests stay unrecorded')
+})
+
 t.test('OTEL_SDK_DISABLED=true: nothing exported, /metrics off, trace context still passes through', async (t) => {
   const otlp = await startOtlpReceiver()
   t.teardown(otlp.close)
@@ -246,7 +315,9 @@ t.test('bad OTEL_* values warn, name the variable, fall back, and the proxy serv
   })
   t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(await (await testKeys()).mint())] })).status, 200)
   const warnings = lapse.lines().filter((l) => l.telemetry === 'config' && l.level === 40).map((l) => String(l.msg))
-  for (const name of ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_TRACES_SAMPLER', 'OTEL_BSP_MAX_QUEUE_SIZE', 'OTEL_TRACES_EXPORTER']) {
-    t.ok(warnings.some((w) => w.startsWith(name)), `warns about ${name}`)
+  // Lapse's own warnings and the SDK's (NodeSDK, the exporters), as each words them.
+  for (const name of ['OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_TRACES_SAMPLER', 'OTEL_BSP_MAX_QUEUE_SIZE', 'OTEL_TRACES_EXPORTER']) {
+    t.ok(warnings.some((w) => w.includes(name)), `warns about ${name}`)
   }
+  t.ok(warnings.some((w) => /export URL/.test(w)), 'warns about the endpoint')
 })

@@ -24,11 +24,12 @@ function logSink() {
   }
 }
 
-function gateOf(t: Test, over: Partial<{ failuresToPause: number; retryAfterMs: number; trialSpans: number }> = {}) {
+function gateOf(t: Test, over: Partial<{ failuresToPause: number; retryAfterMs: number }> = {}) {
   const sink = logSink()
-  const gate = createExportGate({ failuresToPause: 2, retryAfterMs: 40, trialSpans: 3, log: sink.log, ...over })
+  let probes = 0
+  const gate = createExportGate({ failuresToPause: 2, retryAfterMs: 40, probe: () => void probes++, log: sink.log, ...over })
   t.teardown(() => gate.close())
-  return { gate, lines: sink.lines }
+  return { gate, lines: sink.lines, probes: () => probes }
 }
 
 const admitted = (gate: ExportGate, n: number) => Array.from({ length: n }, () => gate.admit()).filter(Boolean).length
@@ -49,17 +50,19 @@ t.test('the gate: records until exports fail in a row, then pauses, warning once
   t.same(lines.map((l) => l.level), ['warn'], 'one warning for the pause, none for later failures')
 })
 
-t.test('the gate: a trial after the pause records a few spans; failure pauses again, success resumes', async (t) => {
-  const { gate, lines } = gateOf(t)
+t.test('the gate: after the pause it probes once and records nothing until the probe answers; failure pauses again, success resumes', async (t) => {
+  const { gate, lines, probes } = gateOf(t)
   gate.report(FAILED)
   gate.report(FAILED)
-  await waitFor(() => gate.state === 'trial' || undefined, 'the trial after retryAfterMs')
-  t.equal(admitted(gate, 10), 3, 'trialSpans spans, then none until an export answers')
+  t.equal(probes(), 0)
+  await waitFor(() => gate.state === 'probing' || undefined, 'the probe after retryAfterMs')
+  t.equal(probes(), 1, 'one empty export sent')
+  t.equal(admitted(gate, 10), 0, 'no span is recorded to find out')
   gate.report(FAILED)
-  t.equal(gate.state, 'paused', 'one failed trial export pauses again')
+  t.equal(gate.state, 'paused', 'a failed probe pauses again')
   t.equal(admitted(gate, 5), 0)
-  await waitFor(() => gate.state === 'trial' || undefined, 'the next trial')
-  t.equal(admitted(gate, 10), 3, 'each trial has its own allowance')
+  await waitFor(() => gate.state === 'probing' || undefined, 'the next probe')
+  t.equal(probes(), 2)
   gate.report(OK)
   t.equal(gate.state, 'recording')
   t.equal(admitted(gate, 10), 10)
@@ -82,7 +85,7 @@ t.test('the gate: any successful export ends a pause at once, and close stops it
   short.report(FAILED)
   short.close()
   await new Promise((resolve) => setTimeout(resolve, 80))
-  t.equal(short.state, 'paused', 'closed: no trial comes after retryAfterMs')
+  t.equal(short.state, 'paused', 'closed: no probe comes after retryAfterMs')
 })
 
 function tracerOver(t: Test, sampler: Sampler) {

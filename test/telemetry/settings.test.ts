@@ -1,107 +1,101 @@
-// OTEL_* → telemetry settings: the specification's names and defaults; a bad value is a warning
-// that names the variable (never a header value or URL credential) and a fallback, never an error.
+// OTEL_* → the telemetry Lapse runs with, through the real SDK (NodeSDK and the exporters read the
+// variables themselves): which signals are on, what a bad value does (a warning and a fallback,
+// never an error), and that no warning quotes a header value or a URL credential.
 import { rmSync } from 'node:fs'
 import { dirname } from 'node:path'
-import t from 'tap'
-import { readTelemetrySettings } from '../../src/telemetry/sdk.js'
+import { ROOT_CONTEXT, TraceFlags, trace } from '@opentelemetry/api'
+import pino from 'pino'
+import { Writable } from 'node:stream'
+import t, { type Test } from 'tap'
+import { createPropagator, startTelemetry, type Telemetry } from '../../src/telemetry/settings.js'
 import { newKeyPair, writeJwks } from '../fixtures/keys.js'
 
-const read = (env: Record<string, string>) => readTelemetrySettings(env)
-
-t.test('no OTEL_* at all → the specification defaults, service.name lapse', async (t) => {
-  const { settings, warnings } = read({})
-  t.same(warnings, [])
-  t.equal(settings.disabled, false)
-  t.same(settings.resource, { 'service.name': 'lapse' })
-  t.same(settings.traces.exporters, ['otlp'])
-  t.same(settings.traces.otlp, { protocol: 'http/protobuf', url: 'http://localhost:4318/v1/traces', headers: {}, timeoutMs: 10_000 })
-  t.equal(settings.metrics.otlp.url, 'http://localhost:4318/v1/metrics')
-  t.same(settings.sampler, { name: 'parentbased_always_on', ratio: 1 })
-  t.same(settings.batch, { maxQueueSize: 2048, maxExportBatchSize: 512, scheduledDelayMs: 5000, exportTimeoutMs: 30_000 })
-  t.equal(settings.metrics.intervalMs, 60_000)
-  t.same(settings.propagators, ['tracecontext', 'baggage'])
-})
+async function start(t: Test, env: Record<string, string>): Promise<{ telemetry: Telemetry; lines: Array<{ level: number; msg: string; telemetry?: string }>; raw: string[] }> {
+  const raw: string[] = []
+  const sink = new Writable({ write(chunk: Buffer, _e, done) { raw.push(...chunk.toString('utf8').split('\n').filter(Boolean)); done() } })
+  const telemetry = await startTelemetry(env, { log: pino({ level: 'info' }, sink), clock: { now: () => Date.now() } })
+  t.teardown(() => telemetry.shutdown())
+  return { telemetry, raw, lines: raw.map((l) => JSON.parse(l) as { level: number; msg: string; telemetry?: string }) }
+}
+const warnings = (lines: Array<{ level: number; msg: string; telemetry?: string }>) => lines.filter((l) => l.level === 40 && l.telemetry === 'config').map((l) => l.msg)
+// No collector is contacted: exports are never due during these tests.
+const QUIET = { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9', OTEL_EXPORTER_OTLP_TIMEOUT: '200', OTEL_BSP_SCHEDULE_DELAY: '600000', OTEL_METRIC_EXPORT_INTERVAL: '600000' }
 
 t.test('OTEL_SDK_DISABLED: true in any case turns it off; anything but true/false warns and stays on', async (t) => {
-  t.equal(read({ OTEL_SDK_DISABLED: 'true' }).settings.disabled, true)
-  t.equal(read({ OTEL_SDK_DISABLED: 'TRUE' }).settings.disabled, true)
-  t.equal(read({ OTEL_SDK_DISABLED: 'false' }).settings.disabled, false)
-  const { settings, warnings } = read({ OTEL_SDK_DISABLED: 'yes please' })
-  t.equal(settings.disabled, false)
-  t.match(warnings, [/^OTEL_SDK_DISABLED/])
+  for (const v of ['true', 'TRUE']) {
+    const { telemetry } = await start(t, { ...QUIET, OTEL_SDK_DISABLED: v })
+    t.same([telemetry.tracing, telemetry.meterProvider, telemetry.metricsHandler], [false, undefined, undefined], `${v}: off`)
+  }
+  const on = await start(t, { ...QUIET, OTEL_SDK_DISABLED: 'false' })
+  t.equal(on.telemetry.tracing, true)
+  const odd = await start(t, { ...QUIET, OTEL_SDK_DISABLED: 'yes please' })
+  t.equal(odd.telemetry.tracing, true)
+  t.match(warnings(odd.lines), [/^OTEL_SDK_DISABLED/])
 })
 
-t.test('endpoints: the general one gets the signal path, signal-specific ones are used as given, gRPC is not joined', async (t) => {
-  const general = read({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/' }).settings
-  t.equal(general.traces.otlp.url, 'http://collector:4318/v1/traces')
-  t.equal(general.metrics.otlp.url, 'http://collector:4318/v1/metrics')
-  const specific = read({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'https://traces.example/otlp' }).settings
-  t.equal(specific.traces.otlp.url, 'https://traces.example/otlp')
-  t.equal(specific.metrics.otlp.url, 'http://collector:4318/v1/metrics')
-  const grpc = read({ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4317' }).settings
-  t.same([grpc.traces.otlp.protocol, grpc.traces.otlp.url], ['grpc', 'http://collector:4317'])
-  t.equal(read({ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }).settings.traces.otlp.url, 'http://localhost:4317')
-  const perSignal = read({ OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'http/protobuf' }).settings
-  t.same([perSignal.traces.otlp.protocol, perSignal.metrics.otlp.protocol], ['http/json', 'http/protobuf'])
+t.test('exporters: none turns traces off and leaves /metrics; unknown ones warn and are ignored', async (t) => {
+  const none = await start(t, { ...QUIET, OTEL_TRACES_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' })
+  t.equal(none.telemetry.tracing, false, 'no span exporter: the recorder skips spans')
+  t.ok(none.telemetry.metricsHandler, 'Prometheus on the admin port stays')
+  t.same(warnings(none.lines), [])
+  const odd = await start(t, { ...QUIET, OTEL_TRACES_EXPORTER: 'zipkin,otlp', OTEL_METRICS_EXPORTER: 'prometheus' })
+  t.equal(odd.telemetry.tracing, true)
+  t.match(warnings(odd.lines), [/^OTEL_TRACES_EXPORTER: "zipkin" is not supported/])
 })
 
-t.test('headers: key=value pairs, percent-decoded, signal-specific ones win', async (t) => {
-  const { settings } = read({ OTEL_EXPORTER_OTLP_HEADERS: 'authorization=Bearer%20abc,x-tenant=shop', OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'x-tenant=traces' })
-  t.same(settings.traces.otlp.headers, { authorization: 'Bearer abc', 'x-tenant': 'traces' })
-  t.same(settings.metrics.otlp.headers, { authorization: 'Bearer abc', 'x-tenant': 'shop' })
-})
-
-t.test('resource: OTEL_RESOURCE_ATTRIBUTES, with OTEL_SERVICE_NAME winning over its service.name', async (t) => {
-  t.same(read({ OTEL_RESOURCE_ATTRIBUTES: 'service.name=from-attrs,k8s.pod.name=orders-7f9c' }).settings.resource, { 'service.name': 'from-attrs', 'k8s.pod.name': 'orders-7f9c' })
-  t.equal(read({ OTEL_RESOURCE_ATTRIBUTES: 'service.name=from-attrs', OTEL_SERVICE_NAME: 'orders-sidecar' }).settings.resource['service.name'], 'orders-sidecar')
-})
-
-t.test('exporters: none turns a signal off, prometheus is served by the admin port, unknown ones warn', async (t) => {
-  t.same(read({ OTEL_TRACES_EXPORTER: 'none' }).settings.traces.exporters, [])
-  t.same(read({ OTEL_TRACES_EXPORTER: 'console,otlp' }).settings.traces.exporters, ['console', 'otlp'])
-  const prom = read({ OTEL_METRICS_EXPORTER: 'prometheus' })
-  t.same([prom.settings.metrics.exporters, prom.warnings], [[], []])
-  const odd = read({ OTEL_TRACES_EXPORTER: 'zipkin,otlp' })
-  t.same(odd.settings.traces.exporters, ['otlp'])
-  t.match(odd.warnings, [/^OTEL_TRACES_EXPORTER: "zipkin" is not supported/])
-})
-
-t.test('sampler: every specification sampler, the ratio argument, fallbacks', async (t) => {
-  t.same(read({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.25' }).settings.sampler, { name: 'parentbased_traceidratio', ratio: 0.25 })
-  t.same(read({ OTEL_TRACES_SAMPLER: 'always_off' }).settings.sampler.name, 'always_off')
-  const bad = read({ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '7' })
-  t.same(bad.settings.sampler, { name: 'traceidratio', ratio: 1 })
-  t.match(bad.warnings, [/^OTEL_TRACES_SAMPLER_ARG/])
-  t.equal(read({ OTEL_TRACES_SAMPLER: 'jaeger_remote' }).settings.sampler.name, 'parentbased_always_on')
-})
-
-t.test('batch queue: bad numbers fall back, a batch larger than the queue is clamped', async (t) => {
-  const { settings, warnings } = read({ OTEL_BSP_MAX_QUEUE_SIZE: '100', OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '500', OTEL_BSP_SCHEDULE_DELAY: 'soon' })
-  t.same(settings.batch, { maxQueueSize: 100, maxExportBatchSize: 100, scheduledDelayMs: 5000, exportTimeoutMs: 30_000 })
-  t.match(warnings, [/^OTEL_BSP_MAX_EXPORT_BATCH_SIZE/, /^OTEL_BSP_SCHEDULE_DELAY/])
-  t.equal(warnings.length, 2)
+t.test('sampler: OTEL_TRACES_SAMPLER reaches the tracer (always_off records nothing, a sampled parent is followed)', async (t) => {
+  const off = (await start(t, { ...QUIET, OTEL_TRACES_SAMPLER: 'always_off' })).telemetry.tracerProvider.getTracer('lapse')
+  t.equal(off.startSpan('x', {}, ROOT_CONTEXT).isRecording(), false)
+  const parent = trace.setSpanContext(ROOT_CONTEXT, { traceId: '4bf92f3577b34da6a3ce929d0e0e4736', spanId: '00f067aa0ba902b7', traceFlags: TraceFlags.SAMPLED, isRemote: true })
+  const ratio = (await start(t, { ...QUIET, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' })).telemetry.tracerProvider.getTracer('lapse')
+  t.equal(ratio.startSpan('x', {}, ROOT_CONTEXT).isRecording(), false, 'ratio 0: a new trace is not sampled')
+  t.equal(ratio.startSpan('x', {}, parent).isRecording(), true, 'a sampled caller is')
+  const bad = await start(t, { ...QUIET, OTEL_TRACES_SAMPLER: 'sometimes' })
+  t.equal(bad.telemetry.tracerProvider.getTracer('lapse').startSpan('x', {}, ROOT_CONTEXT).isRecording(), true, 'an unknown sampler falls back to parentbased_always_on')
+  t.ok(warnings(bad.lines).some((w) => w.includes('OTEL_TRACES_SAMPLER')), 'and says so')
 })
 
 t.test('warnings never quote a header value or a URL credential', async (t) => {
-  const { settings, warnings } = read({
+  const { raw } = await start(t, {
+    ...QUIET,
     OTEL_EXPORTER_OTLP_HEADERS: 'api-key=s3cr3t-value%ZZ,ok=1',
-    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'ftp://user:hunter2-password@collector/',
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://user:hunter2-password@[collector/',
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'https://user:hunter3-password@collector.example/v1/metrics?token=t0ken-value',
   })
-  t.same(settings.traces.otlp.headers, { ok: '1' }, 'the undecodable entry is dropped')
-  t.equal(settings.traces.otlp.url, 'http://localhost:4318/v1/traces')
-  t.equal(warnings.length, 2, 'one for the bad header entry, one for the endpoint')
-  for (const w of warnings) {
-    t.notOk(w.includes('s3cr3t'), 'no header value')
-    t.notOk(w.includes('hunter2'), 'no URL credential')
+  t.ok(raw.length > 0)
+  for (const line of raw) {
+    t.notOk(line.includes('s3cr3t'), 'no header value')
+    t.notOk(/hunter[23]|t0ken-value/.test(line), 'no URL credential')
   }
 })
 
 t.test('OTEL_PROPAGATORS: none, or a subset; unsupported ones warn', async (t) => {
-  t.same(read({ OTEL_PROPAGATORS: 'none' }).settings.propagators, [])
-  t.same(read({ OTEL_PROPAGATORS: 'tracecontext' }).settings.propagators, ['tracecontext'])
-  const b3 = read({ OTEL_PROPAGATORS: 'b3,tracecontext' })
-  t.same(b3.settings.propagators, ['tracecontext'])
-  t.match(b3.warnings, [/^OTEL_PROPAGATORS: "b3"/])
+  const fields = (names?: string[]) => {
+    const w: string[] = []
+    return { fields: createPropagator(names, w).fields().sort(), w }
+  }
+  t.same(fields().fields, ['baggage', 'traceparent', 'tracestate'], 'tracecontext and baggage by default')
+  t.same(fields(['none']).fields, [])
+  t.same(fields(['tracecontext']).fields, ['traceparent', 'tracestate'])
+  const b3 = fields(['b3', 'tracecontext'])
+  t.same(b3.fields, ['traceparent', 'tracestate'])
+  t.match(b3.w, [/^OTEL_PROPAGATORS: "b3"/])
+})
+
+t.test('another SDK already holds the OpenTelemetry API globals: Lapse warns and serves without telemetry of its own', async (t) => {
+  const { metrics } = await import('@opentelemetry/api')
+  const { MeterProvider } = await import('@opentelemetry/sdk-metrics')
+  const foreign = new MeterProvider()
+  t.ok(metrics.setGlobalMeterProvider(foreign), 'a foreign SDK registered first')
+  t.teardown(() => metrics.disable())
+  const { telemetry, lines } = await start(t, QUIET)
+  t.equal(telemetry.tracing, false)
+  t.equal(telemetry.meterProvider, undefined)
+  t.ok(lines.some((l) => l.level === 40 && /could not start/.test(l.msg)), 'says why')
+  t.equal(metrics.getMeterProvider(), foreign, 'the foreign registration is left as it was')
+  metrics.disable()
+  const after = await start(t, QUIET)
+  t.equal(after.telemetry.tracing, true, 'once the globals are free, Lapse starts its own')
 })
 
 // A fresh process each way, on the built Lapse (npm test builds first): the span and metric SDKs
