@@ -96,7 +96,7 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   const proxy = httpProxy.createProxyServer({
     target: opts.upstream.origin,
     agent,
-    // Lapse writes X-Forwarded-* itself (forward/headers.ts), replacing http-proxy's appends.
+    // Lapse writes X-Forwarded-* itself (http/headers.ts), replacing http-proxy's appends.
     xfwd: false,
     prependPath: true,
     ignorePath: false,

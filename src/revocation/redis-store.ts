@@ -147,7 +147,7 @@ export function createRedisStore(opts: {
     },
   })
 
-  // A token reused on many requests keeps one TokenRef (pipeline/decide.ts), so its keys are built
+  // A token reused on many requests keeps one TokenRef (decide/decide.ts), so its keys are built
   // once per store (they carry its prefix): building them was most of a cached check.
   const memo = Symbol('lapse.redis-keys')
   const tokenKeysOf = (ref: TokenRef): readonly string[] => {

@@ -3,7 +3,7 @@
 //
 //   const target = normalizeTarget(req.url)   // { path: '/b', query: 'x=1' } for '/a/../b?x=1'
 //
-// Rules, in order (README "Path normalization"):
+// Rules, in order (docs/configuration.md#path-normalization):
 // - origin-form only (`/…`); absolute-form, authority-form and `*` are refused;
 // - percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), and so are the
 //   other characters a segment may hold raw (`! $ & ' ( ) * + , = : @`); other escapes are kept

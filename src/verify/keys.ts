@@ -61,7 +61,7 @@ const MAX_KNOWN_KEYS = 256
 const MAX_CANDIDATES = 4
 const MIN_RSA_BITS = 2048
 
-/** Keys a verifier must never trust, whatever an issuer publishes (README "Key sets"). */
+/** Keys a verifier must never trust, whatever an issuer publishes (docs/security.md#hostile-key-sets). */
 export function filterKeys(jwks: unknown, algorithms: readonly string[], log?: Log): JSONWebKeySet {
   if (!jwks || typeof jwks !== 'object' || !Array.isArray((jwks as { keys?: unknown }).keys)) {
     throw new errors.JWKSInvalid('JSON Web Key Set malformed: no "keys" array')
