@@ -3,12 +3,8 @@
 //   const match = compileRoutes(config.routes)      // throws ConfigError ERR_RULES_*
 //   const rule = match('GET', '/orders/42')          // undefined: no rule, deny
 //
-// `*` is exactly one non-empty segment, `**` (last only) is any rest including none, so
-// `/orders/**` covers `/orders`, `/orders/` and `/orders/1/items`. Literal segments compare
-// case-sensitively against the normalized path: unreserved and pchar characters (`:`, `@`, `!`,
-// `$`, `&`, `'`, `(`, `)`, `*`, `+`, `,`, `=`) raw, other escapes upper-case. A rule that lists
-// GET takes HEAD too, as fastify and express route it: HEAD is GET without the body (RFC 9110
-// §9.3.2), and most upstreams answer it with their GET handler.
+// `*` is one non-empty segment, `**` (last only) any rest; literals compare case-sensitively with
+// the normalized path. The rules: docs/configuration.md#route-rules.
 import { ConfigError } from '../core/errors.js'
 import type { Rule } from '../core/types.js'
 
@@ -72,6 +68,8 @@ function compileOne(s: RouteSpec, index: number): Compiled {
     onRevocationUnavailable: s.on_revocation_unavailable,
     cutStreamsAtExpiry: s.cut_streams_at_expiry,
   })
+  // A rule for GET takes HEAD too, as fastify and express route it: HEAD is GET without the body
+  // (RFC 9110 §9.3.2), and most upstreams answer it with their GET handler.
   const takes = rule.methods?.has('GET') && !rule.methods.has('HEAD') ? new Set([...rule.methods, 'HEAD']) : rule.methods
   return { rule, takes, segments, trailingSlash }
 }

@@ -26,7 +26,7 @@ Commands:
   lift      lift a revocation: --claim <name> --value <value> [--iss <issuer>]
 
 The admin commands use LAPSE_ADMIN_URL (default http://127.0.0.1:9901) and
-LAPSE_ADMIN_TOKEN or LAPSE_ADMIN_TOKEN_FILE. Configuration reference: README.md.
+LAPSE_ADMIN_TOKEN or LAPSE_ADMIN_TOKEN_FILE. Configuration reference: docs/configuration.md.
 `
 
 type Env = Record<string, string | undefined>

@@ -1,22 +1,12 @@
 // Long-lived exchanges (WebSockets, streamed responses) indexed so that their token's lapse cuts
-// them: by expiry deadline, under one timer for all, and by revocable claim value, so an event
-// touches only the exchanges it matches.
+// them: by expiry deadline, under one timer for all, and by revocable claim value.
 //
 //   const registry = createConnectionRegistry({ clock, revocations, revocableClaims, clockSkewS, recheckIntervalS, log })
 //   const untrack = registry.track({ identity, kind: 'websocket', cutAtExpiry: true, trace, close: (cut) => … })
 //   untrack()            // the exchange ended on its own
 //   registry.close()     // stops the timers and the subscription
 //
-// Close bounds (README "Long-lived connections"):
-// - expiry: cut once clock.now() >= (exp + skew) * 1000, the instant a new request with the same
-//   token is refused. The timer sleeps until that deadline but at most `tickMs`, re-reading the
-//   clock on every wake: with the system clock a cut is late by timer latency only; with a clock
-//   that jumps (a test's manual clock, an NTP step) by at most `tickMs`.
-// - revocation event: synchronously, as the event is delivered.
-// - lost event: at the next re-check, every `recheckIntervalS` seconds.
-// Costs: open and close are O(values + log deadlines), an event O(exchanges holding its value),
-// a timer wake O(exchanges due + log deadlines). Deadlines are whole seconds (exp has second
-// precision), so every exchange expiring in one second shares one bucket.
+// Why: close bounds (expiry, event, re-check) and costs: docs/long-lived.md#bounds, #cost.
 import type { Logger } from 'pino'
 import type { Clock, Identity, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../core/types.js'
 import { entryMatches, keyOf, toTokenRef } from '../revocation/model.js'

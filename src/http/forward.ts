@@ -7,10 +7,8 @@
 //   const up = forwarder.ws(req, socket, head, target, identity, onFailure)   // when isWebSocketUpgrade(req)
 //   up.link.close(1008, 'token expired')   // up.status: 101, or the upstream's ordinary answer
 //
-// Two engines, chosen by measurement (bench/README.md): plain HTTP goes through an undici Pool,
-// whose pass-through runs at 1.5–1.8× http-proxy's on the same machine (bench row 2x against row
-// 2); WebSocket upgrades go through http-proxy, whose tunnel the close-frame logic (ws-close.ts)
-// is built on.
+// Why two engines (undici Pool for HTTP, http-proxy for upgrades, whose tunnel ws-close.ts builds
+// on): chosen by measurement, bench/README.md rows 2 and 2x; docs/design.md#measured-not-assumed.
 import { createHash } from 'node:crypto'
 import { Agent, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse, type ClientRequest } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
@@ -96,7 +94,7 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   const proxy = httpProxy.createProxyServer({
     target: opts.upstream.origin,
     agent,
-    // Lapse writes X-Forwarded-* itself (forward/headers.ts), replacing http-proxy's appends.
+    // Lapse writes X-Forwarded-* itself (http/headers.ts), replacing http-proxy's appends.
     xfwd: false,
     prependPath: true,
     ignorePath: false,

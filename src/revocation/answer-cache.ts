@@ -6,14 +6,7 @@
 //   cache.fill(ticket, keys, values)           // … after it: dropped if an event came in between
 //   cache.invalidate(key); cache.drop()        // on an event; when the channel is lost
 //
-// The guarantee rests on three rules:
-// 1. Answers come from the cache only while `isFresh()`: the invalidation channel is subscribed
-//    and has recently proved it is delivering (see redis-store.ts).
-// 2. Every invalidation and every drop moves the epoch, and a fill is kept only when the epoch did
-//    not move during its read. A read that left Redis before a revocation can be answered after
-//    the revocation's event arrives (replies and events travel on different connections); without
-//    the epoch that stale "not revoked" would be cached after the invalidation and stay there.
-// 3. Dropping clears everything: after a gap in the channel we cannot know what we missed.
+// Why (fresh channel only, the epoch, drop all after a gap): docs/revocation.md#local-cache.
 import type { RevocationEntry } from '../core/types.js'
 
 /** What one key holds: an entry, nothing, or something unreadable (which counts as revoked). */

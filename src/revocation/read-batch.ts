@@ -4,32 +4,9 @@
 //     maxKeys: 512, ready, beforeSend: () => cache?.ticket(), afterRead: (ticket, keys, answers) => … })
 //   const answers = await batch.read(tokenKeys)   // this token's answers, in its keys' order
 //
-// Why: a check that misses the local cache (every fresh token's jti, or every check with the cache
-// off) costs one round trip, and on a busy sidecar most of that is fixed per command: the write
-// syscall, Redis's own read and write, the wake-up for the reply. Requests arrive on many
-// connections in the same poll phase of the loop; deferring their reads past it collects them
-// and sends one MGET of the distinct keys. A key asked for by several requests (a token reused
-// across concurrent requests, a shared `sub`) is read and parsed once.
-//
-// Why two turns: on a saturated sidecar one poll phase holds only a few requests (3–4 in the
-// benchmark's row 4b), so holding the batch through the next poll phase as well roughly halves
-// the MGETs (6–7 requests each): row 4b × 1.04 req/s pooled over two A/B runs, and at a fixed
-// moderate rate p50 −13% and × 0.86 CPU per request, because fewer round trips leave less
-// queueing (bench/README.md). Holding it for a third turn bought nothing measurable. The wait is
-// counted in turns, not time: on an idle loop a turn is one poll with a zero timeout (a lone
-// check's p50 went 44 → 47–48 µs in bench/revocation.mjs), so a lone read is not held back.
-//
-// What it does not change:
-// - Fail closed: a read when the data connection is not ready rejects at once, as before; a batch
-//   whose MGET fails or does not answer within `timeoutMs` rejects every read in it. The clock
-//   starts when the batch is sent, and the batch is sent in the turn after the one its first read
-//   started in, so a read waits at most those two turns plus `timeoutMs`.
-// - Every read is sent after it started: a batch takes no reads once its MGET has left, so a
-//   revocation acknowledged before a check began is always seen by that check.
-// - The cache's epoch rule (answer-cache.ts): the ticket is taken when the batch is sent, before
-//   its MGET leaves, and the answers are offered to the cache once per batch.
-// - Cluster: every key shares the `{prefix}` hash tag, so a batch is still one slot's MGET.
-// - An idle sidecar: a lone read is one MGET, two `setImmediate` hops later (microseconds).
+// Why: a round trip's cost is mostly fixed per command, so concurrent checks share one; a batch
+// takes no read once its MGET has left. docs/revocation.md#shared-reads; figures (why two turns,
+// not one or three) in bench/README.md.
 import { RevocationUnavailableError } from '../core/types.js'
 import type { StoredAnswer } from './answer-cache.js'
 import { bounded } from './bounded.js'

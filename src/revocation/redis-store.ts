@@ -4,42 +4,9 @@
 //     timeoutMs: 50, clock: systemClock, cache: true, log })
 //   await store.isRevoked({ iss, iatS, values: [['sub', 'ci'], ['jti', 'x1']] }) // one MGET
 //
-// Key layout (every key under the hash tag `{<prefix>}`, so on Cluster they share one slot and
-// a check is one MGET whatever the topology; the set is bounded by the revocation rate, so one
-// slot holds it easily):
-//
-//   {<prefix>}:rev:<claim>:<iss>:<value>   JSON RevocationEntry, TTL = expiresAtS - now
-//   <prefix>:events                        pub/sub channel, JSON RevocationEvent
-//
-// <claim>, <iss> and <value> are percent-encoded (RFC 3986 unreserved characters only), so none
-// contains `:`, `{`, `}` or `*`; `*` as <iss> is the any-issuer entry. A check reads, for every
-// revocable claim of the token, both the issuer's key and the any-issuer key in the same MGET.
-//
-// Checks that miss the local cache in the same turn of the event loop or the next share one MGET
-// of their distinct keys (read-batch.ts): under load the fixed cost of a round trip is paid once
-// per two turns, not once per request.
-//
-// Fail closed: a check rejects with RevocationUnavailableError when Redis is not connected
-// (immediately: the offline queue is off, so nothing waits for a reconnect) or does not answer
-// within `timeoutMs`. ioredis reconnects forever with capped backoff, so the set recovers
-// without a restart; a connection that stops answering is torn down after `socketTimeoutMs`.
-//
-// Writes: `put` and `lift` run one Lua script that writes (SET … EX / DEL) and PUBLISHes the
-// event atomically, so an acknowledged revocation always has its event on the channel, even if
-// this process dies right after the write.
-//
-// Cache (`cache: true`): answers are cached per key and invalidated by the events. Pub/sub rather
-// than CLIENT TRACKING: ioredis speaks RESP2, so tracking would need a second redirect connection
-// whose loss we must handle just the same; the tracking table lives in one server and is gone
-// after a failover; and we publish the events anyway for other parts. The cache is used
-// only while the event connection is subscribed and a PING on it was answered within
-// `cacheStalenessMs`. Redis delivers a channel's messages and replies on one connection in order,
-// so a PONG to a PING sent at time s proves every revocation acknowledged before s has been
-// delivered and applied. Hence a revoked token is denied from the moment its event is delivered
-// and, if the channel fails silently, at most `cacheStalenessMs` after the write was acknowledged.
-// When the event connection drops, the whole cache is dropped and checks go to Redis until it is
-// subscribed again. (On Cluster, PUBLISH crosses the cluster bus, so the silent-failure bound is
-// approximate there; the delivered-event rule still holds.)
+// Why: one hash-tagged slot, one MGET per check, writes that publish their event atomically, a
+// cache trusted only while a PING proves the event channel is current, and fail closed:
+// docs/revocation.md#the-redis-set (key layout, local cache, fail closed).
 import { performance } from 'node:perf_hooks'
 import type { ConnectionOptions } from 'node:tls'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
@@ -147,7 +114,7 @@ export function createRedisStore(opts: {
     },
   })
 
-  // A token reused on many requests keeps one TokenRef (pipeline/decide.ts), so its keys are built
+  // A token reused on many requests keeps one TokenRef (decide/decide.ts), so its keys are built
   // once per store (they carry its prefix): building them was most of a cached check.
   const memo = Symbol('lapse.redis-keys')
   const tokenKeysOf = (ref: TokenRef): readonly string[] => {

@@ -3,19 +3,9 @@
 //   const target = parseRedisUrl('redis-sentinel://:s3cret@10.0.0.1:26379,10.0.0.2:26379/mymaster')
 //   // { kind: 'sentinel', options: { sentinels: [...], name: 'mymaster', password: 's3cret' }, safeUrl }
 //
-// The accepted forms (user and password are percent-decoded; `db` is 0 unless given):
-//
-//   redis://[[user]:password@]host[:port][/db]                          plain TCP (port 6379)
-//   rediss://[[user]:password@]host[:port][/db]                         TLS, verified against the
-//                                                                       system CAs and NODE_EXTRA_CA_CERTS
-//   unix://[[user]:password@]/path/to/redis.sock[?db=N]                 Unix socket
-//   redis-sentinel://[[user]:password@]host:port[,host:port…]/master[/db][?sentinel_password=…&sentinel_username=…]
-//   rediss-sentinel://…                                                 the same, TLS to sentinels and master
-//   redis-cluster://[[user]:password@]host:port[,host:port…]            Cluster seed nodes
-//   rediss-cluster://…                                                  the same, TLS to every node
-//
-// We parse by hand rather than with WHATWG URL because a comma-separated host list is not a
-// valid URL authority. No error message repeats the password; `safeUrl` is the URL for logs.
+// The accepted forms: docs/revocation.md#the-redis-set. Parsed by hand, not with WHATWG URL: a
+// comma-separated host list is not a valid URL authority. No error message repeats the password;
+// `safeUrl` is the URL for logs.
 import type { ConnectionOptions } from 'node:tls'
 
 interface RedisNode { readonly host: string; readonly port: number }

@@ -1,19 +1,10 @@
 // The raw request target → one normalized path that is both matched and forwarded, or a denial.
-// Matching one form and forwarding another is how proxies get bypassed, so there is only one.
 //
 //   const target = normalizeTarget(req.url)   // { path: '/b', query: 'x=1' } for '/a/../b?x=1'
 //
-// Rules, in order (README "Path normalization"):
-// - origin-form only (`/…`); absolute-form, authority-form and `*` are refused;
-// - percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), and so are the
-//   other characters a segment may hold raw (`! $ & ' ( ) * + , = : @`); other escapes are kept
-//   with upper-case hex; an encoded `/`, `\`, `;`, NUL or control byte is refused, as is an
-//   escape that is not valid UTF-8 (overlong forms such as %C0%AE), or one whose character
-//   becomes a delimiter or one of those raw characters under NFKC (fullwidth "．", "／", "：");
-// - raw `\`, `;`, control characters, spaces and non-ASCII are refused: upstreams disagree on
-//   what they mean (Tomcat's `..;`, IIS's backslash);
-// - empty segments (`//`) are merged, `.` and `..` resolved; `..` above the root is refused;
-// - case is kept: matching is case-sensitive, as RFC 3986 paths are.
+// Why: matching one form and forwarding another is how proxies get bypassed, so there is one.
+// Unreserved escapes are decoded (RFC 3986 §6.2.2.2), segments resolved, case kept (RFC 3986
+// paths are case-sensitive); the rules in order: docs/configuration.md#path-normalization.
 import type { DenyReason, Target } from '../core/types.js'
 
 type Refusal = { readonly reason: DenyReason; readonly description: string }

@@ -5,14 +5,9 @@
 //   new BatchSpanProcessor(exporter, { selfObsMeterProvider: selfObs })   // before NodeSDK#start
 //   selfObs.bind(meterProvider)                                             // after it
 //
-// Why in place: with the collector dead the span queue stays full, and the batch processor counts
-// every span it drops with `counter.add(1, attrs)`. On a real counter each add hashes its
-// attribute set once per metric reader, so a dead collector made every request dearer. Here an
-// add is a lookup by the attribute object (the SDK passes the same object for each drop) and an
-// increment; the totals reach the real meter as an observable counter read at collection time,
-// exported under the same name as a monotonic sum, like a counter.
-// Why late: the processors and exporters are handed to NodeSDK, which creates the MeterProvider.
-// Nothing is recorded between the two moments but the queue's capacity, which is kept.
+// Why: with the collector dead every dropped span is an add(), which a real counter hashes per
+// reader; here it is a lookup and an increment, read at collection as a monotonic sum. Late: NodeSDK
+// creates the MeterProvider after it is handed the processors. docs/telemetry.md#off-the-request-path.
 import type {
   Attributes, BatchObservableCallback, Counter, Gauge, Histogram, Meter, MeterOptions, MeterProvider, MetricOptions, Observable,
   ObservableCallback, ObservableCounter, ObservableGauge, ObservableUpDownCounter, UpDownCounter,

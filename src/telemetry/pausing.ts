@@ -4,18 +4,9 @@
 //   exporter results → gate.report(result)         // (sdk.ts wraps the OTLP span exporter)
 //   const provider = pausingTracerProvider(sdkProvider, { gate, sampler, onUnrecorded })
 //
-// Why: recording is most of what tracing costs per request, and while every export fails it buys
-// nothing: the spans are dropped at the end anyway. So once exports fail (one failed export
-// already includes the OTLP exporter's own retries, up to its timeout), spans are not recorded:
-// each request still gets a span context with a fresh span id and the sampling decision the SDK's
-// sampler makes, so the upstream's traceparent, the audit line's trace id and the caller's trace
-// are exactly what they would have been; only the span objects are skipped, and counted.
-//
-// After `retryAfterMs` the gate probes the collector with an empty export (a valid OTLP request
-// with no spans) instead of recording spans for a trial: a trial's spans may all be unsampled
-// (parentbased_traceidratio, or callers' unsampled traceparent), and then no export would ever
-// run to end it. The probe's result comes back through report(), like any export's: success
-// resumes recording, failure starts the next pause. Any successful export ends a pause at once.
+// Why: recording is most of tracing's cost and buys nothing while exports fail; trace context is
+// kept, and an empty probe export (not a trial of spans the sampler may drop) ends the pause.
+// docs/telemetry.md#off-the-request-path.
 import {
   SamplingDecision, TraceFlags, context as contextApi, isSpanContextValid, trace as traceApi,
   type Context, type Span, type SpanOptions, type Tracer, type TracerOptions, type TracerProvider,

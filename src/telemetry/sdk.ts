@@ -1,17 +1,12 @@
 // The OpenTelemetry SDK of one Lapse process: NodeSDK from @opentelemetry/sdk-node, configured by
-// the standard OTEL_* variables, with Lapse's parts plugged in. settings.ts's startTelemetry imports
-// this module only when telemetry is on.
+// the standard OTEL_* variables, with Lapse's parts plugged in (only loaded when telemetry is on).
 //
 //   const telemetry = await startTelemetry(env, { log, clock })   // settings.ts
 //   const deps = await buildDeps(config, { telemetry })            // tracer, meter, the admin /metrics handler
 //   await telemetry.shutdown()                                     // flushes what is buffered, bounded in time
 //
-// NodeSDK, the exporters and the batch processor read the OTEL_* variables themselves (resource,
-// endpoints, headers, timeouts, TLS, compression, sampler, batch queue, span limits). Lapse adds:
-// the span recording that pauses while exports fail (pausing.ts), the decision metrics as a metric
-// producer of every reader (metrics.ts), Prometheus on the admin port, warnings instead of silence
-// for bad values, and a shutdown bounded in time. It registers no instrumentation and, once built,
-// leaves no API global behind: see startIsolated.
+// Why: what the SDK reads itself and what Lapse adds (pausing, its metric producer, Prometheus,
+// warnings, no API global left behind: startIsolated): docs/telemetry.md#configuration.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import {
   DiagLogLevel, ProxyTracerProvider, diag, metrics as metricsApi, trace as traceApi,

@@ -1,21 +1,18 @@
-// Whether a JSON text repeats a member name within one object. JSON.parse keeps the last of two
-// equal names; another parser (an upstream re-reading the token, a library in another language)
-// may keep the first, so a token whose header or claims repeat a name means two things at once
-// and is refused (RFC 7515 §5.2 and RFC 7519 §4 let a verifier reject duplicates; Lapse must).
+// Whether a JSON text repeats a member name within one object: JSON.parse keeps the last of two
+// equal names, another parser may keep the first, so such a token means two things at once and is
+// refused (RFC 7515 §5.2 and RFC 7519 §4 let a verifier reject duplicates; Lapse must).
 //
 //   repeatsMember('{"sub":"a","sub":"b"}', JSON.parse(...))   // true
 //   repeatsMember('{"sub":"a"}', JSON.parse(...))             // false
 //
-// It counts instead of comparing names: every member name in the text is one own key of the
-// parsed value unless the same object named it before (JSON.parse then keeps one key, and may
-// drop a whole overwritten subtree with it). So the text holds as many names as the parsed value
-// has keys in all its objects exactly when no object repeats a name, however the names are
-// spelled ("a" and "\u0061" are one name to JSON.parse, and so here). Counting needs no string
-// slices and no sets: it runs on every fresh token's payload.
-//
-// Call it only with the value JSON.parse gave for `text`: it walks the structure, not the grammar.
+// Why: docs/security.md#forged-or-tampered-tokens.
 
-/** True when some object in `text` names a member more than once; `parsed` is JSON.parse(text). */
+/**
+ * True when some object in `text` names a member more than once; `parsed` is JSON.parse(text),
+ * never another value: it walks the structure, not the grammar. The text holds as many names as
+ * the parsed value has keys in all its objects exactly when no object repeats one, however spelled
+ * ("a" and "\u0061" are one name): counting needs no slices or sets, and runs on every fresh token.
+ */
 export function repeatsMember(text: string, parsed: unknown): boolean {
   return countNames(text) !== countKeys(parsed)
 }

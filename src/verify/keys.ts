@@ -4,10 +4,8 @@
 //   await keys.start()                       // file: loads or throws; URL: first fetch in the background
 //   const key = await keys.getKey(header)    // jose key, or throws (mapped to a deny reason by verify)
 //
-// Why not jose's createRemoteJWKSet: when its cache goes stale it refetches on the request path and
-// fails the request if the issuer is down. Lapse keeps the last good set, refreshes in the
-// background, and refetches on an unknown `kid` at most once per cooldown so a flood of made-up
-// kids cannot turn Lapse into a load generator against the issuer.
+// Why not jose's createRemoteJWKSet (it refetches on the request path, failing requests while the
+// issuer is down): docs/design.md#keys-that-survive-the-issuer.
 import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createLocalJWKSet, importJWK, errors, type JSONWebKeySet, type JWK, type JWSHeaderParameters } from 'jose'
@@ -61,7 +59,7 @@ const MAX_KNOWN_KEYS = 256
 const MAX_CANDIDATES = 4
 const MIN_RSA_BITS = 2048
 
-/** Keys a verifier must never trust, whatever an issuer publishes (README "Key sets"). */
+/** Keys a verifier must never trust, whatever an issuer publishes (docs/security.md#hostile-key-sets). */
 export function filterKeys(jwks: unknown, algorithms: readonly string[], log?: Log): JSONWebKeySet {
   if (!jwks || typeof jwks !== 'object' || !Array.isArray((jwks as { keys?: unknown }).keys)) {
     throw new errors.JWKSInvalid('JSON Web Key Set malformed: no "keys" array')

@@ -1,18 +1,10 @@
 // The signature check itself: node:crypto's one-shot verify, synchronous, over a KeyObject made
-// once per key. jose still parses the key set and imports each key for the header's algorithm
-// (keys.ts); this module only replaces the final `crypto.subtle.verify` call.
+// once per key; jose still parses the key set and imports each key (keys.ts).
 //
 //   const ok = verifySignature('RS256', cryptoKey, signingInput, signature)  // true | false; throws TypeError on a key unfit for alg
 //
-// Why not jose's own verify: jose 6 verifies through WebCrypto, and in Node every WebCrypto verify
-// is an asynchronous job on libuv's thread pool. For one RS256 token that hop cost more than the
-// RSA arithmetic (measured: 50 µs against 30 µs of CPU per token on one core), and a sidecar
-// verifies a fresh token on every new grant. jose ≤ 5 called this same node:crypto function on
-// Node. Both end in OpenSSL's verify; a differential test (test/verify/signature.test.ts) holds
-// this module to jose's answer on every Wycheproof vector and on mutated tokens.
-// The trade: the arithmetic now runs on the event loop, so fresh tokens are checked on one core
-// where WebCrypto could spread them over libuv's pool. A sidecar is given a core or two, and the
-// event loop is what it runs out of first; there the synchronous check is the cheaper one.
+// Why not jose's WebCrypto verify (a thread-pool hop per token): docs/design.md#signatures-on-the-event-loop;
+// figures in bench/README.md. test/verify/signature.test.ts holds it to jose's answer on Wycheproof.
 import { constants, KeyObject, verify, type webcrypto } from 'node:crypto'
 
 type CryptoKey = webcrypto.CryptoKey

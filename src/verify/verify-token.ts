@@ -92,18 +92,18 @@ const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 // The cache is keyed by a token's last FINGERPRINT_CHARS characters (signature bytes), not the
 // whole token: a Map hashes its string key on every lookup, a request's token is a new string each
-// time, and hashing 700-odd characters of an RS256 token was a third of a cached decision (≈ 0.8
-// µs). The fingerprint only finds the entry; a hit needs the entry's token to equal the token
-// character for character, so a forged token that copies a cached signature is a miss, and is
-// verified (and refused) like any other.
+// time, and hashing 700-odd characters of an RS256 token was a third of a cached decision
+// (bench/README.md). The fingerprint only finds the entry; a hit needs the entry's token to equal
+// the token character for character, so a forged token that copies a cached signature is a miss,
+// and is verified (and refused) like any other.
 const FINGERPRINT_CHARS = 32
 const fingerprint = (token: string): string => (token.length <= FINGERPRINT_CHARS ? token : token.slice(-FINGERPRINT_CHARS))
 
 // Headers of tokens whose signature verified, parsed, by their encoded text. An issuer signs
 // every token with one of a few headers ({"alg","kid","typ"} per key), so a fresh token's header
-// is almost always one seen before, and decoding, parsing and checking it again was ≈ 2 µs of a
-// fresh token's ≈ 45 µs. The answer is a pure function of the text (and of the verifier's fixed
-// algorithm list), so a hit is exactly what parsing would give. Only headers that verified are
+// is almost always one seen before, and decoding, parsing and checking it again was a measurable
+// part of a fresh token's decision (bench/README.md). The answer is a pure function of the text
+// (and of the verifier's fixed algorithm list), so a hit is exactly what parsing would give. Only headers that verified are
 // kept: nobody without the issuer's key can add one, so forged headers cannot churn it.
 const HEADER_CACHE_SIZE = 64
 

@@ -1,6 +1,6 @@
 // bench/pool.mjs pools one check's paired rounds over several runs. Hand-made runs pin the
 // arithmetic (pairing within a run, skipping runs without both rows, the three measures); the
-// committed results pin the pooled figures README.md and bench/README.md cite, so the docs
+// committed results pin the pooled figures bench/README.md cites, so the docs
 // cannot drift from the data. No timing here: pure functions over JSON.
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -77,7 +77,7 @@ t.test('the pooled figures the docs cite come out of the committed results', asy
 
   const r7 = poolRuns(runsOf('b0e810a', '92d8953', 'c793e1f', '21f3b94', '914beb0'), '7', '3')
   t.equal(r7.rounds, 64)
-  t.equal(fixed(r7.median, 3), '0.971', 'row 7 ÷ row 3, five runs (README.md, bench/README.md)')
+  t.equal(fixed(r7.median, 3), '0.971', 'row 7 ÷ row 3, five runs (bench/README.md)')
   t.same([fixed(r7.interval?.low, 3), fixed(r7.interval?.high, 3)], ['0.952', '1.003'])
 
   const b4 = poolRuns(runsOf('b0e810a', 'd860d26', 'c793e1f', '21f3b94', '914beb0'), '4b', '2')

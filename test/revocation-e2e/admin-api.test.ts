@@ -54,7 +54,7 @@ t.test('no admin token configured → writes answer 403', async (t) => {
   t.equal(post.status, 403, 'POST → 403')
   t.match(post.json().error_description, /LAPSE_ADMIN_TOKEN/, 'says what to configure')
   t.equal((await admin(lapse, 'DELETE', '/v1/revocations/sub/x')).status, 403, 'DELETE → 403')
-  // Entries name identities and say why they lost access: reads are closed too (README "Revocation").
+  // Entries name identities and say why they lost access: reads are closed too (docs/revocation.md#admin-api).
   t.equal((await admin(lapse, 'GET', '/v1/revocations/sub/x')).status, 403, 'GET → 403')
   t.equal((await admin(lapse, 'POST', '/v1/revocations', { body: { claim: 'sub', value: 'x' }, token: null })).status, 403, 'without a token either')
   t.same(await keysUnder(prefix), [], 'nothing written')

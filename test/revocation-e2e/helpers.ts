@@ -65,7 +65,7 @@ export async function revoke(t: Test, lapse: Lapse, body: Record<string, unknown
   return res.json() as Record<string, unknown>
 }
 
-// The store's component encoding (README "Revocation"): RFC 3986 unreserved characters only.
+// The store's component encoding (docs/revocation.md#key-layout): RFC 3986 unreserved characters only.
 const encode = (part: string) =>
   encodeURIComponent(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
 

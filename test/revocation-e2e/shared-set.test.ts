@@ -1,6 +1,6 @@
 // Three sidecars sharing one Redis: a revocation written through one instance's admin API is
 // denied by all three on their very next request — with the local cache off (one MGET per check)
-// at once, with it on (answers already cached) once the event has reached them, as README says.
+// at once, with it on (answers already cached) once the event has reached them, as docs/revocation.md says.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { bearer, runApp, send, type Lapse } from '../fixtures/app.js'
@@ -19,7 +19,7 @@ const statuses = (fleet: readonly Lapse[], token: string) => Promise.all(fleet.m
  * Resolves once every instance has received the event of a change to `value` (its cache dropped
  * the key before listeners hear of it). Redis may write the writer's reply before the other
  * subscribers' messages, so with the cache on "the next request after the 201" is only
- * guaranteed once the event is there, as README says; on a loaded machine that is a moment later.
+ * guaranteed once the event is there, as docs/revocation.md says; on a loaded machine that is a moment later.
  */
 function delivered(fleet: readonly Lapse[], kind: 'revoked' | 'lifted', value: string, withinMs = 3000): Promise<unknown> {
   return Promise.all(fleet.map((lapse) => new Promise<void>((resolve, reject) => {

@@ -247,7 +247,7 @@ t.test('collector down, then up on the same port: spans stop being recorded, req
 })
 
 // Issue 21: the trial after a pause used to record a few spans and wait for their export; with
-// spans the sampler drops (the README's parentbased_traceidratio, callers' unsampled traceparent)
+// spans the sampler drops (docs/telemetry.md's parentbased_traceidratio, callers' unsampled traceparent)
 // no export ever ran, and spans stayed off until a restart.
 t.test('collector back while only unsampled requests arrive: recording still resumes, the next sampled span reaches the collector', async (t) => {
   const port = await closedPort()
