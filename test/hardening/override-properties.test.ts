@@ -68,3 +68,18 @@ t.test('decided under every named method: allowed iff each alone is allowed; els
   )
   t.pass('an override never allows what one of its methods alone would refuse, and answers as that method')
 })
+
+t.test('a request naming several methods is verified, and the revocation set asked, once', async (t) => {
+  const rules = [{ path: '/a/**', scopes: ['r'] }].map((r) => routeSchema.parse(r))
+  let checks = 0
+  let lookups = 0
+  const identity = identityWith(['r'])
+  const verify = { check: () => (checks++, identity), knows: () => false } as unknown as Verifier
+  const counted = { isRevoked: async () => (lookups++, false), isRevokedNow: () => (lookups++, false) } as unknown as RevocationStore
+  const deps: DecideDeps = { match: compileRoutes(rules), verify, revocations: counted, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0) }
+  const rawHeaders = ['X-HTTP-Method-Override', 'PUT, DELETE', 'X-Method-Override', 'PATCH']
+  const got = (await decide({ method: 'POST', url: '/a/b?_method=GET', authorization: ['Bearer abc.def.ghi'], rawHeaders }, deps)) as Outcome
+  t.equal(got.decision.allow, true, 'allowed under all five methods')
+  t.equal(checks, 1, 'one verification')
+  t.equal(lookups, 1, 'one revocation lookup')
+})
