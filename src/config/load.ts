@@ -1,11 +1,11 @@
 // Reads settings from the environment and the optional YAML file, validates them once and
-// freezes the result. A bad value throws a ConfigError whose message is one line naming the setting.
+// freezes the result. A bad value throws a LapseError whose message is one line naming the setting.
 //
-//   const config = loadConfig(process.env)          // throws ConfigError
+//   const config = loadConfig(process.env)          // throws LapseError
 import { readFileSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
-import { ConfigError } from '../core/errors.js'
+import { LapseError } from '../core/errors.js'
 import { envName, routeSchema, SETTING_NAMES, settingsSchema, type RouteSetting, type Settings } from './schema.js'
 
 export interface HostPort { readonly host: string; readonly port: number }
@@ -52,7 +52,7 @@ export interface Config {
 }
 
 const fail = (setting: string, why: string): never => {
-  throw new ConfigError('ERR_CONFIG_INVALID', `${settingLabel(setting)}: ${why}`)
+  throw new LapseError('ERR_CONFIG_INVALID', `${settingLabel(setting)}: ${why}`)
 }
 const settingLabel = (key: string) => envName(key)
 
@@ -83,16 +83,16 @@ function readConfigFile(path: string): Record<string, unknown> {
   try {
     text = readFileSync(path, 'utf8')
   } catch (err) {
-    throw new ConfigError('ERR_CONFIG_FILE', `LAPSE_CONFIG: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+    throw new LapseError('ERR_CONFIG_FILE', `LAPSE_CONFIG: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
   }
   let doc: unknown
   try {
     doc = parseYaml(text, { uniqueKeys: true, maxAliasCount: 100 })
   } catch (err) {
-    throw new ConfigError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} is not valid YAML: ${(err as Error).message.split('\n')[0]}`)
+    throw new LapseError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} is not valid YAML: ${(err as Error).message.split('\n')[0]}`)
   }
   if (doc === null || doc === undefined) return {}
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} must hold a mapping of settings`)
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new LapseError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} must hold a mapping of settings`)
   return doc as Record<string, unknown>
 }
 
@@ -129,7 +129,7 @@ function parseRoutes(value: Settings['routes']): RouteSetting[] {
 /** A malformed rule, located as the operator wrote it: `(at routes[1].methods[0])`. */
 function ruleIssue(message: string, path: readonly PropertyKey[]): never {
   const at = path.length ? ` (at routes${path.map((k) => (typeof k === 'number' ? `[${k}]` : `.${String(k)}`)).join('')})` : ''
-  throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${message}${at}`)
+  throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${message}${at}`)
 }
 
 function hostPort(value: string): HostPort {
