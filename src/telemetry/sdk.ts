@@ -39,10 +39,7 @@ import { DecisionAggregates } from './metrics.js'
 import { createExportGate, pausingTracerProvider, type ExportGate } from './pausing.js'
 import { errorType } from './recorder.js'
 import { METRIC_SPANS_UNRECORDED } from './semconv.js'
-import { DEFAULTS, createPropagator, type Env, type StartTelemetryOptions, type Telemetry } from './settings.js'
-
-// Where the bench and older callers import them from.
-export { startTelemetry, type Telemetry } from './settings.js'
+import { DEFAULTS, createPropagator, type Env, type StartTelemetryOptions, type Telemetry } from './telemetry.js'
 
 type Protocol = 'http/protobuf' | 'http/json' | 'grpc'
 const PROTOCOLS: readonly Protocol[] = ['http/protobuf', 'http/json', 'grpc']
