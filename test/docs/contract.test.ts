@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { errors as joseErrors } from 'jose'
 import t, { type Test } from 'tap'
-import { envName, SETTING_NAMES } from '../../src/config/schema.js'
+import { envName, SETTING_NAMES, settingsSchema } from '../../src/config/schema.js'
 import { ERROR_CODES, type ErrorCode } from '../../src/core/errors.js'
 import { REASONS } from '../../src/core/reasons.js'
 import type { DenyReason } from '../../src/core/types.js'
@@ -137,6 +137,10 @@ t.test('settings: each is a row of the settings table of docs/configuration.md, 
   const table = tablesOf(section(page('configuration.md'), 'Settings')).find((tb) => tb.header[0] === 'variable')
   if (!table) return t.fail('configuration.md "Settings" has its table')
   compare(t, SETTING_NAMES.map(envName), table.rows.flatMap((row) => spans(row[0]!, /^LAPSE_[A-Z0-9_]+$/)), 'the settings table of configuration.md')
+})
+
+t.test('settings: each says what it is in the schema, where its type and default are', async (t) => {
+  t.same(SETTING_NAMES.filter((k) => !settingsSchema.shape[k].description), [], 'every setting of the schema has a description')
 })
 
 t.test("telemetry names: each span, attribute and metric name of semconv.ts is in docs/telemetry.md, and every `lapse.*` name there is one", async (t) => {
