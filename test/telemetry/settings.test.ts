@@ -91,7 +91,7 @@ t.test('another SDK already holds the OpenTelemetry API globals: Lapse warns and
   const { telemetry, lines } = await start(t, QUIET)
   t.equal(telemetry.tracing, false)
   t.equal(telemetry.meterProvider, undefined)
-  t.ok(lines.some((l) => l.level === 40 && /could not start/.test(l.msg)), 'says why')
+  t.ok(lines.some((l) => l.level === 40 && /could not start/.test(l.msg) && l.err === 'ERR_OTEL_GLOBALS_TAKEN'), 'says why, with the docs/errors.md code')
   t.equal(metrics.getMeterProvider(), foreign, 'the foreign registration is left as it was')
   metrics.disable()
   const after = await start(t, QUIET)
