@@ -10,12 +10,12 @@ import t, { type Test } from 'tap'
 import { createPropagator, startTelemetry, type Telemetry } from '../../src/telemetry/settings.js'
 import { newKeyPair, writeJwks } from '../fixtures/keys.js'
 
-async function start(t: Test, env: Record<string, string>): Promise<{ telemetry: Telemetry; lines: Array<{ level: number; msg: string; telemetry?: string }>; raw: string[] }> {
+async function start(t: Test, env: Record<string, string>): Promise<{ telemetry: Telemetry; lines: Array<{ level: number; msg: string; telemetry?: string; err?: string }>; raw: string[] }> {
   const raw: string[] = []
   const sink = new Writable({ write(chunk: Buffer, _e, done) { raw.push(...chunk.toString('utf8').split('\n').filter(Boolean)); done() } })
   const telemetry = await startTelemetry(env, { log: pino({ level: 'info' }, sink), clock: { now: () => Date.now() } })
   t.teardown(() => telemetry.shutdown())
-  return { telemetry, raw, lines: raw.map((l) => JSON.parse(l) as { level: number; msg: string; telemetry?: string }) }
+  return { telemetry, raw, lines: raw.map((l) => JSON.parse(l) as { level: number; msg: string; telemetry?: string; err?: string }) }
 }
 const warnings = (lines: Array<{ level: number; msg: string; telemetry?: string }>) => lines.filter((l) => l.level === 40 && l.telemetry === 'config').map((l) => l.msg)
 // No collector is contacted: exports are never due during these tests.
