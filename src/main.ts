@@ -1,7 +1,7 @@
 // Builds the real Deps from the environment and runs the sidecar. The only reader of process.env
 // (the CLI passes it in), so tests build their own Deps or call startProxy with a plain record.
 //
-//   const running = await startProxy(process.env)   // throws ConfigError / StartError
+//   const running = await startProxy(process.env)   // throws LapseError (ERR_CONFIG_*, ERR_KEYS_INVALID, ERR_LISTEN…)
 //   await running.close()
 import type { Server } from 'node:http'
 import pino, { type Logger } from 'pino'
@@ -12,6 +12,7 @@ import { loadConfig, type Config, type HostPort } from './config/load.js'
 import { createConnectionRegistry } from './connections/connections.js'
 import { createForwarder } from './http/forward.js'
 import { systemClock } from './core/clock.js'
+import { LapseError } from './core/errors.js'
 import type { Clock, RevocationStore } from './core/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
 import { createRecorder, createStepTracer } from './telemetry/recorder.js'
@@ -19,12 +20,6 @@ import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settin
 import { normalizeType } from './verify/claims.js'
 import { createKeyResolver } from './verify/keys.js'
 import { createVerifier } from './verify/verify-token.js'
-
-export class StartError extends Error {
-  constructor(readonly code: string, message: string) {
-    super(message)
-  }
-}
 
 /** The proxy and the admin listener, listened and closed together. */
 export interface Sidecar {
@@ -84,7 +79,7 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
   try {
     await keys.start()
   } catch (err) {
-    throw new StartError('ERR_KEYS_INVALID', `LAPSE_JWKS_FILE: ${(err as Error).message}`)
+    throw new LapseError('ERR_KEYS_INVALID', `LAPSE_JWKS_FILE: ${(err as Error).message}`)
   }
   const verify = createVerifier({
     policy: {
@@ -134,7 +129,7 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     await ownTelemetry?.shutdown()
     await closeDeps(deps)
     const e = err as NodeJS.ErrnoException
-    throw new StartError('ERR_LISTEN', `cannot listen: ${e.code ?? e.message}`)
+    throw new LapseError('ERR_LISTEN', `cannot listen: ${e.code ?? e.message}`)
   }
   deps.log.info({ listen: addresses.proxy, admin: addresses.admin, upstream: config.upstream.origin, revocation_set: deps.revocations.kind }, 'lapse is listening')
   return {

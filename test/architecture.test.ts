@@ -21,13 +21,6 @@ const RANKS: Readonly<Record<string, number>> = {
   cli: 5,
 }
 
-/**
- * The one cycle left: settings.ts loads sdk.ts lazily (telemetry off loads no SDK), and sdk.ts
- * imports settings.ts's types and re-exports its API. Issue 22's move to NodeSDK rewrites both
- * files; the cycle goes then, and so does this entry (the test says when).
- */
-const KNOWN_CYCLES: readonly string[] = ['telemetry/settings.ts → telemetry/sdk.ts → telemetry/settings.ts']
-
 /** File (relative to src/) → the files of src/ it imports. */
 type Graph = ReadonlyMap<string, readonly string[]>
 
@@ -123,7 +116,5 @@ t.test('src/ keeps its layers and has no import cycle', async (t) => {
   t.ok(graph.size > 30, 'the checker sees the files of src/')
   t.ok([...graph.values()].some((targets) => targets.length > 0), 'the checker sees imports')
   t.same(layerProblems(graph), [], 'every import stays in its folder or goes down a rank')
-  const found = cycles(graph)
-  t.same(found.filter((c) => !KNOWN_CYCLES.includes(c)), [], 'no import cycle')
-  for (const known of KNOWN_CYCLES) t.ok(found.includes(known), `the known cycle ${known} is still there (once it is gone, remove it from KNOWN_CYCLES)`)
+  t.same(cycles(graph), [], 'no import cycle')
 })

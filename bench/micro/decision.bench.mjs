@@ -83,7 +83,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const normalizeTarget = need(await core('target/request-target.js'), 'normalizeTarget', 'target/request-target.js')
     const checkScopes = need(await core('authorize/scopes.js'), 'checkScopes', 'authorize/scopes.js')
     const toTokenRef = need(await core('revocation/model.js'), 'toTokenRef', 'revocation/model.js')
-    const startTelemetry = need(await core('telemetry/sdk.js'), 'startTelemetry', 'telemetry/sdk.js')
+    const startTelemetry = need(await core('telemetry/settings.js'), 'startTelemetry', 'telemetry/settings.js')
     const silent = silentLogger()
 
     const env = (extra = {}) => ({

@@ -1,11 +1,11 @@
 // (method, normalized path) → the first rule that matches, from a table compiled once at boot.
 //
-//   const match = compileRoutes(config.routes)      // throws ConfigError ERR_RULES_*
+//   const match = compileRoutes(config.routes)      // throws LapseError ERR_RULES_*
 //   const rule = match('GET', '/orders/42')          // undefined: no rule, deny
 //
 // `*` is one non-empty segment, `**` (last only) any rest; literals compare case-sensitively with
 // the normalized path. The rules: docs/configuration.md#route-rules.
-import { ConfigError } from '../core/errors.js'
+import { LapseError } from '../core/errors.js'
 import type { Rule } from '../core/types.js'
 
 /** One rule as configured (LAPSE_ROUTES); config/schema.ts's routeSchema produces it. */
@@ -45,18 +45,18 @@ export function compileRoutes(settings: readonly RouteSpec[]): RouteMatcher {
 
 function compileOne(s: RouteSpec, index: number): Compiled {
   const where = `routes[${index}] (${s.path})`
-  if (s.public && s.scopes.length > 0) throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} is public and also requires scopes`)
+  if (s.public && s.scopes.length > 0) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} is public and also requires scopes`)
   const { segments: texts, trailingSlash } = splitPath(s.path)
   const segments = texts.map((text, i): Segment => {
     if (text === '**') {
-      if (i !== texts.length - 1) throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has "**" before the last segment`)
+      if (i !== texts.length - 1) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has "**" before the last segment`)
       return { kind: 'rest' }
     }
     if (text === '*') return { kind: 'one' }
-    if (text.includes('*')) throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} mixes "*" with text in one segment`)
-    if (text === '.' || text === '..') throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has a dot segment`)
+    if (text.includes('*')) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} mixes "*" with text in one segment`)
+    if (text === '.' || text === '..') throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has a dot segment`)
     const dead = unmatchableEscape(text)
-    if (dead) throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has ${dead}, so it could never match`)
+    if (dead) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has ${dead}, so it could never match`)
     return { kind: 'literal', text }
   })
   const rule: Rule = Object.freeze({
@@ -96,9 +96,9 @@ function rejectDuplicates(compiled: readonly Compiled[]): void {
   }
 }
 
-function duplicate(b: Rule, a: Rule, taken: string): ConfigError {
+function duplicate(b: Rule, a: Rule, taken: string): LapseError {
   const why = taken === 'HEAD' && !a.methods?.has('HEAD') ? ' (a rule for GET takes HEAD too)' : ''
-  return new ConfigError('ERR_RULES_DUPLICATE',
+  return new LapseError('ERR_RULES_DUPLICATE',
     `LAPSE_ROUTES: routes[${b.id}] (${b.path}) can never apply to ${taken}: routes[${a.id}] takes it first${why}`)
 }
 

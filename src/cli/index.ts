@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util'
 import { writeSync } from 'node:fs'
 import { resolve } from 'node:path'
-import { ConfigError } from '../core/errors.js'
+import { LapseError } from '../core/errors.js'
 import type { Running } from '../main.js'
 import { startDemoUpstream } from './demo-upstream.js'
 import { DEV_AUDIENCE, DEV_ISSUER, loadDevKey, mintToken } from './dev-key.js'
@@ -71,11 +71,12 @@ export async function main(argv: string[], env: Env): Promise<void> {
 
 async function start(env: Env): Promise<Running> {
   // Loaded only for the commands that run the proxy: the admin commands start in a blink.
-  const { startProxy, StartError } = await import('../main.js')
+  const { startProxy } = await import('../main.js')
   try {
     return await startProxy(env)
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof StartError) die(`${err.code} ${err.message}`)
+    // A LapseError is one line naming the setting or the place and why (docs/errors.md).
+    if (err instanceof LapseError) die(`${err.code} ${err.message}`)
     throw err
   }
 }

@@ -1,58 +1,18 @@
 // Reads settings from the environment and the optional YAML file, validates them once and
-// freezes the result. A bad value throws a ConfigError whose message is one line naming the setting.
+// freezes the result. A bad value throws a LapseError whose message is one line naming the setting.
+// Config is the schema's output grouped for its readers: its type is read off the schema.
 //
-//   const config = loadConfig(process.env)          // throws ConfigError
+//   const config = loadConfig(process.env)          // throws LapseError
 import { readFileSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
-import { ConfigError } from '../core/errors.js'
+import { LapseError } from '../core/errors.js'
 import { envName, routeSchema, SETTING_NAMES, settingsSchema, type RouteSetting, type Settings } from './schema.js'
 
-export interface HostPort { readonly host: string; readonly port: number }
-
-export interface Config {
-  readonly listen: HostPort
-  readonly upstream: URL
-  readonly issuers: readonly string[]
-  readonly audiences: readonly string[]
-  readonly keys: {
-    readonly jwksUrl: string | undefined
-    readonly jwksFile: string | undefined
-    readonly refreshS: number
-    readonly cooldownS: number
-    readonly timeoutMs: number
-  }
-  readonly algorithms: readonly string[]
-  readonly clockSkewS: number
-  readonly maxLifetimeS: number
-  readonly requiredClaims: readonly string[]
-  readonly tokenTypes: readonly string[] | undefined
-  readonly revocableClaims: readonly string[]
-  readonly redis: { readonly url: string; readonly prefix: string; readonly cache: boolean } | undefined
-  readonly revocationTimeoutMs: number
-  readonly routes: readonly RouteSetting[]
-  readonly admin: { readonly listen: HostPort; readonly token: string | undefined; readonly tokenName: string }
-  readonly upstreamTimeoutMs: number
-  readonly upstreamMaxConnections: number
-  readonly clientHeaderTimeoutMs: number
-  readonly clientIdleTimeoutMs: number
-  readonly maxHeaderBytes: number
-  readonly maxTokenBytes: number
-  readonly maxHeaderFields: number
-  /** LAPSE_HOSTS: lower-case, without trailing dot; undefined serves any valid Host. */
-  readonly hosts: readonly string[] | undefined
-  readonly tokenCacheSize: number
-  readonly allowQueryToken: boolean
-  readonly forwardAuthorization: boolean
-  readonly streamRecheckIntervalS: number
-  readonly log: { readonly level: Settings['log_level']; readonly allows: Settings['log_allows']; readonly allowsSampleRate: number }
-  readonly realm: string
-  /** Settings that were not understood: reported as warnings, not errors. */
-  readonly warnings: readonly string[]
-}
+export type { HostPort } from './schema.js'
 
 const fail = (setting: string, why: string): never => {
-  throw new ConfigError('ERR_CONFIG_INVALID', `${settingLabel(setting)}: ${why}`)
+  throw new LapseError('ERR_CONFIG_INVALID', `${settingLabel(setting)}: ${why}`)
 }
 const settingLabel = (key: string) => envName(key)
 
@@ -83,16 +43,16 @@ function readConfigFile(path: string): Record<string, unknown> {
   try {
     text = readFileSync(path, 'utf8')
   } catch (err) {
-    throw new ConfigError('ERR_CONFIG_FILE', `LAPSE_CONFIG: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+    throw new LapseError('ERR_CONFIG_FILE', `LAPSE_CONFIG: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
   }
   let doc: unknown
   try {
     doc = parseYaml(text, { uniqueKeys: true, maxAliasCount: 100 })
   } catch (err) {
-    throw new ConfigError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} is not valid YAML: ${(err as Error).message.split('\n')[0]}`)
+    throw new LapseError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} is not valid YAML: ${(err as Error).message.split('\n')[0]}`)
   }
   if (doc === null || doc === undefined) return {}
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} must hold a mapping of settings`)
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new LapseError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} must hold a mapping of settings`)
   return doc as Record<string, unknown>
 }
 
@@ -129,12 +89,7 @@ function parseRoutes(value: Settings['routes']): RouteSetting[] {
 /** A malformed rule, located as the operator wrote it: `(at routes[1].methods[0])`. */
 function ruleIssue(message: string, path: readonly PropertyKey[]): never {
   const at = path.length ? ` (at routes${path.map((k) => (typeof k === 'number' ? `[${k}]` : `.${String(k)}`)).join('')})` : ''
-  throw new ConfigError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${message}${at}`)
-}
-
-function hostPort(value: string): HostPort {
-  const i = value.lastIndexOf(':')
-  return { host: value.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port: Number(value.slice(i + 1)) }
+  throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${message}${at}`)
 }
 
 function readAdminToken(s: Settings): string | undefined {
@@ -150,31 +105,26 @@ function readAdminToken(s: Settings): string | undefined {
   return token
 }
 
-export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
-  const warnings: string[] = []
-  const raw = collectRaw(env, warnings)
-  const parsed = settingsSchema.safeParse(raw)
-  if (!parsed.success) return describeIssue(parsed.error.issues[0]!, raw) as never
-  const s = parsed.data
+/** The settings grouped as Lapse reads them; checks that span settings throw here. */
+const configSchema = settingsSchema.transform((s) => {
   if (!s.jwks_url && !s.jwks_file) fail('jwks_url', 'one of LAPSE_JWKS_URL or LAPSE_JWKS_FILE is required')
   if (s.jwks_url && s.jwks_file) fail('jwks_url', 'set LAPSE_JWKS_URL or LAPSE_JWKS_FILE, not both')
-  const config: Config = {
-    listen: hostPort(s.listen),
-    upstream: new URL(s.upstream),
+  return {
+    listen: s.listen,
+    upstream: s.upstream,
     issuers: s.issuer,
     audiences: s.audience,
     keys: { jwksUrl: s.jwks_url, jwksFile: s.jwks_file, refreshS: s.jwks_refresh, cooldownS: s.jwks_cooldown, timeoutMs: s.jwks_timeout },
-    algorithms: [...new Set(s.algorithms)],
+    algorithms: s.algorithms,
     clockSkewS: s.clock_skew,
     maxLifetimeS: s.max_token_lifetime,
-    // A token without exp would never lapse, so exp is required whatever the setting says.
-    requiredClaims: [...new Set(['exp', ...s.required_claims])],
+    requiredClaims: s.required_claims,
     tokenTypes: s.token_types,
-    revocableClaims: [...new Set(s.revocable_claims)],
+    revocableClaims: s.revocable_claims,
     redis: s.redis_url ? { url: s.redis_url, prefix: s.redis_prefix, cache: s.revocation_cache } : undefined,
     revocationTimeoutMs: s.revocation_timeout,
     routes: parseRoutes(s.routes),
-    admin: { listen: hostPort(s.admin_listen), token: readAdminToken(s), tokenName: s.admin_token_name },
+    admin: { listen: s.admin_listen, token: readAdminToken(s), tokenName: s.admin_token_name },
     upstreamTimeoutMs: s.upstream_timeout,
     upstreamMaxConnections: s.upstream_max_connections,
     clientHeaderTimeoutMs: s.client_header_timeout,
@@ -182,16 +132,34 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     maxHeaderBytes: s.max_header_bytes,
     maxTokenBytes: s.max_token_bytes,
     maxHeaderFields: s.max_header_fields,
-    hosts: s.hosts ? [...new Set(s.hosts.map((h) => h.toLowerCase().replace(/\.$/, '')))] : undefined,
+    /** LAPSE_HOSTS: lower-case, without trailing dot; undefined serves any valid Host. */
+    hosts: s.hosts,
     tokenCacheSize: s.token_cache_size,
     allowQueryToken: s.allow_query_token,
     forwardAuthorization: s.forward_authorization,
     streamRecheckIntervalS: s.stream_recheck_interval,
     log: { level: s.log_level, allows: s.log_allows, allowsSampleRate: s.log_allows_sample_rate },
     realm: s.realm,
-    warnings,
   }
-  return deepFreeze(config)
+})
+
+/** Deeply read-only, as loadConfig freezes it; a URL stays a URL (frozen too). */
+type Frozen<T> = T extends URL ? T
+  : T extends ReadonlyArray<infer E> ? ReadonlyArray<Frozen<E>>
+  : T extends object ? { readonly [K in keyof T]: Frozen<T[K]> }
+  : T
+
+export type Config = Frozen<z.output<typeof configSchema> & {
+  /** Settings that were not understood: reported as warnings, not errors. */
+  warnings: string[]
+}>
+
+export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
+  const warnings: string[] = []
+  const raw = collectRaw(env, warnings)
+  const parsed = configSchema.safeParse(raw)
+  if (!parsed.success) return describeIssue(parsed.error.issues[0]!, raw) as never
+  return deepFreeze({ ...parsed.data, warnings })
 }
 
 function deepFreeze<T>(value: T): T {

@@ -1,5 +1,6 @@
-// One schema for every setting: its type, default and meaning. Keys are the YAML names;
-// the environment variable is `LAPSE_` + the key in upper case.
+// One schema for every setting: its type, default and meaning, and the value Lapse uses (a URL,
+// a host and port…). Keys are the YAML names; the environment variable is `LAPSE_` + the key in
+// upper case. config/load.ts groups the parsed settings into Config, whose type is read off this.
 //
 //   const parsed = settingsSchema.safeParse(raw)   // raw: { upstream: 'http://…', … }
 import { isIPv6 } from 'node:net'
@@ -27,8 +28,17 @@ const bool = z.preprocess((v) => {
 
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max)
 
-const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected host:port')
+export interface HostPort { readonly host: string; readonly port: number }
+
+const hostPort = (fallback: string) => z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected host:port')
   .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port out of range')
+  .default(fallback)
+  .transform((s): HostPort => {
+    const i = s.lastIndexOf(':')
+    return { host: s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port: Number(s.slice(i + 1)) }
+  })
+
+const unique = <T>(list: readonly T[]): T[] => [...new Set(list)]
 
 // A LAPSE_HOSTS entry: a host name (dot-separated labels of letters, digits and `-`, as hostOf in
 // extract/request-head.ts accepts them), `*.` before one for the names below it, or a bracketed
@@ -60,8 +70,8 @@ export type RouteSetting = z.infer<typeof routeSchema>
 const routes = z.preprocess((v) => (typeof v === 'string' ? v : v), z.union([z.string(), z.array(routeSchema)]))
 
 export const settingsSchema = z.strictObject({
-  listen: hostPort.default('0.0.0.0:8080').describe('where clients connect'),
-  upstream: httpUrl.describe('the protected service'),
+  listen: hostPort('0.0.0.0:8080').describe('where clients connect'),
+  upstream: httpUrl.transform((s) => new URL(s)).describe('the protected service'),
   issuer: csv.pipe(z.array(z.string()).min(1)).describe('accepted iss values'),
   audience: csv.pipe(z.array(z.string()).min(1)).describe("this resource's audience"),
   jwks_url: httpUrl.optional().describe('JWKS endpoint of the issuer'),
@@ -69,12 +79,16 @@ export const settingsSchema = z.strictObject({
   jwks_refresh: int(10, 86_400).default(300).describe('seconds between background JWKS refreshes'),
   jwks_cooldown: int(1, 3600).default(30).describe('seconds between refetches caused by an unknown kid'),
   jwks_timeout: int(100, 60_000).default(5000).describe('milliseconds a JWKS fetch may take'),
-  algorithms: csv.pipe(z.array(z.enum(KNOWN_ALGORITHMS as [string, ...string[]])).min(1)).default(['RS256', 'PS256', 'ES256', 'EdDSA']),
+  algorithms: csv.pipe(z.array(z.enum(KNOWN_ALGORITHMS as [string, ...string[]])).min(1)).default(['RS256', 'PS256', 'ES256', 'EdDSA']).transform(unique)
+    .describe('accepted JWS algorithms; HMAC only when named'),
   clock_skew: int(0, 300).default(30).describe('tolerance on exp/nbf/iat, seconds'),
   max_token_lifetime: int(0, 31_536_000).default(3600).describe('refuse tokens whose exp - iat is longer, seconds; 0 turns the policy off'),
-  required_claims: csv.default(['iss', 'aud', 'exp', 'iat', 'jti', 'sub']),
+  // A token without exp would never lapse, so exp is required whatever the setting says.
+  required_claims: csv.default(['iss', 'aud', 'exp', 'iat', 'jti', 'sub']).transform((c) => unique(['exp', ...c]))
+    .describe('claims a token must carry; exp always'),
   token_types: csv.optional().describe('accepted typ header values; unset accepts any'),
-  revocable_claims: csv.pipe(z.array(z.string().regex(/^[A-Za-z0-9_.:-]+$/, 'a claim name is letters, digits, _ . : -')).min(1)).default(['jti', 'sub', 'client_id', 'sid']),
+  revocable_claims: csv.pipe(z.array(z.string().regex(/^[A-Za-z0-9_.:-]+$/, 'a claim name is letters, digits, _ . : -')).min(1)).default(['jti', 'sub', 'client_id', 'sid']).transform(unique)
+    .describe('claims the revocation set is keyed on'),
   redis_url: z.string().superRefine((url, ctx) => {
     try {
       parseRedisUrl(url)
@@ -82,35 +96,35 @@ export const settingsSchema = z.strictObject({
       // parseRedisUrl's messages never repeat the password.
       ctx.addIssue({ code: 'custom', message: (err as Error).message })
     }
-  }).optional(),
-  redis_prefix: z.string().regex(/^[A-Za-z0-9_.-]+$/).default('lapse'),
+  }).optional().describe('the shared revocation set; unset keeps revocations in memory'),
+  redis_prefix: z.string().regex(/^[A-Za-z0-9_.-]+$/).default('lapse').describe('key prefix in Redis, also the Cluster hash tag'),
   revocation_timeout: int(1, 10_000).default(50).describe('milliseconds a revocation check may take before 503'),
   revocation_cache: bool.default(true).describe('cache revocation answers locally, invalidated by Redis events'),
   routes: routes.optional().describe('route rules; none means deny all'),
-  admin_listen: hostPort.default('127.0.0.1:9901'),
-  admin_token: z.string().min(16, 'at least 16 characters').optional(),
-  admin_token_file: z.string().min(1).optional(),
-  admin_token_name: z.string().regex(/^[A-Za-z0-9_.@-]+$/).default('admin'),
+  admin_listen: hostPort('127.0.0.1:9901').describe('admin API, health and metrics'),
+  admin_token: z.string().min(16, 'at least 16 characters').optional().describe('bearer secret of the revocation API'),
+  admin_token_file: z.string().min(1).optional().describe('a file holding admin_token'),
+  admin_token_name: z.string().regex(/^[A-Za-z0-9_.@-]+$/).default('admin').describe('who the admin token is, in audit lines'),
   upstream_timeout: int(1, 3_600_000).default(30_000).describe('milliseconds until the upstream sends response headers, then 504'),
   upstream_max_connections: int(1, 65_536).default(256).describe('HTTP connections to the upstream at most; further requests wait for one, within upstream_timeout'),
   client_header_timeout: int(1000, 600_000).default(10_000).describe('milliseconds a client may take to send its headers'),
   client_idle_timeout: int(0, 86_400_000).default(120_000).describe('milliseconds a client connection may sit idle'),
-  max_header_bytes: int(1024, 1_048_576).default(16_384),
-  max_token_bytes: int(256, 65_536).default(8192),
+  max_header_bytes: int(1024, 1_048_576).default(16_384).describe('largest request head accepted, bytes; more is refused with 431'),
+  max_token_bytes: int(256, 65_536).default(8192).describe('longest token accepted, bytes'),
   // Envoy's default max_request_headers_count. Node keeps 1000 fields by default; past what Lapse
   // reads, framing and token fields would go unseen, so a longer head is refused with 431.
   max_header_fields: int(10, 1000).default(100).describe('header fields a request head may have (each line counts, repeats included); more is refused with 431'),
-  hosts: csv.pipe(z.array(hostEntry).min(1)).optional().describe('Host names this sidecar serves, without port; *.example.com matches names below example.com; unset accepts any valid Host; another gets 421'),
+  hosts: csv.pipe(z.array(hostEntry).min(1)).transform((hosts) => unique(hosts.map((h) => h.toLowerCase().replace(/\.$/, '')))).optional().describe('Host names this sidecar serves, without port; *.example.com matches names below example.com; unset accepts any valid Host; another gets 421'),
   token_cache_size: int(0, 1_000_000).default(10_000).describe('verified tokens kept; 0 verifies every request'),
   allow_query_token: bool.default(false).describe('accept access_token in the query string (RFC 6750 §2.3)'),
   forward_authorization: bool.default(true).describe('pass the Authorization header on to the upstream'),
   stream_recheck_interval: int(1, 3600).default(30).describe('seconds between re-checks of open long-lived connections'),
-  log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  log_allows: z.enum(['all', 'sampled', 'none']).default('all'),
-  log_allows_sample_rate: z.coerce.number().min(0).max(1).default(0.01),
-  realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]+$/).default('lapse'),
+  log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('level of operational lines'),
+  log_allows: z.enum(['all', 'sampled', 'none']).default('all').describe('audit lines for allowed requests'),
+  log_allows_sample_rate: z.coerce.number().min(0).max(1).default(0.01).describe('share of allows logged when log_allows is sampled'),
+  realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]+$/).default('lapse').describe('realm of WWW-Authenticate challenges'),
 })
 
-export type Settings = z.infer<typeof settingsSchema>
+export type Settings = z.output<typeof settingsSchema>
 export const SETTING_NAMES = Object.keys(settingsSchema.shape) as ReadonlyArray<keyof Settings>
 export const envName = (key: string) => `LAPSE_${key.toUpperCase()}`

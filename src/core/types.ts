@@ -2,6 +2,7 @@
 //
 //   const decision = await decide(request, deps)
 //   if (!decision.allow) writeDenial(res, decision)
+import { LapseError } from './errors.js'
 
 // The names are the `lapse.reason` values of DESIGN.md: stable, never reused once retired.
 export type DenyReason =
@@ -125,8 +126,10 @@ export interface RevocationEvent {
 }
 
 /** Thrown (as a rejected promise) when the set cannot answer within its budget: fail closed. */
-export class RevocationUnavailableError extends Error {
-  readonly code = 'ERR_REVOCATION_UNAVAILABLE'
+export class RevocationUnavailableError extends LapseError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('ERR_REVOCATION_UNAVAILABLE', message, options)
+  }
 }
 
 export interface RevocationStore {

@@ -16,6 +16,7 @@ import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
 import httpProxy from 'http-proxy'
 import { Pool, type Dispatcher } from 'undici'
+import { LapseError } from '../core/errors.js'
 import type { Identity, Target } from '../core/types.js'
 import { closeDelimited, responseHeaders, upstreamHeaders } from './headers.js'
 import { createWsLink, type WsLink } from './ws-close.js'
@@ -234,9 +235,10 @@ export function acceptsHandshake(headers: IncomingHttpHeaders, key: string | und
   return headers['sec-websocket-accept'] === createHash('sha1').update(key + WS_GUID).digest('base64')
 }
 
-const BAD_HANDSHAKE = Object.assign(new Error('the upstream answered 101 without a valid WebSocket handshake'), { code: 'LAPSE_BAD_HANDSHAKE' })
-const TIMED_OUT = Object.assign(new Error('the upstream did not send response headers in time'), { code: 'LAPSE_UPSTREAM_TIMEOUT' })
-const ABANDONED = Object.assign(new Error('the client went away'), { code: 'LAPSE_CLIENT_GONE' })
+// Why an exchange stopped early; compared by identity here, and their codes reach the log line.
+const BAD_HANDSHAKE = new LapseError('ERR_UPSTREAM_BAD_HANDSHAKE', 'the upstream answered 101 without a valid WebSocket handshake')
+const TIMED_OUT = new LapseError('ERR_UPSTREAM_TIMEOUT', 'the upstream did not send response headers in time')
+const ABANDONED = new LapseError('ERR_CLIENT_GONE', 'the client went away')
 const UNDICI_TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT'])
 
 /**

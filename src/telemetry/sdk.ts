@@ -28,15 +28,13 @@ import { OTLPMetricExporter as ProtoMetricExporter } from '@opentelemetry/export
 import { OTLPTraceExporter as GrpcTraceExporter } from '@opentelemetry/exporter-trace-otlp-grpc'
 import { OTLPTraceExporter as JsonTraceExporter } from '@opentelemetry/exporter-trace-otlp-http'
 import { OTLPTraceExporter as ProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto'
+import { LapseError } from '../core/errors.js'
 import { coalesced } from './coalesced-counters.js'
 import { DecisionAggregates } from './metrics.js'
 import { createExportGate, pausingTracerProvider, type ExportGate } from './pausing.js'
 import { errorType } from './recorder.js'
 import { METRIC_SPANS_UNRECORDED } from './semconv.js'
-import { DEFAULTS, createPropagator, type Env, type StartTelemetryOptions, type Telemetry } from './settings.js'
-
-// Where the bench and older callers import them from.
-export { startTelemetry, type Telemetry } from './settings.js'
+import { DEFAULTS, createPropagator, type Env, type StartTelemetryOptions, type Telemetry } from './telemetry.js'
 
 type Protocol = 'http/protobuf' | 'http/json' | 'grpc'
 const PROTOCOLS: readonly Protocol[] = ['http/protobuf', 'http/json', 'grpc']
@@ -176,7 +174,7 @@ function startIsolated(sdk: NodeSDK, tracing: boolean): { tracerProvider: Tracer
   // Someone registered first (e.g. an auto-instrumentation preloaded with --require): the globals are theirs.
   if (!tookMeter || (tracing && !tookTracer)) {
     void sdk.shutdown()
-    throw Object.assign(new Error('another OpenTelemetry SDK holds the API globals'), { code: 'ERR_OTEL_GLOBALS_TAKEN' })
+    throw new LapseError('ERR_OTEL_GLOBALS_TAKEN', 'another OpenTelemetry SDK holds the API globals')
   }
   return { tracerProvider, meterProvider }
 }

@@ -10,6 +10,7 @@ import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createLocalJWKSet, importJWK, errors, type JSONWebKeySet, type JWK, type JWSHeaderParameters } from 'jose'
 import { request } from 'undici'
+import { LapseError } from '../core/errors.js'
 import type { Clock, StepTracer } from '../core/types.js'
 
 export type VerificationKey = Awaited<ReturnType<ReturnType<typeof createLocalJWKSet>>> | Uint8Array
@@ -33,8 +34,10 @@ export interface KeyResolver {
   close(): void
 }
 
-export class KeysUnavailableError extends Error {
-  readonly code = 'ERR_KEYS_UNAVAILABLE'
+export class KeysUnavailableError extends LapseError {
+  constructor(message: string) {
+    super('ERR_KEYS_UNAVAILABLE', message)
+  }
 }
 
 export interface KeySource {
@@ -52,7 +55,7 @@ interface Log {
 }
 
 const MAX_JWKS_BYTES = 512 * 1024
-const NO_USABLE_KEY = Object.assign(new Error('the key set holds no usable key'), { code: 'ERR_JWKS_NO_USABLE_KEY' })
+const NO_USABLE_KEY = new LapseError('ERR_JWKS_NO_USABLE_KEY', 'the key set holds no usable key')
 // Only lookups that found exactly one key are remembered, so the memo is bounded by the key set
 // (keys × algorithms), not by what clients put in `kid`; the cap is a second fence.
 const MAX_KNOWN_KEYS = 256
@@ -62,7 +65,7 @@ const MIN_RSA_BITS = 2048
 /** Keys a verifier must never trust, whatever an issuer publishes (docs/security.md#hostile-key-sets). */
 export function filterKeys(jwks: unknown, algorithms: readonly string[], log?: Log): JSONWebKeySet {
   if (!jwks || typeof jwks !== 'object' || !Array.isArray((jwks as { keys?: unknown }).keys)) {
-    throw new errors.JWKSInvalid('JSON Web Key Set malformed: no "keys" array')
+    throw new LapseError('ERR_JWKS_INVALID', 'JSON Web Key Set malformed: no "keys" array')
   }
   const allowHmac = algorithms.some((a) => a.startsWith('HS'))
   const usable: Array<{ index: number; jwk: JWK }> = []
@@ -314,7 +317,7 @@ export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?:
         const text = readFileSync(source.jwksFile, 'utf8')
         install(filterKeys(JSON.parse(text), source.algorithms, deps.log))
         lastRefreshMs = deps.clock.now()
-        if (jwks!.keys.length === 0) throw new errors.JWKSInvalid('the key set holds no usable key')
+        if (jwks!.keys.length === 0) throw NO_USABLE_KEY
         return
       }
       schedule(0)
@@ -336,7 +339,7 @@ async function fetchJwks(url: string, timeoutMs: number): Promise<unknown> {
   } as Parameters<typeof request>[1])
   if (res.statusCode !== 200) {
     await res.body.dump()
-    throw Object.assign(new Error(`JWKS endpoint answered ${res.statusCode}`), { code: 'ERR_JWKS_HTTP_STATUS' })
+    throw new LapseError('ERR_JWKS_HTTP_STATUS', `JWKS endpoint answered ${res.statusCode}`)
   }
   const chunks: Buffer[] = []
   let size = 0
@@ -344,13 +347,13 @@ async function fetchJwks(url: string, timeoutMs: number): Promise<unknown> {
     size += (chunk as Buffer).length
     if (size > MAX_JWKS_BYTES) {
       res.body.destroy()
-      throw Object.assign(new Error('JWKS document too large'), { code: 'ERR_JWKS_TOO_LARGE' })
+      throw new LapseError('ERR_JWKS_TOO_LARGE', 'JWKS document too large')
     }
     chunks.push(chunk as Buffer)
   }
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8'))
   } catch {
-    throw new errors.JWKSInvalid('JWKS document is not JSON')
+    throw new LapseError('ERR_JWKS_INVALID', 'JWKS document is not JSON')
   }
 }

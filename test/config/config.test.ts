@@ -61,7 +61,7 @@ const bad: Bad[] = [
   { spawn: true, name: 'LAPSE_ROUTES not YAML or JSON', change: { LAPSE_ROUTES: '[{' }, setting: /^LAPSE_ROUTES: /, why: /YAML|JSON/ },
 ]
 
-t.test('loadConfig: each missing or malformed setting → ConfigError, one line naming it', async (t) => {
+t.test('loadConfig: each missing or malformed setting → LapseError, one line naming it', async (t) => {
   const base = await validEnv()
   t.doesNotThrow(() => loadConfig(base), 'the base environment is valid')
   for (const c of bad) {

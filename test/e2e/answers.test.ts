@@ -262,5 +262,6 @@ t.test('upstream too slow → 504 after LAPSE_UPSTREAM_TIMEOUT', async (t) => {
   t.equal(res.json().error, 'gateway_timeout')
   t.equal(slow.calls, 1, 'the upstream got the request and never answered')
   t.equal(audit.upstream_failure, 'upstream_timeout')
+  t.ok(lapse.lines.some((l) => l.msg === 'upstream request failed' && l.err === 'ERR_UPSTREAM_TIMEOUT'), 'the warning carries the docs/errors.md code')
   t.ok(Date.now() - started < 10_000, 'answered well before any client would give up')
 })

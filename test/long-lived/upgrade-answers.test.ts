@@ -38,7 +38,7 @@ for (const [name, fields] of INVALID) {
     t.notMatch(up.connections[0]!.text(), /FROM-CLIENT/, 'no client byte reached the upstream')
     const audit = await waitFor(() => decisions(lapse).at(-1), 'the audit line')
     t.match(audit, { decision: 'allow', status: 502, upstream_failure: 'upstream_unavailable' })
-    t.ok(lapse.lines.some((l) => l.msg === 'upstream upgrade failed' && l.err === 'LAPSE_BAD_HANDSHAKE'), 'a log line says the handshake answer was invalid')
+    t.ok(lapse.lines.some((l) => l.msg === 'upstream upgrade failed' && l.err === 'ERR_UPSTREAM_BAD_HANDSHAKE'), 'a log line says the handshake answer was invalid, with its docs/errors.md code')
   })
 }
 

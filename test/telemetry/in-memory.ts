@@ -12,7 +12,7 @@ import {
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import type { Test } from 'tap'
 import { DecisionAggregates } from '../../src/telemetry/metrics.js'
-import type { Telemetry } from '../../src/telemetry/sdk.js'
+import type { Telemetry } from '../../src/telemetry/settings.js'
 import { waitFor } from '../fixtures/app.js'
 
 export interface MemoryTelemetry {

@@ -10,12 +10,12 @@ import t, { type Test } from 'tap'
 import { createPropagator, startTelemetry, type Telemetry } from '../../src/telemetry/settings.js'
 import { newKeyPair, writeJwks } from '../fixtures/keys.js'
 
-async function start(t: Test, env: Record<string, string>): Promise<{ telemetry: Telemetry; lines: Array<{ level: number; msg: string; telemetry?: string }>; raw: string[] }> {
+async function start(t: Test, env: Record<string, string>): Promise<{ telemetry: Telemetry; lines: Array<{ level: number; msg: string; telemetry?: string; err?: string }>; raw: string[] }> {
   const raw: string[] = []
   const sink = new Writable({ write(chunk: Buffer, _e, done) { raw.push(...chunk.toString('utf8').split('\n').filter(Boolean)); done() } })
   const telemetry = await startTelemetry(env, { log: pino({ level: 'info' }, sink), clock: { now: () => Date.now() } })
   t.teardown(() => telemetry.shutdown())
-  return { telemetry, raw, lines: raw.map((l) => JSON.parse(l) as { level: number; msg: string; telemetry?: string }) }
+  return { telemetry, raw, lines: raw.map((l) => JSON.parse(l) as { level: number; msg: string; telemetry?: string; err?: string }) }
 }
 const warnings = (lines: Array<{ level: number; msg: string; telemetry?: string }>) => lines.filter((l) => l.level === 40 && l.telemetry === 'config').map((l) => l.msg)
 // No collector is contacted: exports are never due during these tests.
@@ -91,7 +91,7 @@ t.test('another SDK already holds the OpenTelemetry API globals: Lapse warns and
   const { telemetry, lines } = await start(t, QUIET)
   t.equal(telemetry.tracing, false)
   t.equal(telemetry.meterProvider, undefined)
-  t.ok(lines.some((l) => l.level === 40 && /could not start/.test(l.msg)), 'says why')
+  t.ok(lines.some((l) => l.level === 40 && /could not start/.test(l.msg) && l.err === 'ERR_OTEL_GLOBALS_TAKEN'), 'says why, with the docs/errors.md code')
   t.equal(metrics.getMeterProvider(), foreign, 'the foreign registration is left as it was')
   metrics.disable()
   const after = await start(t, QUIET)

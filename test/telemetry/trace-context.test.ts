@@ -8,7 +8,7 @@ import t from 'tap'
 import { manualClock } from '../../src/core/clock.js'
 import { bearer, decisions, runApp, send, waitFor } from '../fixtures/app.js'
 import { newKeyPair, testKeys } from '../fixtures/keys.js'
-import { startTelemetry } from '../../src/telemetry/sdk.js'
+import { startTelemetry } from '../../src/telemetry/settings.js'
 import { inMemoryTelemetry, newTraceparent } from './in-memory.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
