@@ -6,7 +6,7 @@ import type { Denial, DenyReason } from './types.js'
 type Challenge = 'none' | 'bare' | 'invalid_token' | 'invalid_request' | 'insufficient_scope'
 
 interface ReasonRow {
-  readonly status: 400 | 401 | 403 | 421 | 503
+  readonly status: 400 | 401 | 403 | 421 | 431 | 503
   readonly challenge: Challenge
   readonly error: string
   readonly description: string
@@ -37,6 +37,10 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   // RFC 9110 §15.5.20: a valid Host this sidecar does not serve (LAPSE_HOSTS); the client may
   // retry on a connection to the right server. Decided before any token is looked at.
   host_not_allowed: { status: 421, challenge: 'none', error: 'misdirected_request', description: 'this host is not served here' },
+  // RFC 6585 §5: a head with more fields than LAPSE_MAX_HEADER_FIELDS. An invalid request in
+  // RFC 6750's terms (§3.1 "otherwise malformed"), so its challenge is invalid_request's; the
+  // status says what is wrong with it.
+  too_many_header_fields: { status: 431, challenge: 'invalid_request', error: 'invalid_request', description: 'too many header fields' },
 }
 
 export const RETRY_AFTER_S = 1
@@ -73,5 +77,5 @@ export function toAnswer(denial: Denial, realm: string): Answer {
   if (row.status === 503) headers['retry-after'] = String(RETRY_AFTER_S)
   const body = JSON.stringify({ error: row.error, error_description: denial.description ?? row.description })
   headers['content-length'] = String(Buffer.byteLength(body))
-  return { status: denial.status ?? row.status, headers, body }
+  return { status: row.status, headers, body }
 }

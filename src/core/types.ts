@@ -8,7 +8,7 @@ export type DenyReason =
   | 'missing_token' | 'invalid_request' | 'malformed' | 'alg_not_allowed' | 'unknown_key'
   | 'bad_signature' | 'expired' | 'not_yet_valid' | 'wrong_issuer' | 'wrong_audience'
   | 'missing_claim' | 'lifetime_exceeds_policy' | 'revoked' | 'insufficient_scope'
-  | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed'
+  | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
 
 export type Reason = DenyReason | 'ok'
 
@@ -51,8 +51,6 @@ export type Decision =
       readonly requiredScopes?: readonly string[] | undefined
       /** A short human phrase for `error_description`; never token content. */
       readonly description?: string | undefined
-      /** RFC 6585 §5: a head with too many fields is an invalid request answered 431, not 400. */
-      readonly status?: 431 | undefined
     }
 
 export type Denial = Extract<Decision, { allow: false }>

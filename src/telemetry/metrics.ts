@@ -4,7 +4,7 @@
 //   const metrics = createDecisionMetrics(meter, aggregates, { keys, verify, revocations, clock })
 //   createRecorder({ …, metrics })
 //
-// Labels are bounded: decision (2) × reason (19) × route (one per rule). Never a path, subject or jti.
+// Labels are bounded: decision (2) × reason (20) × route (one per rule). Never a path, subject or jti.
 //
 // Why not the SDK's synchronous instruments for the three per-request metrics: each record hashes
 // its attribute set once per metric reader (Prometheus and OTLP are two), which cost ≈ 7 µs of a
