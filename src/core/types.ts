@@ -25,6 +25,23 @@ export interface Identity {
   readonly expS: number
   readonly scopes: ReadonlySet<string>
   readonly claims: Claims
+  /** Work done once per token and reused while the verifier caches this Identity. */
+  readonly memo: TokenMemo
+}
+
+/**
+ * What later stages work out from a verified token, kept for the next request with the same token:
+ * the verifier caches the Identity, so one memo serves every request until the token leaves its
+ * cache. Created empty by the verifier (verify/claims.ts), filled by the slots' owners. Mutable, and
+ * never shared between tokens: a slot holds only what its owner derived from this token.
+ */
+export interface TokenMemo {
+  /** decide/decide.ts: the token as the revocation set is asked about it, for one list of revocable claims. */
+  tokenRef?: { readonly claims: readonly string[]; readonly ref: TokenRef } | undefined
+  /** revocation/redis-store.ts: the Redis keys of `ref`, built by the store whose key layout (prefix) is `layout`. */
+  redisKeys?: { readonly ref: TokenRef; readonly layout: object; readonly keys: readonly string[] } | undefined
+  /** http/headers.ts: the identity headers (X-Auth-*), as a flat name, value list. */
+  headerFields?: readonly string[] | undefined
 }
 
 export interface Rule {
@@ -99,6 +116,8 @@ export interface TokenRef {
   readonly iss: string
   readonly iatS: number | undefined
   readonly values: ReadonlyArray<readonly [claim: string, value: string]>
+  /** The memo of the token the ref was made from (revocation/model.ts toTokenRef); absent on a hand-made ref. */
+  readonly memo?: TokenMemo | undefined
 }
 
 /** A revocation `(claim, value, T)`: tokens with `claim = value` and `iat <= T` are revoked. */

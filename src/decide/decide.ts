@@ -149,15 +149,11 @@ function concludeEach(identity: Identity, revoked: false | 'unknown', revocation
   return { decision: { allow: true, rule: allowed, identity }, target: forwarded, revocationMs }
 }
 
-// A token served from the verification cache keeps its Identity object, so its TokenRef is kept on
-// it: the Redis store keeps its keys on the ref in turn (redis-store.ts).
-const REF = Symbol('lapse.token-ref')
-type WithRef = Identity & { [REF]?: { readonly claims: readonly string[]; readonly ref: TokenRef } }
-
-function tokenRefOf(identity: WithRef, revocableClaims: readonly string[]): TokenRef {
-  const memo = identity[REF]
-  if (memo !== undefined && memo.claims === revocableClaims) return memo.ref
+/** The token's TokenRef, built once per token (its memo's `tokenRef` slot) for these revocable claims. */
+function tokenRefOf(identity: Identity, revocableClaims: readonly string[]): TokenRef {
+  const known = identity.memo.tokenRef
+  if (known !== undefined && known.claims === revocableClaims) return known.ref
   const ref = toTokenRef(identity, revocableClaims)
-  if (Object.isExtensible(identity)) identity[REF] = { claims: revocableClaims, ref }
+  identity.memo.tokenRef = { claims: revocableClaims, ref }
   return ref
 }
