@@ -2,9 +2,9 @@
 // WebSocket upgrade on a connection of its own.
 //
 //   const forwarder = createForwarder({ upstream, timeoutMs, forwardAuthorization })
-//   const fwd = forwarder.web(req, res, target, identity, (failure) => …)   // failure: 'upstream_timeout' | 'upstream_unavailable'
+//   const fwd = forwarder.web(req, res, target, identity, sink)   // sink.upstreamFailed('upstream_timeout' | 'upstream_unavailable', err)
 //   fwd.abandon()                      // the client left before the response ended: stop the upstream request
-//   const up = forwarder.ws(req, socket, head, target, identity, onFailure)   // when isWebSocketUpgrade(req)
+//   const up = forwarder.ws(req, socket, head, target, identity, sink)   // when isWebSocketUpgrade(req)
 //   up.link.close(1008, 'token expired')   // up.status: 101, or the upstream's ordinary answer
 //
 // Two engines, chosen by measurement (bench/README.md): plain HTTP goes through an undici Pool,
@@ -23,6 +23,11 @@ import { closeDelimited, responseHeaders, upstreamHeaders } from './headers.js'
 import { createWsLink, type WsLink } from './ws-close.js'
 
 export type UpstreamFailure = 'upstream_timeout' | 'upstream_unavailable'
+
+/** Told when forwarding fails while Lapse can still answer: an object, so a request costs no callback. */
+export interface UpstreamFailureSink {
+  upstreamFailed(failure: UpstreamFailure, err: Error): void
+}
 
 export interface ForwarderOptions {
   readonly upstream: URL
@@ -43,13 +48,13 @@ export interface Forwarding {
 }
 
 export interface Forwarder {
-  /** onFailure is called at most once, and only while no response byte has reached the client. */
-  web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): Forwarding
+  /** `sink` is told at most once, and only while no response byte has reached the client. */
+  web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink): Forwarding
   /**
-   * Only for a request `isWebSocketUpgrade` accepts. onFailure is called only while nothing of the
+   * Only for a request `isWebSocketUpgrade` accepts. `sink` is told only while nothing of the
    * upstream's answer has reached the client; after that an upstream failure destroys the client socket.
    */
-  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): Upgrading
+  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink): Upgrading
   close(): void
 }
 
@@ -151,12 +156,12 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   const pathOf = (target: Target) => (target.query || target.hasQuery ? `${target.path}?${target.query}` : target.path)
 
   return {
-    web(req, res, target, identity, onFailure) {
+    web(req, res, target, identity, sink) {
       const headers = headersFor(req, identity, false)
       // undici frames the body itself: Content-Length when the client sent one, chunked otherwise
       // (a chunked GET or DELETE stays one framed message; its bytes never become a second request).
       const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined
-      const forwarding = new UpstreamExchange(res, deadlines, onFailure)
+      const forwarding = new UpstreamExchange(res, deadlines, sink)
       try {
         pool.dispatch({
           origin: opts.upstream.origin,
@@ -171,7 +176,7 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       }
       return forwarding
     },
-    ws(req, socket, head, target, identity, onFailure) {
+    ws(req, socket, head, target, identity, sink) {
       const link = createWsLink(socket)
       const exchange = new UpgradeExchange(link, deadlines)
       ;(req as Tracked)[EXCHANGE] = exchange
@@ -182,7 +187,7 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
         // After the 101 the client speaks WebSocket, and after an ordinary answer's head it reads
         // that answer's body: an HTTP answer of our own would corrupt either.
         if (link.attached || exchange.status !== undefined) return void socket.destroy()
-        onFailure(exchange.timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
+        sink.upstreamFailed(exchange.timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
       }
       const key = req.headers['sec-websocket-key']
       proxy.ws(req, socket, head, {}, fail)
@@ -263,7 +268,7 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding, Waitin
   constructor(
     private readonly res: ServerResponse,
     private readonly deadlines: Deadlines,
-    private readonly onFailure: (f: UpstreamFailure, err: Error) => void,
+    private readonly sink: UpstreamFailureSink,
   ) {
     // The budget runs until response headers, queueing included.
     deadlines.add(this)
@@ -318,7 +323,7 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding, Waitin
     if (this.answered) return void this.res.destroy()
     this.failed = true
     const timedOut = this.stopped === TIMED_OUT || UNDICI_TIMEOUTS.has((err as NodeJS.ErrnoException).code ?? '')
-    this.onFailure(timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
+    this.sink.upstreamFailed(timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
   }
 }
 
