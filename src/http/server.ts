@@ -146,14 +146,12 @@ const CONNECT_REFUSED: Denial = Object.freeze({ allow: false, reason: 'invalid_r
 
 /** An upgrade request: the head checks, then a WebSocket upgrade proxied or any other served plain. */
 function serveUpgrade(ctx: ExchangeContext, plain: Server, req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  // A head that passed the field check is whole: Node keeps LAPSE_MAX_HEADER_FIELDS + 1 fields
+  // (maxHeadersCount), so the replay loses none of them, framing ones included.
   const early = ctx.checkHead(req.rawHeaders)
-  const ws = isWebSocketUpgrade(req)
-  // Node keeps at most NODE_MAX_RAW_HEADERS rawHeaders entries: a head that reached it may have
-  // lost fields, its framing ones among them, and cannot be replayed faithfully.
-  if (!early && !ws && req.rawHeaders.length < NODE_MAX_RAW_HEADERS) return handOver(plain, req, socket, head)
+  if (!early && !isWebSocketUpgrade(req)) return handOver(plain, req, socket, head)
   const x = new Exchange(ctx, req, undefined, socket)
   if (early) return x.refuse(early)
-  if (!ws) return x.answerWith('head_too_large')
   x.serveUpgrade(head).catch((err: unknown) => x.fail(err))
 }
 
@@ -175,9 +173,6 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   if (!socket.writable) return void socket.destroy()
   writeRawAnswer(socket, answerOf(err.code === 'HPE_HEADER_OVERFLOW' ? 'head_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'malformed_http'))
 }
-
-/** _http_common.js MAX_HEADER_PAIRS: the rawHeaders entries (names and values) Node keeps of a request. */
-const NODE_MAX_RAW_HEADERS = 2000
 
 /**
  * The head of a request as Node parsed it. Its parser was strict (no obs-fold, no bare CR or LF,
