@@ -97,7 +97,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   fail(err: unknown): void {
     this.deciding = false
     this.ctx.log.error({ err: (err as Error).message }, this.res ? 'request handling failed' : 'upgrade handling failed')
-    if (this.left) return this.finish()
+    if (this.left || this.finished) return this.finish()
     if (this.res?.headersSent) return void this.res.destroy()
     this.answerWith('internal_error')
   }
