@@ -3,9 +3,11 @@
 // nothing stays registered. Answers that are not decisions come from core/answers.ts, in one shape.
 import { createServer, type Server } from 'node:http'
 import { connect } from 'node:net'
+import { SpanStatusCode } from '@opentelemetry/api'
 import t, { type Test } from 'tap'
 import type { ConnectionRegistry } from '../../src/connections/connections.js'
 import { manualClock } from '../../src/core/clock.js'
+import { createApp } from '../../src/http/server.js'
 import { decisions, runApp, waitFor, type Lapse } from '../fixtures/app.js'
 import { newKeyPair, testKeys, type KeyPair } from '../fixtures/keys.js'
 import { GUARDED_ROUTES, rawHttp, sleep, T0_MS, T0_S } from '../hardening/helpers.js'
@@ -119,4 +121,36 @@ t.test('a client that leaves while its request is decided: the upstream is never
   t.match(lines[0], { decision: 'allow', reason: 'ok', path: '/orders/1', client_closed: true }, 'with the decision, and the client gone')
   t.notOk('status' in lines[0]!, 'no status: no answer reached anyone')
   t.equal((lapse.running.deps.connections as ConnectionRegistry).size, 0, 'nothing left in the connection registry')
+})
+
+t.test('an exception inside Lapse after an allow → 500 internal_error, one audit line, a fault on the span, nothing left registered', async (t) => {
+  const { lapse, mem } = await start(t)
+  // The same Lapse, its upstream side broken: a Forwarder that throws, as a bug in it would.
+  const boom = () => {
+    throw new Error('a bug in the forwarder')
+  }
+  const broken = createApp({ ...lapse.running.deps, forwarder: { web: boom, ws: boom, close() {} } })
+  const at = await broken.listen()
+  t.teardown(() => broken.close())
+  const url = `http://127.0.0.1:${at.port}`
+  const token = await (await testKeys()).mint({ scope: 'orders:read' }, { nowS: T0_S })
+
+  const req = newTraceparent()
+  const res = await rawHttp(url, `GET /orders/1 HTTP/1.1\r\nHost: lapse.test\r\ntraceparent: ${req.header[1]}\r\nAuthorization: Bearer ${token}\r\n\r\n`)
+  t.equal(res.status, 500)
+  t.same(JSON.parse(res.body), { error: 'internal_error', error_description: 'internal error' })
+  await expectEnded(t, lapse, mem, req.traceId, { status: 500, answer: 'internal_error' }, 'a request')
+  const span = await mem.authorizeSpan(req.traceId)
+  t.equal(span.status.code, SpanStatusCode.ERROR, 'a fault')
+  t.equal(span.attributes['error.type'], 'internal_error')
+
+  const up = newTraceparent()
+  const ws = await rawHttp(url, `GET /orders/live HTTP/1.1\r\nHost: lapse.test\r\ntraceparent: ${up.header[1]}\r\nAuthorization: Bearer ${token}\r\n${WS}\r\n`)
+  t.equal(ws.status, 500)
+  await expectEnded(t, lapse, mem, up.traceId, { status: 500, answer: 'internal_error' }, 'an upgrade')
+
+  // Past the tick that registers a response still open (http/exchange.ts YoungExchanges).
+  await sleep(250)
+  t.equal((lapse.running.deps.connections as ConnectionRegistry).size, 0, 'nothing left in the connection registry')
+  t.equal(lapse.upstream.calls, 0)
 })
