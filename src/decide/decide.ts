@@ -39,8 +39,8 @@ const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
 /**
  * A token the verifier answers at once (from its cache, or checked against a key it already
  * knows) and a revocation set that answers in-process (memory, or Redis's local cache) decide
- * without a promise; anything that waits (a key fetch, a Redis read) returns one. app.ts handles
- * both.
+ * without a promise; anything that waits (a key fetch, a Redis read) returns one. http/exchange.ts
+ * handles both.
  */
 export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promise<Outcome> {
   const target = normalizeTarget(input.url)

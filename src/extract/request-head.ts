@@ -48,7 +48,7 @@ export function createHeadCheck(policy: HeadPolicy): (raw: readonly string[]) =>
   const suffixes = (policy.hosts ?? []).filter((h) => h.startsWith('*.')).map((h) => h.slice(1))
   const served = (host: string) => exact!.has(host) || suffixes.some((s) => host.length > s.length && host.endsWith(s))
   return (raw) => {
-    // Node keeps maxHeaderFields + 1 fields at least (app.ts sets maxHeadersCount), so a longer
+    // Node keeps maxHeaderFields + 1 fields at least (http/server.ts sets maxHeadersCount), so a longer
     // head shows here; beyond what Node keeps, its body framing and its token could be fields
     // Lapse never saw.
     if (raw.length > maxEntries) return TOO_MANY_FIELDS
