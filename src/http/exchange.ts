@@ -111,7 +111,12 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     const outcome = this.decide()
     // Most requests are decided without waiting (a cached token, an in-process revocation
     // answer); only the rest pay for a promise.
-    if (!(outcome instanceof Promise)) return this.respond(outcome)
+    if (outcome instanceof Promise) this.respondLater(outcome)
+    else this.respond(outcome)
+  }
+
+  // Apart from serveRequest, so that a request decided at once allocates no closure for this.
+  private respondLater(outcome: Promise<Outcome>): void {
     this.deciding = true
     outcome.then((o) => {
       if (this.settled()) this.respond(o)
@@ -168,8 +173,11 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     const req = this.req
     const input = { method: req.method ?? 'GET', url: req.url ?? '', authorization: authorizationOf(req.rawHeaders), rawHeaders: req.rawHeaders, steps: this.trace.steps }
     const outcome = decide(input, this.ctx.decideDeps)
-    if (outcome instanceof Promise) return outcome.then((o) => this.record(o))
-    return this.record(outcome)
+    return outcome instanceof Promise ? this.recordLater(outcome) : this.record(outcome)
+  }
+
+  private recordLater(outcome: Promise<Outcome>): Promise<Outcome> {
+    return outcome.then((o) => this.record(o))
   }
 
   private record(outcome: Outcome): Outcome {
