@@ -287,7 +287,7 @@ async function registryAlone(n) {
   const registry = createConnectionRegistry({ clock, revocations: store, log: silent, revocableClaims: ['jti', 'sub', 'client_id', 'sid'], clockSkewS: 30, recheckIntervalS: 3600 })
   const exchanges = Array.from({ length: n }, (_, i) => {
     const claims = { iss: ISS, sub: `user-${i % 1000}`, client_id: `client-${i % 50}`, jti: `jti-${i}-${Math.random()}`, iat: nowS, exp: nowS + 60 + (i % 3600) }
-    return { identity: { iss: ISS, sub: claims.sub, clientId: claims.client_id, jti: claims.jti, iatS: nowS, expS: claims.exp, scopes: new Set(), claims }, kind: 'websocket', cutAtExpiry: true, trace: { startedMs: now }, close() {} }
+    return { identity: { iss: ISS, sub: claims.sub, clientId: claims.client_id, jti: claims.jti, iatS: nowS, expS: claims.exp, scopes: new Set(), claims, memo: {} }, kind: 'websocket', cutAtExpiry: true, trace: { startedMs: now }, close() {} }
   })
   gc()
   const heap0 = process.memoryUsage().heapUsed

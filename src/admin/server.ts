@@ -5,6 +5,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
+import { answerOf, jsonAnswer, writeAnswer } from '../core/answers.js'
 import type { Clock, RevocationEntry, RevocationStore } from '../core/types.js'
 import { errorType, type Recorder } from '../telemetry/recorder.js'
 import type { KeyResolver } from '../verify/keys.js'
@@ -29,7 +30,7 @@ export function createAdminServer(deps: Deps): Server {
   server.on('request', (req, res) => {
     route(req, res, deps).catch((err: unknown) => {
       deps.log.error({ err: (err as Error).message }, 'admin request failed')
-      if (!res.headersSent) send(res, 500, { error: 'internal_error' })
+      if (!res.headersSent) writeAnswer(res, answerOf('internal_error'))
     })
   })
   return server
@@ -38,25 +39,25 @@ export function createAdminServer(deps: Deps): Server {
 async function route(req: IncomingMessage, res: ServerResponse, deps: Deps): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://admin')
   const path = url.pathname
-  if (path === '/healthz') return send(res, 200, { status: 'ok' })
+  if (path === '/healthz') return writeAnswer(res, jsonAnswer(200, { status: 'ok' }))
   if (path === '/readyz') return readiness(res, deps)
   if (path === '/metrics') {
     if (deps.metricsHandler) return deps.metricsHandler(req, res)
-    return send(res, 404, { error: 'not_found', error_description: 'metrics are off' })
+    return writeAnswer(res, answerOf('not_found', { description: 'metrics are off' }))
   }
   if (path === '/v1/revocations' && req.method === 'POST') return create(req, res, deps)
   const m = /^\/v1\/revocations\/([^/]+)\/([^/]+)$/.exec(path)
   if (m) {
     const claim = decodePart(m[1]!)
     const value = decodePart(m[2]!)
-    if (claim === undefined || value === undefined) return send(res, 400, { error: 'invalid_request', error_description: 'the path has a bad percent-encoding' })
+    if (claim === undefined || value === undefined) return writeAnswer(res, answerOf('admin_invalid_request', { description: 'the path has a bad percent-encoding' }))
     const iss = url.searchParams.get('iss') ?? undefined
     if (req.method === 'GET') return read(req, res, deps, claim, value, iss)
     if (req.method === 'DELETE') return lift(req, res, deps, claim, value, iss)
-    return send(res, 405, { error: 'method_not_allowed' }, { allow: 'GET, DELETE' })
+    return writeAnswer(res, answerOf('method_not_allowed', { headers: { allow: 'GET, DELETE' } }))
   }
-  if (path === '/v1/revocations') return send(res, 405, { error: 'method_not_allowed' }, { allow: 'POST' })
-  send(res, 404, { error: 'not_found' })
+  if (path === '/v1/revocations') return writeAnswer(res, answerOf('method_not_allowed', { headers: { allow: 'POST' } }))
+  writeAnswer(res, answerOf('not_found'))
 }
 
 // decodeURIComponent throws on a malformed escape (`%E0%A4%A`): that is the client's mistake, not a 500.
@@ -72,20 +73,20 @@ function readiness(res: ServerResponse, deps: Deps): void {
   const keys = deps.keys.ready()
   const revocations = deps.revocations.ready()
   const body = { ready: keys && revocations, keys: keys ? 'loaded' : 'unavailable', revocation_set: revocations ? deps.revocations.kind : 'unreachable' }
-  send(res, keys && revocations ? 200 : 503, body)
+  writeAnswer(res, jsonAnswer(keys && revocations ? 200 : 503, body))
 }
 
 /** The admin token, compared in constant time; answers the request itself when it fails. */
 function authorize(req: IncomingMessage, res: ServerResponse, deps: Deps): string | undefined {
   const expected = deps.config.admin.token
   if (!expected) {
-    send(res, 403, { error: 'forbidden', error_description: 'the revocation API is off until LAPSE_ADMIN_TOKEN is set' })
+    writeAnswer(res, answerOf('admin_off'))
     return undefined
   }
   const m = /^bearer +(\S+)$/i.exec(req.headers.authorization ?? '')
   const digest = (s: string) => createHash('sha256').update(s).digest()
   if (!m || !timingSafeEqual(digest(m[1]!), digest(expected))) {
-    send(res, 401, { error: 'unauthorized', error_description: 'a valid admin token is required' }, { 'www-authenticate': 'Bearer realm="lapse-admin"' })
+    writeAnswer(res, answerOf('admin_unauthorized'))
     return undefined
   }
   // The CLI says so in its User-Agent, so the audit line tells a script from a person at a shell.
@@ -96,10 +97,10 @@ async function create(req: IncomingMessage, res: ServerResponse, deps: Deps): Pr
   const by = authorize(req, res, deps)
   if (!by) return
   const body = await readJson(req)
-  if (!body.ok) return send(res, 400, { error: 'invalid_request', error_description: body.error })
+  if (!body.ok) return writeAnswer(res, answerOf('admin_invalid_request', { description: body.error }))
   const { config, clock } = deps
   const parsed = parseRevocation(body.value, { config, nowS: Math.floor(clock.now() / 1000), by })
-  if ('error' in parsed) return send(res, 400, { error: 'invalid_request', error_description: parsed.error })
+  if ('error' in parsed) return writeAnswer(res, answerOf('admin_invalid_request', { description: parsed.error }))
   const change = deps.recorder.revocationChange(req.headers, 'revoke')
   let stored: RevocationEntry
   try {
@@ -107,20 +108,20 @@ async function create(req: IncomingMessage, res: ServerResponse, deps: Deps): Pr
   } catch (err) {
     change.ended(errorType(err))
     deps.log.error({ err: (err as Error).message }, 'revocation write failed')
-    return send(res, 503, { error: 'temporarily_unavailable', error_description: 'the revocation set did not acknowledge the write' }, { 'retry-after': '1' })
+    return writeAnswer(res, answerOf('revocation_write_failed'))
   }
   change.done(stored)
-  send(res, 201, toJson(stored))
+  writeAnswer(res, jsonAnswer(201, toJson(stored)))
 }
 
 async function read(req: IncomingMessage, res: ServerResponse, deps: Deps, claim: string, value: string, iss: string | undefined): Promise<void> {
   if (!authorize(req, res, deps)) return
   try {
     const entry = await deps.revocations.get(claim, value, iss)
-    if (!entry) return send(res, 404, { error: 'not_found', error_description: 'no such revocation' })
-    send(res, 200, toJson(entry))
+    if (!entry) return writeAnswer(res, answerOf('not_found', { description: 'no such revocation' }))
+    writeAnswer(res, jsonAnswer(200, toJson(entry)))
   } catch {
-    send(res, 503, { error: 'temporarily_unavailable', error_description: 'the revocation set is unreachable' }, { 'retry-after': '1' })
+    writeAnswer(res, answerOf('revocation_set_unreachable'))
   }
 }
 
@@ -134,11 +135,11 @@ async function lift(req: IncomingMessage, res: ServerResponse, deps: Deps, claim
     // Nothing lifted is nothing changed: the span ends without an audit line.
     if (removed) change.done({ ...removed, by })
     else change.ended()
-    if (!removed) return send(res, 404, { error: 'not_found', error_description: 'no such revocation' })
+    if (!removed) return writeAnswer(res, answerOf('not_found', { description: 'no such revocation' }))
     res.writeHead(204).end()
   } catch (err) {
     change.ended(errorType(err))
-    send(res, 503, { error: 'temporarily_unavailable', error_description: 'the revocation set is unreachable' }, { 'retry-after': '1' })
+    writeAnswer(res, answerOf('revocation_set_unreachable'))
   }
 }
 
@@ -161,9 +162,4 @@ async function readJson(req: IncomingMessage): Promise<{ ok: true; value: unknow
   } catch {
     return { ok: false, error: 'the body is not valid JSON' }
   }
-}
-
-function send(res: ServerResponse, status: number, body: object, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body)
-  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers }).end(text)
 }

@@ -1,12 +1,14 @@
 // Every denial speaks RFC 6750 from this one table: status, challenge and a short human phrase.
+// The answers that are not decisions have their table in answers.ts, and share its one shape.
 //
-//   const { status, challenge, body } = toAnswer(denial, realm)
+//   const { status, headers, body } = toAnswer(denial, realm)
+import { errorAnswer, RETRY_AFTER_S, type Answer } from './answers.js'
 import type { Denial, DenyReason } from './types.js'
 
 type Challenge = 'none' | 'bare' | 'invalid_token' | 'invalid_request' | 'insufficient_scope'
 
 interface ReasonRow {
-  readonly status: 400 | 401 | 403 | 421 | 503
+  readonly status: 400 | 401 | 403 | 421 | 431 | 503
   readonly challenge: Challenge
   readonly error: string
   readonly description: string
@@ -37,14 +39,10 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   // RFC 9110 §15.5.20: a valid Host this sidecar does not serve (LAPSE_HOSTS); the client may
   // retry on a connection to the right server. Decided before any token is looked at.
   host_not_allowed: { status: 421, challenge: 'none', error: 'misdirected_request', description: 'this host is not served here' },
-}
-
-export const RETRY_AFTER_S = 1
-
-export interface Answer {
-  readonly status: number
-  readonly headers: Readonly<Record<string, string>>
-  readonly body: string
+  // RFC 6585 §5: a head with more fields than LAPSE_MAX_HEADER_FIELDS. An invalid request in
+  // RFC 6750's terms (§3.1 "otherwise malformed"), so its challenge is invalid_request's; the
+  // status says what is wrong with it.
+  too_many_header_fields: { status: 431, challenge: 'invalid_request', error: 'invalid_request', description: 'too many header fields' },
 }
 
 /** Quotes a value for an auth-param; our descriptions and scope names never contain `"` or `\`, but be safe. */
@@ -65,13 +63,13 @@ export function toChallenge(denial: Denial, realm: string): string | undefined {
   }
 }
 
+const RETRY = { 'retry-after': String(RETRY_AFTER_S) }
+
 export function toAnswer(denial: Denial, realm: string): Answer {
   const row = REASONS[denial.reason]
-  const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' }
   const challenge = toChallenge(denial, realm)
-  if (challenge) headers['www-authenticate'] = challenge
-  if (row.status === 503) headers['retry-after'] = String(RETRY_AFTER_S)
-  const body = JSON.stringify({ error: row.error, error_description: denial.description ?? row.description })
-  headers['content-length'] = String(Buffer.byteLength(body))
-  return { status: denial.status ?? row.status, headers, body }
+  // Fail closed, honestly: a 503 tells the client to retry (RFC 9110 §10.2.3).
+  const retry = row.status === 503
+  const headers = challenge === undefined ? (retry ? RETRY : undefined) : retry ? { 'www-authenticate': challenge, ...RETRY } : { 'www-authenticate': challenge }
+  return errorAnswer(row.status, row.error, denial.description ?? row.description, headers)
 }

@@ -9,7 +9,7 @@ export type DenyReason =
   | 'missing_token' | 'invalid_request' | 'malformed' | 'alg_not_allowed' | 'unknown_key'
   | 'bad_signature' | 'expired' | 'not_yet_valid' | 'wrong_issuer' | 'wrong_audience'
   | 'missing_claim' | 'lifetime_exceeds_policy' | 'revoked' | 'insufficient_scope'
-  | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed'
+  | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
 
 export type Reason = DenyReason | 'ok'
 
@@ -26,6 +26,23 @@ export interface Identity {
   readonly expS: number
   readonly scopes: ReadonlySet<string>
   readonly claims: Claims
+  /** Work done once per token and reused while the verifier caches this Identity. */
+  readonly memo: TokenMemo
+}
+
+/**
+ * What later stages work out from a verified token, kept for the next request with the same token:
+ * the verifier caches the Identity, so one memo serves every request until the token leaves its
+ * cache. Created empty by the verifier (verify/claims.ts), filled by the slots' owners. Mutable, and
+ * never shared between tokens: a slot holds only what its owner derived from this token.
+ */
+export interface TokenMemo {
+  /** decide/decide.ts: the token as the revocation set is asked about it, for one list of revocable claims. */
+  tokenRef?: { readonly claims: readonly string[]; readonly ref: TokenRef } | undefined
+  /** revocation/redis-store.ts: the Redis keys of `ref`, built by the store whose key layout (prefix) is `layout`. */
+  redisKeys?: { readonly ref: TokenRef; readonly layout: object; readonly keys: readonly string[] } | undefined
+  /** http/headers.ts: the identity headers (X-Auth-*), as a flat name, value list. */
+  headerFields?: readonly string[] | undefined
 }
 
 export interface Rule {
@@ -52,8 +69,6 @@ export type Decision =
       readonly requiredScopes?: readonly string[] | undefined
       /** A short human phrase for `error_description`; never token content. */
       readonly description?: string | undefined
-      /** RFC 6585 §5: a head with too many fields is an invalid request answered 431, not 400. */
-      readonly status?: 431 | undefined
     }
 
 export type Denial = Extract<Decision, { allow: false }>
@@ -102,6 +117,8 @@ export interface TokenRef {
   readonly iss: string
   readonly iatS: number | undefined
   readonly values: ReadonlyArray<readonly [claim: string, value: string]>
+  /** The memo of the token the ref was made from (revocation/model.ts toTokenRef); absent on a hand-made ref. */
+  readonly memo?: TokenMemo | undefined
 }
 
 /** A revocation `(claim, value, T)`: tokens with `claim = value` and `iat <= T` are revoked. */

@@ -39,8 +39,8 @@ const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
 /**
  * A token the verifier answers at once (from its cache, or checked against a key it already
  * knows) and a revocation set that answers in-process (memory, or Redis's local cache) decide
- * without a promise; anything that waits (a key fetch, a Redis read) returns one. http/server.ts handles
- * both.
+ * without a promise; anything that waits (a key fetch, a Redis read) returns one. http/exchange.ts
+ * handles both.
  */
 export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promise<Outcome> {
   const target = normalizeTarget(input.url)
@@ -149,15 +149,11 @@ function concludeEach(identity: Identity, revoked: false | 'unknown', revocation
   return { decision: { allow: true, rule: allowed, identity }, target: forwarded, revocationMs }
 }
 
-// A token served from the verification cache keeps its Identity object, so its TokenRef is kept on
-// it: the Redis store keeps its keys on the ref in turn (redis-store.ts).
-const REF = Symbol('lapse.token-ref')
-type WithRef = Identity & { [REF]?: { readonly claims: readonly string[]; readonly ref: TokenRef } }
-
-function tokenRefOf(identity: WithRef, revocableClaims: readonly string[]): TokenRef {
-  const memo = identity[REF]
-  if (memo !== undefined && memo.claims === revocableClaims) return memo.ref
+/** The token's TokenRef, built once per token (its memo's `tokenRef` slot) for these revocable claims. */
+function tokenRefOf(identity: Identity, revocableClaims: readonly string[]): TokenRef {
+  const known = identity.memo.tokenRef
+  if (known !== undefined && known.claims === revocableClaims) return known.ref
   const ref = toTokenRef(identity, revocableClaims)
-  if (Object.isExtensible(identity)) identity[REF] = { claims: revocableClaims, ref }
+  identity.memo.tokenRef = { claims: revocableClaims, ref }
   return ref
 }

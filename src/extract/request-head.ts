@@ -13,9 +13,8 @@ export interface HeadPolicy {
   readonly hosts: readonly string[] | undefined
 }
 
-// RFC 6585 §5: 431 when the header fields are too many, whatever their size. Refused as an
-// invalid request (the reason), with its own status.
-const TOO_MANY_FIELDS: Denial = Object.freeze({ allow: false, reason: 'invalid_request', status: 431, description: 'too many header fields' })
+// RFC 6585 §5: 431 when the header fields are too many, whatever their size.
+const TOO_MANY_FIELDS: Denial = Object.freeze({ allow: false, reason: 'too_many_header_fields' })
 // RFC 9112 §3.2: a request with more than one Host field, or an invalid one, gets 400.
 const MANY_HOSTS: Denial = Object.freeze({ allow: false, reason: 'invalid_request', description: 'more than one Host' })
 const INVALID_HOST: Denial = Object.freeze({ allow: false, reason: 'invalid_request', description: 'invalid Host' })

@@ -2,9 +2,9 @@
 // WebSocket upgrade on a connection of its own.
 //
 //   const forwarder = createForwarder({ upstream, timeoutMs, forwardAuthorization })
-//   const fwd = forwarder.web(req, res, target, identity, (failure) => …)   // failure: 'upstream_timeout' | 'upstream_unavailable'
+//   const fwd = forwarder.web(req, res, target, identity, sink)   // sink.upstreamFailed('upstream_timeout' | 'upstream_unavailable', err)
 //   fwd.abandon()                      // the client left before the response ended: stop the upstream request
-//   const up = forwarder.ws(req, socket, head, target, identity, onFailure)   // when isWebSocketUpgrade(req)
+//   const up = forwarder.ws(req, socket, head, target, identity, sink)   // when isWebSocketUpgrade(req)
 //   up.link.close(1008, 'token expired')   // up.status: 101, or the upstream's ordinary answer
 //
 // Why two engines (undici Pool for HTTP, http-proxy for upgrades, whose tunnel ws-close.ts builds
@@ -22,6 +22,11 @@ import { closeDelimited, responseHeaders, upstreamHeaders } from './headers.js'
 import { createWsLink, type WsLink } from './ws-close.js'
 
 export type UpstreamFailure = 'upstream_timeout' | 'upstream_unavailable'
+
+/** Told when forwarding fails while Lapse can still answer: an object, so a request costs no callback. */
+export interface UpstreamFailureSink {
+  upstreamFailed(failure: UpstreamFailure, err: Error): void
+}
 
 export interface ForwarderOptions {
   readonly upstream: URL
@@ -42,13 +47,13 @@ export interface Forwarding {
 }
 
 export interface Forwarder {
-  /** onFailure is called at most once, and only while no response byte has reached the client. */
-  web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): Forwarding
+  /** `sink` is told at most once, and only while no response byte has reached the client. */
+  web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink): Forwarding
   /**
-   * Only for a request `isWebSocketUpgrade` accepts. onFailure is called only while nothing of the
+   * Only for a request `isWebSocketUpgrade` accepts. `sink` is told only while nothing of the
    * upstream's answer has reached the client; after that an upstream failure destroys the client socket.
    */
-  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, onFailure: (f: UpstreamFailure, err: Error) => void): Upgrading
+  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink): Upgrading
   close(): void
 }
 
@@ -71,91 +76,19 @@ const EXCHANGE = Symbol('lapse.exchange')
 type Tracked = IncomingMessage & { [EXCHANGE]?: UpgradeExchange }
 
 export function createForwarder(opts: ForwarderOptions): Forwarder {
-  const pool = new Pool(opts.upstream.origin, {
-    connections: opts.maxConnections ?? 256,
-    // Lapse bounds the wait for response headers itself (one timer, connect and queue included);
-    // these only stop undici's own defaults (10 s connect, 300 s headers) from answering first.
-    connect: { timeout: opts.timeoutMs },
-    headersTimeout: opts.timeoutMs,
-    // Streams may idle: a slow download or an event stream is bounded by its token, not a timer.
-    bodyTimeout: 0,
-    // A request body that does not match its Content-Length fails rather than going upstream
-    // misframed (Node's parser already holds the client to it; this is the upstream hop's check).
-    strictContentLength: true,
-  })
-
+  const pool = createPool(opts)
   const deadlines = new Deadlines(opts.timeoutMs)
-
-  // WebSocket upgrades only: http-proxy's tunnel. A connection that carried an upgrade is never
-  // reused, whatever the upstream answered: after an ordinary answer (426, 404, …) it may still be
-  // owed bytes or hold state of the upgrade. Without keep-alive and without a socket limit, Node's
-  // agent neither pools a socket nor hands it to a queued request (it queues only at maxSockets).
-  const agentOptions = { keepAlive: false, maxSockets: Infinity }
-  const agent = opts.upstream.protocol === 'https:' ? new HttpsAgent(agentOptions) : new Agent(agentOptions)
-  const proxy = httpProxy.createProxyServer({
-    target: opts.upstream.origin,
-    agent,
-    // Lapse writes X-Forwarded-* itself (http/headers.ts), replacing http-proxy's appends.
-    xfwd: false,
-    prependPath: true,
-    ignorePath: false,
-    // The client's Host is kept so virtual hosts behind the sidecar keep working.
-    changeOrigin: false,
-    ws: true,
-  })
-
-  // Upgraded upstream sockets waiting for http-proxy's 'open' (emitted once the sockets are piped).
-  const upgraded = new WeakMap<Duplex, WsLink>()
-  proxy.on('proxyReqWs', (proxyReq: ClientRequest, req: Tracked, socket: Duplex) => {
-    const exchange = req[EXCHANGE]
-    if (exchange) exchange.proxyReq = proxyReq
-    // The deadline ends with the answer's complete head, not with its first byte.
-    // Runs before http-proxy's own 'response' listener, which writes this head to the client.
-    proxyReq.once('response', (res: IncomingMessage) => {
-      closeDelimited(res.headers)
-      // The relayed answer ends the upstream connection too, even if the upstream kept it alive.
-      res.once('end', () => proxyReq.destroy())
-      if (!exchange) return
-      exchange.status = res.statusCode
-      deadlines.remove(exchange)
-    })
-    // A client that leaves before the upstream answers must not leave the upgrade request running.
-    const abort = () => proxyReq.destroy()
-    socket.once('close', abort)
-    proxyReq.once('upgrade', (_res: IncomingMessage, proxySocket: Duplex) => {
-      socket.off('close', abort)
-      if (!exchange) return
-      exchange.status = 101
-      deadlines.remove(exchange)
-      const link = exchange.link
-      // Cut while the upstream was answering: nothing is relayed.
-      if (link.state !== 'open') return void proxySocket.destroy()
-      upgraded.set(proxySocket, link)
-    })
-  })
-  proxy.on('open', (proxySocket: Duplex) => {
-    const link = upgraded.get(proxySocket)
-    if (!link) return
-    upgraded.delete(proxySocket)
-    link.attach(proxySocket)
-  })
-
-  const headersFor = (req: IncomingMessage, identity: Identity | undefined, upgrade: boolean) => {
-    return upstreamHeaders(req.headers, identity, {
-      remoteAddress: req.socket.remoteAddress,
-      forwardAuthorization: opts.forwardAuthorization,
-      upgrade,
-    })
-  }
-  const pathOf = (target: Target) => (target.query || target.hasQuery ? `${target.path}?${target.query}` : target.path)
+  const { proxy, agent } = createUpgradeProxy(opts.upstream, deadlines)
+  const headersFor = (req: IncomingMessage, identity: Identity | undefined, upgrade: boolean) =>
+    upstreamHeaders(req.headers, identity, { remoteAddress: req.socket.remoteAddress, forwardAuthorization: opts.forwardAuthorization, upgrade })
 
   return {
-    web(req, res, target, identity, onFailure) {
+    web(req, res, target, identity, sink) {
       const headers = headersFor(req, identity, false)
       // undici frames the body itself: Content-Length when the client sent one, chunked otherwise
       // (a chunked GET or DELETE stays one framed message; its bytes never become a second request).
       const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined
-      const forwarding = new UpstreamExchange(res, deadlines, onFailure)
+      const forwarding = new UpstreamExchange(res, deadlines, sink)
       try {
         pool.dispatch({
           origin: opts.upstream.origin,
@@ -170,36 +103,10 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       }
       return forwarding
     },
-    ws(req, socket, head, target, identity, onFailure) {
-      const link = createWsLink(socket)
-      const exchange = new UpgradeExchange(link, deadlines)
-      ;(req as Tracked)[EXCHANGE] = exchange
+    ws(req, socket, head, target, identity, sink) {
       req.url = pathOf(target)
       req.headers = headersFor(req, identity, true)
-      const fail = (err: Error) => {
-        deadlines.remove(exchange)
-        // After the 101 the client speaks WebSocket, and after an ordinary answer's head it reads
-        // that answer's body: an HTTP answer of our own would corrupt either.
-        if (link.attached || exchange.status !== undefined) return void socket.destroy()
-        onFailure(exchange.timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
-      }
-      const key = req.headers['sec-websocket-key']
-      proxy.ws(req, socket, head, {}, fail)
-      // http-proxy's listeners write the upstream's answer to the client: its 'upgrade' one a 101
-      // and the tunnel, its 'response' one an ordinary answer (Node hands a 101 without Upgrade and
-      // Connection: upgrade over as one). They are held back until the answer is checked; they were
-      // added within proxy.ws, and no answer can arrive before this line.
-      const proxyReq = exchange.proxyReq
-      if (proxyReq) {
-        const refuse = (upstreamSocket: Duplex) => {
-          upstreamSocket.destroy()
-          fail(BAD_HANDSHAKE)
-          return false
-        }
-        holdUntil(proxyReq, 'upgrade', (res: IncomingMessage, proxySocket: Duplex) => (res.statusCode === 101 && acceptsHandshake(res.headers, key)) || refuse(proxySocket))
-        holdUntil(proxyReq, 'response', (res: IncomingMessage) => res.statusCode !== 101 || refuse(res.socket))
-      }
-      return exchange
+      return forwardUpgrade(proxy, deadlines, req, socket, head, sink)
     },
     close() {
       deadlines.close()
@@ -208,6 +115,114 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       pool.destroy().catch(() => {})
     },
   }
+}
+
+const pathOf = (target: Target) => (target.query || target.hasQuery ? `${target.path}?${target.query}` : target.path)
+
+/** Plain HTTP: undici's Pool of keep-alive connections to the upstream. */
+function createPool(opts: ForwarderOptions): Pool {
+  return new Pool(opts.upstream.origin, {
+    connections: opts.maxConnections ?? 256,
+    // Lapse bounds the wait for response headers itself (one timer, connect and queue included);
+    // these only stop undici's own defaults (10 s connect, 300 s headers) from answering first.
+    connect: { timeout: opts.timeoutMs },
+    headersTimeout: opts.timeoutMs,
+    // Streams may idle: a slow download or an event stream is bounded by its token, not a timer.
+    bodyTimeout: 0,
+    // A request body that does not match its Content-Length fails rather than going upstream
+    // misframed (Node's parser already holds the client to it; this is the upstream hop's check).
+    strictContentLength: true,
+  })
+}
+
+/** WebSocket upgrades only: http-proxy's tunnel, with its agent and its listeners for every upgrade. */
+function createUpgradeProxy(upstream: URL, deadlines: Deadlines): { proxy: httpProxy; agent: Agent } {
+  // A connection that carried an upgrade is never reused, whatever the upstream answered: after an
+  // ordinary answer (426, 404, …) it may still be owed bytes or hold state of the upgrade. Without
+  // keep-alive and without a socket limit, Node's agent neither pools a socket nor hands it to a
+  // queued request (it queues only at maxSockets).
+  const agentOptions = { keepAlive: false, maxSockets: Infinity }
+  const agent = upstream.protocol === 'https:' ? new HttpsAgent(agentOptions) : new Agent(agentOptions)
+  const proxy = httpProxy.createProxyServer({
+    target: upstream.origin,
+    agent,
+    // Lapse writes X-Forwarded-* itself (http/headers.ts), replacing http-proxy's appends.
+    xfwd: false,
+    prependPath: true,
+    ignorePath: false,
+    // The client's Host is kept so virtual hosts behind the sidecar keep working.
+    changeOrigin: false,
+    ws: true,
+  })
+  // Upgraded upstream sockets waiting for http-proxy's 'open' (emitted once the sockets are piped).
+  const upgraded = new WeakMap<Duplex, WsLink>()
+  proxy.on('proxyReqWs', (proxyReq: ClientRequest, req: Tracked, socket: Duplex) => watchUpgradeRequest(proxyReq, req[EXCHANGE], socket, deadlines, upgraded))
+  proxy.on('open', (proxySocket: Duplex) => {
+    const link = upgraded.get(proxySocket)
+    if (!link) return
+    upgraded.delete(proxySocket)
+    link.attach(proxySocket)
+  })
+  return { proxy, agent }
+}
+
+/** The upstream request of one upgrade, as http-proxy made it: its deadline, its answer, its abort. */
+function watchUpgradeRequest(proxyReq: ClientRequest, exchange: UpgradeExchange | undefined, socket: Duplex, deadlines: Deadlines, upgraded: WeakMap<Duplex, WsLink>): void {
+  if (exchange) exchange.proxyReq = proxyReq
+  // The deadline ends with the answer's complete head, not with its first byte.
+  // Runs before http-proxy's own 'response' listener, which writes this head to the client.
+  proxyReq.once('response', (res: IncomingMessage) => {
+    closeDelimited(res.headers)
+    // The relayed answer ends the upstream connection too, even if the upstream kept it alive.
+    res.once('end', () => proxyReq.destroy())
+    if (!exchange) return
+    exchange.status = res.statusCode
+    deadlines.remove(exchange)
+  })
+  // A client that leaves before the upstream answers must not leave the upgrade request running.
+  const abort = () => proxyReq.destroy()
+  socket.once('close', abort)
+  proxyReq.once('upgrade', (_res: IncomingMessage, proxySocket: Duplex) => {
+    socket.off('close', abort)
+    if (!exchange) return
+    exchange.status = 101
+    deadlines.remove(exchange)
+    const link = exchange.link
+    // Cut while the upstream was answering: nothing is relayed.
+    if (link.state !== 'open') return void proxySocket.destroy()
+    upgraded.set(proxySocket, link)
+  })
+}
+
+/** One upgrade through http-proxy, its url and headers already those of the upstream. */
+function forwardUpgrade(proxy: httpProxy, deadlines: Deadlines, req: IncomingMessage, socket: Duplex, head: Buffer, sink: UpstreamFailureSink): Upgrading {
+  const link = createWsLink(socket)
+  const exchange = new UpgradeExchange(link, deadlines)
+  ;(req as Tracked)[EXCHANGE] = exchange
+  const fail = (err: Error) => {
+    deadlines.remove(exchange)
+    // After the 101 the client speaks WebSocket, and after an ordinary answer's head it reads
+    // that answer's body: an HTTP answer of our own would corrupt either.
+    if (link.attached || exchange.status !== undefined) return void socket.destroy()
+    sink.upstreamFailed(exchange.timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
+  }
+  const key = req.headers['sec-websocket-key']
+  proxy.ws(req, socket, head, {}, fail)
+  // http-proxy's listeners write the upstream's answer to the client: its 'upgrade' one a 101
+  // and the tunnel, its 'response' one an ordinary answer (Node hands a 101 without Upgrade and
+  // Connection: upgrade over as one). They are held back until the answer is checked; they were
+  // added within proxy.ws, and no answer can arrive before this line.
+  const proxyReq = exchange.proxyReq
+  if (proxyReq) {
+    const refuse = (upstreamSocket: Duplex) => {
+      upstreamSocket.destroy()
+      fail(BAD_HANDSHAKE)
+      return false
+    }
+    holdUntil(proxyReq, 'upgrade', (res: IncomingMessage, proxySocket: Duplex) => (res.statusCode === 101 && acceptsHandshake(res.headers, key)) || refuse(proxySocket))
+    holdUntil(proxyReq, 'response', (res: IncomingMessage) => res.statusCode !== 101 || refuse(res.socket))
+  }
+  return exchange
 }
 
 /** Runs `emitter`'s current `event` listeners, once, only if `check` passes on the event's arguments. */
@@ -263,7 +278,7 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding, Waitin
   constructor(
     private readonly res: ServerResponse,
     private readonly deadlines: Deadlines,
-    private readonly onFailure: (f: UpstreamFailure, err: Error) => void,
+    private readonly sink: UpstreamFailureSink,
   ) {
     // The budget runs until response headers, queueing included.
     deadlines.add(this)
@@ -318,7 +333,7 @@ class UpstreamExchange implements Dispatcher.DispatchHandler, Forwarding, Waitin
     if (this.answered) return void this.res.destroy()
     this.failed = true
     const timedOut = this.stopped === TIMED_OUT || UNDICI_TIMEOUTS.has((err as NodeJS.ErrnoException).code ?? '')
-    this.onFailure(timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
+    this.sink.upstreamFailed(timedOut ? 'upstream_timeout' : 'upstream_unavailable', err)
   }
 }
 

@@ -103,22 +103,16 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   return headers
 }
 
-// A token reused on many requests keeps its Identity object (verify-token.ts), so its header
-// values are computed once.
-const FIELDS = Symbol('lapse.identity-headers')
-type WithFields = Identity & { [FIELDS]?: readonly string[] }
-
-/** The identity headers as a flat name, value list. */
-function identityFields(identity: WithFields): readonly string[] {
-  const known = identity[FIELDS]
+/** The identity headers as a flat name, value list: built once per token (its memo's `headerFields` slot). */
+function identityFields(identity: Identity): readonly string[] {
+  const known = identity.memo.headerFields
   if (known !== undefined) return known
   const fields: string[] = []
   if (identity.sub !== undefined) fields.push('x-auth-subject', toHeaderValue(identity.sub))
   if (identity.clientId !== undefined) fields.push('x-auth-client-id', toHeaderValue(identity.clientId))
   if (identity.jti !== undefined) fields.push('x-auth-token-id', toHeaderValue(identity.jti))
   fields.push('x-auth-scopes', toHeaderValue([...identity.scopes].join(' ')), 'x-auth-expires-at', String(identity.expS))
-  // A frozen identity (an embedder's) is served without the memo.
-  if (Object.isExtensible(identity)) identity[FIELDS] = fields
+  identity.memo.headerFields = fields
   return fields
 }
 

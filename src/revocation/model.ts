@@ -33,7 +33,7 @@ export function toTokenRef(identity: Identity, revocableClaims: readonly string[
     if (Array.isArray(value)) for (const element of value.slice(0, MAX_VALUES_PER_CLAIM)) add(claim, element)
     else add(claim, value)
   }
-  return { iss: identity.iss, iatS: identity.iatS, values }
+  return { iss: identity.iss, iatS: identity.iatS, values, memo: identity.memo }
 }
 
 /**

@@ -115,13 +115,13 @@ export function createRedisStore(opts: {
   })
 
   // A token reused on many requests keeps one TokenRef (decide/decide.ts), so its keys are built
-  // once per store (they carry its prefix): building them was most of a cached check.
-  const memo = Symbol('lapse.redis-keys')
+  // once, in the token's memo (they carry this store's prefix): building them was most of a cached check.
   const tokenKeysOf = (ref: TokenRef): readonly string[] => {
-    const known = (ref as Memo)[memo]
-    if (known !== undefined) return known
+    const memo = ref.memo
+    const known = memo?.redisKeys
+    if (known !== undefined && known.ref === ref && known.layout === keys) return known.keys
     const built = keysOfToken(keys, ref)
-    if (Object.isExtensible(ref)) (ref as Memo)[memo] = built
+    if (memo !== undefined) memo.redisKeys = { ref, layout: keys, keys: built }
     return built
   }
 
@@ -230,8 +230,6 @@ function encodeText(part: string): string {
   }
   return out
 }
-
-type Memo = TokenRef & { [memo: symbol]: readonly string[] | undefined }
 
 function keysOfToken(keys: KeyLayout, ref: TokenRef): string[] {
   const out: string[] = []

@@ -4,7 +4,7 @@
 //   const metrics = createDecisionMetrics(meter, aggregates, { keys, verify, revocations, clock })
 //   createRecorder({ …, metrics })
 //
-// Labels are bounded: decision (2) × reason (19) × route (one per rule). Never a path, subject or jti.
+// Labels are bounded: decision (2) × reason (20) × route (one per rule). Never a path, subject or jti.
 // Why a MetricProducer, not the SDK's synchronous instruments (which hash attributes once per
 // reader on every record): docs/telemetry.md#off-the-request-path; figures in bench/README.md.
 import { ValueType, type Attributes, type HrTime, type Meter } from '@opentelemetry/api'

@@ -21,6 +21,7 @@ import {
   ATTR_HTTP_ROUTE, ATTR_NETWORK_PROTOCOL_VERSION, ATTR_URL_PATH, ATTR_URL_SCHEME,
 } from '@opentelemetry/semantic-conventions'
 import type { Logger } from 'pino'
+import type { AnswerName } from '../core/answers.js'
 import type { Clock, Outcome, Reason, RevocationEntry, Step, StepTracer } from '../core/types.js'
 import * as A from './semconv.js'
 
@@ -63,8 +64,12 @@ export interface RequestTrace {
 export interface Recorder {
   start(req: IncomingMessage): RequestTrace
   decided(trace: RequestTrace, outcome: Outcome): void
-  /** `status` undefined: no answer reached the client (it left first); the span gets no status code. */
-  finish(trace: RequestTrace, end: { status: number | undefined; upstreamFailure?: string | undefined; remoteAddress: string | undefined; note?: Record<string, unknown> }): void
+  /**
+   * `status` undefined: no answer reached the client (it left first); the span gets no status code.
+   * `answer`: the answer Lapse wrote that was not the decision's (core/answers.ts), other than an
+   * upstream failure's, which `upstreamFailure` names.
+   */
+  finish(trace: RequestTrace, end: ExchangeEnd): void
   /** W3C trace context headers for the upstream, with the decision span as parent. */
   inject(trace: RequestTrace, headers: Record<string, unknown>): void
   /**
@@ -74,6 +79,14 @@ export interface Recorder {
    * when given one (the revocation set failed).
    */
   revocationChange(headers: IncomingHttpHeaders, action: 'revoke' | 'lift'): RevocationChangeTrace
+}
+
+export interface ExchangeEnd {
+  readonly status: number | undefined
+  readonly upstreamFailure?: string | undefined
+  readonly answer?: AnswerName | undefined
+  readonly remoteAddress: string | undefined
+  readonly note?: Record<string, unknown> | undefined
 }
 
 export interface RevocationChangeTrace {
@@ -241,9 +254,9 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       if (span.isRecording()) {
         if (end.status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, end.status)
         if (end.remoteAddress) span.setAttribute(ATTR_CLIENT_ADDRESS, end.remoteAddress)
-        // 502/504 (upstream down or slow) and Lapse's own 503 (fail closed); an upstream's own 503
-        // passed through on an allowed request is the upstream's story, not ours.
-        const fault = end.upstreamFailure ?? (d && !d.allow && end.status !== undefined && FAULT_STATUSES.has(end.status) ? d.reason : undefined)
+        // 502/504 (upstream down or slow), Lapse's own 503 (fail closed) and its 500 (a bug); an
+        // upstream's own 503 passed through on an allowed request is the upstream's story, not ours.
+        const fault = end.upstreamFailure ?? (end.answer === 'internal_error' ? end.answer : d && !d.allow && end.status !== undefined && FAULT_STATUSES.has(end.status) ? d.reason : undefined)
         if (fault) {
           span.setStatus({ code: SpanStatusCode.ERROR })
           span.setAttribute(ATTR_ERROR_TYPE, fault)
@@ -276,6 +289,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         path: t.path || undefined,
         status: end.status,
         upstream_failure: end.upstreamFailure,
+        answer: end.answer,
         sub: id?.sub,
         client_id: id?.clientId,
         jti: id?.jti,

@@ -101,5 +101,6 @@ export function checkClaims(header: { readonly typ?: unknown }, payload: unknown
     expS: exp,
     scopes: grantedScopes(c),
     claims: c,
+    memo: {},
   }
 }

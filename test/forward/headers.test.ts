@@ -255,7 +255,7 @@ t.test('each token gets its own identity headers, reused or not, and Expect stay
 
 t.test('a frozen identity (an embedder\'s) still gets its headers', async (t) => {
   const { upstreamHeaders } = await import('../../src/http/headers.js')
-  const identity = Object.freeze({ iss: 'i', sub: 'frozen', clientId: undefined, jti: 'j-1', iatS: 1, expS: 2, scopes: new Set(['a', 'b']), claims: {} })
+  const identity = Object.freeze({ iss: 'i', sub: 'frozen', clientId: undefined, jti: 'j-1', iatS: 1, expS: 2, scopes: new Set(['a', 'b']), claims: {}, memo: {} })
   for (let i = 0; i < 2; i++) {
     const headers = upstreamHeaders({ host: 'h', 'x-auth-subject': 'forged' }, identity, { remoteAddress: '127.0.0.1', forwardAuthorization: false, upgrade: false })
     t.match(headers, { host: 'h', 'x-auth-subject': 'frozen', 'x-auth-token-id': 'j-1', 'x-auth-scopes': 'a b', 'x-auth-expires-at': '2', 'x-forwarded-for': '127.0.0.1' })

@@ -32,7 +32,7 @@ const carrier = fc.constantFrom('X-HTTP-Method-Override', 'x-http-method', 'X_Me
 const spelled = (m: string) => fc.constantFrom(m, m.toLowerCase())
 
 const identityWith = (scopes: readonly string[]): Identity =>
-  ({ iss: 'i', sub: 's', clientId: undefined, jti: 'j', iatS: 0, expS: 2e9, scopes: new Set(scopes), claims: {} })
+  ({ iss: 'i', sub: 's', clientId: undefined, jti: 'j', iatS: 0, expS: 2e9, scopes: new Set(scopes), claims: {}, memo: {} })
 const verifierFor = (identity: Identity) =>
   ({ check: () => identity, knows: () => false }) as unknown as Verifier
 const revocations = { isRevoked: async () => false, isRevokedNow: () => false } as unknown as RevocationStore

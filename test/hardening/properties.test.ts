@@ -161,7 +161,7 @@ t.test('route matcher: agrees with a regular-expression reference, first match w
 
 // A stub pipeline: every token valid with every scope, nothing revoked, so the decision turns
 // on the path and the rules alone.
-const identity: Identity = { iss: 'i', sub: 's', clientId: undefined, jti: 'j', iatS: 0, expS: 2e9, scopes: new Set(['s']), claims: {} }
+const identity: Identity = { iss: 'i', sub: 's', clientId: undefined, jti: 'j', iatS: 0, expS: 2e9, scopes: new Set(['s']), claims: {}, memo: {} }
 const verify = Object.assign(async () => identity, { cached: () => undefined, check: async () => identity, cacheSize: () => 0 }) as unknown as Verifier
 const revocations = { isRevoked: async () => false } as unknown as RevocationStore
 

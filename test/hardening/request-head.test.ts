@@ -102,7 +102,7 @@ t.test('more header fields than LAPSE_MAX_HEADER_FIELDS → 431 before any decis
   t.teardown(() => upstream.close())
   const lapse = await startGuarded(t, { LAPSE_MAX_HEADER_BYTES: '65536' }, upstream)
   const jwt = await token()
-  const tooMany = { status: 431, error: 'invalid_request', description: 'too many header fields', reason: 'invalid_request' }
+  const tooMany = { status: 431, error: 'invalid_request', description: 'too many header fields', reason: 'too_many_header_fields' }
 
   // Past Node's 1,000, Transfer-Encoding was left out of req.headers but framed the body.
   const te = await rawHttp(lapse.url, `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\n${padding(1100)}Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`)
@@ -128,7 +128,7 @@ t.test('more header fields than LAPSE_MAX_HEADER_FIELDS → 431 before any decis
 t.test('LAPSE_MAX_HEADER_FIELDS moves the limit both ways', async (t) => {
   const lapse = await startGuarded(t, { LAPSE_MAX_HEADER_FIELDS: '20' })
   const over = await rawHttp(lapse.url, `GET /public/x HTTP/1.1\r\nHost: lapse.test\r\n${padding(20)}\r\n`)
-  await expectRefused(t, lapse, over, { status: 431, error: 'invalid_request', reason: 'invalid_request' }, '21 fields over 20')
+  await expectRefused(t, lapse, over, { status: 431, error: 'invalid_request', reason: 'too_many_header_fields' }, '21 fields over 20')
   const at = await rawHttp(lapse.url, `GET /public/x HTTP/1.1\r\nHost: lapse.test\r\nConnection: close\r\n${padding(18)}\r\n`)
   t.equal(at.status, 200, '20 fields: forwarded')
 

@@ -15,7 +15,7 @@ const silent = pino({ level: 'silent' })
 
 function identity(claims: Record<string, unknown>): Identity {
   const c = { iss: ISS, sub: 'ci', jti: `j-${Math.random()}`, iat: T0_S, exp: T0_S + 300, ...claims }
-  return { iss: c.iss, sub: c.sub as string, clientId: undefined, jti: c.jti as string, iatS: c.iat as number | undefined, expS: c.exp as number, scopes: new Set(), claims: c }
+  return { iss: c.iss, sub: c.sub as string, clientId: undefined, jti: c.jti as string, iatS: c.iat as number | undefined, expS: c.exp as number, scopes: new Set(), claims: c, memo: {} }
 }
 
 function exchange(claims: Record<string, unknown> = {}, opts: Partial<Pick<TrackedExchange, 'kind' | 'cutAtExpiry'>> = {}) {

@@ -22,7 +22,7 @@ const ROUTES = [
 const DESIGN_REASONS = [
   'ok', 'missing_token', 'malformed', 'bad_signature', 'unknown_key', 'alg_not_allowed', 'expired', 'not_yet_valid',
   'wrong_issuer', 'wrong_audience', 'lifetime_exceeds_policy', 'missing_claim', 'revoked', 'insufficient_scope',
-  'no_route', 'revocation_unavailable', 'keys_unavailable', 'invalid_request', 'host_not_allowed',
+  'no_route', 'revocation_unavailable', 'keys_unavailable', 'invalid_request', 'host_not_allowed', 'too_many_header_fields',
 ]
 
 const mint = async (claims: Record<string, unknown> = {}, opts: Parameters<Awaited<ReturnType<typeof testKeys>>['mint']>[1] = {}) =>
@@ -154,7 +154,7 @@ t.test('revocation_unavailable: Redis unreachable → 503, span status ERROR, th
   t.equal(lookups[0]!.attributes['error.type'], 'ERR_REVOCATION_UNAVAILABLE')
 })
 
-t.test('refusals of the head, before any decision: host_not_allowed (421) and too many fields (431), one span each', async (t) => {
+t.test('refusals of the head, before any decision: host_not_allowed (421) and too_many_header_fields (431), one span each', async (t) => {
   const mem = inMemoryTelemetry(t)
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry, env: { LAPSE_HOSTS: 'api.example.com' } })
   const good = await mint({ sub: 'ci-deployer' })
@@ -163,7 +163,7 @@ t.test('refusals of the head, before any decision: host_not_allowed (421) and to
   await expectSpan(t, lapse, mem, 'host_not_allowed', { headers: [bearer(good)], status: 421, absent: ['enduser.id', 'lapse.route', 'url.path'] })
   const padding = Array.from({ length: 100 }, (_, i): [string, string] => [`x-pad-${i}`, 'a'])
   // The field count is checked first, so the Host does not matter here.
-  await expectSpan(t, lapse, mem, 'invalid_request', { headers: [bearer(good), ...padding], status: 431, absent: ['enduser.id', 'url.path'] })
+  await expectSpan(t, lapse, mem, 'too_many_header_fields', { headers: [bearer(good), ...padding], status: 431, absent: ['enduser.id', 'url.path'] })
   t.equal(lapse.upstream.calls, 0, 'the upstream was not reached')
 })
 
