@@ -30,6 +30,8 @@ export interface Config {
   readonly revocableClaims: readonly string[]
   readonly redis: { readonly url: string; readonly prefix: string; readonly cache: boolean } | undefined
   readonly revocationTimeoutMs: number
+  /** How long start-up waits for the keys and the revocation set before listening anyway. */
+  readonly startupWaitMs: number
   readonly routes: readonly RouteSetting[]
   readonly admin: { readonly listen: HostPort; readonly token: string | undefined; readonly tokenName: string }
   readonly upstreamTimeoutMs: number
@@ -173,6 +175,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     revocableClaims: [...new Set(s.revocable_claims)],
     redis: s.redis_url ? { url: s.redis_url, prefix: s.redis_prefix, cache: s.revocation_cache } : undefined,
     revocationTimeoutMs: s.revocation_timeout,
+    startupWaitMs: s.startup_wait,
     routes: parseRoutes(s.routes),
     admin: { listen: hostPort(s.admin_listen), token: readAdminToken(s), tokenName: s.admin_token_name },
     upstreamTimeoutMs: s.upstream_timeout,
