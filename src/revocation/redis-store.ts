@@ -78,7 +78,9 @@ const DEFAULTS = {
   // instance that would refuse every check even while the client as a whole looks connected.
   probeIntervalMs: 250,
   // A probe may take this long (or the check budget, if larger) before it counts as failed.
-  probeTimeoutMs: 500,
+  probeTimeoutMs: 300,
+  // Cluster only: how often the slot map is reread (see connectData).
+  slotsRefreshMs: 1000,
 }
 
 export type RedisStoreTuning = typeof DEFAULTS
@@ -431,6 +433,10 @@ function connectData(target: RedisTarget, t: RedisStoreTuning): DataClient {
   const options: ClusterOptions = {
     enableOfflineQueue: false,
     clusterRetryStrategy: backoff(t),
+    // After a failover the promoted replica owns the set's slot; without a periodic refresh the
+    // client learns that only from a MOVED, which a dead owner never sends, so checks would fail
+    // until a restart. One CLUSTER SLOTS a second bounds how long that takes.
+    slotsRefreshInterval: t.slotsRefreshMs,
     redisOptions: { ...target.options, ...connectOptions(t), connectionName: 'lapse' },
   }
   return new Cluster(target.nodes, options)
