@@ -57,7 +57,7 @@ t.test('started before Redis is reachable: the port stays closed until the set a
 
 t.test('Redis never comes: the port opens after LAPSE_STARTUP_WAIT and answers 503', async (t) => {
   const redisPort = await freePort()
-  const WAIT_MS = 1500
+  const WAIT_MS = 4000
   const { upstream, env } = await proxyEnv(t, redisPort, { LAPSE_STARTUP_WAIT: String(WAIT_MS) })
   const started = performance.now()
   const lapse = await startChildProxy(t, env, { wait: false })
