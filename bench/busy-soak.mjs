@@ -44,6 +44,8 @@ const { proxy } = await app.listen()
 while (!deps.revocations.ready()) await new Promise((resolve) => setTimeout(resolve, 20))
 
 const burners = Array.from({ length: Number(args.burners) }, () => spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }))
+// Interrupted: leave no busy process or redis-server behind.
+for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => { for (const b of burners) b.kill('SIGKILL'); latency.kill('SIGKILL'); redis.kill(); process.exit(130) })
 const stall = setInterval(() => setImmediate(() => {
   const until = performance.now() + Number(args['stall-ms'])
   while (performance.now() < until) { /* a GC pause, a big JSON.parse */ }
@@ -62,6 +64,17 @@ const now = Math.floor(Date.now() / 1000)
 const tokens = await Promise.all(Array.from({ length: Number(args.concurrency) }, (_, i) => new SignJWT({ scope: 'orders:read' })
   .setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(ISS).setAudience(AUD).setSubject(`soak-${i}`).setJti(`j-${i}`)
   .setIssuedAt(now).setExpirationTime(now + 3600).sign(privateKey)))
+// Redis's own latency over the same window, from another process pinging every 5 ms: a refusal
+// while this saw Redis take longer than the budget is Redis's silence (a starved server), not a
+// stall of Lapse's own loop.
+const PINGER = `import { Redis } from 'ioredis'
+const r = new Redis(process.argv[1]); const rtts = []
+const t = setInterval(async () => { const s = performance.now(); await r.ping(); rtts.push(performance.now() - s) }, 5)
+process.on('SIGTERM', () => { clearInterval(t); rtts.sort((a, b) => a - b)
+  console.log(JSON.stringify({ pings: rtts.length, max_ms: +rtts.at(-1).toFixed(1), over_budget: rtts.filter((x) => x > ${Number(args['timeout-ms'])}).length })); process.exit(0) })`
+const latency = spawn(process.execPath, ['--input-type=module', '-e', PINGER, redis.url], { cwd: new URL('..', import.meta.url), stdio: ['ignore', 'pipe', 'inherit'] })
+let latencyOut = ''
+latency.stdout.on('data', (c) => { latencyOut += c })
 const counts = {}
 const endAt = performance.now() + Number(args.seconds) * 1000
 await Promise.all(tokens.map(async (token) => {
@@ -72,9 +85,11 @@ await Promise.all(tokens.map(async (token) => {
 }))
 clearInterval(stall)
 for (const b of burners) b.kill('SIGKILL')
+latency.kill('SIGTERM')
+await new Promise((resolve) => latency.once('exit', resolve))
 const total = Object.values(counts).reduce((a, b) => a + b, 0)
 console.log(JSON.stringify({ seconds: Number(args.seconds), burners: burners.length, stall_ms: Number(args['stall-ms']),
-  stall_every_ms: Number(args['stall-every-ms']), timeout_ms: Number(args['timeout-ms']), requests: total, statuses: counts, refused_503: counts[503] ?? 0 }))
+  stall_every_ms: Number(args['stall-every-ms']), timeout_ms: Number(args['timeout-ms']), requests: total, statuses: counts, refused_503: counts[503] ?? 0, redis_ping_from_another_process: JSON.parse(latencyOut || 'null'), load_avg: os.loadavg().map((l) => +l.toFixed(2)) }))
 await app.close()
 await deps.revocations.close()
 deps.keys.close()
@@ -93,5 +108,5 @@ async function startRedis() {
     if (up) break
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
-  return { url: `redis://127.0.0.1:${port}`, stop: () => new Promise((resolve) => { child.once('exit', resolve); child.kill('SIGTERM') }) }
+  return { url: `redis://127.0.0.1:${port}`, kill: () => child.kill('SIGKILL'), stop: () => new Promise((resolve) => { child.once('exit', resolve); child.kill('SIGTERM') }) }
 }
