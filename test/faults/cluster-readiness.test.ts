@@ -1,3 +1,5 @@
+// The same through Sentinel: its master gone → 503 within a second, back → 200.
+//
 // Redis Cluster keeps the whole revocation set in the one slot of its `{prefix}` hash tag. With the
 // node owning that slot gone, every check is refused: /readyz must say so within a second, so a
 // load balancer drains the instance, and say ready again once the slot is served, without a restart.
@@ -5,7 +7,7 @@ import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { bearer, runApp, send, waitFor, type Lapse } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
-import { startRedisCluster, type RedisCluster, type RedisServer } from '../fixtures/redis-server.js'
+import { startRedisCluster, startRedisSentinel, type RedisCluster, type RedisServer } from '../fixtures/redis-server.js'
 
 const PREFIX = 'faults'
 
@@ -31,7 +33,7 @@ async function readyzBecomes(lapse: Lapse, status: number, withinMs: number): Pr
   return performance.now() - start
 }
 
-async function lapseOn(t: Test, cluster: RedisCluster): Promise<Lapse> {
+async function lapseOn(t: Test, cluster: { url: string }): Promise<Lapse> {
   const lapse = await runApp(t, { env: { LAPSE_REDIS_URL: cluster.url, LAPSE_REDIS_PREFIX: PREFIX, LAPSE_REVOCATION_TIMEOUT: '500', LAPSE_REVOCATION_CACHE: 'false' } })
   await readyzBecomes(lapse, 200, 10_000)
   return lapse
@@ -75,4 +77,19 @@ t.test('a replica per master: the owner killed → /readyz 503 within 1 s; its r
   t.comment(`readiness: 503 ${downMs.toFixed(0)} ms after the owner was killed, 200 again ${(downMs + upMs).toFixed(0)} ms after (failover, cluster-node-timeout 1000 ms)`)
   t.not((await ownerOf(cluster)).port, owner.port, 'a replica now owns the slot')
   t.equal((await send(`${lapse.url}/orders/2`, { headers: [bearer(token)] })).status, 200, 'checks answered by the promoted replica')
+})
+
+t.test('Sentinel: the master killed → /readyz 503 within 1 s; restarted → 200, no restart of Lapse', async (t) => {
+  const sentinel = await startRedisSentinel()
+  t.teardown(() => sentinel.stop())
+  const lapse = await lapseOn(t, sentinel)
+  const token = await (await testKeys()).mint({ sub: 'sentinel-reader' })
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(token)] })).status, 200)
+  await sentinel.master.kill()
+  const downMs = await readyzBecomes(lapse, 503, 5000)
+  t.ok(downMs < 1000, `/readyz 503 ${downMs.toFixed(0)} ms after the master died`)
+  await sentinel.master.restart()
+  const upMs = await readyzBecomes(lapse, 200, 10_000)
+  t.comment(`readiness: 503 ${downMs.toFixed(0)} ms after the master was killed, 200 ${upMs.toFixed(0)} ms after its restart`)
+  t.equal((await send(`${lapse.url}/orders/2`, { headers: [bearer(token)] })).status, 200, 'checks answered again')
 })
