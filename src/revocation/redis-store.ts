@@ -44,9 +44,8 @@ import { performance } from 'node:perf_hooks'
 import type { ConnectionOptions } from 'node:tls'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { nowS } from '../core/clock.js'
-import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../core/types.js'
+import { RevocationUnavailableError, type Clock, type RevocationEntry, type RevocationEvent, type RevocationStore, type TokenRef } from '../core/types.js'
 import { createAnswerCache, type AnswerCache, type StoredAnswer } from './answer-cache.js'
-import { RevocationUnavailableError } from '../core/types.js'
 import { bounded } from './bounded.js'
 import { createReadBatch } from './read-batch.js'
 import { entryMatches } from './model.js'
@@ -470,7 +469,8 @@ function writeFailure(err: unknown, budgetMs: number): Error {
  * Whether the node holding the set answers now: a GET of a key inside the set's hash tag, so on
  * Cluster it goes to the owner of that one slot, through the same client the checks use. Probed at
  * once when the client connects, then every `intervalMs`; answering() is false from the first
- * failed or overdue probe until the next answered one.
+ * failed or timed-out probe (or closed connection) until the next answered one. A dead node fails
+ * a probe at once, a frozen one within `intervalMs` + `timeoutMs`.
  */
 function watchSlot(data: DataClient, key: string, o: { intervalMs: number; timeoutMs: number }) {
   let ok = false
@@ -485,11 +485,9 @@ function watchSlot(data: DataClient, key: string, o: { intervalMs: number; timeo
       () => { inFlight = false; ok = false },
     )
   }
-  // A frozen node fails the probe by its timeout (at most interval + timeout); a dead one at once.
-  const tick = run
-  const timer = setInterval(tick, o.intervalMs)
+  const timer = setInterval(run, o.intervalMs)
   timer.unref()
-  data.on('ready', tick)
+  data.on('ready', run)
   data.on('close', () => { ok = false })
   return {
     answering: () => ok,
