@@ -121,6 +121,7 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     await ownTelemetry?.shutdown()
     throw err
   }
+  await untilAnswering(deps, config.startupWaitMs)
   const app = createSidecar(deps)
   let addresses: Running['addresses']
   try {
@@ -143,6 +144,22 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
       await ownTelemetry?.shutdown()
       await closeDeps(deps)
     },
+  }
+}
+
+/**
+ * Holds the listen back until the keys are loaded and the revocation set has answered once, or
+ * until `waitMs` has passed: a request accepted before that would get a 503 that a moment's wait
+ * avoids. After the wait Lapse listens anyway and answers 503 until the set is back (fail closed),
+ * so an orchestrator sees an instance that is up but not ready rather than one that never starts.
+ */
+async function untilAnswering(deps: Deps, waitMs: number): Promise<void> {
+  const answering = () => deps.keys.ready() && deps.revocations.ready()
+  const deadline = performance.now() + waitMs
+  while (!answering() && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+  if (!answering()) {
+    deps.log.warn({ waited_ms: waitMs, keys: deps.keys.ready() ? 'loaded' : 'unavailable', revocation_set: deps.revocations.ready() ? deps.revocations.kind : 'unreachable' },
+      'listening before the keys and the revocation set are ready (LAPSE_STARTUP_WAIT): requests get 503 until they are')
   }
 }
 

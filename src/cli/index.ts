@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util'
 import { writeSync } from 'node:fs'
 import { resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { LapseError } from '../core/errors.js'
 import type { Running } from '../main.js'
 import { startDemoUpstream } from './demo-upstream.js'
@@ -152,6 +153,10 @@ async function runDemo(args: string[], env: Env): Promise<void> {
   const p = running.addresses.proxy
   const a = running.addresses.admin
   const host = (h: string) => (h.includes(':') ? `[${h}]` : h)
+  // This checkout's own CLI by its path: `npx lapse` run from another folder would fetch whatever
+  // the registry calls `lapse` and run it with the admin token in its environment.
+  const bin = fileURLToPath(new URL('../../bin/lapse.js', import.meta.url))
+  const lapseCmd = `node ${/^[\w./@:-]+$/.test(bin) ? bin : `'${bin.replaceAll("'", "'\\''")}'`}`
   // Printed once, to the terminal of whoever ran the demo: the point of the demo is to paste it.
   process.stderr.write(`
 Lapse demo is running: ${host(p.host)}:${p.port} → demo upstream ${upstream.url}
@@ -162,9 +167,9 @@ A token for subject demo-user, scope demo:read, valid ${ttlS} s:
 After ${ttlS + clockSkewS} s (its lifetime and the ${clockSkewS} s LAPSE_CLOCK_SKEW allows) the same command answers 401 invalid_token.
 Revoke it sooner with:
 
-  LAPSE_ADMIN_URL=http://${host(a.host)}:${a.port} LAPSE_ADMIN_TOKEN=${adminToken} npx lapse revoke --claim sub --value demo-user --reason "trying it out"
+  LAPSE_ADMIN_URL=http://${host(a.host)}:${a.port} LAPSE_ADMIN_TOKEN=${adminToken} ${lapseCmd} revoke --claim sub --value demo-user --reason "trying it out"
 
-Mint more with: npx lapse token --sub me --scope demo:read --ttl 60
+Mint more with: ${lapseCmd} token --sub me --scope demo:read --ttl 60
 `)
 }
 
