@@ -1,6 +1,7 @@
 // The Redis set against the shared RevocationStore contract (cache off and on), plus what only
 // Redis has: the key layout, the TTL in Redis, one round trip per check, cached checks.
 import { execFileSync } from 'node:child_process'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
 import { manualClock, nowS } from '../../src/core/clock.js'
@@ -33,6 +34,10 @@ const factory = (cache: boolean): StoreFactory => async (t) => {
   return {
     store,
     clock,
+    async elapse(seconds) {
+      clock.set(clock.now() + seconds * 1000)
+      await sleep(seconds * 1000)
+    },
     async checkExpiry(t, entry) {
       const [key] = await raw.keys(`{${prefix}}:rev:*`)
       const ttlS = await raw.ttl(key ?? '')
