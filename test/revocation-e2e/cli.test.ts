@@ -33,6 +33,9 @@ const adminEnv = (lapse: Lapse, token = ADMIN_TOKEN) => ({ LAPSE_ADMIN_URL: laps
 // One Lapse for the whole file: every process start counts on a small CI box.
 const lapse = await runApp(t, { env: redisEnv(redis, 'cli') })
 await untilReady(lapse)
+// A Lapse of its own for the listing and the bulk revocations, so the entries are exactly these.
+const bulk = await runApp(t, { env: redisEnv(redis, 'cli-bulk', { LAPSE_ISSUER: `${ISSUER},${OTHER_ISSUER}` }) })
+await untilReady(bulk)
 
 t.test('lapse revoke, then lapse lift: exit 0, the entry stored and removed, audit lines say (cli)', async (t) => {
   const token = await keys.mint({ sub: 'ci-deployer' }, { nowS: nowS() - 5 })
@@ -93,10 +96,6 @@ t.test('failures: non-zero exit and one clear line on stderr, nothing written', 
   t.same((await raw.keys('{cli}:*')).sort(), keysBefore, 'nothing written')
   t.equal(revocationAudits(lapse).length, auditsBefore, 'no audit line for a refused change')
 })
-
-// A Lapse of its own for the listing and the bulk revocations, so the entries are exactly these.
-const bulk = await runApp(t, { env: redisEnv(redis, 'cli-bulk', { LAPSE_ISSUER: `${ISSUER},${OTHER_ISSUER}` }) })
-await untilReady(bulk)
 
 async function writeTemp(t: Test, name: string, text: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'lapse-cli-'))
