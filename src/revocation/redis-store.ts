@@ -295,6 +295,8 @@ const SCAN_SCRIPT = `return redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT
 
 // Keys SCAN found beyond a full page ride in the cursor; a bucket rarely holds more than a few.
 const MAX_CURSOR_KEYS = 1000
+// Under the admin API's bound on a cursor (admin/list-query.ts), with room for the filters in the URL.
+const MAX_CURSOR_CHARS = 6000
 
 /**
  * The cursor is the SCAN cursor ('' once SCAN has gone round) and the keys found but not yet
@@ -341,13 +343,24 @@ async function listPage(data: DataClient, keys: KeyLayout, query: RevocationQuer
       continue
     }
     if (scan === '' || steps >= o.maxSteps) break
-    const count = Math.max(query.limit - entries.length, 10)
+    // COUNT is what the page still has room for, so a step rarely finds keys beyond it.
+    const count = query.limit - entries.length
     const reply = await bounded(data.eval(SCAN_SCRIPT, 1, `${keys.base}probe`, scan, pattern, count), o.timeoutMs, 'revocation list') as [string, string[]]
     steps++
     scan = reply[0] === '0' ? '' : reply[0]
     pending = reply[1]
   }
-  const next = scan === '' && pending.length === 0 ? undefined : Buffer.from(JSON.stringify({ c: scan, k: pending })).toString('base64url')
+  let next = scan === '' && pending.length === 0 ? undefined : Buffer.from(JSON.stringify({ c: scan, k: pending })).toString('base64url')
+  if (next !== undefined && next.length > MAX_CURSOR_CHARS) {
+    // Keys of long values (a 1024-character value percent-encodes to kilobytes) would make a
+    // cursor no URL can carry: they join this page instead, the one case a page exceeds the limit.
+    const raws = await bounded(data.mget(...pending), o.timeoutMs, 'revocation list')
+    for (const raw of raws) {
+      const entry = parseStored(raw)
+      if (entry !== null && entry !== 'unreadable' && entry.expiresAtS > o.nowS && queryMatches(query, entry)) entries.push(entry)
+    }
+    next = scan === '' ? undefined : Buffer.from(JSON.stringify({ c: scan, k: [] })).toString('base64url')
+  }
   return { entries, next }
 }
 

@@ -245,3 +245,33 @@ async function commandCalls(client: Redis): Promise<{ mget: number; total: numbe
   }
   return { mget, total }
 }
+
+t.test('list: keys SCAN found beyond a page ride in the cursor; keys too long for a URL join the page instead', async (t) => {
+  const { store, clock } = await openStore(t, redis, { cache: false })
+  // 60 short and 12 long entries: a SCAN step of COUNT 1 answers a whole hash bucket, so over
+  // 72 keys some step finds two or more, one more than a page of one has room for.
+  const put = []
+  for (let i = 0; i < 60; i++) put.push(await store.put(entryAt(clock, 'sub', `short-${i}`)))
+  for (let i = 0; i < 12; i++) put.push(await store.put(entryAt(clock, 'task', `${'é'.repeat(1000)}${i}`)))
+  const seen: string[] = []
+  let carried = 0
+  let oversized = 0
+  let cursor: string | undefined
+  let pages = 0
+  do {
+    const page = await store.list({ limit: 1, cursor })
+    pages++
+    seen.push(...page.entries.map((e) => e.value))
+    if (page.entries.length > 1) oversized++
+    cursor = page.next
+    if (cursor !== undefined) {
+      t.ok(cursor.length <= 6000, `a cursor of ${cursor.length} characters fits a URL`)
+      const state = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as { k: string[] }
+      if (state.k.length > 0) carried++
+    }
+  } while (cursor !== undefined && pages < 1000)
+  t.same(seen.sort(), put.map((e) => e.value).sort(), 'every entry once')
+  t.ok(carried > 0, `keys carried in ${carried} cursors`)
+  t.ok(oversized <= 12, `${oversized} pages over the limit, only for long keys`)
+  t.comment(`${pages} pages, ${carried} cursors carrying keys, ${oversized} pages over the limit of 1`)
+})
