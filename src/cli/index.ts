@@ -355,7 +355,8 @@ async function runRevocations(args: string[], env: Env): Promise<void> {
   const rows = [['CLAIM', 'VALUE', 'ISSUER', 'T', 'EXPIRES', 'REASON', 'BY'],
     ...entries.map((e) => [e.claim, e.value, e.iss ?? '*', time(e.issued_before), time(e.expires_at), e.reason, e.by].map(printable))]
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((row) => row[col]!.length)))
-  process.stdout.write(rows.map((row) => row.map((cell, col) => (col === row.length - 1 ? cell : cell.padEnd(widths[col]!))).join('  ')).join('\n') + '\n')
+  const text = rows.map((row) => row.map((cell, col) => (col === row.length - 1 ? cell : cell.padEnd(widths[col]!))).join('  ')).join('\n')
+  process.stdout.write(`${text}\n`)
 }
 
 /**

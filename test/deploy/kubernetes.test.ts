@@ -19,7 +19,9 @@ const KUSTOMIZATIONS = ['base', 'overlays/orders']
 // Not part of any kustomization: documented alternatives and examples, checked as written.
 const STANDALONE = ['alternatives/classic-sidecar.yaml', 'admin-token.example.yaml']
 
-type K8sObject = { apiVersion: string; kind: string; metadata: { name: string }; spec?: any; data?: Record<string, string> } & Record<string, any>
+// biome-ignore lint/suspicious/noExplicitAny: a manifest is free-form YAML, read field by field
+type Free = any
+type K8sObject = { apiVersion: string; kind: string; metadata: { name: string }; spec?: Free; data?: Record<string, string> } & Record<string, Free>
 
 const parse = (text: string, where: string): K8sObject[] =>
   parseAllDocuments(text).map((doc) => {
@@ -61,8 +63,8 @@ function validate(obj: K8sObject): void {
 }
 
 const podSpecOf = (obj: K8sObject) => obj.spec.template.spec
-const lapseContainerOf = (obj: K8sObject) => [...(podSpecOf(obj).initContainers ?? []), ...podSpecOf(obj).containers].find((c: any) => c.name === 'lapse')
-const envOf = (container: any): Record<string, string> => Object.fromEntries((container.env ?? []).map((e: any) => [e.name, e.value]))
+const lapseContainerOf = (obj: K8sObject) => [...(podSpecOf(obj).initContainers ?? []), ...podSpecOf(obj).containers].find((c: Free) => c.name === 'lapse')
+const envOf = (container: Free): Record<string, string> => Object.fromEntries((container.env ?? []).map((e: Free) => [e.name, e.value]))
 
 const render = renderer()
 const sets: Array<[name: string, objects: K8sObject[]]> = []
@@ -126,7 +128,7 @@ t.test('Lapse runs as a native sidecar, hardened, probed on the admin port, size
       // app waits for it (classic).
       const env = envOf(lapse)
       const drainS = Number(env.LAPSE_DRAIN_DELAY ?? 5) + Number(env.LAPSE_SHUTDOWN_TIMEOUT ?? 20)
-      const app = podSpecOf(obj).containers.find((c: any) => c.name !== 'lapse')
+      const app = podSpecOf(obj).containers.find((c: Free) => c.name !== 'lapse')
       const preStop = app.lifecycle?.preStop
       const appSleepS = Number(preStop?.sleep?.seconds ?? preStop?.exec?.command?.[1] ?? 0)
       const needed = native ? appSleepS + drainS + 5 : Math.max(appSleepS, drainS) + 5
@@ -172,11 +174,11 @@ t.test('the ConfigMaps hold a configuration Lapse starts with', async (t) => {
   }
   if (render) {
     const orders = sets.find(([name]) => name === 'overlays/orders')![1]
-    const config = parse(orders.find((o) => o.kind === 'ConfigMap')!.data!['lapse.yaml']!, 'orders')[0] as any
+    const config = parse(orders.find((o) => o.kind === 'ConfigMap')!.data!['lapse.yaml']!, 'orders')[0] as Free
     t.equal(config.issuer, 'https://login.example.com/realms/orders', 'the overlay\'s issuer')
     t.equal(orders.find((o) => o.kind === 'ConfigMap')!.metadata.name, 'orders-app-lapse')
     const deployment = orders.find((o) => o.kind === 'Deployment')!
-    t.equal(podSpecOf(deployment).volumes.find((v: any) => v.name === 'lapse-config').configMap.name, 'orders-app-lapse', 'the Deployment mounts the renamed ConfigMap')
-    t.equal(podSpecOf(deployment).volumes.find((v: any) => v.name === 'lapse-admin').secret.secretName, 'lapse-admin-token', 'the Secret created beside it')
+    t.equal(podSpecOf(deployment).volumes.find((v: Free) => v.name === 'lapse-config').configMap.name, 'orders-app-lapse', 'the Deployment mounts the renamed ConfigMap')
+    t.equal(podSpecOf(deployment).volumes.find((v: Free) => v.name === 'lapse-admin').secret.secretName, 'lapse-admin-token', 'the Secret created beside it')
   }
 })
