@@ -183,3 +183,14 @@ t.test('lapse revocations: every page as a table, filters, --json; control chara
   t.equal(denied.code, 1)
   t.equal(denied.stderr, 'lapse: revocations failed (401): a valid admin token is required\n')
 })
+
+t.test('lapse revoke --file - reads the lines from stdin', async (t) => {
+  const child = execFile(process.execPath, [BIN, 'revoke', '--file', '-'], { env: { PATH: process.env.PATH ?? '', ...adminEnv(bulk) }, timeout: 30_000 })
+  let stdout = ''
+  child.stdout!.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
+  child.stdin!.end(`${JSON.stringify({ claim: 'sub', value: 'from-stdin', reason: 'INC-9' })}\n`)
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
+  t.equal(code, 0)
+  t.equal(stdout, 'line 1: ok sub=from-stdin\n1 revoked, 0 failed\n')
+  t.ok(await raw.get(entryKey('cli-bulk', 'sub', 'from-stdin')))
+})
