@@ -275,3 +275,24 @@ t.test('list: keys SCAN found beyond a page ride in the cursor; keys too long fo
   t.ok(oversized <= 12, `${oversized} pages over the limit, only for long keys`)
   t.comment(`${pages} pages, ${carried} cursors carrying keys, ${oversized} pages over the limit of 1`)
 })
+
+t.test('list: a page takes at most listMaxScanSteps SCAN steps, and answers a short page with a cursor', async (t) => {
+  const { store, clock, prefix } = await openStore(t, redis, { cache: false, tuning: { listMaxScanSteps: 3 } })
+  await store.put(entryAt(clock, 'sub', 'needle'))
+  // Other data on the same node: SCAN walks it too, and MATCH filters it out only afterwards.
+  const pipeline = raw.pipeline()
+  for (let i = 0; i < 3000; i++) pipeline.set(`other-app:${prefix}:${i}`, 'x', 'EX', 60)
+  await pipeline.exec()
+  const log = await recordCommands(raw)
+  const first = await store.list({ limit: 1 })
+  const scans = (await log.stop()).filter((args) => args[0]?.toLowerCase() === 'scan')
+  t.ok(scans.length <= 3, `${scans.length} SCAN steps for the first page`)
+  t.ok(first.entries.length === 1 || first.next !== undefined, 'the entry, or a cursor to go on with')
+  const seen = [...first.entries]
+  for (let cursor = first.next, pages = 1; cursor !== undefined && pages < 5000; pages++) {
+    const page = await store.list({ limit: 1, cursor })
+    seen.push(...page.entries)
+    cursor = page.next
+  }
+  t.same(seen.map((e) => e.value), ['needle'], 'the walk finds it, once')
+})
