@@ -163,6 +163,12 @@ export interface RevocationStore {
   get(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
   /** Removes the entry and resolves it, in one atomic step; undefined when there was none. */
   lift(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
+  /**
+   * One page of the active entries that match the query. Following `next` until it is undefined
+   * yields every entry present throughout the walk at least once; one written or removed meanwhile
+   * may or may not appear. Rejects with InvalidCursorError, or RevocationUnavailableError.
+   */
+  list(query: RevocationQuery): Promise<RevocationPage>
   /** Revocations and lifts from any sidecar sharing the set, as they happen. Returns an unsubscribe. */
   subscribe(listener: (event: RevocationEvent) => void): () => void
   /** Whether the set can answer right now (for `/readyz`). */
@@ -171,3 +177,29 @@ export interface RevocationStore {
   readonly kind: string
   close(): Promise<void>
 }
+
+/** What `RevocationStore.list` is asked: filters on the entry's own fields, and where to resume. */
+export interface RevocationQuery {
+  /** Only entries of this claim. */
+  readonly claim?: string | undefined
+  /** Only entries bound to this issuer (an any-issuer entry has none, so it is not selected). */
+  readonly iss?: string | undefined
+  /** Only entries whose reason contains this text, compared case-insensitively. */
+  readonly reasonContains?: string | undefined
+  /** Where to resume: a `next` the same store answered; absent on the first page. */
+  readonly cursor?: string | undefined
+  /** The most entries one page holds. A page may hold fewer and still have a `next`. */
+  readonly limit: number
+}
+
+export interface RevocationPage {
+  readonly entries: readonly RevocationEntry[]
+  /** Opaque; undefined once the set has been walked. */
+  readonly next: string | undefined
+}
+
+/** Thrown by `list` when the cursor is not one the store made: the caller's mistake, a 400. */
+export class InvalidCursorError extends Error {
+  override readonly name = 'InvalidCursorError'
+}
+
