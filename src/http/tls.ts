@@ -1,0 +1,115 @@
+// Lapse's own HTTPS listener: its options, the client certificate of each connection, and the
+// rotation of its certificate, key and CA while connections stay open.
+//
+//   const server = createServer(httpsOptions(tls, material, base))
+//   const rotation = watchTls(server, tls, log)    // re-reads the files when they change
+//   const cert = certOfSocket(socket)              // computed once per connection
+//   rotation.close()
+import { watch, type FSWatcher } from 'node:fs'
+import type { Server } from 'node:https'
+import { dirname, resolve } from 'node:path'
+import type { TLSSocket } from 'node:tls'
+import type { Logger } from 'pino'
+import { clientCertOf, type ClientCert } from '../bind/mtls.js'
+import type { Config } from '../config/load.js'
+import { readTls, type TlsMaterial } from '../config/tls.js'
+
+export type TlsSettings = NonNullable<Config['tls']>
+
+/** TLS 1.2 at least; ciphers, curves and the rest are Node's defaults. */
+const MIN_VERSION = 'TLSv1.2'
+
+/** The secure-context part of the server options: what a rotation replaces. */
+function contextOptions(m: TlsMaterial) {
+  return { minVersion: MIN_VERSION, cert: m.cert, key: m.key, ...(m.ca ? { ca: m.ca } : {}) } as const
+}
+
+export function httpsOptions(tls: TlsSettings, material: TlsMaterial) {
+  return {
+    ...contextOptions(material),
+    // Asked only when a CA is configured. `request` lets a client without a certificate (or with
+    // one the CA did not sign) finish the handshake: Lapse then sees no peer, and bound tokens fail.
+    requestCert: material.ca !== undefined,
+    rejectUnauthorized: tls.clientAuth === 'require',
+  }
+}
+
+const NO_CERT = Object.freeze({ none: true })
+type Known = ClientCert | typeof NO_CERT
+
+/**
+ * Per connection: its certificate is the same for every request it carries, since renegotiation
+ * (TLS 1.2's way to present another) is refused on Lapse's connections (server.ts).
+ */
+export function createCertCache(): (socket: TLSSocket) => ClientCert | undefined {
+  const known = new WeakMap<TLSSocket, Known>()
+  return (socket) => {
+    let k = known.get(socket)
+    if (k === undefined) {
+      const x509 = socket.getPeerX509Certificate()
+      k = x509 === undefined ? NO_CERT : clientCertOf(x509, socket.authorized)
+      known.set(socket, k)
+    }
+    return k === NO_CERT ? undefined : (k as ClientCert)
+  }
+}
+
+export interface Rotation {
+  close(): void
+}
+
+/** How long the files must be quiet before they are read: a rotation writes several. */
+const SETTLE_MS = 100
+
+/**
+ * Watches the directories of the TLS files, not the files: Kubernetes (Secret and ConfigMap volumes,
+ * cert-manager's CSI driver) replaces them by swapping a `..data` symlink in their directory, which
+ * a watch on the old file never sees. On any change the files are read again and, if they differ
+ * and make a valid pair, applied to new connections with setSecureContext; open connections keep
+ * the context they were made with. A bad or half-written pair is logged, and the last good one stays.
+ */
+export function watchTls(server: Server, tls: TlsSettings, log: Logger, initial: TlsMaterial): Rotation {
+  let current = initial
+  let timer: NodeJS.Timeout | undefined
+  const reload = () => {
+    timer = undefined
+    let next: TlsMaterial
+    try {
+      next = readTls(tls)
+    } catch (err) {
+      return void log.warn({ code: 'ERR_TLS_RELOAD', err: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
+    }
+    if (next.cert.equals(current.cert) && next.key.equals(current.key) && sameCa(next.ca, current.ca)) return
+    try {
+      server.setSecureContext(contextOptions(next))
+    } catch (err) {
+      return void log.warn({ code: 'ERR_TLS_RELOAD', err: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
+    }
+    current = next
+    log.info({ cert_file: tls.certFile }, 'TLS certificate reloaded')
+  }
+  const changed = () => {
+    clearTimeout(timer)
+    timer = setTimeout(reload, SETTLE_MS)
+    timer.unref()
+  }
+  const files = [tls.certFile, tls.keyFile, ...(tls.clientCaFile ? [tls.clientCaFile] : [])]
+  const watchers: FSWatcher[] = []
+  for (const dir of new Set(files.map((f) => dirname(resolve(f))))) {
+    try {
+      const w = watch(dir, { persistent: false }, changed)
+      w.on('error', (err) => log.warn({ code: 'ERR_TLS_RELOAD', err: err.message, dir }, 'cannot watch TLS files any more: rotations are not applied'))
+      watchers.push(w)
+    } catch (err) {
+      log.warn({ code: 'ERR_TLS_RELOAD', err: (err as Error).message, dir }, 'cannot watch TLS files: rotations are not applied')
+    }
+  }
+  return {
+    close() {
+      clearTimeout(timer)
+      for (const w of watchers) w.close()
+    },
+  }
+}
+
+const sameCa = (a: Buffer | undefined, b: Buffer | undefined) => (a === undefined ? b === undefined : b !== undefined && a.equals(b))
