@@ -77,13 +77,13 @@ export function watchTls(server: Server, tls: TlsSettings, log: Logger, initial:
     try {
       next = readTls(tls)
     } catch (err) {
-      return void log.warn({ code: 'ERR_TLS_RELOAD', err: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
+      return void log.warn({ err: 'ERR_TLS_RELOAD', detail: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
     }
     if (next.cert.equals(current.cert) && next.key.equals(current.key) && sameCa(next.ca, current.ca)) return
     try {
       server.setSecureContext(contextOptions(next))
     } catch (err) {
-      return void log.warn({ code: 'ERR_TLS_RELOAD', err: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
+      return void log.warn({ err: 'ERR_TLS_RELOAD', detail: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
     }
     current = next
     log.info({ cert_file: tls.certFile }, 'TLS certificate reloaded')
@@ -98,10 +98,10 @@ export function watchTls(server: Server, tls: TlsSettings, log: Logger, initial:
   for (const dir of new Set(files.map((f) => dirname(resolve(f))))) {
     try {
       const w = watch(dir, { persistent: false }, changed)
-      w.on('error', (err) => log.warn({ code: 'ERR_TLS_RELOAD', err: err.message, dir }, 'cannot watch TLS files any more: rotations are not applied'))
+      w.on('error', (err) => log.warn({ err: 'ERR_TLS_RELOAD', detail: err.message, dir }, 'cannot watch TLS files any more: rotations are not applied'))
       watchers.push(w)
     } catch (err) {
-      log.warn({ code: 'ERR_TLS_RELOAD', err: (err as Error).message, dir }, 'cannot watch TLS files: rotations are not applied')
+      log.warn({ err: 'ERR_TLS_RELOAD', detail: (err as Error).message, dir }, 'cannot watch TLS files: rotations are not applied')
     }
   }
   return {

@@ -71,7 +71,7 @@ t.test('a certificate rotated by a ..data swap: the open keep-alive connection k
 
   // A key that is not the certificate's: logged, and the last good pair stays.
   project(dir, 2, { 'tls.crt': third.cert, 'tls.key': first.key })
-  await waitFor(() => lapse.lines.some((l) => l.code === 'ERR_TLS_RELOAD'), 'the ERR_TLS_RELOAD warning', 5000)
+  await waitFor(() => lapse.lines.some((l) => l.err === 'ERR_TLS_RELOAD' && l.level === 40), 'the ERR_TLS_RELOAD warning', 5000)
   t.equal((await get(url, false, token)).serial, second.serial, 'new connections still get the last good certificate')
   t.equal((await get(url, false, token)).status, 200)
 
