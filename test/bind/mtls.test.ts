@@ -5,7 +5,8 @@ import { execFile } from 'node:child_process'
 import { request as httpsRequest } from 'node:https'
 import t from 'tap'
 import { request } from 'undici'
-import { runApp, send } from '../fixtures/app.js'
+import { runApp, send, waitFor } from '../fixtures/app.js'
+import { inMemoryTelemetry } from '../telemetry/in-memory.js'
 import { makePki } from '../fixtures/certs.js'
 import { CHALLENGE } from '../fixtures/deny.js'
 import { testKeys } from '../fixtures/keys.js'
@@ -183,4 +184,16 @@ t.test('curl presents a client certificate and a bound token', async (t) => {
   t.equal(await curl(['--cert', other.certFile, '--key', other.keyFile]), '401', 'another certificate')
   t.match(await curl([]), /^(000|error)/, 'no certificate: no handshake')
   t.equal(lapse.upstream.calls, 1)
+})
+
+t.test('the decision span says url.scheme https on a TLS hop', async (t) => {
+  const mem = inMemoryTelemetry(t)
+  const lapse = await runApp(t, { env: withClientCa(), routes: ROUTES, telemetry: mem.telemetry })
+  const agent = clientAgent(pki, deployer)
+  t.teardown(() => agent.close())
+  const res = await callTls(lapse, '/orders/1', { agent, token: await (await testKeys()).mint({ cnf: { 'x5t#S256': deployer.thumbprint } }) })
+  t.equal(res.status, 200)
+  const span = await waitFor(() => mem.spans().find((s) => s.name === 'lapse.authorize'), 'the decision span')
+  t.equal(span.attributes['url.scheme'], 'https')
+  t.equal(span.attributes['lapse.reason'], 'ok')
 })
