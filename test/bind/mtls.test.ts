@@ -5,6 +5,7 @@ import { execFile } from 'node:child_process'
 import { request as httpsRequest } from 'node:https'
 import t from 'tap'
 import { request } from 'undici'
+import { WebSocket } from 'ws'
 import { runApp, send, waitFor } from '../fixtures/app.js'
 import { inMemoryTelemetry } from '../telemetry/in-memory.js'
 import { makePki } from '../fixtures/certs.js'
@@ -196,4 +197,35 @@ t.test('the decision span says url.scheme https on a TLS hop', async (t) => {
   const span = await waitFor(() => mem.spans().find((s) => s.name === 'lapse.authorize'), 'the decision span')
   t.equal(span.attributes['url.scheme'], 'https')
   t.equal(span.attributes['lapse.reason'], 'ok')
+})
+
+t.test('a WebSocket upgrade over TLS: peers and binding decided at the upgrade, X-Auth-Peer on the upstream upgrade', async (t) => {
+  const lapse = await runApp(t, { env: withClientCa(), routes: ROUTES })
+  const keys = await testKeys()
+  const bound = await keys.mint({ cnf: { 'x5t#S256': deployer.thumbprint } })
+  const plain = await keys.mint()
+  const open = (path: string, client: typeof deployer, token: string) => new Promise<number | 'tunnel'>((resolve) => {
+    const ws = new WebSocket(`${httpsUrl(lapse).replace(/^https:/, 'wss:')}${path}`, { ca: pki.ca.cert, cert: client.cert, key: client.key, headers: { authorization: `Bearer ${token}` } })
+    ws.on('unexpected-response', (_req, res) => {
+      res.resume()
+      resolve(res.statusCode ?? 0)
+      ws.terminate()
+    })
+    ws.on('open', () => {
+      ws.terminate()
+      resolve('tunnel')
+    })
+    // The fixture upstream drops upgrades after recording them: the client sees the connection end.
+    ws.on('error', () => resolve(0))
+  })
+  t.equal(await open('/ci/ws', other, plain), 403, 'another peer: refused at the upgrade')
+  t.equal(await open('/orders/ws', other, bound), 401, 'another certificate: the bound token is refused at the upgrade')
+  t.equal(lapse.upstream.calls, 0, 'neither reached the upstream')
+  const reasons = lapse.lines.filter((l) => l.audit === 'decision').map((l) => l.reason)
+  t.same(reasons, ['peer_not_allowed', 'mtls_key_mismatch'])
+  await open('/ci/ws', deployer, bound)
+  await waitFor(() => lapse.upstream.calls === 1, 'the upgrade to reach the upstream')
+  const got = lapse.upstream.requests.at(-1)!
+  t.equal(got.headers['x-auth-peer'], DEPLOYER)
+  t.equal(got.headers['x-forwarded-proto'], 'https')
 })
