@@ -5,7 +5,7 @@
 //   await app.close()
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
-import type { TLSSocket } from 'node:tls'
+import type { TLSSocket, Server as TlsServer } from 'node:tls'
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import type { RouteMatcher } from '../authorize/routes.js'
@@ -22,7 +22,8 @@ import { isWebSocketUpgrade, type Forwarder } from './forward.js'
 import { writeRawAnswer } from './raw-answer.js'
 import { parseXfcc } from '../bind/xfcc.js'
 import type { ClientCert } from '../bind/mtls.js'
-import { readTls } from '../config/tls.js'
+import { LapseError } from '../core/errors.js'
+import { readTls, TlsFileError, type TlsFiles, type TlsMaterial } from '../config/tls.js'
 import { createCertCache, httpsOptions, watchTls, type Rotation } from './tls.js'
 
 /** Everything that varies between production and tests: main.ts builds the real ones. */
@@ -52,15 +53,15 @@ export interface App {
 export function createApp(deps: Deps): App {
   const { config } = deps
   const options = serverOptions(config)
-  const material = config.tls ? readTls(config.tls) : undefined
+  const material = config.tls ? readTlsAtStart(config.tls) : undefined
   // An https.Server is an http.Server over TLS sockets: every method Lapse calls is on both.
   const server = config.tls ? (createHttpsServer({ ...options, ...httpsOptions(config.tls, material!) }) as unknown as Server) : createServer(options)
   let rotation: Rotation | undefined
   if (config.tls) {
-    // RFC 5746 aside, a renegotiation could present another certificate mid-connection, after
-    // requests were decided on the first one; Lapse's connections never renegotiate.
+    // A TLS 1.2 renegotiation could present another certificate mid-connection, after requests
+    // were decided on the first one: Lapse's connections never renegotiate.
     server.on('secureConnection', (socket: TLSSocket) => socket.disableRenegotiation())
-    rotation = watchTls(server as never, config.tls, deps.log, material!)
+    rotation = watchTls(server as unknown as TlsServer, config.tls, deps.log, material!)
   }
   // Serves the upgrade requests Lapse does not proxy as the ordinary requests they also are (see
   // handOver). It never listens: connections are handed to it. Without an 'upgrade' listener,
@@ -140,6 +141,16 @@ function exchangeContext(deps: Deps): ExchangeContext {
     clientCert: clientCertSource(config),
     connections: deps.connections,
     young: deps.connections ? new YoungExchanges(deps.connections) : undefined,
+  }
+}
+
+/** The files loadConfig checked, read again for the server: one that changed meanwhile stops the start as it would have there. */
+function readTlsAtStart(files: TlsFiles): TlsMaterial {
+  try {
+    return readTls(files)
+  } catch (err) {
+    if (err instanceof TlsFileError) throw new LapseError('ERR_CONFIG_INVALID', `LAPSE_${err.setting.toUpperCase()}: ${err.message}`)
+    throw err
   }
 }
 

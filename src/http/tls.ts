@@ -6,9 +6,8 @@
 //   const cert = certOfSocket(socket)              // computed once per connection
 //   rotation.close()
 import { watch, type FSWatcher } from 'node:fs'
-import type { Server } from 'node:https'
 import { dirname, resolve } from 'node:path'
-import type { TLSSocket } from 'node:tls'
+import type { Server, TLSSocket } from 'node:tls'
 import type { Logger } from 'pino'
 import { clientCertOf, type ClientCert } from '../bind/mtls.js'
 import type { Config } from '../config/load.js'
@@ -68,7 +67,7 @@ const SETTLE_MS = 100
  * and make a valid pair, applied to new connections with setSecureContext; open connections keep
  * the context they were made with. A bad or half-written pair is logged, and the last good one stays.
  */
-export function watchTls(server: Server, tls: TlsSettings, log: Logger, initial: TlsMaterial): Rotation {
+export function watchTls(server: Pick<Server, 'setSecureContext'>, tls: TlsSettings, log: Logger, initial: TlsMaterial): Rotation {
   let current = initial
   let timer: NodeJS.Timeout | undefined
   const reload = () => {

@@ -1,4 +1,5 @@
 // LAPSE_TLS_*, LAPSE_CLIENT_CERT_HEADER and `peers` are checked at start, naming what is wrong and where.
+import { execFile } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -53,4 +54,16 @@ t.test('peers patterns are checked at start with their location', async (t) => {
   refused(t, {}, 'ERR_RULES_INVALID', /\(at routes\[0\]\.peers\)$/, [{ path: '/a', peers: [] }])
   const ok = loadConfig(env({}, [{ path: '/a', peers: ['spiffe://prod.example/ns/ci/sa/deployer', 'spiffe://prod.example/ns/ci/*'] }]))
   t.same(ok.routes[0]!.peers, ['spiffe://prod.example/ns/ci/sa/deployer', 'spiffe://prod.example/ns/ci/*'])
+})
+
+t.test('lapse proxy with a key that is not the certificate\'s: exit 2, one line naming LAPSE_TLS_KEY_FILE', async (t) => {
+  const bin = join(import.meta.dirname, '../../bin/lapse.js')
+  const childEnv: Record<string, string> = { PATH: process.env.PATH ?? '', ...env({ ...TLS, LAPSE_TLS_KEY_FILE: other.keyFile }), LAPSE_JWKS_FILE: '/dev/null' }
+  const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    execFile(process.execPath, [bin, 'proxy'], { env: childEnv, timeout: 20_000 }, (err, _stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stderr }))
+  })
+  t.equal(r.code, 2)
+  const lines = r.stderr.split('\n').filter((l) => l.trim() !== '')
+  t.equal(lines.length, 1, 'one line')
+  t.match(lines[0], /^lapse: ERR_CONFIG_INVALID LAPSE_TLS_KEY_FILE: .* is not the key of the certificate/)
 })
