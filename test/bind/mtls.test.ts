@@ -3,6 +3,7 @@
 // Certificates come from openssl; clients are undici, Node's https and curl.
 import { execFile } from 'node:child_process'
 import { request as httpsRequest } from 'node:https'
+import { connect as tlsConnect } from 'node:tls'
 import t from 'tap'
 import { request } from 'undici'
 import { WebSocket } from 'ws'
@@ -227,5 +228,27 @@ t.test('a WebSocket upgrade over TLS: peers and binding decided at the upgrade, 
   await waitFor(() => lapse.upstream.calls === 1, 'the upgrade to reach the upstream')
   const got = lapse.upstream.requests.at(-1)!
   t.equal(got.headers['x-auth-peer'], DEPLOYER)
+  t.equal(got.headers['x-forwarded-proto'], 'https')
+})
+
+t.test('an upgrade Lapse does not proxy (h2c) over TLS is served as the ordinary request, with its certificate', async (t) => {
+  const lapse = await runApp(t, { env: withClientCa(), routes: ROUTES })
+  const token = await (await testKeys()).mint({ cnf: { 'x5t#S256': deployer.thumbprint } })
+  const port = Number(new URL(lapse.url).port)
+  const answer = await new Promise<string>((resolve, reject) => {
+    const socket = tlsConnect({ host: '127.0.0.1', port, ca: pki.ca.cert, cert: deployer.cert, key: deployer.key }, () => {
+      socket.write(`GET /ci/1 HTTP/1.1\r\nHost: lapse.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nAuthorization: Bearer ${token}\r\n\r\n`)
+    })
+    let got = ''
+    socket.on('data', (c: Buffer) => {
+      got += c.toString('latin1')
+      if (got.includes('\r\n\r\n')) socket.destroy()
+    })
+    socket.on('close', () => resolve(got))
+    socket.on('error', reject)
+  })
+  t.match(answer, /^HTTP\/1\.1 200 /, 'answered over HTTP/1.1')
+  const got = lapse.upstream.requests.at(-1)!
+  t.equal(got.headers['x-auth-peer'], DEPLOYER, 'the handed-over connection still knows its certificate')
   t.equal(got.headers['x-forwarded-proto'], 'https')
 })
