@@ -61,52 +61,74 @@ export interface Rotation {
 const SETTLE_MS = 100
 
 /**
- * Watches the directories of the TLS files, not the files: Kubernetes (Secret and ConfigMap volumes,
- * cert-manager's CSI driver) replaces them by swapping a `..data` symlink in their directory, which
- * a watch on the old file never sees. On any change the files are read again and, if they differ
- * and make a valid pair, applied to new connections with setSecureContext; open connections keep
- * the context they were made with. A bad or half-written pair is logged, and the last good one stays.
+ * Watches the TLS files and their directories. The directories, because Kubernetes (Secret and
+ * ConfigMap volumes, cert-manager's CSI driver) replaces the files by swapping a `..data` symlink
+ * in their directory, which a watch on the old file never sees; the files (through their
+ * symlinks, so their targets), because a file may live elsewhere and be rewritten in place. A
+ * file watch ends with the file it watched, so the files are watched again after every change.
+ * On any change the files are read again and, if they differ and make a valid pair, applied to
+ * new connections with setSecureContext; open connections keep the context they were made with.
+ * A bad or half-written pair is logged, and the last good one stays.
  */
 export function watchTls(server: Pick<Server, 'setSecureContext'>, tls: TlsSettings, log: Logger, initial: TlsMaterial): Rotation {
   let current = initial
   let timer: NodeJS.Timeout | undefined
+  let closed = false
+  const files = [tls.certFile, tls.keyFile, ...(tls.clientCaFile ? [tls.clientCaFile] : [])]
+  let fileWatchers: FSWatcher[] = []
+  const refused = (err: unknown) => log.warn({ err: 'ERR_TLS_RELOAD', detail: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
   const reload = () => {
     timer = undefined
+    watchFiles()
     let next: TlsMaterial
     try {
       next = readTls(tls)
     } catch (err) {
-      return void log.warn({ err: 'ERR_TLS_RELOAD', detail: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
+      return void refused(err)
     }
     if (next.cert.equals(current.cert) && next.key.equals(current.key) && sameCa(next.ca, current.ca)) return
     try {
       server.setSecureContext(contextOptions(next))
     } catch (err) {
-      return void log.warn({ err: 'ERR_TLS_RELOAD', detail: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
+      return void refused(err)
     }
     current = next
     log.info({ cert_file: tls.certFile }, 'TLS certificate reloaded')
   }
   const changed = () => {
+    if (closed) return
     clearTimeout(timer)
     timer = setTimeout(reload, SETTLE_MS)
     timer.unref()
   }
-  const files = [tls.certFile, tls.keyFile, ...(tls.clientCaFile ? [tls.clientCaFile] : [])]
-  const watchers: FSWatcher[] = []
+  // A file may be missing for a moment during a rotation: the directory watch covers that moment.
+  function watchFiles(): void {
+    for (const w of fileWatchers) w.close()
+    fileWatchers = []
+    for (const file of files) {
+      try {
+        fileWatchers.push(watch(file, { persistent: false }, changed).on('error', () => {}))
+      } catch {
+        // Watched again after the next change in its directory.
+      }
+    }
+  }
+  const dirWatchers: FSWatcher[] = []
   for (const dir of new Set(files.map((f) => dirname(resolve(f))))) {
     try {
       const w = watch(dir, { persistent: false }, changed)
       w.on('error', (err) => log.warn({ err: 'ERR_TLS_RELOAD', detail: err.message, dir }, 'cannot watch TLS files any more: rotations are not applied'))
-      watchers.push(w)
+      dirWatchers.push(w)
     } catch (err) {
       log.warn({ err: 'ERR_TLS_RELOAD', detail: (err as Error).message, dir }, 'cannot watch TLS files: rotations are not applied')
     }
   }
+  watchFiles()
   return {
     close() {
+      closed = true
       clearTimeout(timer)
-      for (const w of watchers) w.close()
+      for (const w of [...dirWatchers, ...fileWatchers]) w.close()
     },
   }
 }

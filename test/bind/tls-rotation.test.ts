@@ -103,3 +103,23 @@ t.test('a rotated client CA: certificates of the new CA are accepted from then o
   }, 'the rotated CA bundle to be applied', 5000)
   t.pass('a certificate of the new CA is accepted')
 })
+
+t.test('files that are symlinks into another directory, rewritten in place there, are re-read too', async (t) => {
+  const fresh = serverCert('inplace-2')
+  const elsewhere = join(pki.dir, `store-${Math.random().toString(36).slice(2)}`)
+  const links = join(pki.dir, `links-${Math.random().toString(36).slice(2)}`)
+  mkdirSync(elsewhere)
+  mkdirSync(links)
+  writeFileSync(join(elsewhere, 'server.pem'), pki.server.cert)
+  writeFileSync(join(elsewhere, 'server-key.pem'), pki.server.key)
+  symlinkSync(join(elsewhere, 'server.pem'), join(links, 'tls.crt'))
+  symlinkSync(join(elsewhere, 'server-key.pem'), join(links, 'tls.key'))
+  const lapse = await runApp(t, { env: { LAPSE_TLS_CERT_FILE: join(links, 'tls.crt'), LAPSE_TLS_KEY_FILE: join(links, 'tls.key') } })
+  const token = await (await testKeys()).mint()
+  const url = `${httpsUrl(lapse)}/orders/1`
+  t.equal((await get(url, false, token)).serial, pki.server.serial)
+  writeFileSync(join(elsewhere, 'server.pem'), fresh.cert)
+  writeFileSync(join(elsewhere, 'server-key.pem'), fresh.key)
+  await waitFor(async () => (await get(url, false, token)).serial === fresh.serial, 'the rewritten certificate to be applied', 5000)
+  t.pass('the certificate rewritten in place, in a directory not named in the settings, is served')
+})
