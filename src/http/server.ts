@@ -154,14 +154,24 @@ function readTlsAtStart(files: TlsFiles): TlsMaterial {
   }
 }
 
+const XFCC_CACHE_SIZE = 1024
+
 /** Where a request's client certificate comes from: the mesh's XFCC header when trusted, else the TLS connection. */
 function clientCertSource(config: Deps['config']): ((req: IncomingMessage) => ClientCert | undefined) | undefined {
   if (config.clientCertHeader) {
     const name = config.clientCertHeader
+    // One client sends the same header on every request: parsed once (a `Cert` costs an X.509
+    // parse and a hash), in a bounded map emptied when full.
+    const parsed = new Map<string, ClientCert | undefined>()
     return (req) => {
       const value = req.headers[name]
       // Node joins repeated fields of this name with ", ": one list, whose last element is still the mesh's.
-      return parseXfcc(typeof value === 'string' ? value : undefined)
+      if (typeof value !== 'string') return undefined
+      if (parsed.has(value)) return parsed.get(value)
+      const cert = parseXfcc(value)
+      if (parsed.size >= XFCC_CACHE_SIZE) parsed.clear()
+      parsed.set(value, cert)
+      return cert
     }
   }
   if (!config.tls?.clientCaFile) return undefined
