@@ -2,8 +2,9 @@
 import { parseArgs } from 'node:util'
 import { writeSync } from 'node:fs'
 import { resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { LapseError } from '../core/errors.js'
-import type { Running } from '../main.js'
+import type { Running, StartOptions } from '../main.js'
 import { startDemoUpstream } from './demo-upstream.js'
 import { DEV_AUDIENCE, DEV_ISSUER, loadDevKey, mintToken } from './dev-key.js'
 import { randomBytes } from 'node:crypto'
@@ -69,22 +70,33 @@ export async function main(argv: string[], env: Env): Promise<void> {
   }
 }
 
-async function start(env: Env): Promise<Running> {
+async function start(env: Env, opts: StartOptions = {}): Promise<Running> {
   // Loaded only for the commands that run the proxy: the admin commands start in a blink.
-  const { startProxy } = await import('../main.js')
+  const { startProxy, StartCancelled } = await import('../main.js')
   try {
-    return await startProxy(env)
+    return await startProxy(env, opts)
   } catch (err) {
+    // Stopped during the start (its log is flushed): a clean stop, like one after listening.
+    if (err instanceof StartCancelled) process.exit(0)
     // A LapseError is one line naming the setting or the place and why (docs/errors.md).
     if (err instanceof LapseError) die(`${err.code} ${err.message}`)
     throw err
   }
 }
 
-/** SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded), flush the audit log. */
-function closeOnSignal(running: Running, extra: () => void = () => undefined): void {
+/**
+ * SIGTERM/SIGINT, handled from before the start: one that comes while Lapse waits for its keys and
+ * the revocation set (LAPSE_STARTUP_WAIT) ends the start cleanly instead of killing the process;
+ * once running, stop accepting, let in-flight requests finish (bounded), flush the audit log.
+ */
+async function startClosingOnSignal(env: Env, extra: () => void = () => undefined): Promise<Running> {
+  const starting = new AbortController()
+  let onSignal = (signal: string) => starting.abort(signal)
+  process.once('SIGTERM', () => onSignal('SIGTERM'))
+  process.once('SIGINT', () => onSignal('SIGINT'))
+  const running = await start(env, { signal: starting.signal })
   let closing = false
-  const stop = (signal: string) => {
+  onSignal = (signal: string) => {
     if (closing) return
     closing = true
     running.deps.log.info({ signal }, 'shutting down')
@@ -97,12 +109,13 @@ function closeOnSignal(running: Running, extra: () => void = () => undefined): v
       running.deps.log.flush(() => process.exit(0))
     })
   }
-  process.once('SIGTERM', () => stop('SIGTERM'))
-  process.once('SIGINT', () => stop('SIGINT'))
+  // A signal between the end of the wait and the listen: close what just opened.
+  if (starting.signal.aborted) onSignal(String(starting.signal.reason))
+  return running
 }
 
 async function runProxy(env: Env): Promise<void> {
-  closeOnSignal(await start(env))
+  await startClosingOnSignal(env)
 }
 
 function flags(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
@@ -142,8 +155,7 @@ async function runDemo(args: string[], env: Env): Promise<void> {
     LAPSE_UPSTREAM: upstream.url,
     LAPSE_ADMIN_TOKEN: adminToken,
   }
-  const running = await start(demoEnv)
-  closeOnSignal(running, () => upstream.server.close())
+  const running = await startClosingOnSignal(demoEnv, () => upstream.server.close())
   const { maxLifetimeS, clockSkewS } = running.config
   // The demo would answer its own token 401 lifetime_exceeds_policy: say so instead of printing it.
   if (maxLifetimeS > 0 && ttlS > maxLifetimeS) die(`demo: --ttl ${ttlS} is longer than LAPSE_MAX_TOKEN_LIFETIME (${maxLifetimeS} s), so Lapse would refuse the token`)
@@ -152,6 +164,10 @@ async function runDemo(args: string[], env: Env): Promise<void> {
   const p = running.addresses.proxy
   const a = running.addresses.admin
   const host = (h: string) => (h.includes(':') ? `[${h}]` : h)
+  // This checkout's own CLI by its path: `npx lapse` run from another folder would fetch whatever
+  // the registry calls `lapse` and run it with the admin token in its environment.
+  const bin = fileURLToPath(new URL('../../bin/lapse.js', import.meta.url))
+  const lapseCmd = `node ${/^[\w./@:-]+$/.test(bin) ? bin : `'${bin.replaceAll("'", "'\\''")}'`}`
   // Printed once, to the terminal of whoever ran the demo: the point of the demo is to paste it.
   process.stderr.write(`
 Lapse demo is running: ${host(p.host)}:${p.port} → demo upstream ${upstream.url}
@@ -162,9 +178,9 @@ A token for subject demo-user, scope demo:read, valid ${ttlS} s:
 After ${ttlS + clockSkewS} s (its lifetime and the ${clockSkewS} s LAPSE_CLOCK_SKEW allows) the same command answers 401 invalid_token.
 Revoke it sooner with:
 
-  LAPSE_ADMIN_URL=http://${host(a.host)}:${a.port} LAPSE_ADMIN_TOKEN=${adminToken} npx lapse revoke --claim sub --value demo-user --reason "trying it out"
+  LAPSE_ADMIN_URL=http://${host(a.host)}:${a.port} LAPSE_ADMIN_TOKEN=${adminToken} ${lapseCmd} revoke --claim sub --value demo-user --reason "trying it out"
 
-Mint more with: npx lapse token --sub me --scope demo:read --ttl 60
+Mint more with: ${lapseCmd} token --sub me --scope demo:read --ttl 60
 `)
 }
 

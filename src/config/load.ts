@@ -142,6 +142,7 @@ const configSchema = settingsSchema.transform((s) => {
     revocableClaims: s.revocable_claims,
     redis: s.redis_url ? { url: s.redis_url, prefix: s.redis_prefix, cache: s.revocation_cache } : undefined,
     revocationTimeoutMs: s.revocation_timeout,
+    startupWaitMs: s.startup_wait,
     routes: parseRoutes(s.routes),
     admin: { listen: s.admin_listen, token: readAdminToken(s), tokenName: s.admin_token_name },
     upstreamTimeoutMs: s.upstream_timeout,

@@ -104,6 +104,7 @@ export const settingsSchema = z.strictObject({
   }).optional().describe('the shared revocation set; unset keeps revocations in memory'),
   redis_prefix: z.string().regex(/^[A-Za-z0-9_.-]+$/).default('lapse').describe('key prefix in Redis, also the Cluster hash tag'),
   revocation_timeout: int(1, 10_000).default(50).describe('milliseconds a revocation check may take before 503'),
+  startup_wait: int(0, 600_000).default(5000).describe('milliseconds the proxy port waits at start for the keys and a first answer of the revocation set'),
   revocation_cache: bool.default(true).describe('cache revocation answers locally, invalidated by Redis events'),
   routes: routes.optional().describe('route rules; none means deny all'),
   admin_listen: hostPort('127.0.0.1:9901').describe('admin API, health and metrics'),

@@ -22,7 +22,7 @@ import * as A from './semconv.js'
 export interface GaugeSources {
   readonly keys: { stats(): { keys: number; lastRefreshMs: number | undefined } }
   readonly verify: { cacheSize(): number }
-  readonly revocations: { ready(): boolean; readonly kind: string }
+  readonly revocations: { ready(): boolean; readonly kind: string; persistence?(): 'aof' | 'rdb' | 'none' | 'unknown' }
   readonly clock: Clock
 }
 
@@ -146,11 +146,17 @@ function observeGauges(meter: Meter, s: GaugeSources, backend: Record<string, st
   })
   const up = meter.createObservableGauge(A.METRIC_REVOCATION_BACKEND_UP, { unit: '1', description: '1 when the revocation set can answer, else 0' })
   const cached = meter.createObservableGauge(A.METRIC_TOKEN_CACHE_SIZE, { unit: '{token}', description: 'Verified tokens held in the cache' })
+  const persistent = meter.createObservableGauge(A.METRIC_REVOCATION_PERSISTENT, {
+    unit: '1',
+    description: '1 when Redis keeps the revocation set in an append-only file, 0 when a Redis restart can lose revocations; absent until known',
+  })
   meter.addBatchObservableCallback((result) => {
+    const mode = s.revocations.persistence?.()
+    if (mode !== undefined && mode !== 'unknown') result.observe(persistent, mode === 'aof' ? 1 : 0, { ...backend, [A.ATTR_REVOCATION_PERSISTENCE]: mode })
     const stats = s.keys.stats()
     result.observe(keys, stats.keys)
     if (stats.lastRefreshMs !== undefined) result.observe(age, Math.max(0, (s.clock.now() - stats.lastRefreshMs) / 1000))
     result.observe(up, s.revocations.ready() ? 1 : 0, backend)
     result.observe(cached, s.verify.cacheSize())
-  }, [keys, age, up, cached])
+  }, [keys, age, up, cached, persistent])
 }
