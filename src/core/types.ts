@@ -10,6 +10,7 @@ export type DenyReason =
   | 'bad_signature' | 'expired' | 'not_yet_valid' | 'wrong_issuer' | 'wrong_audience'
   | 'missing_claim' | 'lifetime_exceeds_policy' | 'revoked' | 'insufficient_scope'
   | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
+  | 'mtls_key_mismatch' | 'peer_not_allowed'
 
 export type Reason = DenyReason | 'ok'
 
@@ -57,10 +58,18 @@ export interface Rule {
   readonly onRevocationUnavailable: 'closed' | 'open'
   /** Whether a streamed response is cut when its token lapses; WebSockets always are. */
   readonly cutStreamsAtExpiry: boolean
+  /** SPIFFE ID patterns of the workloads that may call (bind/peers.ts); undefined lets any caller. */
+  readonly peers?: readonly string[] | undefined
+}
+
+/** The key a sender-constrained token was bound to, and checked against on this request. */
+export interface Binding {
+  readonly kind: 'dpop' | 'mtls'
+  readonly thumbprint: string
 }
 
 export type Decision =
-  | { readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true }
+  | { readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true; readonly binding?: Binding | undefined }
   | {
       readonly allow: false
       readonly reason: DenyReason
