@@ -38,13 +38,27 @@ LAPSE_ADMIN_TOKEN or LAPSE_ADMIN_TOKEN_FILE. Configuration reference: docs/confi
 type Env = Record<string, string | undefined>
 
 function die(line: string, code = 2): never {
-  // Written synchronously: process.stderr on a pipe can still hold the line when exit comes.
-  try {
-    writeSync(2, `lapse: ${line}\n`)
-  } catch {
-    process.stderr.write(`lapse: ${line}\n`)
-  }
+  writeErrSync(`lapse: ${line}\n`)
   process.exit(code)
+}
+
+/**
+ * Written synchronously, whole: process.stderr on a pipe can still hold the line when exit comes.
+ * A non-blocking pipe that is full answers EAGAIN; the write is retried for up to a second rather
+ * than handed to the asynchronous stream, which exit would cut (seen under load: exit 2, no line).
+ */
+function writeErrSync(text: string): void {
+  let rest = Buffer.from(text)
+  const pause = new Int32Array(new SharedArrayBuffer(4))
+  for (let tries = 0; rest.length > 0 && tries < 1000; ) {
+    try {
+      rest = rest.subarray(writeSync(2, rest))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') return
+      tries++
+      Atomics.wait(pause, 0, 0, 1)
+    }
+  }
 }
 
 export async function main(argv: string[], env: Env): Promise<void> {
