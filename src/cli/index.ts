@@ -149,7 +149,7 @@ async function runDemo(args: string[], env: Env): Promise<void> {
   if (maxLifetimeS > 0 && ttlS > maxLifetimeS) die(`demo: --ttl ${ttlS} is longer than LAPSE_MAX_TOKEN_LIFETIME (${maxLifetimeS} s), so Lapse would refuse the token`)
   const nowS = Math.floor(Date.now() / 1000)
   const token = await mintToken(dev, { sub: 'demo-user', scope: 'demo:read', ttlS, nowS, iss: running.config.issuers[0], aud: running.config.audiences[0] })
-  const p = running.addresses.proxy
+  const p = running.addresses.proxy!
   const a = running.addresses.admin
   const host = (h: string) => (h.includes(':') ? `[${h}]` : h)
   // Printed once, to the terminal of whoever ran the demo: the point of the demo is to paste it.
