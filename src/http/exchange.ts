@@ -200,7 +200,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   private decide(): Outcome | Promise<Outcome> {
     const req = this.req
     const original = this.asked?.original
-    const input = { method: original ? original.method : req.method ?? 'GET', url: original ? original.url : req.url ?? '', authorization: authorizationOf(req.rawHeaders), rawHeaders: req.rawHeaders, steps: this.trace.steps }
+    const input = { method: original ? original.method : req.method ?? 'GET', url: original ? original.url : req.url ?? '', authorization: authorizationOf(req.rawHeaders), rawHeaders: req.rawHeaders, steps: this.trace.steps, asSent: original !== undefined }
     const outcome = decide(input, this.ctx.decideDeps)
     return outcome instanceof Promise ? this.recordLater(outcome) : this.record(outcome)
   }
