@@ -63,8 +63,11 @@ const FORWARD_FIELDS = ['x-forwarded-method', 'x-forwarded-uri', 'x-forwarded-ho
 
 /** The protocol a decision request speaks, read off its path; undefined: not a decision path. */
 export function protocolOf(url: string): DecisionProtocol | undefined {
-  if (url === NGINX_PATH) return 'nginx'
-  if (url === FORWARD_PATH) return 'forward'
+  // Caddy's forward_auth keeps the original query on the decision request: the path decides.
+  const q = url.indexOf('?')
+  const path = q === -1 ? url : url.slice(0, q)
+  if (path === NGINX_PATH) return 'nginx'
+  if (path === FORWARD_PATH) return 'forward'
   if (!url.startsWith(ENVOY_PREFIX)) return undefined
   const next = url.charCodeAt(ENVOY_PREFIX.length)
   // "/v1/decide/envoyx" is another path, not the prefix and "x".

@@ -109,14 +109,15 @@ export async function startCaddy(t: Test, lapse: Lapse): Promise<Front> {
   const dir = mkdtempSync(join(tmpdir(), 'lapse-caddy-'))
   const port = await freePort()
   const values = {
-    SITE: `http://127.0.0.1:${port}`,
+    SITE: `http://:${port}`,
     UPSTREAM: `127.0.0.1:${lapse.upstream.port}`,
     LAPSE_DECISION_ADDRESS: `127.0.0.1:${portOf(lapse.decisionUrl!)}`,
     LAPSE_DECISION_TOKEN: DECISION_TOKEN,
   }
-  // The test's Caddy has no admin endpoint and no automatic HTTPS: global options ahead of the site.
+  // The test's Caddy has no admin endpoint and no automatic HTTPS, and binds loopback only: global
+  // options ahead of the site, which is any host name on the test's port.
   const caddyfile = join(dir, 'Caddyfile')
-  writeFileSync(caddyfile, `{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n\n${render('caddy/Caddyfile', values)}`)
+  writeFileSync(caddyfile, `{\n\tadmin off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}\n\n${render('caddy/Caddyfile', values)}`)
   const env = { ...process.env, HOME: dir, XDG_DATA_HOME: join(dir, 'data'), XDG_CONFIG_HOME: join(dir, 'config') }
   return run(t, 'caddy', CADDY!, ['run', '--config', caddyfile, '--adapter', 'caddyfile'], port, dir, env)
 }
