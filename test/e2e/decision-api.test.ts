@@ -196,3 +196,49 @@ t.test('`lapse proxy` runs without LAPSE_UPSTREAM when LAPSE_DECISION_LISTEN is 
   t.equal(none.status, 2)
   t.match(none.stderr, /ERR_CONFIG_INVALID LAPSE_UPSTREAM: required unless LAPSE_DECISION_LISTEN is set/)
 })
+
+t.test('the shipped Envoy, Istio and Traefik snippets name the paths, header and identity headers Lapse reads and writes', async (t) => {
+  const { readFileSync } = await import('node:fs')
+  const { parse, parseAllDocuments } = await import('yaml')
+  const deploy = (f: string) => readFileSync(fileURLToPath(new URL(`../../deploy/${f}`, import.meta.url)), 'utf8').replace(/\{\{LAPSE_DECISION_PORT\}\}/g, '9902')
+  const names = (list: Array<{ exact: string }>) => list.map((p) => p.exact).sort()
+  const identity = ['x-auth-client-id', 'x-auth-expires-at', 'x-auth-scopes', 'x-auth-subject', 'x-auth-token-id']
+
+  const envoy = parse(deploy('envoy/ext-authz.yaml'))
+  const filter = envoy.http_filters[0].typed_config
+  t.equal(filter.failure_mode_allow, false, 'Envoy: fail closed')
+  t.equal(filter.status_on_error.code, 'ServiceUnavailable')
+  const http = filter.http_service
+  t.same(names(http.authorization_response.allowed_upstream_headers.patterns), identity)
+  t.ok(names(http.authorization_response.allowed_client_headers.patterns).includes('www-authenticate'))
+  t.equal(http.authorization_request.headers_to_add[0].key.toLowerCase(), TOKEN_HEADER)
+
+  // The request Envoy sends with that configuration, by its documentation: the original method,
+  // path_prefix + the original path, Host, Authorization, Content-Length 0 and headers_to_add.
+  const lapse = await start(t)
+  const token = await mint()
+  const path = `${http.path_prefix}/orders/1?page=2`
+  const allowed = await rawHttp(lapse.decisionUrl!, `DELETE ${path} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${token}\r\nContent-Length: 0\r\nX-Lapse-Decision-Token: ${SECRET}\r\nx-forwarded-proto: https\r\nx-request-id: 1\r\nConnection: close\r\n\r\n`)
+  t.equal(allowed.status, 200, `${path}: allowed`)
+  t.match(allowed.head, /\r\nx-auth-subject: ci-deployer\r\n/i)
+  const denied = await rawHttp(lapse.decisionUrl!, `GET ${http.path_prefix}/admin/x HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${token}\r\nContent-Length: 0\r\nX-Lapse-Decision-Token: ${SECRET}\r\nConnection: close\r\n\r\n`)
+  t.equal(denied.status, 403)
+  t.match(denied.head, /\r\nwww-authenticate: Bearer realm="lapse", error="insufficient_scope"/i)
+
+  const istio = parseAllDocuments(deploy('istio/lapse-ext-authz.yaml')).map((d) => d.toJS())
+  t.equal(istio[0].spec.action, 'CUSTOM')
+  const mesh = deploy('istio/lapse-ext-authz.yaml').split('\n').filter((l) => l.startsWith('# ')).map((l) => l.slice(2)).join('\n')
+  const provider = parse(mesh.slice(mesh.indexOf('meshConfig:'))).meshConfig.extensionProviders[0].envoyExtAuthzHttp
+  t.equal(provider.pathPrefix, http.path_prefix, 'Istio: the same prefix')
+  t.equal(provider.failOpen, false, 'Istio: fail closed')
+  t.same([...provider.headersToUpstreamOnAllow].sort(), identity)
+  t.same(Object.keys(provider.includeAdditionalHeadersInCheck).map((k) => k.toLowerCase()), [TOKEN_HEADER])
+
+  const traefik = parse(deploy('traefik/dynamic.yaml')).http
+  t.match(traefik.middlewares.lapse.forwardAuth.address, /\/v1\/decide\/forward$/)
+  t.equal(traefik.middlewares.lapse.forwardAuth.authResponseHeadersRegex, '^X-Auth-')
+  t.same(traefik.routers.protected.middlewares, ['lapse-token', 'lapse', 'lapse-token-strip'], 'the token is set before the decision and removed after it')
+  for (const doc of parseAllDocuments(deploy('traefik/middleware.yaml')).map((d) => d.toJS())) {
+    if (doc.spec.forwardAuth) t.match(doc.spec.forwardAuth.address, /\/v1\/decide\/forward$/)
+  }
+})
