@@ -172,6 +172,20 @@ t.test('LAPSE_HOSTS and the head checks apply to the original request', async (t
   t.equal(served.status, 200)
 })
 
+t.test('a WebSocket handshake the front proxy asks about is decided like any request; the tunnel stays the front proxy\'s', async (t) => {
+  const lapse = await start(t)
+  const token = await mint()
+  const head = (auth: string) => `GET /v1/decide/forward HTTP/1.1\r\nHost: lapse.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n${TOKEN_HEADER}: ${SECRET}\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Uri: /orders/ws\r\nX-Forwarded-Host: api.test\r\n${auth}\r\n`
+  const ok = await rawHttp(lapse.decisionUrl!, head(`Authorization: Bearer ${token}\r\n`))
+  t.equal(ok.status, 200, 'allowed: a 200, never a 101')
+  t.match(ok.head, /\r\nx-auth-subject: ci-deployer\r\n/i)
+  const anonymous = await rawHttp(lapse.decisionUrl!, head(''))
+  t.equal(anonymous.status, 401)
+  await waitFor(() => decisions(lapse).length >= 2, 'two decision lines')
+  t.match(decisions(lapse).map((l) => l.reason), ['ok', 'missing_token'])
+  t.equal(lapse.upstream.calls, 0)
+})
+
 t.test('as a decision service only: no proxy listener, and the decisions work', async (t) => {
   const lapse = await start(t, { LAPSE_UPSTREAM: undefined })
   t.equal(lapse.url, '', 'no proxy listener')
