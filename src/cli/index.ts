@@ -16,7 +16,9 @@ const HELP = `lapse — verify every request's short-lived token at the moment o
 Usage: lapse <command> [options]
 
 Commands:
-  proxy     run the sidecar, configured by LAPSE_* variables or the YAML file in LAPSE_CONFIG
+  proxy     run the sidecar, configured by LAPSE_* variables or the YAML file in LAPSE_CONFIG;
+            with LAPSE_DECISION_LISTEN (and no LAPSE_UPSTREAM) a decision service for
+            nginx, Envoy/Istio, Traefik or Caddy (docs/ingress.md)
   demo      run the sidecar on embedded defaults with a demo upstream and a development key
             (--ttl <seconds> for the printed token, default 300)
   token     mint a development token with the demo's key

@@ -28,15 +28,15 @@ const METHOD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 
 const refuse = (description: string): Denial => ({ allow: false, reason: 'invalid_request', description })
 
-/** The values of the named fields (lower-case names) in one pass; a name given twice is refused. */
-function fieldsOf(raw: readonly string[], names: readonly string[]): Array<string | undefined> | Denial {
+/** The values of the named fields in one pass (names compared case-insensitively); a name given twice is refused. */
+function fieldsOf(raw: readonly string[], names: readonly string[], lower: readonly string[]): Array<string | undefined> | Denial {
   const values: Array<string | undefined> = new Array(names.length).fill(undefined)
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!
     // Every name read here starts with "x-": most fields are passed over on their first letter.
     const c = name.charCodeAt(0)
     if (c !== 0x78 && c !== 0x58) continue
-    const at = names.indexOf(name.toLowerCase())
+    const at = lower.indexOf(name.toLowerCase())
     if (at === -1) continue
     // Two values would be two requests to decide on: the front proxy and Lapse could each read another.
     if (values[at] !== undefined) return refuse(`more than one ${names[at]}`)
@@ -58,8 +58,10 @@ function checkUri(uri: string | undefined, field: string): string | Denial {
   return uri
 }
 
-const NGINX_FIELDS = ['x-original-method', 'x-original-uri']
-const FORWARD_FIELDS = ['x-forwarded-method', 'x-forwarded-uri', 'x-forwarded-host', 'x-forwarded-proto']
+const NGINX_FIELDS = ['X-Original-Method', 'X-Original-URI']
+const FORWARD_FIELDS = ['X-Forwarded-Method', 'X-Forwarded-Uri', 'X-Forwarded-Host', 'X-Forwarded-Proto']
+const NGINX_LOWER = NGINX_FIELDS.map((n) => n.toLowerCase())
+const FORWARD_LOWER = FORWARD_FIELDS.map((n) => n.toLowerCase())
 
 /** The protocol a decision request speaks, read off its path; undefined: not a decision path. */
 export function protocolOf(url: string): DecisionProtocol | undefined {
@@ -83,7 +85,7 @@ export function readOriginalRequest(protocol: DecisionProtocol, method: string, 
 
 /** nginx auth_request: the snippet sets X-Original-Method and X-Original-URI; Host is the original's. */
 function readNginx(raw: readonly string[]): OriginalRequest | Denial {
-  const fields = fieldsOf(raw, NGINX_FIELDS)
+  const fields = fieldsOf(raw, NGINX_FIELDS, NGINX_LOWER)
   if (!Array.isArray(fields)) return fields
   const method = checkMethod(fields[0], 'X-Original-Method')
   if (typeof method !== 'string') return method
@@ -94,7 +96,7 @@ function readNginx(raw: readonly string[]): OriginalRequest | Denial {
 
 /** Traefik ForwardAuth and Caddy forward_auth: X-Forwarded-Method, -Uri, -Host and -Proto. */
 function readForward(raw: readonly string[]): OriginalRequest | Denial {
-  const fields = fieldsOf(raw, FORWARD_FIELDS)
+  const fields = fieldsOf(raw, FORWARD_FIELDS, FORWARD_LOWER)
   if (!Array.isArray(fields)) return fields
   const method = checkMethod(fields[0], 'X-Forwarded-Method')
   if (typeof method !== 'string') return method

@@ -148,7 +148,7 @@ t.test('requests that are not decisions: 404 off the decision paths, 400 without
   for (const [name, path, headers, description] of [
     ['nginx without X-Original-URI', '/v1/decide/nginx', [secret, ['x-original-method', 'GET']], 'X-Original-URI is missing'],
     ['forward without X-Forwarded-Host', '/v1/decide/forward', [secret, ['x-forwarded-method', 'GET'], ['x-forwarded-uri', '/orders/1']], 'X-Forwarded-Host is missing'],
-    ['two X-Original-URI', '/v1/decide/nginx', [...nginxHeaders('GET', '/public/x'), ['x-original-uri', '/admin']], 'more than one x-original-uri'],
+    ['two X-Original-URI', '/v1/decide/nginx', [...nginxHeaders('GET', '/public/x'), ['x-original-uri', '/admin']], 'more than one X-Original-URI'],
   ] as Array<[string, string, Array<[string, string]>, string]>) {
     const { res, audit } = await ask(lapse, path, [...headers, bearer(token)])
     assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request' })
