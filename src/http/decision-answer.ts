@@ -9,9 +9,6 @@ import type { Decision, Denial, Identity } from '../core/types.js'
 import type { DecisionProtocol } from '../extract/original-request.js'
 import { identityFields, toHeaderValue } from './headers.js'
 
-/** Every identity header an allow carries, empty when the token has no such claim or the route is public. */
-export const IDENTITY_HEADERS = ['x-auth-subject', 'x-auth-client-id', 'x-auth-token-id', 'x-auth-scopes', 'x-auth-expires-at'] as const
-
 /** The header in which an nginx decision carries its JSON body: auth_request drops the body. */
 export const NGINX_ANSWER_HEADER = 'x-lapse-answer'
 
