@@ -28,7 +28,18 @@ const METHOD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 
 const refuse = (description: string): Denial => ({ allow: false, reason: 'invalid_request', description })
 
-/** The values of the named fields in one pass (names compared case-insensitively); a name given twice is refused. */
+// Headers through which a client tells some upstreams to serve another path than the target
+// (Symfony and IIS read X-Original-URL and X-Rewrite-URL, Spring and ASP.NET X-Forwarded-Prefix).
+// Proxy mode drops them (http/headers.ts); behind a front proxy they would reach the upstream, so
+// a request carrying one is refused. Envoy passes them to Lapse only when allowed_headers names
+// them, as the shipped snippet does.
+const PATH_OVERRIDES = ['x-original-url', 'x-rewrite-url', 'x-forwarded-prefix']
+const PATH_OVERRIDE: Denial = Object.freeze(refuse('X-Original-URL, X-Rewrite-URL and X-Forwarded-Prefix are refused: the upstream would serve another path'))
+
+/**
+ * The values of the named fields in one pass (names compared case-insensitively); a name given
+ * twice, or a path override, is refused.
+ */
 function fieldsOf(raw: readonly string[], names: readonly string[], lower: readonly string[]): Array<string | undefined> | Denial {
   const values: Array<string | undefined> = new Array(names.length).fill(undefined)
   for (let i = 0; i < raw.length; i += 2) {
@@ -36,7 +47,9 @@ function fieldsOf(raw: readonly string[], names: readonly string[], lower: reado
     // Every name read here starts with "x-": most fields are passed over on their first letter.
     const c = name.charCodeAt(0)
     if (c !== 0x78 && c !== 0x58) continue
-    const at = lower.indexOf(name.toLowerCase())
+    const folded = name.toLowerCase()
+    if (PATH_OVERRIDES.includes(folded)) return PATH_OVERRIDE
+    const at = lower.indexOf(folded)
     if (at === -1) continue
     // Two values would be two requests to decide on: the front proxy and Lapse could each read another.
     if (values[at] !== undefined) return refuse(`more than one ${names[at]}`)
@@ -60,6 +73,7 @@ function checkUri(uri: string | undefined, field: string): string | Denial {
 
 const NGINX_FIELDS = ['X-Original-Method', 'X-Original-URI']
 const FORWARD_FIELDS = ['X-Forwarded-Method', 'X-Forwarded-Uri', 'X-Forwarded-Host', 'X-Forwarded-Proto']
+const NO_FIELDS: readonly string[] = []
 const NGINX_LOWER = NGINX_FIELDS.map((n) => n.toLowerCase())
 const FORWARD_LOWER = FORWARD_FIELDS.map((n) => n.toLowerCase())
 
@@ -80,7 +94,7 @@ export function protocolOf(url: string): DecisionProtocol | undefined {
 export function readOriginalRequest(protocol: DecisionProtocol, method: string, url: string, raw: readonly string[]): OriginalRequest | Denial {
   if (protocol === 'nginx') return readNginx(raw)
   if (protocol === 'forward') return readForward(raw)
-  return readEnvoy(method, url.slice(ENVOY_PREFIX.length))
+  return readEnvoy(method, url.slice(ENVOY_PREFIX.length), raw)
 }
 
 /** nginx auth_request: the snippet sets X-Original-Method and X-Original-URI; Host is the original's. */
@@ -110,7 +124,9 @@ function readForward(raw: readonly string[]): OriginalRequest | Denial {
 }
 
 /** Envoy ext_authz (HTTP service): the original method, the original path after the prefix, the original Host. */
-function readEnvoy(method: string, rest: string): OriginalRequest | Denial {
+function readEnvoy(method: string, rest: string, raw: readonly string[]): OriginalRequest | Denial {
+  const fields = fieldsOf(raw, NO_FIELDS, NO_FIELDS)
+  if (!Array.isArray(fields)) return fields
   // The prefix alone (or with only a query) carries no original path: a prefix configured with a trailing "/" would give "//…".
   const uri = checkUri(rest, 'the original path after ' + ENVOY_PREFIX)
   if (typeof uri !== 'string') return uri

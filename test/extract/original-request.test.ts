@@ -22,6 +22,8 @@ t.test('protocolOf: the decision path names the protocol', async (t) => {
   for (const [url, want] of cases) t.equal(protocolOf(url), want, url)
 })
 
+const PATH_OVERRIDE = 'X-Original-URL, X-Rewrite-URL and X-Forwarded-Prefix are refused: the upstream would serve another path'
+
 type Row = [name: string, protocol: DecisionProtocol, method: string, url: string, raw: string[], want: { method: string; url: string; host: string | undefined } | string]
 
 const rows: Row[] = [
@@ -52,6 +54,9 @@ const rows: Row[] = [
   ['envoy, the root', 'envoy', 'GET', '/v1/decide/envoy/', [], { method: 'GET', url: '/', host: undefined }],
   ['envoy, the prefix alone', 'envoy', 'GET', '/v1/decide/envoy', [], 'the original path after /v1/decide/envoy is missing'],
   ['envoy, only a query', 'envoy', 'GET', '/v1/decide/envoy?x=1', [], 'the original path after /v1/decide/envoy must be a path'],
+  ['nginx, a path override from the client', 'nginx', 'GET', '/v1/decide/nginx', ['X-Original-Method', 'GET', 'X-Original-URI', '/public/x', 'X-Original-URL', '/admin'], PATH_OVERRIDE],
+  ['forward, X-Rewrite-URL', 'forward', 'GET', '/v1/decide/forward', ['X-Forwarded-Method', 'GET', 'X-Forwarded-Uri', '/a', 'X-Forwarded-Host', 'a', 'x-rewrite-url', '/admin'], PATH_OVERRIDE],
+  ['envoy, X-Forwarded-Prefix', 'envoy', 'GET', '/v1/decide/envoy/public/x', ['X-Forwarded-Prefix', '/admin'], PATH_OVERRIDE],
   ['envoy ignores X-Original-URI', 'envoy', 'GET', '/v1/decide/envoy/public/x', ['X-Original-URI', '/admin'], { method: 'GET', url: '/public/x', host: undefined }],
 ]
 

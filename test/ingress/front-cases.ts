@@ -127,6 +127,15 @@ export function frontProxyCases(t: Test, c: FrontCase): void {
     }
   })
 
+  t.test(`${c.name}: a path override header (X-Original-URL, X-Rewrite-URL, X-Forwarded-Prefix) on an allowed path is refused, upstream untouched`, async (t) => {
+    const lapse = await startDecisionService(t)
+    const front = await c.start(t, lapse)
+    for (const name of ['X-Original-URL', 'X-Rewrite-URL', 'X-Forwarded-Prefix']) {
+      const { res, audit } = await through(lapse, front, '/public/x', [[name, '/admin']])
+      assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request' })
+    }
+  })
+
   t.test(`${c.name}: the tricky-paths lists never bring the upstream a path it could read as /admin`, async (t) => {
     const lapse = await startDecisionService(t)
     const front = await c.start(t, lapse)
