@@ -136,6 +136,18 @@ export function frontProxyCases(t: Test, c: FrontCase): void {
     }
   })
 
+  t.test(`${c.name}: a client's own X-Original-* and X-Forwarded-* headers do not change what is decided`, async (t) => {
+    const lapse = await startDecisionService(t)
+    const front = await c.start(t, lapse)
+    const spoofed: Array<[string, string]> = [
+      ['x-original-uri', '/public/x'], ['x-original-method', 'GET'],
+      ['x-forwarded-uri', '/public/x'], ['x-forwarded-method', 'GET'], ['x-forwarded-host', 'lapse.test'], ['x-forwarded-proto', 'https'],
+    ]
+    const { res, audit } = await through(lapse, front, '/admin/users', spoofed)
+    assertDenied(t, lapse, res, audit, { status: 401, challenge: CHALLENGE.bare, error: 'unauthorized', reason: 'missing_token' })
+    t.equal(audit.path, '/admin/users', 'decided on the path the front proxy forwards')
+  })
+
   t.test(`${c.name}: the tricky-paths lists never bring the upstream a path it could read as /admin`, async (t) => {
     const lapse = await startDecisionService(t)
     const front = await c.start(t, lapse)
