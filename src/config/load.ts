@@ -158,6 +158,8 @@ const configSchema = settingsSchema.transform((s) => {
   }
 })
 
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/
+
 /** Deeply read-only, as loadConfig freezes it; a URL stays a URL (frozen too). */
 type Frozen<T> = T extends URL ? T
   : T extends ReadonlyArray<infer E> ? ReadonlyArray<Frozen<E>>
@@ -174,6 +176,11 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   const raw = collectRaw(env, warnings)
   const parsed = configSchema.safeParse(raw)
   if (!parsed.success) return describeIssue(parsed.error.issues[0]!, raw) as never
+  const decision = parsed.data.decision
+  // The decision listener believes its callers about the original request (docs/ingress.md#trust).
+  if (decision && decision.token === undefined && !LOOPBACK.test(decision.listen.host)) {
+    warnings.push(`LAPSE_DECISION_LISTEN binds ${decision.listen.host} without LAPSE_DECISION_TOKEN: whoever reaches it can ask for decisions about any request; admit only the front proxy`)
+  }
   return deepFreeze({ ...parsed.data, warnings })
 }
 

@@ -60,3 +60,11 @@ t.test('the decision token: inline or from a file, 16 characters at least, one o
   t.equal(refusal(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN_FILE: file })), 'ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN_FILE: the token must be at least 16 characters')
   t.equal(refusal(await env({ LAPSE_DECISION_TOKEN: 'inline-0123456789' })), 'ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN: set only with LAPSE_DECISION_LISTEN')
 })
+
+t.test('a decision listener off loopback without a token is a warning at start', async (t) => {
+  const warned = (e: Record<string, string | undefined>) => loadConfig(e).warnings.some((w) => w.startsWith('LAPSE_DECISION_LISTEN binds'))
+  t.ok(warned(await env({ LAPSE_DECISION_LISTEN: '0.0.0.0:9902' })), '0.0.0.0, no token')
+  t.notOk(warned(await env({ LAPSE_DECISION_LISTEN: '0.0.0.0:9902', LAPSE_DECISION_TOKEN: 'inline-0123456789' })), 'with a token')
+  t.notOk(warned(await env({ LAPSE_DECISION_LISTEN: '9902' })), 'loopback')
+  t.notOk(warned(await env({ LAPSE_DECISION_LISTEN: '[::1]:9902' })), 'IPv6 loopback')
+})
