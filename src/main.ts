@@ -6,7 +6,8 @@
 import type { Server } from 'node:http'
 import pino, { type Logger } from 'pino'
 import { createAdminServer } from './admin/server.js'
-import { closeServer, createApp, listenOn, type App, type Deps } from './http/server.js'
+import { createDecisionServer, type DecisionServer } from './http/decision.js'
+import { closeServer, createApp, exchangeContext, listenOn, type App, type Deps } from './http/server.js'
 import { compileRoutes } from './authorize/routes.js'
 import { loadConfig, type Config, type HostPort } from './config/load.js'
 import { createConnectionRegistry } from './connections/connections.js'
@@ -21,20 +22,30 @@ import { normalizeType } from './verify/claims.js'
 import { createKeyResolver } from './verify/keys.js'
 import { createVerifier } from './verify/verify-token.js'
 
-/** The proxy and the admin listener, listened and closed together. */
+/** The proxy, the decision listener and the admin listener, listened and closed together. */
 export interface Sidecar {
+  /** Listens only when there is an upstream (LAPSE_UPSTREAM). */
   readonly app: App
+  /** Absent unless LAPSE_DECISION_LISTEN is set. */
+  readonly decision: DecisionServer | undefined
   readonly admin: Server
-  listen(): Promise<{ proxy: HostPort; admin: HostPort }>
+  listen(): Promise<Addresses>
   /** Stops accepting; open requests get `graceMs` to finish, then every connection is cut. */
   close(graceMs?: number): Promise<void>
+}
+
+/** Where each listener listens; `proxy` is absent for a decision service only, `decision` when it is off. */
+export interface Addresses {
+  readonly proxy: HostPort | undefined
+  readonly decision: HostPort | undefined
+  readonly admin: HostPort
 }
 
 export interface Running {
   readonly app: Sidecar
   readonly config: Config
   readonly deps: Deps
-  readonly addresses: { proxy: HostPort; admin: HostPort }
+  readonly addresses: Addresses
   close(graceMs?: number): Promise<void>
 }
 
@@ -109,7 +120,7 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
     cacheSize: config.tokenCacheSize,
   })
   const revocations = await createRevocationStore(config, clock, log)
-  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
+  const forwarder = config.upstream && createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
   // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
   const metrics = telemetry.meterProvider && telemetry.decisions
     ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock })
@@ -153,7 +164,7 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     const e = err as NodeJS.ErrnoException
     throw new LapseError('ERR_LISTEN', `cannot listen: ${e.code ?? e.message}`)
   }
-  deps.log.info({ listen: addresses.proxy, admin: addresses.admin, upstream: config.upstream.origin, revocation_set: deps.revocations.kind }, 'lapse is listening')
+  deps.log.info({ listen: addresses.proxy, decision: addresses.decision, admin: addresses.admin, upstream: config.upstream?.origin, revocation_set: deps.revocations.kind }, 'lapse is listening')
   return {
     app,
     config,
@@ -186,29 +197,34 @@ async function untilAnswering(deps: Deps, waitMs: number, signal?: AbortSignal):
 
 export function createSidecar(deps: Deps): Sidecar {
   const app = createApp(deps)
+  // One context for both listeners: the same checks, recorder and decision dependencies.
+  const decision = deps.config.decision ? createDecisionServer(deps, exchangeContext(deps)) : undefined
   const admin = createAdminServer(deps)
+  const proxied = deps.config.upstream !== undefined
   return {
     app,
+    decision,
     admin,
     async listen() {
-      const proxy = await app.listen()
       try {
-        return { proxy, admin: await listenOn(admin, deps.config.admin.listen) }
+        const proxy = proxied ? await app.listen() : undefined
+        const at = decision ? await decision.listen() : undefined
+        return { proxy, decision: at, admin: await listenOn(admin, deps.config.admin.listen) }
       } catch (err) {
         // Half a sidecar would take traffic that its readiness probe cannot vouch for: close what opened.
-        await app.close()
+        await Promise.all([app.close(), decision?.close()])
         throw err
       }
     },
     async close(graceMs = 0) {
-      await Promise.all([app.close(graceMs), closeServer(admin, 0, new Set())])
+      await Promise.all([app.close(graceMs), decision?.close(graceMs), closeServer(admin, 0, new Set())])
     },
   }
 }
 
 async function closeDeps(deps: Deps): Promise<void> {
   deps.keys.close()
-  deps.forwarder.close()
+  deps.forwarder?.close()
   deps.connections?.close()
   await deps.revocations.close()
   deps.log.flush()

@@ -38,6 +38,12 @@ export function defineRows({ engine }) {
     // Row 4b's latency at that load: every request waits for a Redis read, batched per turn of the loop.
     { id: '4bf', label: `row 4b at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-redis-nocache', auth: 'token', rate: FIXED_RATE, optional: true },
     { id: '7f', label: `row 7 at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-otel', auth: 'token', rate: FIXED_RATE, settle: 'spans-paused' },
+    // Lapse as the decision service of an nginx the platform already runs (docs/ingress.md): nginx
+    // alone, then nginx with auth_request → Lapse through the shipped snippets. Row na's ratio to
+    // row n is the price of the decision API; the extra sub-request is paid in nginx's worker (a
+    // second upstream exchange per request) and in Lapse's decision, not in the upstream.
+    { id: 'n', label: 'nginx alone, keep-alive to the upstream, no auth', server: 'nginx', auth: 'token' },
+    { id: 'na', label: 'nginx + auth_request → Lapse decision API, one RS256 token', server: 'nginx-lapse', auth: 'token', vs: 'n' },
   ]
 }
 
@@ -47,7 +53,7 @@ export function defineRows({ engine }) {
  * same phase give a ratio that phase cannot move. Each target is judged on the median over the
  * rounds of that round's ratio (report.mjs).
  */
-export const ADJACENT = [['2', '3', '7'], ['3f', '7f']]
+export const ADJACENT = [['2', '3', '7'], ['3f', '7f'], ['n', 'na']]
 
 /**
  * The units a round is shuffled in: each row with its "@base" twin, and the rows of an ADJACENT

@@ -17,7 +17,9 @@ const HELP = `lapse — verify every request's short-lived token at the moment o
 Usage: lapse <command> [options]
 
 Commands:
-  proxy     run the sidecar, configured by LAPSE_* variables or the YAML file in LAPSE_CONFIG
+  proxy     run the sidecar, configured by LAPSE_* variables or the YAML file in LAPSE_CONFIG;
+            with LAPSE_DECISION_LISTEN (and no LAPSE_UPSTREAM) a decision service for
+            nginx, Envoy/Istio, Traefik or Caddy (docs/ingress.md)
   demo      run the sidecar on embedded defaults with a demo upstream and a development key
             (--ttl <seconds> for the printed token, default 300)
   token     mint a development token with the demo's key
@@ -182,7 +184,7 @@ async function runDemo(args: string[], env: Env): Promise<void> {
   if (maxLifetimeS > 0 && ttlS > maxLifetimeS) die(`demo: --ttl ${ttlS} is longer than LAPSE_MAX_TOKEN_LIFETIME (${maxLifetimeS} s), so Lapse would refuse the token`)
   const nowS = Math.floor(Date.now() / 1000)
   const token = await mintToken(dev, { sub: 'demo-user', scope: 'demo:read', ttlS, nowS, iss: running.config.issuers[0], aud: running.config.audiences[0] })
-  const p = running.addresses.proxy
+  const p = running.addresses.proxy!
   const a = running.addresses.admin
   const host = (h: string) => (h.includes(':') ? `[${h}]` : h)
   // This checkout's own CLI by its path: `npx lapse` run from another folder would fetch whatever

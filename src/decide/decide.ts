@@ -27,6 +27,8 @@ export interface DecisionInput {
    * thumbprint and SPIFFE ID; undefined when there is none.
    */
   readonly clientCert?: ClientCert | undefined
+  /** The target is forwarded as sent by a front proxy (the decision API): see normalizeTarget. */
+  readonly asSent?: boolean | undefined
   /** Makes the key fetch and revocation lookup child spans of the decision; optional. */
   readonly steps?: StepTracer | undefined
 }
@@ -50,7 +52,7 @@ const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
  * handles both.
  */
 export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promise<Outcome> {
-  const target = normalizeTarget(input.url)
+  const target = normalizeTarget(input.url, input.asSent)
   if ('reason' in target) return { decision: deny(target), target: undefined, revocationMs: undefined }
   const overrides = extractOverrides(input.rawHeaders, target.query)
   if (overrides !== undefined && 'reason' in overrides) return { decision: deny(overrides), target: undefined, revocationMs: undefined }

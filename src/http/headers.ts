@@ -118,7 +118,7 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
 }
 
 /** The identity headers as a flat name, value list: built once per token (its memo's `headerFields` slot). */
-function identityFields(identity: Identity): readonly string[] {
+export function identityFields(identity: Identity): readonly string[] {
   const known = identity.memo.headerFields
   if (known !== undefined) return known
   const fields: string[] = []

@@ -34,7 +34,8 @@ export interface Deps {
   readonly verify: Verifier
   readonly revocations: RevocationStore
   readonly match: RouteMatcher
-  readonly forwarder: Forwarder
+  /** Absent when Lapse runs as a decision service only (no LAPSE_UPSTREAM). */
+  readonly forwarder: Forwarder | undefined
   readonly recorder: Recorder
   readonly log: Logger
   /** Serves `/metrics` on the admin port; absent when metrics are off. */
@@ -106,7 +107,7 @@ export function createApp(deps: Deps): App {
   }
 }
 
-function serverOptions(config: Config) {
+export function serverOptions(config: Config) {
   return {
     maxHeaderSize: config.maxHeaderBytes,
     headersTimeout: config.clientHeaderTimeoutMs,
@@ -121,7 +122,7 @@ function serverOptions(config: Config) {
   }
 }
 
-function exchangeContext(deps: Deps): ExchangeContext {
+export function exchangeContext(deps: Deps): ExchangeContext {
   const { config } = deps
   return {
     recorder: deps.recorder,
@@ -224,7 +225,7 @@ function handOver(plain: Server, req: IncomingMessage, socket: Duplex, head: Buf
 }
 
 /** Node's parser refused the request (bad framing, oversized head, too slow): answer and close. No request, so no exchange. */
-function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   if (!socket.writable) return void socket.destroy()
   writeRawAnswer(socket, answerOf(err.code === 'HPE_HEADER_OVERFLOW' ? 'head_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'malformed_http'))
 }

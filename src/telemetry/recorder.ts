@@ -63,7 +63,8 @@ export interface RequestTrace {
 }
 
 export interface Recorder {
-  start(req: IncomingMessage): RequestTrace
+  /** `method`: the request's method as decided, when it is not `req.method` (a decision request names the original's). */
+  start(req: IncomingMessage, method?: string): RequestTrace
   decided(trace: RequestTrace, outcome: Outcome): void
   /**
    * `status` undefined: no answer reached the client (it left first); the span gets no status code.
@@ -201,8 +202,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
   const audit = opts.log.levelVal > 30 && opts.log.level !== 'silent' ? opts.log.child({}, { level: 'info' }) : opts.log
 
   return {
-    start(req) {
-      const method = req.method ?? ''
+    start(req, method = req.method ?? '') {
       if (!tracing) return new Trace(INERT_SPAN, ROOT_CONTEXT, undefined, method, opts.clock.now(), performance.now(), req.headers)
       const parent = propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter)
       const attributes: Attributes = {
