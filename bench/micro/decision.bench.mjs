@@ -95,7 +95,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const decideDepsOf = (deps) => ({
       match: deps.match, verify: deps.verify, revocations: deps.revocations,
       revocableClaims: deps.config.revocableClaims, allowQueryToken: deps.config.allowQueryToken,
-      maxTokenBytes: deps.config.maxTokenBytes, clock: deps.clock,
+      maxTokenBytes: deps.config.maxTokenBytes, clock: deps.clock, uses: deps.uses, clockSkewS: deps.config.clockSkewS,
     })
     const cachedDeps = await buildDeps(loadConfig(env()), { log: silent })
     const freshDeps = await buildDeps(loadConfig(env({ LAPSE_TOKEN_CACHE_SIZE: '0' })), { log: silent })

@@ -4,14 +4,16 @@
 //   const outcome = await decide({ method, url, authorization, rawHeaders }, deps)   // an Outcome, or a promise of one
 //   outcome.decision.allow ? forward(outcome.target) : answer(outcome.decision)
 import { performance } from 'node:perf_hooks'
+import { boundFields, captureValues, checkBinding } from '../authorize/binding.js'
 import type { RouteMatcher } from '../authorize/routes.js'
+import { nowS } from '../core/clock.js'
 import { checkScopes } from '../authorize/scopes.js'
 import { extractBearer } from '../extract/bearer.js'
 import { extractOverrides } from '../extract/method-override.js'
 import { normalizeTarget } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Clock, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef } from '../core/types.js'
+import type { Clock, Decision, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef, UseCounter } from '../core/types.js'
 
 export interface DecisionInput {
   readonly method: string
@@ -32,6 +34,10 @@ export interface DecideDeps {
   readonly allowQueryToken: boolean
   readonly maxTokenBytes: number
   readonly clock: Clock
+  /** Counts the uses of rules with `max_uses`; shares the revocation set's store. */
+  readonly uses: UseCounter
+  /** A use count lives until the token's `exp` plus this. */
+  readonly clockSkewS: number
 }
 
 const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
@@ -112,8 +118,8 @@ async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean 
   }
 }
 
-function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome {
-  const { rule, target, forwarded } = c
+function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
+  const { rule, target, forwarded, deps } = c
   if (revoked === true) return { decision: deny({ reason: 'revoked', rule, identity }), target, revocationMs }
   if (c.others !== undefined) return concludeEach(identity, revoked, revocationMs, c)
 
@@ -121,32 +127,107 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
   if (!rule) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
   const short = checkScopes(identity.scopes, rule.scopes)
   if (short) return { decision: { ...short, rule, identity }, target, revocationMs }
-  if (revoked === 'unknown') {
-    if (rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
-    return { decision: { allow: true, rule, identity, failedOpen: true }, target: forwarded, revocationMs }
+  const binding = rule.binding
+  let bound: readonly string[] | undefined
+  if (binding !== undefined) {
+    const values = captureValues(binding, target.path)
+    const refused = checkBinding(binding, identity, values, nowS(deps.clock))
+    if (refused) return { decision: deny({ ...refused, rule, identity }), target, revocationMs }
+    bound = boundFields(binding, values)
   }
-  return { decision: { allow: true, rule, identity }, target: forwarded, revocationMs }
+  if (revoked === 'unknown' && rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
+  const allowed: Decision = revoked === 'unknown' ? { allow: true, rule, identity, failedOpen: true, bound } : { allow: true, rule, identity, bound }
+  // Counted last, so that only a request every other check allowed spends a use.
+  if (binding?.maxUses !== undefined) return takeUses([rule], 0, allowed, revocationMs, c)
+  return { decision: allowed, target: forwarded, revocationMs }
+}
+
+const USE_COUNTER_DOWN = 'use counter is unavailable'
+
+/**
+ * Takes one use under each of `limited[from…]`, in order, then answers `allowed` carrying the
+ * last use's number. A spent rule is token_reused; a counter that cannot answer fails closed
+ * as the revocation check does, or open where the rule says so (no use is counted then).
+ */
+function takeUses(limited: readonly Rule[], from: number, allowed: Decision, revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
+  const { deps, target, forwarded } = c
+  const identity = allowed.identity!
+  for (let i = from; i < limited.length; i++) {
+    const rule = limited[i]!
+    const max = rule.binding!.maxUses!
+    // config/load.ts refuses max_uses unless jti is a required claim.
+    if (identity.jti === undefined) return { decision: deny({ reason: 'missing_claim', rule, identity }), target, revocationMs }
+    let taken: number | Promise<number> | 'unknown'
+    try {
+      taken = deps.uses.take({ scope: rule.binding!.useScope, iss: identity.iss, jti: identity.jti }, max, identity.expS + deps.clockSkewS)
+    } catch {
+      taken = 'unknown'
+    }
+    if (taken instanceof Promise) {
+      return taken.then((n) => n, (): 'unknown' => 'unknown').then((n) => {
+        const refused = refusedUse(rule, n, max, identity, target, revocationMs)
+        return refused ?? takeUses(limited, i + 1, withUse(allowed, n, rule), revocationMs, c)
+      })
+    }
+    const refused = refusedUse(rule, taken, max, identity, target, revocationMs)
+    if (refused) return refused
+    allowed = withUse(allowed, taken, rule)
+  }
+  return { decision: allowed, target: forwarded, revocationMs }
+}
+
+function refusedUse(rule: Rule, n: number | 'unknown', max: number, identity: Identity, target: Target, revocationMs: number): Outcome | undefined {
+  if (n === 'unknown') {
+    if (rule.onRevocationUnavailable === 'open') return undefined
+    return { decision: deny({ reason: 'revocation_unavailable', rule, identity, description: USE_COUNTER_DOWN }), target, revocationMs }
+  }
+  if (n > max) return { decision: deny({ reason: 'token_reused', rule, identity, use: n }), target, revocationMs }
+  return undefined
+}
+
+function withUse(allowed: Decision, n: number | 'unknown', rule: Rule): Decision {
+  if (!allowed.allow) return allowed
+  if (n === 'unknown') return { ...allowed, rule, failedOpen: true, use: undefined }
+  return { ...allowed, rule, use: n }
 }
 
 /**
  * A request that names other methods is allowed only if each method's rule allows it; the first
  * refusal, in the order the methods came (its own first), is the answer. The allowing rule
  * reported is the first protected one, or one of them that cuts streams at expiry if any does:
- * the stricter applies.
+ * the stricter applies. Every rule with a use limit spends one use.
  */
-function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, { rule, others, target, forwarded }: Checked): Outcome {
+function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
+  const { rule, others, target, forwarded, deps } = c
   let governing: Rule | undefined
+  let bound: readonly string[] | undefined
+  let limited: Rule[] | undefined
   for (const r of [rule, ...others!]) {
     if (!r) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
     if (r.public) continue
     const short = checkScopes(identity.scopes, r.scopes)
     if (short) return { decision: { ...short, rule: r, identity }, target, revocationMs }
+    if (r.binding !== undefined) {
+      const values = captureValues(r.binding, target.path)
+      const refused = checkBinding(r.binding, identity, values, nowS(deps.clock))
+      if (refused) return { decision: deny({ ...refused, rule: r, identity }), target, revocationMs }
+      bound ??= boundFields(r.binding, values)
+      if (r.binding.maxUses !== undefined) (limited ??= []).push(r)
+    }
     if (revoked === 'unknown' && r.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule: r, identity }), target, revocationMs }
     if (governing === undefined || (r.cutStreamsAtExpiry && !governing.cutStreamsAtExpiry)) governing = r
   }
-  const allowed = governing ?? rule!
-  if (revoked === 'unknown' && governing !== undefined) return { decision: { allow: true, rule: allowed, identity, failedOpen: true }, target: forwarded, revocationMs }
-  return { decision: { allow: true, rule: allowed, identity }, target: forwarded, revocationMs }
+  const allowedRule = governing ?? rule!
+  const allowed: Decision = revoked === 'unknown' && governing !== undefined
+    ? { allow: true, rule: allowedRule, identity, failedOpen: true, bound }
+    : { allow: true, rule: allowedRule, identity, bound }
+  if (limited !== undefined) {
+    // The governing rule is reported, whichever rule's use came last.
+    const counted = takeUses(limited, 0, allowed, revocationMs, c)
+    const keep = (o: Outcome): Outcome => (o.decision.allow ? { ...o, decision: { ...o.decision, rule: allowedRule } } : o)
+    return counted instanceof Promise ? counted.then(keep) : keep(counted)
+  }
+  return { decision: allowed, target: forwarded, revocationMs }
 }
 
 /** The token's TokenRef, built once per token (its memo's `tokenRef` slot) for these revocable claims. */

@@ -63,6 +63,8 @@ export interface HeaderOptions {
   readonly forwardAuthorization: boolean
   /** A WebSocket upgrade keeps `Connection: upgrade` and `Upgrade`. */
   readonly upgrade: boolean
+  /** The X-Auth-Bound-* fields of the deciding rule (authorize/binding.ts), name then decoded value. */
+  readonly bound?: readonly string[] | undefined
 }
 
 /** Claim values can hold any Unicode; a header value cannot. Non-printable-ASCII is percent-encoded. */
@@ -100,6 +102,9 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
     const fields = identityFields(identity)
     for (let i = 0; i < fields.length; i += 2) headers[fields[i]!] = fields[i + 1]!
   }
+  // After the client's X-Auth-* copies were dropped above, in any spelling: only these reach the upstream.
+  const bound = opts.bound
+  if (bound !== undefined) for (let i = 0; i < bound.length; i += 2) headers[bound[i]!] = toHeaderValue(bound[i + 1]!)
   return headers
 }
 

@@ -15,6 +15,7 @@ import type { Identity, RevocationStore, Target } from '../../src/core/types.js'
 import { upstreamHeaders } from '../../src/http/headers.js'
 import { repeatsMember } from '../../src/verify/duplicate-keys.js'
 import type { Verifier } from '../../src/verify/verify-token.js'
+import { createMemoryUseCounter } from '../../src/revocation/use-counter-memory.js'
 
 const RUNS = { numRuns: 2000 }
 
@@ -169,7 +170,7 @@ t.test('decide: the rule that allowed a request is the rule that governs the pat
   await fc.assert(
     fc.asyncProperty(ruleTable, fc.constantFrom(...METHODS), fc.oneof(rawTarget, spelledTarget), fc.boolean(), async (rules, method, raw, withToken) => {
       const match = compileRoutes(rules)
-      const deps: DecideDeps = { match, verify, revocations, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0) }
+      const deps: DecideDeps = { match, verify, revocations, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0), uses: createMemoryUseCounter({ clock: manualClock(0) }), clockSkewS: 30 }
       const outcome = await decide({ method, url: raw, authorization: withToken ? ['Bearer abc.def.ghi'] : undefined, rawHeaders: [] }, deps)
       if (!outcome.decision.allow) return true
       const target = outcome.target!
