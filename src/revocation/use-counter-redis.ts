@@ -26,13 +26,19 @@ return n`
 
 type Client = (Redis | Cluster) & { lapseTakeUse(key: string, max: number, expiresAtMs: number): Promise<number> }
 
-export function createRedisUseCounter(opts: { url: string; prefix: string; timeoutMs: number; tls?: ConnectionOptions }): UseCounter {
+export interface RedisUseCounter extends UseCounter {
+  /** Whether the connection is up (a take now goes out rather than failing at once). */
+  ready(): boolean
+}
+
+export function createRedisUseCounter(opts: { url: string; prefix: string; timeoutMs: number; tls?: ConnectionOptions }): RedisUseCounter {
   if (opts.prefix === '' || /[{}]/.test(opts.prefix)) throw new TypeError('redis prefix must be non-empty and contain no { or }')
   const client = connectRedis(opts.url, opts.tls) as Client
   // ioredis sends EVALSHA, and EVAL once when the server does not know the script yet.
   client.defineCommand('lapseTakeUse', { numberOfKeys: 1, lua: TAKE_SCRIPT })
   return {
     kind: 'redis',
+    ready: () => client.status === 'ready',
     take(key: UseKey, max: number, expiresAtS: number): Promise<number> {
       return bounded(client.lapseTakeUse(useKeyOf(opts.prefix, key), max, expiresAtS * 1000), opts.timeoutMs, 'use count')
     },
