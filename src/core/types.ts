@@ -103,6 +103,8 @@ export interface UseCounter {
    * within its budget. The memory counter answers at once; Redis's with a promise.
    */
   take(key: UseKey, max: number, expiresAtS: number): number | Promise<number>
+  /** Whether a take now goes out rather than failing at once (memory: always). */
+  ready(): boolean
   /** Human name for logs: `memory`, `redis`. */
   readonly kind: string
   close(): Promise<void>

@@ -136,9 +136,14 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
     bound = boundFields(binding, values)
   }
   if (revoked === 'unknown' && rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
+  if (binding === undefined) {
+    // A rule with no binding, the common case: the decision as it always was.
+    if (revoked === 'unknown') return { decision: { allow: true, rule, identity, failedOpen: true }, target: forwarded, revocationMs }
+    return { decision: { allow: true, rule, identity }, target: forwarded, revocationMs }
+  }
   const allowed: Decision = revoked === 'unknown' ? { allow: true, rule, identity, failedOpen: true, bound } : { allow: true, rule, identity, bound }
   // Counted last, so that only a request every other check allowed spends a use.
-  if (binding?.maxUses !== undefined) return takeUses([rule], 0, allowed, revocationMs, c)
+  if (binding.maxUses !== undefined) return takeUses([rule], 0, allowed, revocationMs, c)
   return { decision: allowed, target: forwarded, revocationMs }
 }
 

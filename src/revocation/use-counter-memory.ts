@@ -20,6 +20,7 @@ export function createMemoryUseCounter(opts: { clock: Clock }): UseCounter {
   }
   return {
     kind: 'memory',
+    ready: () => true,
     take(key: UseKey, max: number, expiresAtS: number): number {
       const nowMs = opts.clock.now()
       const id = useId(key)

@@ -6,7 +6,7 @@
 // One key per (rule, issuer, jti), `{<prefix>}:use:<sha-256>`: in the revocation set's hash tag
 // (one slot on Cluster), hashed because iss and jti can hold any Unicode. One atomic script per
 // allowed request reads the count, refuses at the limit without counting, else increments and
-// sets the key to expire with the token. docs/revocation.md#use-limits.
+// sets the key to expire with the token. docs/configuration.md#binding-a-grant-to-its-resource.
 import { createHash } from 'node:crypto'
 import type { ConnectionOptions } from 'node:tls'
 import type { Cluster, Redis } from 'ioredis'
@@ -26,12 +26,7 @@ return n`
 
 type Client = (Redis | Cluster) & { lapseTakeUse(key: string, max: number, expiresAtMs: number): Promise<number> }
 
-export interface RedisUseCounter extends UseCounter {
-  /** Whether the connection is up (a take now goes out rather than failing at once). */
-  ready(): boolean
-}
-
-export function createRedisUseCounter(opts: { url: string; prefix: string; timeoutMs: number; tls?: ConnectionOptions }): RedisUseCounter {
+export function createRedisUseCounter(opts: { url: string; prefix: string; timeoutMs: number; tls?: ConnectionOptions }): UseCounter {
   if (opts.prefix === '' || /[{}]/.test(opts.prefix)) throw new TypeError('redis prefix must be non-empty and contain no { or }')
   const client = connectRedis(opts.url, opts.tls) as Client
   // ioredis sends EVALSHA, and EVAL once when the server does not know the script yet.

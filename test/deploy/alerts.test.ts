@@ -99,7 +99,7 @@ t.test('every metric the rules and the dashboard read is exported by a running L
 
   const jti = 'stream-to-cut'
   const streamed = send(`${lapse.url}/stream/x`, { headers: [bearer(await keys.mint({ jti }))] }).catch((err: Error) => err)
-  await waitFor(() => lapse.running.deps.connections!.size === 1 || false, 'the stream registered for cuts')
+  await waitFor(() => (lapse.running.deps.connections as unknown as { size: number }).size === 1 || false, 'the stream registered for cuts')
   const revoked = await send(`${lapse.adminUrl}/v1/revocations`, {
     method: 'POST', headers: [['authorization', `Bearer ${ADMIN_TOKEN}`], ['content-type', 'application/json']], body: JSON.stringify({ claim: 'jti', value: jti, reason: 'alerts test' }),
   })

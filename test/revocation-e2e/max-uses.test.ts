@@ -22,7 +22,7 @@ async function twoSidecars(t: Test, redis: RedisServer): Promise<[Lapse, Lapse]>
   const env = { LAPSE_REDIS_URL: redis.url, LAPSE_REDIS_PREFIX: `mu${++prefixes}`, LAPSE_REVOCATION_TIMEOUT: '200' }
   const a = await runApp(t, { routes: ROUTES, env, upstream })
   const b = await runApp(t, { routes: ROUTES, env, upstream })
-  for (const lapse of [a, b]) await waitFor(() => lapse.running.deps.revocations.ready() && (lapse.running.deps.uses as { ready(): boolean }).ready(), 5000, 'sidecar ready')
+  for (const lapse of [a, b]) await waitFor(() => lapse.running.deps.revocations.ready() && lapse.running.deps.uses.ready(), 5000, 'sidecar ready')
   return [a, b]
 }
 
@@ -83,7 +83,7 @@ t.test('counter unreachable: 503 revocation_unavailable, or open (uncounted, rec
   t.equal(a.upstream.calls, 1)
   // Back: counting resumes without a restart, and nothing was spent while it was down.
   await own.restart()
-  await waitFor(() => a.running.deps.revocations.ready() && (a.running.deps.uses as { ready(): boolean }).ready(), 10_000, 'reconnected')
+  await waitFor(() => a.running.deps.revocations.ready() && a.running.deps.uses.ready(), 10_000, 'reconnected')
   const back = await sendAudited(a, '/migrations/run', { method: 'POST', headers: [bearer(token)] })
   t.equal(back.res.status, 200)
   t.equal(back.audit.use, 1)
