@@ -12,6 +12,8 @@ const ROUTES = [
   { path: '/migrations/run', methods: ['POST'], scopes: ['db:write'], max_uses: 1 },
   { path: '/jobs/{job}', methods: ['POST'], scopes: ['db:write'], max_uses: 3, claims: { job: '{job}' } },
   { path: '/open/**', scopes: ['db:write'], max_uses: 1, on_revocation_unavailable: 'open' },
+  { path: '/ov/**', methods: ['GET'], scopes: ['db:write'] },
+  { path: '/ov/**', methods: ['DELETE'], scopes: ['db:write'], max_uses: 1 },
 ]
 const mint = async (claims: Record<string, unknown> = {}) => (await testKeys()).mint({ scope: 'db:write', ...claims })
 
@@ -89,4 +91,18 @@ t.test('counter unreachable: 503 revocation_unavailable, or open (uncounted, rec
   const back = await sendAudited(a, '/migrations/run', { method: 'POST', headers: [bearer(token)] })
   t.equal(back.res.status, 200)
   t.equal(back.audit.use, 1)
+})
+
+t.test('a method override spends a use under the named method\'s rule too', async (t) => {
+  const [a, b] = await twoSidecars(t, redis)
+  const token = await mint()
+  const override: [string, string] = ['x-http-method-override', 'DELETE']
+  const first = await sendAudited(a, '/ov/x', { headers: [bearer(token), override] })
+  t.equal(first.res.status, 200)
+  t.equal(first.audit.use, 1)
+  const again = await sendAudited(b, '/ov/x', { headers: [bearer(token), override] })
+  t.equal(again.res.status, 401)
+  t.equal(again.audit.reason, 'token_reused')
+  t.equal((await send(`${b.url}/ov/x`, { headers: [bearer(token)] })).status, 200, 'the plain GET has no limit')
+  t.equal(a.upstream.calls, 2)
 })
