@@ -8,6 +8,7 @@ import { compileRoutes } from '../../src/authorize/routes.js'
 import { baseEnv, bearer, runApp, sendAudited } from '../fixtures/app.js'
 import { assertDenied } from '../fixtures/deny.js'
 import { testKeys } from '../fixtures/keys.js'
+import { openClient, startLongLivedUpstream } from '../long-lived/upstream.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const T0_S = T0_MS / 1000
@@ -163,4 +164,17 @@ t.test('start-up errors for malformed rules name the location', async (t) => {
   fails([{ path: '/t', max_uses: 1 }], /max_uses counts uses per token, so it needs jti in LAPSE_REQUIRED_CLAIMS \(at routes\[0\]\.max_uses\)/, { LAPSE_REQUIRED_CLAIMS: 'iss,aud,exp,iat,sub' })
   fails([{ path: '/t', public: true, claims: { a: 'b' } }], /public rule cannot require claims/)
   t.doesNotThrow(() => compileRoutes(loadConfig(baseEnv('http://127.0.0.1:9', keys.jwksPath, [{ path: '/t', max_uses: 1 }])).routes), 'max_uses with the default required claims')
+})
+
+t.test('a WebSocket upgrade is bound the same way: the upstream gets X-Auth-Bound-Tenant, another tenant is refused', async (t) => {
+  const up = await startLongLivedUpstream(t)
+  const seen: Array<Record<string, unknown>> = []
+  up.wss.on('connection', (_ws, req) => seen.push(req.headers))
+  const lapse = await runApp(t, { routes: [{ path: '/tenants/{tenant}/live', scopes: ['orders:read'], claims: { tenant: '{tenant}' } }], upstream: up.upstream, clock: manualClock(T0_MS) })
+  const token = await mint({ tenant: 'acme' })
+  const client = await openClient(lapse.url, token, '/tenants/acme/live')
+  t.equal(await client.echo('hi'), 'hi')
+  t.equal(seen[0]?.['x-auth-bound-tenant'], 'acme')
+  await t.rejects(openClient(lapse.url, token, '/tenants/globex/live'), { status: 403 })
+  t.equal(seen.length, 1, 'the refused upgrade never reached the upstream')
 })
