@@ -14,7 +14,7 @@ export interface BindingRefusal {
 
 const TOO_OLD: BindingRefusal = Object.freeze({ reason: 'token_too_old' })
 const WEAK: BindingRefusal = Object.freeze({ reason: 'acr_insufficient' })
-const NONE: readonly string[] = Object.freeze([])
+const NONE: ReadonlyArray<string | undefined> = Object.freeze([])
 
 /**
  * The captured segments of a path the rule matched, each decoded once: the normalizer leaves only
@@ -22,10 +22,10 @@ const NONE: readonly string[] = Object.freeze([])
  * (target/request-target.ts), so decoding cannot fail and the value is what an upstream that
  * decodes its path once reads there.
  */
-export function captureValues(binding: RuleBinding, path: string): readonly string[] {
+export function captureValues(binding: RuleBinding, path: string): ReadonlyArray<string | undefined> {
   const captures = binding.captures
   if (captures.length === 0) return NONE
-  const values: string[] = []
+  const values: Array<string | undefined> = []
   // A normalized path starts with `/` and has no empty segment: segment i follows the (i+1)-th slash.
   let segment = 0
   let start = 1
@@ -36,13 +36,22 @@ export function captureValues(binding: RuleBinding, path: string): readonly stri
     }
     const end = path.indexOf('/', start)
     const raw = end === -1 ? path.slice(start) : path.slice(start, end)
-    values.push(raw.includes('%') ? decodeURIComponent(raw) : raw)
+    values.push(raw.includes('%') ? decodeOnce(raw) : raw)
   }
   return values
 }
 
+/** Never fails on a normalized path; if it ever did, the capture would have no value, so it matches no claim and is not sent. */
+function decodeOnce(segment: string): string | undefined {
+  try {
+    return decodeURIComponent(segment)
+  } catch {
+    return undefined
+  }
+}
+
 /** Why the token does not satisfy the rule's binding, or undefined when it does. */
-export function checkBinding(binding: RuleBinding, identity: Identity, values: readonly string[], nowS: number): BindingRefusal | undefined {
+export function checkBinding(binding: RuleBinding, identity: Identity, values: ReadonlyArray<string | undefined>, nowS: number): BindingRefusal | undefined {
   const claims = identity.claims
   for (const req of binding.claims) {
     const held = claims[req.claim]
@@ -66,7 +75,7 @@ export function checkBinding(binding: RuleBinding, identity: Identity, values: r
 }
 
 /** Exact comparison: a literal with ===, a capture with the decoded segment (a string claim only). */
-function satisfies(literals: ReadonlyArray<string | number | boolean>, refs: readonly number[], values: readonly string[], held: unknown): boolean {
+function satisfies(literals: ReadonlyArray<string | number | boolean>, refs: readonly number[], values: ReadonlyArray<string | undefined>, held: unknown): boolean {
   if (typeof held !== 'string' && typeof held !== 'number' && typeof held !== 'boolean') return false
   if (literals.includes(held)) return true
   if (typeof held !== 'string') return false
@@ -75,12 +84,13 @@ function satisfies(literals: ReadonlyArray<string | number | boolean>, refs: rea
 }
 
 /** The X-Auth-Bound-* fields of the captures a claim bound, as a flat name, value list (values as decoded: http/headers.ts cleans them); undefined when none. */
-export function boundFields(binding: RuleBinding, values: readonly string[]): readonly string[] | undefined {
+export function boundFields(binding: RuleBinding, values: ReadonlyArray<string | undefined>): readonly string[] | undefined {
   let fields: string[] | undefined
   const captures = binding.captures
   for (let i = 0; i < captures.length; i++) {
     const header = captures[i]!.header
-    if (header !== undefined) (fields ??= []).push(header, values[i]!)
+    const value = values[i]
+    if (header !== undefined && value !== undefined) (fields ??= []).push(header, value)
   }
   return fields
 }
