@@ -175,6 +175,7 @@ t.test('a WebSocket upgrade is bound the same way: the upstream gets X-Auth-Boun
   const client = await openClient(lapse.url, token, '/tenants/acme/live')
   t.equal(await client.echo('hi'), 'hi')
   t.equal(seen[0]?.['x-auth-bound-tenant'], 'acme')
-  await t.rejects(openClient(lapse.url, token, '/tenants/globex/live'), { status: 403 })
+  const refused = await openClient(lapse.url, token, '/tenants/globex/live').catch((e: { status?: number }) => e)
+  t.equal((refused as { status?: number }).status, 403)
   t.equal(seen.length, 1, 'the refused upgrade never reached the upstream')
 })
