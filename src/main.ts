@@ -48,6 +48,19 @@ export interface StartOptions {
    * when absent and shuts them down on close; buildDeps alone falls back to the OTel API globals.
    */
   readonly telemetry?: Telemetry
+  /**
+   * Aborted by a SIGTERM/SIGINT that comes before Lapse listens (the CLI's): the start-up wait ends,
+   * what was opened is closed and startProxy rejects with StartCancelled. Its reason is logged.
+   */
+  readonly signal?: AbortSignal
+}
+
+/** A start stopped by `StartOptions.signal` before listening: everything opened is closed again. */
+export class StartCancelled extends Error {
+  constructor() {
+    super('stopped before listening')
+    this.name = 'StartCancelled'
+  }
 }
 
 export function createLogger(level: string): Logger {
@@ -107,7 +120,7 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
   })
   const revocations = await createRevocationStore(config, clock, log)
   const uses = await createUseCounter(config, clock)
-  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization })
+  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
   const connections = createConnectionRegistry({
     clock, revocations, log, revocableClaims: config.revocableClaims, clockSkewS: config.clockSkewS, recheckIntervalS: config.streamRecheckIntervalS,
   })
@@ -132,6 +145,15 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     await ownTelemetry?.shutdown()
     throw err
   }
+  await untilAnswering(deps, config.startupWaitMs, opts.signal)
+  if (opts.signal?.aborted) {
+    // A stop during the start is not an outage, nor an instance listening before it is ready.
+    deps.log.info({ signal: String(opts.signal.reason) }, 'shutting down before listening')
+    await ownTelemetry?.shutdown()
+    await closeDeps(deps)
+    await new Promise<void>((resolve) => deps.log.flush(() => resolve()))
+    throw new StartCancelled()
+  }
   const app = createSidecar(deps)
   let addresses: Running['addresses']
   try {
@@ -154,6 +176,22 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
       await ownTelemetry?.shutdown()
       await closeDeps(deps)
     },
+  }
+}
+
+/**
+ * Holds the listen back until the keys are loaded and the revocation set has answered once, or
+ * until `waitMs` has passed: a request accepted before that would get a 503 that a moment's wait
+ * avoids. After the wait Lapse listens anyway and answers 503 until the set is back (fail closed),
+ * so an orchestrator sees an instance that is up but not ready rather than one that never starts.
+ */
+async function untilAnswering(deps: Deps, waitMs: number, signal?: AbortSignal): Promise<void> {
+  const answering = () => deps.keys.ready() && deps.revocations.ready()
+  const deadline = performance.now() + waitMs
+  while (!answering() && !signal?.aborted && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+  if (!answering() && !signal?.aborted) {
+    deps.log.warn({ waited_ms: waitMs, keys: deps.keys.ready() ? 'loaded' : 'unavailable', revocation_set: deps.revocations.ready() ? deps.revocations.kind : 'unreachable' },
+      'listening before the keys and the revocation set are ready (LAPSE_STARTUP_WAIT): requests get 503 until they are')
   }
 }
 

@@ -20,6 +20,7 @@ export interface RouteSpec {
   readonly max_token_age?: number | undefined
   readonly acr_values?: readonly string[] | undefined
   readonly max_uses?: number | undefined
+  readonly peers?: readonly string[] | undefined
 }
 
 type Segment = { kind: 'literal'; text: string } | { kind: 'one' } | { kind: 'rest' }
@@ -75,6 +76,7 @@ function compileOne(s: RouteSpec, index: number): Compiled {
     onRevocationUnavailable: s.on_revocation_unavailable,
     cutStreamsAtExpiry: s.cut_streams_at_expiry,
     binding: compileBinding(s, texts, index),
+    peers: s.peers ? Object.freeze([...s.peers]) : undefined,
   })
   // A rule for GET takes HEAD too, as fastify and express route it: HEAD is GET without the body
   // (RFC 9110 §9.3.2), and most upstreams answer it with their GET handler.

@@ -5,6 +5,7 @@
 //   const parsed = settingsSchema.safeParse(raw)   // raw: { upstream: 'http://…', … }
 import { isIPv6 } from 'node:net'
 import { z } from 'zod'
+import { peerPatternProblem } from '../bind/peers.js'
 import { parseRedisUrl } from '../revocation/redis-url.js'
 
 const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
@@ -73,6 +74,10 @@ export const routeSchema = z.strictObject({
   max_token_age: int(0, 31_536_000).optional(),
   acr_values: z.array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, 'an acr value is printable ASCII without space, " or \\')).min(1).optional(),
   max_uses: int(1, 1_000_000_000).optional(),
+  peers: z.array(z.string().superRefine((p, ctx) => {
+    const problem = peerPatternProblem(p)
+    if (problem) ctx.addIssue({ code: 'custom', message: problem })
+  })).min(1).optional(),
 })
 export type RouteSetting = z.infer<typeof routeSchema>
 
@@ -108,6 +113,7 @@ export const settingsSchema = z.strictObject({
   }).optional().describe('the shared revocation set; unset keeps revocations in memory'),
   redis_prefix: z.string().regex(/^[A-Za-z0-9_.-]+$/).default('lapse').describe('key prefix in Redis, also the Cluster hash tag'),
   revocation_timeout: int(1, 10_000).default(50).describe('milliseconds a revocation check may take before 503'),
+  startup_wait: int(0, 600_000).default(5000).describe('milliseconds the proxy port waits at start for the keys and a first answer of the revocation set'),
   revocation_cache: bool.default(true).describe('cache revocation answers locally, invalidated by Redis events'),
   routes: routes.optional().describe('route rules; none means deny all'),
   admin_listen: hostPort('127.0.0.1:9901').describe('admin API, health and metrics'),
@@ -131,6 +137,12 @@ export const settingsSchema = z.strictObject({
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('level of operational lines'),
   log_allows: z.enum(['all', 'sampled', 'none']).default('all').describe('audit lines for allowed requests'),
   log_allows_sample_rate: z.coerce.number().min(0).max(1).default(0.01).describe('share of allows logged when log_allows is sampled'),
+  tls_cert_file: z.string().min(1).optional().describe('PEM certificate (with its chain) Lapse serves HTTPS with; needs tls_key_file; re-read when it changes'),
+  tls_key_file: z.string().min(1).optional().describe('PEM private key of tls_cert_file; re-read when it changes'),
+  tls_client_ca_file: z.string().min(1).optional().describe('PEM CA certificates client certificates are verified against; set, Lapse asks clients for a certificate; re-read when it changes'),
+  tls_client_auth: z.enum(['request', 'require']).optional().describe('request: a client certificate is optional; require: the handshake fails without a valid one; default request'),
+  client_cert_header: z.string().transform((s) => s.trim().toLowerCase()).pipe(z.literal('x-forwarded-client-cert', 'the only header format read is Envoy\'s x-forwarded-client-cert'))
+    .optional().describe('read the client certificate from the mesh\'s x-forwarded-client-cert header (trusted); unset, that header is removed'),
   realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]+$/).default('lapse').describe('realm of WWW-Authenticate challenges'),
 })
 

@@ -53,6 +53,12 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   acr_insufficient: { status: 401, challenge: 'insufficient_user_authentication', error: 'insufficient_user_authentication', description: 'a stronger authentication is required' },
   // The rule's max_uses are spent: the token no longer works here, as an expired one would not.
   token_reused: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token has no uses left on this route' },
+  // RFC 8705 §3: a certificate-bound token on a connection without that certificate is refused
+  // with 401 and invalid_token.
+  mtls_key_mismatch: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token is bound to another client certificate' },
+  // RFC 9110 §15.5.4: the calling workload (its SPIFFE ID) may not use this route; another token
+  // would not change that, so no challenge, as for no_route.
+  peer_not_allowed: { status: 403, challenge: 'none', error: 'forbidden', description: 'this workload may not call this route' },
 }
 
 /** Quotes a value for an auth-param; our descriptions and scope names never contain `"` or `\`, but be safe. */

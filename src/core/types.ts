@@ -11,6 +11,7 @@ export type DenyReason =
   | 'missing_claim' | 'lifetime_exceeds_policy' | 'revoked' | 'insufficient_scope'
   | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
   | 'claim_mismatch' | 'token_too_old' | 'acr_insufficient' | 'token_reused'
+  | 'mtls_key_mismatch' | 'peer_not_allowed'
 
 export type Reason = DenyReason | 'ok'
 
@@ -60,6 +61,14 @@ export interface Rule {
   readonly cutStreamsAtExpiry: boolean
   /** The rule's binding (captures, claims, freshness, use limit); undefined when it has none. */
   readonly binding?: RuleBinding | undefined
+  /** SPIFFE ID patterns of the workloads that may call (bind/peers.ts); undefined lets any caller. */
+  readonly peers?: readonly string[] | undefined
+}
+
+/** The key a sender-constrained token was bound to, and checked against on this request. */
+export interface Binding {
+  readonly kind: 'dpop' | 'mtls'
+  readonly thumbprint: string
 }
 
 /** What a route rule binds a grant to beyond its scopes (authorize/binding.ts checks it). */
@@ -120,6 +129,8 @@ export interface UseKey {
 export type Decision =
   | {
       readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true
+      /** The key a sender-constrained token was bound to, checked on this request. */
+      readonly binding?: Binding | undefined
       /** The X-Auth-Bound-* fields of the rule's bound captures, as a flat name, value list; values as decoded, not yet header-safe. */
       readonly bound?: readonly string[] | undefined
       /** Which use of the token this is, under a rule with `max_uses`. */
@@ -229,6 +240,12 @@ export interface RevocationStore {
   get(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
   /** Removes the entry and resolves it, in one atomic step; undefined when there was none. */
   lift(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
+  /**
+   * One page of the active entries that match the query. Following `next` until it is undefined
+   * yields every entry present throughout the walk at least once; one written or removed meanwhile
+   * may or may not appear. Rejects with InvalidCursorError, or RevocationUnavailableError.
+   */
+  list(query: RevocationQuery): Promise<RevocationPage>
   /** Revocations and lifts from any sidecar sharing the set, as they happen. Returns an unsubscribe. */
   subscribe(listener: (event: RevocationEvent) => void): () => void
   /** Whether the set can answer right now (for `/readyz`). */
@@ -237,3 +254,29 @@ export interface RevocationStore {
   readonly kind: string
   close(): Promise<void>
 }
+
+/** What `RevocationStore.list` is asked: filters on the entry's own fields, and where to resume. */
+export interface RevocationQuery {
+  /** Only entries of this claim. */
+  readonly claim?: string | undefined
+  /** Only entries bound to this issuer (an any-issuer entry has none, so it is not selected). */
+  readonly iss?: string | undefined
+  /** Only entries whose reason contains this text, compared case-insensitively. */
+  readonly reasonContains?: string | undefined
+  /** Where to resume: a `next` the same store answered; absent on the first page. */
+  readonly cursor?: string | undefined
+  /** The most entries one page holds. A page may hold fewer and still have a `next`. */
+  readonly limit: number
+}
+
+export interface RevocationPage {
+  readonly entries: readonly RevocationEntry[]
+  /** Opaque; undefined once the set has been walked. */
+  readonly next: string | undefined
+}
+
+/** Thrown by `list` when the cursor is not one the store made: the caller's mistake, a 400. */
+export class InvalidCursorError extends Error {
+  override readonly name = 'InvalidCursorError'
+}
+

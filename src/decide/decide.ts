@@ -8,12 +8,14 @@ import { boundFields, captureValues, checkBinding } from '../authorize/binding.j
 import type { RouteMatcher } from '../authorize/routes.js'
 import { nowS } from '../core/clock.js'
 import { checkScopes } from '../authorize/scopes.js'
+import { checkCertBinding, type ClientCert } from '../bind/mtls.js'
+import { peerAllowed } from '../bind/peers.js'
 import { extractBearer } from '../extract/bearer.js'
 import { extractOverrides } from '../extract/method-override.js'
 import { normalizeTarget } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Clock, Decision, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef, UseCounter } from '../core/types.js'
+import type { Binding, Clock, Decision, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef, UseCounter } from '../core/types.js'
 
 export interface DecisionInput {
   readonly method: string
@@ -22,6 +24,11 @@ export interface DecisionInput {
   readonly authorization: readonly string[] | undefined
   /** The header list as sent, name then value (`req.rawHeaders`): method overrides are read from it. */
   readonly rawHeaders: readonly string[]
+  /**
+   * The client certificate of the connection (TLS) or of the mesh's XFCC header, with its
+   * thumbprint and SPIFFE ID; undefined when there is none.
+   */
+  readonly clientCert?: ClientCert | undefined
   /** Makes the key fetch and revocation lookup child spans of the decision; optional. */
   readonly steps?: StepTracer | undefined
 }
@@ -61,6 +68,8 @@ export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promis
   // A query that held only access_token is forwarded without one, not as a bare `?`.
   const forwarded = extracted.query === target.query ? target : { ...target, query: extracted.query, hasQuery: extracted.query !== '' }
   if (rule?.public && (others === undefined || others.every((r) => r?.public))) {
+    const refused = peerRefused(rule, others, input.clientCert)
+    if (refused) return { decision: deny({ reason: 'peer_not_allowed', rule: refused }), target, revocationMs: undefined }
     return { decision: { allow: true, rule, identity: undefined }, target: forwarded, revocationMs: undefined }
   }
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
@@ -121,29 +130,32 @@ async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean 
 function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
   const { rule, target, forwarded, deps } = c
   if (revoked === true) return { decision: deny({ reason: 'revoked', rule, identity }), target, revocationMs }
-  if (c.others !== undefined) return concludeEach(identity, revoked, revocationMs, c)
+  const binding = checkCertBinding(identity.claims, c.input.clientCert)
+  if (binding === 'mtls_key_mismatch') return { decision: deny({ reason: binding, rule, identity }), target, revocationMs }
+  if (c.others !== undefined) return concludeEach(identity, revoked, revocationMs, c, binding)
 
   // Authorization comes after the token checks so an anonymous caller cannot map the route table.
   if (!rule) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
+  if (!peerAllowed(rule.peers, c.input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule, identity }), target, revocationMs }
   const short = checkScopes(identity.scopes, rule.scopes)
   if (short) return { decision: { ...short, rule, identity }, target, revocationMs }
-  const binding = rule.binding
+  const ruleBinding = rule.binding
   let bound: readonly string[] | undefined
-  if (binding !== undefined) {
-    const values = captureValues(binding, target.path)
-    const refused = checkBinding(binding, identity, values, nowS(deps.clock))
+  if (ruleBinding !== undefined) {
+    const values = captureValues(ruleBinding, target.path)
+    const refused = checkBinding(ruleBinding, identity, values, nowS(deps.clock))
     if (refused) return { decision: deny({ ...refused, rule, identity }), target, revocationMs }
-    bound = boundFields(binding, values)
+    bound = boundFields(ruleBinding, values)
   }
   if (revoked === 'unknown' && rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
-  if (binding === undefined) {
+  if (ruleBinding === undefined) {
     // A rule with no binding, the common case: the decision as it always was.
-    if (revoked === 'unknown') return { decision: { allow: true, rule, identity, failedOpen: true }, target: forwarded, revocationMs }
-    return { decision: { allow: true, rule, identity }, target: forwarded, revocationMs }
+    if (revoked === 'unknown') return { decision: { allow: true, rule, identity, failedOpen: true, binding }, target: forwarded, revocationMs }
+    return { decision: { allow: true, rule, identity, binding }, target: forwarded, revocationMs }
   }
-  const allowed: Decision = revoked === 'unknown' ? { allow: true, rule, identity, failedOpen: true, bound } : { allow: true, rule, identity, bound }
+  const allowed: Decision = revoked === 'unknown' ? { allow: true, rule, identity, failedOpen: true, binding, bound } : { allow: true, rule, identity, binding, bound }
   // Counted last, so that only a request every other check allowed spends a use.
-  if (binding.maxUses !== undefined) return takeUses([rule], 0, allowed, revocationMs, c)
+  if (ruleBinding.maxUses !== undefined) return takeUses([rule], 0, allowed, revocationMs, c)
   return { decision: allowed, target: forwarded, revocationMs }
 }
 
@@ -196,19 +208,26 @@ function withUse(allowed: Decision, n: number | 'unknown', rule: Rule): Decision
   return { ...allowed, rule, use: n }
 }
 
+/** The first of the rules (the request's own, then the override methods') whose `peers` refuse the caller. */
+function peerRefused(rule: Rule, others: ReadonlyArray<Rule | undefined> | undefined, cert: ClientCert | undefined): Rule | undefined {
+  if (!peerAllowed(rule.peers, cert?.peer)) return rule
+  return others?.find((r) => r !== undefined && !peerAllowed(r.peers, cert?.peer))
+}
+
 /**
  * A request that names other methods is allowed only if each method's rule allows it; the first
  * refusal, in the order the methods came (its own first), is the answer. The allowing rule
  * reported is the first protected one, or one of them that cuts streams at expiry if any does:
  * the stricter applies. Every rule with a use limit spends one use.
  */
-function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
-  const { rule, others, target, forwarded, deps } = c
+function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, c: Checked, binding: Binding | undefined): Outcome | Promise<Outcome> {
+  const { input, rule, others, target, forwarded, deps } = c
   let governing: Rule | undefined
   let bound: readonly string[] | undefined
   let limited: Rule[] | undefined
   for (const r of [rule, ...others!]) {
     if (!r) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
+    if (!peerAllowed(r.peers, input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule: r, identity }), target, revocationMs }
     if (r.public) continue
     const short = checkScopes(identity.scopes, r.scopes)
     if (short) return { decision: { ...short, rule: r, identity }, target, revocationMs }
@@ -224,8 +243,8 @@ function concludeEach(identity: Identity, revoked: false | 'unknown', revocation
   }
   const allowedRule = governing ?? rule!
   const allowed: Decision = revoked === 'unknown' && governing !== undefined
-    ? { allow: true, rule: allowedRule, identity, failedOpen: true, bound }
-    : { allow: true, rule: allowedRule, identity, bound }
+    ? { allow: true, rule: allowedRule, identity, failedOpen: true, binding, bound }
+    : { allow: true, rule: allowedRule, identity, binding, bound }
   if (limited !== undefined) {
     // The governing rule is reported, whichever rule's use came last.
     const counted = takeUses(limited, 0, allowed, revocationMs, c)

@@ -11,11 +11,11 @@ import { performance } from 'node:perf_hooks'
 import type { ConnectionOptions } from 'node:tls'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { nowS } from '../core/clock.js'
-import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../core/types.js'
+import { InvalidCursorError, RevocationUnavailableError, type Clock, type RevocationEntry, type RevocationEvent, type RevocationQuery, type RevocationStore, type TokenRef } from '../core/types.js'
 import { createAnswerCache, type AnswerCache, type StoredAnswer } from './answer-cache.js'
 import { bounded } from './bounded.js'
 import { createReadBatch } from './read-batch.js'
-import { entryMatches } from './model.js'
+import { entryMatches, queryMatches } from './model.js'
 import { parseRedisUrl, type RedisTarget } from './redis-url.js'
 
 // Every tunable of the Redis set, with the reason for its value.
@@ -39,6 +39,17 @@ const DEFAULTS = {
   // Checks that miss the cache in two consecutive turns of the loop share one MGET (read-batch.ts); a
   // burst beyond this many distinct keys is split so no single reply grows without bound.
   batchMaxKeys: 512,
+  // Readiness asks the node that holds the set (on Cluster, the owner of the `{prefix}` slot) this
+  // often; an unanswered or failed probe makes /readyz 503 at once, so a load balancer drains an
+  // instance that would refuse every check even while the client as a whole looks connected.
+  probeIntervalMs: 250,
+  // A probe may take this long (or the check budget, if larger) before it counts as failed.
+  probeTimeoutMs: 300,
+  // Cluster only: how often the slot map is reread (see connectData).
+  slotsRefreshMs: 1000,
+  // A page of the list (admin API) takes at most this many SCAN steps, so a node that holds many
+  // other keys answers a short page with a cursor instead of walking its whole keyspace at once.
+  listMaxScanSteps: 50,
 }
 
 export type RedisStoreTuning = typeof DEFAULTS
@@ -48,7 +59,12 @@ interface Log {
   info(obj: object, msg: string): void
 }
 
+/** What the servers holding the set keep across a restart (CONFIG GET appendonly / save). */
+export type Persistence = 'aof' | 'rdb' | 'none' | 'unknown'
+
 export interface RedisRevocationStore extends RevocationStore {
+  /** Known after the first answer of CONFIG GET; `unknown` where CONFIG is refused. */
+  persistence(): Persistence
   /** Whether the event channel is subscribed and its heartbeat is fresh. */
   eventsLive(): boolean
   /** Whether `isRevoked` may answer from the local cache right now. */
@@ -71,7 +87,8 @@ export function createRedisStore(opts: {
   const target = withTls(parseRedisUrl(opts.url), opts.tls)
   const keys = keyLayout(opts.prefix)
   const data = connectData(target, tuning)
-  watchHealth(data, target.safeUrl, log)
+  let closing = false
+  watchHealth(data, target.safeUrl, log, () => closing)
   const listeners = new Set<(event: RevocationEvent) => void>()
   const cache: AnswerCache | undefined = opts.cache
     ? createAnswerCache({ maxEntries: tuning.cacheMaxEntries, isFresh: () => channel.fresh(), nowS: () => nowS(opts.clock) })
@@ -93,7 +110,21 @@ export function createRedisStore(opts: {
     onLost: () => cache?.drop(),
   })
 
-  const ready = () => data.status === 'ready'
+  const connected = () => data.status === 'ready'
+  const probe = watchSlot(data, `${keys.base}probe`, { intervalMs: tuning.probeIntervalMs, timeoutMs: Math.max(tuning.probeTimeoutMs, opts.timeoutMs) })
+  const ready = () => connected() && probe.answering()
+  let persistence: Persistence = 'unknown'
+  data.on('ready', () => {
+    void readPersistence(data).then((mode) => {
+      if (closing) return
+      if (mode !== persistence && (mode === 'none' || mode === 'rdb')) {
+        log.warn({ redis: target.safeUrl, persistence: mode }, mode === 'none'
+          ? 'Redis keeps the revocation set in memory only (appendonly no, no snapshots): a Redis restart forgets every revocation; set appendonly yes'
+          : 'Redis keeps the revocation set in periodic snapshots only (appendonly no): a Redis restart forgets the revocations since the last snapshot; set appendonly yes')
+      }
+      persistence = mode
+    })
+  })
   let warnedUnreadable = false
   const noteUnreadable = (answers: readonly StoredAnswer[]) => {
     if (warnedUnreadable || !answers.includes('unreadable')) return
@@ -106,7 +137,8 @@ export function createRedisStore(opts: {
     parse: parseStored,
     timeoutMs: opts.timeoutMs,
     maxKeys: tuning.batchMaxKeys,
-    ready,
+    // The connection, not the probe: a check may still succeed where the last probe failed.
+    ready: connected,
     beforeSend: () => cache?.ticket(),
     afterRead(ticket, batch, answers) {
       noteUnreadable(answers)
@@ -147,8 +179,14 @@ export function createRedisStore(opts: {
       // one-second stay is harmless and keeps the write (and its event) uniform.
       const ttlS = Math.max(1, stored.expiresAtS - nowS(opts.clock))
       const event: RevocationEvent = { kind: 'revoked', entry: stored }
-      await bounded(data.eval(PUT_SCRIPT, 1, key, JSON.stringify(stored), ttlS, keys.channel, JSON.stringify(event)),
-        tuning.adminTimeoutMs, 'revocation write')
+      // Not connected: nothing was sent (the offline queue is off), so the entry is certainly not written.
+      if (!connected()) throw new RevocationUnavailableError('Redis was unreachable: the revocation was not written')
+      try {
+        await bounded(data.eval(PUT_SCRIPT, 1, key, JSON.stringify(stored), ttlS, keys.channel, JSON.stringify(event)),
+          tuning.adminTimeoutMs, 'revocation write')
+      } catch (err) {
+        throw writeFailure(err, tuning.adminTimeoutMs)
+      }
       // Our own event is on its way too; invalidating now makes this sidecar exact at once.
       cache?.invalidate(key)
       return stored
@@ -169,14 +207,19 @@ export function createRedisStore(opts: {
       if (entry === null || entry === 'unreadable') return { claim, value, iss, issuedBeforeS: 0, reason: '', by: '', createdAtS: 0, expiresAtS: 0 }
       return entry
     },
+    list: (query) => listPage(data, keys, query, { nowS: nowS(opts.clock), timeoutMs: tuning.adminTimeoutMs, maxSteps: tuning.listMaxScanSteps }),
     subscribe(listener) {
       listeners.add(listener)
       return () => { listeners.delete(listener) }
     },
     ready,
+    persistence: () => persistence,
     eventsLive: channel.fresh,
     cacheActive: () => cache !== undefined && channel.fresh(),
     async close() {
+      // A shutdown is not an outage: the data connection's close must not log one.
+      closing = true
+      probe.stop()
       listeners.clear()
       cache?.drop()
       await Promise.all([channel.close(), quietly(data)])
@@ -241,6 +284,84 @@ function keysOfToken(keys: KeyLayout, ref: TokenRef): string[] {
     out.push(`${head}${iss}${tail}`, `${head}*${tail}`)
   }
   return out
+}
+
+// --- listing -----------------------------------------------------------------------------------
+
+// SCAN runs in a script whose one key is inside the set's hash tag: on Cluster the script goes to
+// the node owning that slot, which holds every key of the set, so the walk is one node's SCAN.
+// The pattern carries the same tag, so the keys it answers are all in that slot.
+const SCAN_SCRIPT = `return redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])`
+
+// Keys SCAN found beyond a full page ride in the cursor; a bucket rarely holds more than a few.
+const MAX_CURSOR_KEYS = 1000
+// Under the admin API's bound on a cursor (admin/list-query.ts), with room for the filters in the URL.
+const MAX_CURSOR_CHARS = 6000
+
+/**
+ * The cursor is the SCAN cursor ('' once SCAN has gone round) and the keys found but not yet
+ * answered, as base64url JSON. SCAN answers whole hash buckets, so a step may find more keys than
+ * the page has room for: carrying them keeps the page bound without losing them.
+ */
+interface ListState { c: string; k: string[] }
+
+function decodeListCursor(cursor: string | undefined, base: string): ListState {
+  if (cursor === undefined) return { c: '0', k: [] }
+  let state: unknown
+  try {
+    state = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'))
+  } catch {
+    throw new InvalidCursorError('the cursor is not one this set made')
+  }
+  const s = state as Partial<ListState> | null
+  // The keys are read back with MGET: only keys of this set, never any key a client names.
+  if (typeof s !== 'object' || s === null || typeof s.c !== 'string' || !/^(\d{1,20})?$/.test(s.c) || s.c === '0' || !Array.isArray(s.k)
+    || s.k.length > MAX_CURSOR_KEYS || !s.k.every((key) => typeof key === 'string' && key.startsWith(base))) {
+    throw new InvalidCursorError('the cursor is not one this set made')
+  }
+  return { c: s.c, k: s.k }
+}
+
+async function listPage(data: DataClient, keys: KeyLayout, query: RevocationQuery, o: { nowS: number; timeoutMs: number; maxSteps: number }) {
+  const state = decodeListCursor(query.cursor, keys.base)
+  // The claim and issuer filters narrow the SCAN itself; encoded parts hold no glob character.
+  const pattern = `${keys.base}${query.claim === undefined ? '*' : encode(query.claim)}:${query.iss === undefined ? '*' : encode(query.iss)}:*`
+  const entries: RevocationEntry[] = []
+  let scan = state.c
+  let pending = state.k
+  let steps = 0
+  while (entries.length < query.limit) {
+    if (pending.length > 0) {
+      const batch = pending.slice(0, query.limit - entries.length)
+      pending = pending.slice(batch.length)
+      const raws = await bounded(data.mget(...batch), o.timeoutMs, 'revocation list')
+      for (const raw of raws) {
+        // Gone since SCAN saw it (lifted or expired), or unreadable: not an active entry to show.
+        const entry = parseStored(raw)
+        if (entry !== null && entry !== 'unreadable' && entry.expiresAtS > o.nowS && queryMatches(query, entry)) entries.push(entry)
+      }
+      continue
+    }
+    if (scan === '' || steps >= o.maxSteps) break
+    // COUNT is what the page still has room for, so a step rarely finds keys beyond it.
+    const count = query.limit - entries.length
+    const reply = await bounded(data.eval(SCAN_SCRIPT, 1, `${keys.base}probe`, scan, pattern, count), o.timeoutMs, 'revocation list') as [string, string[]]
+    steps++
+    scan = reply[0] === '0' ? '' : reply[0]
+    pending = reply[1]
+  }
+  let next = scan === '' && pending.length === 0 ? undefined : Buffer.from(JSON.stringify({ c: scan, k: pending })).toString('base64url')
+  if (next !== undefined && next.length > MAX_CURSOR_CHARS) {
+    // Keys of long values (a 1024-character value percent-encodes to kilobytes) would make a
+    // cursor no URL can carry: they join this page instead, the one case a page exceeds the limit.
+    const raws = await bounded(data.mget(...pending), o.timeoutMs, 'revocation list')
+    for (const raw of raws) {
+      const entry = parseStored(raw)
+      if (entry !== null && entry !== 'unreadable' && entry.expiresAtS > o.nowS && queryMatches(query, entry)) entries.push(entry)
+    }
+    next = scan === '' ? undefined : Buffer.from(JSON.stringify({ c: scan, k: [] })).toString('base64url')
+  }
+  return { entries, next }
 }
 
 // --- stored values and events ------------------------------------------------------------------
@@ -321,6 +442,7 @@ interface DataClient {
   readonly status: string
   mget(...keys: string[]): Promise<Array<string | null>>
   get(key: string): Promise<string | null>
+  config(op: 'GET', name: string): Promise<unknown>
   eval(script: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
   quit(): Promise<unknown>
   disconnect(): void
@@ -365,13 +487,17 @@ function connectData(target: RedisTarget, t: RedisStoreTuning): DataClient {
   const options: ClusterOptions = {
     enableOfflineQueue: false,
     clusterRetryStrategy: backoff(t),
+    // After a failover the promoted replica owns the set's slot; without a periodic refresh the
+    // client learns that only from a MOVED, which a dead owner never sends, so checks would fail
+    // until a restart. One CLUSTER SLOTS a second bounds how long that takes.
+    slotsRefreshInterval: t.slotsRefreshMs,
     redisOptions: { ...target.options, ...connectOptions(t), connectionName: 'lapse' },
   }
   return new Cluster(target.nodes, options)
 }
 
 /** Logs the transitions of the data connection, once each, never the password. */
-function watchHealth(data: DataClient, safeUrl: string, log: Log) {
+function watchHealth(data: DataClient, safeUrl: string, log: Log, closing: () => boolean) {
   let state: 'starting' | 'up' | 'down' = 'starting'
   let lastError: string | undefined
   data.on('error', (err: Error) => { lastError = err.message })
@@ -380,9 +506,69 @@ function watchHealth(data: DataClient, safeUrl: string, log: Log) {
     state = 'up'
   })
   data.on('close', () => {
+    if (closing()) return
     if (state !== 'down') log.warn({ redis: safeUrl, error: lastError }, 'revocation set unreachable: checks fail closed until it is back')
     state = 'down'
   })
+}
+
+/** The admin write's failure in Lapse's words; the client library's own message stays the cause. */
+function writeFailure(err: unknown, budgetMs: number): Error {
+  const timedOut = err instanceof RevocationUnavailableError && /no answer within/.test(err.message)
+  return new RevocationUnavailableError(timedOut
+    ? `the revocation set did not acknowledge the write within ${budgetMs} ms: the revocation may not be stored (read it back before relying on it)`
+    : 'Redis was unreachable: the revocation was not written', { cause: err })
+}
+
+/**
+ * Whether the node holding the set answers now: a GET of a key inside the set's hash tag, so on
+ * Cluster it goes to the owner of that one slot, through the same client the checks use. Probed at
+ * once when the client connects, then every `intervalMs`; answering() is false from the first
+ * failed or timed-out probe (or closed connection) until the next answered one. A dead node fails
+ * a probe at once, a frozen one within `intervalMs` + `timeoutMs`.
+ */
+function watchSlot(data: DataClient, key: string, o: { intervalMs: number; timeoutMs: number }) {
+  let ok = false
+  let inFlight = false
+  let stopped = false
+  const run = () => {
+    if (inFlight || stopped) return
+    if (data.status !== 'ready') { ok = false; return }
+    inFlight = true
+    bounded(data.get(key), o.timeoutMs, 'readiness probe').then(
+      () => { inFlight = false; if (!stopped) ok = true },
+      () => { inFlight = false; ok = false },
+    )
+  }
+  const timer = setInterval(run, o.intervalMs)
+  timer.unref()
+  data.on('ready', run)
+  data.on('close', () => { ok = false })
+  return {
+    answering: () => ok,
+    stop() { stopped = true; ok = false; clearInterval(timer) },
+  }
+}
+
+/** AOF, RDB snapshots only, neither, or unknown where CONFIG is refused (managed Redis often disables it). */
+async function readPersistence(data: DataClient): Promise<Persistence> {
+  // On Cluster every master holds its own config; the set lives on one of them, so report the weakest.
+  const targets: DataClient[] = data instanceof Cluster ? (data.nodes('master') as unknown as DataClient[]) : [data]
+  const modes: Persistence[] = []
+  for (const node of targets) {
+    try {
+      const [aof, save] = await Promise.all([
+        bounded(node.config('GET', 'appendonly'), DEFAULTS.adminTimeoutMs, 'CONFIG GET'),
+        bounded(node.config('GET', 'save'), DEFAULTS.adminTimeoutMs, 'CONFIG GET'),
+      ]) as [unknown, unknown]
+      const value = (reply: unknown) => (Array.isArray(reply) ? String(reply[1] ?? '') : '')
+      modes.push(value(aof) === 'yes' ? 'aof' : value(save).trim() !== '' ? 'rdb' : 'none')
+    } catch {
+      modes.push('unknown')
+    }
+  }
+  for (const mode of ['none', 'rdb', 'unknown', 'aof'] as const) if (modes.includes(mode)) return mode
+  return 'unknown'
 }
 
 async function quietly(client: { status: string; quit(): Promise<unknown>; disconnect(): void }) {

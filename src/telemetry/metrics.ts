@@ -22,7 +22,7 @@ import * as A from './semconv.js'
 export interface GaugeSources {
   readonly keys: { stats(): { keys: number; lastRefreshMs: number | undefined } }
   readonly verify: { cacheSize(): number }
-  readonly revocations: { ready(): boolean; readonly kind: string; eventsLive?(): boolean; cacheActive?(): boolean }
+  readonly revocations: { ready(): boolean; readonly kind: string; eventsLive?(): boolean; cacheActive?(): boolean; persistence?(): 'aof' | 'rdb' | 'none' | 'unknown' }
   readonly clock: Clock
   /** The connection registry, when there is one. */
   readonly connections?: { readonly size: number } | undefined
@@ -160,7 +160,13 @@ function observeGauges(meter: Meter, s: GaugeSources, backend: Record<string, st
   const events = meter.createObservableGauge(A.METRIC_REVOCATION_EVENTS_UP, { unit: '1', description: '1 while the revocation event channel delivers, else 0' })
   const cacheActive = meter.createObservableGauge(A.METRIC_REVOCATION_CACHE_ACTIVE, { unit: '1', description: '1 while revocation checks may answer from the local cache, else 0' })
   const open = meter.createObservableGauge(A.METRIC_CONNECTIONS_OPEN, { unit: '{connection}', description: 'Long-lived exchanges registered for cuts' })
+  const persistent = meter.createObservableGauge(A.METRIC_REVOCATION_PERSISTENT, {
+    unit: '1',
+    description: '1 when Redis keeps the revocation set in an append-only file, 0 when a Redis restart can lose revocations; absent until known',
+  })
   meter.addBatchObservableCallback((result) => {
+    const mode = s.revocations.persistence?.()
+    if (mode !== undefined && mode !== 'unknown') result.observe(persistent, mode === 'aof' ? 1 : 0, { ...backend, [A.ATTR_REVOCATION_PERSISTENCE]: mode })
     const stats = s.keys.stats()
     result.observe(keys, stats.keys)
     if (stats.lastRefreshMs !== undefined) result.observe(age, Math.max(0, (s.clock.now() - stats.lastRefreshMs) / 1000))
@@ -170,5 +176,5 @@ function observeGauges(meter: Meter, s: GaugeSources, backend: Record<string, st
     result.observe(events, s.revocations.eventsLive ? (s.revocations.eventsLive() ? 1 : 0) : 1, backend)
     result.observe(cacheActive, s.revocations.cacheActive?.() ? 1 : 0, backend)
     if (s.connections) result.observe(open, s.connections.size)
-  }, [keys, age, up, cached, events, cacheActive, open])
+  }, [keys, age, up, cached, persistent, events, cacheActive, open])
 }

@@ -22,6 +22,7 @@ export const ATTR_ENDUSER_ID = 'enduser.id'
 // Step span attributes.
 export const ATTR_REVOKED = 'lapse.revocation.revoked'
 export const ATTR_REVOCATION_BACKEND = 'lapse.revocation.backend'
+export const ATTR_REVOCATION_PERSISTENCE = 'lapse.revocation.persistence'
 
 // Revocation change span attributes: what the audit line says, but the free-text reason.
 /** `revoke` or `lift`. */
@@ -41,6 +42,7 @@ export const METRIC_REVOCATION_LOOKUP_DURATION = 'lapse.revocation.lookup.durati
 export const METRIC_JWKS_KEYS = 'lapse.jwks.keys'
 export const METRIC_JWKS_REFRESH_AGE = 'lapse.jwks.refresh.age'
 export const METRIC_REVOCATION_BACKEND_UP = 'lapse.revocation.backend.up'
+export const METRIC_REVOCATION_PERSISTENT = 'lapse.revocation.persistent'
 export const METRIC_TOKEN_CACHE_SIZE = 'lapse.token_cache.size'
 export const METRIC_SPANS_UNRECORDED = 'lapse.telemetry.spans.unrecorded'
 /** Allows let through while the revocation set (or the use counter) could not answer: on_revocation_unavailable: open. */

@@ -124,12 +124,15 @@ t.test('lapse demo: the printed revoke command works as printed, and the printed
   const authorization = header!.slice('Authorization: '.length)
   t.equal((await get(url!, authorization)).status, 200)
 
-  const revoke = /^ *LAPSE_ADMIN_URL=(\S+) LAPSE_ADMIN_TOKEN=(\S+) npx lapse revoke --claim sub --value demo-user --reason "([^"]+)"$/m.exec(stderr())
+  // This checkout's bin/lapse.js by its absolute path, never `npx lapse` (which could fetch a package from the registry).
+  const revoke = /^ *LAPSE_ADMIN_URL=(\S+) LAPSE_ADMIN_TOKEN=(\S+) node (\S+) revoke --claim sub --value demo-user --reason "([^"]+)"$/m.exec(stderr())
   t.ok(revoke, 'the demo printed a revoke command')
   if (!revoke) return
-  const [, adminUrl, adminToken, reason] = revoke
+  const [, adminUrl, adminToken, bin, reason] = revoke
   t.equal(adminUrl, `http://127.0.0.1:${adminPort}`, 'it names the admin address the demo listens on')
-  const cli = spawn(process.execPath, [join(ROOT, 'bin/lapse.js'), 'revoke', '--claim', 'sub', '--value', 'demo-user', '--reason', reason!], {
+  t.equal(bin, join(ROOT, 'bin/lapse.js'), 'it names this checkout\'s CLI by its absolute path')
+  t.notMatch(stderr(), /npx lapse/, 'no npx lapse anywhere in what it prints')
+  const cli = spawn(process.execPath, [bin!, 'revoke', '--claim', 'sub', '--value', 'demo-user', '--reason', reason!], {
     env: { PATH: process.env.PATH, LAPSE_ADMIN_URL: adminUrl, LAPSE_ADMIN_TOKEN: adminToken },
     stdio: 'ignore',
   })
