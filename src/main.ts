@@ -14,8 +14,9 @@ import { createConnectionRegistry } from './connections/connections.js'
 import { createForwarder } from './http/forward.js'
 import { systemClock } from './core/clock.js'
 import { LapseError } from './core/errors.js'
-import type { Clock, RevocationStore } from './core/types.js'
+import type { Clock, RevocationStore, UseCounter } from './core/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
+import { createMemoryUseCounter } from './revocation/use-counter-memory.js'
 import { createRecorder, createStepTracer } from './telemetry/recorder.js'
 import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settings.js'
 import { normalizeType } from './verify/claims.js'
@@ -91,6 +92,15 @@ async function createRevocationStore(config: Config, clock: Clock, log: Logger):
   return createRedisStore({ url: config.redis.url, prefix: config.redis.prefix, timeoutMs: config.revocationTimeoutMs, clock, cache: config.redis.cache, log })
 }
 
+/** The use counts live where the revocation set does, under its prefix, within its time budget. */
+async function createUseCounter(config: Config, clock: Clock): Promise<UseCounter> {
+  if (!config.redis) return createMemoryUseCounter({ clock })
+  // Connected only when a rule counts uses: otherwise it would be one idle connection per sidecar.
+  if (!config.routes.some((r) => r.max_uses !== undefined)) return createMemoryUseCounter({ clock })
+  const { createRedisUseCounter } = await import('./revocation/use-counter-redis.js')
+  return createRedisUseCounter({ url: config.redis.url, prefix: config.redis.prefix, timeoutMs: config.revocationTimeoutMs })
+}
+
 export async function buildDeps(config: Config, opts: StartOptions = {}): Promise<Deps> {
   const clock = opts.clock ?? systemClock
   const log = opts.log ?? createLogger(config.log.level)
@@ -120,16 +130,17 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
     cacheSize: config.tokenCacheSize,
   })
   const revocations = await createRevocationStore(config, clock, log)
+  const uses = await createUseCounter(config, clock)
   const forwarder = config.upstream && createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
-  // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
-  const metrics = telemetry.meterProvider && telemetry.decisions
-    ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock })
-    : undefined
-  const recorder = createRecorder({ tracer, tracing: telemetry.tracing !== false, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
   const connections = createConnectionRegistry({
     clock, revocations, log, revocableClaims: config.revocableClaims, clockSkewS: config.clockSkewS, recheckIntervalS: config.streamRecheckIntervalS,
   })
-  return { config, clock, keys, verify, revocations, match, forwarder, recorder, log, metricsHandler: telemetry.metricsHandler, connections }
+  // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
+  const metrics = telemetry.meterProvider && telemetry.decisions
+    ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock, connections })
+    : undefined
+  const recorder = createRecorder({ tracer, tracing: telemetry.tracing !== false, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
+  return { config, clock, keys, verify, revocations, uses, match, forwarder, recorder, log, metricsHandler: telemetry.metricsHandler, connections }
 }
 
 export async function startProxy(env: Readonly<Record<string, string | undefined>>, opts: StartOptions = {}): Promise<Running> {
@@ -227,5 +238,6 @@ async function closeDeps(deps: Deps): Promise<void> {
   deps.forwarder?.close()
   deps.connections?.close()
   await deps.revocations.close()
+  await deps.uses.close()
   deps.log.flush()
 }

@@ -21,6 +21,7 @@ export function defineRows({ engine }) {
     { id: '3', label: 'Lapse, one RS256 token (cache hit), memory set', server: 'lapse-mem', auth: 'token' },
     { id: '4a', label: 'Lapse, one RS256 token, Redis set + local cache', server: 'lapse-redis-cache', auth: 'token' },
     { id: '4b', label: 'Lapse, one RS256 token, Redis set, no local cache', server: 'lapse-redis-nocache', auth: 'token' },
+    { id: '4u', label: 'Lapse, one RS256 token, Redis set + local cache, route with max_uses (one Redis write per request)', server: 'lapse-redis-uses', auth: 'token' },
     { id: '5r', label: 'Lapse, fresh RS256 token per request (pool)', server: 'lapse-verify', auth: 'pool', alg: 'RS256' },
     { id: '5e', label: 'Lapse, fresh ES256 token per request (pool)', server: 'lapse-verify', auth: 'pool', alg: 'ES256' },
     // Row 3 over TLS with a client certificate and a token bound to it (RFC 8705): the handshake

@@ -20,6 +20,11 @@ const LAPSE_VARIANTS = {
   'lapse-mem': () => ({}),
   'lapse-redis-cache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true' }),
   'lapse-redis-nocache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'false' }),
+  // Row 4u: row 4a's route with a use limit no run reaches, so every request is allowed and
+  // counted: one atomic script in Redis per request (src/revocation/use-counter-redis.ts).
+  'lapse-redis-uses': ({ redisUrl }) => ({
+    LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true', LAPSE_ROUTES: JSON.stringify([{ path: '/**', scopes: [SCOPE], max_uses: 1_000_000_000 }]),
+  }),
   // Row 5: no verification cache, so every request pays its signature check even when the
   // 10,000-token pool comes round again.
   'lapse-verify': () => ({ LAPSE_TOKEN_CACHE_SIZE: '0' }),

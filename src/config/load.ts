@@ -93,6 +93,13 @@ function ruleIssue(message: string, path: readonly PropertyKey[]): never {
   throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${message}${at}`)
 }
 
+/** A use limit counts uses per token, and only `jti` tells one token from another: it must be there. */
+function requireJtiForUses(routes: RouteSetting[], requiredClaims: readonly string[]): RouteSetting[] {
+  const i = routes.findIndex((r) => r.max_uses !== undefined)
+  if (i !== -1 && !requiredClaims.includes('jti')) ruleIssue('max_uses counts uses per token, so it needs jti in LAPSE_REQUIRED_CLAIMS', [i, 'max_uses'])
+  return routes
+}
+
 function readAdminToken(s: Settings): string | undefined {
   return readSecret(s.admin_token, s.admin_token_file, 'admin_token')
 }
@@ -157,7 +164,7 @@ const configSchema = settingsSchema.transform((s) => {
     redis: s.redis_url ? { url: s.redis_url, prefix: s.redis_prefix, cache: s.revocation_cache } : undefined,
     revocationTimeoutMs: s.revocation_timeout,
     startupWaitMs: s.startup_wait,
-    routes: parseRoutes(s.routes),
+    routes: requireJtiForUses(parseRoutes(s.routes), s.required_claims),
     admin: { listen: s.admin_listen, token: readAdminToken(s), tokenName: s.admin_token_name },
     decision: readDecision(s),
     upstreamTimeoutMs: s.upstream_timeout,

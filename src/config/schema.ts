@@ -62,6 +62,11 @@ const httpUrl = z.string().refine((s) => {
   }
 }, 'expected an http:// or https:// URL without credentials')
 
+// A route rule's claim requirement: a claim name as revocable_claims spells them, and literal
+// values; a string "{name}" refers to a path capture (authorize/routes.ts).
+const claimName = z.string().regex(/^[A-Za-z0-9_.:-]+$/, 'a claim name is letters, digits, _ . : -')
+const claimLiteral = z.union([z.string(), z.number(), z.boolean()])
+
 export const routeSchema = z.strictObject({
   path: z.string().startsWith('/', 'a route path starts with /'),
   methods: z.array(z.string().regex(/^[A-Za-z]+$/, 'a method is letters only')).min(1).optional(),
@@ -69,6 +74,10 @@ export const routeSchema = z.strictObject({
   public: z.boolean().default(false),
   on_revocation_unavailable: z.enum(['closed', 'open']).default('closed'),
   cut_streams_at_expiry: z.boolean().default(true),
+  claims: z.record(claimName, z.union([claimLiteral, z.array(claimLiteral).min(1)])).optional(),
+  max_token_age: int(0, 31_536_000).optional(),
+  acr_values: z.array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, 'an acr value is printable ASCII without space, " or \\')).min(1).optional(),
+  max_uses: int(1, 1_000_000_000).optional(),
   peers: z.array(z.string().superRefine((p, ctx) => {
     const problem = peerPatternProblem(p)
     if (problem) ctx.addIssue({ code: 'custom', message: problem })

@@ -5,7 +5,7 @@
 import { errorAnswer, RETRY_AFTER_S, type Answer } from './answers.js'
 import type { Denial, DenyReason } from './types.js'
 
-type Challenge = 'none' | 'bare' | 'invalid_token' | 'invalid_request' | 'insufficient_scope'
+type Challenge = 'none' | 'bare' | 'invalid_token' | 'invalid_request' | 'insufficient_scope' | 'claim_mismatch' | 'insufficient_user_authentication'
 
 interface ReasonRow {
   readonly status: 400 | 401 | 403 | 421 | 431 | 503
@@ -43,6 +43,16 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   // RFC 6750's terms (§3.1 "otherwise malformed"), so its challenge is invalid_request's; the
   // status says what is wrong with it.
   too_many_header_fields: { status: 431, challenge: 'invalid_request', error: 'invalid_request', description: 'too many header fields' },
+  // A route rule binds the grant to a tenant, an environment…: the token is valid but not for
+  // this resource. RFC 6750 §3.1's insufficient_scope is the 403 code for a token short of what
+  // the resource needs; the description names the claim (from the rule), never a value.
+  claim_mismatch: { status: 403, challenge: 'claim_mismatch', error: 'insufficient_scope', description: 'token claims do not match this route' },
+  // RFC 9470 §3: a step-up challenge, 401 with the max_age / acr_values the rule requires, so the
+  // client fetches a fresher or stronger token.
+  token_too_old: { status: 401, challenge: 'insufficient_user_authentication', error: 'insufficient_user_authentication', description: 'a more recent authentication is required' },
+  acr_insufficient: { status: 401, challenge: 'insufficient_user_authentication', error: 'insufficient_user_authentication', description: 'a stronger authentication is required' },
+  // The rule's max_uses are spent: the token no longer works here, as an expired one would not.
+  token_reused: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token has no uses left on this route' },
   // RFC 8705 §3: a certificate-bound token on a connection without that certificate is refused
   // with 401 and invalid_token.
   mtls_key_mismatch: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token is bound to another client certificate' },
@@ -64,9 +74,22 @@ export function toChallenge(denial: Denial, realm: string): string | undefined {
       return `Bearer realm=${quote(realm)}`
     case 'insufficient_scope':
       return `Bearer realm=${quote(realm)}, error="insufficient_scope", error_description=${quote(description)}, scope=${quote((denial.requiredScopes ?? []).join(' '))}`
+    case 'claim_mismatch':
+      return `Bearer realm=${quote(realm)}, error="insufficient_scope", error_description=${quote(description)}`
+    case 'insufficient_user_authentication':
+      return stepUpChallenge(denial, description, realm)
     default:
       return `Bearer realm=${quote(realm)}, error="${row.challenge}", error_description=${quote(description)}`
   }
+}
+
+/** RFC 9470 §3: the rule's freshness and strength requirements, both when it has both. */
+function stepUpChallenge(denial: Denial, description: string, realm: string): string {
+  const binding = denial.rule?.binding
+  let challenge = `Bearer realm=${quote(realm)}, error="insufficient_user_authentication", error_description=${quote(description)}`
+  if (binding?.maxTokenAgeS !== undefined) challenge += `, max_age=${quote(String(binding.maxTokenAgeS))}`
+  if (binding?.acrValues !== undefined) challenge += `, acr_values=${quote(binding.acrValues.join(' '))}`
+  return challenge
 }
 
 const RETRY = { 'retry-after': String(RETRY_AFTER_S) }

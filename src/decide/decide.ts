@@ -4,7 +4,9 @@
 //   const outcome = await decide({ method, url, authorization, rawHeaders }, deps)   // an Outcome, or a promise of one
 //   outcome.decision.allow ? forward(outcome.target) : answer(outcome.decision)
 import { performance } from 'node:perf_hooks'
+import { boundFields, captureValues, checkBinding } from '../authorize/binding.js'
 import type { RouteMatcher } from '../authorize/routes.js'
+import { nowS } from '../core/clock.js'
 import { checkScopes } from '../authorize/scopes.js'
 import { checkCertBinding, type ClientCert } from '../bind/mtls.js'
 import { peerAllowed } from '../bind/peers.js'
@@ -13,7 +15,7 @@ import { extractOverrides } from '../extract/method-override.js'
 import { normalizeTarget } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Binding, Clock, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef } from '../core/types.js'
+import type { Binding, Clock, Decision, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef, UseCounter } from '../core/types.js'
 
 export interface DecisionInput {
   readonly method: string
@@ -41,6 +43,10 @@ export interface DecideDeps {
   readonly allowQueryToken: boolean
   readonly maxTokenBytes: number
   readonly clock: Clock
+  /** Counts the uses of rules with `max_uses`; shares the revocation set's store. */
+  readonly uses: UseCounter
+  /** A use count lives until the token's `exp` plus this. */
+  readonly clockSkewS: number
 }
 
 const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
@@ -123,8 +129,8 @@ async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean 
   }
 }
 
-function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome {
-  const { rule, target, forwarded } = c
+function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
+  const { rule, target, forwarded, deps } = c
   if (revoked === true) return { decision: deny({ reason: 'revoked', rule, identity }), target, revocationMs }
   const binding = checkCertBinding(identity.claims, c.input.clientCert)
   if (binding === 'mtls_key_mismatch') return { decision: deny({ reason: binding, rule, identity }), target, revocationMs }
@@ -135,11 +141,73 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
   if (!peerAllowed(rule.peers, c.input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule, identity }), target, revocationMs }
   const short = checkScopes(identity.scopes, rule.scopes)
   if (short) return { decision: { ...short, rule, identity }, target, revocationMs }
-  if (revoked === 'unknown') {
-    if (rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
-    return { decision: { allow: true, rule, identity, failedOpen: true, binding }, target: forwarded, revocationMs }
+  const ruleBinding = rule.binding
+  let bound: readonly string[] | undefined
+  if (ruleBinding !== undefined) {
+    const values = captureValues(ruleBinding, target.path)
+    const refused = checkBinding(ruleBinding, identity, values, nowS(deps.clock))
+    if (refused) return { decision: deny({ ...refused, rule, identity }), target, revocationMs }
+    bound = boundFields(ruleBinding, values)
   }
-  return { decision: { allow: true, rule, identity, binding }, target: forwarded, revocationMs }
+  if (revoked === 'unknown' && rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
+  if (ruleBinding === undefined) {
+    // A rule with no binding, the common case: the decision as it always was.
+    if (revoked === 'unknown') return { decision: { allow: true, rule, identity, failedOpen: true, binding }, target: forwarded, revocationMs }
+    return { decision: { allow: true, rule, identity, binding }, target: forwarded, revocationMs }
+  }
+  const allowed: Decision = revoked === 'unknown' ? { allow: true, rule, identity, failedOpen: true, binding, bound } : { allow: true, rule, identity, binding, bound }
+  // Counted last, so that only a request every other check allowed spends a use.
+  if (ruleBinding.maxUses !== undefined) return takeUses([rule], 0, allowed, revocationMs, c)
+  return { decision: allowed, target: forwarded, revocationMs }
+}
+
+const USE_COUNTER_DOWN = 'use counter is unavailable'
+
+/**
+ * Takes one use under each of `limited[from…]`, in order, then answers `allowed` carrying the
+ * last use's number. A spent rule is token_reused; a counter that cannot answer fails closed
+ * as the revocation check does, or open where the rule says so (no use is counted then).
+ */
+function takeUses(limited: readonly Rule[], from: number, allowed: Decision, revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
+  const { deps, target, forwarded } = c
+  const identity = allowed.identity!
+  for (let i = from; i < limited.length; i++) {
+    const rule = limited[i]!
+    const max = rule.binding!.maxUses!
+    // config/load.ts refuses max_uses unless jti is a required claim.
+    if (identity.jti === undefined) return { decision: deny({ reason: 'missing_claim', rule, identity }), target, revocationMs }
+    let taken: number | Promise<number> | 'unknown'
+    try {
+      taken = deps.uses.take({ scope: rule.binding!.useScope, iss: identity.iss, jti: identity.jti }, max, identity.expS + deps.clockSkewS)
+    } catch {
+      taken = 'unknown'
+    }
+    if (taken instanceof Promise) {
+      return taken.then((n) => n, (): 'unknown' => 'unknown').then((n) => {
+        const refused = refusedUse(rule, n, max, identity, target, revocationMs)
+        return refused ?? takeUses(limited, i + 1, withUse(allowed, n, rule), revocationMs, c)
+      })
+    }
+    const refused = refusedUse(rule, taken, max, identity, target, revocationMs)
+    if (refused) return refused
+    allowed = withUse(allowed, taken, rule)
+  }
+  return { decision: allowed, target: forwarded, revocationMs }
+}
+
+function refusedUse(rule: Rule, n: number | 'unknown', max: number, identity: Identity, target: Target, revocationMs: number): Outcome | undefined {
+  if (n === 'unknown') {
+    if (rule.onRevocationUnavailable === 'open') return undefined
+    return { decision: deny({ reason: 'revocation_unavailable', rule, identity, description: USE_COUNTER_DOWN }), target, revocationMs }
+  }
+  if (n > max) return { decision: deny({ reason: 'token_reused', rule, identity, use: n }), target, revocationMs }
+  return undefined
+}
+
+function withUse(allowed: Decision, n: number | 'unknown', rule: Rule): Decision {
+  if (!allowed.allow) return allowed
+  if (n === 'unknown') return { ...allowed, rule, failedOpen: true, use: undefined }
+  return { ...allowed, rule, use: n }
 }
 
 /** The first of the rules (the request's own, then the override methods') whose `peers` refuse the caller. */
@@ -152,22 +220,40 @@ function peerRefused(rule: Rule, others: ReadonlyArray<Rule | undefined> | undef
  * A request that names other methods is allowed only if each method's rule allows it; the first
  * refusal, in the order the methods came (its own first), is the answer. The allowing rule
  * reported is the first protected one, or one of them that cuts streams at expiry if any does:
- * the stricter applies.
+ * the stricter applies. Every rule with a use limit spends one use.
  */
-function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, { input, rule, others, target, forwarded }: Checked, binding: Binding | undefined): Outcome {
+function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, c: Checked, binding: Binding | undefined): Outcome | Promise<Outcome> {
+  const { input, rule, others, target, forwarded, deps } = c
   let governing: Rule | undefined
+  let bound: readonly string[] | undefined
+  let limited: Rule[] | undefined
   for (const r of [rule, ...others!]) {
     if (!r) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
     if (!peerAllowed(r.peers, input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule: r, identity }), target, revocationMs }
     if (r.public) continue
     const short = checkScopes(identity.scopes, r.scopes)
     if (short) return { decision: { ...short, rule: r, identity }, target, revocationMs }
+    if (r.binding !== undefined) {
+      const values = captureValues(r.binding, target.path)
+      const refused = checkBinding(r.binding, identity, values, nowS(deps.clock))
+      if (refused) return { decision: deny({ ...refused, rule: r, identity }), target, revocationMs }
+      bound ??= boundFields(r.binding, values)
+      if (r.binding.maxUses !== undefined) (limited ??= []).push(r)
+    }
     if (revoked === 'unknown' && r.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule: r, identity }), target, revocationMs }
     if (governing === undefined || (r.cutStreamsAtExpiry && !governing.cutStreamsAtExpiry)) governing = r
   }
-  const allowed = governing ?? rule!
-  if (revoked === 'unknown' && governing !== undefined) return { decision: { allow: true, rule: allowed, identity, failedOpen: true, binding }, target: forwarded, revocationMs }
-  return { decision: { allow: true, rule: allowed, identity, binding }, target: forwarded, revocationMs }
+  const allowedRule = governing ?? rule!
+  const allowed: Decision = revoked === 'unknown' && governing !== undefined
+    ? { allow: true, rule: allowedRule, identity, failedOpen: true, binding, bound }
+    : { allow: true, rule: allowedRule, identity, binding, bound }
+  if (limited !== undefined) {
+    // The governing rule is reported, whichever rule's use came last.
+    const counted = takeUses(limited, 0, allowed, revocationMs, c)
+    const keep = (o: Outcome): Outcome => (o.decision.allow ? { ...o, decision: { ...o.decision, rule: allowedRule } } : o)
+    return counted instanceof Promise ? counted.then(keep) : keep(counted)
+  }
+  return { decision: allowed, target: forwarded, revocationMs }
 }
 
 /** The token's TokenRef, built once per token (its memo's `tokenRef` slot) for these revocable claims. */

@@ -241,13 +241,13 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     }
     this.watch(d, 'stream', d.rule.cutStreamsAtExpiry)
     this.ctx.recorder.inject(this.trace, this.req.headers)
-    this.forwarding = this.ctx.forwarder!.web(this.req, this.res!, outcome.target!, d.identity, this, this.clientCert?.peer)
+    this.forwarding = this.ctx.forwarder!.web(this.req, this.res!, outcome.target!, d.identity, this, this.clientCert?.peer, d.bound)
   }
 
   private tunnel(d: Allowed, target: Target, head: Buffer): void {
     this.ctx.recorder.inject(this.trace, this.req.headers)
     // A throw here is before anything went upstream (headers are built, and checked by Node, first).
-    this.upgrading = this.ctx.forwarder!.ws(this.req, this.socket, head, target, d.identity, this, this.clientCert?.peer)
+    this.upgrading = this.ctx.forwarder!.ws(this.req, this.socket, head, target, d.identity, this, this.clientCert?.peer, d.bound)
     this.watch(d, 'websocket', true)
   }
 

@@ -68,6 +68,8 @@ export interface HeaderOptions {
   readonly forwardAuthorization: boolean
   /** A WebSocket upgrade keeps `Connection: upgrade` and `Upgrade`. */
   readonly upgrade: boolean
+  /** The X-Auth-Bound-* fields of the deciding rule (authorize/binding.ts), name then decoded value. */
+  readonly bound?: readonly string[] | undefined
   /** The client's hop was TLS: X-Forwarded-Proto is https. */
   readonly tls?: boolean | undefined
   /** The caller's SPIFFE ID (bind/mtls.ts), sent as X-Auth-Peer. */
@@ -114,6 +116,9 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   }
   // A SPIFFE ID is letters, digits and `:/._-` only (bind/peers.ts): a valid header value as it is.
   if (opts.peer !== undefined) headers['x-auth-peer'] = opts.peer
+  // After the client's X-Auth-* copies were dropped above, in any spelling: only these reach the upstream.
+  const bound = opts.bound
+  if (bound !== undefined) for (let i = 0; i < bound.length; i += 2) headers[bound[i]!] = toHeaderValue(bound[i + 1]!)
   return headers
 }
 

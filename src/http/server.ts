@@ -12,7 +12,7 @@ import type { RouteMatcher } from '../authorize/routes.js'
 import type { Config, HostPort } from '../config/load.js'
 import type { ConnectionTracker } from '../connections/connections.js'
 import { answerOf } from '../core/answers.js'
-import type { Clock, Denial, RevocationStore } from '../core/types.js'
+import type { Clock, Denial, RevocationStore, UseCounter } from '../core/types.js'
 import { createHeadCheck } from '../extract/request-head.js'
 import type { Recorder } from '../telemetry/recorder.js'
 import type { KeyResolver } from '../verify/keys.js'
@@ -33,6 +33,8 @@ export interface Deps {
   readonly keys: KeyResolver
   readonly verify: Verifier
   readonly revocations: RevocationStore
+  /** The use counts of rules with `max_uses`: in the revocation set's store (memory or Redis). */
+  readonly uses: UseCounter
   readonly match: RouteMatcher
   /** Absent when Lapse runs as a decision service only (no LAPSE_UPSTREAM). */
   readonly forwarder: Forwarder | undefined
@@ -137,6 +139,8 @@ export function exchangeContext(deps: Deps): ExchangeContext {
       allowQueryToken: config.allowQueryToken,
       maxTokenBytes: config.maxTokenBytes,
       clock: deps.clock,
+      uses: deps.uses,
+      clockSkewS: config.clockSkewS,
     },
     checkHead: createHeadCheck({ maxHeaderFields: config.maxHeaderFields, hosts: config.hosts }),
     clientCert: clientCertSource(config),

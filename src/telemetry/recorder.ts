@@ -30,6 +30,10 @@ import * as A from './semconv.js'
 export interface DecisionMetrics {
   recordDecision(attrs: { decision: string; reason: string; route: string; httpRoute: string }, durationMs: number): void
   recordRevocationLookup(durationMs: number): void
+  /** An allow with `failedOpen`. */
+  recordFailedOpen?(attrs: { route: string; httpRoute: string }): void
+  /** A long-lived exchange cut because its token lapsed. */
+  recordCut?(reason: string, kind: string): void
 }
 
 export interface RecorderOptions {
@@ -246,6 +250,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         opts.metrics.recordDecision(labels, performance.now() - t.startedPerfMs)
         const lookupMs = t.lookupMs ?? outcome.revocationMs
         if (lookupMs !== undefined) opts.metrics.recordRevocationLookup(lookupMs)
+        if (d.allow && d.failedOpen) opts.metrics.recordFailedOpen?.(labels)
       }
     },
 
@@ -267,6 +272,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       // span and in an audit line that sampling never drops.
       const note = end.note
       const cut = note?.cut
+      if (cut !== undefined) opts.metrics?.recordCut?.(String(cut), String(note?.connection))
       if (cut !== undefined && span.isRecording()) {
         span.setAttribute(A.ATTR_CONNECTION_CUT, String(cut))
         span.setAttribute(A.ATTR_CONNECTION_KIND, String(note?.connection))
@@ -296,6 +302,9 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         jti: id?.jti,
         iat: id?.iatS,
         exp: id?.expS,
+        // Under a rule with max_uses: which use this was (the refused one for token_reused).
+        use: d?.use,
+        max_uses: d?.rule?.binding?.maxUses,
         remote: end.remoteAddress,
         latency_ms: Math.round((performance.now() - t.startedPerfMs) * 1000) / 1000,
         ...end.note,
