@@ -35,10 +35,19 @@ const refuse = (description: string): Denial => ({ allow: false, reason: 'invali
 // them, as the shipped snippet does.
 const PATH_OVERRIDES = ['x-original-url', 'x-rewrite-url', 'x-forwarded-prefix']
 const PATH_OVERRIDE: Denial = Object.freeze(refuse('X-Original-URL, X-Rewrite-URL and X-Forwarded-Prefix are refused: the upstream would serve another path'))
+// Proxy mode drops every client header whose name folds to an X-Auth-* name (X.Auth.Subject, which
+// CGI-style upstreams read as X-Auth-Subject). A front proxy replaces only the five it copies from
+// the answer, under their exact names, so any other spelling, or an X-Auth-* name Lapse does not
+// answer with, would reach the upstream as if Lapse had said it: refused.
+const ANSWERED = ['x-auth-subject', 'x-auth-client-id', 'x-auth-token-id', 'x-auth-scopes', 'x-auth-expires-at']
+const IDENTITY_SPOOF: Denial = Object.freeze(refuse('X-Auth-* headers come only from Lapse'))
+
+/** A field name as the most lenient upstream reads it: lower-case, every non-alphanumeric a `-` (as http/headers.ts folds). */
+const fold = (name: string) => name.toLowerCase().replace(/[^a-z0-9]/g, '-')
 
 /**
  * The values of the named fields in one pass (names compared case-insensitively); a name given
- * twice, or a path override, is refused.
+ * twice, a path override or an identity header the front proxy would not replace, is refused.
  */
 function fieldsOf(raw: readonly string[], names: readonly string[], lower: readonly string[]): Array<string | undefined> | Denial {
   const values: Array<string | undefined> = new Array(names.length).fill(undefined)
@@ -47,9 +56,11 @@ function fieldsOf(raw: readonly string[], names: readonly string[], lower: reado
     // Every name read here starts with "x-": most fields are passed over on their first letter.
     const c = name.charCodeAt(0)
     if (c !== 0x78 && c !== 0x58) continue
-    const folded = name.toLowerCase()
+    const lowered = name.toLowerCase()
+    const folded = fold(lowered)
     if (PATH_OVERRIDES.includes(folded)) return PATH_OVERRIDE
-    const at = lower.indexOf(folded)
+    if (folded.startsWith('x-auth-') && !ANSWERED.includes(lowered)) return IDENTITY_SPOOF
+    const at = lower.indexOf(lowered)
     if (at === -1) continue
     // Two values would be two requests to decide on: the front proxy and Lapse could each read another.
     if (values[at] !== undefined) return refuse(`more than one ${names[at]}`)

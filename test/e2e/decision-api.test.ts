@@ -256,3 +256,28 @@ t.test('the shipped Envoy, Istio and Traefik snippets name the paths, header and
     if (doc.spec.forwardAuth) t.match(doc.spec.forwardAuth.address, /\/v1\/decide\/forward$/)
   }
 })
+
+t.test('identity and path-override headers the front proxy would pass on, in any spelling, are refused: only Lapse speaks for the caller', async (t) => {
+  const lapse = await start(t)
+  const token = await mint()
+  const spoofs: Array<[string, string]> = [
+    ['X.Auth.Subject', 'root'], ['x_auth_scopes', 'admin'], ['X-Auth-Peer', 'spiffe://evil/x'], ['X-Auth-Binding', 'mtls'],
+    ['X-Auth-Bound-Tenant', 'acme'], ['X.Original.URL', '/admin/secret'], ['x_rewrite_url', '/admin/secret'],
+  ]
+  for (const spoof of spoofs) {
+    for (const [protocol, path, headers] of [
+      ['nginx', '/v1/decide/nginx', nginxHeaders('GET', '/orders/1')],
+      ['forward', '/v1/decide/forward', forwardHeaders('GET', '/orders/1')],
+      ['envoy', '/v1/decide/envoy/orders/1', [secret]],
+    ] as const) {
+      const { res, audit } = await ask(lapse, path, [...headers, bearer(token), spoof])
+      t.equal(res.status, 400, `${spoof[0]} (${protocol}): 400`)
+      t.match(audit, { decision: 'deny', reason: 'invalid_request' }, `${spoof[0]} (${protocol}): audited`)
+    }
+  }
+  // The five names the answer always carries are replaced by the front proxy, so the exact ones pass.
+  const { res } = await ask(lapse, '/v1/decide/envoy/orders/1', [secret, bearer(token), ['x-auth-subject', 'mallory']])
+  t.equal(res.status, 200)
+  t.equal(res.headers['x-auth-subject'], 'ci-deployer')
+  t.equal(lapse.upstream.calls, 0)
+})
