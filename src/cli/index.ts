@@ -10,7 +10,6 @@ import { DEV_AUDIENCE, DEV_ISSUER, loadDevKey, mintToken } from './dev-key.js'
 import { randomBytes } from 'node:crypto'
 
 const VERSION = '0.1.0'
-const SHUTDOWN_GRACE_MS = 10_000
 
 const HELP = `lapse — verify every request's short-lived token at the moment of use
 
@@ -82,24 +81,41 @@ async function start(env: Env): Promise<Running> {
   }
 }
 
-/** SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded), flush the audit log. */
+/**
+ * SIGTERM/SIGINT, as Kubernetes expects: /readyz answers 503 at once and requests are still served
+ * for LAPSE_DRAIN_DELAY (endpoints take that long to stop sending traffic), answers saying
+ * `Connection: close`; then Lapse stops accepting, in-flight requests get LAPSE_SHUTDOWN_TIMEOUT,
+ * WebSockets a close 1001, and it exits 0 once the audit log is flushed. A second signal exits at once.
+ * SIGHUP reloads the configuration.
+ */
 function closeOnSignal(running: Running, extra: () => void = () => undefined): void {
   let closing = false
   const stop = (signal: string) => {
-    if (closing) return
+    if (closing) {
+      running.deps.log.warn({ signal }, 'second signal: exiting at once')
+      return running.deps.log.flush(() => process.exit(1))
+    }
     closing = true
-    running.deps.log.info({ signal }, 'shutting down')
-    const force = setTimeout(() => process.exit(0), SHUTDOWN_GRACE_MS + 1000)
+    const { drainDelayS, shutdownTimeoutS } = running.config
+    running.deps.log.info({ signal, drain_delay_s: drainDelayS, shutdown_timeout_s: shutdownTimeoutS }, 'draining: /readyz answers 503')
+    running.drain()
+    const force = setTimeout(() => process.exit(0), (drainDelayS + shutdownTimeoutS) * 1000 + 1000)
     force.unref()
-    running.close(SHUTDOWN_GRACE_MS).finally(() => {
-      extra()
-      // Exit once the audit log is on disk: an exporter still retrying a dead collector, or a
-      // Redis reconnect timer, must not hold a terminated sidecar for seconds.
-      running.deps.log.flush(() => process.exit(0))
-    })
+    setTimeout(() => {
+      running.deps.log.info({ signal }, 'shutting down: no new connections')
+      running.close(shutdownTimeoutS * 1000).finally(() => {
+        extra()
+        // Exit once the audit log is on disk: an exporter still retrying a dead collector, or a
+        // Redis reconnect timer, must not hold a terminated sidecar for seconds.
+        running.deps.log.flush(() => process.exit(0))
+      })
+    }, drainDelayS * 1000)
   }
-  process.once('SIGTERM', () => stop('SIGTERM'))
-  process.once('SIGINT', () => stop('SIGINT'))
+  process.on('SIGTERM', () => stop('SIGTERM'))
+  process.on('SIGINT', () => stop('SIGINT'))
+  process.on('SIGHUP', () => {
+    if (!closing) void running.reload('SIGHUP')
+  })
 }
 
 async function runProxy(env: Env): Promise<void> {
@@ -132,6 +148,8 @@ async function runDemo(args: string[], env: Env): Promise<void> {
     LAPSE_ISSUER: DEV_ISSUER,
     LAPSE_AUDIENCE: DEV_AUDIENCE,
     LAPSE_JWKS_FILE: dev.jwksPath,
+    // A laptop has no endpoints to leave: Ctrl-C stops at once.
+    LAPSE_DRAIN_DELAY: '0',
     LAPSE_ROUTES: JSON.stringify([
       { path: '/healthz', public: true },
       { path: '/**', methods: ['GET', 'HEAD'], scopes: ['demo:read'] },

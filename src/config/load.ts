@@ -125,7 +125,7 @@ const configSchema = settingsSchema.transform((s) => {
     revocationTimeoutMs: s.revocation_timeout,
     startupWaitMs: s.startup_wait,
     routes: parseRoutes(s.routes),
-    admin: { listen: s.admin_listen, token: readAdminToken(s), tokenName: s.admin_token_name },
+    admin: { listen: s.admin_listen, token: readAdminToken(s), tokenFile: s.admin_token_file, tokenName: s.admin_token_name },
     upstreamTimeoutMs: s.upstream_timeout,
     upstreamMaxConnections: s.upstream_max_connections,
     clientHeaderTimeoutMs: s.client_header_timeout,
@@ -141,6 +141,8 @@ const configSchema = settingsSchema.transform((s) => {
     streamRecheckIntervalS: s.stream_recheck_interval,
     log: { level: s.log_level, allows: s.log_allows, allowsSampleRate: s.log_allows_sample_rate },
     realm: s.realm,
+    drainDelayS: s.drain_delay,
+    shutdownTimeoutS: s.shutdown_timeout,
   }
 })
 

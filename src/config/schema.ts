@@ -123,6 +123,8 @@ export const settingsSchema = z.strictObject({
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('level of operational lines'),
   log_allows: z.enum(['all', 'sampled', 'none']).default('all').describe('audit lines for allowed requests'),
   log_allows_sample_rate: z.coerce.number().min(0).max(1).default(0.01).describe('share of allows logged when log_allows is sampled'),
+  drain_delay: int(0, 3600).default(5).describe('seconds Lapse keeps serving after SIGTERM, /readyz answering 503, before it stops accepting'),
+  shutdown_timeout: int(0, 3600).default(20).describe('seconds in-flight requests get to finish once Lapse stops accepting, then the rest are cut'),
   realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]+$/).default('lapse').describe('realm of WWW-Authenticate challenges'),
 })
 

@@ -45,6 +45,11 @@ export const METRIC_REVOCATION_BACKEND_UP = 'lapse.revocation.backend.up'
 export const METRIC_REVOCATION_PERSISTENT = 'lapse.revocation.persistent'
 export const METRIC_TOKEN_CACHE_SIZE = 'lapse.token_cache.size'
 export const METRIC_SPANS_UNRECORDED = 'lapse.telemetry.spans.unrecorded'
+export const METRIC_CONFIG_RELOADS = 'lapse.config.reloads'
+// The unit is in the name, as Prometheus writes timestamps (`…_timestamp_seconds`).
+export const METRIC_CONFIG_LAST_RELOAD_SUCCESS = 'lapse.config.last_reload_success_timestamp_seconds'
+/** Of lapse.config.reloads: `ok` or `error`. Bare, as Prometheus users read it: `{result="error"}`. */
+export const ATTR_RELOAD_RESULT = 'result'
 
 /** Why a WebSocket or streamed response was closed by Lapse: `expired` or `revoked`. */
 export const ATTR_CONNECTION_CUT = 'lapse.connection.cut'
