@@ -48,8 +48,9 @@ export interface App {
    */
   swap(deps: Deps): void
   /**
-   * The drain before a shutdown: every answer from now on carries `Connection: close`, and idle
-   * kept-alive connections are closed, so clients reconnect elsewhere instead of meeting a reset.
+   * The drain before a shutdown: every answer from now on carries `Connection: close`, and
+   * kept-alive connections idle a second later are closed, so clients reconnect elsewhere instead
+   * of meeting a reset when the process exits.
    */
   drain(): void
 }
@@ -115,10 +116,16 @@ export function createApp(deps: Deps): App {
     },
     drain: () => {
       draining = true
-      server.closeIdleConnections()
+      // Not at once: a busy client's connection is idle only between its requests, and closing it
+      // then would reset the request it is already sending. Busy clients get `Connection: close`
+      // on their next answer; a connection still idle after DRAIN_IDLE_MS is a quiet client's.
+      setTimeout(() => server.closeIdleConnections(), DRAIN_IDLE_MS).unref()
     },
   }
 }
+
+/** How long into a drain idle kept-alive connections are closed (see drain). */
+const DRAIN_IDLE_MS = 1000
 
 function serverOptions(config: Config) {
   return {
