@@ -164,7 +164,9 @@ export function createReloader(env: Env, state: ReloadState, opts: { quietMs?: n
       jwksDigest = digest
       lastSuccessS = shared.clock.now() / 1000
       reloads?.add(1, { [A.ATTR_RELOAD_RESULT]: 'ok' })
-      log.info({ trigger, changed, restart_needed: restart }, changed.length ? 'configuration reloaded' : 'configuration reloaded: nothing changed')
+      // Written whatever LAPSE_LOG_LEVEL now says (as audit lines are): a reload is a change of policy.
+      const record = log.levelVal > 30 && log.level !== 'silent' ? log.child({}, { level: 'info' }) : log
+      record.info({ trigger, changed, restart_needed: restart }, changed.length ? 'configuration reloaded' : 'configuration reloaded: nothing changed')
       watchCurrent()
       return 'ok'
     } catch (err) {

@@ -128,7 +128,7 @@ t.test('SIGHUP: an invalid configuration changes nothing; a setting that needs a
 
   // SIGHUP (the file watch has fired already for the write above, so wait for its error first).
   const otherPort = await freePort()
-  writeFileSync(file, yamlOf({ routes: [{ path: '/b/**', scopes: ['orders:read'] }], listen: `127.0.0.1:${otherPort}`, upstream_timeout: 1234 }))
+  writeFileSync(file, yamlOf({ routes: [{ path: '/b/**', scopes: ['orders:read'] }], listen: `127.0.0.1:${otherPort}`, upstream_timeout: 1234, log_level: 'warn', log_allows: 'none' }))
   lapse.signal('SIGHUP')
   await waitFor(() => reloadsIn(lapse) >= 1, 'the reload', 10_000)
   t.equal((await send(`${lapse.url}/b/1`, { headers: [bearer(token)] })).status, 200, 'the new rules decide')
@@ -138,6 +138,21 @@ t.test('SIGHUP: an invalid configuration changes nothing; a setting that needs a
   t.ok(warned.includes('LAPSE_UPSTREAM_TIMEOUT'), 'LAPSE_UPSTREAM_TIMEOUT too')
   await t.rejects(send(`http://127.0.0.1:${otherPort}/b/1`), { code: 'ECONNREFUSED' }, 'the new listen address is not taken')
   t.match((await send(`${lapse.adminUrl}/metrics`)).body, /lapse_config_reloads_total\{result="ok"[^}]*\} [12]\n/)
+
+  // Log settings change live: allows are no longer audited, operational info lines stop.
+  const allowLines = () => lapse.output().split('\n').filter((l) => l.includes('"decision":"allow"')).length
+  await new Promise((r) => setTimeout(r, 1500)) // pino flushes at least every second
+  const allowsBefore = allowLines()
+  t.ok(allowsBefore >= 2, 'allows were audited before')
+  t.equal((await send(`${lapse.url}/b/2`, { headers: [bearer(token)] })).status, 200)
+  const denied2 = await send(`${lapse.url}/a/2`, { headers: [bearer(token)] })
+  t.equal(denied2.status, 403)
+  await waitFor(() => lapse.output().includes('"path":"/a/2"'), 'the denial audit line', 5000)
+  await new Promise((r) => setTimeout(r, 1200))
+  t.equal(allowLines(), allowsBefore, 'LAPSE_LOG_ALLOWS=none applied: the allow is not audited')
+  // SIGHUP and the file watch both reloaded: the first names the changes, the second finds none.
+  const reloadLines = lapse.output().split('\n').filter((l) => l.includes('"msg":"configuration reloaded')).map((l) => JSON.parse(l) as { changed: string[] })
+  t.ok(reloadLines.some((l) => l.changed.includes('LAPSE_LOG_LEVEL') && l.changed.includes('LAPSE_LOG_ALLOWS')), 'the reload line names the log settings, written although the level is now warn')
 })
 
 t.test('50 reloads alternating two policies under a request loop: no failed request, every answer from one policy', async (t) => {
