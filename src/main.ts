@@ -48,6 +48,19 @@ export interface StartOptions {
    * when absent and shuts them down on close; buildDeps alone falls back to the OTel API globals.
    */
   readonly telemetry?: Telemetry
+  /**
+   * Aborted by a SIGTERM/SIGINT that comes before Lapse listens (the CLI's): the start-up wait ends,
+   * what was opened is closed and startProxy rejects with StartCancelled. Its reason is logged.
+   */
+  readonly signal?: AbortSignal
+}
+
+/** A start stopped by `StartOptions.signal` before listening: everything opened is closed again. */
+export class StartCancelled extends Error {
+  constructor() {
+    super('stopped before listening')
+    this.name = 'StartCancelled'
+  }
 }
 
 export function createLogger(level: string): Logger {
@@ -80,7 +93,7 @@ export async function buildLiveDeps(config: Config, opts: StartOptions = {}): Pr
   const tracer = telemetry.tracerProvider.getTracer('lapse')
   const policy = await buildPolicy(config, { clock, log, tracer })
   const revocations = await createRevocationStore(config, clock, log)
-  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization })
+  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
   // Read through `shared.current`, so that after a reload they observe the keys and verifier in force.
   let shared: Shared
   // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
@@ -112,9 +125,18 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     throw err
   }
   const { shared } = built
-  await untilAnswering(built.deps, config.startupWaitMs)
+  const deps = built.deps
+  await untilAnswering(deps, config.startupWaitMs, opts.signal)
+  if (opts.signal?.aborted) {
+    // A stop during the start is not an outage, nor an instance listening before it is ready.
+    deps.log.info({ signal: String(opts.signal.reason) }, 'shutting down before listening')
+    await ownTelemetry?.shutdown()
+    await closeDeps(deps)
+    await new Promise<void>((resolve) => deps.log.flush(() => resolve()))
+    throw new StartCancelled()
+  }
   let draining = false
-  const app = createSidecar(built.deps, { current: () => shared.current, draining: () => draining })
+  const app = createSidecar(deps, { current: () => shared.current, draining: () => draining })
   let addresses: Running['addresses']
   try {
     addresses = await app.listen()
@@ -153,11 +175,11 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
  * avoids. After the wait Lapse listens anyway and answers 503 until the set is back (fail closed),
  * so an orchestrator sees an instance that is up but not ready rather than one that never starts.
  */
-async function untilAnswering(deps: Deps, waitMs: number): Promise<void> {
+async function untilAnswering(deps: Deps, waitMs: number, signal?: AbortSignal): Promise<void> {
   const answering = () => deps.keys.ready() && deps.revocations.ready()
   const deadline = performance.now() + waitMs
-  while (!answering() && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
-  if (!answering()) {
+  while (!answering() && !signal?.aborted && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+  if (!answering() && !signal?.aborted) {
     deps.log.warn({ waited_ms: waitMs, keys: deps.keys.ready() ? 'loaded' : 'unavailable', revocation_set: deps.revocations.ready() ? deps.revocations.kind : 'unreachable' },
       'listening before the keys and the revocation set are ready (LAPSE_STARTUP_WAIT): requests get 503 until they are')
   }

@@ -84,6 +84,13 @@ const RESTART: ReadonlyArray<readonly [string, (c: Config) => unknown, (next: Mu
   ['LAPSE_MAX_HEADER_BYTES', (c) => c.maxHeaderBytes, (n, o) => { n.maxHeaderBytes = o.maxHeaderBytes }],
   ['LAPSE_MAX_HEADER_FIELDS', (c) => c.maxHeaderFields, (n, o) => { n.maxHeaderFields = o.maxHeaderFields }],
   ['LAPSE_STREAM_RECHECK_INTERVAL', (c) => c.streamRecheckIntervalS, (n, o) => { n.streamRecheckIntervalS = o.streamRecheckIntervalS }],
+  // The listener's TLS is set up at start; the files' contents rotate live through http/tls.ts's own watch.
+  ['LAPSE_TLS_CERT_FILE', (c) => c.tls?.certFile, (n, o) => { n.tls = o.tls }],
+  ['LAPSE_TLS_KEY_FILE', (c) => c.tls?.keyFile, (n, o) => { n.tls = o.tls }],
+  ['LAPSE_TLS_CLIENT_CA_FILE', (c) => c.tls?.clientCaFile, (n, o) => { n.tls = o.tls }],
+  ['LAPSE_TLS_CLIENT_AUTH', (c) => c.tls?.clientAuth, (n, o) => { n.tls = o.tls }],
+  // The forwarder, built once, is told whether the header is trusted.
+  ['LAPSE_CLIENT_CERT_HEADER', (c) => c.clientCertHeader, (n, o) => { n.clientCertHeader = o.clientCertHeader }],
 ]
 
 /** The environment names of the settings a reload applies, and of those that need a restart. */

@@ -5,6 +5,7 @@
 //   const parsed = settingsSchema.safeParse(raw)   // raw: { upstream: 'http://…', … }
 import { isIPv6 } from 'node:net'
 import { z } from 'zod'
+import { peerPatternProblem } from '../bind/peers.js'
 import { parseRedisUrl } from '../revocation/redis-url.js'
 
 const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
@@ -64,6 +65,10 @@ export const routeSchema = z.strictObject({
   public: z.boolean().default(false),
   on_revocation_unavailable: z.enum(['closed', 'open']).default('closed'),
   cut_streams_at_expiry: z.boolean().default(true),
+  peers: z.array(z.string().superRefine((p, ctx) => {
+    const problem = peerPatternProblem(p)
+    if (problem) ctx.addIssue({ code: 'custom', message: problem })
+  })).min(1).optional(),
 })
 export type RouteSetting = z.infer<typeof routeSchema>
 
@@ -123,6 +128,12 @@ export const settingsSchema = z.strictObject({
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('level of operational lines'),
   log_allows: z.enum(['all', 'sampled', 'none']).default('all').describe('audit lines for allowed requests'),
   log_allows_sample_rate: z.coerce.number().min(0).max(1).default(0.01).describe('share of allows logged when log_allows is sampled'),
+  tls_cert_file: z.string().min(1).optional().describe('PEM certificate (with its chain) Lapse serves HTTPS with; needs tls_key_file; re-read when it changes'),
+  tls_key_file: z.string().min(1).optional().describe('PEM private key of tls_cert_file; re-read when it changes'),
+  tls_client_ca_file: z.string().min(1).optional().describe('PEM CA certificates client certificates are verified against; set, Lapse asks clients for a certificate; re-read when it changes'),
+  tls_client_auth: z.enum(['request', 'require']).optional().describe('request: a client certificate is optional; require: the handshake fails without a valid one; default request'),
+  client_cert_header: z.string().transform((s) => s.trim().toLowerCase()).pipe(z.literal('x-forwarded-client-cert', 'the only header format read is Envoy\'s x-forwarded-client-cert'))
+    .optional().describe('read the client certificate from the mesh\'s x-forwarded-client-cert header (trusted); unset, that header is removed'),
   drain_delay: int(0, 3600).default(5).describe('seconds Lapse keeps serving after SIGTERM, /readyz answering 503, before it stops accepting'),
   shutdown_timeout: int(0, 3600).default(20).describe('seconds in-flight requests get to finish once Lapse stops accepting, then the rest are cut'),
   realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]+$/).default('lapse').describe('realm of WWW-Authenticate challenges'),

@@ -43,6 +43,12 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   // RFC 6750's terms (§3.1 "otherwise malformed"), so its challenge is invalid_request's; the
   // status says what is wrong with it.
   too_many_header_fields: { status: 431, challenge: 'invalid_request', error: 'invalid_request', description: 'too many header fields' },
+  // RFC 8705 §3: a certificate-bound token on a connection without that certificate is refused
+  // with 401 and invalid_token.
+  mtls_key_mismatch: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token is bound to another client certificate' },
+  // RFC 9110 §15.5.4: the calling workload (its SPIFFE ID) may not use this route; another token
+  // would not change that, so no challenge, as for no_route.
+  peer_not_allowed: { status: 403, challenge: 'none', error: 'forbidden', description: 'this workload may not call this route' },
 }
 
 /** Quotes a value for an auth-param; our descriptions and scope names never contain `"` or `\`, but be safe. */

@@ -10,6 +10,7 @@ export type DenyReason =
   | 'bad_signature' | 'expired' | 'not_yet_valid' | 'wrong_issuer' | 'wrong_audience'
   | 'missing_claim' | 'lifetime_exceeds_policy' | 'revoked' | 'insufficient_scope'
   | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
+  | 'mtls_key_mismatch' | 'peer_not_allowed'
 
 export type Reason = DenyReason | 'ok'
 
@@ -57,10 +58,18 @@ export interface Rule {
   readonly onRevocationUnavailable: 'closed' | 'open'
   /** Whether a streamed response is cut when its token lapses; WebSockets always are. */
   readonly cutStreamsAtExpiry: boolean
+  /** SPIFFE ID patterns of the workloads that may call (bind/peers.ts); undefined lets any caller. */
+  readonly peers?: readonly string[] | undefined
+}
+
+/** The key a sender-constrained token was bound to, and checked against on this request. */
+export interface Binding {
+  readonly kind: 'dpop' | 'mtls'
+  readonly thumbprint: string
 }
 
 export type Decision =
-  | { readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true }
+  | { readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true; readonly binding?: Binding | undefined }
   | {
       readonly allow: false
       readonly reason: DenyReason
@@ -163,6 +172,12 @@ export interface RevocationStore {
   get(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
   /** Removes the entry and resolves it, in one atomic step; undefined when there was none. */
   lift(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
+  /**
+   * One page of the active entries that match the query. Following `next` until it is undefined
+   * yields every entry present throughout the walk at least once; one written or removed meanwhile
+   * may or may not appear. Rejects with InvalidCursorError, or RevocationUnavailableError.
+   */
+  list(query: RevocationQuery): Promise<RevocationPage>
   /** Revocations and lifts from any sidecar sharing the set, as they happen. Returns an unsubscribe. */
   subscribe(listener: (event: RevocationEvent) => void): () => void
   /** Whether the set can answer right now (for `/readyz`). */
@@ -171,3 +186,29 @@ export interface RevocationStore {
   readonly kind: string
   close(): Promise<void>
 }
+
+/** What `RevocationStore.list` is asked: filters on the entry's own fields, and where to resume. */
+export interface RevocationQuery {
+  /** Only entries of this claim. */
+  readonly claim?: string | undefined
+  /** Only entries bound to this issuer (an any-issuer entry has none, so it is not selected). */
+  readonly iss?: string | undefined
+  /** Only entries whose reason contains this text, compared case-insensitively. */
+  readonly reasonContains?: string | undefined
+  /** Where to resume: a `next` the same store answered; absent on the first page. */
+  readonly cursor?: string | undefined
+  /** The most entries one page holds. A page may hold fewer and still have a `next`. */
+  readonly limit: number
+}
+
+export interface RevocationPage {
+  readonly entries: readonly RevocationEntry[]
+  /** Opaque; undefined once the set has been walked. */
+  readonly next: string | undefined
+}
+
+/** Thrown by `list` when the cursor is not one the store made: the caller's mistake, a 400. */
+export class InvalidCursorError extends Error {
+  override readonly name = 'InvalidCursorError'
+}
+

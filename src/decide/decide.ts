@@ -6,12 +6,14 @@
 import { performance } from 'node:perf_hooks'
 import type { RouteMatcher } from '../authorize/routes.js'
 import { checkScopes } from '../authorize/scopes.js'
+import { checkCertBinding, type ClientCert } from '../bind/mtls.js'
+import { peerAllowed } from '../bind/peers.js'
 import { extractBearer } from '../extract/bearer.js'
 import { extractOverrides } from '../extract/method-override.js'
 import { normalizeTarget } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Clock, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef } from '../core/types.js'
+import type { Binding, Clock, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef } from '../core/types.js'
 
 export interface DecisionInput {
   readonly method: string
@@ -20,6 +22,11 @@ export interface DecisionInput {
   readonly authorization: readonly string[] | undefined
   /** The header list as sent, name then value (`req.rawHeaders`): method overrides are read from it. */
   readonly rawHeaders: readonly string[]
+  /**
+   * The client certificate of the connection (TLS) or of the mesh's XFCC header, with its
+   * thumbprint and SPIFFE ID; undefined when there is none.
+   */
+  readonly clientCert?: ClientCert | undefined
   /** Makes the key fetch and revocation lookup child spans of the decision; optional. */
   readonly steps?: StepTracer | undefined
 }
@@ -55,6 +62,8 @@ export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promis
   // A query that held only access_token is forwarded without one, not as a bare `?`.
   const forwarded = extracted.query === target.query ? target : { ...target, query: extracted.query, hasQuery: extracted.query !== '' }
   if (rule?.public && (others === undefined || others.every((r) => r?.public))) {
+    const refused = peerRefused(rule, others, input.clientCert)
+    if (refused) return { decision: deny({ reason: 'peer_not_allowed', rule: refused }), target, revocationMs: undefined }
     return { decision: { allow: true, rule, identity: undefined }, target: forwarded, revocationMs: undefined }
   }
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
@@ -115,17 +124,26 @@ async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean 
 function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome {
   const { rule, target, forwarded } = c
   if (revoked === true) return { decision: deny({ reason: 'revoked', rule, identity }), target, revocationMs }
-  if (c.others !== undefined) return concludeEach(identity, revoked, revocationMs, c)
+  const binding = checkCertBinding(identity.claims, c.input.clientCert)
+  if (binding === 'mtls_key_mismatch') return { decision: deny({ reason: binding, rule, identity }), target, revocationMs }
+  if (c.others !== undefined) return concludeEach(identity, revoked, revocationMs, c, binding)
 
   // Authorization comes after the token checks so an anonymous caller cannot map the route table.
   if (!rule) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
+  if (!peerAllowed(rule.peers, c.input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule, identity }), target, revocationMs }
   const short = checkScopes(identity.scopes, rule.scopes)
   if (short) return { decision: { ...short, rule, identity }, target, revocationMs }
   if (revoked === 'unknown') {
     if (rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
-    return { decision: { allow: true, rule, identity, failedOpen: true }, target: forwarded, revocationMs }
+    return { decision: { allow: true, rule, identity, failedOpen: true, binding }, target: forwarded, revocationMs }
   }
-  return { decision: { allow: true, rule, identity }, target: forwarded, revocationMs }
+  return { decision: { allow: true, rule, identity, binding }, target: forwarded, revocationMs }
+}
+
+/** The first of the rules (the request's own, then the override methods') whose `peers` refuse the caller. */
+function peerRefused(rule: Rule, others: ReadonlyArray<Rule | undefined> | undefined, cert: ClientCert | undefined): Rule | undefined {
+  if (!peerAllowed(rule.peers, cert?.peer)) return rule
+  return others?.find((r) => r !== undefined && !peerAllowed(r.peers, cert?.peer))
 }
 
 /**
@@ -134,10 +152,11 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
  * reported is the first protected one, or one of them that cuts streams at expiry if any does:
  * the stricter applies.
  */
-function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, { rule, others, target, forwarded }: Checked): Outcome {
+function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, { input, rule, others, target, forwarded }: Checked, binding: Binding | undefined): Outcome {
   let governing: Rule | undefined
   for (const r of [rule, ...others!]) {
     if (!r) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
+    if (!peerAllowed(r.peers, input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule: r, identity }), target, revocationMs }
     if (r.public) continue
     const short = checkScopes(identity.scopes, r.scopes)
     if (short) return { decision: { ...short, rule: r, identity }, target, revocationMs }
@@ -145,8 +164,8 @@ function concludeEach(identity: Identity, revoked: false | 'unknown', revocation
     if (governing === undefined || (r.cutStreamsAtExpiry && !governing.cutStreamsAtExpiry)) governing = r
   }
   const allowed = governing ?? rule!
-  if (revoked === 'unknown' && governing !== undefined) return { decision: { allow: true, rule: allowed, identity, failedOpen: true }, target: forwarded, revocationMs }
-  return { decision: { allow: true, rule: allowed, identity }, target: forwarded, revocationMs }
+  if (revoked === 'unknown' && governing !== undefined) return { decision: { allow: true, rule: allowed, identity, failedOpen: true, binding }, target: forwarded, revocationMs }
+  return { decision: { allow: true, rule: allowed, identity, binding }, target: forwarded, revocationMs }
 }
 
 /** The token's TokenRef, built once per token (its memo's `tokenRef` slot) for these revocable claims. */

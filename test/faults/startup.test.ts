@@ -1,6 +1,8 @@
 // Start-up and shutdown of `lapse proxy` as deployed (a child process of bin/lapse.js): the proxy
 // port opens only once the keys are loaded and the revocation set has answered, or after
-// LAPSE_STARTUP_WAIT, and then answers 503; a clean SIGTERM is not reported as an outage.
+// LAPSE_STARTUP_WAIT, and then answers 503; a clean SIGTERM is not reported as an outage, also
+// when it comes during that wait.
+import net from 'node:net'
 import t, { type Test } from 'tap'
 import { bearer, send, baseEnv, waitFor } from '../fixtures/app.js'
 import { startChildProxy } from '../fixtures/child-proxy.js'
@@ -92,3 +94,32 @@ t.test('a clean SIGTERM logs no "revocation set unreachable"', async (t) => {
   t.match(out, /revocation set reachable/, 'the start was logged (the log is being read)')
   t.notMatch(out, /unreachable/, 'no outage warning on shutdown')
 })
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  t.test(`${signal} during the start-up wait: exit 0, no outage warning, nothing listening`, async (t) => {
+    // A Redis that accepts and never answers: its first connection shows that Lapse is in the wait
+    // (the store connects after the keys are loaded, right before the wait).
+    const silent = net.createServer((socket) => { sockets.add(socket); socket.on('error', () => {}) })
+    const sockets = new Set<net.Socket>()
+    const redisPort = await new Promise<number>((resolve) => silent.listen(0, '127.0.0.1', () => resolve((silent.address() as net.AddressInfo).port)))
+    t.teardown(() => { for (const s of sockets) s.destroy(); silent.close() })
+    const { upstream, env } = await proxyEnv(t, redisPort, { LAPSE_STARTUP_WAIT: '30000' })
+    const lapse = await startChildProxy(t, env, { wait: false })
+    await waitFor(() => sockets.size > 0, 'Lapse connecting to its Redis', 10_000)
+    t.equal(await attempt(lapse.url, await keys.mint({ sub: 'waiting' })), 'refused', 'the proxy port is closed during the wait')
+    const stopped = performance.now()
+    const exit = await lapse.stop(signal)
+    const tookMs = performance.now() - stopped
+    t.comment(`${signal} during the wait: exit ${JSON.stringify(exit)} ${tookMs.toFixed(0)} ms later`)
+    t.same(exit, { code: 0, signal: null }, 'a clean exit, not the default signal death')
+    t.ok(tookMs < 5000, 'without waiting out LAPSE_STARTUP_WAIT')
+    const out = lapse.output()
+    t.match(out, new RegExp(`"signal":"${signal}"`), 'the shutdown is logged with its signal')
+    t.notMatch(out, /unreachable/, 'no outage warning')
+    t.notMatch(out, /LAPSE_STARTUP_WAIT/, 'no "listening before ready" warning')
+    t.notMatch(out, /lapse is listening/, 'it never listened')
+    t.equal(await attempt(lapse.url, await keys.mint({ sub: 'after' })), 'refused', 'nothing listens on the proxy port')
+    t.equal((await send(`${lapse.adminUrl}/healthz`).then(() => 'open', (e: NodeJS.ErrnoException) => e.code)), 'ECONNREFUSED', 'nor on the admin port')
+    t.equal(upstream.calls, 0)
+  })
+}

@@ -112,7 +112,7 @@ t.test('SIGTERM under a request loop: readiness off at once, served through the 
   await sleep(Math.max(0, sigtermMs + DRAIN_S * 1000 + 300 - Date.now()))
   await t.rejects(send(`${lapse.url}/orders/fast`, { headers: [['authorization', `Bearer ${token}`]] }), { code: 'ECONNREFUSED' }, 'after the drain delay, no new connection is accepted')
   const slowDone = await slow
-  const code = await lapse.exited
+  const { code } = await lapse.exited
   const exitedMs = Date.now()
 
   const errors = outcomes.filter((o) => o.error !== undefined)
@@ -140,7 +140,7 @@ t.test('a request still running at the shutdown timeout is cut, and Lapse exits 
   const sigtermMs = Date.now()
   lapse.signal('SIGTERM')
   t.match(await slow, { error: /ECONNRESET|socket hang up/ }, 'cut at the timeout, before the upstream answered')
-  t.equal(await lapse.exited, 0)
+  t.equal((await lapse.exited).code, 0)
   const tookMs = Date.now() - sigtermMs
   t.ok(tookMs >= 900 && tookMs < SLOW_MS, `exited at the shutdown timeout (${tookMs} ms)`)
 })
@@ -152,7 +152,7 @@ t.test('a second signal exits at once', async (t) => {
   await waitFor(() => lapse.output().includes('draining'), 'the drain')
   t.equal((await send(`${lapse.adminUrl}/readyz`)).status, 503)
   lapse.signal('SIGTERM')
-  const code = await lapse.exited
+  const { code } = await lapse.exited
   t.ok(Date.now() - sigtermMs < 5000, 'long before the 30 s drain delay')
   t.equal(code, 1, 'exit 1: requests may have been cut')
   t.match(lapse.output(), /second signal: exiting at once/)

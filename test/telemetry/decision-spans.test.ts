@@ -17,12 +17,15 @@ const T0_S = T0_MS / 1000
 const ROUTES = [
   { path: '/healthz', public: true },
   { path: '/orders/**', methods: ['GET'], scopes: ['orders:read'] },
+  { path: '/ci/**', scopes: ['orders:read'], peers: ['spiffe://prod.example/ns/ci/*'] },
 ]
 // DESIGN.md "Telemetry": the `lapse.reason` values, verbatim, and host_not_allowed (LAPSE_HOSTS).
 const DESIGN_REASONS = [
   'ok', 'missing_token', 'malformed', 'bad_signature', 'unknown_key', 'alg_not_allowed', 'expired', 'not_yet_valid',
   'wrong_issuer', 'wrong_audience', 'lifetime_exceeds_policy', 'missing_claim', 'revoked', 'insufficient_scope',
   'no_route', 'revocation_unavailable', 'keys_unavailable', 'invalid_request', 'host_not_allowed', 'too_many_header_fields',
+  // Issue 23 (docs/binding.md).
+  'mtls_key_mismatch', 'peer_not_allowed',
 ]
 
 const mint = async (claims: Record<string, unknown> = {}, opts: Parameters<Awaited<ReturnType<typeof testKeys>>['mint']>[1] = {}) =>
@@ -96,6 +99,8 @@ t.test('every reason on one Lapse: one lapse.authorize span each, with the desig
   await expectSpan(t, lapse, mem, 'wrong_audience', { headers: [bearer(await mint({ aud: 'billing-api' }))], status: 401 })
   await expectSpan(t, lapse, mem, 'lifetime_exceeds_policy', { headers: [bearer(await mint({ exp: T0_S + 86_400 }))], status: 401 })
   await expectSpan(t, lapse, mem, 'missing_claim', { headers: [bearer(await mint({ jti: undefined }))], status: 401 })
+  await expectSpan(t, lapse, mem, 'mtls_key_mismatch', { headers: [bearer(await mint({ cnf: { 'x5t#S256': 'bm90LXRoaXMtY2VydGlmaWNhdGU' } }))], status: 401, attrs: ORDERS_RULE })
+  await expectSpan(t, lapse, mem, 'peer_not_allowed', { path: '/ci/1', headers: [bearer(good)], status: 403, attrs: { 'lapse.route': '2', 'http.route': '/ci/**' } })
 
   // Revoked: the identity is known (the token verified), so the span says whose grant was refused.
   const revokedToken = await mint({ sub: 'contractor-7', jti: 'tok-revoked' })
