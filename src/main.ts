@@ -5,23 +5,20 @@
 //   await running.close()
 import type { Server } from 'node:http'
 import pino, { type Logger } from 'pino'
-import { createAdminServer } from './admin/server.js'
+import { createAdminServer, type Deps as AdminDeps } from './admin/server.js'
 import { createDecisionServer, type DecisionServer } from './http/decision.js'
-import { closeServer, createApp, exchangeContext, listenOn, type App, type Deps } from './http/server.js'
-import { compileRoutes } from './authorize/routes.js'
+import { closeServer, createApp, listenOn, type App, type Deps } from './http/server.js'
 import { loadConfig, type Config, type HostPort } from './config/load.js'
 import { createConnectionRegistry } from './connections/connections.js'
 import { createForwarder } from './http/forward.js'
+import { assembleDeps, buildPolicy, type Shared } from './policy.js'
+import { createReloader, type ReloadResult } from './reload.js'
 import { systemClock } from './core/clock.js'
 import { LapseError } from './core/errors.js'
 import type { Clock, RevocationStore, UseCounter } from './core/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
 import { createMemoryUseCounter } from './revocation/use-counter-memory.js'
-import { createRecorder, createStepTracer } from './telemetry/recorder.js'
 import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settings.js'
-import { normalizeType } from './verify/claims.js'
-import { createKeyResolver } from './verify/keys.js'
-import { createVerifier } from './verify/verify-token.js'
 
 /** The proxy, the decision listener and the admin listener, listened and closed together. */
 export interface Sidecar {
@@ -47,6 +44,10 @@ export interface Running {
   readonly config: Config
   readonly deps: Deps
   readonly addresses: Addresses
+  /** Reloads the configuration and the files it names (SIGHUP does this); never throws. */
+  reload(trigger?: string): Promise<ReloadResult>
+  /** The start of a shutdown: /readyz answers 503 and kept-alive connections are let go; requests are still served. */
+  drain(): void
   close(graceMs?: number): Promise<void>
 }
 
@@ -102,45 +103,34 @@ async function createUseCounter(config: Config, clock: Clock): Promise<UseCounte
 }
 
 export async function buildDeps(config: Config, opts: StartOptions = {}): Promise<Deps> {
+  return (await buildLiveDeps(config, opts)).deps
+}
+
+export async function buildLiveDeps(config: Config, opts: StartOptions = {}): Promise<{ deps: Deps; shared: Shared }> {
   const clock = opts.clock ?? systemClock
   const log = opts.log ?? createLogger(config.log.level)
   for (const warning of config.warnings) log.warn({}, warning)
-  const match = compileRoutes(config.routes)
-  if (config.routes.length === 0) log.warn({}, 'no route rules (LAPSE_ROUTES): every request is denied')
   const telemetry = opts.telemetry ?? NO_TELEMETRY
   const tracer = telemetry.tracerProvider.getTracer('lapse')
-  const keys = createKeyResolver({ ...config.keys, algorithms: config.algorithms }, { clock, log, steps: createStepTracer(tracer) })
-  try {
-    await keys.start()
-  } catch (err) {
-    throw new LapseError('ERR_KEYS_INVALID', `LAPSE_JWKS_FILE: ${(err as Error).message}`)
-  }
-  const verify = createVerifier({
-    policy: {
-      issuers: new Set(config.issuers),
-      audiences: new Set(config.audiences),
-      clockSkewS: config.clockSkewS,
-      maxLifetimeS: config.maxLifetimeS,
-      requiredClaims: config.requiredClaims,
-      tokenTypes: config.tokenTypes ? new Set(config.tokenTypes.map(normalizeType)) : undefined,
-    },
-    algorithms: config.algorithms,
-    keys,
-    clock,
-    cacheSize: config.tokenCacheSize,
-  })
+  const policy = await buildPolicy(config, { clock, log, tracer })
   const revocations = await createRevocationStore(config, clock, log)
   const uses = await createUseCounter(config, clock)
   const forwarder = config.upstream && createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
+  // Read through `shared.current`, so that after a reload they observe the keys and verifier in force.
+  let shared: Shared
   const connections = createConnectionRegistry({
-    clock, revocations, log, revocableClaims: config.revocableClaims, clockSkewS: config.clockSkewS, recheckIntervalS: config.streamRecheckIntervalS,
+    clock, revocations, log, recheckIntervalS: config.streamRecheckIntervalS,
+    get revocableClaims() { return shared.current.config.revocableClaims }, get clockSkewS() { return shared.current.config.clockSkewS },
   })
   // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
   const metrics = telemetry.meterProvider && telemetry.decisions
-    ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock, connections })
+    ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, {
+      revocations, clock, connections, get keys() { return shared.current.keys }, get verify() { return shared.current.verify },
+    })
     : undefined
-  const recorder = createRecorder({ tracer, tracing: telemetry.tracing !== false, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
-  return { config, clock, keys, verify, revocations, uses, match, forwarder, recorder, log, metricsHandler: telemetry.metricsHandler, connections }
+  shared = { clock, log, tracer, telemetry, revocations, uses, forwarder, metrics, connections, current: undefined as unknown as Deps }
+  shared.current = assembleDeps(config, shared, policy)
+  return { deps: shared.current, shared }
 }
 
 export async function startProxy(env: Readonly<Record<string, string | undefined>>, opts: StartOptions = {}): Promise<Running> {
@@ -149,13 +139,15 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
   // Telemetry problems are warnings, never a failed start (STYLE.md "Config").
   const ownTelemetry = opts.telemetry ? undefined : await startTelemetry(env, { log, clock: opts.clock ?? systemClock })
   const telemetry = opts.telemetry ?? ownTelemetry!
-  let deps: Deps
+  let built: Awaited<ReturnType<typeof buildLiveDeps>>
   try {
-    deps = await buildDeps(config, { ...opts, log, telemetry })
+    built = await buildLiveDeps(config, { ...opts, log, telemetry })
   } catch (err) {
     await ownTelemetry?.shutdown()
     throw err
   }
+  const { shared } = built
+  const deps = built.deps
   await untilAnswering(deps, config.startupWaitMs, opts.signal)
   if (opts.signal?.aborted) {
     // A stop during the start is not an outage, nor an instance listening before it is ready.
@@ -165,27 +157,36 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     await new Promise<void>((resolve) => deps.log.flush(() => resolve()))
     throw new StartCancelled()
   }
-  const app = createSidecar(deps)
+  let draining = false
+  const app = createSidecar(deps, { current: () => shared.current, draining: () => draining })
   let addresses: Running['addresses']
   try {
     addresses = await app.listen()
   } catch (err) {
     await ownTelemetry?.shutdown()
-    await closeDeps(deps)
+    await closeDeps(built.deps)
     const e = err as NodeJS.ErrnoException
     throw new LapseError('ERR_LISTEN', `cannot listen: ${e.code ?? e.message}`)
   }
-  deps.log.info({ listen: addresses.proxy, decision: addresses.decision, admin: addresses.admin, upstream: config.upstream?.origin, revocation_set: deps.revocations.kind }, 'lapse is listening')
+  const reloader = createReloader(env, { shared, app: app.app })
+  shared.log.info({ listen: addresses.proxy, decision: addresses.decision, admin: addresses.admin, upstream: config.upstream?.origin, revocation_set: shared.revocations.kind }, 'lapse is listening')
   return {
     app,
-    config,
-    deps,
+    get config() { return shared.current.config },
+    get deps() { return shared.current },
     addresses,
+    reload: (trigger = 'api') => reloader.reload(trigger),
+    drain() {
+      draining = true
+      app.app.drain()
+    },
     async close(graceMs = 0) {
+      reloader.close()
+      draining = true
       await app.close(graceMs)
       // After the last response: the decision spans have ended and are flushed (bounded in time).
       await ownTelemetry?.shutdown()
-      await closeDeps(deps)
+      await closeDeps(shared.current)
     },
   }
 }
@@ -206,11 +207,15 @@ async function untilAnswering(deps: Deps, waitMs: number, signal?: AbortSignal):
   }
 }
 
-export function createSidecar(deps: Deps): Sidecar {
+/**
+ * `live` lets the admin listener follow reloads (the admin token, the keys /readyz reports) and
+ * answer /readyz 503 once a drain began; without it, it serves `deps` as they are.
+ */
+export function createSidecar(deps: Deps, live?: { current(): Deps; draining(): boolean }): Sidecar {
   const app = createApp(deps)
-  // One context for both listeners: the same checks, recorder and decision dependencies.
-  const decision = deps.config.decision ? createDecisionServer(deps, exchangeContext(deps)) : undefined
-  const admin = createAdminServer(deps)
+  // The decision listener reads the proxy's exchange context per request, so it follows reloads too.
+  const decision = deps.config.decision ? createDecisionServer(deps, () => app.context()) : undefined
+  const admin = createAdminServer(live ? adminView(deps, live) : deps)
   const proxied = deps.config.upstream !== undefined
   return {
     app,
@@ -230,6 +235,19 @@ export function createSidecar(deps: Deps): Sidecar {
     async close(graceMs = 0) {
       await Promise.all([app.close(graceMs), decision?.close(graceMs), closeServer(admin, 0, new Set())])
     },
+  }
+}
+
+function adminView(deps: Deps, live: { current(): Deps; draining(): boolean }): AdminDeps {
+  return {
+    get config() { return live.current().config },
+    get keys() { return live.current().keys },
+    get recorder() { return live.current().recorder },
+    clock: deps.clock,
+    revocations: deps.revocations,
+    log: deps.log,
+    metricsHandler: deps.metricsHandler,
+    draining: live.draining,
   }
 }
 

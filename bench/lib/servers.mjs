@@ -90,6 +90,8 @@ export function createFleet(ctx) {
       ...cleanEnv(),
       LAPSE_LISTEN: `127.0.0.1:${port}`,
       LAPSE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+      // Stopped with SIGTERM between rows: no endpoints to leave.
+      LAPSE_DRAIN_DELAY: '0',
       LAPSE_UPSTREAM: upstream.url,
       LAPSE_ISSUER: ctx.iss,
       LAPSE_AUDIENCE: ctx.aud,

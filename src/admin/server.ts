@@ -24,6 +24,8 @@ export interface Deps {
   readonly log: Logger
   /** Serves `/metrics`; absent when metrics are off. */
   readonly metricsHandler?: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
+  /** True once a shutdown began: /readyz answers 503 so that endpoints stop sending traffic. */
+  readonly draining?: (() => boolean) | undefined
 }
 
 const MAX_BODY_BYTES = 16 * 1024
@@ -74,6 +76,7 @@ function decodePart(part: string): string | undefined {
 }
 
 function readiness(res: ServerResponse, deps: Deps): void {
+  if (deps.draining?.()) return writeAnswer(res, jsonAnswer(503, { ready: false, draining: true }))
   const keys = deps.keys.ready()
   const revocations = deps.revocations.ready()
   // The use counter shares the set's Redis but has its own connection (rules with max_uses only).

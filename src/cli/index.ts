@@ -10,7 +10,6 @@ import { DEV_AUDIENCE, DEV_ISSUER, loadDevKey, mintToken } from './dev-key.js'
 import { randomBytes } from 'node:crypto'
 
 const VERSION = '0.1.0'
-const SHUTDOWN_GRACE_MS = 10_000
 
 const HELP = `lapse — verify every request's short-lived token at the moment of use
 
@@ -109,31 +108,51 @@ async function start(env: Env, opts: StartOptions = {}): Promise<Running> {
 
 /**
  * SIGTERM/SIGINT, handled from before the start: one that comes while Lapse waits for its keys and
- * the revocation set (LAPSE_STARTUP_WAIT) ends the start cleanly instead of killing the process;
- * once running, stop accepting, let in-flight requests finish (bounded), flush the audit log.
+ * the revocation set (LAPSE_STARTUP_WAIT) ends the start cleanly instead of killing the process.
+ * Once running, as Kubernetes expects: /readyz answers 503 at once and requests are still served
+ * for LAPSE_DRAIN_DELAY (endpoints take that long to stop sending traffic), answers saying
+ * `Connection: close`; then Lapse stops accepting, in-flight requests get LAPSE_SHUTDOWN_TIMEOUT,
+ * WebSockets a close 1001, and it exits 0 once the audit log is flushed. A second signal exits at
+ * once. SIGHUP reloads the configuration.
  */
 async function startClosingOnSignal(env: Env, extra: () => void = () => undefined): Promise<Running> {
   const starting = new AbortController()
   let onSignal = (signal: string) => starting.abort(signal)
-  process.once('SIGTERM', () => onSignal('SIGTERM'))
-  process.once('SIGINT', () => onSignal('SIGINT'))
+  let onHangup = (): void => undefined
+  process.on('SIGTERM', () => onSignal('SIGTERM'))
+  process.on('SIGINT', () => onSignal('SIGINT'))
+  // From the start too: SIGHUP's default action would end the process.
+  process.on('SIGHUP', () => onHangup())
   const running = await start(env, { signal: starting.signal })
   let closing = false
-  onSignal = (signal: string) => {
-    if (closing) return
+  const stop = (signal: string, drainDelayS: number) => {
+    if (closing) {
+      running.deps.log.warn({ signal }, 'second signal: exiting at once')
+      return running.deps.log.flush(() => process.exit(1))
+    }
     closing = true
-    running.deps.log.info({ signal }, 'shutting down')
-    const force = setTimeout(() => process.exit(0), SHUTDOWN_GRACE_MS + 1000)
+    const { shutdownTimeoutS } = running.config
+    running.deps.log.info({ signal, drain_delay_s: drainDelayS, shutdown_timeout_s: shutdownTimeoutS }, 'draining: /readyz answers 503')
+    running.drain()
+    const force = setTimeout(() => process.exit(0), (drainDelayS + shutdownTimeoutS) * 1000 + 1000)
     force.unref()
-    running.close(SHUTDOWN_GRACE_MS).finally(() => {
-      extra()
-      // Exit once the audit log is on disk: an exporter still retrying a dead collector, or a
-      // Redis reconnect timer, must not hold a terminated sidecar for seconds.
-      running.deps.log.flush(() => process.exit(0))
-    })
+    setTimeout(() => {
+      running.deps.log.info({ signal }, 'shutting down: no new connections')
+      running.close(shutdownTimeoutS * 1000).finally(() => {
+        extra()
+        // Exit once the audit log is on disk: an exporter still retrying a dead collector, or a
+        // Redis reconnect timer, must not hold a terminated sidecar for seconds.
+        running.deps.log.flush(() => process.exit(0))
+      })
+    }, drainDelayS * 1000)
   }
-  // A signal between the end of the wait and the listen: close what just opened.
-  if (starting.signal.aborted) onSignal(String(starting.signal.reason))
+  onSignal = (signal: string) => stop(signal, running.config.drainDelayS)
+  onHangup = () => {
+    if (!closing) void running.reload('SIGHUP')
+  }
+  // A signal between the end of the wait and the listen: close what just opened, without a drain
+  // delay, since no endpoint has sent it traffic yet.
+  if (starting.signal.aborted) stop(String(starting.signal.reason), 0)
   return running
 }
 
@@ -167,6 +186,8 @@ async function runDemo(args: string[], env: Env): Promise<void> {
     LAPSE_ISSUER: DEV_ISSUER,
     LAPSE_AUDIENCE: DEV_AUDIENCE,
     LAPSE_JWKS_FILE: dev.jwksPath,
+    // A laptop has no endpoints to leave: Ctrl-C stops at once.
+    LAPSE_DRAIN_DELAY: '0',
     LAPSE_ROUTES: JSON.stringify([
       { path: '/healthz', public: true },
       { path: '/**', methods: ['GET', 'HEAD'], scopes: ['demo:read'] },

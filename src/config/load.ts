@@ -165,7 +165,7 @@ const configSchema = settingsSchema.transform((s) => {
     revocationTimeoutMs: s.revocation_timeout,
     startupWaitMs: s.startup_wait,
     routes: requireJtiForUses(parseRoutes(s.routes), s.required_claims),
-    admin: { listen: s.admin_listen, token: readAdminToken(s), tokenName: s.admin_token_name },
+    admin: { listen: s.admin_listen, token: readAdminToken(s), tokenFile: s.admin_token_file, tokenName: s.admin_token_name },
     decision: readDecision(s),
     upstreamTimeoutMs: s.upstream_timeout,
     upstreamMaxConnections: s.upstream_max_connections,
@@ -185,6 +185,8 @@ const configSchema = settingsSchema.transform((s) => {
     tls: tlsOf(s),
     /** LAPSE_CLIENT_CERT_HEADER: the mesh's header Lapse reads client certificates from; undefined removes it. */
     clientCertHeader: s.client_cert_header,
+    drainDelayS: s.drain_delay,
+    shutdownTimeoutS: s.shutdown_timeout,
   }
 })
 

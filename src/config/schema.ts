@@ -150,6 +150,8 @@ export const settingsSchema = z.strictObject({
   tls_client_auth: z.enum(['request', 'require']).optional().describe('request: a client certificate is optional; require: the handshake fails without a valid one; default request'),
   client_cert_header: z.string().transform((s) => s.trim().toLowerCase()).pipe(z.literal('x-forwarded-client-cert', 'the only header format read is Envoy\'s x-forwarded-client-cert'))
     .optional().describe('read the client certificate from the mesh\'s x-forwarded-client-cert header (trusted); unset, that header is removed'),
+  drain_delay: int(0, 3600).default(5).describe('seconds Lapse keeps serving after SIGTERM, /readyz answering 503, before it stops accepting'),
+  shutdown_timeout: int(0, 3600).default(20).describe('seconds in-flight requests get to finish once Lapse stops accepting, then the rest are cut'),
   realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]+$/).default('lapse').describe('realm of WWW-Authenticate challenges'),
 })
 

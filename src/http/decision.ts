@@ -21,7 +21,8 @@ export interface DecisionServer {
   close(graceMs?: number): Promise<void>
 }
 
-export function createDecisionServer(deps: Deps, ctx: ExchangeContext = exchangeContext(deps)): DecisionServer {
+/** `ctx` is read once per request: a function follows the proxy's context across reloads. */
+export function createDecisionServer(deps: Deps, ctx: ExchangeContext | (() => ExchangeContext) = exchangeContext(deps)): DecisionServer {
   const settings = deps.config.decision
   if (!settings) throw new Error('createDecisionServer needs config.decision')
   const { config } = deps
@@ -31,7 +32,7 @@ export function createDecisionServer(deps: Deps, ctx: ExchangeContext = exchange
   server.on('clientError', answerClientError)
   // Hashed once: comparing digests takes the same time whatever the length of the value sent.
   const expected = settings.token === undefined ? undefined : digest(settings.token)
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => serveDecision(ctx, expected, req, res))
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => serveDecision(typeof ctx === 'function' ? ctx() : ctx, expected, req, res))
   return {
     server,
     listen: () => listenOn(server, settings.listen),

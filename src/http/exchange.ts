@@ -24,7 +24,7 @@ import type { Recorder, RequestTrace } from '../telemetry/recorder.js'
 import { decisionAnswer, deniedAnswer } from './decision-answer.js'
 import type { Forwarder, Forwarding, UpstreamFailure, UpstreamFailureSink, Upgrading } from './forward.js'
 import { writeRawAnswer } from './raw-answer.js'
-import { WS_POLICY_VIOLATION } from './ws-close.js'
+import { WS_GOING_AWAY, WS_POLICY_VIOLATION } from './ws-close.js'
 
 /** What every exchange of one app shares; createApp builds it once. */
 export interface ExchangeContext {
@@ -200,6 +200,11 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     if (this.kind === 'websocket') this.upgrading?.link.close(WS_POLICY_VIOLATION, `token ${cut.reason}`)
     // Cut short, not ended: without the last chunk a cut download never looks complete.
     else this.res?.destroy()
+  }
+
+  /** The server stops accepting: a WebSocket gets a close frame 1001; others finish on their own. */
+  goAway(): void {
+    if (this.upgrading?.status === 101) this.upgrading.link.close(WS_GOING_AWAY, 'server shutting down')
   }
 
   private decide(): Outcome | Promise<Outcome> {

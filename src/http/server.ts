@@ -51,6 +51,20 @@ export interface App {
   listen(): Promise<HostPort>
   /** Stops accepting; open requests get `graceMs` to finish, then every connection is cut. */
   close(graceMs?: number): Promise<void>
+  /**
+   * Decides every exchange that starts from now on with `deps` (a reload). Each exchange reads the
+   * context once, at its start, so it is decided entirely by the old deps or entirely by the new.
+   * Only the decision policy is taken from `deps`; the server's own settings stay as they started.
+   */
+  swap(deps: Deps): void
+  /** The exchange context in force: what a request starting now is decided with (the decision listener reads it too). */
+  context(): ExchangeContext
+  /**
+   * The drain before a shutdown: every answer from now on carries `Connection: close`, and
+   * kept-alive connections idle a second later are closed, so clients reconnect elsewhere instead
+   * of meeting a reset when the process exits.
+   */
+  drain(): void
 }
 
 export function createApp(deps: Deps): App {
@@ -77,10 +91,18 @@ export function createApp(deps: Deps): App {
     s.maxHeadersCount = config.maxHeaderFields + 1
     s.on('clientError', answerClientError)
   }
-  const ctx = exchangeContext(deps)
+  const young = deps.connections ? new YoungExchanges(deps.connections) : undefined
+  // The one reference a reload swaps; every exchange reads it once, at its start.
+  let ctx = exchangeContext(deps, young)
+  let draining = false
   // Sockets handed over by 'upgrade' and 'connect': no longer HTTP connections the server can close.
   const upgraded = new Set<Duplex>()
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => serveRequest(ctx, req, res))
+  // Open upgrade exchanges, told to go away (WebSocket close 1001) when the server stops accepting.
+  const upgrades = new Set<Exchange>()
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    if (draining) res.shouldKeepAlive = false
+    serveRequest(ctx, req, res)
+  })
   plain.on('request', (req: IncomingMessage, res: ServerResponse) => {
     // Its connection came from an upgrade and is no longer the main server's: its header and
     // keep-alive timers do not watch it, so it serves this one request only.
@@ -89,7 +111,10 @@ export function createApp(deps: Deps): App {
   })
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     adopt(upgraded, socket)
-    serveUpgrade(ctx, plain, req, socket, head)
+    const x = serveUpgrade(ctx, plain, req, socket, head)
+    if (!x) return
+    upgrades.add(x)
+    socket.once('close', () => upgrades.delete(x))
   })
   // CONNECT asks for a tunnel to an authority: nothing a reverse proxy in front of one resource
   // could decide on, so it is refused like any target that is not a path, and no tunnel is ever
@@ -103,11 +128,27 @@ export function createApp(deps: Deps): App {
     server,
     listen: () => listenOn(server, config.listen),
     close: (graceMs = 0) => {
+      // RFC 6455 §7.4.1: 1001, the server is going away; the peers get `graceMs` to close.
+      for (const x of upgrades) x.goAway()
       rotation?.close()
       return closeServer(server, graceMs, upgraded)
     },
+    swap: (next: Deps) => {
+      ctx = exchangeContext(next, young)
+    },
+    context: () => ctx,
+    drain: () => {
+      draining = true
+      // Not at once: a busy client's connection is idle only between its requests, and closing it
+      // then would reset the request it is already sending. Busy clients get `Connection: close`
+      // on their next answer; a connection still idle after DRAIN_IDLE_MS is a quiet client's.
+      setTimeout(() => server.closeIdleConnections(), DRAIN_IDLE_MS).unref()
+    },
   }
 }
+
+/** How long into a drain idle kept-alive connections are closed (see drain). */
+const DRAIN_IDLE_MS = 1000
 
 export function serverOptions(config: Config) {
   return {
@@ -124,7 +165,7 @@ export function serverOptions(config: Config) {
   }
 }
 
-export function exchangeContext(deps: Deps): ExchangeContext {
+export function exchangeContext(deps: Deps, young?: YoungExchanges | undefined): ExchangeContext {
   const { config } = deps
   return {
     recorder: deps.recorder,
@@ -145,7 +186,7 @@ export function exchangeContext(deps: Deps): ExchangeContext {
     checkHead: createHeadCheck({ maxHeaderFields: config.maxHeaderFields, hosts: config.hosts }),
     clientCert: clientCertSource(config),
     connections: deps.connections,
-    young: deps.connections ? new YoungExchanges(deps.connections) : undefined,
+    young,
   }
 }
 
@@ -205,14 +246,15 @@ function adopt(upgraded: Set<Duplex>, socket: Duplex): void {
 const CONNECT_REFUSED: Denial = Object.freeze({ allow: false, reason: 'invalid_request', description: 'CONNECT is not supported' })
 
 /** An upgrade request: the head checks, then a WebSocket upgrade proxied or any other served plain. */
-function serveUpgrade(ctx: ExchangeContext, plain: Server, req: IncomingMessage, socket: Duplex, head: Buffer): void {
+function serveUpgrade(ctx: ExchangeContext, plain: Server, req: IncomingMessage, socket: Duplex, head: Buffer): Exchange | undefined {
   // A head that passed the field check is whole: Node keeps LAPSE_MAX_HEADER_FIELDS + 1 fields
   // (maxHeadersCount), so the replay loses none of them, framing ones included.
   const early = ctx.checkHead(req.rawHeaders)
-  if (!early && !isWebSocketUpgrade(req)) return handOver(plain, req, socket, head)
+  if (!early && !isWebSocketUpgrade(req)) return void handOver(plain, req, socket, head)
   const x = new Exchange(ctx, req, undefined, socket)
-  if (early) return x.refuse(early)
+  if (early) return void x.refuse(early)
   x.serveUpgrade(head).catch((err: unknown) => x.fail(err))
+  return x
 }
 
 // RFC 9110 §7.8 lets a server ignore Upgrade and answer in the protocol in use. Lapse proxies

@@ -38,6 +38,9 @@ export const WS_LINK_DEFAULTS: WsLinkOptions = {
 /** RFC 6455 §7.4.1: the endpoint is terminating the connection because a message violates its policy. */
 export const WS_POLICY_VIOLATION = 1008
 
+/** RFC 6455 §7.4.1: the endpoint is going away, such as a server going down. */
+export const WS_GOING_AWAY = 1001
+
 /**
  * Follows one direction of a WebSocket byte stream and knows where each frame ends (RFC 6455 §5.2).
  * It reads headers only: payload bytes are skipped by count, so a chunk costs O(frames in it).

@@ -55,6 +55,11 @@ export const METRIC_REVOCATION_CACHE_ACTIVE = 'lapse.revocation.cache.active'
 export const METRIC_CONNECTIONS_OPEN = 'lapse.connections.open'
 /** Long-lived exchanges cut because their token lapsed, by `lapse.connection.cut` and kind. */
 export const METRIC_CONNECTIONS_CUT = 'lapse.connections.cut'
+export const METRIC_CONFIG_RELOADS = 'lapse.config.reloads'
+// The unit is in the name, as Prometheus writes timestamps (`…_timestamp_seconds`).
+export const METRIC_CONFIG_LAST_RELOAD_SUCCESS = 'lapse.config.last_reload_success_timestamp_seconds'
+/** Of lapse.config.reloads: `ok` or `error`. Bare, as Prometheus users read it: `{result="error"}`. */
+export const ATTR_RELOAD_RESULT = 'result'
 
 /** Why a WebSocket or streamed response was closed by Lapse: `expired` or `revoked`. */
 export const ATTR_CONNECTION_CUT = 'lapse.connection.cut'

@@ -17,6 +17,7 @@ async function validEnv(): Promise<Record<string, string | undefined>> {
   return {
     LAPSE_LISTEN: '127.0.0.1:0',
     LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
+    LAPSE_DRAIN_DELAY: '0',
     LAPSE_UPSTREAM: 'http://127.0.0.1:3000',
     LAPSE_ISSUER: 'https://issuer.test',
     LAPSE_AUDIENCE: 'orders-api',

@@ -134,6 +134,7 @@ t.test('SIGTERM: `lapse proxy` flushes its buffered spans to the collector befor
       PATH: process.env.PATH,
       LAPSE_LISTEN: `127.0.0.1:${port}`,
       LAPSE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+      LAPSE_DRAIN_DELAY: '0',
       LAPSE_UPSTREAM: upstream.url,
       LAPSE_ISSUER: ISSUER,
       LAPSE_AUDIENCE: AUDIENCE,
