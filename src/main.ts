@@ -7,13 +7,16 @@ import type { Server } from 'node:http'
 import pino, { type Logger } from 'pino'
 import { createAdminServer } from './admin/server.js'
 import { closeServer, createApp, listenOn, type App, type Deps } from './http/server.js'
+import type { DpopPolicy } from './bind/dpop.js'
+import { createNonces } from './bind/nonce.js'
+import { createMemoryReplayCache } from './bind/replay-memory.js'
 import { compileRoutes } from './authorize/routes.js'
 import { loadConfig, type Config, type HostPort } from './config/load.js'
 import { createConnectionRegistry } from './connections/connections.js'
 import { createForwarder } from './http/forward.js'
 import { systemClock } from './core/clock.js'
 import { LapseError } from './core/errors.js'
-import type { Clock, RevocationStore } from './core/types.js'
+import type { Clock, ReplayCache, RevocationStore } from './core/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
 import { createRecorder, createStepTracer } from './telemetry/recorder.js'
 import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settings.js'
@@ -80,6 +83,27 @@ async function createRevocationStore(config: Config, clock: Clock, log: Logger):
   return createRedisStore({ url: config.redis.url, prefix: config.redis.prefix, timeoutMs: config.revocationTimeoutMs, clock, cache: config.redis.cache, log })
 }
 
+async function createReplayCache(config: Config, clock: Clock): Promise<ReplayCache> {
+  if (!config.redis) return createMemoryReplayCache({ clock })
+  const { createRedisReplayCache } = await import('./revocation/replay-redis.js')
+  // The revocation set's server, prefix and budget: every sidecar that shares the set shares the cache.
+  return createRedisReplayCache({ url: config.redis.url, prefix: config.redis.prefix, timeoutMs: config.revocationTimeoutMs })
+}
+
+async function createDpopPolicy(config: Config, clock: Clock): Promise<DpopPolicy> {
+  const { dpop } = config
+  return {
+    algorithms: new Set(dpop.algorithms),
+    maxAgeS: dpop.maxAgeS,
+    clockSkewS: config.clockSkewS,
+    publicOrigins: dpop.publicOrigins ? new Set(dpop.publicOrigins) : undefined,
+    // A nonce lives as long as a proof may: one step, or two across a step change.
+    nonces: dpop.nonceSecret === undefined ? undefined : createNonces({ secret: Buffer.from(dpop.nonceSecret, 'utf8'), stepS: dpop.maxAgeS, clock }),
+    replay: await createReplayCache(config, clock),
+    clock,
+  }
+}
+
 export async function buildDeps(config: Config, opts: StartOptions = {}): Promise<Deps> {
   const clock = opts.clock ?? systemClock
   const log = opts.log ?? createLogger(config.log.level)
@@ -118,7 +142,8 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
   const connections = createConnectionRegistry({
     clock, revocations, log, revocableClaims: config.revocableClaims, clockSkewS: config.clockSkewS, recheckIntervalS: config.streamRecheckIntervalS,
   })
-  return { config, clock, keys, verify, revocations, match, forwarder, recorder, log, metricsHandler: telemetry.metricsHandler, connections }
+  const dpop = await createDpopPolicy(config, clock)
+  return { config, clock, keys, verify, revocations, match, forwarder, recorder, log, metricsHandler: telemetry.metricsHandler, connections, dpop }
 }
 
 export async function startProxy(env: Readonly<Record<string, string | undefined>>, opts: StartOptions = {}): Promise<Running> {
@@ -211,5 +236,6 @@ async function closeDeps(deps: Deps): Promise<void> {
   deps.forwarder.close()
   deps.connections?.close()
   await deps.revocations.close()
+  await deps.dpop?.replay.close()
   deps.log.flush()
 }

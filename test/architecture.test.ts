@@ -11,7 +11,7 @@ const RANKS: Readonly<Record<string, number>> = {
   // The ground: decision values, reasons, clock, store interfaces, errors. Imports nothing of Lapse.
   core: 0,
   // The stages.
-  target: 1, extract: 1, verify: 1, revocation: 1, authorize: 1,
+  target: 1, extract: 1, verify: 1, revocation: 1, authorize: 1, bind: 1,
   // What composes or consumes the stages.
   decide: 2, config: 2, connections: 2, telemetry: 2,
   // The adapters.

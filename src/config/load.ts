@@ -105,6 +105,22 @@ function readAdminToken(s: Settings): string | undefined {
   return token
 }
 
+function readNonceSecret(s: Settings): string | undefined {
+  if (s.dpop_nonce_secret && s.dpop_nonce_secret_file) return fail('dpop_nonce_secret', 'set LAPSE_DPOP_NONCE_SECRET or LAPSE_DPOP_NONCE_SECRET_FILE, not both')
+  let secret = s.dpop_nonce_secret
+  if (s.dpop_nonce_secret_file) {
+    try {
+      secret = readFileSync(s.dpop_nonce_secret_file, 'utf8').trim()
+    } catch (err) {
+      return fail('dpop_nonce_secret_file', `cannot read ${s.dpop_nonce_secret_file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+    }
+    if (secret.length < 32) return fail('dpop_nonce_secret_file', 'the secret must be at least 32 characters')
+  }
+  // Every sidecar must make the same nonces: a secret of its own would refuse the others'.
+  if (s.dpop_nonce && secret === undefined) return fail('dpop_nonce', 'LAPSE_DPOP_NONCE=true needs LAPSE_DPOP_NONCE_SECRET or LAPSE_DPOP_NONCE_SECRET_FILE')
+  return s.dpop_nonce ? secret : undefined
+}
+
 /** The settings grouped as Lapse reads them; checks that span settings throw here. */
 const configSchema = settingsSchema.transform((s) => {
   if (!s.jwks_url && !s.jwks_file) fail('jwks_url', 'one of LAPSE_JWKS_URL or LAPSE_JWKS_FILE is required')
@@ -141,6 +157,15 @@ const configSchema = settingsSchema.transform((s) => {
     streamRecheckIntervalS: s.stream_recheck_interval,
     log: { level: s.log_level, allows: s.log_allows, allowsSampleRate: s.log_allows_sample_rate },
     realm: s.realm,
+    dpop: {
+      algorithms: s.dpop_algorithms,
+      maxAgeS: s.dpop_max_age,
+      /** URL origins; undefined: the request's Host with http or https. */
+      publicOrigins: s.public_origins,
+      /** The nonce secret when LAPSE_DPOP_NONCE is on; undefined otherwise. */
+      nonceSecret: readNonceSecret(s),
+    },
+    senderConstrained: s.sender_constrained,
   }
 })
 

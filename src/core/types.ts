@@ -10,6 +10,8 @@ export type DenyReason =
   | 'bad_signature' | 'expired' | 'not_yet_valid' | 'wrong_issuer' | 'wrong_audience'
   | 'missing_claim' | 'lifetime_exceeds_policy' | 'revoked' | 'insufficient_scope'
   | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
+  | 'dpop_proof_invalid' | 'dpop_replayed' | 'dpop_key_mismatch' | 'dpop_nonce_required' | 'sender_constraint_required'
+  | 'dpop_replay_unavailable'
 
 export type Reason = DenyReason | 'ok'
 
@@ -57,10 +59,24 @@ export interface Rule {
   readonly onRevocationUnavailable: 'closed' | 'open'
   /** Whether a streamed response is cut when its token lapses; WebSockets always are. */
   readonly cutStreamsAtExpiry: boolean
+  /** `sender_constrained`: only bound tokens (DPoP, mTLS); undefined follows LAPSE_SENDER_CONSTRAINED. */
+  readonly senderConstrained?: boolean | undefined
+}
+
+/** The sender constraint a request proved for its token (src/bind/). */
+export interface Binding {
+  readonly kind: 'dpop' | 'mtls'
+  readonly thumbprint: string
 }
 
 export type Decision =
-  | { readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true }
+  | {
+      readonly allow: true
+      readonly rule: Rule
+      readonly identity: Identity | undefined
+      readonly failedOpen?: true
+      readonly binding?: Binding | undefined
+    }
   | {
       readonly allow: false
       readonly reason: DenyReason
@@ -88,6 +104,8 @@ export interface Outcome {
   readonly target: Target | undefined
   /** Milliseconds spent asking the revocation set; undefined when it was not asked. */
   readonly revocationMs: number | undefined
+  /** A DPoP nonce the answer carries in `DPoP-Nonce` (RFC 9449 §8–9); undefined for none. */
+  readonly dpopNonce?: string | undefined
 }
 
 export interface Clock {
@@ -167,6 +185,25 @@ export interface RevocationStore {
   subscribe(listener: (event: RevocationEvent) => void): () => void
   /** Whether the set can answer right now (for `/readyz`). */
   ready(): boolean
+  /** Human name for logs: `memory`, `redis`. */
+  readonly kind: string
+  close(): Promise<void>
+}
+
+/** Thrown (as a rejected promise) when the DPoP replay cache cannot answer within its budget: fail closed. */
+export class ReplayUnavailableError extends LapseError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('ERR_REPLAY_UNAVAILABLE', message, options)
+  }
+}
+
+/** Values seen once, across every sidecar sharing the cache: DPoP proof `jti`s (RFC 9449 §11.1). */
+export interface ReplayCache {
+  /**
+   * Records `key` for `ttlMs`, atomically: true the first time, false while it is still recorded.
+   * Rejects with ReplayUnavailableError when it cannot answer within its budget.
+   */
+  firstUse(key: string, ttlMs: number): Promise<boolean>
   /** Human name for logs: `memory`, `redis`. */
   readonly kind: string
   close(): Promise<void>

@@ -6,12 +6,13 @@
 import { performance } from 'node:perf_hooks'
 import type { RouteMatcher } from '../authorize/routes.js'
 import { checkScopes } from '../authorize/scopes.js'
+import { checkProof, jktOf, proofFieldsOf, type DpopPolicy } from '../bind/dpop.js'
 import { extractBearer } from '../extract/bearer.js'
 import { extractOverrides } from '../extract/method-override.js'
 import { normalizeTarget } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Clock, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef } from '../core/types.js'
+import type { Binding, Clock, Decision, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef } from '../core/types.js'
 
 export interface DecisionInput {
   readonly method: string
@@ -32,6 +33,10 @@ export interface DecideDeps {
   readonly allowQueryToken: boolean
   readonly maxTokenBytes: number
   readonly clock: Clock
+  /** How DPoP proofs are checked (bind/dpop.ts); absent, a DPoP-bound token is refused. */
+  readonly dpop?: DpopPolicy | undefined
+  /** LAPSE_SENDER_CONSTRAINED: the default of a protected rule without `sender_constrained`. */
+  readonly senderConstrained?: boolean | undefined
 }
 
 const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
@@ -59,7 +64,7 @@ export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promis
   }
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
 
-  const request: Checked = { input, deps, rule, others, target, forwarded }
+  const request: Checked = { input, deps, rule, others, target, forwarded, token: extracted.token, scheme: extracted.scheme, binding: undefined, nonce: undefined }
   const verified = deps.verify.check(extracted.token, input.steps)
   if (!(verified instanceof Promise)) return afterVerify(verified, request)
   return verified.then((identity) => afterVerify(identity, request))
@@ -82,11 +87,45 @@ interface Checked {
   readonly target: Target
   /** The target as forwarded (without a query-string token). */
   readonly forwarded: Target
+  readonly token: string
+  /** `dpop` when the token came under the DPoP scheme. */
+  readonly scheme: 'dpop' | undefined
+  /** The sender constraint the request proved, once it has. */
+  readonly binding: Binding | undefined
+  /** A DPoP nonce for the answer (RFC 9449 §9). */
+  readonly nonce: string | undefined
 }
 
 function afterVerify(verified: Identity | Denial, c: Checked): Outcome | Promise<Outcome> {
   if ('allow' in verified) return { decision: { ...verified, rule: c.rule }, target: c.target, revocationMs: undefined }
-  const identity = verified
+  // A token bound to a key, or one sent under the DPoP scheme, is decided on its proof first.
+  const jkt = jktOf(verified.claims)
+  if (jkt === undefined && c.scheme === undefined) return checkRevocation(verified, c)
+  return proveDpop(verified, jkt, c)
+}
+
+async function proveDpop(identity: Identity, jkt: string | undefined, c: Checked): Promise<Outcome> {
+  const refuse = (reason: Denial['reason'], description: string, nonce?: string): Outcome =>
+    ({ decision: deny({ reason, description, rule: c.rule, identity }), target: c.target, revocationMs: undefined, dpopNonce: nonce })
+  // RFC 9449 §7.1: the DPoP scheme is for DPoP-bound tokens.
+  if (jkt === undefined) return refuse('dpop_key_mismatch', 'token is not DPoP-bound')
+  // RFC 9449 §7.2: a bound token sent as a bearer token is the downgrade a thief would try.
+  if (c.scheme !== 'dpop') return refuse('dpop_key_mismatch', 'a DPoP-bound token needs the DPoP scheme and a proof')
+  const policy = c.deps.dpop
+  if (policy === undefined) return refuse('dpop_proof_invalid', 'DPoP proofs are not accepted here')
+  const { proofs, host } = proofFieldsOf(c.input.rawHeaders)
+  const got = await checkProof({ method: c.input.method, path: c.target.path, host, proofs, token: c.token, jkt, normalizePath }, policy)
+  if ('reason' in got) return refuse(got.reason, got.description, got.nonce)
+  return checkRevocation(identity, { ...c, binding: got.binding, nonce: got.nonce })
+}
+
+/** An htu path normalized as a request target is, so the two compare equal (RFC 9449 §4.3 check 9). */
+function normalizePath(path: string): string | undefined {
+  const t = normalizeTarget(path)
+  return 'reason' in t ? undefined : t.path
+}
+
+function checkRevocation(identity: Identity, c: Checked): Outcome | Promise<Outcome> {
   const { deps, input } = c
   const startedMs = deps.clock.now()
   const ref = tokenRefOf(identity, deps.revocableClaims)
@@ -113,19 +152,37 @@ async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean 
 }
 
 function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome {
-  const { rule, target, forwarded } = c
-  if (revoked === true) return { decision: deny({ reason: 'revoked', rule, identity }), target, revocationMs }
-  if (c.others !== undefined) return concludeEach(identity, revoked, revocationMs, c)
+  const decision = decideOn(identity, revoked, c)
+  const target = decision.allow ? c.forwarded : c.target
+  return c.nonce === undefined ? { decision, target, revocationMs } : { decision, target, revocationMs, dpopNonce: c.nonce }
+}
+
+function decideOn(identity: Identity, revoked: boolean | 'unknown', c: Checked): Decision {
+  const { rule } = c
+  if (revoked === true) return deny({ reason: 'revoked', rule, identity })
+  if (c.others !== undefined) return decideEach(identity, revoked, c)
 
   // Authorization comes after the token checks so an anonymous caller cannot map the route table.
-  if (!rule) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
+  if (!rule) return deny({ reason: 'no_route', identity })
   const short = checkScopes(identity.scopes, rule.scopes)
-  if (short) return { decision: { ...short, rule, identity }, target, revocationMs }
+  if (short) return { ...short, rule, identity }
+  if (unbound(rule, c)) return deny({ reason: 'sender_constraint_required', rule, identity })
   if (revoked === 'unknown') {
-    if (rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
-    return { decision: { allow: true, rule, identity, failedOpen: true }, target: forwarded, revocationMs }
+    if (rule.onRevocationUnavailable !== 'open') return deny({ reason: 'revocation_unavailable', rule, identity })
+    return allowed(rule, identity, c, true)
   }
-  return { decision: { allow: true, rule, identity }, target: forwarded, revocationMs }
+  return allowed(rule, identity, c, false)
+}
+
+/** Whether the rule wants a bound token (its own `sender_constrained`, else LAPSE_SENDER_CONSTRAINED) and none was proved. */
+function unbound(rule: Rule, c: Checked): boolean {
+  return c.binding === undefined && !rule.public && (rule.senderConstrained ?? c.deps.senderConstrained ?? false)
+}
+
+function allowed(rule: Rule, identity: Identity, c: Checked, failedOpen: boolean): Decision {
+  // The usual request is neither: its decision keeps the shape it always had.
+  if (c.binding === undefined) return failedOpen ? { allow: true, rule, identity, failedOpen } : { allow: true, rule, identity }
+  return failedOpen ? { allow: true, rule, identity, failedOpen, binding: c.binding } : { allow: true, rule, identity, binding: c.binding }
 }
 
 /**
@@ -134,19 +191,19 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
  * reported is the first protected one, or one of them that cuts streams at expiry if any does:
  * the stricter applies.
  */
-function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, { rule, others, target, forwarded }: Checked): Outcome {
+function decideEach(identity: Identity, revoked: false | 'unknown', c: Checked): Decision {
+  const { rule, others } = c
   let governing: Rule | undefined
   for (const r of [rule, ...others!]) {
-    if (!r) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
+    if (!r) return deny({ reason: 'no_route', identity })
     if (r.public) continue
     const short = checkScopes(identity.scopes, r.scopes)
-    if (short) return { decision: { ...short, rule: r, identity }, target, revocationMs }
-    if (revoked === 'unknown' && r.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule: r, identity }), target, revocationMs }
+    if (short) return { ...short, rule: r, identity }
+    if (unbound(r, c)) return deny({ reason: 'sender_constraint_required', rule: r, identity })
+    if (revoked === 'unknown' && r.onRevocationUnavailable !== 'open') return deny({ reason: 'revocation_unavailable', rule: r, identity })
     if (governing === undefined || (r.cutStreamsAtExpiry && !governing.cutStreamsAtExpiry)) governing = r
   }
-  const allowed = governing ?? rule!
-  if (revoked === 'unknown' && governing !== undefined) return { decision: { allow: true, rule: allowed, identity, failedOpen: true }, target: forwarded, revocationMs }
-  return { decision: { allow: true, rule: allowed, identity }, target: forwarded, revocationMs }
+  return allowed(governing ?? rule!, identity, c, revoked === 'unknown' && governing !== undefined)
 }
 
 /** The token's TokenRef, built once per token (its memo's `tokenRef` slot) for these revocable claims. */

@@ -4,7 +4,7 @@
 //
 //   const headers = upstreamHeaders(req.headers, identity, { remoteAddress, forwardAuthorization, upgrade: false })
 import type { IncomingHttpHeaders } from 'node:http'
-import type { Identity } from '../core/types.js'
+import type { Binding, Identity } from '../core/types.js'
 
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']
 const HOP_BY_HOP_SET = new Set(HOP_BY_HOP)
@@ -63,6 +63,8 @@ export interface HeaderOptions {
   readonly forwardAuthorization: boolean
   /** A WebSocket upgrade keeps `Connection: upgrade` and `Upgrade`. */
   readonly upgrade: boolean
+  /** The sender constraint the request proved: sent as `X-Auth-Binding`. */
+  readonly binding?: Binding['kind'] | undefined
 }
 
 /** Claim values can hold any Unicode; a header value cannot. Non-printable-ASCII is percent-encoded. */
@@ -100,6 +102,8 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
     const fields = identityFields(identity)
     for (let i = 0; i < fields.length; i += 2) headers[fields[i]!] = fields[i + 1]!
   }
+  // Per request, not per token: the same token may come with its proof on one request and be refused on another.
+  if (opts.binding !== undefined) headers['x-auth-binding'] = opts.binding
   return headers
 }
 

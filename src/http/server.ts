@@ -7,6 +7,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import type { RouteMatcher } from '../authorize/routes.js'
+import type { DpopPolicy } from '../bind/dpop.js'
 import type { Config, HostPort } from '../config/load.js'
 import type { ConnectionTracker } from '../connections/connections.js'
 import { answerOf } from '../core/answers.js'
@@ -34,6 +35,8 @@ export interface Deps {
   readonly metricsHandler?: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
   /** Long-lived exchanges (WebSocket, streamed responses) to cut when their token lapses. */
   readonly connections?: ConnectionTracker | undefined
+  /** How DPoP proofs are checked, with the replay cache; absent, DPoP-bound tokens are refused. */
+  readonly dpop?: DpopPolicy | undefined
 }
 
 export interface App {
@@ -117,7 +120,10 @@ function exchangeContext(deps: Deps): ExchangeContext {
       allowQueryToken: config.allowQueryToken,
       maxTokenBytes: config.maxTokenBytes,
       clock: deps.clock,
+      dpop: deps.dpop,
+      senderConstrained: config.senderConstrained,
     },
+    dpopAlgs: config.dpop.algorithms.join(' '),
     checkHead: createHeadCheck({ maxHeaderFields: config.maxHeaderFields, hosts: config.hosts }),
     connections: deps.connections,
     young: deps.connections ? new YoungExchanges(deps.connections) : undefined,

@@ -239,6 +239,10 @@ export function createRecorder(opts: RecorderOptions): Recorder {
           span.setAttribute(A.ATTR_TOKEN_EXPIRES_IN_S, id.expS - Math.floor(t.decidedMs / 1000))
         }
         if (d.allow && d.failedOpen) span.setAttribute(A.ATTR_FAILED_OPEN, true)
+        if (d.allow && d.binding) {
+          span.setAttribute(A.ATTR_TOKEN_BINDING, d.binding.kind)
+          span.setAttribute(A.ATTR_TOKEN_KEY_THUMBPRINT, d.binding.thumbprint)
+        }
       }
       if (opts.metrics) {
         const labels = { decision: d.allow ? 'allow' : 'deny', reason, route: d.rule?.id ?? '', httpRoute: d.rule?.path ?? '' }
@@ -295,6 +299,8 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         jti: id?.jti,
         iat: id?.iatS,
         exp: id?.expS,
+        binding: d?.allow ? d.binding?.kind : undefined,
+        key_thumbprint: d?.allow ? d.binding?.thumbprint : undefined,
         remote: end.remoteAddress,
         latency_ms: Math.round((performance.now() - t.startedPerfMs) * 1000) / 1000,
         ...end.note,
