@@ -15,6 +15,7 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { makeKeys, mintPool, mintToken } from './lib/keys.mjs'
+import { makeDpopHolder, proofSigner } from './lib/dpop.mjs'
 import { canPin, cpuMs, cpuSplitMs, killAllSync, machineBusyMs, rssKb, runJson } from './lib/proc.mjs'
 import { appendResultsLog, checkTargets, formatChecks, formatTable, median, shouldRecord, summarize, updateReadme } from './lib/report.mjs'
 import { formatMicro } from './micro/decision.bench.mjs'
@@ -266,6 +267,9 @@ async function main() {
   const keys = await makeKeys(runDir)
   const claims = { iss: ISS, aud: AUD, ttlS }
   const token = await mintToken(keys, 'RS256', claims)
+  // Row 8: the proof key is the load generator's; the token names its thumbprint.
+  const dpopHolder = selected.some((r) => r.auth === 'dpop') ? await makeDpopHolder(runDir) : undefined
+  const dpopToken = dpopHolder ? await mintToken(keys, 'RS256', { ...claims, cnf: { jkt: dpopHolder.jkt } }) : undefined
   const poolFiles = {}
   for (const alg of new Set(selected.filter((r) => r.auth === 'pool').map((r) => r.alg).concat(settings.soakS > 0 ? ['RS256'] : []))) {
     const t0 = Date.now()
@@ -299,6 +303,10 @@ async function main() {
   const headersFor = (row, i = 0) => {
     if (row.auth === 'token') return { authorization: `Bearer ${token}` }
     if (row.auth === 'pool') return { authorization: `Bearer ${JSON.parse(readFileSync(poolFiles[row.alg], 'utf8'))[i]}` }
+    if (row.auth === 'dpop') {
+      const prove = proofSigner(JSON.parse(readFileSync(dpopHolder.keyFile, 'utf8')))
+      return { authorization: `DPoP ${dpopToken}`, dpop: prove('GET', `${fleet.get(row.server).url}${PATH}`.replace(/[?#].*$/, ''), dpopToken) }
+    }
     return {}
   }
 
@@ -354,6 +362,7 @@ async function main() {
     const cfg = { url: `${url}${PATH}`, connections: settings.connections, durationS, rate: Number.isFinite(rate) ? rate : undefined }
     if (row.auth === 'token') cfg.token = token
     if (row.auth === 'pool') cfg.tokenFile = poolFiles[row.alg]
+    if (row.auth === 'dpop') cfg.dpop = { token: dpopToken, keyFile: dpopHolder.keyFile }
     const cfgPath = join(runDir, `load-${row.id}.json`)
     writeFileSync(cfgPath, JSON.stringify(cfg))
     // Row 5's memory figures are this tree's: an A/B run's base twin is not sampled.

@@ -28,10 +28,10 @@ export async function makeKeys(dir) {
 }
 
 /** One token with the claims Lapse requires by default; `jti` is unique, `iat` is now. */
-export function mintToken(keys, alg, { iss, aud, ttlS, sub = 'bench-client' }) {
+export function mintToken(keys, alg, { iss, aud, ttlS, sub = 'bench-client', cnf }) {
   const { key, kid } = keys.private[alg]
   const iat = Math.floor(Date.now() / 1000)
-  return new SignJWT({ scope: SCOPE, client_id: 'bench' })
+  return new SignJWT(cnf ? { scope: SCOPE, client_id: 'bench', cnf } : { scope: SCOPE, client_id: 'bench' })
     .setProtectedHeader({ alg, kid, typ: 'JWT' })
     .setIssuer(iss)
     .setAudience(aud)
