@@ -11,6 +11,7 @@ import { bearer, runApp, send, waitFor, type Lapse } from '../fixtures/app.js'
 import { newKeyPair, testKeys } from '../fixtures/keys.js'
 import { startSilentServer } from '../fixtures/upstream.js'
 import { inMemoryTelemetry, newTraceparent, type MemoryTelemetry } from './in-memory.js'
+import { newHolder } from '../bind/helpers.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const T0_S = T0_MS / 1000
@@ -23,6 +24,8 @@ const DESIGN_REASONS = [
   'ok', 'missing_token', 'malformed', 'bad_signature', 'unknown_key', 'alg_not_allowed', 'expired', 'not_yet_valid',
   'wrong_issuer', 'wrong_audience', 'lifetime_exceeds_policy', 'missing_claim', 'revoked', 'insufficient_scope',
   'no_route', 'revocation_unavailable', 'keys_unavailable', 'invalid_request', 'host_not_allowed', 'too_many_header_fields',
+  // docs/binding.md: DPoP and the sender_constrained policy.
+  'dpop_proof_invalid', 'dpop_replayed', 'dpop_key_mismatch', 'dpop_nonce_required', 'sender_constraint_required', 'dpop_replay_unavailable',
 ]
 
 const mint = async (claims: Record<string, unknown> = {}, opts: Parameters<Awaited<ReturnType<typeof testKeys>>['mint']>[1] = {}) =>
@@ -165,6 +168,31 @@ t.test('refusals of the head, before any decision: host_not_allowed (421) and to
   // The field count is checked first, so the Host does not matter here.
   await expectSpan(t, lapse, mem, 'too_many_header_fields', { headers: [bearer(good), ...padding], status: 431, absent: ['enduser.id', 'url.path'] })
   t.equal(lapse.upstream.calls, 0, 'the upstream was not reached')
+})
+
+t.test('DPoP: an allowed span names the binding and the key thumbprint; each DPoP reason has its span', async (t) => {
+  // Real time: the dpop package dates its proofs now.
+  const mem = inMemoryTelemetry(t)
+  const nonceSecret = 'a-nonce-secret-every-sidecar-shares-0123'
+  const lapse = await runApp(t, { routes: [...ROUTES, { path: '/strict/**', sender_constrained: true }], telemetry: mem.telemetry })
+  const holder = await newHolder()
+  const keys = await testKeys()
+  const token = await keys.mint({ cnf: { jkt: holder.jkt } })
+  const proof = await holder.proof(`${lapse.url}/orders/1`, 'GET', token)
+  const dpop = (p: string): Array<[string, string]> => [['authorization', `DPoP ${token}`], ['dpop', p]]
+  await expectSpan(t, lapse, mem, 'ok', { headers: dpop(proof), status: 200, attrs: { 'lapse.token.binding': 'dpop', 'lapse.token.key_thumbprint': holder.jkt } })
+  await expectSpan(t, lapse, mem, 'dpop_replayed', { headers: dpop(proof), status: 401, absent: ['lapse.token.binding'] })
+  await expectSpan(t, lapse, mem, 'dpop_proof_invalid', { headers: dpop(await holder.proof(`${lapse.url}/orders/2`, 'GET', token)), status: 401 })
+  await expectSpan(t, lapse, mem, 'dpop_key_mismatch', { headers: [bearer(token)], status: 401 })
+  await expectSpan(t, lapse, mem, 'sender_constraint_required', { path: '/strict/1', headers: [bearer(await keys.mint())], status: 401 })
+
+  const nonced = await runApp(t, { routes: ROUTES, telemetry: mem.telemetry, env: { LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: nonceSecret } })
+  await expectSpan(t, nonced, mem, 'dpop_nonce_required', { headers: dpop(await holder.proof(`${nonced.url}/orders/1`, 'GET', token)), status: 401 })
+
+  // The replay cache on a Redis port nothing listens on: refused at once, fail closed.
+  const port = await freePort()
+  const down = await runApp(t, { routes: ROUTES, telemetry: mem.telemetry, env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` } })
+  await expectSpan(t, down, mem, 'dpop_replay_unavailable', { headers: dpop(await holder.proof(`${down.url}/orders/1`, 'GET', token)), status: 503 })
 })
 
 t.test('the tests above cover every reason of DESIGN.md and of the reasons table', async (t) => {
