@@ -2,7 +2,7 @@
 // Redis has: the key layout beside the revocation set, and failing closed within the budget.
 import t from 'tap'
 import { createRedisReplayCache } from '../../src/revocation/replay-redis.js'
-import { startRedis, waitFor } from '../fixtures/redis-server.js'
+import { startRedis, startRedisCluster, waitFor } from '../fixtures/redis-server.js'
 import { runReplayCases } from './replay.cases.js'
 
 const redis = await startRedis()
@@ -45,4 +45,16 @@ t.test('a frozen server → ReplayUnavailableError within the budget, never an a
   await t.rejects(cache.firstUse('k:1', 60_000), { code: 'ERR_REPLAY_UNAVAILABLE' })
   t.ok(Date.now() - started < 1000, 'answered within the budget')
   redis.resume()
+})
+
+t.test('the shared contract on a three-node Cluster: every key in the one slot of the hash tag', async (t) => {
+  const cluster = await startRedisCluster()
+  t.teardown(() => cluster.stop())
+  let n = 0
+  runReplayCases(t, async (t) => {
+    const cache = createRedisReplayCache({ url: cluster.url, prefix: `c${++n}`, timeoutMs: 2000 })
+    t.teardown(() => cache.close())
+    await waitFor(() => cache.ready(), 10_000, 'cluster replay cache ready')
+    return { cache, expire: (ms) => new Promise((resolve) => setTimeout(resolve, ms)) }
+  })
 })
