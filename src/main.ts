@@ -200,7 +200,8 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
  * so an orchestrator sees an instance that is up but not ready rather than one that never starts.
  */
 async function untilAnswering(deps: Deps, waitMs: number, signal?: AbortSignal): Promise<void> {
-  const answering = () => deps.keys.ready() && deps.revocations.ready()
+  // The DPoP replay cache shares the set's Redis but has a connection of its own.
+  const answering = () => deps.keys.ready() && deps.revocations.ready() && (deps.dpop?.replay.ready?.() ?? true)
   const deadline = performance.now() + waitMs
   while (!answering() && !signal?.aborted && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
   if (!answering() && !signal?.aborted) {

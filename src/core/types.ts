@@ -204,6 +204,8 @@ export interface ReplayCache {
    * Rejects with ReplayUnavailableError when it cannot answer within its budget.
    */
   firstUse(key: string, ttlMs: number): Promise<boolean>
+  /** Whether it can answer right now; absent: always. */
+  ready?(): boolean
   /** Human name for logs: `memory`, `redis`. */
   readonly kind: string
   close(): Promise<void>
