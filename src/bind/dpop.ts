@@ -5,7 +5,7 @@
 //   'reason' in got ? deny(got.reason) : allow({ binding: got.binding })
 import { createHash } from 'node:crypto'
 import { calculateJwkThumbprint, compactVerify, importJWK, type JWK } from 'jose'
-import type { Binding, Clock, DenyReason, ReplayCache } from '../core/types.js'
+import type { Binding, Clock, DenyReason, ReplayCache, TokenMemo } from '../core/types.js'
 import type { Nonces } from './nonce.js'
 
 export interface DpopPolicy {
@@ -36,6 +36,8 @@ export interface ProofRequest {
   readonly jkt: string
   /** Normalizes the path of `htu` as the request's own path was; undefined when it is not a valid path. */
   readonly normalizePath: (path: string) => string | undefined
+  /** The token's memo: its proof key is imported once, not on every request. */
+  readonly memo?: TokenMemo | undefined
 }
 
 export type ProofResult =
@@ -85,12 +87,22 @@ export async function checkProof(req: ProofRequest, policy: DpopPolicy): Promise
   // Check 12 (with a token): ath is the token's hash.
   if (claims.ath !== createHash('sha256').update(req.token).digest('base64url')) return invalid('DPoP proof ath does not match the token')
 
-  // Check 6: the signature, under the header's own key and algorithm.
+  // Check 6: the signature, under the header's own key and algorithm. A token's proofs all carry
+  // the same key: it is imported and its thumbprint computed once, for the token's memo.
+  const members = keyMembers(jwk, header.alg)
+  const known = req.memo?.dpopKey
   let thumbprint: string
   try {
-    const key = await importJWK(jwk as JWK, header.alg)
-    await compactVerify(proof, key, { algorithms: [header.alg] })
-    thumbprint = await calculateJwkThumbprint(jwk as JWK, 'sha256')
+    if (known !== undefined && known.members === members) {
+      thumbprint = known.thumbprint
+      await compactVerify(proof, known.key as Parameters<typeof compactVerify>[1], { algorithms: [header.alg] })
+    } else {
+      thumbprint = await calculateJwkThumbprint(jwk as JWK, 'sha256')
+      const key = await importJWK(jwk as JWK, header.alg)
+      await compactVerify(proof, key, { algorithms: [header.alg] })
+      // Only a key that matched the binding and verified a proof is kept.
+      if (thumbprint === req.jkt && req.memo !== undefined) req.memo.dpopKey = { members, key, thumbprint }
+    }
   } catch {
     return invalid('DPoP proof signature is invalid')
   }
@@ -143,6 +155,14 @@ function htuMatches(htu: string, req: ProofRequest, origins: ReadonlySet<string>
   } catch {
     return false
   }
+}
+
+/**
+ * What a key import reads, as text: the algorithm (an RSA key imported for PS256 cannot verify
+ * RS256) and the public members RFC 7638 §3.2 hashes. Equal text, the same imported key.
+ */
+function keyMembers(jwk: Record<string, unknown>, alg: string): string {
+  return JSON.stringify([alg, jwk.kty, jwk.crv, jwk.x, jwk.y, jwk.n, jwk.e])
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)

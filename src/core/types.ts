@@ -45,6 +45,11 @@ export interface TokenMemo {
   redisKeys?: { readonly ref: TokenRef; readonly layout: object; readonly keys: readonly string[] } | undefined
   /** http/headers.ts: the identity headers (X-Auth-*), as a flat name, value list. */
   headerFields?: readonly string[] | undefined
+  /**
+   * bind/dpop.ts: the proof key of this DPoP-bound token, imported once: its RFC 7638 members as
+   * text, the key, and its thumbprint (which matched the token's `cnf.jkt`).
+   */
+  dpopKey?: { readonly members: string; readonly key: unknown; readonly thumbprint: string } | undefined
 }
 
 export interface Rule {

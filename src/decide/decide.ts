@@ -114,7 +114,7 @@ async function proveDpop(identity: Identity, jkt: string | undefined, c: Checked
   const policy = c.deps.dpop
   if (policy === undefined) return refuse('dpop_proof_invalid', 'DPoP proofs are not accepted here')
   const { proofs, host } = proofFieldsOf(c.input.rawHeaders)
-  const got = await checkProof({ method: c.input.method, path: c.target.path, host, proofs, token: c.token, jkt, normalizePath }, policy)
+  const got = await checkProof({ method: c.input.method, path: c.target.path, host, proofs, token: c.token, jkt, normalizePath, memo: identity.memo }, policy)
   if ('reason' in got) return refuse(got.reason, got.description, got.nonce)
   return checkRevocation(identity, { ...c, binding: got.binding, nonce: got.nonce })
 }

@@ -127,6 +127,20 @@ t.test('a proof is accepted once: the same proof again → dpop_replayed', async
   assertDenied(t, lapse, again.res, again.audit, { status: 401, challenge: PROOF_INVALID, error: 'invalid_dpop_proof', reason: 'dpop_replayed', upstreamCalls: 1 })
 })
 
+t.test('one token, many requests: each new proof passes; once its key is known, another key or a forged signature still fails', async (t) => {
+  const lapse = await runApp(t)
+  const token = await bound()
+  const url = `${lapse.url}/orders/1`
+  for (let i = 0; i < 3; i++) t.equal((await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(url, 'GET', token)]] })).res.status, 200, `request ${i + 1}`)
+  const thief = await newHolder()
+  const stolen = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await thief.proof(url, 'GET', token)]] })
+  assertDenied(t, lapse, stolen.res, stolen.audit, { status: 401, challenge: TOKEN_INVALID, error: 'invalid_token', reason: 'dpop_key_mismatch', upstreamCalls: 3 })
+  // The holder's public key in the header, the thief's signature: the known key does not vouch for it.
+  const forged = await thief.mutated({ htu: url, htm: 'GET', token, header: { jwk: holder.jwk, alg: 'ES256' } })
+  const got = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', forged]] })
+  assertDenied(t, lapse, got.res, got.audit, { status: 401, challenge: PROOF_INVALID, error: 'invalid_dpop_proof', reason: 'dpop_proof_invalid', upstreamCalls: 3 })
+})
+
 t.test('a token bound to another key → dpop_key_mismatch (invalid_token)', async (t) => {
   const lapse = await runApp(t)
   const thief = await newHolder()
