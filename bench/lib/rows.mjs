@@ -47,7 +47,7 @@ export function defineRows({ engine }) {
  * same phase give a ratio that phase cannot move. Each target is judged on the median over the
  * rounds of that round's ratio (report.mjs).
  */
-export const ADJACENT = [['2', '3', '7'], ['3f', '7f']]
+export const ADJACENT = [['2', '3', '7', '8'], ['3f', '7f']]
 
 /**
  * The units a round is shuffled in: each row with its "@base" twin, and the rows of an ADJACENT
