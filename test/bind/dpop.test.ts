@@ -214,18 +214,21 @@ t.test('sender_constrained: a plain bearer token → 401 with Bearer and DPoP ch
 t.test('LAPSE_SENDER_CONSTRAINED=true: every protected route wants a bound token, unless its rule says false', async (t) => {
   const lapse = await runApp(t, {
     env: { LAPSE_SENDER_CONSTRAINED: 'true' },
-    routes: [{ path: '/orders/**', scopes: ['orders:read'] }, { path: '/legacy/**', sender_constrained: false }, { path: '/health', public: true }],
+    routes: [
+      { path: '/orders/**', scopes: ['orders:read'] },
+      { path: '/legacy/**', methods: ['POST'], sender_constrained: false },
+      { path: '/legacy/**', methods: ['DELETE'] },
+      { path: '/health', public: true },
+    ],
   })
   const plain = await keys.mint()
   const got = await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${plain}`]] })
-  t.equal(got.res.status, 401)
-  t.equal(got.audit.reason, 'sender_constraint_required')
-  t.equal(lapse.upstream.calls, 0)
-  t.equal((await sendAudited(lapse, '/legacy/1', { headers: [['authorization', `Bearer ${plain}`]] })).res.status, 200)
+  assertDenied(t, lapse, got.res, got.audit, { status: 401, challenge: /^Bearer realm="lapse", error="invalid_token", .*, DPoP realm="lapse", algs="/, error: 'invalid_token', reason: 'sender_constraint_required' })
+  t.equal((await sendAudited(lapse, '/legacy/1', { method: 'POST', headers: [['authorization', `Bearer ${plain}`]] })).res.status, 200, 'the rule that opts out takes bearer tokens')
   t.equal((await sendAudited(lapse, '/health')).res.status, 200, 'public routes stay public')
-  // A method override naming a constrained rule is refused as that rule's own request would be.
-  const override = await sendAudited(lapse, '/legacy/1', { method: 'POST', headers: [['authorization', `Bearer ${plain}`], ['x-http-method-override', 'GET']] })
-  t.equal(override.res.status, 200, 'both rules of /legacy take bearer tokens')
+  // A POST that names DELETE is decided by both rules: the DELETE rule wants a bound token.
+  const override = await sendAudited(lapse, '/legacy/1', { method: 'POST', headers: [['authorization', `Bearer ${plain}`], ['x-http-method-override', 'DELETE']] })
+  assertDenied(t, lapse, override.res, override.audit, { status: 401, challenge: /DPoP realm="lapse"/, error: 'invalid_token', reason: 'sender_constraint_required', upstreamCalls: 2 })
 })
 
 t.test('a rule both public and sender_constrained fails the boot', async (t) => {
