@@ -1,6 +1,9 @@
 // DPoP across sidecars: two Lapse instances sharing one redis-server refuse a proof the other has
 // accepted, accept each other's nonces, and fail closed when the replay cache cannot answer.
 // Also a WebSocket upgrade, whose proof is checked once, at the upgrade.
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import * as oauth from 'oauth4webapi'
@@ -109,6 +112,14 @@ t.test('LAPSE_DPOP_NONCE=true without a secret fails the start', async (t) => {
   t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE_SECRET: 'short' }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_DPOP_NONCE_SECRET: at least 32/ })
   t.throws(() => loadConfig({ ...base, LAPSE_DPOP_ALGORITHMS: 'HS256' }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_DPOP_ALGORITHMS/ })
   t.throws(() => loadConfig({ ...base, LAPSE_PUBLIC_ORIGINS: 'https://x.example/path' }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_PUBLIC_ORIGINS/ })
+  const dir = mkdtempSync(join(tmpdir(), 'lapse-nonce-'))
+  writeFileSync(join(dir, 'secret'), `${SECRET}\n`)
+  writeFileSync(join(dir, 'short'), 'short\n')
+  t.equal(loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'secret') }).dpop.nonceSecret, SECRET, 'the file, trimmed')
+  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'short') }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_DPOP_NONCE_SECRET_FILE: .*32/ })
+  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'missing') }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_DPOP_NONCE_SECRET_FILE: cannot read/ })
+  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: SECRET, LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'secret') }), { code: 'ERR_CONFIG_INVALID', message: /not both/ })
+  t.equal(loadConfig({ ...base, LAPSE_DPOP_NONCE_SECRET: SECRET }).dpop.nonceSecret, undefined, 'a secret without LAPSE_DPOP_NONCE makes no nonces')
 })
 
 /** A WebSocket through Lapse with these headers: 'open', or the status it was answered. */
