@@ -14,8 +14,10 @@ import { cpus, loadavg, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { request as httpsRequest } from 'node:https'
 import { makeKeys, mintPool, mintToken } from './lib/keys.mjs'
 import { makeDpopHolder, proofSigner } from './lib/dpop.mjs'
+import { clientTls, makeBenchPki } from './lib/pki.mjs'
 import { canPin, cpuMs, cpuSplitMs, killAllSync, machineBusyMs, rssKb, runJson } from './lib/proc.mjs'
 import { appendResultsLog, checkTargets, formatChecks, formatTable, median, shouldRecord, summarize, updateReadme } from './lib/report.mjs'
 import { formatMicro } from './micro/decision.bench.mjs'
@@ -270,6 +272,9 @@ async function main() {
   // Row 8: the proof key is the load generator's; the token names its thumbprint.
   const dpopHolder = selected.some((r) => r.auth === 'dpop') ? await makeDpopHolder(runDir) : undefined
   const dpopToken = dpopHolder ? await mintToken(keys, 'RS256', { ...claims, cnf: { jkt: dpopHolder.jkt } }) : undefined
+  // Row 3m: certificates from openssl, and a token bound to the client certificate (RFC 8705).
+  const pki = selected.some((r) => r.auth === 'mtls') ? makeBenchPki(runDir) : undefined
+  const mtlsToken = pki ? await mintToken(keys, 'RS256', { ...claims, cnf: { 'x5t#S256': pki.thumbprint } }) : undefined
   const poolFiles = {}
   for (const alg of new Set(selected.filter((r) => r.auth === 'pool').map((r) => r.alg).concat(settings.soakS > 0 ? ['RS256'] : []))) {
     const t0 = Date.now()
@@ -279,7 +284,7 @@ async function main() {
     log(`minted ${pool.length} ${alg} tokens in ${((Date.now() - t0) / 1000).toFixed(1)} s`)
   }
 
-  fleet = createFleet({ root, baseRoot: base?.dir, benchDir, logDir: runDir, pin, keys, iss: ISS, aud: AUD, maxLifetimeS, cpuProfDir })
+  fleet = createFleet({ root, baseRoot: base?.dir, benchDir, logDir: runDir, pin, keys, iss: ISS, aud: AUD, maxLifetimeS, cpuProfDir, pki })
   const upstream = await fleet.ensure('upstream')
   const expectedBody = await (await fetch(`${upstream.url}${PATH}`)).text()
 
@@ -302,6 +307,7 @@ async function main() {
 
   const headersFor = (row, i = 0) => {
     if (row.auth === 'token') return { authorization: `Bearer ${token}` }
+    if (row.auth === 'mtls') return { authorization: `Bearer ${mtlsToken}` }
     if (row.auth === 'pool') return { authorization: `Bearer ${JSON.parse(readFileSync(poolFiles[row.alg], 'utf8'))[i]}` }
     if (row.auth === 'dpop') {
       const prove = proofSigner(JSON.parse(readFileSync(dpopHolder.keyFile, 'utf8')))
@@ -315,7 +321,7 @@ async function main() {
     if (rowErrors.has(row.server)) continue
     const { url } = fleet.get(row.server)
     try {
-      const res = await fetch(`${url}${PATH}`, { headers: headersFor(row), signal: AbortSignal.timeout(5000) })
+      const res = row.auth === 'mtls' ? await probeTls(`${url}${PATH}`, headersFor(row), pki) : await fetch(`${url}${PATH}`, { headers: headersFor(row), signal: AbortSignal.timeout(5000) })
       const body = await res.text()
       if (res.status !== 200 || body !== expectedBody) {
         rowErrors.set(row.server, `probe answered ${res.status} ${res.headers.get('www-authenticate') ?? ''} ${body.slice(0, 200)}`)
@@ -361,6 +367,7 @@ async function main() {
     const rate = Math.min(row.rate ?? Infinity, settings.rate ?? Infinity)
     const cfg = { url: `${url}${PATH}`, connections: settings.connections, durationS, rate: Number.isFinite(rate) ? rate : undefined }
     if (row.auth === 'token') cfg.token = token
+    if (row.auth === 'mtls') Object.assign(cfg, { token: mtlsToken, tls: pki })
     if (row.auth === 'pool') cfg.tokenFile = poolFiles[row.alg]
     if (row.auth === 'dpop') cfg.dpop = { token: dpopToken, keyFile: dpopHolder.keyFile }
     const cfgPath = join(runDir, `load-${row.id}.json`)
@@ -569,6 +576,20 @@ function shuffled(items, seed) {
 }
 
 /** Row 5 (RS256) for the soak duration, RSS sampled every 5 s after a warm-up. */
+/** Row 3m's probe: one HTTPS request presenting the client certificate, answered like fetch's Response. */
+function probeTls(url, headers, pki) {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(url, { headers, agent: false, timeout: 5000, ...clientTls(pki) }, (res) => {
+      const chunks = []
+      res.on('data', (c) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode, headers: { get: (n) => res.headers[n.toLowerCase()] }, text: async () => Buffer.concat(chunks).toString('utf8') }))
+    })
+    req.on('timeout', () => req.destroy(new Error('timed out')))
+    req.on('error', reject)
+    req.end()
+  })
+}
+
 async function runSoak(fleet, rowErrors, token, poolFiles, measure, rows) {
   if (rowErrors.has('lapse-verify')) return { error: rowErrors.get('lapse-verify') }
   const row = rows.find((r) => r.id === '5r')

@@ -133,7 +133,7 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
     cacheSize: config.tokenCacheSize,
   })
   const revocations = await createRevocationStore(config, clock, log)
-  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization })
+  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
   // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
   const metrics = telemetry.meterProvider && telemetry.decisions
     ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock })

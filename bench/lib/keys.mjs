@@ -31,7 +31,7 @@ export async function makeKeys(dir) {
 export function mintToken(keys, alg, { iss, aud, ttlS, sub = 'bench-client', cnf }) {
   const { key, kid } = keys.private[alg]
   const iat = Math.floor(Date.now() / 1000)
-  return new SignJWT(cnf ? { scope: SCOPE, client_id: 'bench', cnf } : { scope: SCOPE, client_id: 'bench' })
+  return new SignJWT({ scope: SCOPE, client_id: 'bench', ...(cnf ? { cnf } : {}) })
     .setProtectedHeader({ alg, kid, typ: 'JWT' })
     .setIssuer(iss)
     .setAudience(aud)

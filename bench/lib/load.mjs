@@ -3,10 +3,11 @@
 // (autocannon's own histogram has 1 ms resolution, too coarse for a "+1 ms p99" target).
 //
 //   node lib/load.mjs <config.json>   → prints one JSON result on stdout
-//   config: { url, connections, durationS, token?, tokenFile?, dpop?: { token, keyFile }, rate? }   rate: requests/s over all connections
+//   config: { url, connections, durationS, token?, tokenFile?, dpop?: { token, keyFile }, rate?, tls? }   rate: requests/s over all connections; tls: lib/pki.mjs files
 import { readFileSync } from 'node:fs'
 import autocannon from 'autocannon'
 import { proofSigner } from './dpop.mjs'
+import { clientTls } from './pki.mjs'
 
 const cfg = JSON.parse(readFileSync(process.argv[2], 'utf8'))
 
@@ -39,6 +40,8 @@ const opts = {
   headers: cfg.token ? { authorization: `Bearer ${cfg.token}` } : {},
 }
 if (cfg.rate) opts.overallRate = cfg.rate
+// Row 3m: each connection presents the client certificate its token is bound to.
+if (cfg.tls) opts.tlsOptions = clientTls(cfg.tls)
 if (cfg.tokenFile) {
   // A fresh token on every request: one shared cursor over the pool, across all connections.
   const tokens = JSON.parse(readFileSync(cfg.tokenFile, 'utf8'))

@@ -23,6 +23,9 @@ export function defineRows({ engine }) {
     { id: '4b', label: 'Lapse, one RS256 token, Redis set, no local cache', server: 'lapse-redis-nocache', auth: 'token' },
     { id: '5r', label: 'Lapse, fresh RS256 token per request (pool)', server: 'lapse-verify', auth: 'pool', alg: 'RS256' },
     { id: '5e', label: 'Lapse, fresh ES256 token per request (pool)', server: 'lapse-verify', auth: 'pool', alg: 'ES256' },
+    // Row 3 over TLS with a client certificate and a token bound to it (RFC 8705): the handshake
+    // is paid once per keep-alive connection, then TLS records and the binding check per request.
+    { id: '3m', label: 'row 3 over TLS, client certificate, certificate-bound token', server: 'lapse-mtls', auth: 'mtls', optional: true },
     { id: '6', label: 'fastify + @fastify/http-proxy + @fastify/jwt, RS256', server: 'fastify', auth: 'token' },
     { id: '6c', label: 'row 6 with fast-jwt verify cache on (not default)', server: 'fastify-cache', auth: 'token', optional: true },
     // Row 7 is measured once Lapse has stopped recording spans for the dead collector (run.mjs

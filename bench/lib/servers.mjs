@@ -26,6 +26,10 @@ const LAPSE_VARIANTS = {
   'lapse-otel': ({ closedPort }) => ({ OTEL_SDK_DISABLED: undefined, OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${closedPort}` }),
   // Row 7r: the SDK on, exporting to a loopback sink that takes everything (what recording costs).
   'lapse-otel-live': ({ collectorUrl }) => ({ OTEL_SDK_DISABLED: undefined, OTEL_EXPORTER_OTLP_ENDPOINT: collectorUrl }),
+  // Row 3m: row 3 serving HTTPS, a client certificate required (lib/pki.mjs).
+  'lapse-mtls': ({ pki }) => ({
+    LAPSE_TLS_CERT_FILE: pki.serverCertFile, LAPSE_TLS_KEY_FILE: pki.serverKeyFile, LAPSE_TLS_CLIENT_CA_FILE: pki.caFile, LAPSE_TLS_CLIENT_AUTH: 'require',
+  }),
 }
 
 export const lapseEntry = (root) => join(root, 'bin', 'lapse.js')
@@ -65,7 +69,7 @@ export function createFleet(ctx) {
     const entry = lapseEntry(lapseRoot)
     if (!existsSync(entry)) throw new Error(`Lapse is not there yet (${entry} missing)`)
     const upstream = await ensure('upstream')
-    const extra = { redisUrl: undefined, closedPort: undefined, collectorUrl: undefined }
+    const extra = { redisUrl: undefined, closedPort: undefined, collectorUrl: undefined, pki: ctx.pki }
     if (variant.startsWith('lapse-redis')) extra.redisUrl = (await ensure('redis')).url
     if (variant === 'lapse-otel') extra.closedPort = await freePort()
     if (variant === 'lapse-otel-live') extra.collectorUrl = (await ensure('collector')).url
@@ -87,7 +91,7 @@ export function createFleet(ctx) {
     for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k]
     const child = spawnPinned(node, [...profileFlags(name), entry, 'proxy'], { cpu: ctx.pin.servers, name, logDir: ctx.logDir, env, cwd: lapseRoot })
     await waitHttp(`http://127.0.0.1:${adminPort}/readyz`, { child, timeoutMs: 20_000 })
-    return { name, url: `http://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, child, env }
+    return { name, url: `${variant === 'lapse-mtls' ? 'https' : 'http'}://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, child, env }
   }
 
   async function start(name) {

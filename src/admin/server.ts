@@ -6,9 +6,10 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
 import { answerOf, jsonAnswer, writeAnswer } from '../core/answers.js'
-import type { Clock, RevocationEntry, RevocationStore } from '../core/types.js'
+import { InvalidCursorError, type Clock, type RevocationEntry, type RevocationStore } from '../core/types.js'
 import { errorType, type Recorder } from '../telemetry/recorder.js'
 import type { KeyResolver } from '../verify/keys.js'
+import { parseListQuery } from './list-query.js'
 import { parseRevocation } from './revocation-body.js'
 
 /** What the admin listener uses of the sidecar's dependencies: http/server.ts's Deps has all of it. */
@@ -46,6 +47,7 @@ async function route(req: IncomingMessage, res: ServerResponse, deps: Deps): Pro
     return writeAnswer(res, answerOf('not_found', { description: 'metrics are off' }))
   }
   if (path === '/v1/revocations' && req.method === 'POST') return create(req, res, deps)
+  if (path === '/v1/revocations' && (req.method === 'GET' || req.method === 'HEAD')) return list(req, res, deps, url.searchParams)
   const m = /^\/v1\/revocations\/([^/]+)\/([^/]+)$/.exec(path)
   if (m) {
     const claim = decodePart(m[1]!)
@@ -56,7 +58,7 @@ async function route(req: IncomingMessage, res: ServerResponse, deps: Deps): Pro
     if (req.method === 'DELETE') return lift(req, res, deps, claim, value, iss)
     return writeAnswer(res, answerOf('method_not_allowed', { headers: { allow: 'GET, DELETE' } }))
   }
-  if (path === '/v1/revocations') return writeAnswer(res, answerOf('method_not_allowed', { headers: { allow: 'POST' } }))
+  if (path === '/v1/revocations') return writeAnswer(res, answerOf('method_not_allowed', { headers: { allow: 'GET, HEAD, POST' } }))
   writeAnswer(res, answerOf('not_found'))
 }
 
@@ -121,6 +123,19 @@ async function read(req: IncomingMessage, res: ServerResponse, deps: Deps, claim
     if (!entry) return writeAnswer(res, answerOf('not_found', { description: 'no such revocation' }))
     writeAnswer(res, jsonAnswer(200, toJson(entry)))
   } catch {
+    writeAnswer(res, answerOf('revocation_set_unreachable'))
+  }
+}
+
+async function list(req: IncomingMessage, res: ServerResponse, deps: Deps, params: URLSearchParams): Promise<void> {
+  if (!authorize(req, res, deps)) return
+  const query = parseListQuery(params)
+  if ('error' in query) return writeAnswer(res, answerOf('admin_invalid_request', { description: query.error }))
+  try {
+    const page = await deps.revocations.list(query)
+    writeAnswer(res, jsonAnswer(200, { revocations: page.entries.map(toJson), next_cursor: page.next ?? null }))
+  } catch (err) {
+    if (err instanceof InvalidCursorError) return writeAnswer(res, answerOf('admin_invalid_request', { description: '"cursor" is not one this set made: start again without it' }))
     writeAnswer(res, answerOf('revocation_set_unreachable'))
   }
 }

@@ -17,6 +17,7 @@ export interface RouteSpec {
   readonly on_revocation_unavailable: 'closed' | 'open'
   readonly cut_streams_at_expiry: boolean
   readonly sender_constrained?: boolean | undefined
+  readonly peers?: readonly string[] | undefined
 }
 
 type Segment = { kind: 'literal'; text: string } | { kind: 'one' } | { kind: 'rest' }
@@ -70,6 +71,7 @@ function compileOne(s: RouteSpec, index: number): Compiled {
     onRevocationUnavailable: s.on_revocation_unavailable,
     cutStreamsAtExpiry: s.cut_streams_at_expiry,
     senderConstrained: s.sender_constrained,
+    peers: s.peers ? Object.freeze([...s.peers]) : undefined,
   })
   // A rule for GET takes HEAD too, as fastify and express route it: HEAD is GET without the body
   // (RFC 9110 §9.3.2), and most upstreams answer it with their GET handler.

@@ -24,11 +24,16 @@ Commands:
             --sub <subject> [--scope "<a b>"] [--ttl <seconds>] [--iss <issuer>] [--aud <audience>] [--claim k=v]...
   revoke    revoke through the admin API: --claim <name> --value <value> [--reason <text>]
             [--iss <issuer>] [--issued-before <epoch s | RFC 3339>] [--expires-at <…>]
+            or many at once: --file <entries.jsonl | -> (one POST /v1/revocations body a line;
+            answers each line, exits 1 if any failed)
   lift      lift a revocation: --claim <name> --value <value> [--iss <issuer>]
   dpop-proof  print a DPoP proof for one request: --method <GET…> --url <url> [--token <token>]
             [--nonce <nonce>] [--key <file>]; --jkt prints the key's thumbprint instead.
             The key (ES256) is made on first use, in $LAPSE_DEV_DIR/dpop-key.json by default.
             A token bound to it: lapse token --sub <subject> --jkt <thumbprint>
+  revocations
+            list the active revocations: [--claim <name>] [--iss <issuer>]
+            [--reason-contains <text>] [--json] [--page-size <1-1000>, default 500]
 
 The admin commands use LAPSE_ADMIN_URL (default http://127.0.0.1:9901) and
 LAPSE_ADMIN_TOKEN or LAPSE_ADMIN_TOKEN_FILE. Configuration reference: docs/configuration.md.
@@ -61,6 +66,8 @@ export async function main(argv: string[], env: Env): Promise<void> {
       return runLift(rest, env)
     case 'dpop-proof':
       return runDpopProof(rest, env)
+    case 'revocations':
+      return runRevocations(rest, env)
     case '--version':
     case '-v':
       process.stdout.write(`${VERSION}\n`)
@@ -236,7 +243,19 @@ async function runDpopProof(args: string[], env: Env): Promise<void> {
   process.stdout.write(`${proof}\n`)
 }
 
+/** The admin API could not be reached at all (refused, timed out): no answer to report. */
+class Unreachable extends Error {}
+
 async function adminRequest(env: Env, method: string, path: string, body?: object): Promise<{ status: number; json: unknown }> {
+  try {
+    return await adminCall(env, method, path, body)
+  } catch (err) {
+    if (err instanceof Unreachable) die(err.message, 1)
+    throw err
+  }
+}
+
+async function adminCall(env: Env, method: string, path: string, body?: object): Promise<{ status: number; json: unknown }> {
   const base = env.LAPSE_ADMIN_URL ?? 'http://127.0.0.1:9901'
   let token = env.LAPSE_ADMIN_TOKEN
   if (!token && env.LAPSE_ADMIN_TOKEN_FILE) {
@@ -256,14 +275,18 @@ async function adminRequest(env: Env, method: string, path: string, body?: objec
     // fetch says only "fetch failed"; the cause has the useful part (ECONNREFUSED, a timeout).
     const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause
     const why = typeof cause?.code === 'string' ? cause.code : typeof cause?.message === 'string' ? cause.message : (err as Error).message
-    return die(`cannot reach the admin API at ${base}: ${why}`, 1)
+    throw new Unreachable(`cannot reach the admin API at ${base}: ${why}`)
   }
   const text = await res.text()
   return { status: res.status, json: text ? JSON.parse(text) : null }
 }
 
 async function runRevoke(args: string[], env: Env): Promise<void> {
-  const f = flags(args, { claim: { type: 'string' }, value: { type: 'string' }, reason: { type: 'string' }, iss: { type: 'string' }, 'issued-before': { type: 'string' }, 'expires-at': { type: 'string' } })
+  const f = flags(args, { claim: { type: 'string' }, value: { type: 'string' }, reason: { type: 'string' }, iss: { type: 'string' }, 'issued-before': { type: 'string' }, 'expires-at': { type: 'string' }, file: { type: 'string' } })
+  if (typeof f.file === 'string') {
+    if (Object.keys(f).some((name) => name !== 'file' && f[name] !== undefined)) die('revoke: --file takes the entries from the file; give no other option with it')
+    return revokeFile(f.file, env)
+  }
   if (!f.claim || !f.value) die('revoke: --claim and --value are required')
   const when = (v: unknown) => (typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v)
   const body = { claim: f.claim, value: f.value, reason: f.reason, iss: f.iss, issued_before: when(f['issued-before']), expires_at: when(f['expires-at']) }
@@ -279,4 +302,108 @@ async function runLift(args: string[], env: Env): Promise<void> {
   const { status, json } = await adminRequest(env, 'DELETE', `/v1/revocations/${encodeURIComponent(f.claim as string)}/${encodeURIComponent(f.value as string)}${q}`)
   if (status !== 204) die(`lift failed (${status}): ${(json as { error_description?: string })?.error_description ?? ''}`, 1)
   process.stdout.write('lifted\n')
+}
+
+const description = (json: unknown): string => {
+  const d = (json as { error_description?: unknown; error?: unknown } | null)
+  return typeof d?.error_description === 'string' ? d.error_description : typeof d?.error === 'string' ? d.error : JSON.stringify(json)
+}
+
+/**
+ * `revoke --file`: one POST body a line (JSON lines; blank lines and `#` comments skipped), sent in
+ * order, each answered on its own line by its line number, so an incident's list can be fixed and
+ * rerun. A line the server refuses does not stop the rest; any failure makes the exit code 1.
+ */
+async function revokeFile(path: string, env: Env): Promise<void> {
+  const { readFileSync } = await import('node:fs')
+  let text: string
+  try {
+    text = readFileSync(path === '-' ? 0 : path, 'utf8')
+  } catch (err) {
+    return die(`revoke: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  let ok = 0
+  let failed = 0
+  const lines = text.split(/\r?\n/)
+  for (const [i, raw] of lines.entries()) {
+    const line = raw.trim()
+    if (line === '' || line.startsWith('#')) continue
+    const answer = (verdict: string) => process.stdout.write(`line ${i + 1}: ${verdict}\n`)
+    let body: unknown
+    try {
+      body = JSON.parse(line)
+    } catch {
+      failed++
+      answer('error: not valid JSON')
+      continue
+    }
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+      failed++
+      answer('error: a line must be a JSON object, as the POST /v1/revocations body')
+      continue
+    }
+    try {
+      const { status, json } = await adminCall(env, 'POST', '/v1/revocations', body)
+      if (status === 201) {
+        ok++
+        const e = json as { claim: string; value: string; iss: string | null }
+        answer(`ok ${printable(e.claim)}=${printable(e.value)}${e.iss === null ? '' : ` (iss ${printable(e.iss)})`}`)
+      } else {
+        failed++
+        answer(`error (${status}): ${printable(description(json))}`)
+      }
+    } catch (err) {
+      if (!(err instanceof Unreachable)) throw err
+      failed++
+      answer(`error: ${err.message}`)
+    }
+  }
+  process.stdout.write(`${ok} revoked, ${failed} failed\n`)
+  if (failed > 0) process.exitCode = 1
+}
+
+interface ListedEntry { claim: string; value: string; iss: string | null; issued_before: number; expires_at: number; reason: string; by: string }
+
+/** `revocations`: every page of GET /v1/revocations, as a table or (--json) one JSON array. */
+async function runRevocations(args: string[], env: Env): Promise<void> {
+  const f = flags(args, { claim: { type: 'string' }, iss: { type: 'string' }, 'reason-contains': { type: 'string' }, json: { type: 'boolean' }, 'page-size': { type: 'string' } })
+  const pageSize = Number(f['page-size'] ?? 500)
+  if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 1000) die('revocations: --page-size must be a whole number from 1 to 1000')
+  const query = new URLSearchParams({ limit: String(pageSize) })
+  if (f.claim !== undefined) query.set('claim', f.claim as string)
+  if (f.iss !== undefined) query.set('iss', f.iss as string)
+  if (f['reason-contains'] !== undefined) query.set('reason_contains', f['reason-contains'] as string)
+  const entries: ListedEntry[] = []
+  for (let cursor: string | null = null, first = true; first || cursor !== null; first = false) {
+    if (cursor !== null) query.set('cursor', cursor)
+    const { status, json } = await adminRequest(env, 'GET', `/v1/revocations?${query}`)
+    if (status !== 200) die(`revocations failed (${status}): ${description(json)}`, 1)
+    const page = json as { revocations: ListedEntry[]; next_cursor: string | null }
+    entries.push(...page.revocations)
+    cursor = page.next_cursor
+  }
+  if (f.json) {
+    process.stdout.write(`${JSON.stringify(entries)}\n`)
+    return
+  }
+  if (entries.length === 0) {
+    process.stdout.write('no active revocations\n')
+    return
+  }
+  const order = (e: ListedEntry) => `${e.claim}\u0000${e.value}\u0000${e.iss ?? ''}`
+  entries.sort((a, b) => (order(a) < order(b) ? -1 : order(a) > order(b) ? 1 : 0))
+  const time = (s: number) => new Date(s * 1000).toISOString().replace('.000Z', 'Z')
+  const rows = [['CLAIM', 'VALUE', 'ISSUER', 'T', 'EXPIRES', 'REASON', 'BY'],
+    ...entries.map((e) => [e.claim, e.value, e.iss ?? '*', time(e.issued_before), time(e.expires_at), e.reason, e.by].map(printable))]
+  const widths = rows[0]!.map((_, col) => Math.max(...rows.map((row) => row[col]!.length)))
+  const text = rows.map((row) => row.map((cell, col) => (col === row.length - 1 ? cell : cell.padEnd(widths[col]!))).join('  ')).join('\n')
+  process.stdout.write(`${text}\n`)
+}
+
+/**
+ * A value from the set as it may be shown on a terminal: entries hold any text an admin wrote, so
+ * control characters (an escape sequence could rewrite the screen) are shown escaped.
+ */
+function printable(text: string): string {
+  return text.replace(/[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/gu, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 }

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import { LapseError } from '../core/errors.js'
+import { readTls, TlsFileError, type TlsFiles } from './tls.js'
 import { envName, routeSchema, SETTING_NAMES, settingsSchema, type RouteSetting, type Settings } from './schema.js'
 
 export type { HostPort } from './schema.js'
@@ -121,6 +122,24 @@ function readNonceSecret(s: Settings): string | undefined {
   return s.dpop_nonce ? secret : undefined
 }
 
+/** LAPSE_TLS_*: the files, checked readable and matching now; undefined serves plain HTTP. */
+function tlsOf(s: Settings) {
+  if (!s.tls_cert_file || !s.tls_key_file) {
+    if (s.tls_cert_file || s.tls_key_file) return fail(s.tls_cert_file ? 'tls_key_file' : 'tls_cert_file', 'LAPSE_TLS_CERT_FILE and LAPSE_TLS_KEY_FILE are set together')
+    if (s.tls_client_ca_file || s.tls_client_auth) return fail(s.tls_client_ca_file ? 'tls_client_ca_file' : 'tls_client_auth', 'needs LAPSE_TLS_CERT_FILE and LAPSE_TLS_KEY_FILE')
+    return undefined
+  }
+  if (s.tls_client_auth && !s.tls_client_ca_file) return fail('tls_client_auth', 'needs LAPSE_TLS_CLIENT_CA_FILE')
+  const files: TlsFiles = { certFile: s.tls_cert_file, keyFile: s.tls_key_file, clientCaFile: s.tls_client_ca_file }
+  try {
+    readTls(files)
+  } catch (err) {
+    if (err instanceof TlsFileError) return fail(err.setting, err.message)
+    throw err
+  }
+  return { ...files, clientAuth: s.tls_client_auth ?? 'request' }
+}
+
 /** The settings grouped as Lapse reads them; checks that span settings throw here. */
 const configSchema = settingsSchema.transform((s) => {
   if (!s.jwks_url && !s.jwks_file) fail('jwks_url', 'one of LAPSE_JWKS_URL or LAPSE_JWKS_FILE is required')
@@ -166,6 +185,9 @@ const configSchema = settingsSchema.transform((s) => {
       nonceSecret: readNonceSecret(s),
     },
     senderConstrained: s.sender_constrained,
+    tls: tlsOf(s),
+    /** LAPSE_CLIENT_CERT_HEADER: the mesh's header Lapse reads client certificates from; undefined removes it. */
+    clientCertHeader: s.client_cert_header,
   }
 })
 

@@ -5,6 +5,7 @@
 //   const parsed = settingsSchema.safeParse(raw)   // raw: { upstream: 'http://…', … }
 import { isIPv6 } from 'node:net'
 import { z } from 'zod'
+import { peerPatternProblem } from '../bind/peers.js'
 import { parseRedisUrl } from '../revocation/redis-url.js'
 
 const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
@@ -65,6 +66,10 @@ export const routeSchema = z.strictObject({
   on_revocation_unavailable: z.enum(['closed', 'open']).default('closed'),
   cut_streams_at_expiry: z.boolean().default(true),
   sender_constrained: z.boolean().optional(),
+  peers: z.array(z.string().superRefine((p, ctx) => {
+    const problem = peerPatternProblem(p)
+    if (problem) ctx.addIssue({ code: 'custom', message: problem })
+  })).min(1).optional(),
 })
 export type RouteSetting = z.infer<typeof routeSchema>
 
@@ -134,6 +139,12 @@ export const settingsSchema = z.strictObject({
   dpop_nonce_secret: z.string().min(32, 'at least 32 characters').optional().describe('secret every sidecar shares to make DPoP nonces'),
   dpop_nonce_secret_file: z.string().min(1).optional().describe('a file holding dpop_nonce_secret'),
   sender_constrained: bool.default(false).describe('every protected route accepts only bound tokens (DPoP or mTLS); a rule may say otherwise'),
+  tls_cert_file: z.string().min(1).optional().describe('PEM certificate (with its chain) Lapse serves HTTPS with; needs tls_key_file; re-read when it changes'),
+  tls_key_file: z.string().min(1).optional().describe('PEM private key of tls_cert_file; re-read when it changes'),
+  tls_client_ca_file: z.string().min(1).optional().describe('PEM CA certificates client certificates are verified against; set, Lapse asks clients for a certificate; re-read when it changes'),
+  tls_client_auth: z.enum(['request', 'require']).optional().describe('request: a client certificate is optional; require: the handshake fails without a valid one; default request'),
+  client_cert_header: z.string().transform((s) => s.trim().toLowerCase()).pipe(z.literal('x-forwarded-client-cert', 'the only header format read is Envoy\'s x-forwarded-client-cert'))
+    .optional().describe('read the client certificate from the mesh\'s x-forwarded-client-cert header (trusted); unset, that header is removed'),
   realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]+$/).default('lapse').describe('realm of WWW-Authenticate challenges'),
 })
 

@@ -16,6 +16,8 @@ export const ERROR_CODES = [
   'ERR_RULES_DUPLICATE',
   'ERR_KEYS_INVALID',
   'ERR_LISTEN',
+  // A rotated TLS certificate, key or CA that could not be applied: logged, the last good one stays.
+  'ERR_TLS_RELOAD',
   // A JWKS refresh that failed: logged, the last good key set stays.
   'ERR_JWKS_HTTP_STATUS',
   'ERR_JWKS_TOO_LARGE',

@@ -59,6 +59,12 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   sender_constraint_required: { status: 401, challenge: 'bearer_and_dpop', error: 'invalid_token', description: 'this route accepts only sender-constrained tokens' },
   // Fail closed, as revocation_unavailable: a proof whose single use cannot be recorded is refused.
   dpop_replay_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'DPoP replay cache is unavailable' },
+  // RFC 8705 §3: a certificate-bound token on a connection without that certificate is refused
+  // with 401 and invalid_token.
+  mtls_key_mismatch: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token is bound to another client certificate' },
+  // RFC 9110 §15.5.4: the calling workload (its SPIFFE ID) may not use this route; another token
+  // would not change that, so no challenge, as for no_route.
+  peer_not_allowed: { status: 403, challenge: 'none', error: 'forbidden', description: 'this workload may not call this route' },
 }
 
 /** What the DPoP challenges name besides the table's row: the proof algorithms, and the nonce to use. */

@@ -12,6 +12,7 @@ export type DenyReason =
   | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
   | 'dpop_proof_invalid' | 'dpop_replayed' | 'dpop_key_mismatch' | 'dpop_nonce_required' | 'sender_constraint_required'
   | 'dpop_replay_unavailable'
+  | 'mtls_key_mismatch' | 'peer_not_allowed'
 
 export type Reason = DenyReason | 'ok'
 
@@ -66,22 +67,18 @@ export interface Rule {
   readonly cutStreamsAtExpiry: boolean
   /** `sender_constrained`: only bound tokens (DPoP, mTLS); undefined follows LAPSE_SENDER_CONSTRAINED. */
   readonly senderConstrained?: boolean | undefined
+  /** SPIFFE ID patterns of the workloads that may call (bind/peers.ts); undefined lets any caller. */
+  readonly peers?: readonly string[] | undefined
 }
 
-/** The sender constraint a request proved for its token (src/bind/). */
+/** The key a sender-constrained token was bound to, and checked against on this request. */
 export interface Binding {
   readonly kind: 'dpop' | 'mtls'
   readonly thumbprint: string
 }
 
 export type Decision =
-  | {
-      readonly allow: true
-      readonly rule: Rule
-      readonly identity: Identity | undefined
-      readonly failedOpen?: true
-      readonly binding?: Binding | undefined
-    }
+  | { readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true; readonly binding?: Binding | undefined }
   | {
       readonly allow: false
       readonly reason: DenyReason
@@ -186,6 +183,12 @@ export interface RevocationStore {
   get(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
   /** Removes the entry and resolves it, in one atomic step; undefined when there was none. */
   lift(claim: string, value: string, iss?: string): Promise<RevocationEntry | undefined>
+  /**
+   * One page of the active entries that match the query. Following `next` until it is undefined
+   * yields every entry present throughout the walk at least once; one written or removed meanwhile
+   * may or may not appear. Rejects with InvalidCursorError, or RevocationUnavailableError.
+   */
+  list(query: RevocationQuery): Promise<RevocationPage>
   /** Revocations and lifts from any sidecar sharing the set, as they happen. Returns an unsubscribe. */
   subscribe(listener: (event: RevocationEvent) => void): () => void
   /** Whether the set can answer right now (for `/readyz`). */
@@ -215,3 +218,29 @@ export interface ReplayCache {
   readonly kind: string
   close(): Promise<void>
 }
+
+/** What `RevocationStore.list` is asked: filters on the entry's own fields, and where to resume. */
+export interface RevocationQuery {
+  /** Only entries of this claim. */
+  readonly claim?: string | undefined
+  /** Only entries bound to this issuer (an any-issuer entry has none, so it is not selected). */
+  readonly iss?: string | undefined
+  /** Only entries whose reason contains this text, compared case-insensitively. */
+  readonly reasonContains?: string | undefined
+  /** Where to resume: a `next` the same store answered; absent on the first page. */
+  readonly cursor?: string | undefined
+  /** The most entries one page holds. A page may hold fewer and still have a `next`. */
+  readonly limit: number
+}
+
+export interface RevocationPage {
+  readonly entries: readonly RevocationEntry[]
+  /** Opaque; undefined once the set has been walked. */
+  readonly next: string | undefined
+}
+
+/** Thrown by `list` when the cursor is not one the store made: the caller's mistake, a 400. */
+export class InvalidCursorError extends Error {
+  override readonly name = 'InvalidCursorError'
+}
+

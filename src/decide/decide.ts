@@ -7,6 +7,8 @@ import { performance } from 'node:perf_hooks'
 import type { RouteMatcher } from '../authorize/routes.js'
 import { checkScopes } from '../authorize/scopes.js'
 import { checkProof, jktOf, proofFieldsOf, type DpopPolicy } from '../bind/dpop.js'
+import { checkCertBinding, type ClientCert } from '../bind/mtls.js'
+import { peerAllowed } from '../bind/peers.js'
 import { extractBearer } from '../extract/bearer.js'
 import { extractOverrides } from '../extract/method-override.js'
 import { normalizeTarget } from '../target/request-target.js'
@@ -21,6 +23,11 @@ export interface DecisionInput {
   readonly authorization: readonly string[] | undefined
   /** The header list as sent, name then value (`req.rawHeaders`): method overrides are read from it. */
   readonly rawHeaders: readonly string[]
+  /**
+   * The client certificate of the connection (TLS) or of the mesh's XFCC header, with its
+   * thumbprint and SPIFFE ID; undefined when there is none.
+   */
+  readonly clientCert?: ClientCert | undefined
   /** Makes the key fetch and revocation lookup child spans of the decision; optional. */
   readonly steps?: StepTracer | undefined
 }
@@ -60,6 +67,8 @@ export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promis
   // A query that held only access_token is forwarded without one, not as a bare `?`.
   const forwarded = extracted.query === target.query ? target : { ...target, query: extracted.query, hasQuery: extracted.query !== '' }
   if (rule?.public && (others === undefined || others.every((r) => r?.public))) {
+    const refused = peerRefused(rule, others, input.clientCert)
+    if (refused) return { decision: deny({ reason: 'peer_not_allowed', rule: refused }), target, revocationMs: undefined }
     return { decision: { allow: true, rule, identity: undefined }, target: forwarded, revocationMs: undefined }
   }
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
@@ -157,13 +166,19 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
   return c.nonce === undefined ? { decision, target, revocationMs } : { decision, target, revocationMs, dpopNonce: c.nonce }
 }
 
-function decideOn(identity: Identity, revoked: boolean | 'unknown', c: Checked): Decision {
-  const { rule } = c
+function decideOn(identity: Identity, revoked: boolean | 'unknown', proved: Checked): Decision {
+  const { rule } = proved
   if (revoked === true) return deny({ reason: 'revoked', rule, identity })
+  // RFC 8705 §3: a certificate-bound token is checked against the connection's certificate.
+  const cert = checkCertBinding(identity.claims, proved.input.clientCert)
+  if (cert === 'mtls_key_mismatch') return deny({ reason: cert, rule, identity })
+  // A proof already checked (DPoP) stays the binding reported; either satisfies the policy.
+  const c = cert === undefined || proved.binding !== undefined ? proved : { ...proved, binding: cert }
   if (c.others !== undefined) return decideEach(identity, revoked, c)
 
   // Authorization comes after the token checks so an anonymous caller cannot map the route table.
   if (!rule) return deny({ reason: 'no_route', identity })
+  if (!peerAllowed(rule.peers, c.input.clientCert?.peer)) return deny({ reason: 'peer_not_allowed', rule, identity })
   const short = checkScopes(identity.scopes, rule.scopes)
   if (short) return { ...short, rule, identity }
   if (unbound(rule, c)) return deny({ reason: 'sender_constraint_required', rule, identity })
@@ -185,6 +200,12 @@ function allowed(rule: Rule, identity: Identity, c: Checked, failedOpen: boolean
   return failedOpen ? { allow: true, rule, identity, failedOpen, binding: c.binding } : { allow: true, rule, identity, binding: c.binding }
 }
 
+/** The first of the rules (the request's own, then the override methods') whose `peers` refuse the caller. */
+function peerRefused(rule: Rule, others: ReadonlyArray<Rule | undefined> | undefined, cert: ClientCert | undefined): Rule | undefined {
+  if (!peerAllowed(rule.peers, cert?.peer)) return rule
+  return others?.find((r) => r !== undefined && !peerAllowed(r.peers, cert?.peer))
+}
+
 /**
  * A request that names other methods is allowed only if each method's rule allows it; the first
  * refusal, in the order the methods came (its own first), is the answer. The allowing rule
@@ -196,6 +217,7 @@ function decideEach(identity: Identity, revoked: false | 'unknown', c: Checked):
   let governing: Rule | undefined
   for (const r of [rule, ...others!]) {
     if (!r) return deny({ reason: 'no_route', identity })
+    if (!peerAllowed(r.peers, c.input.clientCert?.peer)) return deny({ reason: 'peer_not_allowed', rule: r, identity })
     if (r.public) continue
     const short = checkScopes(identity.scopes, r.scopes)
     if (short) return { ...short, rule: r, identity }

@@ -13,6 +13,7 @@ import type { Logger } from 'pino'
 import { noteOf, type ConnectionTracker, type Cut, type TrackedExchange } from '../connections/connections.js'
 import { answerOf, writeAnswer, type Answer, type AnswerName } from '../core/answers.js'
 import { toAnswer, type DpopAnswer } from '../core/reasons.js'
+import type { ClientCert } from '../bind/mtls.js'
 import type { Decision, Denial, Identity, Outcome, Target } from '../core/types.js'
 import { decide, type DecideDeps } from '../decide/decide.js'
 import type { Recorder, RequestTrace } from '../telemetry/recorder.js'
@@ -28,6 +29,8 @@ export interface ExchangeContext {
   readonly forwarder: Forwarder
   readonly decideDeps: DecideDeps
   readonly checkHead: (raw: readonly string[]) => Denial | undefined
+  /** The request's client certificate (TLS connection or trusted XFCC); absent when none can be known. */
+  readonly clientCert?: ((req: IncomingMessage) => ClientCert | undefined) | undefined
   /** Absent when there is no connection registry. */
   readonly connections: ConnectionTracker | undefined
   readonly young: YoungExchanges | undefined
@@ -52,6 +55,8 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   slot = -1
   /** Set once registered with the connection registry. */
   untrack: (() => void) | undefined = undefined
+  /** The client certificate the decision saw: its SPIFFE ID goes upstream as X-Auth-Peer. */
+  private clientCert: ClientCert | undefined = undefined
   /** The status Lapse wrote raw to the socket (an upgrade's answers; HTTP reads its response). */
   private status: number | undefined = undefined
   private answer: AnswerName | undefined = undefined
@@ -173,7 +178,9 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
 
   private decide(): Outcome | Promise<Outcome> {
     const req = this.req
-    const input = { method: req.method ?? 'GET', url: req.url ?? '', authorization: authorizationOf(req.rawHeaders), rawHeaders: req.rawHeaders, steps: this.trace.steps }
+    const clientCert = this.ctx.clientCert?.(req)
+    this.clientCert = clientCert
+    const input = { method: req.method ?? 'GET', url: req.url ?? '', authorization: authorizationOf(req.rawHeaders), rawHeaders: req.rawHeaders, clientCert, steps: this.trace.steps }
     const outcome = decide(input, this.ctx.decideDeps)
     return outcome instanceof Promise ? this.recordLater(outcome) : this.record(outcome)
   }
@@ -208,7 +215,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     this.ctx.recorder.inject(this.trace, this.req.headers)
     // RFC 9449 §8: the client's nonce was of the previous step; Node merges this with the upstream's headers.
     if (outcome.dpopNonce !== undefined) this.res!.setHeader('dpop-nonce', outcome.dpopNonce)
-    this.forwarding = this.ctx.forwarder.web(this.req, this.res!, outcome.target!, d.identity, this, d.binding)
+    this.forwarding = this.ctx.forwarder.web(this.req, this.res!, outcome.target!, d.identity, this, this.clientCert?.peer, d.binding)
   }
 
   /** What a DPoP challenge names: the algorithms, and the nonce the decision says the client is to use. */
@@ -220,7 +227,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   private tunnel(d: Allowed, target: Target, head: Buffer): void {
     this.ctx.recorder.inject(this.trace, this.req.headers)
     // A throw here is before anything went upstream (headers are built, and checked by Node, first).
-    this.upgrading = this.ctx.forwarder.ws(this.req, this.socket, head, target, d.identity, this, d.binding)
+    this.upgrading = this.ctx.forwarder.ws(this.req, this.socket, head, target, d.identity, this, this.clientCert?.peer, d.binding)
     this.watch(d, 'websocket', true)
   }
 

@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto'
 import { Agent, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse, type ClientRequest } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
 import type { Duplex } from 'node:stream'
+import type { TLSSocket } from 'node:tls'
 import { performance } from 'node:perf_hooks'
 import httpProxy from 'http-proxy'
 import { Pool, type Dispatcher } from 'undici'
@@ -36,6 +37,8 @@ export interface ForwarderOptions {
    */
   readonly timeoutMs: number
   readonly forwardAuthorization: boolean
+  /** LAPSE_CLIENT_CERT_HEADER is set: the mesh's x-forwarded-client-cert goes upstream; otherwise it is removed. */
+  readonly trustClientCertHeader?: boolean | undefined
   /** HTTP connections to the upstream at most (WebSockets have their own); the rest queue. */
   readonly maxConnections?: number | undefined
 }
@@ -48,12 +51,12 @@ export interface Forwarding {
 
 export interface Forwarder {
   /** `sink` is told at most once, and only while no response byte has reached the client. */
-  web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, binding?: Binding): Forwarding
+  web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, peer?: string, binding?: Binding): Forwarding
   /**
    * Only for a request `isWebSocketUpgrade` accepts. `sink` is told only while nothing of the
    * upstream's answer has reached the client; after that an upstream failure destroys the client socket.
    */
-  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, binding?: Binding): Upgrading
+  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, peer?: string, binding?: Binding): Upgrading
   close(): void
 }
 
@@ -79,12 +82,15 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   const pool = createPool(opts)
   const deadlines = new Deadlines(opts.timeoutMs)
   const { proxy, agent } = createUpgradeProxy(opts.upstream, deadlines)
-  const headersFor = (req: IncomingMessage, identity: Identity | undefined, upgrade: boolean, binding: Binding | undefined) =>
-    upstreamHeaders(req.headers, identity, { remoteAddress: req.socket.remoteAddress, forwardAuthorization: opts.forwardAuthorization, upgrade, binding: binding?.kind })
+  const headersFor = (req: IncomingMessage, identity: Identity | undefined, upgrade: boolean, peer: string | undefined, binding: Binding | undefined) =>
+    upstreamHeaders(req.headers, identity, {
+      remoteAddress: req.socket.remoteAddress, forwardAuthorization: opts.forwardAuthorization, upgrade,
+      tls: (req.socket as TLSSocket).encrypted === true, peer, trustClientCertHeader: opts.trustClientCertHeader === true, binding: binding?.kind,
+    })
 
   return {
-    web(req, res, target, identity, sink, binding) {
-      const headers = headersFor(req, identity, false, binding)
+    web(req, res, target, identity, sink, peer, binding) {
+      const headers = headersFor(req, identity, false, peer, binding)
       // undici frames the body itself: Content-Length when the client sent one, chunked otherwise
       // (a chunked GET or DELETE stays one framed message; its bytes never become a second request).
       const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined
@@ -103,9 +109,9 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       }
       return forwarding
     },
-    ws(req, socket, head, target, identity, sink, binding) {
+    ws(req, socket, head, target, identity, sink, peer, binding) {
       req.url = pathOf(target)
-      req.headers = headersFor(req, identity, true, binding)
+      req.headers = headersFor(req, identity, true, peer, binding)
       return forwardUpgrade(proxy, deadlines, req, socket, head, sink)
     },
     close() {

@@ -28,12 +28,17 @@ const OVERRIDES = [
 // Not forwarded either: `Expect`, because Node already answered `100 Continue` to the client and
 // the upstream hop starts fresh.
 const DROPPED = new Set([...HOP_BY_HOP, 'expect', ...OVERRIDES])
+// Envoy's x-forwarded-client-cert says which certificate the client showed a mesh: a client's own
+// would be a forged certificate. It goes upstream only when LAPSE_CLIENT_CERT_HEADER says a mesh in
+// front of Lapse writes it (and Lapse reads it); otherwise it is dropped like an identity header.
+const CLIENT_CERT_HEADER = 'x-forwarded-client-cert'
+const DROPPED_WITH_CLIENT_CERT = new Set([...DROPPED, CLIENT_CERT_HEADER])
 // Upstreams disagree on which characters of a field name separate words: CGI gateways (PHP, any
 // FastCGI app) turn `-` and `.` into `_`, others drop or fold case and punctuation. So a client
 // field whose name folds (see foldName) to a dropped name is dropped too, and so is one that folds
 // to a framing field Lapse forwards under its own name only: `Content.Length` could be read as a
 // second Content-Length.
-const ALIASED = new Set([...DROPPED, 'content-length'])
+const ALIASED = new Set([...DROPPED_WITH_CLIENT_CERT, 'content-length'])
 // Never dropped because the client named them in Connection: they frame or route the request, or
 // (trace context) Lapse wrote them itself for the upstream, after the client's were replaced.
 const PROTECTED = new Set(['host', 'content-length', 'traceparent', 'tracestate'])
@@ -65,6 +70,12 @@ export interface HeaderOptions {
   readonly upgrade: boolean
   /** The sender constraint the request proved: sent as `X-Auth-Binding`. */
   readonly binding?: Binding['kind'] | undefined
+  /** The client's hop was TLS: X-Forwarded-Proto is https. */
+  readonly tls?: boolean | undefined
+  /** The caller's SPIFFE ID (bind/mtls.ts), sent as X-Auth-Peer. */
+  readonly peer?: string | undefined
+  /** LAPSE_CLIENT_CERT_HEADER is set: the mesh's x-forwarded-client-cert (that spelling only) is kept. */
+  readonly trustClientCertHeader?: boolean | undefined
 }
 
 /** Claim values can hold any Unicode; a header value cannot. Non-printable-ASCII is percent-encoded. */
@@ -80,8 +91,9 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   // Built by adding, never by deleting from a copy: a deleted property leaves V8 a slow dictionary
   // object, read again by undici for every header it writes.
   const headers: IncomingHttpHeaders = {}
+  const dropped = opts.trustClientCertHeader ? DROPPED : DROPPED_WITH_CLIENT_CERT
   for (const name of Object.keys(incoming)) {
-    if (DROPPED.has(name) || named?.has(name)) continue
+    if (dropped.has(name) || named?.has(name)) continue
     if (name === 'authorization' && !opts.forwardAuthorization) continue
     // Only Lapse speaks for the caller's identity, in any spelling (X.Auth.Subject, X_Auth_Scopes).
     if (name.charCodeAt(0) === 0x78 && name.startsWith(IDENTITY_PREFIX)) continue
@@ -96,7 +108,7 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   const prior = incoming['x-forwarded-for']
   const remote = opts.remoteAddress ?? 'unknown'
   headers['x-forwarded-for'] = prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${remote}` : remote
-  headers['x-forwarded-proto'] = 'http'
+  headers['x-forwarded-proto'] = opts.tls ? 'https' : 'http'
   if (incoming.host) headers['x-forwarded-host'] = incoming.host
   if (identity) {
     const fields = identityFields(identity)
@@ -104,6 +116,8 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   }
   // Per request, not per token: the same token may come with its proof on one request and be refused on another.
   if (opts.binding !== undefined) headers['x-auth-binding'] = opts.binding
+  // A SPIFFE ID is letters, digits and `:/._-` only (bind/peers.ts): a valid header value as it is.
+  if (opts.peer !== undefined) headers['x-auth-peer'] = opts.peer
   return headers
 }
 

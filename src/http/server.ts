@@ -4,6 +4,8 @@
 //   await app.listen()         // binds config.listen; main.ts's createSidecar adds the admin listener
 //   await app.close()
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { TLSSocket, Server as TlsServer } from 'node:tls'
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import type { RouteMatcher } from '../authorize/routes.js'
@@ -19,6 +21,11 @@ import type { Verifier } from '../verify/verify-token.js'
 import { Exchange, YoungExchanges, type ExchangeContext } from './exchange.js'
 import { isWebSocketUpgrade, type Forwarder } from './forward.js'
 import { writeRawAnswer } from './raw-answer.js'
+import { parseXfcc } from '../bind/xfcc.js'
+import type { ClientCert } from '../bind/mtls.js'
+import { LapseError } from '../core/errors.js'
+import { readTls, TlsFileError, type TlsFiles, type TlsMaterial } from '../config/tls.js'
+import { createCertCache, httpsOptions, watchTls, type Rotation } from './tls.js'
 
 /** Everything that varies between production and tests: main.ts builds the real ones. */
 export interface Deps {
@@ -49,7 +56,16 @@ export interface App {
 export function createApp(deps: Deps): App {
   const { config } = deps
   const options = serverOptions(config)
-  const server = createServer(options)
+  const material = config.tls ? readTlsAtStart(config.tls) : undefined
+  // An https.Server is an http.Server over TLS sockets: every method Lapse calls is on both.
+  const server = config.tls ? (createHttpsServer({ ...options, ...httpsOptions(config.tls, material!) }) as unknown as Server) : createServer(options)
+  let rotation: Rotation | undefined
+  if (config.tls) {
+    // A TLS 1.2 renegotiation could present another certificate mid-connection, after requests
+    // were decided on the first one: Lapse's connections never renegotiate.
+    server.on('secureConnection', (socket: TLSSocket) => socket.disableRenegotiation())
+    rotation = watchTls(server as unknown as TlsServer, config.tls, deps.log, material!)
+  }
   // Serves the upgrade requests Lapse does not proxy as the ordinary requests they also are (see
   // handOver). It never listens: connections are handed to it. Without an 'upgrade' listener,
   // Node's parser frames such a request's body like any other.
@@ -86,7 +102,10 @@ export function createApp(deps: Deps): App {
   return {
     server,
     listen: () => listenOn(server, config.listen),
-    close: (graceMs = 0) => closeServer(server, graceMs, upgraded),
+    close: (graceMs = 0) => {
+      rotation?.close()
+      return closeServer(server, graceMs, upgraded)
+    },
   }
 }
 
@@ -125,9 +144,45 @@ function exchangeContext(deps: Deps): ExchangeContext {
     },
     dpopAlgs: config.dpop.algorithms.join(' '),
     checkHead: createHeadCheck({ maxHeaderFields: config.maxHeaderFields, hosts: config.hosts }),
+    clientCert: clientCertSource(config),
     connections: deps.connections,
     young: deps.connections ? new YoungExchanges(deps.connections) : undefined,
   }
+}
+
+/** The files loadConfig checked, read again for the server: one that changed meanwhile stops the start as it would have there. */
+function readTlsAtStart(files: TlsFiles): TlsMaterial {
+  try {
+    return readTls(files)
+  } catch (err) {
+    if (err instanceof TlsFileError) throw new LapseError('ERR_CONFIG_INVALID', `LAPSE_${err.setting.toUpperCase()}: ${err.message}`)
+    throw err
+  }
+}
+
+const XFCC_CACHE_SIZE = 1024
+
+/** Where a request's client certificate comes from: the mesh's XFCC header when trusted, else the TLS connection. */
+function clientCertSource(config: Deps['config']): ((req: IncomingMessage) => ClientCert | undefined) | undefined {
+  if (config.clientCertHeader) {
+    const name = config.clientCertHeader
+    // One client sends the same header on every request: parsed once (a `Cert` costs an X.509
+    // parse and a hash), in a bounded map emptied when full.
+    const parsed = new Map<string, ClientCert | undefined>()
+    return (req) => {
+      const value = req.headers[name]
+      // Node joins repeated fields of this name with ", ": one list, whose last element is still the mesh's.
+      if (typeof value !== 'string') return undefined
+      if (parsed.has(value)) return parsed.get(value)
+      const cert = parseXfcc(value)
+      if (parsed.size >= XFCC_CACHE_SIZE) parsed.clear()
+      parsed.set(value, cert)
+      return cert
+    }
+  }
+  if (!config.tls?.clientCaFile) return undefined
+  const certOf = createCertCache()
+  return (req) => certOf(req.socket as TLSSocket)
 }
 
 function serveRequest(ctx: ExchangeContext, req: IncomingMessage, res: ServerResponse): void {

@@ -4,8 +4,8 @@
 //   await store.put(entry); await store.isRevoked({ iss, iatS, values: [['sub', 'ci']] })
 //
 // Same contract as the Redis set, so both run one shared test suite (test/revocation/*.cases.ts).
-import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../core/types.js'
-import { entryMatches, keyOf } from './model.js'
+import { InvalidCursorError, type Clock, type RevocationEntry, type RevocationEvent, type RevocationStore, type TokenRef } from '../core/types.js'
+import { entryMatches, keyOf, queryMatches } from './model.js'
 
 export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
   // The set, keyed as the admin API names an entry: (claim, issuer or any, value).
@@ -93,6 +93,22 @@ export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
       remove(key, entry)
       emit({ kind: 'lifted', entry })
       return entry
+    },
+    async list(query) {
+      // The cursor is the last key answered: the walk goes in key order, so an entry present
+      // throughout is answered exactly once, whatever is written or lifted between pages.
+      let after = ''
+      if (query.cursor !== undefined) {
+        after = Buffer.from(query.cursor, 'base64url').toString('utf8')
+        if (after.split('\u0000').length !== 3 || Buffer.from(after, 'utf8').toString('base64url') !== query.cursor) throw new InvalidCursorError('the cursor is not one this set made')
+      }
+      const now = nowS()
+      const found: Array<[string, RevocationEntry]> = []
+      for (const [key, entry] of entries) if (key > after && entry.expiresAtS > now && queryMatches(query, entry)) found.push([key, entry])
+      found.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      const page = found.slice(0, query.limit)
+      const last = page.at(-1)
+      return { entries: page.map(([, entry]) => entry), next: found.length > query.limit && last ? Buffer.from(last[0], 'utf8').toString('base64url') : undefined }
     },
     subscribe(listener) {
       listeners.add(listener)

@@ -1,5 +1,5 @@
 // The revocation model of DESIGN.md in pure functions, shared by every RevocationStore.
-import type { Identity, RevocationEntry, TokenRef } from '../core/types.js'
+import type { Identity, RevocationEntry, RevocationQuery, TokenRef } from '../core/types.js'
 
 /** A map key for (claim, value, issuer); NUL cannot occur in a claim name or issuer we accept. */
 export const keyOf = (claim: string, value: string, iss: string | undefined): string =>
@@ -42,4 +42,11 @@ export function toTokenRef(identity: Identity, revocableClaims: readonly string[
  */
 export function expiryOf(issuedBeforeS: number, maxLifetimeS: number, clockSkewS: number): number | undefined {
   return maxLifetimeS > 0 ? issuedBeforeS + maxLifetimeS + clockSkewS : undefined
+}
+
+/** The filters of a RevocationQuery, applied to one entry (both stores filter the same way). */
+export function queryMatches(q: RevocationQuery, e: RevocationEntry): boolean {
+  if (q.claim !== undefined && e.claim !== q.claim) return false
+  if (q.iss !== undefined && e.iss !== q.iss) return false
+  return q.reasonContains === undefined || e.reason.toLowerCase().includes(q.reasonContains.toLowerCase())
 }

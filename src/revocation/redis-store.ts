@@ -11,11 +11,11 @@ import { performance } from 'node:perf_hooks'
 import type { ConnectionOptions } from 'node:tls'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { nowS } from '../core/clock.js'
-import { RevocationUnavailableError, type Clock, type RevocationEntry, type RevocationEvent, type RevocationStore, type TokenRef } from '../core/types.js'
+import { InvalidCursorError, RevocationUnavailableError, type Clock, type RevocationEntry, type RevocationEvent, type RevocationQuery, type RevocationStore, type TokenRef } from '../core/types.js'
 import { createAnswerCache, type AnswerCache, type StoredAnswer } from './answer-cache.js'
 import { bounded } from './bounded.js'
 import { createReadBatch } from './read-batch.js'
-import { entryMatches } from './model.js'
+import { entryMatches, queryMatches } from './model.js'
 import { parseRedisUrl, type RedisTarget } from './redis-url.js'
 
 // Every tunable of the Redis set, with the reason for its value.
@@ -47,6 +47,9 @@ const DEFAULTS = {
   probeTimeoutMs: 300,
   // Cluster only: how often the slot map is reread (see connectData).
   slotsRefreshMs: 1000,
+  // A page of the list (admin API) takes at most this many SCAN steps, so a node that holds many
+  // other keys answers a short page with a cursor instead of walking its whole keyspace at once.
+  listMaxScanSteps: 50,
 }
 
 export type RedisStoreTuning = typeof DEFAULTS
@@ -204,6 +207,7 @@ export function createRedisStore(opts: {
       if (entry === null || entry === 'unreadable') return { claim, value, iss, issuedBeforeS: 0, reason: '', by: '', createdAtS: 0, expiresAtS: 0 }
       return entry
     },
+    list: (query) => listPage(data, keys, query, { nowS: nowS(opts.clock), timeoutMs: tuning.adminTimeoutMs, maxSteps: tuning.listMaxScanSteps }),
     subscribe(listener) {
       listeners.add(listener)
       return () => { listeners.delete(listener) }
@@ -280,6 +284,84 @@ function keysOfToken(keys: KeyLayout, ref: TokenRef): string[] {
     out.push(`${head}${iss}${tail}`, `${head}*${tail}`)
   }
   return out
+}
+
+// --- listing -----------------------------------------------------------------------------------
+
+// SCAN runs in a script whose one key is inside the set's hash tag: on Cluster the script goes to
+// the node owning that slot, which holds every key of the set, so the walk is one node's SCAN.
+// The pattern carries the same tag, so the keys it answers are all in that slot.
+const SCAN_SCRIPT = `return redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])`
+
+// Keys SCAN found beyond a full page ride in the cursor; a bucket rarely holds more than a few.
+const MAX_CURSOR_KEYS = 1000
+// Under the admin API's bound on a cursor (admin/list-query.ts), with room for the filters in the URL.
+const MAX_CURSOR_CHARS = 6000
+
+/**
+ * The cursor is the SCAN cursor ('' once SCAN has gone round) and the keys found but not yet
+ * answered, as base64url JSON. SCAN answers whole hash buckets, so a step may find more keys than
+ * the page has room for: carrying them keeps the page bound without losing them.
+ */
+interface ListState { c: string; k: string[] }
+
+function decodeListCursor(cursor: string | undefined, base: string): ListState {
+  if (cursor === undefined) return { c: '0', k: [] }
+  let state: unknown
+  try {
+    state = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'))
+  } catch {
+    throw new InvalidCursorError('the cursor is not one this set made')
+  }
+  const s = state as Partial<ListState> | null
+  // The keys are read back with MGET: only keys of this set, never any key a client names.
+  if (typeof s !== 'object' || s === null || typeof s.c !== 'string' || !/^(\d{1,20})?$/.test(s.c) || s.c === '0' || !Array.isArray(s.k)
+    || s.k.length > MAX_CURSOR_KEYS || !s.k.every((key) => typeof key === 'string' && key.startsWith(base))) {
+    throw new InvalidCursorError('the cursor is not one this set made')
+  }
+  return { c: s.c, k: s.k }
+}
+
+async function listPage(data: DataClient, keys: KeyLayout, query: RevocationQuery, o: { nowS: number; timeoutMs: number; maxSteps: number }) {
+  const state = decodeListCursor(query.cursor, keys.base)
+  // The claim and issuer filters narrow the SCAN itself; encoded parts hold no glob character.
+  const pattern = `${keys.base}${query.claim === undefined ? '*' : encode(query.claim)}:${query.iss === undefined ? '*' : encode(query.iss)}:*`
+  const entries: RevocationEntry[] = []
+  let scan = state.c
+  let pending = state.k
+  let steps = 0
+  while (entries.length < query.limit) {
+    if (pending.length > 0) {
+      const batch = pending.slice(0, query.limit - entries.length)
+      pending = pending.slice(batch.length)
+      const raws = await bounded(data.mget(...batch), o.timeoutMs, 'revocation list')
+      for (const raw of raws) {
+        // Gone since SCAN saw it (lifted or expired), or unreadable: not an active entry to show.
+        const entry = parseStored(raw)
+        if (entry !== null && entry !== 'unreadable' && entry.expiresAtS > o.nowS && queryMatches(query, entry)) entries.push(entry)
+      }
+      continue
+    }
+    if (scan === '' || steps >= o.maxSteps) break
+    // COUNT is what the page still has room for, so a step rarely finds keys beyond it.
+    const count = query.limit - entries.length
+    const reply = await bounded(data.eval(SCAN_SCRIPT, 1, `${keys.base}probe`, scan, pattern, count), o.timeoutMs, 'revocation list') as [string, string[]]
+    steps++
+    scan = reply[0] === '0' ? '' : reply[0]
+    pending = reply[1]
+  }
+  let next = scan === '' && pending.length === 0 ? undefined : Buffer.from(JSON.stringify({ c: scan, k: pending })).toString('base64url')
+  if (next !== undefined && next.length > MAX_CURSOR_CHARS) {
+    // Keys of long values (a 1024-character value percent-encodes to kilobytes) would make a
+    // cursor no URL can carry: they join this page instead, the one case a page exceeds the limit.
+    const raws = await bounded(data.mget(...pending), o.timeoutMs, 'revocation list')
+    for (const raw of raws) {
+      const entry = parseStored(raw)
+      if (entry !== null && entry !== 'unreadable' && entry.expiresAtS > o.nowS && queryMatches(query, entry)) entries.push(entry)
+    }
+    next = scan === '' ? undefined : Buffer.from(JSON.stringify({ c: scan, k: [] })).toString('base64url')
+  }
+  return { entries, next }
 }
 
 // --- stored values and events ------------------------------------------------------------------

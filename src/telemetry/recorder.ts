@@ -9,6 +9,7 @@
 // Nothing here waits on an exporter: spans end into the SDK's batch processor and audit lines into
 // pino's buffered destination. No token, signature or raw query string is ever written: only
 // claims Lapse has verified (sub, client_id, jti, iat, exp) and the normalized path.
+import type { TLSSocket } from 'node:tls'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
@@ -206,7 +207,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       const parent = propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter)
       const attributes: Attributes = {
         [ATTR_HTTP_REQUEST_METHOD]: KNOWN_METHODS.has(method) ? method : '_OTHER',
-        [ATTR_URL_SCHEME]: 'http',
+        [ATTR_URL_SCHEME]: (req.socket as TLSSocket | undefined)?.encrypted === true ? 'https' : 'http',
         [ATTR_NETWORK_PROTOCOL_VERSION]: req.httpVersion,
       }
       if (!KNOWN_METHODS.has(method)) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = method

@@ -12,7 +12,7 @@ import { createMemoryReplayCache } from '../../src/bind/replay-memory.js'
 import { systemClock } from '../../src/core/clock.js'
 import { normalizeTarget } from '../../src/target/request-target.js'
 import { AUDIENCE, ISSUER, testKeys } from '../fixtures/keys.js'
-import { newHolder, type Holder } from './helpers.js'
+import { newHolder, type Holder } from './dpop-helpers.js'
 
 const keys = await testKeys()
 const ORIGIN = 'https://rs.example'

@@ -7,7 +7,7 @@ import { compileRoutes } from '../../src/authorize/routes.js'
 import { decisions, runApp, sendAudited, type Lapse } from '../fixtures/app.js'
 import { assertDenied } from '../fixtures/deny.js'
 import { testKeys } from '../fixtures/keys.js'
-import { newHolder } from './helpers.js'
+import { newHolder } from './dpop-helpers.js'
 
 const keys = await testKeys()
 const holder = await newHolder()

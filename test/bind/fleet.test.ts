@@ -13,7 +13,7 @@ import { testKeys } from '../fixtures/keys.js'
 import { waitFor } from '../fixtures/redis-server.js'
 import { redisEnv, redisFor } from '../revocation-e2e/helpers.js'
 import { startLongLivedUpstream } from '../long-lived/upstream.js'
-import { newHolder } from './helpers.js'
+import { newHolder } from './dpop-helpers.js'
 
 const keys = await testKeys()
 const holder = await newHolder()

@@ -189,6 +189,9 @@ function lossyStore(): RevocationStore & { entries: RevocationEntry[]; down: boo
     async lift() {
       return undefined
     },
+    async list() {
+      return { entries: [], next: undefined }
+    },
     subscribe(_listener: (event: RevocationEvent) => void) {
       return () => {}
     },

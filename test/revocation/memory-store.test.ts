@@ -11,6 +11,9 @@ runStoreCases(t, async (t) => {
   return {
     store,
     clock,
+    async elapse(seconds) {
+      clock.set(clock.now() + seconds * 1000)
+    },
     async checkExpiry(t, entry) {
       const token = tokenRef(entry.issuedBeforeS, [[entry.claim, entry.value]], entry.iss)
       clock.set(entry.expiresAtS * 1000 - 1)

@@ -1,6 +1,7 @@
 // The Redis set against the shared RevocationStore contract (cache off and on), plus what only
 // Redis has: the key layout, the TTL in Redis, one round trip per check, cached checks.
 import { execFileSync } from 'node:child_process'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
 import { manualClock, nowS } from '../../src/core/clock.js'
@@ -33,6 +34,10 @@ const factory = (cache: boolean): StoreFactory => async (t) => {
   return {
     store,
     clock,
+    async elapse(seconds) {
+      clock.set(clock.now() + seconds * 1000)
+      await sleep(seconds * 1000)
+    },
     async checkExpiry(t, entry) {
       const [key] = await raw.keys(`{${prefix}}:rev:*`)
       const ttlS = await raw.ttl(key ?? '')
@@ -240,3 +245,54 @@ async function commandCalls(client: Redis): Promise<{ mget: number; total: numbe
   }
   return { mget, total }
 }
+
+t.test('list: keys SCAN found beyond a page ride in the cursor; keys too long for a URL join the page instead', async (t) => {
+  const { store, clock } = await openStore(t, redis, { cache: false })
+  // 60 short and 12 long entries: a SCAN step of COUNT 1 answers a whole hash bucket, so over
+  // 72 keys some step finds two or more, one more than a page of one has room for.
+  const put = []
+  for (let i = 0; i < 60; i++) put.push(await store.put(entryAt(clock, 'sub', `short-${i}`)))
+  for (let i = 0; i < 12; i++) put.push(await store.put(entryAt(clock, 'task', `${'é'.repeat(1000)}${i}`)))
+  const seen: string[] = []
+  let carried = 0
+  let oversized = 0
+  let cursor: string | undefined
+  let pages = 0
+  do {
+    const page = await store.list({ limit: 1, cursor })
+    pages++
+    seen.push(...page.entries.map((e) => e.value))
+    if (page.entries.length > 1) oversized++
+    cursor = page.next
+    if (cursor !== undefined) {
+      t.ok(cursor.length <= 6000, `a cursor of ${cursor.length} characters fits a URL`)
+      const state = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as { k: string[] }
+      if (state.k.length > 0) carried++
+    }
+  } while (cursor !== undefined && pages < 1000)
+  t.same(seen.sort(), put.map((e) => e.value).sort(), 'every entry once')
+  t.ok(carried > 0, `keys carried in ${carried} cursors`)
+  t.ok(oversized <= 12, `${oversized} pages over the limit, only for long keys`)
+  t.comment(`${pages} pages, ${carried} cursors carrying keys, ${oversized} pages over the limit of 1`)
+})
+
+t.test('list: a page takes at most listMaxScanSteps SCAN steps, and answers a short page with a cursor', async (t) => {
+  const { store, clock, prefix } = await openStore(t, redis, { cache: false, tuning: { listMaxScanSteps: 3 } })
+  await store.put(entryAt(clock, 'sub', 'needle'))
+  // Other data on the same node: SCAN walks it too, and MATCH filters it out only afterwards.
+  const pipeline = raw.pipeline()
+  for (let i = 0; i < 3000; i++) pipeline.set(`other-app:${prefix}:${i}`, 'x', 'EX', 60)
+  await pipeline.exec()
+  const log = await recordCommands(raw)
+  const first = await store.list({ limit: 1 })
+  const scans = (await log.stop()).filter((args) => args[0]?.toLowerCase() === 'scan')
+  t.ok(scans.length <= 3, `${scans.length} SCAN steps for the first page`)
+  t.ok(first.entries.length === 1 || first.next !== undefined, 'the entry, or a cursor to go on with')
+  const seen = [...first.entries]
+  for (let cursor = first.next, pages = 1; cursor !== undefined && pages < 5000; pages++) {
+    const page = await store.list({ limit: 1, cursor })
+    seen.push(...page.entries)
+    cursor = page.next
+  }
+  t.same(seen.map((e) => e.value), ['needle'], 'the walk finds it, once')
+})

@@ -1,12 +1,13 @@
 // The shared RevocationStore contract through Sentinel and on a three-master Cluster, where the
 // hash tag must keep every key of one check in one slot.
+import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
 import { manualClock, nowS } from '../../src/core/clock.js'
 import type { RevocationEntry } from '../../src/core/types.js'
 import { createRedisStore } from '../../src/revocation/redis-store.js'
 import { startRedisCluster, startRedisSentinel, waitFor } from '../fixtures/redis-server.js'
-import { entryAt, runStoreCases, tokenRef, type StoreFactory } from './store.cases.js'
+import { entryAt, listAll, runStoreCases, tokenRef, type StoreFactory } from './store.cases.js'
 
 let stores = 0
 /** A store on its own prefix, ready and receiving events; `clients` are the servers to inspect. */
@@ -19,6 +20,10 @@ const factoryFor = (url: string, clients: () => Redis[], cache: boolean): StoreF
   return {
     store,
     clock,
+    async elapse(seconds: number) {
+      clock.set(clock.now() + seconds * 1000)
+      await sleep(seconds * 1000)
+    },
     async checkExpiry(t: Test, entry: RevocationEntry) {
       const expected = entry.expiresAtS - nowS(clock)
       const ttls: number[] = []
@@ -44,6 +49,18 @@ t.test('Cluster (three masters)', async (t) => {
   const raws = cluster.nodes.map((node) => node.client())
   t.test('cache off', async (t) => runStoreCases(t, factoryFor(cluster.url, () => raws, false)))
   t.test('cache on', async (t) => runStoreCases(t, factoryFor(cluster.url, () => raws, true)))
+
+  t.test('the list is one node\'s SCAN: every key of the set is on the node owning the tag\'s slot', async (t) => {
+    const { store, clock } = await factoryFor(cluster.url, () => raws, false)(t)
+    const put = []
+    for (let i = 0; i < 40; i++) put.push(await store.put(entryAt(clock, 'task', `SPREAD-${i}`)))
+    const prefix = `topo${stores}`
+    const perNode = await Promise.all(raws.map(async (raw) => (await raw.keys(`{${prefix}}:rev:*`)).length))
+    t.same(perNode.filter((n) => n > 0), [40], 'all 40 keys on one node')
+    const pages = await listAll(t, store, { limit: 7 })
+    t.ok(pages.length >= 6, `${pages.length} pages`)
+    t.same(pages.flat().map((e) => e.value).sort(), put.map((e) => e.value).sort(), 'every entry listed once')
+  })
 
   t.test('a check of many claims is one MGET on one node, and any node relays the events', async (t) => {
     const { store, clock } = await factoryFor(cluster.url, () => raws, true)(t)

@@ -7,13 +7,15 @@
 // the cases read T from; it tears the store down itself (t.teardown).
 import type { Test } from 'tap'
 import { nowS } from '../../src/core/clock.js'
-import type { Clock, RevocationEntry, RevocationEvent, RevocationStore, TokenRef } from '../../src/core/types.js'
+import { InvalidCursorError, type Clock, type RevocationEntry, type RevocationEvent, type RevocationQuery, type RevocationStore, type TokenRef } from '../../src/core/types.js'
 
 export interface StoreHarness {
   readonly store: RevocationStore
   readonly clock: Clock
   /** Asserts that `entry` leaves the set exactly at its `expiresAtS` (TTL for Redis, clock for memory). */
   checkExpiry(t: Test, entry: RevocationEntry): Promise<void>
+  /** Lets `seconds` pass for the set: the manual clock moves, and Redis's TTLs run out for real. */
+  elapse(seconds: number): Promise<void>
 }
 
 export type StoreFactory = (t: Test) => Promise<StoreHarness>
@@ -63,7 +65,80 @@ export async function eventDuring(store: RevocationStore, match: (e: RevocationE
   }
 }
 
+/** Every page of a listing, following `next`; fails the test past `maxPages`. */
+export async function listAll(t: Test, store: RevocationStore, query: Omit<RevocationQuery, 'cursor'>, maxPages = 100): Promise<RevocationEntry[][]> {
+  const pages: RevocationEntry[][] = []
+  let cursor: string | undefined
+  do {
+    const page = await store.list({ ...query, cursor })
+    if (page.entries.length > query.limit) t.fail(`a page of ${page.entries.length} entries, over the limit ${query.limit}`)
+    pages.push([...page.entries])
+    cursor = page.next
+  } while (cursor !== undefined && pages.length < maxPages)
+  if (cursor !== undefined) t.fail(`still a cursor after ${maxPages} pages`)
+  return pages
+}
+
+const names = (entries: readonly RevocationEntry[]) => entries.map((e) => `${e.claim}=${e.value}@${e.iss ?? '*'}`).sort()
+
 export function runStoreCases(t: Test, factory: StoreFactory): void {
+  t.test('list walks every active entry over many pages, each once, none over the limit', async (t) => {
+    const { store, clock } = await factory(t)
+    const put: RevocationEntry[] = []
+    for (let i = 0; i < 23; i++) {
+      put.push(await store.put(entryAt(clock, ['sub', 'jti', 'task'][i % 3]!, `list-${i}:é*`, i % 4 === 0 ? { iss: ISS } : {})))
+    }
+    const pages = await listAll(t, store, { limit: 5 })
+    const seen = pages.flat()
+    t.ok(pages.length >= 5, `${pages.length} pages of at most 5`)
+    t.same(names(seen), names(put), 'every entry, each exactly once')
+    t.same(seen.find((e) => e.value === 'list-4:é*'), put[4], 'entries come back whole')
+    t.same(names((await listAll(t, store, { limit: 1000 })).flat()), names(put), 'one big page: the same entries')
+  })
+
+  t.test('list filters by claim, by issuer and by a text in the reason (any case)', async (t) => {
+    const { store, clock } = await factory(t)
+    await store.put(entryAt(clock, 'sub', 'alice', { reason: 'Ticket SEC-7: laptop stolen' }))
+    await store.put(entryAt(clock, 'sub', 'bob', { iss: ISS, reason: 'ticket SEC-8' }))
+    await store.put(entryAt(clock, 'jti', 'j-1', { iss: ISS, reason: 'sec-7 follow-up' }))
+    await store.put(entryAt(clock, 'task', 'T-1', { iss: OTHER_ISS, reason: '' }))
+    const list = async (q: Omit<RevocationQuery, 'cursor' | 'limit'>) => names((await listAll(t, store, { ...q, limit: 2 })).flat())
+    t.same(await list({ claim: 'sub' }), ['sub=alice@*', `sub=bob@${ISS}`])
+    t.same(await list({ iss: ISS }), [`jti=j-1@${ISS}`, `sub=bob@${ISS}`], 'bound to that issuer; the any-issuer entry is not')
+    t.same(await list({ reasonContains: 'SEC-7' }), [`jti=j-1@${ISS}`, 'sub=alice@*'], 'case-insensitive')
+    t.same(await list({ claim: 'sub', iss: ISS, reasonContains: 'sec' }), [`sub=bob@${ISS}`], 'filters combine')
+    t.same(await list({ claim: 'sid' }), [], 'nothing of that claim')
+    t.same(await list({ iss: 'https://unknown.example/' }), [])
+  })
+
+  t.test('entries that expire between pages are not listed after they expire', async (t) => {
+    const { store, clock, elapse } = await factory(t)
+    const short: RevocationEntry[] = []
+    const long: RevocationEntry[] = []
+    for (let i = 0; i < 12; i++) {
+      short.push(await store.put(entryAt(clock, 'sub', `short-${i}`, { expiresAtS: nowS(clock) + 1 })))
+      long.push(await store.put(entryAt(clock, 'sub', `long-${i}`)))
+    }
+    const first = await store.list({ limit: 4 })
+    t.equal(first.entries.length, 4)
+    t.ok(first.next, 'more pages')
+    await elapse(3)
+    const rest = (await listAllFrom(store, first.next, 4)).flat()
+    t.same(rest.filter((e) => e.value.startsWith('short-')), [], 'no expired entry on a later page')
+    const firstLong = first.entries.filter((e) => e.value.startsWith('long-'))
+    t.same(names([...firstLong, ...rest]), names(long), 'every entry still active is listed once')
+    t.same(names((await listAll(t, store, { limit: 4 })).flat()), names(long), 'a new walk: only the active ones')
+  })
+
+  t.test('list refuses a cursor it did not make', async (t) => {
+    const { store, clock } = await factory(t)
+    await store.put(entryAt(clock, 'sub', 'x'))
+    for (const cursor of ['not a cursor', '', Buffer.from(JSON.stringify({ c: '', k: ['secret-key'] })).toString('base64url')]) {
+      const err = await store.list({ limit: 10, cursor }).then(() => undefined, (e: unknown) => e)
+      t.ok(err instanceof InvalidCursorError, `${JSON.stringify(cursor)} refused with InvalidCursorError`)
+    }
+  })
+
   for (const claim of ['jti', 'sub', 'client_id', 'sid', 'task']) {
     t.test(`revoked by ${claim}: iat before and at T revoked, after T not${claim === 'jti' ? ' (but one jti is one token: revoked whatever its iat)' : ''}`, async (t) => {
       const { store, clock } = await factory(t)
@@ -224,4 +299,14 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     t.equal(entry.expiresAtS - entry.issuedBeforeS, LIFETIME_S)
     await checkExpiry(t, entry)
   })
+}
+
+async function listAllFrom(store: RevocationStore, cursor: string | undefined, limit: number): Promise<RevocationEntry[][]> {
+  const pages: RevocationEntry[][] = []
+  while (cursor !== undefined && pages.length < 100) {
+    const page = await store.list({ limit, cursor })
+    pages.push([...page.entries])
+    cursor = page.next
+  }
+  return pages
 }

@@ -11,13 +11,14 @@ import { bearer, runApp, send, waitFor, type Lapse } from '../fixtures/app.js'
 import { newKeyPair, testKeys } from '../fixtures/keys.js'
 import { startSilentServer } from '../fixtures/upstream.js'
 import { inMemoryTelemetry, newTraceparent, type MemoryTelemetry } from './in-memory.js'
-import { newHolder } from '../bind/helpers.js'
+import { newHolder } from '../bind/dpop-helpers.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const T0_S = T0_MS / 1000
 const ROUTES = [
   { path: '/healthz', public: true },
   { path: '/orders/**', methods: ['GET'], scopes: ['orders:read'] },
+  { path: '/ci/**', scopes: ['orders:read'], peers: ['spiffe://prod.example/ns/ci/*'] },
 ]
 // DESIGN.md "Telemetry": the `lapse.reason` values, verbatim, and host_not_allowed (LAPSE_HOSTS).
 const DESIGN_REASONS = [
@@ -26,6 +27,8 @@ const DESIGN_REASONS = [
   'no_route', 'revocation_unavailable', 'keys_unavailable', 'invalid_request', 'host_not_allowed', 'too_many_header_fields',
   // docs/binding.md: DPoP and the sender_constrained policy.
   'dpop_proof_invalid', 'dpop_replayed', 'dpop_key_mismatch', 'dpop_nonce_required', 'sender_constraint_required', 'dpop_replay_unavailable',
+  // Issue 23 (docs/binding.md).
+  'mtls_key_mismatch', 'peer_not_allowed',
 ]
 
 const mint = async (claims: Record<string, unknown> = {}, opts: Parameters<Awaited<ReturnType<typeof testKeys>>['mint']>[1] = {}) =>
@@ -99,6 +102,8 @@ t.test('every reason on one Lapse: one lapse.authorize span each, with the desig
   await expectSpan(t, lapse, mem, 'wrong_audience', { headers: [bearer(await mint({ aud: 'billing-api' }))], status: 401 })
   await expectSpan(t, lapse, mem, 'lifetime_exceeds_policy', { headers: [bearer(await mint({ exp: T0_S + 86_400 }))], status: 401 })
   await expectSpan(t, lapse, mem, 'missing_claim', { headers: [bearer(await mint({ jti: undefined }))], status: 401 })
+  await expectSpan(t, lapse, mem, 'mtls_key_mismatch', { headers: [bearer(await mint({ cnf: { 'x5t#S256': 'bm90LXRoaXMtY2VydGlmaWNhdGU' } }))], status: 401, attrs: ORDERS_RULE })
+  await expectSpan(t, lapse, mem, 'peer_not_allowed', { path: '/ci/1', headers: [bearer(good)], status: 403, attrs: { 'lapse.route': '2', 'http.route': '/ci/**' } })
 
   // Revoked: the identity is known (the token verified), so the span says whose grant was refused.
   const revokedToken = await mint({ sub: 'contractor-7', jti: 'tok-revoked' })
