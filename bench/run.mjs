@@ -362,7 +362,7 @@ async function main() {
   }
 
   async function measure(row, durationS) {
-    const { url, child } = fleet.get(row.server)
+    const { url, child, helper } = fleet.get(row.server)
     // A fixed-rate row keeps its rate unless --rate caps the whole run lower.
     const rate = Math.min(row.rate ?? Infinity, settings.rate ?? Infinity)
     const cfg = { url: `${url}${PATH}`, connections: settings.connections, durationS, rate: Number.isFinite(rate) ? rate : undefined }
@@ -378,15 +378,17 @@ async function main() {
     const timer = sampleRss ? setInterval(() => rss.push(rssKb(child.pid)), 1000) : undefined
     if (sampleRss) rss.push(rssKb(child.pid))
     const upstreamPid = fleet.get('upstream').child.pid
-    const before = { server: cpuMs(child.pid), split: cpuSplitMs(child.pid), upstream: cpuMs(upstreamPid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
+    const before = { server: cpuMs(child.pid), split: cpuSplitMs(child.pid), upstream: cpuMs(upstreamPid), helper: helper && cpuMs(helper.pid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
     try {
       const m = await runJson(process.execPath, [join(benchDir, 'lib', 'load.mjs'), cfgPath], { cpu: pin.loadgen, timeoutMs: (durationS + 60) * 1000 })
       // CPU time per request of the server under test (all its threads): steadier than req/s
       // when the machine is shared.
-      const after = { server: cpuMs(child.pid), split: cpuSplitMs(child.pid), upstream: cpuMs(upstreamPid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
+      const after = { server: cpuMs(child.pid), split: cpuSplitMs(child.pid), upstream: cpuMs(upstreamPid), helper: helper && cpuMs(helper.pid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
       if (m.ok > 0 && before.server !== undefined && after.server !== undefined) {
         m.serverCpuUsPerReq = ((after.server - before.server) * 1000) / m.ok
         m.upstreamCpuUsPerReq = ((after.upstream - before.upstream) * 1000) / m.ok
+        // Row na: Lapse's decision service, apart from nginx (the row's server).
+        if (before.helper !== undefined && after.helper !== undefined) m.helperCpuUsPerReq = ((after.helper - before.helper) * 1000) / m.ok
       }
       // Where a row's CPU goes (JSON only): user or system time, the event loop or other threads.
       if (m.ok > 0 && before.split && after.split) {

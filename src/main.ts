@@ -6,7 +6,8 @@
 import type { Server } from 'node:http'
 import pino, { type Logger } from 'pino'
 import { createAdminServer } from './admin/server.js'
-import { closeServer, createApp, listenOn, type App, type Deps } from './http/server.js'
+import { createDecisionServer, type DecisionServer } from './http/decision.js'
+import { closeServer, createApp, exchangeContext, listenOn, type App, type Deps } from './http/server.js'
 import type { DpopPolicy } from './bind/dpop.js'
 import { createNonces } from './bind/nonce.js'
 import { createMemoryReplayCache } from './bind/replay-memory.js'
@@ -16,28 +17,39 @@ import { createConnectionRegistry } from './connections/connections.js'
 import { createForwarder } from './http/forward.js'
 import { systemClock } from './core/clock.js'
 import { LapseError } from './core/errors.js'
-import type { Clock, ReplayCache, RevocationStore } from './core/types.js'
+import type { Clock, ReplayCache, RevocationStore, UseCounter } from './core/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
+import { createMemoryUseCounter } from './revocation/use-counter-memory.js'
 import { createRecorder, createStepTracer } from './telemetry/recorder.js'
 import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settings.js'
 import { normalizeType } from './verify/claims.js'
 import { createKeyResolver } from './verify/keys.js'
 import { createVerifier } from './verify/verify-token.js'
 
-/** The proxy and the admin listener, listened and closed together. */
+/** The proxy, the decision listener and the admin listener, listened and closed together. */
 export interface Sidecar {
+  /** Listens only when there is an upstream (LAPSE_UPSTREAM). */
   readonly app: App
+  /** Absent unless LAPSE_DECISION_LISTEN is set. */
+  readonly decision: DecisionServer | undefined
   readonly admin: Server
-  listen(): Promise<{ proxy: HostPort; admin: HostPort }>
+  listen(): Promise<Addresses>
   /** Stops accepting; open requests get `graceMs` to finish, then every connection is cut. */
   close(graceMs?: number): Promise<void>
+}
+
+/** Where each listener listens; `proxy` is absent for a decision service only, `decision` when it is off. */
+export interface Addresses {
+  readonly proxy: HostPort | undefined
+  readonly decision: HostPort | undefined
+  readonly admin: HostPort
 }
 
 export interface Running {
   readonly app: Sidecar
   readonly config: Config
   readonly deps: Deps
-  readonly addresses: { proxy: HostPort; admin: HostPort }
+  readonly addresses: Addresses
   close(graceMs?: number): Promise<void>
 }
 
@@ -104,6 +116,15 @@ async function createDpopPolicy(config: Config, clock: Clock): Promise<DpopPolic
   }
 }
 
+/** The use counts live where the revocation set does, under its prefix, within its time budget. */
+async function createUseCounter(config: Config, clock: Clock): Promise<UseCounter> {
+  if (!config.redis) return createMemoryUseCounter({ clock })
+  // Connected only when a rule counts uses: otherwise it would be one idle connection per sidecar.
+  if (!config.routes.some((r) => r.max_uses !== undefined)) return createMemoryUseCounter({ clock })
+  const { createRedisUseCounter } = await import('./revocation/use-counter-redis.js')
+  return createRedisUseCounter({ url: config.redis.url, prefix: config.redis.prefix, timeoutMs: config.revocationTimeoutMs })
+}
+
 export async function buildDeps(config: Config, opts: StartOptions = {}): Promise<Deps> {
   const clock = opts.clock ?? systemClock
   const log = opts.log ?? createLogger(config.log.level)
@@ -133,17 +154,18 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
     cacheSize: config.tokenCacheSize,
   })
   const revocations = await createRevocationStore(config, clock, log)
-  const forwarder = createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
-  // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
-  const metrics = telemetry.meterProvider && telemetry.decisions
-    ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock })
-    : undefined
-  const recorder = createRecorder({ tracer, tracing: telemetry.tracing !== false, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
+  const uses = await createUseCounter(config, clock)
+  const forwarder = config.upstream && createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
   const connections = createConnectionRegistry({
     clock, revocations, log, revocableClaims: config.revocableClaims, clockSkewS: config.clockSkewS, recheckIntervalS: config.streamRecheckIntervalS,
   })
+  // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
+  const metrics = telemetry.meterProvider && telemetry.decisions
+    ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, { keys, verify, revocations, clock, connections })
+    : undefined
+  const recorder = createRecorder({ tracer, tracing: telemetry.tracing !== false, propagator: telemetry.propagator, metrics, log, clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
   const dpop = await createDpopPolicy(config, clock)
-  return { config, clock, keys, verify, revocations, match, forwarder, recorder, log, metricsHandler: telemetry.metricsHandler, connections, dpop }
+  return { config, clock, keys, verify, revocations, uses, match, forwarder, recorder, log, metricsHandler: telemetry.metricsHandler, connections, dpop }
 }
 
 export async function startProxy(env: Readonly<Record<string, string | undefined>>, opts: StartOptions = {}): Promise<Running> {
@@ -178,7 +200,7 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     const e = err as NodeJS.ErrnoException
     throw new LapseError('ERR_LISTEN', `cannot listen: ${e.code ?? e.message}`)
   }
-  deps.log.info({ listen: addresses.proxy, admin: addresses.admin, upstream: config.upstream.origin, revocation_set: deps.revocations.kind }, 'lapse is listening')
+  deps.log.info({ listen: addresses.proxy, decision: addresses.decision, admin: addresses.admin, upstream: config.upstream?.origin, revocation_set: deps.revocations.kind }, 'lapse is listening')
   return {
     app,
     config,
@@ -212,31 +234,37 @@ async function untilAnswering(deps: Deps, waitMs: number, signal?: AbortSignal):
 
 export function createSidecar(deps: Deps): Sidecar {
   const app = createApp(deps)
+  // One context for both listeners: the same checks, recorder and decision dependencies.
+  const decision = deps.config.decision ? createDecisionServer(deps, exchangeContext(deps)) : undefined
   const admin = createAdminServer(deps)
+  const proxied = deps.config.upstream !== undefined
   return {
     app,
+    decision,
     admin,
     async listen() {
-      const proxy = await app.listen()
       try {
-        return { proxy, admin: await listenOn(admin, deps.config.admin.listen) }
+        const proxy = proxied ? await app.listen() : undefined
+        const at = decision ? await decision.listen() : undefined
+        return { proxy, decision: at, admin: await listenOn(admin, deps.config.admin.listen) }
       } catch (err) {
         // Half a sidecar would take traffic that its readiness probe cannot vouch for: close what opened.
-        await app.close()
+        await Promise.all([app.close(), decision?.close()])
         throw err
       }
     },
     async close(graceMs = 0) {
-      await Promise.all([app.close(graceMs), closeServer(admin, 0, new Set())])
+      await Promise.all([app.close(graceMs), decision?.close(graceMs), closeServer(admin, 0, new Set())])
     },
   }
 }
 
 async function closeDeps(deps: Deps): Promise<void> {
   deps.keys.close()
-  deps.forwarder.close()
+  deps.forwarder?.close()
   deps.connections?.close()
   await deps.revocations.close()
   await deps.dpop?.replay.close()
+  await deps.uses.close()
   deps.log.flush()
 }

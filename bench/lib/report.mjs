@@ -92,6 +92,12 @@ export function summarize(rows, measurements) {
     r.vsFloor = ratio(r, by['2'])
     r.vsFastify = ratio(r, by['6'])
   }
+  // A row measured against a baseline of its own (row na against nginx alone, row n).
+  for (const row of rows) {
+    if (row.vs === undefined) continue
+    const r = by[row.id]
+    r.vsBase = { id: row.vs, ratio: ratio(r, by[row.vs]) }
+  }
   return out
 }
 const ratio = (a, b) => (a?.median && b?.median ? paired(a, b)?.median : undefined)
@@ -102,7 +108,7 @@ const lpad = (s, n) => String(s).padStart(n)
 
 /** A Markdown table: readable in a terminal and pasteable into README.md as it is. */
 export function formatTable(summary) {
-  const head = ['row', 'what', 'req/s', '± %', 'p50 ms', 'p99 ms', 'CPU µs/req', 'other %', '÷ row 2', '÷ row 6']
+  const head = ['row', 'what', 'req/s', '± %', 'p50 ms', 'p99 ms', 'CPU µs/req', 'other %', '÷ row 2', '÷ row 6', '÷ own base']
   const lines = summary.map((r) => [
     r.id,
     r.label,
@@ -114,6 +120,7 @@ export function formatTable(summary) {
     r.median?.foreignCpuShare === undefined || Number.isNaN(r.median.foreignCpuShare) ? '—' : (r.median.foreignCpuShare * 100).toFixed(0),
     fmt(r.vsFloor),
     fmt(r.vsFastify),
+    r.vsBase ? `${fmt(r.vsBase.ratio)} (row ${r.vsBase.id})` : '—',
   ])
   const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => String(l[i]).length)))
   const row = (cells) => `| ${cells.map((c, i) => (i >= 2 ? lpad(c, widths[i]) : pad(c, widths[i]))).join(' | ')} |`

@@ -7,6 +7,7 @@
 //   await fleet.close()
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
+import { nginxBinary, writeNginxConf } from './nginx.mjs'
 import { startRedis } from './redis.mjs'
 import { freePort, spawnPinned, stop, waitHttp } from './proc.mjs'
 import { SCOPE } from './keys.mjs'
@@ -19,6 +20,11 @@ const LAPSE_VARIANTS = {
   'lapse-mem': () => ({}),
   'lapse-redis-cache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true' }),
   'lapse-redis-nocache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'false' }),
+  // Row 4u: row 4a's route with a use limit no run reaches, so every request is allowed and
+  // counted: one atomic script in Redis per request (src/revocation/use-counter-redis.ts).
+  'lapse-redis-uses': ({ redisUrl }) => ({
+    LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true', LAPSE_ROUTES: JSON.stringify([{ path: '/**', scopes: [SCOPE], max_uses: 1_000_000_000 }]),
+  }),
   // Row 5: no verification cache, so every request pays its signature check even when the
   // 10,000-token pool comes round again.
   'lapse-verify': () => ({ LAPSE_TOKEN_CACHE_SIZE: '0' }),
@@ -30,7 +36,12 @@ const LAPSE_VARIANTS = {
   'lapse-mtls': ({ pki }) => ({
     LAPSE_TLS_CERT_FILE: pki.serverCertFile, LAPSE_TLS_KEY_FILE: pki.serverKeyFile, LAPSE_TLS_CLIENT_CA_FILE: pki.caFile, LAPSE_TLS_CLIENT_AUTH: 'require',
   }),
+  // Row na: a decision service only, asked by nginx's auth_request (docs/ingress.md).
+  'lapse-decision': ({ decisionPort }) => ({ LAPSE_UPSTREAM: undefined, LAPSE_DECISION_LISTEN: `127.0.0.1:${decisionPort}`, LAPSE_DECISION_TOKEN: DECISION_TOKEN }),
 }
+
+/** The shared secret between the bench's nginx and its decision service. */
+const DECISION_TOKEN = 'bench-decision-token-0123456789'
 
 export const lapseEntry = (root) => join(root, 'bin', 'lapse.js')
 // "<variant>@base" is the same configuration on the commit an A/B run compares against (--against).
@@ -69,10 +80,11 @@ export function createFleet(ctx) {
     const entry = lapseEntry(lapseRoot)
     if (!existsSync(entry)) throw new Error(`Lapse is not there yet (${entry} missing)`)
     const upstream = await ensure('upstream')
-    const extra = { redisUrl: undefined, closedPort: undefined, collectorUrl: undefined, pki: ctx.pki }
+    const extra = { redisUrl: undefined, closedPort: undefined, collectorUrl: undefined, pki: ctx.pki, decisionPort: undefined }
     if (variant.startsWith('lapse-redis')) extra.redisUrl = (await ensure('redis')).url
     if (variant === 'lapse-otel') extra.closedPort = await freePort()
     if (variant === 'lapse-otel-live') extra.collectorUrl = (await ensure('collector')).url
+    if (variant === 'lapse-decision') extra.decisionPort = await freePort()
     const [port, adminPort] = [await freePort(), await freePort()]
     const env = {
       ...cleanEnv(),
@@ -91,7 +103,25 @@ export function createFleet(ctx) {
     for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k]
     const child = spawnPinned(node, [...profileFlags(name), entry, 'proxy'], { cpu: ctx.pin.servers, name, logDir: ctx.logDir, env, cwd: lapseRoot })
     await waitHttp(`http://127.0.0.1:${adminPort}/readyz`, { child, timeoutMs: 20_000 })
-    return { name, url: `${variant === 'lapse-mtls' ? 'https' : 'http'}://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, child, env }
+    const decision = extra.decisionPort && `127.0.0.1:${extra.decisionPort}`
+    return { name, url: `${variant === 'lapse-mtls' ? 'https' : 'http'}://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, child, env, decision }
+  }
+
+  /** Rows n and na: nginx alone, or with auth_request to the decision service (`lapse-decision`). */
+  async function startNginx(name) {
+    const bin = nginxBinary()
+    if (!bin) throw new Error('no nginx binary found')
+    const upstream = await ensure('upstream')
+    const lapse = name === 'nginx-lapse' ? await ensure('lapse-decision') : undefined
+    const decision = lapse && { address: lapse.decision, token: DECISION_TOKEN }
+    const port = await freePort()
+    const dir = join(ctx.logDir, name)
+    const conf = writeNginxConf({ root: ctx.root, dir, port, upstreamUrl: upstream.url, decision })
+    const child = spawnPinned(bin, ['-p', dir, '-c', conf, '-g', 'daemon off; master_process off;'], { cpu: ctx.pin.servers, name, logDir: ctx.logDir })
+    const url = `http://127.0.0.1:${port}`
+    await waitHttp(`${url}/ready-probe`, { child, status: 200 })
+    // `helper`: the other process the row's requests cost CPU in (run.mjs reports it apart).
+    return { name, url, child, helper: lapse?.child }
   }
 
   async function start(name) {
@@ -116,6 +146,9 @@ export function createFleet(ctx) {
         await waitHttp(`${url}/ready-probe`, { child, status: 401 })
         return { name, url, child }
       }
+      case 'nginx':
+      case 'nginx-lapse':
+        return startNginx(name)
       case 'redis': {
         const redis = await startRedis({ cpu: ctx.pin.redis, logDir: ctx.logDir })
         return { name, ...redis }

@@ -6,7 +6,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
 import { answerOf, jsonAnswer, writeAnswer } from '../core/answers.js'
-import { InvalidCursorError, type Clock, type RevocationEntry, type RevocationStore } from '../core/types.js'
+import { InvalidCursorError, type Clock, type RevocationEntry, type RevocationStore, type UseCounter } from '../core/types.js'
 import { errorType, type Recorder } from '../telemetry/recorder.js'
 import type { KeyResolver } from '../verify/keys.js'
 import { parseListQuery } from './list-query.js'
@@ -18,6 +18,8 @@ export interface Deps {
   readonly clock: Clock
   readonly keys: Pick<KeyResolver, 'ready'>
   readonly revocations: RevocationStore
+  /** The use counter of rules with max_uses; readiness waits for it too. */
+  readonly uses?: Pick<UseCounter, 'ready'> | undefined
   readonly recorder: Pick<Recorder, 'revocationChange'>
   readonly log: Logger
   /** Serves `/metrics`; absent when metrics are off. */
@@ -74,8 +76,11 @@ function decodePart(part: string): string | undefined {
 function readiness(res: ServerResponse, deps: Deps): void {
   const keys = deps.keys.ready()
   const revocations = deps.revocations.ready()
-  const body = { ready: keys && revocations, keys: keys ? 'loaded' : 'unavailable', revocation_set: revocations ? deps.revocations.kind : 'unreachable' }
-  writeAnswer(res, jsonAnswer(keys && revocations ? 200 : 503, body))
+  // The use counter shares the set's Redis but has its own connection (rules with max_uses only).
+  const uses = deps.uses?.ready() ?? true
+  const ready = keys && revocations && uses
+  const body = { ready, keys: keys ? 'loaded' : 'unavailable', revocation_set: revocations ? deps.revocations.kind : 'unreachable', ...(uses ? {} : { use_counter: 'unreachable' }) }
+  writeAnswer(res, jsonAnswer(ready ? 200 : 503, body))
 }
 
 /** The admin token, compared in constant time; answers the request itself when it fails. */

@@ -3,10 +3,10 @@
 //   const match = compileRoutes(config.routes)      // throws LapseError ERR_RULES_*
 //   const rule = match('GET', '/orders/42')          // undefined: no rule, deny
 //
-// `*` is one non-empty segment, `**` (last only) any rest; literals compare case-sensitively with
-// the normalized path. The rules: docs/configuration.md#route-rules.
+// `*` is one non-empty segment, `{name}` too (and captures it), `**` (last only) any rest; literals
+// compare case-sensitively with the normalized path. The rules: docs/configuration.md#route-rules.
 import { LapseError } from '../core/errors.js'
-import type { Rule } from '../core/types.js'
+import type { ClaimRequirement, Rule, RouteCapture, RuleBinding } from '../core/types.js'
 
 /** One rule as configured (LAPSE_ROUTES); config/schema.ts's routeSchema produces it. */
 export interface RouteSpec {
@@ -17,6 +17,10 @@ export interface RouteSpec {
   readonly on_revocation_unavailable: 'closed' | 'open'
   readonly cut_streams_at_expiry: boolean
   readonly sender_constrained?: boolean | undefined
+  readonly claims?: Readonly<Record<string, string | number | boolean | ReadonlyArray<string | number | boolean>>> | undefined
+  readonly max_token_age?: number | undefined
+  readonly acr_values?: readonly string[] | undefined
+  readonly max_uses?: number | undefined
   readonly peers?: readonly string[] | undefined
 }
 
@@ -56,6 +60,9 @@ function compileOne(s: RouteSpec, index: number): Compiled {
       return { kind: 'rest' }
     }
     if (text === '*') return { kind: 'one' }
+    // A capture matches what `*` matches; which segment it names is read off the rule (compileBinding).
+    if (CAPTURE.test(text)) return { kind: 'one' }
+    if (text.includes('{') || text.includes('}')) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has a "{" or "}" that is not a whole {name} segment`)
     if (text.includes('*')) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} mixes "*" with text in one segment`)
     if (text === '.' || text === '..') throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has a dot segment`)
     const dead = unmatchableEscape(text)
@@ -71,12 +78,71 @@ function compileOne(s: RouteSpec, index: number): Compiled {
     onRevocationUnavailable: s.on_revocation_unavailable,
     cutStreamsAtExpiry: s.cut_streams_at_expiry,
     senderConstrained: s.sender_constrained,
+    binding: compileBinding(s, texts, index),
     peers: s.peers ? Object.freeze([...s.peers]) : undefined,
   })
   // A rule for GET takes HEAD too, as fastify and express route it: HEAD is GET without the body
   // (RFC 9110 §9.3.2), and most upstreams answer it with their GET handler.
   const takes = rule.methods?.has('GET') && !rule.methods.has('HEAD') ? new Set([...rule.methods, 'HEAD']) : rule.methods
   return { rule, takes, segments, trailingSlash }
+}
+
+// A capture segment: `{name}`, the name as a header name can carry it (X-Auth-Bound-<name>).
+const CAPTURE = /^\{([A-Za-z0-9_-]+)\}$/
+const BOUND_PREFIX = 'x-auth-bound-'
+
+const invalid = (message: string, at: string): LapseError => new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${message} (at ${at})`)
+
+/** The rule's captures, claim requirements, freshness and use limit; undefined when it has none. */
+function compileBinding(s: RouteSpec, texts: readonly string[], index: number): RuleBinding | undefined {
+  const at = `routes[${index}]`
+  const captures: RouteCapture[] = []
+  const names = new Map<string, number>()
+  texts.forEach((text, segment) => {
+    const name = CAPTURE.exec(text)?.[1]
+    if (name === undefined) return
+    if (names.has(name)) throw invalid(`the capture {${name}} is used twice in ${s.path}`, `${at}.path`)
+    names.set(name, captures.length)
+    captures.push({ name, segment, header: undefined })
+  })
+  const claims: ClaimRequirement[] = []
+  for (const [claim, wanted] of Object.entries(s.claims ?? {})) {
+    const literals: Array<string | number | boolean> = []
+    const refs: number[] = []
+    for (const value of Array.isArray(wanted) ? wanted : [wanted]) {
+      const ref = typeof value === 'string' ? /^\{(.*)\}$/.exec(value)?.[1] : undefined
+      if (ref === undefined) {
+        literals.push(value)
+        continue
+      }
+      const i = names.get(ref)
+      if (i === undefined) throw invalid(`"{${ref}}" names no capture of ${s.path}`, `${at}.claims.${claim}`)
+      refs.push(i)
+    }
+    claims.push({ claim, literals, captures: refs, description: `token claim ${claim} does not match this route` })
+  }
+  // A capture a claim binds goes upstream as X-Auth-Bound-<name>: the value was checked against the token.
+  const headers = new Map<string, string>()
+  const bound = captures.map((c, i) => {
+    if (!claims.some((r) => r.captures.includes(i))) return c
+    const header = BOUND_PREFIX + c.name.toLowerCase().replace(/[^a-z0-9]/g, '-')
+    const other = headers.get(header)
+    if (other !== undefined) throw invalid(`the captures {${other}} and {${c.name}} would both be sent as ${header}`, `${at}.path`)
+    headers.set(header, c.name)
+    return { ...c, header }
+  })
+  if (s.public && (claims.length > 0 || s.max_token_age !== undefined || s.acr_values !== undefined || s.max_uses !== undefined)) {
+    throw invalid('a public rule cannot require claims, freshness or a use limit', at)
+  }
+  if (captures.length === 0 && claims.length === 0 && s.max_token_age === undefined && s.acr_values === undefined && s.max_uses === undefined) return undefined
+  return Object.freeze({
+    captures: Object.freeze(bound),
+    claims: Object.freeze(claims),
+    maxTokenAgeS: s.max_token_age,
+    acrValues: s.acr_values ? Object.freeze([...s.acr_values]) : undefined,
+    maxUses: s.max_uses,
+    useScope: `${(s.methods ?? []).map((m) => m.toUpperCase()).sort().join(',')} ${s.path}`,
+  })
 }
 
 /**

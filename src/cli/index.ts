@@ -17,7 +17,9 @@ const HELP = `lapse — verify every request's short-lived token at the moment o
 Usage: lapse <command> [options]
 
 Commands:
-  proxy     run the sidecar, configured by LAPSE_* variables or the YAML file in LAPSE_CONFIG
+  proxy     run the sidecar, configured by LAPSE_* variables or the YAML file in LAPSE_CONFIG;
+            with LAPSE_DECISION_LISTEN (and no LAPSE_UPSTREAM) a decision service for
+            nginx, Envoy/Istio, Traefik or Caddy (docs/ingress.md)
   demo      run the sidecar on embedded defaults with a demo upstream and a development key
             (--ttl <seconds> for the printed token, default 300)
   token     mint a development token with the demo's key
@@ -42,13 +44,27 @@ LAPSE_ADMIN_TOKEN or LAPSE_ADMIN_TOKEN_FILE. Configuration reference: docs/confi
 type Env = Record<string, string | undefined>
 
 function die(line: string, code = 2): never {
-  // Written synchronously: process.stderr on a pipe can still hold the line when exit comes.
-  try {
-    writeSync(2, `lapse: ${line}\n`)
-  } catch {
-    process.stderr.write(`lapse: ${line}\n`)
-  }
+  writeErrSync(`lapse: ${line}\n`)
   process.exit(code)
+}
+
+/**
+ * Written synchronously, whole: process.stderr on a pipe can still hold the line when exit comes.
+ * A non-blocking pipe that is full answers EAGAIN; the write is retried for up to a second rather
+ * than handed to the asynchronous stream, which exit would cut (seen under load: exit 2, no line).
+ */
+function writeErrSync(text: string): void {
+  let rest = Buffer.from(text)
+  const pause = new Int32Array(new SharedArrayBuffer(4))
+  for (let tries = 0; rest.length > 0 && tries < 1000; ) {
+    try {
+      rest = rest.subarray(writeSync(2, rest))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') return
+      tries++
+      Atomics.wait(pause, 0, 0, 1)
+    }
+  }
 }
 
 export async function main(argv: string[], env: Env): Promise<void> {
@@ -174,7 +190,7 @@ async function runDemo(args: string[], env: Env): Promise<void> {
   if (maxLifetimeS > 0 && ttlS > maxLifetimeS) die(`demo: --ttl ${ttlS} is longer than LAPSE_MAX_TOKEN_LIFETIME (${maxLifetimeS} s), so Lapse would refuse the token`)
   const nowS = Math.floor(Date.now() / 1000)
   const token = await mintToken(dev, { sub: 'demo-user', scope: 'demo:read', ttlS, nowS, iss: running.config.issuers[0], aud: running.config.audiences[0] })
-  const p = running.addresses.proxy
+  const p = running.addresses.proxy!
   const a = running.addresses.admin
   const host = (h: string) => (h.includes(':') ? `[${h}]` : h)
   // This checkout's own CLI by its path: `npx lapse` run from another folder would fetch whatever

@@ -93,16 +93,28 @@ function ruleIssue(message: string, path: readonly PropertyKey[]): never {
   throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${message}${at}`)
 }
 
+/** A use limit counts uses per token, and only `jti` tells one token from another: it must be there. */
+function requireJtiForUses(routes: RouteSetting[], requiredClaims: readonly string[]): RouteSetting[] {
+  const i = routes.findIndex((r) => r.max_uses !== undefined)
+  if (i !== -1 && !requiredClaims.includes('jti')) ruleIssue('max_uses counts uses per token, so it needs jti in LAPSE_REQUIRED_CLAIMS', [i, 'max_uses'])
+  return routes
+}
+
 function readAdminToken(s: Settings): string | undefined {
-  if (s.admin_token && s.admin_token_file) return fail('admin_token', 'set LAPSE_ADMIN_TOKEN or LAPSE_ADMIN_TOKEN_FILE, not both')
-  if (!s.admin_token_file) return s.admin_token
+  return readSecret(s.admin_token, s.admin_token_file, 'admin_token')
+}
+
+/** A secret given inline or in a file (`<key>_file`), never both; at least 16 characters. */
+function readSecret(inline: string | undefined, file: string | undefined, key: string): string | undefined {
+  if (inline && file) return fail(key, `set ${envName(key)} or ${envName(`${key}_file`)}, not both`)
+  if (!file) return inline
   let token: string
   try {
-    token = readFileSync(s.admin_token_file, 'utf8').trim()
+    token = readFileSync(file, 'utf8').trim()
   } catch (err) {
-    return fail('admin_token_file', `cannot read ${s.admin_token_file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+    return fail(`${key}_file`, `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
   }
-  if (token.length < 16) return fail('admin_token_file', 'the token must be at least 16 characters')
+  if (token.length < 16) return fail(`${key}_file`, 'the token must be at least 16 characters')
   return token
 }
 
@@ -140,10 +152,19 @@ function tlsOf(s: Settings) {
   return { ...files, clientAuth: s.tls_client_auth ?? 'request' }
 }
 
+/** The decision listener (docs/ingress.md); undefined when LAPSE_DECISION_LISTEN is unset. */
+function readDecision(s: Settings) {
+  const token = readSecret(s.decision_token, s.decision_token_file, 'decision_token')
+  if (!s.decision_listen) return token === undefined ? undefined : fail('decision_token', 'set only with LAPSE_DECISION_LISTEN')
+  return { listen: s.decision_listen, token }
+}
+
 /** The settings grouped as Lapse reads them; checks that span settings throw here. */
 const configSchema = settingsSchema.transform((s) => {
   if (!s.jwks_url && !s.jwks_file) fail('jwks_url', 'one of LAPSE_JWKS_URL or LAPSE_JWKS_FILE is required')
   if (s.jwks_url && s.jwks_file) fail('jwks_url', 'set LAPSE_JWKS_URL or LAPSE_JWKS_FILE, not both')
+  // Without an upstream Lapse is a decision service only; without either it would serve nothing.
+  if (!s.upstream && !s.decision_listen) fail('upstream', 'required unless LAPSE_DECISION_LISTEN is set')
   return {
     listen: s.listen,
     upstream: s.upstream,
@@ -159,8 +180,9 @@ const configSchema = settingsSchema.transform((s) => {
     redis: s.redis_url ? { url: s.redis_url, prefix: s.redis_prefix, cache: s.revocation_cache } : undefined,
     revocationTimeoutMs: s.revocation_timeout,
     startupWaitMs: s.startup_wait,
-    routes: parseRoutes(s.routes),
+    routes: requireJtiForUses(parseRoutes(s.routes), s.required_claims),
     admin: { listen: s.admin_listen, token: readAdminToken(s), tokenName: s.admin_token_name },
+    decision: readDecision(s),
     upstreamTimeoutMs: s.upstream_timeout,
     upstreamMaxConnections: s.upstream_max_connections,
     clientHeaderTimeoutMs: s.client_header_timeout,
@@ -191,6 +213,8 @@ const configSchema = settingsSchema.transform((s) => {
   }
 })
 
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/
+
 /** Deeply read-only, as loadConfig freezes it; a URL stays a URL (frozen too). */
 type Frozen<T> = T extends URL ? T
   : T extends ReadonlyArray<infer E> ? ReadonlyArray<Frozen<E>>
@@ -207,6 +231,11 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   const raw = collectRaw(env, warnings)
   const parsed = configSchema.safeParse(raw)
   if (!parsed.success) return describeIssue(parsed.error.issues[0]!, raw) as never
+  const decision = parsed.data.decision
+  // The decision listener believes its callers about the original request (docs/ingress.md#trust).
+  if (decision && decision.token === undefined && !LOOPBACK.test(decision.listen.host)) {
+    warnings.push(`LAPSE_DECISION_LISTEN binds ${decision.listen.host} without LAPSE_DECISION_TOKEN: whoever reaches it can ask for decisions about any request; admit only the front proxy`)
+  }
   return deepFreeze({ ...parsed.data, warnings })
 }
 

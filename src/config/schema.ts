@@ -31,13 +31,17 @@ const int = (min: number, max: number) => z.coerce.number().int().min(min).max(m
 
 export interface HostPort { readonly host: string; readonly port: number }
 
-const hostPort = (fallback: string) => z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected host:port')
+const hostPortText = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected host:port')
   .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port out of range')
-  .default(fallback)
-  .transform((s): HostPort => {
-    const i = s.lastIndexOf(':')
-    return { host: s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port: Number(s.slice(i + 1)) }
-  })
+const toHostPort = (s: string): HostPort => {
+  const i = s.lastIndexOf(':')
+  return { host: s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port: Number(s.slice(i + 1)) }
+}
+const hostPort = (fallback: string) => hostPortText.default(fallback).transform(toHostPort)
+// A port alone binds loopback: the decision listener trusts its callers' headers about the
+// original request, so only the front proxy may reach it.
+const loopbackPort = z.preprocess((v) => (typeof v === 'number' || (typeof v === 'string' && /^\d{1,5}$/.test(v.trim())) ? `127.0.0.1:${String(v).trim()}` : v), hostPortText)
+  .transform(toHostPort)
 
 const unique = <T>(list: readonly T[]): T[] => [...new Set(list)]
 
@@ -58,6 +62,11 @@ const httpUrl = z.string().refine((s) => {
   }
 }, 'expected an http:// or https:// URL without credentials')
 
+// A route rule's claim requirement: a claim name as revocable_claims spells them, and literal
+// values; a string "{name}" refers to a path capture (authorize/routes.ts).
+const claimName = z.string().regex(/^[A-Za-z0-9_.:-]+$/, 'a claim name is letters, digits, _ . : -')
+const claimLiteral = z.union([z.string(), z.number(), z.boolean()])
+
 export const routeSchema = z.strictObject({
   path: z.string().startsWith('/', 'a route path starts with /'),
   methods: z.array(z.string().regex(/^[A-Za-z]+$/, 'a method is letters only')).min(1).optional(),
@@ -66,6 +75,10 @@ export const routeSchema = z.strictObject({
   on_revocation_unavailable: z.enum(['closed', 'open']).default('closed'),
   cut_streams_at_expiry: z.boolean().default(true),
   sender_constrained: z.boolean().optional(),
+  claims: z.record(claimName, z.union([claimLiteral, z.array(claimLiteral).min(1)])).optional(),
+  max_token_age: int(0, 31_536_000).optional(),
+  acr_values: z.array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, 'an acr value is printable ASCII without space, " or \\')).min(1).optional(),
+  max_uses: int(1, 1_000_000_000).optional(),
   peers: z.array(z.string().superRefine((p, ctx) => {
     const problem = peerPatternProblem(p)
     if (problem) ctx.addIssue({ code: 'custom', message: problem })
@@ -77,7 +90,7 @@ const routes = z.preprocess((v) => (typeof v === 'string' ? v : v), z.union([z.s
 
 export const settingsSchema = z.strictObject({
   listen: hostPort('0.0.0.0:8080').describe('where clients connect'),
-  upstream: httpUrl.transform((s) => new URL(s)).describe('the protected service'),
+  upstream: httpUrl.transform((s) => new URL(s)).optional().describe('the protected service; required unless decision_listen is set (then unset runs Lapse as a decision service only)'),
   issuer: csv.pipe(z.array(z.string()).min(1)).describe('accepted iss values'),
   audience: csv.pipe(z.array(z.string()).min(1)).describe("this resource's audience"),
   jwks_url: httpUrl.optional().describe('JWKS endpoint of the issuer'),
@@ -111,6 +124,9 @@ export const settingsSchema = z.strictObject({
   admin_listen: hostPort('127.0.0.1:9901').describe('admin API, health and metrics'),
   admin_token: z.string().min(16, 'at least 16 characters').optional().describe('bearer secret of the revocation API'),
   admin_token_file: z.string().min(1).optional().describe('a file holding admin_token'),
+  decision_listen: loopbackPort.optional().describe('the decision API for nginx auth_request, Envoy/Istio ext_authz, Traefik and Caddy forward auth, as host:port (a port alone binds 127.0.0.1); unset: off'),
+  decision_token: z.string().min(16, 'at least 16 characters').optional().describe('shared secret the front proxy sends in X-Lapse-Decision-Token; unset: not checked'),
+  decision_token_file: z.string().min(1).optional().describe('a file holding decision_token'),
   admin_token_name: z.string().regex(/^[A-Za-z0-9_.@-]+$/).default('admin').describe('who the admin token is, in audit lines'),
   upstream_timeout: int(1, 3_600_000).default(30_000).describe('milliseconds until the upstream sends response headers, then 504'),
   upstream_max_connections: int(1, 65_536).default(256).describe('HTTP connections to the upstream at most; further requests wait for one, within upstream_timeout'),

@@ -19,6 +19,7 @@ export type AnswerName =
   | 'request_timeout' | 'malformed_http' | 'internal_error'
   | 'admin_invalid_request' | 'admin_unauthorized' | 'admin_off' | 'not_found' | 'method_not_allowed'
   | 'revocation_write_failed' | 'revocation_set_unreachable'
+  | 'decision_token_invalid'
 
 interface AnswerRow {
   readonly status: 400 | 401 | 403 | 404 | 405 | 408 | 431 | 500 | 501 | 502 | 503 | 504
@@ -54,6 +55,9 @@ export const ANSWERS: Readonly<Record<AnswerName, AnswerRow>> = {
   method_not_allowed: { status: 405, error: 'method_not_allowed' },
   revocation_write_failed: { status: 503, error: 'temporarily_unavailable', description: 'the revocation set did not acknowledge the write', headers: RETRY },
   revocation_set_unreachable: { status: 503, error: 'temporarily_unavailable', description: 'the revocation set is unreachable', headers: RETRY },
+  // The decision listener (docs/ingress.md#trust): a request without LAPSE_DECISION_TOKEN did not
+  // come from the front proxy. 403, which every front proxy passes to its client as a refusal.
+  decision_token_invalid: { status: 403, error: 'forbidden', description: 'the decision request did not carry the decision token' },
 }
 
 /** The one function that makes a JSON answer: every status Lapse writes itself comes through it. */

@@ -11,6 +11,8 @@ type Challenge =
   | 'dpop_proof' | 'dpop_token' | 'dpop_nonce'
   // RFC 9449 §7.1 with RFC 6750: a route that wants a bound token offers both schemes.
   | 'bearer_and_dpop'
+  // RFC 9470 §3 and route binding (authorize/binding.ts).
+  | 'claim_mismatch' | 'insufficient_user_authentication'
 
 interface ReasonRow {
   readonly status: 400 | 401 | 403 | 421 | 431 | 503
@@ -59,6 +61,16 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   sender_constraint_required: { status: 401, challenge: 'bearer_and_dpop', error: 'invalid_token', description: 'this route accepts only sender-constrained tokens' },
   // Fail closed, as revocation_unavailable: a proof whose single use cannot be recorded is refused.
   dpop_replay_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'DPoP replay cache is unavailable' },
+  // A route rule binds the grant to a tenant, an environment…: the token is valid but not for
+  // this resource. RFC 6750 §3.1's insufficient_scope is the 403 code for a token short of what
+  // the resource needs; the description names the claim (from the rule), never a value.
+  claim_mismatch: { status: 403, challenge: 'claim_mismatch', error: 'insufficient_scope', description: 'token claims do not match this route' },
+  // RFC 9470 §3: a step-up challenge, 401 with the max_age / acr_values the rule requires, so the
+  // client fetches a fresher or stronger token.
+  token_too_old: { status: 401, challenge: 'insufficient_user_authentication', error: 'insufficient_user_authentication', description: 'a more recent authentication is required' },
+  acr_insufficient: { status: 401, challenge: 'insufficient_user_authentication', error: 'insufficient_user_authentication', description: 'a stronger authentication is required' },
+  // The rule's max_uses are spent: the token no longer works here, as an expired one would not.
+  token_reused: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token has no uses left on this route' },
   // RFC 8705 §3: a certificate-bound token on a connection without that certificate is refused
   // with 401 and invalid_token.
   mtls_key_mismatch: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token is bound to another client certificate' },
@@ -96,9 +108,22 @@ export function toChallenge(denial: Denial, realm: string, dpop?: DpopAnswer): s
       return `Bearer realm=${quote(realm)}, error="invalid_token", error_description=${quote(description)}, ${dpopScheme()}`
     case 'insufficient_scope':
       return `Bearer realm=${quote(realm)}, error="insufficient_scope", error_description=${quote(description)}, scope=${quote((denial.requiredScopes ?? []).join(' '))}`
+    case 'claim_mismatch':
+      return `Bearer realm=${quote(realm)}, error="insufficient_scope", error_description=${quote(description)}`
+    case 'insufficient_user_authentication':
+      return stepUpChallenge(denial, description, realm)
     default:
       return `Bearer realm=${quote(realm)}, error="${row.challenge}", error_description=${quote(description)}`
   }
+}
+
+/** RFC 9470 §3: the rule's freshness and strength requirements, both when it has both. */
+function stepUpChallenge(denial: Denial, description: string, realm: string): string {
+  const binding = denial.rule?.binding
+  let challenge = `Bearer realm=${quote(realm)}, error="insufficient_user_authentication", error_description=${quote(description)}`
+  if (binding?.maxTokenAgeS !== undefined) challenge += `, max_age=${quote(String(binding.maxTokenAgeS))}`
+  if (binding?.acrValues !== undefined) challenge += `, acr_values=${quote(binding.acrValues.join(' '))}`
+  return challenge
 }
 
 const RETRY = { 'retry-after': String(RETRY_AFTER_S) }

@@ -12,6 +12,7 @@ export type DenyReason =
   | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
   | 'dpop_proof_invalid' | 'dpop_replayed' | 'dpop_key_mismatch' | 'dpop_nonce_required' | 'sender_constraint_required'
   | 'dpop_replay_unavailable'
+  | 'claim_mismatch' | 'token_too_old' | 'acr_insufficient' | 'token_reused'
   | 'mtls_key_mismatch' | 'peer_not_allowed'
 
 export type Reason = DenyReason | 'ok'
@@ -67,6 +68,8 @@ export interface Rule {
   readonly cutStreamsAtExpiry: boolean
   /** `sender_constrained`: only bound tokens (DPoP, mTLS); undefined follows LAPSE_SENDER_CONSTRAINED. */
   readonly senderConstrained?: boolean | undefined
+  /** The rule's binding (captures, claims, freshness, use limit); undefined when it has none. */
+  readonly binding?: RuleBinding | undefined
   /** SPIFFE ID patterns of the workloads that may call (bind/peers.ts); undefined lets any caller. */
   readonly peers?: readonly string[] | undefined
 }
@@ -77,8 +80,71 @@ export interface Binding {
   readonly thumbprint: string
 }
 
+/** What a route rule binds a grant to beyond its scopes (authorize/binding.ts checks it). */
+export interface RuleBinding {
+  /** The `{name}` segments of the path, in order. */
+  readonly captures: readonly RouteCapture[]
+  readonly claims: readonly ClaimRequirement[]
+  /** RFC 9470 `max_age`: seconds since the token's authentication (`auth_time`, else `iat`). */
+  readonly maxTokenAgeS: number | undefined
+  /** RFC 9470 `acr_values`: the token's `acr` must be one of them. */
+  readonly acrValues: readonly string[] | undefined
+  readonly maxUses: number | undefined
+  /** What the use counter keys this rule's uses on, besides the token: its path and methods as written. */
+  readonly useScope: string
+}
+
+export interface RouteCapture {
+  readonly name: string
+  /** Index of the captured segment in the normalized path. */
+  readonly segment: number
+  /** `x-auth-bound-<name>` folded, when a claim requirement binds this capture; else undefined. */
+  readonly header: string | undefined
+}
+
+export interface ClaimRequirement {
+  readonly claim: string
+  /** Literal values the claim may hold (compared with ===). */
+  readonly literals: ReadonlyArray<string | number | boolean>
+  /** Indexes into `captures` whose decoded segment the claim may equal. */
+  readonly captures: readonly number[]
+  /** The challenge's phrase: names the claim, never a value. */
+  readonly description: string
+}
+
+/** Counts the uses of one token under one rule, across every sidecar sharing the store. */
+export interface UseCounter {
+  /**
+   * Takes one use of the token under a limit of `max`: the use's number (1…max), or `max + 1`
+   * when every use is already taken (then nothing is counted). The count lives until
+   * `expiresAtS`. Throws (or rejects with) RevocationUnavailableError when it cannot answer
+   * within its budget. The memory counter answers at once; Redis's with a promise.
+   */
+  take(key: UseKey, max: number, expiresAtS: number): number | Promise<number>
+  /** Whether a take now goes out rather than failing at once (memory: always). */
+  ready(): boolean
+  /** Human name for logs: `memory`, `redis`. */
+  readonly kind: string
+  close(): Promise<void>
+}
+
+export interface UseKey {
+  /** The rule's `useScope`. */
+  readonly scope: string
+  readonly iss: string
+  readonly jti: string
+}
+
 export type Decision =
-  | { readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true; readonly binding?: Binding | undefined }
+  | {
+      readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true
+      /** The key a sender-constrained token was bound to, checked on this request. */
+      readonly binding?: Binding | undefined
+      /** The X-Auth-Bound-* fields of the rule's bound captures, as a flat name, value list; values as decoded, not yet header-safe. */
+      readonly bound?: readonly string[] | undefined
+      /** Which use of the token this is, under a rule with `max_uses`. */
+      readonly use?: number | undefined
+    }
   | {
       readonly allow: false
       readonly reason: DenyReason
@@ -87,6 +153,8 @@ export type Decision =
       readonly requiredScopes?: readonly string[] | undefined
       /** A short human phrase for `error_description`; never token content. */
       readonly description?: string | undefined
+      /** token_reused: the use that was refused (`max_uses` + 1). */
+      readonly use?: number | undefined
     }
 
 export type Denial = Extract<Decision, { allow: false }>

@@ -4,7 +4,9 @@
 //   const outcome = await decide({ method, url, authorization, rawHeaders }, deps)   // an Outcome, or a promise of one
 //   outcome.decision.allow ? forward(outcome.target) : answer(outcome.decision)
 import { performance } from 'node:perf_hooks'
+import { boundFields, captureValues, checkBinding } from '../authorize/binding.js'
 import type { RouteMatcher } from '../authorize/routes.js'
+import { nowS } from '../core/clock.js'
 import { checkScopes } from '../authorize/scopes.js'
 import { checkProof, jktOf, proofFieldsOf, type DpopPolicy } from '../bind/dpop.js'
 import { checkCertBinding, type ClientCert } from '../bind/mtls.js'
@@ -14,7 +16,7 @@ import { extractOverrides } from '../extract/method-override.js'
 import { normalizeTarget } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Binding, Clock, Decision, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef } from '../core/types.js'
+import type { Binding, Clock, Decision, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef, UseCounter } from '../core/types.js'
 
 export interface DecisionInput {
   readonly method: string
@@ -28,6 +30,8 @@ export interface DecisionInput {
    * thumbprint and SPIFFE ID; undefined when there is none.
    */
   readonly clientCert?: ClientCert | undefined
+  /** The target is forwarded as sent by a front proxy (the decision API): see normalizeTarget. */
+  readonly asSent?: boolean | undefined
   /** Makes the key fetch and revocation lookup child spans of the decision; optional. */
   readonly steps?: StepTracer | undefined
 }
@@ -40,6 +44,10 @@ export interface DecideDeps {
   readonly allowQueryToken: boolean
   readonly maxTokenBytes: number
   readonly clock: Clock
+  /** Counts the uses of rules with `max_uses`; shares the revocation set's store. */
+  readonly uses: UseCounter
+  /** A use count lives until the token's `exp` plus this. */
+  readonly clockSkewS: number
   /** How DPoP proofs are checked (bind/dpop.ts); absent, a DPoP-bound token is refused. */
   readonly dpop?: DpopPolicy | undefined
   /** LAPSE_SENDER_CONSTRAINED: the default of a protected rule without `sender_constrained`. */
@@ -55,7 +63,7 @@ const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
  * handles both.
  */
 export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promise<Outcome> {
-  const target = normalizeTarget(input.url)
+  const target = normalizeTarget(input.url, input.asSent)
   if ('reason' in target) return { decision: deny(target), target: undefined, revocationMs: undefined }
   const overrides = extractOverrides(input.rawHeaders, target.query)
   if (overrides !== undefined && 'reason' in overrides) return { decision: deny(overrides), target: undefined, revocationMs: undefined }
@@ -99,7 +107,7 @@ interface Checked {
   readonly token: string
   /** `dpop` when the token came under the DPoP scheme. */
   readonly scheme: 'dpop' | undefined
-  /** The sender constraint the request proved, once it has. */
+  /** The DPoP proof's binding, once the request has proved it. */
   readonly binding: Binding | undefined
   /** A DPoP nonce for the answer (RFC 9449 §9). */
   readonly nonce: string | undefined
@@ -125,13 +133,22 @@ async function proveDpop(identity: Identity, jkt: string | undefined, c: Checked
   const { proofs, host } = proofFieldsOf(c.input.rawHeaders)
   const got = await checkProof({ method: c.input.method, path: c.target.path, host, proofs, token: c.token, jkt, normalizePath, memo: identity.memo }, policy)
   if ('reason' in got) return refuse(got.reason, got.description, got.nonce)
-  return checkRevocation(identity, { ...c, binding: got.binding, nonce: got.nonce })
+  const outcome = checkRevocation(identity, { ...c, binding: got.binding, nonce: got.nonce })
+  return got.nonce === undefined ? outcome : withNonce(await outcome, got.nonce)
 }
+
+/** RFC 9449 §8: the client's nonce was of the previous step, so the answer carries the current one. */
+const withNonce = (o: Outcome, nonce: string): Outcome => ({ ...o, dpopNonce: nonce })
 
 /** An htu path normalized as a request target is, so the two compare equal (RFC 9449 §4.3 check 9). */
 function normalizePath(path: string): string | undefined {
   const t = normalizeTarget(path)
   return 'reason' in t ? undefined : t.path
+}
+
+/** Whether the rule wants a bound token (its own `sender_constrained`, else LAPSE_SENDER_CONSTRAINED) and none was proved. */
+function unbound(rule: Rule, binding: Binding | undefined, deps: DecideDeps): boolean {
+  return binding === undefined && !rule.public && (rule.senderConstrained ?? deps.senderConstrained ?? false)
 }
 
 function checkRevocation(identity: Identity, c: Checked): Outcome | Promise<Outcome> {
@@ -160,44 +177,88 @@ async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean 
   }
 }
 
-function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome {
-  const decision = decideOn(identity, revoked, c)
-  const target = decision.allow ? c.forwarded : c.target
-  return c.nonce === undefined ? { decision, target, revocationMs } : { decision, target, revocationMs, dpopNonce: c.nonce }
-}
-
-function decideOn(identity: Identity, revoked: boolean | 'unknown', proved: Checked): Decision {
-  const { rule } = proved
-  if (revoked === true) return deny({ reason: 'revoked', rule, identity })
-  // RFC 8705 §3: a certificate-bound token is checked against the connection's certificate.
-  const cert = checkCertBinding(identity.claims, proved.input.clientCert)
-  if (cert === 'mtls_key_mismatch') return deny({ reason: cert, rule, identity })
-  // A proof already checked (DPoP) stays the binding reported; either satisfies the policy.
-  const c = cert === undefined || proved.binding !== undefined ? proved : { ...proved, binding: cert }
-  if (c.others !== undefined) return decideEach(identity, revoked, c)
+function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
+  const { rule, target, forwarded, deps } = c
+  if (revoked === true) return { decision: deny({ reason: 'revoked', rule, identity }), target, revocationMs }
+  const cert = checkCertBinding(identity.claims, c.input.clientCert)
+  if (cert === 'mtls_key_mismatch') return { decision: deny({ reason: cert, rule, identity }), target, revocationMs }
+  // A DPoP proof already checked stays the binding reported; either satisfies sender_constrained.
+  const binding = c.binding ?? cert
+  if (c.others !== undefined) return concludeEach(identity, revoked, revocationMs, c, binding)
 
   // Authorization comes after the token checks so an anonymous caller cannot map the route table.
-  if (!rule) return deny({ reason: 'no_route', identity })
-  if (!peerAllowed(rule.peers, c.input.clientCert?.peer)) return deny({ reason: 'peer_not_allowed', rule, identity })
+  if (!rule) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
+  if (!peerAllowed(rule.peers, c.input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule, identity }), target, revocationMs }
   const short = checkScopes(identity.scopes, rule.scopes)
-  if (short) return { ...short, rule, identity }
-  if (unbound(rule, c)) return deny({ reason: 'sender_constraint_required', rule, identity })
-  if (revoked === 'unknown') {
-    if (rule.onRevocationUnavailable !== 'open') return deny({ reason: 'revocation_unavailable', rule, identity })
-    return allowed(rule, identity, c, true)
+  if (short) return { decision: { ...short, rule, identity }, target, revocationMs }
+  if (unbound(rule, binding, deps)) return { decision: deny({ reason: 'sender_constraint_required', rule, identity }), target, revocationMs }
+  const ruleBinding = rule.binding
+  let bound: readonly string[] | undefined
+  if (ruleBinding !== undefined) {
+    const values = captureValues(ruleBinding, target.path)
+    const refused = checkBinding(ruleBinding, identity, values, nowS(deps.clock))
+    if (refused) return { decision: deny({ ...refused, rule, identity }), target, revocationMs }
+    bound = boundFields(ruleBinding, values)
   }
-  return allowed(rule, identity, c, false)
+  if (revoked === 'unknown' && rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
+  if (ruleBinding === undefined) {
+    // A rule with no binding, the common case: the decision as it always was.
+    if (revoked === 'unknown') return { decision: { allow: true, rule, identity, failedOpen: true, binding }, target: forwarded, revocationMs }
+    return { decision: { allow: true, rule, identity, binding }, target: forwarded, revocationMs }
+  }
+  const allowed: Decision = revoked === 'unknown' ? { allow: true, rule, identity, failedOpen: true, binding, bound } : { allow: true, rule, identity, binding, bound }
+  // Counted last, so that only a request every other check allowed spends a use.
+  if (ruleBinding.maxUses !== undefined) return takeUses([rule], 0, allowed, revocationMs, c)
+  return { decision: allowed, target: forwarded, revocationMs }
 }
 
-/** Whether the rule wants a bound token (its own `sender_constrained`, else LAPSE_SENDER_CONSTRAINED) and none was proved. */
-function unbound(rule: Rule, c: Checked): boolean {
-  return c.binding === undefined && !rule.public && (rule.senderConstrained ?? c.deps.senderConstrained ?? false)
+const USE_COUNTER_DOWN = 'use counter is unavailable'
+
+/**
+ * Takes one use under each of `limited[from…]`, in order, then answers `allowed` carrying the
+ * last use's number. A spent rule is token_reused; a counter that cannot answer fails closed
+ * as the revocation check does, or open where the rule says so (no use is counted then).
+ */
+function takeUses(limited: readonly Rule[], from: number, allowed: Decision, revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
+  const { deps, target, forwarded } = c
+  const identity = allowed.identity!
+  for (let i = from; i < limited.length; i++) {
+    const rule = limited[i]!
+    const max = rule.binding!.maxUses!
+    // config/load.ts refuses max_uses unless jti is a required claim.
+    if (identity.jti === undefined) return { decision: deny({ reason: 'missing_claim', rule, identity }), target, revocationMs }
+    let taken: number | Promise<number> | 'unknown'
+    try {
+      taken = deps.uses.take({ scope: rule.binding!.useScope, iss: identity.iss, jti: identity.jti }, max, identity.expS + deps.clockSkewS)
+    } catch {
+      taken = 'unknown'
+    }
+    if (taken instanceof Promise) {
+      return taken.then((n) => n, (): 'unknown' => 'unknown').then((n) => {
+        const refused = refusedUse(rule, n, max, identity, target, revocationMs)
+        return refused ?? takeUses(limited, i + 1, withUse(allowed, n, rule), revocationMs, c)
+      })
+    }
+    const refused = refusedUse(rule, taken, max, identity, target, revocationMs)
+    if (refused) return refused
+    allowed = withUse(allowed, taken, rule)
+  }
+  return { decision: allowed, target: forwarded, revocationMs }
 }
 
-function allowed(rule: Rule, identity: Identity, c: Checked, failedOpen: boolean): Decision {
-  // The usual request is neither: its decision keeps the shape it always had.
-  if (c.binding === undefined) return failedOpen ? { allow: true, rule, identity, failedOpen } : { allow: true, rule, identity }
-  return failedOpen ? { allow: true, rule, identity, failedOpen, binding: c.binding } : { allow: true, rule, identity, binding: c.binding }
+function refusedUse(rule: Rule, n: number | 'unknown', max: number, identity: Identity, target: Target, revocationMs: number): Outcome | undefined {
+  if (n === 'unknown') {
+    if (rule.onRevocationUnavailable === 'open') return undefined
+    return { decision: deny({ reason: 'revocation_unavailable', rule, identity, description: USE_COUNTER_DOWN }), target, revocationMs }
+  }
+  if (n > max) return { decision: deny({ reason: 'token_reused', rule, identity, use: n }), target, revocationMs }
+  return undefined
+}
+
+function withUse(allowed: Decision, n: number | 'unknown', rule: Rule): Decision {
+  if (!allowed.allow) return allowed
+  if (n === 'unknown') return { ...allowed, rule, failedOpen: true, use: undefined }
+  return { ...allowed, rule, use: n }
 }
 
 /** The first of the rules (the request's own, then the override methods') whose `peers` refuse the caller. */
@@ -210,22 +271,41 @@ function peerRefused(rule: Rule, others: ReadonlyArray<Rule | undefined> | undef
  * A request that names other methods is allowed only if each method's rule allows it; the first
  * refusal, in the order the methods came (its own first), is the answer. The allowing rule
  * reported is the first protected one, or one of them that cuts streams at expiry if any does:
- * the stricter applies.
+ * the stricter applies. Every rule with a use limit spends one use.
  */
-function decideEach(identity: Identity, revoked: false | 'unknown', c: Checked): Decision {
-  const { rule, others } = c
+function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, c: Checked, binding: Binding | undefined): Outcome | Promise<Outcome> {
+  const { input, rule, others, target, forwarded, deps } = c
   let governing: Rule | undefined
+  let bound: readonly string[] | undefined
+  let limited: Rule[] | undefined
   for (const r of [rule, ...others!]) {
-    if (!r) return deny({ reason: 'no_route', identity })
-    if (!peerAllowed(r.peers, c.input.clientCert?.peer)) return deny({ reason: 'peer_not_allowed', rule: r, identity })
+    if (!r) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
+    if (!peerAllowed(r.peers, input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule: r, identity }), target, revocationMs }
     if (r.public) continue
     const short = checkScopes(identity.scopes, r.scopes)
-    if (short) return { ...short, rule: r, identity }
-    if (unbound(r, c)) return deny({ reason: 'sender_constraint_required', rule: r, identity })
-    if (revoked === 'unknown' && r.onRevocationUnavailable !== 'open') return deny({ reason: 'revocation_unavailable', rule: r, identity })
+    if (short) return { decision: { ...short, rule: r, identity }, target, revocationMs }
+    if (unbound(r, binding, deps)) return { decision: deny({ reason: 'sender_constraint_required', rule: r, identity }), target, revocationMs }
+    if (r.binding !== undefined) {
+      const values = captureValues(r.binding, target.path)
+      const refused = checkBinding(r.binding, identity, values, nowS(deps.clock))
+      if (refused) return { decision: deny({ ...refused, rule: r, identity }), target, revocationMs }
+      bound ??= boundFields(r.binding, values)
+      if (r.binding.maxUses !== undefined) (limited ??= []).push(r)
+    }
+    if (revoked === 'unknown' && r.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule: r, identity }), target, revocationMs }
     if (governing === undefined || (r.cutStreamsAtExpiry && !governing.cutStreamsAtExpiry)) governing = r
   }
-  return allowed(governing ?? rule!, identity, c, revoked === 'unknown' && governing !== undefined)
+  const allowedRule = governing ?? rule!
+  const allowed: Decision = revoked === 'unknown' && governing !== undefined
+    ? { allow: true, rule: allowedRule, identity, failedOpen: true, binding, bound }
+    : { allow: true, rule: allowedRule, identity, binding, bound }
+  if (limited !== undefined) {
+    // The governing rule is reported, whichever rule's use came last.
+    const counted = takeUses(limited, 0, allowed, revocationMs, c)
+    const keep = (o: Outcome): Outcome => (o.decision.allow ? { ...o, decision: { ...o.decision, rule: allowedRule } } : o)
+    return counted instanceof Promise ? counted.then(keep) : keep(counted)
+  }
+  return { decision: allowed, target: forwarded, revocationMs }
 }
 
 /** The token's TokenRef, built once per token (its memo's `tokenRef` slot) for these revocable claims. */

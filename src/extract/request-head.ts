@@ -41,23 +41,32 @@ export function hostOf(value: string): string | undefined {
   return name.endsWith('.') ? name.slice(0, -1) : name
 }
 
-export function createHeadCheck(policy: HeadPolicy): (raw: readonly string[]) => Denial | undefined {
+/**
+ * `originalHost`: a decision request's original Host, when its protocol names it in a header of its
+ * own (extract/original-request.ts); the decision request's own Host fields are then not the
+ * original's and are not read.
+ */
+export type HeadCheck = (raw: readonly string[], originalHost?: string) => Denial | undefined
+
+export function createHeadCheck(policy: HeadPolicy): HeadCheck {
   const maxEntries = policy.maxHeaderFields * 2
   const exact = policy.hosts ? new Set(policy.hosts.filter((h) => !h.startsWith('*.'))) : undefined
   // `*.example.com` matches one or more labels before `.example.com`, not example.com itself.
   const suffixes = (policy.hosts ?? []).filter((h) => h.startsWith('*.')).map((h) => h.slice(1))
   const served = (host: string) => exact!.has(host) || suffixes.some((s) => host.length > s.length && host.endsWith(s))
-  return (raw) => {
+  return (raw, originalHost) => {
     // Node keeps maxHeaderFields + 1 fields at least (http/server.ts sets maxHeadersCount), so a longer
     // head shows here; beyond what Node keeps, its body framing and its token could be fields
     // Lapse never saw.
     if (raw.length > maxEntries) return TOO_MANY_FIELDS
-    let value: string | undefined
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i]!
-      if (name.length !== 4 || (name !== 'Host' && name !== 'host' && name.toLowerCase() !== 'host')) continue
-      if (value !== undefined) return MANY_HOSTS
-      value = raw[i + 1]!
+    let value: string | undefined = originalHost
+    if (originalHost === undefined) {
+      for (let i = 0; i < raw.length; i += 2) {
+        const name = raw[i]!
+        if (name.length !== 4 || (name !== 'Host' && name !== 'host' && name.toLowerCase() !== 'host')) continue
+        if (value !== undefined) return MANY_HOSTS
+        value = raw[i + 1]!
+      }
     }
     // Only HTTP/1.0 gets here without Host: Node answers 400 to HTTP/1.1 without one.
     if (value === undefined) return exact ? NOT_SERVED : undefined

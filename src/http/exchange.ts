@@ -6,6 +6,8 @@
 //   x.serveRequest()                                       // a throw goes to x.fail(err)
 //   const u = new Exchange(ctx, req, undefined, socket)    // an upgrade or CONNECT: answers go raw to the socket
 //   u.serveUpgrade(head).catch((err) => u.fail(err))
+//   const d = new Exchange(ctx, req, res, req.socket, { protocol, original })   // a decision request (http/decision.ts)
+//   d.serveDecision()                                      // answered with the decision, never forwarded
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
@@ -16,7 +18,10 @@ import { toAnswer, type DpopAnswer } from '../core/reasons.js'
 import type { ClientCert } from '../bind/mtls.js'
 import type { Decision, Denial, Identity, Outcome, Target } from '../core/types.js'
 import { decide, type DecideDeps } from '../decide/decide.js'
+import type { HeadCheck } from '../extract/request-head.js'
+import type { DecisionProtocol, OriginalRequest } from '../extract/original-request.js'
 import type { Recorder, RequestTrace } from '../telemetry/recorder.js'
+import { decisionAnswer, deniedAnswer } from './decision-answer.js'
 import type { Forwarder, Forwarding, UpstreamFailure, UpstreamFailureSink, Upgrading } from './forward.js'
 import { writeRawAnswer } from './raw-answer.js'
 import { WS_POLICY_VIOLATION } from './ws-close.js'
@@ -26,9 +31,10 @@ export interface ExchangeContext {
   readonly recorder: Recorder
   readonly log: Logger
   readonly realm: string
-  readonly forwarder: Forwarder
+  /** Absent when Lapse runs as a decision service only (no LAPSE_UPSTREAM). */
+  readonly forwarder: Forwarder | undefined
   readonly decideDeps: DecideDeps
-  readonly checkHead: (raw: readonly string[]) => Denial | undefined
+  readonly checkHead: HeadCheck
   /** The request's client certificate (TLS connection or trusted XFCC); absent when none can be known. */
   readonly clientCert?: ((req: IncomingMessage) => ClientCert | undefined) | undefined
   /** Absent when there is no connection registry. */
@@ -39,6 +45,12 @@ export interface ExchangeContext {
 }
 
 type Allowed = Extract<Decision, { allow: true }>
+
+/** A decision request: the protocol it speaks and, once read, the original request it asks about. */
+export interface DecisionRequest {
+  readonly protocol: DecisionProtocol
+  readonly original: OriginalRequest | undefined
+}
 
 /** The audit line's mark of a client that left before any answer reached it. */
 const CLIENT_CLOSED = Object.freeze({ client_closed: true })
@@ -79,10 +91,12 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     /** The response of an HTTP request; undefined for an upgrade or CONNECT, answered raw on `socket`. */
     private readonly res: ServerResponse | undefined,
     private readonly socket: Duplex,
+    /** Set on the decision listener: the exchange answers with its decision, and forwards nothing. */
+    private readonly asked?: DecisionRequest,
   ) {
     // First, and never throwing (the OpenTelemetry API does not throw); then the close listener,
     // before anything that can: whatever happens next, the exchange ends in finish().
-    this.trace = ctx.recorder.start(req)
+    this.trace = ctx.recorder.start(req, asked?.original?.method)
     this.remoteAddress = (socket as Socket).remoteAddress
     ;(res ?? socket).on('close', this.onClose)
   }
@@ -96,7 +110,9 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     else if (this.slot >= 0) this.ctx.young!.unwatch(this)
     const status = this.res ? (this.res.headersSent ? this.res.statusCode : undefined) : this.status ?? this.upgrading?.status
     // No status and no cut: the client left before any answer reached it.
-    const note = status === undefined && this.cut === undefined ? CLIENT_CLOSED : noteOf(this.cut)
+    let note = status === undefined && this.cut === undefined ? CLIENT_CLOSED : noteOf(this.cut)
+    // Which front proxy's protocol asked: the audit line of a decision request says so.
+    if (this.asked) note = { ...note, decision_api: this.asked.protocol }
     this.ctx.recorder.finish(this.trace, { status, upstreamFailure: this.upstreamFailure, answer: this.answer, remoteAddress: this.remoteAddress, note })
   }
 
@@ -130,6 +146,18 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     }).catch((err: unknown) => this.fail(err))
   }
 
+  /**
+   * A decision request whose original request was read: the same head checks (on the original
+   * Host), the same decision, answered with the decision itself (http/decision-answer.ts).
+   */
+  serveDecision(): void {
+    const early = this.ctx.checkHead(this.req.rawHeaders, this.asked!.original!.host)
+    if (early) return this.refuse(early)
+    const outcome = this.decide()
+    if (outcome instanceof Promise) this.respondLater(outcome)
+    else this.respond(outcome)
+  }
+
   /** A WebSocket upgrade (forward.ts isWebSocketUpgrade): decided, then tunnelled or answered raw. */
   async serveUpgrade(head: Buffer): Promise<void> {
     const req = this.req
@@ -150,7 +178,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   /** A refusal before any decision (the head checks, CONNECT, a body on an upgrade), audited like a decision. */
   refuse(denial: Denial): void {
     this.ctx.recorder.decided(this.trace, { decision: denial, target: undefined, revocationMs: undefined })
-    this.answerClosing(toAnswer(denial, this.ctx.realm), undefined)
+    this.answerClosing(this.asked ? deniedAnswer(denial, this.ctx.realm, this.asked.protocol) : toAnswer(denial, this.ctx.realm), undefined)
   }
 
   /** A non-decision answer from the table; the connection closes, since the body is never read. */
@@ -180,7 +208,8 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     const req = this.req
     const clientCert = this.ctx.clientCert?.(req)
     this.clientCert = clientCert
-    const input = { method: req.method ?? 'GET', url: req.url ?? '', authorization: authorizationOf(req.rawHeaders), rawHeaders: req.rawHeaders, clientCert, steps: this.trace.steps }
+    const original = this.asked?.original
+    const input = { method: original ? original.method : req.method ?? 'GET', url: original ? original.url : req.url ?? '', authorization: authorizationOf(req.rawHeaders), rawHeaders: req.rawHeaders, clientCert, steps: this.trace.steps, asSent: original !== undefined }
     const outcome = decide(input, this.ctx.decideDeps)
     return outcome instanceof Promise ? this.recordLater(outcome) : this.record(outcome)
   }
@@ -204,6 +233,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
 
   private respond(outcome: Outcome): void {
     const d = outcome.decision
+    if (this.asked) return writeAnswer(this.res!, decisionAnswer(d, this.ctx.realm, this.asked.protocol))
     if (!d.allow) {
       const req = this.req
       // The body of a refused request is never read; closing avoids draining an attacker's upload.
@@ -215,7 +245,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     this.ctx.recorder.inject(this.trace, this.req.headers)
     // RFC 9449 §8: the client's nonce was of the previous step; Node merges this with the upstream's headers.
     if (outcome.dpopNonce !== undefined) this.res!.setHeader('dpop-nonce', outcome.dpopNonce)
-    this.forwarding = this.ctx.forwarder.web(this.req, this.res!, outcome.target!, d.identity, this, this.clientCert?.peer, d.binding)
+    this.forwarding = this.ctx.forwarder!.web(this.req, this.res!, outcome.target!, d.identity, this, this.clientCert?.peer, d.bound, d.binding)
   }
 
   /** What a DPoP challenge names: the algorithms, and the nonce the decision says the client is to use. */
@@ -227,7 +257,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   private tunnel(d: Allowed, target: Target, head: Buffer): void {
     this.ctx.recorder.inject(this.trace, this.req.headers)
     // A throw here is before anything went upstream (headers are built, and checked by Node, first).
-    this.upgrading = this.ctx.forwarder.ws(this.req, this.socket, head, target, d.identity, this, this.clientCert?.peer, d.binding)
+    this.upgrading = this.ctx.forwarder!.ws(this.req, this.socket, head, target, d.identity, this, this.clientCert?.peer, d.bound, d.binding)
     this.watch(d, 'websocket', true)
   }
 

@@ -70,6 +70,8 @@ export interface HeaderOptions {
   readonly upgrade: boolean
   /** The sender constraint the request proved: sent as `X-Auth-Binding`. */
   readonly binding?: Binding['kind'] | undefined
+  /** The X-Auth-Bound-* fields of the deciding rule (authorize/binding.ts), name then decoded value. */
+  readonly bound?: readonly string[] | undefined
   /** The client's hop was TLS: X-Forwarded-Proto is https. */
   readonly tls?: boolean | undefined
   /** The caller's SPIFFE ID (bind/mtls.ts), sent as X-Auth-Peer. */
@@ -118,11 +120,14 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   if (opts.binding !== undefined) headers['x-auth-binding'] = opts.binding
   // A SPIFFE ID is letters, digits and `:/._-` only (bind/peers.ts): a valid header value as it is.
   if (opts.peer !== undefined) headers['x-auth-peer'] = opts.peer
+  // After the client's X-Auth-* copies were dropped above, in any spelling: only these reach the upstream.
+  const bound = opts.bound
+  if (bound !== undefined) for (let i = 0; i < bound.length; i += 2) headers[bound[i]!] = toHeaderValue(bound[i + 1]!)
   return headers
 }
 
 /** The identity headers as a flat name, value list: built once per token (its memo's `headerFields` slot). */
-function identityFields(identity: Identity): readonly string[] {
+export function identityFields(identity: Identity): readonly string[] {
   const known = identity.memo.headerFields
   if (known !== undefined) return known
   const fields: string[] = []

@@ -13,7 +13,7 @@ import type { DpopPolicy } from '../bind/dpop.js'
 import type { Config, HostPort } from '../config/load.js'
 import type { ConnectionTracker } from '../connections/connections.js'
 import { answerOf } from '../core/answers.js'
-import type { Clock, Denial, RevocationStore } from '../core/types.js'
+import type { Clock, Denial, RevocationStore, UseCounter } from '../core/types.js'
 import { createHeadCheck } from '../extract/request-head.js'
 import type { Recorder } from '../telemetry/recorder.js'
 import type { KeyResolver } from '../verify/keys.js'
@@ -34,8 +34,11 @@ export interface Deps {
   readonly keys: KeyResolver
   readonly verify: Verifier
   readonly revocations: RevocationStore
+  /** The use counts of rules with `max_uses`: in the revocation set's store (memory or Redis). */
+  readonly uses: UseCounter
   readonly match: RouteMatcher
-  readonly forwarder: Forwarder
+  /** Absent when Lapse runs as a decision service only (no LAPSE_UPSTREAM). */
+  readonly forwarder: Forwarder | undefined
   readonly recorder: Recorder
   readonly log: Logger
   /** Serves `/metrics` on the admin port; absent when metrics are off. */
@@ -109,7 +112,7 @@ export function createApp(deps: Deps): App {
   }
 }
 
-function serverOptions(config: Config) {
+export function serverOptions(config: Config) {
   return {
     maxHeaderSize: config.maxHeaderBytes,
     headersTimeout: config.clientHeaderTimeoutMs,
@@ -124,7 +127,7 @@ function serverOptions(config: Config) {
   }
 }
 
-function exchangeContext(deps: Deps): ExchangeContext {
+export function exchangeContext(deps: Deps): ExchangeContext {
   const { config } = deps
   return {
     recorder: deps.recorder,
@@ -141,6 +144,8 @@ function exchangeContext(deps: Deps): ExchangeContext {
       clock: deps.clock,
       dpop: deps.dpop,
       senderConstrained: config.senderConstrained,
+      uses: deps.uses,
+      clockSkewS: config.clockSkewS,
     },
     dpopAlgs: config.dpop.algorithms.join(' '),
     checkHead: createHeadCheck({ maxHeaderFields: config.maxHeaderFields, hosts: config.hosts }),
@@ -230,7 +235,7 @@ function handOver(plain: Server, req: IncomingMessage, socket: Duplex, head: Buf
 }
 
 /** Node's parser refused the request (bad framing, oversized head, too slow): answer and close. No request, so no exchange. */
-function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   if (!socket.writable) return void socket.destroy()
   writeRawAnswer(socket, answerOf(err.code === 'HPE_HEADER_OVERFLOW' ? 'head_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'malformed_http'))
 }

@@ -481,6 +481,14 @@ function connectOptions(t: RedisStoreTuning): RedisOptions {
 
 const backoff = (t: RedisStoreTuning) => (attempt: number) => Math.min(attempt * t.reconnectStepMs, t.reconnectCapMs)
 
+/**
+ * A data connection configured as the revocation set's (no offline queue, reconnect forever), for
+ * other shared state on the same Redis (use-counter-redis.ts).
+ */
+export function connectRedis(url: string, tls?: ConnectionOptions): Redis | Cluster {
+  return connectData(withTls(parseRedisUrl(url), tls), DEFAULTS) as Redis | Cluster
+}
+
 function connectData(target: RedisTarget, t: RedisStoreTuning): DataClient {
   if (target.kind !== 'cluster') {
     return new Redis({ ...target.options, ...connectOptions(t), retryStrategy: backoff(t), connectionName: 'lapse' })

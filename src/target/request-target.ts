@@ -1,6 +1,7 @@
 // The raw request target → one normalized path that is both matched and forwarded, or a denial.
 //
 //   const target = normalizeTarget(req.url)   // { path: '/b', query: 'x=1' } for '/a/../b?x=1'
+//   normalizeTarget(original.url, true)          // a front proxy's target (decision API): '/a/../b' refused
 //
 // Why: matching one form and forwarding another is how proxies get bypassed, so there is one.
 // Unreserved escapes are decoded (RFC 3986 §6.2.2.2), segments resolved, case kept (RFC 3986
@@ -29,7 +30,14 @@ const DECODED = /[A-Za-z0-9\-._~!$&'()*+,=:@]/
 const NFKC_SIGNIFICANT = /[./\\;%?#!$&'()*+,=:@]/
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 
-export function normalizeTarget(rawUrl: string): Target | Refusal {
+/**
+ * `asSent`: the target is forwarded by a front proxy as it was sent, not as Lapse resolves it (the
+ * decision API), so a path with a dot segment (`..`, `.`, `%2e%2e`) or an empty segment other than
+ * a trailing slash is refused: an upstream that does not resolve it as RFC 3986 §5.2.4 does
+ * (Express matches `/admin/../public/x` under `/admin`; `new URL('//admin/x', base)` reads a host)
+ * would serve another path than the one decided on.
+ */
+export function normalizeTarget(rawUrl: string, asSent = false): Target | Refusal {
   if (!rawUrl.startsWith('/')) return refuse('request target must be a path')
   const q = rawUrl.indexOf('?')
   const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q)
@@ -38,6 +46,7 @@ export function normalizeTarget(rawUrl: string): Target | Refusal {
   if (!QUERY_CHAR.test(query) || !validEscapes(query)) return refuse('query contains a character that is not allowed')
   const decoded = decodeEscapes(rawPath)
   if (typeof decoded !== 'string') return decoded
+  if (asSent && hasSegmentToResolve(decoded)) return refuse('a path with dot or empty segments is forwarded as sent: it cannot be decided as one path')
   const path = resolveSegments(decoded)
   if (path === undefined) return refuse('path leaves the root')
   return { path, query, hasQuery: q !== -1 }
@@ -100,6 +109,13 @@ function decodeEscapeRun(bytes: number[]): string | Refusal {
 
 // A path with no empty, `.` or `..` segment is already resolved (most requests' paths).
 const NEEDS_RESOLVING = /\/(?:\.\.?)?(?:\/|$)/
+
+// A `.` or `..` segment anywhere, or an empty one before the last (a trailing slash is kept as such).
+const TO_RESOLVE = /\/(?:\.\.?(?:\/|$)|\/)/
+
+function hasSegmentToResolve(path: string): boolean {
+  return TO_RESOLVE.test(path)
+}
 
 function resolveSegments(path: string): string | undefined {
   if (!NEEDS_RESOLVING.test(path)) return path

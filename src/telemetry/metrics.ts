@@ -22,8 +22,10 @@ import * as A from './semconv.js'
 export interface GaugeSources {
   readonly keys: { stats(): { keys: number; lastRefreshMs: number | undefined } }
   readonly verify: { cacheSize(): number }
-  readonly revocations: { ready(): boolean; readonly kind: string; persistence?(): 'aof' | 'rdb' | 'none' | 'unknown' }
+  readonly revocations: { ready(): boolean; readonly kind: string; eventsLive?(): boolean; cacheActive?(): boolean; persistence?(): 'aof' | 'rdb' | 'none' | 'unknown' }
   readonly clock: Clock
+  /** The connection registry, when there is one. */
+  readonly connections?: { readonly size: number } | undefined
 }
 
 // A decision is usually tens of microseconds; a cold JWKS fetch can hold one for seconds.
@@ -128,7 +130,16 @@ export class DecisionAggregates implements MetricProducer {
 export function createDecisionMetrics(meter: Meter, aggregates: DecisionAggregates, sources?: GaugeSources): DecisionMetrics {
   const backend = sources?.revocations.kind ?? 'unknown'
   if (sources) observeGauges(meter, sources, { [A.ATTR_REVOCATION_BACKEND]: backend })
+  // Rare events, so the SDK's own counters: not on the path of an ordinary decision.
+  const failedOpen = meter.createCounter(A.METRIC_FAILED_OPEN, { unit: '{decision}', description: 'Allows let through while the revocation set or use counter could not answer (on_revocation_unavailable: open)' })
+  const cuts = meter.createCounter(A.METRIC_CONNECTIONS_CUT, { unit: '{connection}', description: 'Long-lived exchanges cut because their token lapsed' })
   return {
+    recordFailedOpen(l) {
+      failedOpen.add(1, { [A.ATTR_ROUTE]: l.route, [ATTR_HTTP_ROUTE]: l.httpRoute })
+    },
+    recordCut(reason, kind) {
+      cuts.add(1, { [A.ATTR_CONNECTION_CUT]: reason, [A.ATTR_CONNECTION_KIND]: kind })
+    },
     recordDecision(l, durationMs) {
       aggregates.decision(l.decision, l.reason, l.route, l.httpRoute, durationMs / 1000)
     },
@@ -146,6 +157,9 @@ function observeGauges(meter: Meter, s: GaugeSources, backend: Record<string, st
   })
   const up = meter.createObservableGauge(A.METRIC_REVOCATION_BACKEND_UP, { unit: '1', description: '1 when the revocation set can answer, else 0' })
   const cached = meter.createObservableGauge(A.METRIC_TOKEN_CACHE_SIZE, { unit: '{token}', description: 'Verified tokens held in the cache' })
+  const events = meter.createObservableGauge(A.METRIC_REVOCATION_EVENTS_UP, { unit: '1', description: '1 while the revocation event channel delivers, else 0' })
+  const cacheActive = meter.createObservableGauge(A.METRIC_REVOCATION_CACHE_ACTIVE, { unit: '1', description: '1 while revocation checks may answer from the local cache, else 0' })
+  const open = meter.createObservableGauge(A.METRIC_CONNECTIONS_OPEN, { unit: '{connection}', description: 'Long-lived exchanges registered for cuts' })
   const persistent = meter.createObservableGauge(A.METRIC_REVOCATION_PERSISTENT, {
     unit: '1',
     description: '1 when Redis keeps the revocation set in an append-only file, 0 when a Redis restart can lose revocations; absent until known',
@@ -158,5 +172,9 @@ function observeGauges(meter: Meter, s: GaugeSources, backend: Record<string, st
     if (stats.lastRefreshMs !== undefined) result.observe(age, Math.max(0, (s.clock.now() - stats.lastRefreshMs) / 1000))
     result.observe(up, s.revocations.ready() ? 1 : 0, backend)
     result.observe(cached, s.verify.cacheSize())
-  }, [keys, age, up, cached, persistent])
+    // The memory set delivers its events in-process: its channel is never down.
+    result.observe(events, s.revocations.eventsLive ? (s.revocations.eventsLive() ? 1 : 0) : 1, backend)
+    result.observe(cacheActive, s.revocations.cacheActive?.() ? 1 : 0, backend)
+    if (s.connections) result.observe(open, s.connections.size)
+  }, [keys, age, up, cached, persistent, events, cacheActive, open])
 }

@@ -30,6 +30,10 @@ import * as A from './semconv.js'
 export interface DecisionMetrics {
   recordDecision(attrs: { decision: string; reason: string; route: string; httpRoute: string }, durationMs: number): void
   recordRevocationLookup(durationMs: number): void
+  /** An allow with `failedOpen`. */
+  recordFailedOpen?(attrs: { route: string; httpRoute: string }): void
+  /** A long-lived exchange cut because its token lapsed. */
+  recordCut?(reason: string, kind: string): void
 }
 
 export interface RecorderOptions {
@@ -63,7 +67,8 @@ export interface RequestTrace {
 }
 
 export interface Recorder {
-  start(req: IncomingMessage): RequestTrace
+  /** `method`: the request's method as decided, when it is not `req.method` (a decision request names the original's). */
+  start(req: IncomingMessage, method?: string): RequestTrace
   decided(trace: RequestTrace, outcome: Outcome): void
   /**
    * `status` undefined: no answer reached the client (it left first); the span gets no status code.
@@ -201,8 +206,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
   const audit = opts.log.levelVal > 30 && opts.log.level !== 'silent' ? opts.log.child({}, { level: 'info' }) : opts.log
 
   return {
-    start(req) {
-      const method = req.method ?? ''
+    start(req, method = req.method ?? '') {
       if (!tracing) return new Trace(INERT_SPAN, ROOT_CONTEXT, undefined, method, opts.clock.now(), performance.now(), req.headers)
       const parent = propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter)
       const attributes: Attributes = {
@@ -250,6 +254,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         opts.metrics.recordDecision(labels, performance.now() - t.startedPerfMs)
         const lookupMs = t.lookupMs ?? outcome.revocationMs
         if (lookupMs !== undefined) opts.metrics.recordRevocationLookup(lookupMs)
+        if (d.allow && d.failedOpen) opts.metrics.recordFailedOpen?.(labels)
       }
     },
 
@@ -271,6 +276,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       // span and in an audit line that sampling never drops.
       const note = end.note
       const cut = note?.cut
+      if (cut !== undefined) opts.metrics?.recordCut?.(String(cut), String(note?.connection))
       if (cut !== undefined && span.isRecording()) {
         span.setAttribute(A.ATTR_CONNECTION_CUT, String(cut))
         span.setAttribute(A.ATTR_CONNECTION_KIND, String(note?.connection))
@@ -302,6 +308,9 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         exp: id?.expS,
         binding: d?.allow ? d.binding?.kind : undefined,
         key_thumbprint: d?.allow ? d.binding?.thumbprint : undefined,
+        // Under a rule with max_uses: which use this was (the refused one for token_reused).
+        use: d?.use,
+        max_uses: d?.rule?.binding?.maxUses,
         remote: end.remoteAddress,
         latency_ms: Math.round((performance.now() - t.startedPerfMs) * 1000) / 1000,
         ...end.note,

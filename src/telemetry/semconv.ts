@@ -49,6 +49,16 @@ export const METRIC_REVOCATION_BACKEND_UP = 'lapse.revocation.backend.up'
 export const METRIC_REVOCATION_PERSISTENT = 'lapse.revocation.persistent'
 export const METRIC_TOKEN_CACHE_SIZE = 'lapse.token_cache.size'
 export const METRIC_SPANS_UNRECORDED = 'lapse.telemetry.spans.unrecorded'
+/** Allows let through while the revocation set (or the use counter) could not answer: on_revocation_unavailable: open. */
+export const METRIC_FAILED_OPEN = 'lapse.decisions.failed_open'
+/** 1 while the revocation event channel delivers (Redis: subscribed, heartbeat fresh; memory: always). */
+export const METRIC_REVOCATION_EVENTS_UP = 'lapse.revocation.events.up'
+/** 1 while revocation checks may answer from the local cache. */
+export const METRIC_REVOCATION_CACHE_ACTIVE = 'lapse.revocation.cache.active'
+/** Long-lived exchanges (WebSockets, streamed responses) registered for cuts. */
+export const METRIC_CONNECTIONS_OPEN = 'lapse.connections.open'
+/** Long-lived exchanges cut because their token lapsed, by `lapse.connection.cut` and kind. */
+export const METRIC_CONNECTIONS_CUT = 'lapse.connections.cut'
 
 /** Why a WebSocket or streamed response was closed by Lapse: `expired` or `revoked`. */
 export const ATTR_CONNECTION_CUT = 'lapse.connection.cut'

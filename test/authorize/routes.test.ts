@@ -75,6 +75,12 @@ const cases: Case[] = [
     checks: [['HEAD', '/w', 1], ['POST', '/w', 0], ['GET', '/w', undefined]],
   },
   {
+    name: '{name} is one non-empty segment, as * is, mixed with literals and **',
+    rules: [{ path: '/tenants/{tenant}/orders/**', scopes: ['x'] }, { path: '/t/{a}/{b}', scopes: ['x'] }],
+    checks: [['GET', '/tenants/acme/orders', 0], ['GET', '/tenants/acme/orders/7/items', 0], ['GET', '/tenants/orders', undefined], ['GET', '/tenants//orders', undefined],
+      ['GET', '/t/1/2', 1], ['GET', '/t/1', undefined], ['GET', '/t/1/2/3', undefined]],
+  },
+  {
     name: 'no methods means every method',
     rules: [{ path: '/r', scopes: ['x'] }],
     checks: [['GET', '/r', 0], ['OPTIONS', '/r', 0], ['PROPFIND', '/r', 0]],

@@ -143,7 +143,7 @@ t.test('YAML file via LAPSE_CONFIG: settings read from it, environment wins over
   ].join('\n'))
 
   const fromFile = loadConfig({ LAPSE_CONFIG: file })
-  t.equal(fromFile.upstream.href, 'http://127.0.0.1:3000/')
+  t.equal(fromFile.upstream!.href, 'http://127.0.0.1:3000/')
   t.same(fromFile.issuers, ['https://a.test', 'https://b.test'])
   t.same(fromFile.audiences, ['from-file'])
   t.equal(fromFile.clockSkewS, 10)

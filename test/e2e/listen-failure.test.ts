@@ -44,7 +44,7 @@ t.test('admin port taken → listen rejects with EADDRINUSE and the proxy port i
   t.teardown(async () => {
     await app.close()
     deps.keys.close()
-    deps.forwarder.close()
+    deps.forwarder?.close()
     deps.connections?.close()
     await deps.revocations.close()
   })

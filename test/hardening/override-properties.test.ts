@@ -9,6 +9,7 @@ import { manualClock } from '../../src/core/clock.js'
 import { decide, type DecideDeps } from '../../src/decide/decide.js'
 import type { Identity, Outcome, RevocationStore } from '../../src/core/types.js'
 import type { Verifier } from '../../src/verify/verify-token.js'
+import { createMemoryUseCounter } from '../../src/revocation/use-counter-memory.js'
 
 const RUNS = { numRuns: 1500 }
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE']
@@ -47,7 +48,7 @@ t.test('decided under every named method: allowed iff each alone is allowed; els
       async (rules, own, [named, spellings], how, granted, withToken, path) => {
         const deps: DecideDeps = {
           match: compileRoutes(rules), verify: verifierFor(identityWith(granted)), revocations, revocableClaims: ['jti'],
-          allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0),
+          allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0), uses: createMemoryUseCounter({ clock: manualClock(0) }), clockSkewS: 30,
         }
         const authorization = withToken ? ['Bearer abc.def.ghi'] : undefined
         const alone = (m: string) => decide({ method: m, url: path, authorization, rawHeaders: [] }, deps) as Outcome
@@ -76,7 +77,7 @@ t.test('a request naming several methods is verified, and the revocation set ask
   const identity = identityWith(['r'])
   const verify = { check: () => (checks++, identity), knows: () => false } as unknown as Verifier
   const counted = { isRevoked: async () => (lookups++, false), isRevokedNow: () => (lookups++, false) } as unknown as RevocationStore
-  const deps: DecideDeps = { match: compileRoutes(rules), verify, revocations: counted, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0) }
+  const deps: DecideDeps = { match: compileRoutes(rules), verify, revocations: counted, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0), uses: createMemoryUseCounter({ clock: manualClock(0) }), clockSkewS: 30 }
   const rawHeaders = ['X-HTTP-Method-Override', 'PUT, DELETE', 'X-Method-Override', 'PATCH']
   const got = (await decide({ method: 'POST', url: '/a/b?_method=GET', authorization: ['Bearer abc.def.ghi'], rawHeaders }, deps)) as Outcome
   t.equal(got.decision.allow, true, 'allowed under all five methods')

@@ -12,9 +12,10 @@ import { normalizeTarget } from '../../src/target/request-target.js'
 import { manualClock } from '../../src/core/clock.js'
 import { decide, type DecideDeps } from '../../src/decide/decide.js'
 import type { Identity, RevocationStore, Target } from '../../src/core/types.js'
-import { upstreamHeaders } from '../../src/http/headers.js'
+import { toHeaderValue, upstreamHeaders } from '../../src/http/headers.js'
 import { repeatsMember } from '../../src/verify/duplicate-keys.js'
 import type { Verifier } from '../../src/verify/verify-token.js'
+import { createMemoryUseCounter } from '../../src/revocation/use-counter-memory.js'
 
 const RUNS = { numRuns: 2000 }
 
@@ -125,7 +126,7 @@ function referenceMatch(rules: readonly RouteSetting[], method: string, path: st
     if (r.methods && !r.methods.includes(method)) return false
     const segs = r.path.split('/').filter((s) => s !== '')
     const trailing = r.path.length > 1 && r.path.endsWith('/')
-    const body = segs.map((s) => (s === '**' ? '(?:/.*)?' : s === '*' ? '/[^/]+' : `/${s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`)).join('')
+    const body = segs.map((s) => (s === '**' ? '(?:/.*)?' : s === '*' || /^\{\w+\}$/.test(s) ? '/[^/]+' : `/${s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`)).join('')
     const re = segs.length === 0 ? /^\/$/ : new RegExp(`^${body}${trailing ? '/' : ''}$`)
     return re.test(path)
   })
@@ -169,7 +170,7 @@ t.test('decide: the rule that allowed a request is the rule that governs the pat
   await fc.assert(
     fc.asyncProperty(ruleTable, fc.constantFrom(...METHODS), fc.oneof(rawTarget, spelledTarget), fc.boolean(), async (rules, method, raw, withToken) => {
       const match = compileRoutes(rules)
-      const deps: DecideDeps = { match, verify, revocations, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0) }
+      const deps: DecideDeps = { match, verify, revocations, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0), uses: createMemoryUseCounter({ clock: manualClock(0) }), clockSkewS: 30 }
       const outcome = await decide({ method, url: raw, authorization: withToken ? ['Bearer abc.def.ghi'] : undefined, rawHeaders: [] }, deps)
       if (!outcome.decision.allow) return true
       const target = outcome.target!
@@ -188,6 +189,59 @@ t.test('decide: the rule that allowed a request is the rule that governs the pat
     { numRuns: 1500 },
   )
   t.pass('matched rule = rule of the forwarded path = rule of the upstream-decoded path')
+})
+
+// Patterns with captures: `*` spots become `{c0}`, `{c1}`…, each bound to the claim of its name.
+const capturingRule = fc
+  .record({ path: fc.tuple(fc.array(fc.oneof({ weight: 2, arbitrary: fc.constantFrom(...LITERALS) }, { weight: 3, arbitrary: fc.constant('*') }), { maxLength: 4 }), fc.boolean()), methods: fc.option(fc.subarray(METHODS, { minLength: 1 })) })
+  .map(({ path: [segs, rest], methods }): RouteSetting => {
+    let n = 0
+    const named = segs.map((s) => (s === '*' ? `{c${n++}}` : s))
+    const claims = Object.fromEntries(Array.from({ length: n }, (_, i) => [`c${i}`, `{c${i}}`]))
+    const path = `/${[...named, ...(rest ? ['**'] : [])].join('/')}`
+    return routeSchema.parse({ path, ...(methods ? { methods } : {}), scopes: ['s'], claims })
+  })
+const capturingTable = fc.uniqueArray(capturingRule, { minLength: 1, maxLength: 5, selector: (r) => r.path.replace(/\{c\d+\}/g, '*') })
+
+t.test('decide with captures: the deciding rule governs the forwarded path, and each X-Auth-Bound value is its decoded segment', async (t) => {
+  let claims: Record<string, unknown> = {}
+  let boundAllows = 0
+  let mismatches = 0
+  const bindingVerify = Object.assign(async () => ({ ...identity, claims }), { cached: () => undefined, check: async () => ({ ...identity, claims, memo: {} }), cacheSize: () => 0 }) as unknown as Verifier
+  await fc.assert(
+    fc.asyncProperty(capturingTable, fc.constantFrom(...METHODS), fc.oneof(rawTarget, spelledTarget), fc.boolean(), async (rules, method, raw, honest) => {
+      const match = compileRoutes(rules)
+      const deps: DecideDeps = { match, verify: bindingVerify, revocations, revocableClaims: ['jti'], allowQueryToken: false, maxTokenBytes: 8192, clock: manualClock(0), uses: createMemoryUseCounter({ clock: manualClock(0) }), clockSkewS: 30 }
+      const normalized = normalizeTarget(raw)
+      if (!ok(normalized)) return true
+      // Every claim c<i> lists every segment of the path as an upstream decodes it once: a
+      // capture passes exactly when it holds one of them. A dishonest token holds none.
+      const decoded = normalized.path.split('/').slice(1).map((seg) => decodeURIComponent(seg))
+      const held = honest ? decoded : decoded.map((d) => `${d}!`)
+      claims = Object.fromEntries(Array.from({ length: 4 }, (_, i) => [`c${i}`, held]))
+      const outcome = await decide({ method, url: raw, authorization: ['Bearer abc.def.ghi'], rawHeaders: [] }, deps)
+      const rule = match(method, normalized.path)
+      const captures = rule?.binding?.captures ?? []
+      if (!outcome.decision.allow) {
+        // Refused for its binding only when a dishonest token met a rule with captures.
+        if (outcome.decision.reason === 'claim_mismatch') return ++mismatches > 0 && !honest && captures.length > 0
+        // Other refusals (no rule, a query-string token) come from the path and the rules alone.
+        return outcome.decision.reason !== 'no_route' || rule === undefined
+      }
+      if (!honest && captures.length > 0) return false
+      const target = outcome.target!
+      const again = normalizeTarget(forwardedUrl(target))
+      if (!ok(again) || again.path !== target.path || match(method, again.path) !== outcome.decision.rule) return false
+      const sent = upstreamHeaders({}, undefined, { remoteAddress: undefined, forwardAuthorization: true, upgrade: false, bound: outcome.decision.bound })
+      const segments = again.path.split('/').slice(1)
+      if (captures.length > 0) boundAllows++
+      return captures.every((c) => sent[`x-auth-bound-${c.name}`] === toHeaderValue(decodeURIComponent(segments[c.segment]!)))
+        && Object.keys(sent).filter((k) => k.startsWith('x-auth-bound-')).length === captures.length
+    }),
+    { numRuns: 1500 },
+  )
+  t.ok(boundAllows > 20, `captured value = the decoded segment the upstream receives, on ${boundAllows} allows with captures`)
+  t.ok(mismatches > 20, `a token holding none of the segments is refused (${mismatches} times)`)
 })
 
 t.test('extractBearer: any b64token in any Bearer spelling is extracted exactly', async (t) => {

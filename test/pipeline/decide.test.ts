@@ -14,6 +14,7 @@ import { createKeyResolver } from '../../src/verify/keys.js'
 import { createVerifier } from '../../src/verify/verify-token.js'
 import { AUDIENCE, defaultClaims, ISSUER, testKeys, type MintOpts } from '../fixtures/keys.js'
 import { signRaw } from '../hardening/helpers.js'
+import { createMemoryUseCounter } from '../../src/revocation/use-counter-memory.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const T0_S = T0_MS / 1000
@@ -32,7 +33,7 @@ async function setUp(t: Test, revocations?: RevocationStore) {
   const memory = createMemoryStore({ clock })
   const deps: DecideDeps = {
     match: compileRoutes([{ path: '/orders/**', scopes: ['orders:read'], public: false, on_revocation_unavailable: 'closed', cut_streams_at_expiry: false }]),
-    verify, revocations: revocations ?? memory, revocableClaims: ['jti', 'sub'], allowQueryToken: false, maxTokenBytes: 8192, clock,
+    verify, revocations: revocations ?? memory, revocableClaims: ['jti', 'sub'], allowQueryToken: false, maxTokenBytes: 8192, clock, uses: createMemoryUseCounter({ clock }), clockSkewS: 30,
   }
   const mint = (claims: Record<string, unknown> = {}) => keys.mint({ sub: 'ci-deployer', jti: 'job-1', exp: T0_S + 300, scope: 'orders:read', ...claims }, { nowS: T0_S })
   return { deps, memory, clock, mint }

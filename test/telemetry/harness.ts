@@ -50,7 +50,7 @@ export async function startReal(t: Test, env: Record<string, string | undefined>
   }
   t.teardown(close)
   return {
-    url: `http://127.0.0.1:${running.addresses.proxy.port}`,
+    url: `http://127.0.0.1:${running.addresses.proxy!.port}`,
     adminUrl: `http://127.0.0.1:${running.addresses.admin.port}`,
     upstream,
     running,
