@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { request as httpsRequest } from 'node:https'
 import { makeKeys, mintPool, mintToken } from './lib/keys.mjs'
+import { makeDpopHolder, proofSigner } from './lib/dpop.mjs'
 import { clientTls, makeBenchPki } from './lib/pki.mjs'
 import { canPin, cpuMs, cpuSplitMs, killAllSync, machineBusyMs, rssKb, runJson } from './lib/proc.mjs'
 import { appendResultsLog, checkTargets, formatChecks, formatTable, median, shouldRecord, summarize, updateReadme } from './lib/report.mjs'
@@ -268,6 +269,9 @@ async function main() {
   const keys = await makeKeys(runDir)
   const claims = { iss: ISS, aud: AUD, ttlS }
   const token = await mintToken(keys, 'RS256', claims)
+  // Row 8: the proof key is the load generator's; the token names its thumbprint.
+  const dpopHolder = selected.some((r) => r.auth === 'dpop') ? await makeDpopHolder(runDir) : undefined
+  const dpopToken = dpopHolder ? await mintToken(keys, 'RS256', { ...claims, cnf: { jkt: dpopHolder.jkt } }) : undefined
   // Row 3m: certificates from openssl, and a token bound to the client certificate (RFC 8705).
   const pki = selected.some((r) => r.auth === 'mtls') ? makeBenchPki(runDir) : undefined
   const mtlsToken = pki ? await mintToken(keys, 'RS256', { ...claims, cnf: { 'x5t#S256': pki.thumbprint } }) : undefined
@@ -305,6 +309,10 @@ async function main() {
     if (row.auth === 'token') return { authorization: `Bearer ${token}` }
     if (row.auth === 'mtls') return { authorization: `Bearer ${mtlsToken}` }
     if (row.auth === 'pool') return { authorization: `Bearer ${JSON.parse(readFileSync(poolFiles[row.alg], 'utf8'))[i]}` }
+    if (row.auth === 'dpop') {
+      const prove = proofSigner(JSON.parse(readFileSync(dpopHolder.keyFile, 'utf8')))
+      return { authorization: `DPoP ${dpopToken}`, dpop: prove('GET', `${fleet.get(row.server).url}${PATH}`.replace(/[?#].*$/, ''), dpopToken) }
+    }
     return {}
   }
 
@@ -361,6 +369,7 @@ async function main() {
     if (row.auth === 'token') cfg.token = token
     if (row.auth === 'mtls') Object.assign(cfg, { token: mtlsToken, tls: pki })
     if (row.auth === 'pool') cfg.tokenFile = poolFiles[row.alg]
+    if (row.auth === 'dpop') cfg.dpop = { token: dpopToken, keyFile: dpopHolder.keyFile }
     const cfgPath = join(runDir, `load-${row.id}.json`)
     writeFileSync(cfgPath, JSON.stringify(cfg))
     // Row 5's memory figures are this tree's: an A/B run's base twin is not sampled.

@@ -8,6 +8,9 @@ import pino, { type Logger } from 'pino'
 import { createAdminServer, type Deps as AdminDeps } from './admin/server.js'
 import { createDecisionServer, type DecisionServer } from './http/decision.js'
 import { closeServer, createApp, listenOn, type App, type Deps } from './http/server.js'
+import type { DpopPolicy } from './bind/dpop.js'
+import { createNonces } from './bind/nonce.js'
+import { createMemoryReplayCache } from './bind/replay-memory.js'
 import { loadConfig, type Config, type HostPort } from './config/load.js'
 import { createConnectionRegistry } from './connections/connections.js'
 import { createForwarder } from './http/forward.js'
@@ -15,7 +18,7 @@ import { assembleDeps, buildPolicy, type Shared } from './policy.js'
 import { createReloader, type ReloadResult } from './reload.js'
 import { systemClock } from './core/clock.js'
 import { LapseError } from './core/errors.js'
-import type { Clock, RevocationStore, UseCounter } from './core/types.js'
+import type { Clock, ReplayCache, RevocationStore, UseCounter } from './core/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
 import { createMemoryUseCounter } from './revocation/use-counter-memory.js'
 import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settings.js'
@@ -93,6 +96,27 @@ async function createRevocationStore(config: Config, clock: Clock, log: Logger):
   return createRedisStore({ url: config.redis.url, prefix: config.redis.prefix, timeoutMs: config.revocationTimeoutMs, clock, cache: config.redis.cache, log })
 }
 
+async function createReplayCache(config: Config, clock: Clock): Promise<ReplayCache> {
+  if (!config.redis) return createMemoryReplayCache({ clock })
+  const { createRedisReplayCache } = await import('./revocation/replay-redis.js')
+  // The revocation set's server, prefix and budget: every sidecar that shares the set shares the cache.
+  return createRedisReplayCache({ url: config.redis.url, prefix: config.redis.prefix, timeoutMs: config.revocationTimeoutMs })
+}
+
+async function createDpopPolicy(config: Config, clock: Clock): Promise<DpopPolicy> {
+  const { dpop } = config
+  return {
+    algorithms: new Set(dpop.algorithms),
+    maxAgeS: dpop.maxAgeS,
+    clockSkewS: config.clockSkewS,
+    publicOrigins: dpop.publicOrigins ? new Set(dpop.publicOrigins) : undefined,
+    // A nonce lives as long as a proof may: one step, or two across a step change.
+    nonces: dpop.nonceSecret === undefined ? undefined : createNonces({ secret: Buffer.from(dpop.nonceSecret, 'utf8'), stepS: dpop.maxAgeS, clock }),
+    replay: await createReplayCache(config, clock),
+    clock,
+  }
+}
+
 /** The use counts live where the revocation set does, under its prefix, within its time budget. */
 async function createUseCounter(config: Config, clock: Clock): Promise<UseCounter> {
   if (!config.redis) return createMemoryUseCounter({ clock })
@@ -128,7 +152,8 @@ export async function buildLiveDeps(config: Config, opts: StartOptions = {}): Pr
       revocations, clock, connections, get keys() { return shared.current.keys }, get verify() { return shared.current.verify },
     })
     : undefined
-  shared = { clock, log, tracer, telemetry, revocations, uses, forwarder, metrics, connections, current: undefined as unknown as Deps }
+  const dpop = await createDpopPolicy(config, clock)
+  shared = { clock, log, tracer, telemetry, revocations, uses, dpop, forwarder, metrics, connections, current: undefined as unknown as Deps }
   shared.current = assembleDeps(config, shared, policy)
   return { deps: shared.current, shared }
 }
@@ -198,7 +223,8 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
  * so an orchestrator sees an instance that is up but not ready rather than one that never starts.
  */
 async function untilAnswering(deps: Deps, waitMs: number, signal?: AbortSignal): Promise<void> {
-  const answering = () => deps.keys.ready() && deps.revocations.ready()
+  // The DPoP replay cache shares the set's Redis but has a connection of its own.
+  const answering = () => deps.keys.ready() && deps.revocations.ready() && (deps.dpop?.replay.ready?.() ?? true)
   const deadline = performance.now() + waitMs
   while (!answering() && !signal?.aborted && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
   if (!answering() && !signal?.aborted) {
@@ -256,6 +282,7 @@ async function closeDeps(deps: Deps): Promise<void> {
   deps.forwarder?.close()
   deps.connections?.close()
   await deps.revocations.close()
+  await deps.dpop?.replay.close()
   await deps.uses.close()
   deps.log.flush()
 }

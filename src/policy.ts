@@ -11,6 +11,7 @@ import type { Config } from './config/load.js'
 import type { ConnectionRegistry } from './connections/connections.js'
 import { LapseError } from './core/errors.js'
 import type { Clock, RevocationStore, UseCounter } from './core/types.js'
+import type { DpopPolicy } from './bind/dpop.js'
 import type { Forwarder } from './http/forward.js'
 import type { Deps } from './http/server.js'
 import { createRecorder, createStepTracer, type DecisionMetrics } from './telemetry/recorder.js'
@@ -27,6 +28,8 @@ export interface Shared {
   readonly telemetry: Telemetry
   readonly revocations: RevocationStore
   readonly uses: UseCounter
+  /** DPoP's settings, nonces and replay cache: built once, a restart changes them. */
+  readonly dpop: DpopPolicy
   readonly forwarder: Forwarder | undefined
   readonly metrics: DecisionMetrics | undefined
   readonly connections: ConnectionRegistry
@@ -79,7 +82,7 @@ export function assembleDeps(config: Config, shared: Shared, policy: Policy): De
   if (config.routes.length === 0) shared.log.warn({}, 'no route rules (LAPSE_ROUTES): every request is denied')
   const recorder = createRecorder({ tracer: shared.tracer, tracing: shared.telemetry.tracing !== false, propagator: shared.telemetry.propagator, metrics: shared.metrics, log: shared.log, clock: shared.clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
   return {
-    config, clock: shared.clock, keys: policy.keys, verify: policy.verify, revocations: shared.revocations, uses: shared.uses, match: policy.match, forwarder: shared.forwarder,
+    config, clock: shared.clock, keys: policy.keys, verify: policy.verify, revocations: shared.revocations, uses: shared.uses, dpop: shared.dpop, match: policy.match, forwarder: shared.forwarder,
     recorder, log: shared.log, metricsHandler: shared.telemetry.metricsHandler, connections: shared.connections,
   }
 }

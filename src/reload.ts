@@ -58,6 +58,7 @@ const LIVE: ReadonlyArray<readonly [string, (c: Config) => unknown]> = [
   ['LAPSE_REALM', (c) => c.realm],
   ['LAPSE_DRAIN_DELAY', (c) => c.drainDelayS],
   ['LAPSE_SHUTDOWN_TIMEOUT', (c) => c.shutdownTimeoutS],
+  ['LAPSE_SENDER_CONSTRAINED', (c) => c.senderConstrained],
 ]
 
 // Settings that need a restart: sockets, connections and pools built once. A change is warned
@@ -75,6 +76,13 @@ const RESTART: ReadonlyArray<readonly [string, (c: Config) => unknown, (next: Mu
   ['LAPSE_REVOCATION_CACHE', (c) => c.redis?.cache, (n, o) => { n.redis = o.redis }],
   ['LAPSE_REVOCATION_TIMEOUT', (c) => c.revocationTimeoutMs, (n, o) => { n.revocationTimeoutMs = o.revocationTimeoutMs }],
   ['LAPSE_STARTUP_WAIT', (c) => c.startupWaitMs, (n, o) => { n.startupWaitMs = o.startupWaitMs }],
+  // DPoP's nonces and replay cache are built once (docs/binding.md).
+  ['LAPSE_DPOP_ALGORITHMS', (c) => c.dpop.algorithms, (n, o) => { n.dpop = o.dpop }],
+  ['LAPSE_DPOP_MAX_AGE', (c) => c.dpop.maxAgeS, (n, o) => { n.dpop = o.dpop }],
+  ['LAPSE_PUBLIC_ORIGINS', (c) => c.dpop.publicOrigins, (n, o) => { n.dpop = o.dpop }],
+  ['LAPSE_DPOP_NONCE', (c) => c.dpop.nonceSecret !== undefined, (n, o) => { n.dpop = o.dpop }],
+  ['LAPSE_DPOP_NONCE_SECRET', (c) => c.dpop.nonceSecret, (n, o) => { n.dpop = o.dpop }],
+  ['LAPSE_DPOP_NONCE_SECRET_FILE', (c) => c.dpop.nonceSecret, (n, o) => { n.dpop = o.dpop }],
   // The decision listener's socket, and its token, hashed once when the listener is built.
   ['LAPSE_DECISION_LISTEN', (c) => c.decision?.listen, (n, o) => { n.decision = o.decision }],
   ['LAPSE_DECISION_TOKEN', (c) => c.decision?.token, (n, o) => { n.decision = o.decision }],

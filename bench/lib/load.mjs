@@ -3,9 +3,10 @@
 // (autocannon's own histogram has 1 ms resolution, too coarse for a "+1 ms p99" target).
 //
 //   node lib/load.mjs <config.json>   → prints one JSON result on stdout
-//   config: { url, connections, durationS, token?, tokenFile?, rate?, tls? }   rate: requests/s over all connections; tls: lib/pki.mjs files
+//   config: { url, connections, durationS, token?, tokenFile?, dpop?: { token, keyFile }, rate?, tls? }   rate: requests/s over all connections; tls: lib/pki.mjs files
 import { readFileSync } from 'node:fs'
 import autocannon from 'autocannon'
+import { proofSigner } from './dpop.mjs'
 import { clientTls } from './pki.mjs'
 
 const cfg = JSON.parse(readFileSync(process.argv[2], 'utf8'))
@@ -51,6 +52,21 @@ if (cfg.tokenFile) {
       const token = tokens[next]
       next = next + 1 === tokens.length ? 0 : next + 1
       req.headers = { authorization: `Bearer ${token}` }
+      return req
+    },
+  }]
+}
+
+if (cfg.dpop) {
+  // Row 8: one DPoP-bound token, a new proof on every request (RFC 9449 §4.2: htu without the query).
+  const prove = proofSigner(JSON.parse(readFileSync(cfg.dpop.keyFile, 'utf8')))
+  const htu = cfg.url.replace(/[?#].*$/, '')
+  const authorization = `DPoP ${cfg.dpop.token}`
+  opts.headers = {}
+  opts.requests = [{
+    method: 'GET',
+    setupRequest: (req) => {
+      req.headers = { authorization, dpop: prove('GET', htu, cfg.dpop.token) }
       return req
     },
   }]

@@ -38,6 +38,9 @@ export function defineRows({ engine }) {
     { id: '3f', label: `row 3 at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-mem', auth: 'token', rate: FIXED_RATE },
     // Row 4b's latency at that load: every request waits for a Redis read, batched per turn of the loop.
     { id: '4bf', label: `row 4b at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-redis-nocache', auth: 'token', rate: FIXED_RATE, optional: true },
+    // Row 8: a DPoP-bound token (reused, a verification-cache hit) with a new proof on every
+    // request: one proof verification and one replay-cache write per request (memory set).
+    { id: '8', label: 'Lapse, one DPoP-bound RS256 token (cache hit), a new ES256 proof per request', server: 'lapse-mem', auth: 'dpop' },
     { id: '7f', label: `row 7 at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-otel', auth: 'token', rate: FIXED_RATE, settle: 'spans-paused' },
     // Lapse as the decision service of an nginx the platform already runs (docs/ingress.md): nginx
     // alone, then nginx with auth_request → Lapse through the shipped snippets. Row na's ratio to
@@ -54,7 +57,7 @@ export function defineRows({ engine }) {
  * same phase give a ratio that phase cannot move. Each target is judged on the median over the
  * rounds of that round's ratio (report.mjs).
  */
-export const ADJACENT = [['2', '3', '7'], ['3f', '7f'], ['n', 'na']]
+export const ADJACENT = [['2', '3', '7', '8'], ['3f', '7f'], ['n', 'na']]
 
 /**
  * The units a round is shuffled in: each row with its "@base" twin, and the rows of an ADJACENT

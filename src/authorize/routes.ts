@@ -16,6 +16,7 @@ export interface RouteSpec {
   readonly public: boolean
   readonly on_revocation_unavailable: 'closed' | 'open'
   readonly cut_streams_at_expiry: boolean
+  readonly sender_constrained?: boolean | undefined
   readonly claims?: Readonly<Record<string, string | number | boolean | ReadonlyArray<string | number | boolean>>> | undefined
   readonly max_token_age?: number | undefined
   readonly acr_values?: readonly string[] | undefined
@@ -51,6 +52,7 @@ export function compileRoutes(settings: readonly RouteSpec[]): RouteMatcher {
 function compileOne(s: RouteSpec, index: number): Compiled {
   const where = `routes[${index}] (${s.path})`
   if (s.public && s.scopes.length > 0) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} is public and also requires scopes`)
+  if (s.public && s.sender_constrained) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} is public and also sender_constrained`)
   const { segments: texts, trailingSlash } = splitPath(s.path)
   const segments = texts.map((text, i): Segment => {
     if (text === '**') {
@@ -75,6 +77,7 @@ function compileOne(s: RouteSpec, index: number): Compiled {
     public: s.public,
     onRevocationUnavailable: s.on_revocation_unavailable,
     cutStreamsAtExpiry: s.cut_streams_at_expiry,
+    senderConstrained: s.sender_constrained,
     binding: compileBinding(s, texts, index),
     peers: s.peers ? Object.freeze([...s.peers]) : undefined,
   })

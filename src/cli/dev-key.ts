@@ -42,12 +42,15 @@ export interface MintOptions {
   readonly aud?: string | undefined
   readonly nowS: number
   readonly extra?: Record<string, string> | undefined
+  /** The confirmation claim (RFC 7800), e.g. `{ jkt }` for a DPoP-bound token. */
+  readonly cnf?: Record<string, string> | undefined
 }
 
 export async function mintToken(dev: DevKey, o: MintOptions): Promise<string> {
   const key = await importJWK(dev.privateJwk, ALG)
   const claims: Record<string, unknown> = { ...o.extra }
   if (o.scope) claims.scope = o.scope
+  if (o.cnf) claims.cnf = o.cnf
   return new SignJWT(claims)
     .setProtectedHeader({ alg: ALG, kid: dev.kid, typ: 'at+jwt' })
     .setIssuer(o.iss ?? DEV_ISSUER)

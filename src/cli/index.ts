@@ -28,6 +28,10 @@ Commands:
             or many at once: --file <entries.jsonl | -> (one POST /v1/revocations body a line;
             answers each line, exits 1 if any failed)
   lift      lift a revocation: --claim <name> --value <value> [--iss <issuer>]
+  dpop-proof  print a DPoP proof for one request: --method <GET…> --url <url> [--token <token>]
+            [--nonce <nonce>] [--key <file>]; --jkt prints the key's thumbprint instead.
+            The key (ES256) is made on first use, in $LAPSE_DEV_DIR/dpop-key.json by default.
+            A token bound to it: lapse token --sub <subject> --jkt <thumbprint>
   revocations
             list the active revocations: [--claim <name>] [--iss <issuer>]
             [--reason-contains <text>] [--json] [--page-size <1-1000>, default 500]
@@ -75,6 +79,8 @@ export async function main(argv: string[], env: Env): Promise<void> {
       return runRevoke(rest, env)
     case 'lift':
       return runLift(rest, env)
+    case 'dpop-proof':
+      return runDpopProof(rest, env)
     case 'revocations':
       return runRevocations(rest, env)
     case '--version':
@@ -229,7 +235,7 @@ Mint more with: ${lapseCmd} token --sub me --scope demo:read --ttl 60
 }
 
 async function runToken(args: string[], env: Env): Promise<void> {
-  const f = flags(args, { sub: { type: 'string' }, scope: { type: 'string' }, ttl: { type: 'string' }, iss: { type: 'string' }, aud: { type: 'string' }, claim: { type: 'string', multiple: true } })
+  const f = flags(args, { sub: { type: 'string' }, scope: { type: 'string' }, ttl: { type: 'string' }, iss: { type: 'string' }, aud: { type: 'string' }, claim: { type: 'string', multiple: true }, jkt: { type: 'string' } })
   if (typeof f.sub !== 'string' || f.sub === '') die('token: --sub is required')
   const extra: Record<string, string> = {}
   for (const pair of (f.claim as string[] | undefined) ?? []) {
@@ -238,6 +244,7 @@ async function runToken(args: string[], env: Env): Promise<void> {
     extra[pair.slice(0, eq)] = pair.slice(eq + 1)
   }
   const dev = await loadDevKey(resolve(env.LAPSE_DEV_DIR ?? '.lapse-dev'))
+  if (typeof f.jkt === 'string' && !/^[A-Za-z0-9_-]{43}$/.test(f.jkt)) die('token: --jkt takes a JWK SHA-256 thumbprint (lapse dpop-proof --jkt)')
   const token = await mintToken(dev, {
     sub: f.sub as string,
     scope: f.scope as string | undefined,
@@ -246,8 +253,31 @@ async function runToken(args: string[], env: Env): Promise<void> {
     aud: f.aud as string | undefined,
     nowS: Math.floor(Date.now() / 1000),
     extra,
+    // RFC 9449 §6.1: a DPoP-bound token names its key's thumbprint.
+    cnf: typeof f.jkt === 'string' ? { jkt: f.jkt } : undefined,
   })
   process.stdout.write(`${token}\n`)
+}
+
+async function runDpopProof(args: string[], env: Env): Promise<void> {
+  const f = flags(args, { method: { type: 'string' }, url: { type: 'string' }, token: { type: 'string' }, nonce: { type: 'string' }, key: { type: 'string' }, jkt: { type: 'boolean' } })
+  const { loadProofKey, makeProof, thumbprintOf } = await import('./dpop-proof.js')
+  let key
+  try {
+    key = await loadProofKey(resolve(typeof f.key === 'string' ? f.key : `${env.LAPSE_DEV_DIR ?? '.lapse-dev'}/dpop-key.json`))
+  } catch (err) {
+    return die(`dpop-proof: ${(err as Error).message}`)
+  }
+  if (f.jkt === true) return void process.stdout.write(`${await thumbprintOf(key)}\n`)
+  if (typeof f.method !== 'string' || !/^[A-Za-z]+$/.test(f.method)) die('dpop-proof: --method is required (GET, POST…)')
+  if (typeof f.url !== 'string' || !/^https?:\/\//.test(f.url)) die('dpop-proof: --url is required (http:// or https://)')
+  let proof: string
+  try {
+    proof = await makeProof(key, { method: f.method as string, url: f.url as string, token: f.token as string | undefined, nonce: f.nonce as string | undefined, nowS: Math.floor(Date.now() / 1000) })
+  } catch (err) {
+    return die(`dpop-proof: ${(err as Error).message}`)
+  }
+  process.stdout.write(`${proof}\n`)
 }
 
 /** The admin API could not be reached at all (refused, timed out): no answer to report. */

@@ -118,6 +118,22 @@ function readSecret(inline: string | undefined, file: string | undefined, key: s
   return token
 }
 
+function readNonceSecret(s: Settings): string | undefined {
+  if (s.dpop_nonce_secret && s.dpop_nonce_secret_file) return fail('dpop_nonce_secret', 'set LAPSE_DPOP_NONCE_SECRET or LAPSE_DPOP_NONCE_SECRET_FILE, not both')
+  let secret = s.dpop_nonce_secret
+  if (s.dpop_nonce_secret_file) {
+    try {
+      secret = readFileSync(s.dpop_nonce_secret_file, 'utf8').trim()
+    } catch (err) {
+      return fail('dpop_nonce_secret_file', `cannot read ${s.dpop_nonce_secret_file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+    }
+    if (secret.length < 32) return fail('dpop_nonce_secret_file', 'the secret must be at least 32 characters')
+  }
+  // Every sidecar must make the same nonces: a secret of its own would refuse the others'.
+  if (s.dpop_nonce && secret === undefined) return fail('dpop_nonce', 'LAPSE_DPOP_NONCE=true needs LAPSE_DPOP_NONCE_SECRET or LAPSE_DPOP_NONCE_SECRET_FILE')
+  return s.dpop_nonce ? secret : undefined
+}
+
 /** LAPSE_TLS_*: the files, checked readable and matching now; undefined serves plain HTTP. */
 function tlsOf(s: Settings) {
   if (!s.tls_cert_file || !s.tls_key_file) {
@@ -182,6 +198,15 @@ const configSchema = settingsSchema.transform((s) => {
     streamRecheckIntervalS: s.stream_recheck_interval,
     log: { level: s.log_level, allows: s.log_allows, allowsSampleRate: s.log_allows_sample_rate },
     realm: s.realm,
+    dpop: {
+      algorithms: s.dpop_algorithms,
+      maxAgeS: s.dpop_max_age,
+      /** URL origins; undefined: the request's Host with http or https. */
+      publicOrigins: s.public_origins,
+      /** The nonce secret when LAPSE_DPOP_NONCE is on; undefined otherwise. */
+      nonceSecret: readNonceSecret(s),
+    },
+    senderConstrained: s.sender_constrained,
     tls: tlsOf(s),
     /** LAPSE_CLIENT_CERT_HEADER: the mesh's header Lapse reads client certificates from; undefined removes it. */
     clientCertHeader: s.client_cert_header,

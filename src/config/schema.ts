@@ -74,6 +74,7 @@ export const routeSchema = z.strictObject({
   public: z.boolean().default(false),
   on_revocation_unavailable: z.enum(['closed', 'open']).default('closed'),
   cut_streams_at_expiry: z.boolean().default(true),
+  sender_constrained: z.boolean().optional(),
   claims: z.record(claimName, z.union([claimLiteral, z.array(claimLiteral).min(1)])).optional(),
   max_token_age: int(0, 31_536_000).optional(),
   acr_values: z.array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, 'an acr value is printable ASCII without space, " or \\')).min(1).optional(),
@@ -144,6 +145,16 @@ export const settingsSchema = z.strictObject({
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('level of operational lines'),
   log_allows: z.enum(['all', 'sampled', 'none']).default('all').describe('audit lines for allowed requests'),
   log_allows_sample_rate: z.coerce.number().min(0).max(1).default(0.01).describe('share of allows logged when log_allows is sampled'),
+  dpop_algorithms: csv.pipe(z.array(z.enum(ASYMMETRIC)).min(1)).default(['ES256', 'EdDSA', 'RS256', 'PS256']).transform(unique)
+    .describe('accepted DPoP proof algorithms, asymmetric only (RFC 9449 §4.3)'),
+  dpop_max_age: int(1, 3600).default(60).describe('seconds a DPoP proof is accepted after its iat, plus clock_skew'),
+  public_origins: csv.pipe(z.array(httpUrl.refine((s) => new URL(s).pathname === '/' && !s.includes('?') && !s.includes('#'), 'expected an origin (scheme://host[:port]) without path')).min(1))
+    .transform((list) => unique(list.map((s) => new URL(s).origin))).optional()
+    .describe('origins clients use, for DPoP htu; unset: the request Host with http or https'),
+  dpop_nonce: bool.default(false).describe('require server nonces in DPoP proofs (RFC 9449 §9)'),
+  dpop_nonce_secret: z.string().min(32, 'at least 32 characters').optional().describe('secret every sidecar shares to make DPoP nonces'),
+  dpop_nonce_secret_file: z.string().min(1).optional().describe('a file holding dpop_nonce_secret'),
+  sender_constrained: bool.default(false).describe('every protected route accepts only bound tokens (DPoP or mTLS); a rule may say otherwise'),
   tls_cert_file: z.string().min(1).optional().describe('PEM certificate (with its chain) Lapse serves HTTPS with; needs tls_key_file; re-read when it changes'),
   tls_key_file: z.string().min(1).optional().describe('PEM private key of tls_cert_file; re-read when it changes'),
   tls_client_ca_file: z.string().min(1).optional().describe('PEM CA certificates client certificates are verified against; set, Lapse asks clients for a certificate; re-read when it changes'),

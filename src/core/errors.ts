@@ -26,6 +26,7 @@ export const ERROR_CODES = [
   // A lookup that could not answer: the request gets a 503, the span carries the code.
   'ERR_KEYS_UNAVAILABLE',
   'ERR_REVOCATION_UNAVAILABLE',
+  'ERR_REPLAY_UNAVAILABLE',
   // An upstream exchange that stopped early: logged with the 502/504 it was answered.
   'ERR_UPSTREAM_TIMEOUT',
   'ERR_UPSTREAM_BAD_HANDSHAKE',

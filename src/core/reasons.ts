@@ -5,7 +5,14 @@
 import { errorAnswer, RETRY_AFTER_S, type Answer } from './answers.js'
 import type { Denial, DenyReason } from './types.js'
 
-type Challenge = 'none' | 'bare' | 'invalid_token' | 'invalid_request' | 'insufficient_scope' | 'claim_mismatch' | 'insufficient_user_authentication'
+type Challenge =
+  | 'none' | 'bare' | 'invalid_token' | 'invalid_request' | 'insufficient_scope'
+  // RFC 9449 §7.1: the DPoP scheme's challenges, with the algorithms proofs may use.
+  | 'dpop_proof' | 'dpop_token' | 'dpop_nonce'
+  // RFC 9449 §7.1 with RFC 6750: a route that wants a bound token offers both schemes.
+  | 'bearer_and_dpop'
+  // RFC 9470 §3 and route binding (authorize/binding.ts).
+  | 'claim_mismatch' | 'insufficient_user_authentication'
 
 interface ReasonRow {
   readonly status: 400 | 401 | 403 | 421 | 431 | 503
@@ -43,6 +50,17 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   // RFC 6750's terms (§3.1 "otherwise malformed"), so its challenge is invalid_request's; the
   // status says what is wrong with it.
   too_many_header_fields: { status: 431, challenge: 'invalid_request', error: 'invalid_request', description: 'too many header fields' },
+  // RFC 9449 §4.3 and §7.1: a proof that fails a check is an invalid proof, not an invalid token.
+  dpop_proof_invalid: { status: 401, challenge: 'dpop_proof', error: 'invalid_dpop_proof', description: 'DPoP proof is invalid' },
+  // RFC 9449 §11.1: a proof is accepted once; a second use is a replay.
+  dpop_replayed: { status: 401, challenge: 'dpop_proof', error: 'invalid_dpop_proof', description: 'DPoP proof was already used' },
+  // RFC 9449 §7.1: the token is bound to another key than the proof's (or sent without its proof).
+  dpop_key_mismatch: { status: 401, challenge: 'dpop_token', error: 'invalid_token', description: 'token is not bound to the proof key' },
+  // RFC 9449 §9: the client retries with the nonce of the DPoP-Nonce header.
+  dpop_nonce_required: { status: 401, challenge: 'dpop_nonce', error: 'use_dpop_nonce', description: 'DPoP proof needs a current nonce' },
+  sender_constraint_required: { status: 401, challenge: 'bearer_and_dpop', error: 'invalid_token', description: 'this route accepts only sender-constrained tokens' },
+  // Fail closed, as revocation_unavailable: a proof whose single use cannot be recorded is refused.
+  dpop_replay_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'DPoP replay cache is unavailable' },
   // A route rule binds the grant to a tenant, an environment…: the token is valid but not for
   // this resource. RFC 6750 §3.1's insufficient_scope is the 403 code for a token short of what
   // the resource needs; the description names the claim (from the rule), never a value.
@@ -61,17 +79,33 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   peer_not_allowed: { status: 403, challenge: 'none', error: 'forbidden', description: 'this workload may not call this route' },
 }
 
+/** What the DPoP challenges name besides the table's row: the proof algorithms, and the nonce to use. */
+export interface DpopAnswer {
+  /** LAPSE_DPOP_ALGORITHMS, space-separated (RFC 9449 §7.1 `algs`). */
+  readonly algs: string
+  /** The current nonce when LAPSE_DPOP_NONCE is on: a `dpop_nonce` answer carries it in `DPoP-Nonce`. */
+  readonly nonce?: string | undefined
+}
+
 /** Quotes a value for an auth-param; our descriptions and scope names never contain `"` or `\`, but be safe. */
 const quote = (value: string) => `"${value.replace(/["\\]/g, '')}"`
 
-export function toChallenge(denial: Denial, realm: string): string | undefined {
+export function toChallenge(denial: Denial, realm: string, dpop?: DpopAnswer): string | undefined {
   const row = REASONS[denial.reason]
   const description = denial.description ?? row.description
+  const dpopScheme = () => `DPoP realm=${quote(realm)}, algs=${quote(dpop?.algs ?? '')}`
   switch (row.challenge) {
     case 'none':
       return undefined
     case 'bare':
       return `Bearer realm=${quote(realm)}`
+    case 'dpop_proof':
+    case 'dpop_token':
+    case 'dpop_nonce':
+      return `${dpopScheme()}, error="${row.error}", error_description=${quote(description)}`
+    // RFC 9110 §11.6.1: one field may carry several challenges, comma-separated.
+    case 'bearer_and_dpop':
+      return `Bearer realm=${quote(realm)}, error="invalid_token", error_description=${quote(description)}, ${dpopScheme()}`
     case 'insufficient_scope':
       return `Bearer realm=${quote(realm)}, error="insufficient_scope", error_description=${quote(description)}, scope=${quote((denial.requiredScopes ?? []).join(' '))}`
     case 'claim_mismatch':
@@ -94,11 +128,13 @@ function stepUpChallenge(denial: Denial, description: string, realm: string): st
 
 const RETRY = { 'retry-after': String(RETRY_AFTER_S) }
 
-export function toAnswer(denial: Denial, realm: string): Answer {
+export function toAnswer(denial: Denial, realm: string, dpop?: DpopAnswer): Answer {
   const row = REASONS[denial.reason]
-  const challenge = toChallenge(denial, realm)
+  const challenge = toChallenge(denial, realm, dpop)
   // Fail closed, honestly: a 503 tells the client to retry (RFC 9110 §10.2.3).
   const retry = row.status === 503
-  const headers = challenge === undefined ? (retry ? RETRY : undefined) : retry ? { 'www-authenticate': challenge, ...RETRY } : { 'www-authenticate': challenge }
+  let headers: Record<string, string> | undefined = challenge === undefined ? (retry ? RETRY : undefined) : retry ? { 'www-authenticate': challenge, ...RETRY } : { 'www-authenticate': challenge }
+  // RFC 9449 §9: the nonce the client is to put in its next proof.
+  if (row.challenge === 'dpop_nonce' && dpop?.nonce !== undefined) headers = { ...headers, 'dpop-nonce': dpop.nonce }
   return errorAnswer(row.status, row.error, denial.description ?? row.description, headers)
 }

@@ -10,6 +10,8 @@ export type DenyReason =
   | 'bad_signature' | 'expired' | 'not_yet_valid' | 'wrong_issuer' | 'wrong_audience'
   | 'missing_claim' | 'lifetime_exceeds_policy' | 'revoked' | 'insufficient_scope'
   | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
+  | 'dpop_proof_invalid' | 'dpop_replayed' | 'dpop_key_mismatch' | 'dpop_nonce_required' | 'sender_constraint_required'
+  | 'dpop_replay_unavailable'
   | 'claim_mismatch' | 'token_too_old' | 'acr_insufficient' | 'token_reused'
   | 'mtls_key_mismatch' | 'peer_not_allowed'
 
@@ -45,6 +47,11 @@ export interface TokenMemo {
   redisKeys?: { readonly ref: TokenRef; readonly layout: object; readonly keys: readonly string[] } | undefined
   /** http/headers.ts: the identity headers (X-Auth-*), as a flat name, value list. */
   headerFields?: readonly string[] | undefined
+  /**
+   * bind/dpop.ts: the proof key of this DPoP-bound token, imported once: its RFC 7638 members as
+   * text, the key, and its thumbprint (which matched the token's `cnf.jkt`).
+   */
+  dpopKey?: { readonly members: string; readonly key: unknown; readonly thumbprint: string } | undefined
 }
 
 export interface Rule {
@@ -59,6 +66,8 @@ export interface Rule {
   readonly onRevocationUnavailable: 'closed' | 'open'
   /** Whether a streamed response is cut when its token lapses; WebSockets always are. */
   readonly cutStreamsAtExpiry: boolean
+  /** `sender_constrained`: only bound tokens (DPoP, mTLS); undefined follows LAPSE_SENDER_CONSTRAINED. */
+  readonly senderConstrained?: boolean | undefined
   /** The rule's binding (captures, claims, freshness, use limit); undefined when it has none. */
   readonly binding?: RuleBinding | undefined
   /** SPIFFE ID patterns of the workloads that may call (bind/peers.ts); undefined lets any caller. */
@@ -165,6 +174,8 @@ export interface Outcome {
   readonly target: Target | undefined
   /** Milliseconds spent asking the revocation set; undefined when it was not asked. */
   readonly revocationMs: number | undefined
+  /** A DPoP nonce the answer carries in `DPoP-Nonce` (RFC 9449 §8–9); undefined for none. */
+  readonly dpopNonce?: string | undefined
 }
 
 export interface Clock {
@@ -250,6 +261,27 @@ export interface RevocationStore {
   subscribe(listener: (event: RevocationEvent) => void): () => void
   /** Whether the set can answer right now (for `/readyz`). */
   ready(): boolean
+  /** Human name for logs: `memory`, `redis`. */
+  readonly kind: string
+  close(): Promise<void>
+}
+
+/** Thrown (as a rejected promise) when the DPoP replay cache cannot answer within its budget: fail closed. */
+export class ReplayUnavailableError extends LapseError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('ERR_REPLAY_UNAVAILABLE', message, options)
+  }
+}
+
+/** Values seen once, across every sidecar sharing the cache: DPoP proof `jti`s (RFC 9449 §11.1). */
+export interface ReplayCache {
+  /**
+   * Records `key` for `ttlMs`, atomically: true the first time, false while it is still recorded.
+   * Rejects with ReplayUnavailableError when it cannot answer within its budget.
+   */
+  firstUse(key: string, ttlMs: number): Promise<boolean>
+  /** Whether it can answer right now; absent: always. */
+  ready?(): boolean
   /** Human name for logs: `memory`, `redis`. */
   readonly kind: string
   close(): Promise<void>

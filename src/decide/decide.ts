@@ -8,6 +8,7 @@ import { boundFields, captureValues, checkBinding } from '../authorize/binding.j
 import type { RouteMatcher } from '../authorize/routes.js'
 import { nowS } from '../core/clock.js'
 import { checkScopes } from '../authorize/scopes.js'
+import { checkProof, jktOf, proofFieldsOf, type DpopPolicy } from '../bind/dpop.js'
 import { checkCertBinding, type ClientCert } from '../bind/mtls.js'
 import { peerAllowed } from '../bind/peers.js'
 import { extractBearer } from '../extract/bearer.js'
@@ -47,6 +48,10 @@ export interface DecideDeps {
   readonly uses: UseCounter
   /** A use count lives until the token's `exp` plus this. */
   readonly clockSkewS: number
+  /** How DPoP proofs are checked (bind/dpop.ts); absent, a DPoP-bound token is refused. */
+  readonly dpop?: DpopPolicy | undefined
+  /** LAPSE_SENDER_CONSTRAINED: the default of a protected rule without `sender_constrained`. */
+  readonly senderConstrained?: boolean | undefined
 }
 
 const deny = (d: Omit<Denial, 'allow'>): Denial => ({ allow: false, ...d })
@@ -76,7 +81,7 @@ export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promis
   }
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
 
-  const request: Checked = { input, deps, rule, others, target, forwarded }
+  const request: Checked = { input, deps, rule, others, target, forwarded, token: extracted.token, scheme: extracted.scheme, binding: undefined, nonce: undefined }
   const verified = deps.verify.check(extracted.token, input.steps)
   if (!(verified instanceof Promise)) return afterVerify(verified, request)
   return verified.then((identity) => afterVerify(identity, request))
@@ -99,11 +104,54 @@ interface Checked {
   readonly target: Target
   /** The target as forwarded (without a query-string token). */
   readonly forwarded: Target
+  readonly token: string
+  /** `dpop` when the token came under the DPoP scheme. */
+  readonly scheme: 'dpop' | undefined
+  /** The DPoP proof's binding, once the request has proved it. */
+  readonly binding: Binding | undefined
+  /** A DPoP nonce for the answer (RFC 9449 §9). */
+  readonly nonce: string | undefined
 }
 
 function afterVerify(verified: Identity | Denial, c: Checked): Outcome | Promise<Outcome> {
   if ('allow' in verified) return { decision: { ...verified, rule: c.rule }, target: c.target, revocationMs: undefined }
-  const identity = verified
+  // A token bound to a key, or one sent under the DPoP scheme, is decided on its proof first.
+  const jkt = jktOf(verified.claims)
+  if (jkt === undefined && c.scheme === undefined) return checkRevocation(verified, c)
+  return proveDpop(verified, jkt, c)
+}
+
+async function proveDpop(identity: Identity, jkt: string | undefined, c: Checked): Promise<Outcome> {
+  const refuse = (reason: Denial['reason'], description: string, nonce?: string): Outcome =>
+    ({ decision: deny({ reason, description, rule: c.rule, identity }), target: c.target, revocationMs: undefined, dpopNonce: nonce })
+  // RFC 9449 §7.1: the DPoP scheme is for DPoP-bound tokens.
+  if (jkt === undefined) return refuse('dpop_key_mismatch', 'token is not DPoP-bound')
+  // RFC 9449 §7.2: a bound token sent as a bearer token is the downgrade a thief would try.
+  if (c.scheme !== 'dpop') return refuse('dpop_key_mismatch', 'a DPoP-bound token needs the DPoP scheme and a proof')
+  const policy = c.deps.dpop
+  if (policy === undefined) return refuse('dpop_proof_invalid', 'DPoP proofs are not accepted here')
+  const { proofs, host } = proofFieldsOf(c.input.rawHeaders)
+  const got = await checkProof({ method: c.input.method, path: c.target.path, host, proofs, token: c.token, jkt, normalizePath, memo: identity.memo }, policy)
+  if ('reason' in got) return refuse(got.reason, got.description, got.nonce)
+  const outcome = checkRevocation(identity, { ...c, binding: got.binding, nonce: got.nonce })
+  return got.nonce === undefined ? outcome : withNonce(await outcome, got.nonce)
+}
+
+/** RFC 9449 §8: the client's nonce was of the previous step, so the answer carries the current one. */
+const withNonce = (o: Outcome, nonce: string): Outcome => ({ ...o, dpopNonce: nonce })
+
+/** An htu path normalized as a request target is, so the two compare equal (RFC 9449 §4.3 check 9). */
+function normalizePath(path: string): string | undefined {
+  const t = normalizeTarget(path)
+  return 'reason' in t ? undefined : t.path
+}
+
+/** Whether the rule wants a bound token (its own `sender_constrained`, else LAPSE_SENDER_CONSTRAINED) and none was proved. */
+function unbound(rule: Rule, binding: Binding | undefined, deps: DecideDeps): boolean {
+  return binding === undefined && !rule.public && (rule.senderConstrained ?? deps.senderConstrained ?? false)
+}
+
+function checkRevocation(identity: Identity, c: Checked): Outcome | Promise<Outcome> {
   const { deps, input } = c
   const startedMs = deps.clock.now()
   const ref = tokenRefOf(identity, deps.revocableClaims)
@@ -132,8 +180,10 @@ async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean 
 function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs: number, c: Checked): Outcome | Promise<Outcome> {
   const { rule, target, forwarded, deps } = c
   if (revoked === true) return { decision: deny({ reason: 'revoked', rule, identity }), target, revocationMs }
-  const binding = checkCertBinding(identity.claims, c.input.clientCert)
-  if (binding === 'mtls_key_mismatch') return { decision: deny({ reason: binding, rule, identity }), target, revocationMs }
+  const cert = checkCertBinding(identity.claims, c.input.clientCert)
+  if (cert === 'mtls_key_mismatch') return { decision: deny({ reason: cert, rule, identity }), target, revocationMs }
+  // A DPoP proof already checked stays the binding reported; either satisfies sender_constrained.
+  const binding = c.binding ?? cert
   if (c.others !== undefined) return concludeEach(identity, revoked, revocationMs, c, binding)
 
   // Authorization comes after the token checks so an anonymous caller cannot map the route table.
@@ -141,6 +191,7 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
   if (!peerAllowed(rule.peers, c.input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule, identity }), target, revocationMs }
   const short = checkScopes(identity.scopes, rule.scopes)
   if (short) return { decision: { ...short, rule, identity }, target, revocationMs }
+  if (unbound(rule, binding, deps)) return { decision: deny({ reason: 'sender_constraint_required', rule, identity }), target, revocationMs }
   const ruleBinding = rule.binding
   let bound: readonly string[] | undefined
   if (ruleBinding !== undefined) {
@@ -233,6 +284,7 @@ function concludeEach(identity: Identity, revoked: false | 'unknown', revocation
     if (r.public) continue
     const short = checkScopes(identity.scopes, r.scopes)
     if (short) return { decision: { ...short, rule: r, identity }, target, revocationMs }
+    if (unbound(r, binding, deps)) return { decision: deny({ reason: 'sender_constraint_required', rule: r, identity }), target, revocationMs }
     if (r.binding !== undefined) {
       const values = captureValues(r.binding, target.path)
       const refused = checkBinding(r.binding, identity, values, nowS(deps.clock))

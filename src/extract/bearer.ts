@@ -8,12 +8,16 @@ export interface Extracted {
   readonly token: string | undefined
   /** The query string without `access_token`, when the token came from there. */
   readonly query: string
+  /** `dpop` when the token came as `Authorization: DPoP <token>` (RFC 9449 §7.1); absent for Bearer. */
+  readonly scheme?: 'dpop' | undefined
 }
 
 // RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/
 // RFC 7235 §2.1: the scheme is case-insensitive and separated from the credentials by 1*SP.
 const BEARER = /^bearer +(\S+)$/i
+// RFC 9449 §7.1: the DPoP scheme carries the token as token68, the same characters as b64token.
+const DPOP = /^dpop +(\S+)$/i
 // Both at once, for the usual well-formed header: one pass over the token instead of two.
 const BEARER_B64TOKEN = /^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)$/
 
@@ -32,6 +36,7 @@ export function extractBearer(
   if (fromQuery.found && !opts.allowQueryToken) return invalid('tokens in the query string are not accepted')
 
   let token: string | undefined
+  let scheme: 'dpop' | undefined
   if (header !== undefined) {
     // The usual request repeats a token already verified: an exact `Bearer ` and a cache hit stand
     // in for the character check, which is linear in the token (bench/README.md).
@@ -43,11 +48,15 @@ export function extractBearer(
     if (well && well[1]!.length <= opts.maxTokenBytes) return { token: well[1], query }
   }
   if (header !== undefined) {
-    const m = BEARER.exec(header)
+    const m = BEARER.exec(header) ?? DPOP.exec(header)
     // Another scheme (Basic, Digest) carries no bearer token: answer as if none was sent so the
     // challenge tells the client which scheme to use.
-    if (!m) return /^bearer(\s|$)/i.test(header) ? malformed('Authorization is not "Bearer <token>"') : { token: undefined, query }
+    if (!m) {
+      if (/^bearer(\s|$)/i.test(header)) return malformed('Authorization is not "Bearer <token>"')
+      return /^dpop(\s|$)/i.test(header) ? malformed('Authorization is not "DPoP <token>"') : { token: undefined, query }
+    }
     token = m[1]
+    if (m[0].charCodeAt(0) === 0x44 || m[0].charCodeAt(0) === 0x64) scheme = 'dpop'
   } else if (fromQuery.found) {
     token = fromQuery.value
     query = fromQuery.rest
@@ -55,7 +64,7 @@ export function extractBearer(
   if (token === undefined) return { token: undefined, query }
   if (token.length > opts.maxTokenBytes) return malformed('token is too long')
   if (!B64TOKEN.test(token)) return malformed('token has characters a bearer token cannot contain')
-  return { token, query }
+  return scheme === undefined ? { token, query } : { token, query, scheme }
 }
 
 const invalid = (description: string) => ({ reason: 'invalid_request' as const, description })

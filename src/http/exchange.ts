@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import { noteOf, type ConnectionTracker, type Cut, type TrackedExchange } from '../connections/connections.js'
 import { answerOf, writeAnswer, type Answer, type AnswerName } from '../core/answers.js'
-import { toAnswer } from '../core/reasons.js'
+import { toAnswer, type DpopAnswer } from '../core/reasons.js'
 import type { ClientCert } from '../bind/mtls.js'
 import type { Decision, Denial, Identity, Outcome, Target } from '../core/types.js'
 import { decide, type DecideDeps } from '../decide/decide.js'
@@ -40,6 +40,8 @@ export interface ExchangeContext {
   /** Absent when there is no connection registry. */
   readonly connections: ConnectionTracker | undefined
   readonly young: YoungExchanges | undefined
+  /** LAPSE_DPOP_ALGORITHMS, space-separated, for the DPoP challenges (RFC 9449 §7.1 `algs`). */
+  readonly dpopAlgs?: string | undefined
 }
 
 type Allowed = Extract<Decision, { allow: true }>
@@ -169,7 +171,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     // The client left while the decision was awaited: the upstream must not be asked for a tunnel to no one.
     if (!this.settled() || this.socket.destroyed) return this.finish()
     const d = outcome.decision
-    if (!d.allow) return this.answerClosing(toAnswer(d, this.ctx.realm), undefined)
+    if (!d.allow) return this.answerClosing(toAnswer(d, this.ctx.realm, this.dpopAnswer(outcome)), undefined)
     this.tunnel(d, outcome.target!, head)
   }
 
@@ -240,19 +242,27 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     if (!d.allow) {
       const req = this.req
       // The body of a refused request is never read; closing avoids draining an attacker's upload.
-      const answer = toAnswer(d, this.ctx.realm)
+      const answer = toAnswer(d, this.ctx.realm, this.dpopAnswer(outcome))
       if (req.headers['content-length'] !== '0' && (req.headers['content-length'] || req.headers['transfer-encoding'])) this.res!.shouldKeepAlive = false
       return writeAnswer(this.res!, answer)
     }
     this.watch(d, 'stream', d.rule.cutStreamsAtExpiry)
     this.ctx.recorder.inject(this.trace, this.req.headers)
-    this.forwarding = this.ctx.forwarder!.web(this.req, this.res!, outcome.target!, d.identity, this, this.clientCert?.peer, d.bound)
+    // RFC 9449 §8: the client's nonce was of the previous step; Node merges this with the upstream's headers.
+    if (outcome.dpopNonce !== undefined) this.res!.setHeader('dpop-nonce', outcome.dpopNonce)
+    this.forwarding = this.ctx.forwarder!.web(this.req, this.res!, outcome.target!, d.identity, this, this.clientCert?.peer, d.bound, d.binding)
+  }
+
+  /** What a DPoP challenge names: the algorithms, and the nonce the decision says the client is to use. */
+  private dpopAnswer(outcome: Outcome): DpopAnswer | undefined {
+    const algs = this.ctx.dpopAlgs
+    return algs === undefined ? undefined : { algs, nonce: outcome.dpopNonce }
   }
 
   private tunnel(d: Allowed, target: Target, head: Buffer): void {
     this.ctx.recorder.inject(this.trace, this.req.headers)
     // A throw here is before anything went upstream (headers are built, and checked by Node, first).
-    this.upgrading = this.ctx.forwarder!.ws(this.req, this.socket, head, target, d.identity, this, this.clientCert?.peer, d.bound)
+    this.upgrading = this.ctx.forwarder!.ws(this.req, this.socket, head, target, d.identity, this, this.clientCert?.peer, d.bound, d.binding)
     this.watch(d, 'websocket', true)
   }
 

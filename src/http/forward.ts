@@ -18,7 +18,7 @@ import { performance } from 'node:perf_hooks'
 import httpProxy from 'http-proxy'
 import { Pool, type Dispatcher } from 'undici'
 import { LapseError } from '../core/errors.js'
-import type { Identity, Target } from '../core/types.js'
+import type { Binding, Identity, Target } from '../core/types.js'
 import { closeDelimited, responseHeaders, upstreamHeaders } from './headers.js'
 import { createWsLink, type WsLink } from './ws-close.js'
 
@@ -51,12 +51,12 @@ export interface Forwarding {
 
 export interface Forwarder {
   /** `sink` is told at most once, and only while no response byte has reached the client. */
-  web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, peer?: string, bound?: readonly string[]): Forwarding
+  web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, peer?: string, bound?: readonly string[], binding?: Binding): Forwarding
   /**
    * Only for a request `isWebSocketUpgrade` accepts. `sink` is told only while nothing of the
    * upstream's answer has reached the client; after that an upstream failure destroys the client socket.
    */
-  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, peer?: string, bound?: readonly string[]): Upgrading
+  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, peer?: string, bound?: readonly string[], binding?: Binding): Upgrading
   close(): void
 }
 
@@ -82,15 +82,15 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   const pool = createPool(opts)
   const deadlines = new Deadlines(opts.timeoutMs)
   const { proxy, agent } = createUpgradeProxy(opts.upstream, deadlines)
-  const headersFor = (req: IncomingMessage, identity: Identity | undefined, upgrade: boolean, peer: string | undefined, bound: readonly string[] | undefined) =>
+  const headersFor = (req: IncomingMessage, identity: Identity | undefined, upgrade: boolean, peer: string | undefined, bound: readonly string[] | undefined, binding: Binding | undefined) =>
     upstreamHeaders(req.headers, identity, {
       remoteAddress: req.socket.remoteAddress, forwardAuthorization: opts.forwardAuthorization, upgrade,
-      tls: (req.socket as TLSSocket).encrypted === true, peer, trustClientCertHeader: opts.trustClientCertHeader === true, bound,
+      tls: (req.socket as TLSSocket).encrypted === true, peer, trustClientCertHeader: opts.trustClientCertHeader === true, bound, binding: binding?.kind,
     })
 
   return {
-    web(req, res, target, identity, sink, peer, bound) {
-      const headers = headersFor(req, identity, false, peer, bound)
+    web(req, res, target, identity, sink, peer, bound, binding) {
+      const headers = headersFor(req, identity, false, peer, bound, binding)
       // undici frames the body itself: Content-Length when the client sent one, chunked otherwise
       // (a chunked GET or DELETE stays one framed message; its bytes never become a second request).
       const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined
@@ -109,9 +109,9 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       }
       return forwarding
     },
-    ws(req, socket, head, target, identity, sink, peer, bound) {
+    ws(req, socket, head, target, identity, sink, peer, bound, binding) {
       req.url = pathOf(target)
-      req.headers = headersFor(req, identity, true, peer, bound)
+      req.headers = headersFor(req, identity, true, peer, bound, binding)
       return forwardUpgrade(proxy, deadlines, req, socket, head, sink)
     },
     close() {

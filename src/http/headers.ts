@@ -4,7 +4,7 @@
 //
 //   const headers = upstreamHeaders(req.headers, identity, { remoteAddress, forwardAuthorization, upgrade: false })
 import type { IncomingHttpHeaders } from 'node:http'
-import type { Identity } from '../core/types.js'
+import type { Binding, Identity } from '../core/types.js'
 
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']
 const HOP_BY_HOP_SET = new Set(HOP_BY_HOP)
@@ -68,6 +68,8 @@ export interface HeaderOptions {
   readonly forwardAuthorization: boolean
   /** A WebSocket upgrade keeps `Connection: upgrade` and `Upgrade`. */
   readonly upgrade: boolean
+  /** The sender constraint the request proved: sent as `X-Auth-Binding`. */
+  readonly binding?: Binding['kind'] | undefined
   /** The X-Auth-Bound-* fields of the deciding rule (authorize/binding.ts), name then decoded value. */
   readonly bound?: readonly string[] | undefined
   /** The client's hop was TLS: X-Forwarded-Proto is https. */
@@ -114,6 +116,8 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
     const fields = identityFields(identity)
     for (let i = 0; i < fields.length; i += 2) headers[fields[i]!] = fields[i + 1]!
   }
+  // Per request, not per token: the same token may come with its proof on one request and be refused on another.
+  if (opts.binding !== undefined) headers['x-auth-binding'] = opts.binding
   // A SPIFFE ID is letters, digits and `:/._-` only (bind/peers.ts): a valid header value as it is.
   if (opts.peer !== undefined) headers['x-auth-peer'] = opts.peer
   // After the client's X-Auth-* copies were dropped above, in any spelling: only these reach the upstream.

@@ -9,6 +9,7 @@ import type { TLSSocket, Server as TlsServer } from 'node:tls'
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import type { RouteMatcher } from '../authorize/routes.js'
+import type { DpopPolicy } from '../bind/dpop.js'
 import type { Config, HostPort } from '../config/load.js'
 import type { ConnectionTracker } from '../connections/connections.js'
 import { answerOf } from '../core/answers.js'
@@ -44,6 +45,8 @@ export interface Deps {
   readonly metricsHandler?: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
   /** Long-lived exchanges (WebSocket, streamed responses) to cut when their token lapses. */
   readonly connections?: ConnectionTracker | undefined
+  /** How DPoP proofs are checked, with the replay cache; absent, DPoP-bound tokens are refused. */
+  readonly dpop?: DpopPolicy | undefined
 }
 
 export interface App {
@@ -180,9 +183,12 @@ export function exchangeContext(deps: Deps, young?: YoungExchanges | undefined):
       allowQueryToken: config.allowQueryToken,
       maxTokenBytes: config.maxTokenBytes,
       clock: deps.clock,
+      dpop: deps.dpop,
+      senderConstrained: config.senderConstrained,
       uses: deps.uses,
       clockSkewS: config.clockSkewS,
     },
+    dpopAlgs: config.dpop.algorithms.join(' '),
     checkHead: createHeadCheck({ maxHeaderFields: config.maxHeaderFields, hosts: config.hosts }),
     clientCert: clientCertSource(config),
     connections: deps.connections,

@@ -438,16 +438,25 @@ function notify(listener: (event: RevocationEvent) => void, event: RevocationEve
 // --- connections -------------------------------------------------------------------------------
 
 /** The commands we use, common to a Redis connection and a Cluster. */
-interface DataClient {
+export interface DataClient {
   readonly status: string
   mget(...keys: string[]): Promise<Array<string | null>>
   get(key: string): Promise<string | null>
   config(op: 'GET', name: string): Promise<unknown>
+  set(key: string, value: string, px: 'PX', ms: number, nx: 'NX'): Promise<'OK' | null>
   eval(script: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
   quit(): Promise<unknown>
   disconnect(): void
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- ioredis types its listeners so
   on(event: string, listener: (...args: any[]) => void): unknown
+}
+
+/**
+ * A data connection configured as the set's own (no offline queue, no retries, the same reconnects):
+ * for other state that lives beside the set (revocation/replay-redis.ts).
+ */
+export function connectBeside(url: string, tls?: ConnectionOptions): DataClient {
+  return connectData(withTls(parseRedisUrl(url), tls), DEFAULTS)
 }
 
 function withTls(target: RedisTarget, extra: ConnectionOptions | undefined): RedisTarget {
@@ -571,7 +580,7 @@ async function readPersistence(data: DataClient): Promise<Persistence> {
   return 'unknown'
 }
 
-async function quietly(client: { status: string; quit(): Promise<unknown>; disconnect(): void }) {
+export async function quietly(client: { status: string; quit(): Promise<unknown>; disconnect(): void }) {
   if (client.status !== 'ready') return client.disconnect()
   await client.quit().catch(() => client.disconnect())
 }

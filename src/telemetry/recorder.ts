@@ -244,6 +244,10 @@ export function createRecorder(opts: RecorderOptions): Recorder {
           span.setAttribute(A.ATTR_TOKEN_EXPIRES_IN_S, id.expS - Math.floor(t.decidedMs / 1000))
         }
         if (d.allow && d.failedOpen) span.setAttribute(A.ATTR_FAILED_OPEN, true)
+        if (d.allow && d.binding) {
+          span.setAttribute(A.ATTR_TOKEN_BINDING, d.binding.kind)
+          span.setAttribute(A.ATTR_TOKEN_KEY_THUMBPRINT, d.binding.thumbprint)
+        }
       }
       if (opts.metrics) {
         const labels = { decision: d.allow ? 'allow' : 'deny', reason, route: d.rule?.id ?? '', httpRoute: d.rule?.path ?? '' }
@@ -302,6 +306,8 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         jti: id?.jti,
         iat: id?.iatS,
         exp: id?.expS,
+        binding: d?.allow ? d.binding?.kind : undefined,
+        key_thumbprint: d?.allow ? d.binding?.thumbprint : undefined,
         // Under a rule with max_uses: which use this was (the refused one for token_reused).
         use: d?.use,
         max_uses: d?.rule?.binding?.maxUses,

@@ -17,6 +17,10 @@ export const ATTR_TOKEN_JTI = 'lapse.token.jti'
 export const ATTR_TOKEN_EXPIRES_IN_S = 'lapse.token.expires_in_s'
 export const ATTR_SCOPES_REQUIRED = 'lapse.scopes.required'
 export const ATTR_FAILED_OPEN = 'lapse.failed_open'
+/** The sender constraint the request proved: `dpop` or `mtls`. */
+export const ATTR_TOKEN_BINDING = 'lapse.token.binding'
+/** Its key's thumbprint: the JWK SHA-256 thumbprint (DPoP) or the certificate's x5t#S256 (mTLS). Never the proof. */
+export const ATTR_TOKEN_KEY_THUMBPRINT = 'lapse.token.key_thumbprint'
 export const ATTR_ENDUSER_ID = 'enduser.id'
 
 // Step span attributes.

@@ -103,7 +103,7 @@ t.test('request mode: binding match, mismatch and absent certificate; X-Auth-Pee
 
   // A token that is not bound works with or without a certificate.
   t.equal((await callTls(lapse, '/orders/1', { agent: anonymous, token: await keys.mint() })).status, 200)
-  t.equal((await callTls(lapse, '/orders/1', { agent: asOther, token: await keys.mint({ cnf: { jkt: 'not-mine' } }) })).status, 200, 'another cnf member is not this check\'s')
+  t.equal((await callTls(lapse, '/orders/1', { agent: asOther, token: await keys.mint({ cnf: { kid: 'not-mine' } }) })).status, 200, 'another cnf member is not this check\'s (cnf.jkt is DPoP\'s: refused under Bearer)')
   t.equal(lapse.upstream.requests.at(-1)!.headers['x-auth-peer'], OTHER)
   // A client-sent X-Auth-Peer never survives.
   await callTls(lapse, '/orders/1', { agent: anonymous, token: await keys.mint(), headers: { 'x-auth-peer': DEPLOYER } })
@@ -251,4 +251,21 @@ t.test('an upgrade Lapse does not proxy (h2c) over TLS is served as the ordinary
   const got = lapse.upstream.requests.at(-1)!
   t.equal(got.headers['x-auth-peer'], DEPLOYER, 'the handed-over connection still knows its certificate')
   t.equal(got.headers['x-forwarded-proto'], 'https')
+})
+
+t.test('sender_constrained accepts a certificate-bound token on its certificate, and says so upstream; a plain token is refused', async (t) => {
+  const lapse = await runApp(t, { env: withClientCa(), routes: [{ path: '/strict/**', sender_constrained: true }] })
+  const keys = await testKeys()
+  const agent = clientAgent(pki, deployer)
+  t.teardown(() => agent.close())
+  const bound = await callTls(lapse, '/strict/1', { agent, token: await keys.mint({ cnf: { 'x5t#S256': deployer.thumbprint } }) })
+  t.equal(bound.status, 200)
+  t.equal(lapse.upstream.requests.at(-1)!.headers['x-auth-binding'], 'mtls')
+  const line = lapse.lines.filter((l) => l.audit === 'decision').at(-1)!
+  t.equal(line.binding, 'mtls')
+  t.equal(line.key_thumbprint, deployer.thumbprint)
+  const plain = await callTls(lapse, '/strict/1', { agent, token: await keys.mint() })
+  t.equal(plain.status, 401)
+  t.equal(lapse.lines.filter((l) => l.audit === 'decision').at(-1)!.reason, 'sender_constraint_required')
+  t.equal(lapse.upstream.calls, 1)
 })

@@ -11,6 +11,7 @@ import { bearer, runApp, send, waitFor, type Lapse } from '../fixtures/app.js'
 import { newKeyPair, testKeys } from '../fixtures/keys.js'
 import { startSilentServer } from '../fixtures/upstream.js'
 import { inMemoryTelemetry, newTraceparent, type MemoryTelemetry } from './in-memory.js'
+import { newHolder } from '../bind/dpop-helpers.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const T0_S = T0_MS / 1000
@@ -18,14 +19,23 @@ const ROUTES = [
   { path: '/healthz', public: true },
   { path: '/orders/**', methods: ['GET'], scopes: ['orders:read'] },
   { path: '/ci/**', scopes: ['orders:read'], peers: ['spiffe://prod.example/ns/ci/*'] },
+  // Route binding (docs/configuration.md#route-rules).
+  { path: '/tenants/{tenant}/**', scopes: ['orders:read'], claims: { tenant: '{tenant}' } },
+  { path: '/fresh/**', scopes: ['orders:read'], max_token_age: 60 },
+  { path: '/strong/**', scopes: ['orders:read'], acr_values: ['mfa'] },
+  { path: '/once/**', scopes: ['orders:read'], max_uses: 1 },
 ]
 // DESIGN.md "Telemetry": the `lapse.reason` values, verbatim, and host_not_allowed (LAPSE_HOSTS).
 const DESIGN_REASONS = [
   'ok', 'missing_token', 'malformed', 'bad_signature', 'unknown_key', 'alg_not_allowed', 'expired', 'not_yet_valid',
   'wrong_issuer', 'wrong_audience', 'lifetime_exceeds_policy', 'missing_claim', 'revoked', 'insufficient_scope',
   'no_route', 'revocation_unavailable', 'keys_unavailable', 'invalid_request', 'host_not_allowed', 'too_many_header_fields',
+  // docs/binding.md: DPoP and the sender_constrained policy.
+  'dpop_proof_invalid', 'dpop_replayed', 'dpop_key_mismatch', 'dpop_nonce_required', 'sender_constraint_required', 'dpop_replay_unavailable',
   // Issue 23 (docs/binding.md).
   'mtls_key_mismatch', 'peer_not_allowed',
+  // Route binding: claims, RFC 9470 freshness, use limits.
+  'claim_mismatch', 'token_too_old', 'acr_insufficient', 'token_reused',
 ]
 
 const mint = async (claims: Record<string, unknown> = {}, opts: Parameters<Awaited<ReturnType<typeof testKeys>>['mint']>[1] = {}) =>
@@ -101,6 +111,12 @@ t.test('every reason on one Lapse: one lapse.authorize span each, with the desig
   await expectSpan(t, lapse, mem, 'missing_claim', { headers: [bearer(await mint({ jti: undefined }))], status: 401 })
   await expectSpan(t, lapse, mem, 'mtls_key_mismatch', { headers: [bearer(await mint({ cnf: { 'x5t#S256': 'bm90LXRoaXMtY2VydGlmaWNhdGU' } }))], status: 401, attrs: ORDERS_RULE })
   await expectSpan(t, lapse, mem, 'peer_not_allowed', { path: '/ci/1', headers: [bearer(good)], status: 403, attrs: { 'lapse.route': '2', 'http.route': '/ci/**' } })
+  await expectSpan(t, lapse, mem, 'claim_mismatch', { path: '/tenants/acme/1', headers: [bearer(await mint({ tenant: 'globex' }))], status: 403, attrs: { 'lapse.route': '3', 'http.route': '/tenants/{tenant}/**' } })
+  await expectSpan(t, lapse, mem, 'token_too_old', { path: '/fresh/1', headers: [bearer(await mint({ iat: T0_S - 600, exp: T0_S + 600 }))], status: 401, attrs: { 'lapse.route': '4' } })
+  await expectSpan(t, lapse, mem, 'acr_insufficient', { path: '/strong/1', headers: [bearer(await mint({ acr: 'pwd' }))], status: 401, attrs: { 'lapse.route': '5' } })
+  const once = await mint({ jti: 'tok-once' })
+  t.equal((await send(`${lapse.url}/once/1`, { headers: [bearer(once)] })).status, 200, 'the first use passes')
+  await expectSpan(t, lapse, mem, 'token_reused', { path: '/once/1', headers: [bearer(once)], status: 401, attrs: { 'lapse.route': '6', 'lapse.token.jti': 'tok-once' } })
 
   // Revoked: the identity is known (the token verified), so the span says whose grant was refused.
   const revokedToken = await mint({ sub: 'contractor-7', jti: 'tok-revoked' })
@@ -120,7 +136,7 @@ t.test('every reason on one Lapse: one lapse.authorize span each, with the desig
   // Two credentials is a malformed request; the raw path never becomes an attribute when it is refused.
   await expectSpan(t, lapse, mem, 'invalid_request', { headers: [bearer(good), bearer(good)], status: 400 })
   await expectSpan(t, lapse, mem, 'invalid_request', { path: '/orders/%2F..%2Fadmin', headers: [bearer(good)], status: 400, absent: ['url.path'] })
-  t.equal(lapse.upstream.calls, 1, 'only the allowed request reached the upstream')
+  t.equal(lapse.upstream.calls, 2, 'only the allowed requests (ok, and the first use of /once) reached the upstream')
 
   const decisionSpans = mem.spans().filter((s) => s.name === 'lapse.authorize')
   const traces = new Set(decisionSpans.map((s) => s.spanContext().traceId))
@@ -170,6 +186,31 @@ t.test('refusals of the head, before any decision: host_not_allowed (421) and to
   // The field count is checked first, so the Host does not matter here.
   await expectSpan(t, lapse, mem, 'too_many_header_fields', { headers: [bearer(good), ...padding], status: 431, absent: ['enduser.id', 'url.path'] })
   t.equal(lapse.upstream.calls, 0, 'the upstream was not reached')
+})
+
+t.test('DPoP: an allowed span names the binding and the key thumbprint; each DPoP reason has its span', async (t) => {
+  // Real time: the dpop package dates its proofs now.
+  const mem = inMemoryTelemetry(t)
+  const nonceSecret = 'a-nonce-secret-every-sidecar-shares-0123'
+  const lapse = await runApp(t, { routes: [...ROUTES, { path: '/strict/**', sender_constrained: true }], telemetry: mem.telemetry })
+  const holder = await newHolder()
+  const keys = await testKeys()
+  const token = await keys.mint({ cnf: { jkt: holder.jkt } })
+  const proof = await holder.proof(`${lapse.url}/orders/1`, 'GET', token)
+  const dpop = (p: string): Array<[string, string]> => [['authorization', `DPoP ${token}`], ['dpop', p]]
+  await expectSpan(t, lapse, mem, 'ok', { headers: dpop(proof), status: 200, attrs: { 'lapse.token.binding': 'dpop', 'lapse.token.key_thumbprint': holder.jkt } })
+  await expectSpan(t, lapse, mem, 'dpop_replayed', { headers: dpop(proof), status: 401, absent: ['lapse.token.binding'] })
+  await expectSpan(t, lapse, mem, 'dpop_proof_invalid', { headers: dpop(await holder.proof(`${lapse.url}/orders/2`, 'GET', token)), status: 401 })
+  await expectSpan(t, lapse, mem, 'dpop_key_mismatch', { headers: [bearer(token)], status: 401 })
+  await expectSpan(t, lapse, mem, 'sender_constraint_required', { path: '/strict/1', headers: [bearer(await keys.mint())], status: 401 })
+
+  const nonced = await runApp(t, { routes: ROUTES, telemetry: mem.telemetry, env: { LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: nonceSecret } })
+  await expectSpan(t, nonced, mem, 'dpop_nonce_required', { headers: dpop(await holder.proof(`${nonced.url}/orders/1`, 'GET', token)), status: 401 })
+
+  // The replay cache on a Redis port nothing listens on: refused at once, fail closed.
+  const port = await freePort()
+  const down = await runApp(t, { routes: ROUTES, telemetry: mem.telemetry, env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` } })
+  await expectSpan(t, down, mem, 'dpop_replay_unavailable', { headers: dpop(await holder.proof(`${down.url}/orders/1`, 'GET', token)), status: 503 })
 })
 
 t.test('the tests above cover every reason of DESIGN.md and of the reasons table', async (t) => {

@@ -1,0 +1,200 @@
+// A DPoP proof (RFC 9449) checked against the request it came with and the token it binds:
+// every check of §4.3, the key binding of §7 (cnf.jkt), single use (§11.1) and nonces (§8–9).
+//
+//   const got = await checkProof({ method, path, host, proofs, token, jkt, normalizePath }, policy)
+//   'reason' in got ? deny(got.reason) : allow({ binding: got.binding })
+import { createHash } from 'node:crypto'
+import { calculateJwkThumbprint, compactVerify, importJWK, type JWK } from 'jose'
+import type { Binding, Clock, DenyReason, ReplayCache, TokenMemo } from '../core/types.js'
+import type { Nonces } from './nonce.js'
+
+export interface DpopPolicy {
+  /** LAPSE_DPOP_ALGORITHMS: asymmetric only. */
+  readonly algorithms: ReadonlySet<string>
+  /** LAPSE_DPOP_MAX_AGE, seconds. */
+  readonly maxAgeS: number
+  readonly clockSkewS: number
+  /** LAPSE_PUBLIC_ORIGINS as URL origins; undefined: the request's Host, with http or https. */
+  readonly publicOrigins: ReadonlySet<string> | undefined
+  /** Present when LAPSE_DPOP_NONCE is on. */
+  readonly nonces: Nonces | undefined
+  readonly replay: ReplayCache
+  readonly clock: Clock
+}
+
+export interface ProofRequest {
+  readonly method: string
+  /** The normalized path the request was decided on. */
+  readonly path: string
+  /** The request's Host (already validated by the head check), for htu when no public origin is set. */
+  readonly host: string | undefined
+  /** Every DPoP header field value the request carried. */
+  readonly proofs: readonly string[]
+  /** The access token, for `ath`. */
+  readonly token: string
+  /** The token's `cnf.jkt`. */
+  readonly jkt: string
+  /** Normalizes the path of `htu` as the request's own path was; undefined when it is not a valid path. */
+  readonly normalizePath: (path: string) => string | undefined
+  /** The token's memo: its proof key is imported once, not on every request. */
+  readonly memo?: TokenMemo | undefined
+}
+
+export type ProofResult =
+  | { readonly binding: Binding; readonly nonce?: string | undefined }
+  | { readonly reason: DenyReason; readonly description: string; readonly nonce?: string | undefined }
+
+// A proof is a small JWS: a public key, a few claims. Larger is not a proof.
+const MAX_PROOF_BYTES = 8192
+// A jti long enough for any random value (RFC 9449 §4.2 asks for 96 bits at least).
+const MAX_JTI_LENGTH = 256
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
+// RFC 9449 §4.3 check 7: the header's key is public. These members hold private or symmetric key material (RFC 7518 §6).
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']
+
+const invalid = (description: string) => ({ reason: 'dpop_proof_invalid' as const, description })
+
+export async function checkProof(req: ProofRequest, policy: DpopPolicy): Promise<ProofResult> {
+  // RFC 9449 §4.3 check 1: exactly one DPoP field.
+  if (req.proofs.length !== 1) return invalid(req.proofs.length === 0 ? 'a DPoP proof is required' : 'more than one DPoP header')
+  const proof = req.proofs[0]!
+  if (proof.length > MAX_PROOF_BYTES || !COMPACT_JWS.test(proof)) return invalid('DPoP proof is not a compact JWS')
+  const dot1 = proof.indexOf('.')
+  const dot2 = proof.indexOf('.', dot1 + 1)
+  const header = parseJson(proof.slice(0, dot1))
+  const claims = parseJson(proof.slice(dot1 + 1, dot2))
+  if (header === undefined || claims === undefined) return invalid('DPoP proof is not valid JSON')
+
+  // Check 4: typ.
+  if (typeof header.typ !== 'string' || header.typ.toLowerCase() !== 'dpop+jwt') return invalid('DPoP proof typ is not dpop+jwt')
+  // Check 5: an asymmetric algorithm the policy accepts (the setting holds no other).
+  if (typeof header.alg !== 'string' || !policy.algorithms.has(header.alg)) return invalid('DPoP proof algorithm is not allowed')
+  const jwk = header.jwk
+  if (!isObject(jwk) || typeof jwk.kty !== 'string' || jwk.kty === 'oct') return invalid('DPoP proof has no public jwk')
+  // Check 7: a private key in the header is refused, not silently used as its public half.
+  if (PRIVATE_MEMBERS.some((m) => m in jwk)) return invalid('DPoP proof jwk holds private key material')
+  // Check 3: the claims a proof must carry.
+  if (typeof claims.jti !== 'string' || claims.jti === '' || claims.jti.length > MAX_JTI_LENGTH) return invalid('DPoP proof jti is missing or invalid')
+  if (typeof claims.iat !== 'number' || !Number.isFinite(claims.iat)) return invalid('DPoP proof iat is missing')
+  // Check 8: htm is the method, exactly (methods are case-sensitive, RFC 9110 §9.1).
+  if (claims.htm !== req.method) return invalid('DPoP proof htm does not match the method')
+  // Check 9: htu is this request's URI, without query and fragment.
+  if (typeof claims.htu !== 'string' || !htuMatches(claims.htu, req, policy.publicOrigins)) return invalid('DPoP proof htu does not match the request')
+  // Check 11: iat within the window; the skew covers clocks that run ahead as well as behind.
+  const nowS = policy.clock.now() / 1000
+  if (claims.iat > nowS + policy.clockSkewS) return invalid('DPoP proof iat is in the future')
+  if (claims.iat < nowS - policy.maxAgeS - policy.clockSkewS) return invalid('DPoP proof is too old')
+  // Check 12 (with a token): ath is the token's hash.
+  if (claims.ath !== createHash('sha256').update(req.token).digest('base64url')) return invalid('DPoP proof ath does not match the token')
+
+  // Check 6: the signature, under the header's own key and algorithm. A token's proofs all carry
+  // the same key: it is imported and its thumbprint computed once, for the token's memo.
+  const members = keyMembers(jwk, header.alg)
+  const known = req.memo?.dpopKey
+  let thumbprint: string
+  try {
+    if (known !== undefined && known.members === members) {
+      thumbprint = known.thumbprint
+      await compactVerify(proof, known.key as Parameters<typeof compactVerify>[1], { algorithms: [header.alg] })
+    } else {
+      thumbprint = await calculateJwkThumbprint(jwk as JWK, 'sha256')
+      const key = await importJWK(jwk as JWK, header.alg)
+      await compactVerify(proof, key, { algorithms: [header.alg] })
+      // Only a key that matched the binding and verified a proof is kept.
+      if (thumbprint === req.jkt && req.memo !== undefined) req.memo.dpopKey = { members, key, thumbprint }
+    }
+  } catch {
+    return invalid('DPoP proof signature is invalid')
+  }
+  // RFC 9449 §7.1: the token is bound to this key.
+  if (thumbprint !== req.jkt) return { reason: 'dpop_key_mismatch', description: 'token is not bound to the proof key' }
+
+  // Check 10 (§9): a nonce of the current or the previous step.
+  let nonce: string | undefined
+  if (policy.nonces) {
+    const step = policy.nonces.check(claims.nonce)
+    if (step === undefined) return { reason: 'dpop_nonce_required', description: 'DPoP proof needs a current nonce', nonce: policy.nonces.current() }
+    // The client's nonce is of the previous step: the answer gives it the current one.
+    if (step === 'previous') nonce = policy.nonces.current()
+  }
+
+  // §11.1: once per proof lifetime, across every sidecar sharing the cache. Keyed by the key's
+  // thumbprint too, so no client can use up another's jti.
+  let first: boolean
+  try {
+    first = await policy.replay.firstUse(`${thumbprint}:${claims.jti}`, lifetimeMs(policy))
+  } catch {
+    return { reason: 'dpop_replay_unavailable', description: 'DPoP replay cache is unavailable' }
+  }
+  if (!first) return { reason: 'dpop_replayed', description: 'DPoP proof was already used' }
+  return { binding: { kind: 'dpop', thumbprint }, nonce }
+}
+
+/** How long a proof stays acceptable: its age limit and the skew on both sides of its iat. */
+export const lifetimeMs = (policy: Pick<DpopPolicy, 'maxAgeS' | 'clockSkewS'>): number => (policy.maxAgeS + 2 * policy.clockSkewS) * 1000
+
+/**
+ * RFC 9449 §4.3 check 9 with RFC 3986 §6.2.2–6.2.3 normalization: the WHATWG parser lower-cases
+ * scheme and host, drops a default port and resolves dot segments; the path is then normalized
+ * as the request's was. Query and fragment are not part of htu.
+ */
+function htuMatches(htu: string, req: ProofRequest, origins: ReadonlySet<string> | undefined): boolean {
+  let url: URL
+  try {
+    url = new URL(htu)
+  } catch {
+    return false
+  }
+  if ((url.protocol !== 'https:' && url.protocol !== 'http:') || url.username !== '' || url.password !== '') return false
+  if (req.normalizePath(url.pathname) !== req.path) return false
+  if (origins !== undefined) return origins.has(url.origin)
+  if (req.host === undefined) return false
+  // Unset: the Host the request was sent to, over http or https, since TLS often ends in front.
+  try {
+    return new URL(`${url.protocol}//${req.host}`).origin === url.origin
+  } catch {
+    return false
+  }
+}
+
+/**
+ * What a key import reads, as text: the algorithm (an RSA key imported for PS256 cannot verify
+ * RS256) and the public members RFC 7638 §3.2 hashes. Equal text, the same imported key.
+ */
+function keyMembers(jwk: Record<string, unknown>, alg: string): string {
+  return JSON.stringify([alg, jwk.kty, jwk.crv, jwk.x, jwk.y, jwk.n, jwk.e])
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
+
+function parseJson(part: string): Record<string, unknown> | undefined {
+  try {
+    const value: unknown = JSON.parse(Buffer.from(part, 'base64url').toString('utf8'))
+    return isObject(value) ? value : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** The token's `cnf.jkt` (RFC 9449 §6.1), when it is DPoP-bound. */
+export function jktOf(claims: Readonly<Record<string, unknown>>): string | undefined {
+  const cnf = claims.cnf
+  return isObject(cnf) && typeof cnf.jkt === 'string' ? cnf.jkt : undefined
+}
+
+/**
+ * Every DPoP header field value and the Host, from the raw list in one pass: Node's `headers`
+ * keeps only one of duplicate DPoP fields, and a second proof must be seen to be refused.
+ */
+export function proofFieldsOf(raw: readonly string[]): { proofs: string[]; host: string | undefined } {
+  const proofs: string[] = []
+  let host: string | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!
+    if (name.length !== 4) continue
+    const lower = name.toLowerCase()
+    if (lower === 'dpop') proofs.push(raw[i + 1]!)
+    else if (lower === 'host') host ??= raw[i + 1]!
+  }
+  return { proofs, host }
+}
