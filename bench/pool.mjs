@@ -33,8 +33,13 @@ export function poolRuns(runs, a, b, measure = 'rps', coverage = 0.9) {
   const picked = []
   for (const { name, json } of runs) {
     const rows = json.rows ?? []
-    const p = paired(rows.find((r) => r.id === a), rows.find((r) => r.id === b), f)
-    if (p) picked.push({ name, commit: json.commit, rounds: p.perRound.length, median: p.median, interval: p.interval, perRound: p.perRound })
+    const p = paired(
+      rows.find((r) => r.id === a),
+      rows.find((r) => r.id === b),
+      f,
+    )
+    if (p)
+      picked.push({ name, commit: json.commit, rounds: p.perRound.length, median: p.median, interval: p.interval, perRound: p.perRound })
   }
   const all = picked.flatMap((r) => r.perRound)
   return { runs: picked, rounds: all.length, median: all.length ? median(all) : undefined, interval: medianInterval(all, coverage) }
@@ -68,13 +73,17 @@ function main() {
   }
   const pooled = poolRuns(runs, a, b, measure, coverage)
   const { show } = MEASURES[measure]
-  const interval = (i) => (i ? `${Math.round(i.coverage * 100)}% interval ${show(i.low)} to ${show(i.high)}` : 'no interval (under 5 rounds)')
-  for (const r of pooled.runs) process.stdout.write(`${r.name}  ${String(r.rounds).padStart(3)} rounds  ${show(r.median)}  (${interval(r.interval)})\n`)
+  const interval = (i) =>
+    i ? `${Math.round(i.coverage * 100)}% interval ${show(i.low)} to ${show(i.high)}` : 'no interval (under 5 rounds)'
+  for (const r of pooled.runs)
+    process.stdout.write(`${r.name}  ${String(r.rounds).padStart(3)} rounds  ${show(r.median)}  (${interval(r.interval)})\n`)
   if (pooled.rounds === 0) {
     process.stdout.write(`no picked run holds rows ${a} and ${b}\n`)
     process.exit(1)
   }
-  process.stdout.write(`pooled ${pooled.runs.length} runs, ${pooled.rounds} rounds: ${show(pooled.median)}  (${interval(pooled.interval)})\n`)
+  process.stdout.write(
+    `pooled ${pooled.runs.length} runs, ${pooled.rounds} rounds: ${show(pooled.median)}  (${interval(pooled.interval)})\n`,
+  )
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) main()

@@ -42,7 +42,16 @@ const open = (cache, prefix = 'bench') => {
 try {
   const rows = []
   // A token with the four default revocable claims: one MGET of eight keys (issuer + any-issuer).
-  const token = { iss: ISS, iatS: nowS(), values: [['jti', 'j-1'], ['sub', 'alice'], ['client_id', 'c-1'], ['sid', 's-1']] }
+  const token = {
+    iss: ISS,
+    iatS: nowS(),
+    values: [
+      ['jti', 'j-1'],
+      ['sub', 'alice'],
+      ['client_id', 'c-1'],
+      ['sid', 's-1'],
+    ],
+  }
   const memory = createMemoryStore({ clock })
   const uncached = open(false)
   const cached = open(true)
@@ -89,7 +98,12 @@ async function timeCalls(store, ref) {
 async function throughput(store, ref, forMs = 500) {
   let done = 0
   const endAt = performance.now() + forMs
-  const worker = async () => { while (performance.now() < endAt) { await store.isRevoked(ref); done++ } }
+  const worker = async () => {
+    while (performance.now() < endAt) {
+      await store.isRevoked(ref)
+      done++
+    }
+  }
   await Promise.all(Array.from({ length: CONCURRENCY }, worker))
   return `${Math.round(done / (forMs / 1000)).toLocaleString('en-US')}/s`
 }
@@ -114,7 +128,13 @@ async function propagation(a, bCached, bUncached) {
     await bCached.isRevoked(ref) // a cached "not revoked" the event must invalidate
     let heardAt
     const heard = new Promise((resolve) => {
-      const off = bCached.subscribe((e) => { if (e.entry.value === value) { heardAt = nowNs(); off(); resolve() } })
+      const off = bCached.subscribe((e) => {
+        if (e.entry.value === value) {
+          heardAt = nowNs()
+          off()
+          resolve()
+        }
+      })
     })
     await a.put(entry('jti', value))
     const ackAt = nowNs()
@@ -148,7 +168,9 @@ function print(rows) {
   const widths = head.map((_, i) => Math.max(...all.map((r) => String(r[i]).length)))
   const line = (r) => `| ${r.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU'
-  console.log(`revocation bench — ${new Date().toISOString()} — Node ${process.version} — ${cpu} × ${os.cpus().length} — redis-server on loopback\n`)
+  console.log(
+    `revocation bench — ${new Date().toISOString()} — Node ${process.version} — ${cpu} × ${os.cpus().length} — redis-server on loopback\n`,
+  )
   console.log(line(head))
   console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`)
   for (const r of rows) console.log(line(r))
@@ -165,11 +187,15 @@ async function until(check, withinMs = 10_000) {
 async function startRedis() {
   const port = await new Promise((resolve, reject) => {
     const s = net.createServer().once('error', reject)
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)) })
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address()
+      s.close(() => resolve(port))
+    })
   })
   const dir = mkdtempSync(join(os.tmpdir(), 'lapse-bench-redis-'))
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
-    { stdio: 'ignore' })
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: 'ignore',
+  })
   const stop = async () => {
     if (child.exitCode === null) {
       const gone = new Promise((resolve) => child.once('exit', resolve))
@@ -189,7 +215,10 @@ async function startRedis() {
 function answersPing(port) {
   return new Promise((resolve) => {
     const socket = net.connect({ host: '127.0.0.1', port })
-    const done = (ok) => { socket.destroy(); resolve(ok) }
+    const done = (ok) => {
+      socket.destroy()
+      resolve(ok)
+    }
     socket.once('error', () => done(false))
     socket.once('connect', () => socket.write('PING\r\n'))
     socket.once('data', () => done(true))

@@ -165,7 +165,10 @@ function detectEngine() {
   if (args.engine) return args.engine
   const dir = join(root, 'dist', 'http')
   if (!existsSync(dir)) return 'http-proxy'
-  const text = readdirSync(dir).filter((f) => f.endsWith('.js')).map((f) => readFileSync(join(dir, f), 'utf8')).join('\n')
+  const text = readdirSync(dir)
+    .filter((f) => f.endsWith('.js'))
+    .map((f) => readFileSync(join(dir, f), 'utf8'))
+    .join('\n')
   const usesUndici = /from ['"]undici['"]/.test(text)
   return usesUndici ? 'undici' : 'http-proxy'
 }
@@ -245,12 +248,23 @@ async function main() {
 
   const engine = detectEngine()
   const rows = defineRows({ engine })
-  const ids = args.rows ? args.rows.split(',').map((s) => s.trim()).filter(Boolean) : settings.soakS > 0 ? [] : defaultRowIds(rows)
+  const ids = args.rows
+    ? args.rows
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+    : settings.soakS > 0
+      ? []
+      : defaultRowIds(rows)
   const unknown = ids.filter((id) => !rows.some((r) => r.id === id))
   if (unknown.length) throw new Error(`unknown rows: ${unknown.join(', ')} (known: ${rows.map((r) => r.id).join(', ')})`)
-  const selected = rows.filter((r) => ids.includes(r.id)).flatMap((r) => (base && isLapseServer(r.server)
-    ? [r, { ...r, id: `${r.id}@base`, label: `${r.label} @ ${base.sha}`, server: `${r.server}@base`, pairOf: r.id }]
-    : [r]))
+  const selected = rows
+    .filter((r) => ids.includes(r.id))
+    .flatMap((r) =>
+      base && isLapseServer(r.server)
+        ? [r, { ...r, id: `${r.id}@base`, label: `${r.label} @ ${base.sha}`, server: `${r.server}@base`, pairOf: r.id }]
+        : [r],
+    )
   if (base) meta.against = { ref: base.ref, commit: base.sha }
   meta.engine = engine
   meta.telemetrySdk = detectTelemetrySdk()
@@ -258,9 +272,13 @@ async function main() {
     log('! row 7: no OpenTelemetry SDK set-up found in dist/, so telemetry cannot be on: row 7 is row 3 again')
   }
 
-  log(`Lapse bench — ${meta.date}, commit ${meta.commit}, Node ${meta.node}, ${cpuCount} × ${meta.cpu.model}, load average ${meta.loadavgAtStart.join(' ')}`)
+  log(
+    `Lapse bench — ${meta.date}, commit ${meta.commit}, Node ${meta.node}, ${cpuCount} × ${meta.cpu.model}, load average ${meta.loadavgAtStart.join(' ')}`,
+  )
   log(`${pinningText}`)
-  log(`${settings.connections} connections${settings.rate ? ` capped at ${settings.rate} req/s` : ''}, ${settings.durationS} s per row (warm-up ${settings.warmupS} s), ${settings.rounds} round(s); forwarding engine: ${engine}`)
+  log(
+    `${settings.connections} connections${settings.rate ? ` capped at ${settings.rate} req/s` : ''}, ${settings.durationS} s per row (warm-up ${settings.warmupS} s), ${settings.rounds} round(s); forwarding engine: ${engine}`,
+  )
 
   // Tokens must outlive the whole run (soak included), inside Lapse's lifetime policy.
   const plannedS = selected.length * settings.rounds * (settings.durationS + 4) + settings.soakS + settings.quietWaitS + 120
@@ -276,7 +294,12 @@ async function main() {
   const pki = selected.some((r) => r.auth === 'mtls') ? makeBenchPki(runDir) : undefined
   const mtlsToken = pki ? await mintToken(keys, 'RS256', { ...claims, cnf: { 'x5t#S256': pki.thumbprint } }) : undefined
   const poolFiles = {}
-  for (const alg of new Set(selected.filter((r) => r.auth === 'pool').map((r) => r.alg).concat(settings.soakS > 0 ? ['RS256'] : []))) {
+  for (const alg of new Set(
+    selected
+      .filter((r) => r.auth === 'pool')
+      .map((r) => r.alg)
+      .concat(settings.soakS > 0 ? ['RS256'] : []),
+  )) {
     const t0 = Date.now()
     const pool = await mintPool(keys, alg, settings.pool, claims)
     poolFiles[alg] = join(runDir, `pool-${alg}.json`)
@@ -311,7 +334,10 @@ async function main() {
     if (row.auth === 'pool') return { authorization: `Bearer ${JSON.parse(readFileSync(poolFiles[row.alg], 'utf8'))[i]}` }
     if (row.auth === 'dpop') {
       const prove = proofSigner(JSON.parse(readFileSync(dpopHolder.keyFile, 'utf8')))
-      return { authorization: `DPoP ${dpopToken}`, dpop: prove('GET', `${fleet.get(row.server).url}${PATH}`.replace(/[?#].*$/, ''), dpopToken) }
+      return {
+        authorization: `DPoP ${dpopToken}`,
+        dpop: prove('GET', `${fleet.get(row.server).url}${PATH}`.replace(/[?#].*$/, ''), dpopToken),
+      }
     }
     return {}
   }
@@ -321,7 +347,10 @@ async function main() {
     if (rowErrors.has(row.server)) continue
     const { url } = fleet.get(row.server)
     try {
-      const res = row.auth === 'mtls' ? await probeTls(`${url}${PATH}`, headersFor(row), pki) : await fetch(`${url}${PATH}`, { headers: headersFor(row), signal: AbortSignal.timeout(5000) })
+      const res =
+        row.auth === 'mtls'
+          ? await probeTls(`${url}${PATH}`, headersFor(row), pki)
+          : await fetch(`${url}${PATH}`, { headers: headersFor(row), signal: AbortSignal.timeout(5000) })
       const body = await res.text()
       if (res.status !== 200 || body !== expectedBody) {
         rowErrors.set(row.server, `probe answered ${res.status} ${res.headers.get('www-authenticate') ?? ''} ${body.slice(0, 200)}`)
@@ -378,12 +407,31 @@ async function main() {
     const timer = sampleRss ? setInterval(() => rss.push(rssKb(child.pid)), 1000) : undefined
     if (sampleRss) rss.push(rssKb(child.pid))
     const upstreamPid = fleet.get('upstream').child.pid
-    const before = { server: cpuMs(child.pid), split: cpuSplitMs(child.pid), upstream: cpuMs(upstreamPid), helper: helper && cpuMs(helper.pid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
+    const before = {
+      server: cpuMs(child.pid),
+      split: cpuSplitMs(child.pid),
+      upstream: cpuMs(upstreamPid),
+      helper: helper && cpuMs(helper.pid),
+      ours: ourCpuMs(),
+      machine: machineBusyMs(),
+      wallMs: Date.now(),
+    }
     try {
-      const m = await runJson(process.execPath, [join(benchDir, 'lib', 'load.mjs'), cfgPath], { cpu: pin.loadgen, timeoutMs: (durationS + 60) * 1000 })
+      const m = await runJson(process.execPath, [join(benchDir, 'lib', 'load.mjs'), cfgPath], {
+        cpu: pin.loadgen,
+        timeoutMs: (durationS + 60) * 1000,
+      })
       // CPU time per request of the server under test (all its threads): steadier than req/s
       // when the machine is shared.
-      const after = { server: cpuMs(child.pid), split: cpuSplitMs(child.pid), upstream: cpuMs(upstreamPid), helper: helper && cpuMs(helper.pid), ours: ourCpuMs(), machine: machineBusyMs(), wallMs: Date.now() }
+      const after = {
+        server: cpuMs(child.pid),
+        split: cpuSplitMs(child.pid),
+        upstream: cpuMs(upstreamPid),
+        helper: helper && cpuMs(helper.pid),
+        ours: ourCpuMs(),
+        machine: machineBusyMs(),
+        wallMs: Date.now(),
+      }
       if (m.ok > 0 && before.server !== undefined && after.server !== undefined) {
         m.serverCpuUsPerReq = ((after.server - before.server) * 1000) / m.ok
         m.upstreamCpuUsPerReq = ((after.upstream - before.upstream) * 1000) / m.ok
@@ -430,9 +478,11 @@ async function main() {
     while (Date.now() - t0 < minLoadMs) await measure(row, Math.min(2, Math.ceil((minLoadMs - (Date.now() - t0)) / 1000))).catch(() => {})
     settled.add(row.server)
     meta.spansPausedAfterS = paused ? Number(s.toFixed(1)) : null
-    log(paused
-      ? `  row ${row.id}: Lapse stopped recording spans ${s.toFixed(0)} s after load began (collector unreachable)`
-      : `  ! row ${row.id}: Lapse still records spans after ${s.toFixed(0)} s; measured anyway`)
+    log(
+      paused
+        ? `  row ${row.id}: Lapse stopped recording spans ${s.toFixed(0)} s after load began (collector unreachable)`
+        : `  ! row ${row.id}: Lapse still records spans after ${s.toFixed(0)} s; measured anyway`,
+    )
   }
 
   const runnable = selected.filter((r) => !rowErrors.has(r.server))
@@ -466,7 +516,9 @@ async function main() {
         memory.endKb = m.rssKb.filter(Boolean).at(-1)
       }
       const busy = m.foreignCpuShare > NOISY_SHARE ? `  ! other work took ${(m.foreignCpuShare * 100).toFixed(0)}% of the machine` : ''
-      const note = m.error ? `ERROR ${m.error}` : `${Math.round(m.rps)} req/s  p50 ${m.p50Ms.toFixed(2)} ms  p99 ${m.p99Ms.toFixed(2)} ms${m.warning ? `  ! ${m.warning}` : ''}${busy}`
+      const note = m.error
+        ? `ERROR ${m.error}`
+        : `${Math.round(m.rps)} req/s  p50 ${m.p50Ms.toFixed(2)} ms  p99 ${m.p99Ms.toFixed(2)} ms${m.warning ? `  ! ${m.warning}` : ''}${busy}`
       log(`  round ${round + 1}/${settings.rounds}  row ${row.id.padEnd(3)} ${note}`)
       await sleep(300)
     }
@@ -482,9 +534,21 @@ async function main() {
   if (settings.microTimeMs > 0 && settings.soakS === 0 && !buildError && existsSync(join(root, 'dist'))) {
     log(`micro-benchmark of the decision (${settings.microTimeMs} ms × 3 rounds per case) …`)
     try {
-      micro = await runJson(process.execPath, [join(benchDir, 'micro', 'decision.bench.mjs'), '--json', '--time', String(settings.microTimeMs), '--pool', String(Math.min(settings.pool, 1000))], {
-        cpu: pin.servers, timeoutMs: 120_000 + settings.microTimeMs * 60,
-      })
+      micro = await runJson(
+        process.execPath,
+        [
+          join(benchDir, 'micro', 'decision.bench.mjs'),
+          '--json',
+          '--time',
+          String(settings.microTimeMs),
+          '--pool',
+          String(Math.min(settings.pool, 1000)),
+        ],
+        {
+          cpu: pin.servers,
+          timeoutMs: 120_000 + settings.microTimeMs * 60,
+        },
+      )
     } catch (err) {
       micro = { error: err.message }
       failed = true
@@ -499,7 +563,9 @@ async function main() {
   if (selected.length) log(table)
   log('')
   if (memory.startKb) {
-    log(`Lapse RSS during row 5 (lapse-verify, pid ${fleet.get('lapse-verify')?.child.pid}): boot ${mb(bootRssKb['lapse-verify'])}, start ${mb(memory.startKb)}, end ${mb(memory.endKb)}, max ${mb(memory.maxKb)}`)
+    log(
+      `Lapse RSS during row 5 (lapse-verify, pid ${fleet.get('lapse-verify')?.child.pid}): boot ${mb(bootRssKb['lapse-verify'])}, start ${mb(memory.startKb)}, end ${mb(memory.endKb)}, max ${mb(memory.maxKb)}`,
+    )
   }
   if (micro?.results) log(`${formatMicro(micro)}\n`)
   else if (micro?.error) log(`micro-benchmark failed: ${micro.error}\n`)
@@ -547,16 +613,20 @@ function comparePairs(selected, measurements) {
     const m = median(xs)
     return { median: m, perRound: xs, text: xs.length ? `${m.toFixed(3)} (rounds ${xs.map((x) => x.toFixed(2)).join(' ')})` : '—' }
   }
-  return selected.filter((r) => r.pairOf).map((b) => {
-    const ours = measurements.get(b.pairOf)
-    const theirs = measurements.get(b.id)
-    const both = ours.map((m, i) => [m, theirs[i]]).filter(([m, t]) => m && t && !m.error && !t.error)
-    return {
-      id: b.pairOf,
-      rps: describe(both.map(([m, t]) => m.rps / t.rps)),
-      cpu: describe(both.filter(([m, t]) => m.serverCpuUsPerReq && t.serverCpuUsPerReq).map(([m, t]) => m.serverCpuUsPerReq / t.serverCpuUsPerReq)),
-    }
-  })
+  return selected
+    .filter((r) => r.pairOf)
+    .map((b) => {
+      const ours = measurements.get(b.pairOf)
+      const theirs = measurements.get(b.id)
+      const both = ours.map((m, i) => [m, theirs[i]]).filter(([m, t]) => m && t && !m.error && !t.error)
+      return {
+        id: b.pairOf,
+        rps: describe(both.map(([m, t]) => m.rps / t.rps)),
+        cpu: describe(
+          both.filter(([m, t]) => m.serverCpuUsPerReq && t.serverCpuUsPerReq).map(([m, t]) => m.serverCpuUsPerReq / t.serverCpuUsPerReq),
+        ),
+      }
+    })
 }
 
 /** `items` in an order fixed by `seed` (Fisher–Yates over mulberry32); seed 0 keeps the listed order. */
@@ -584,7 +654,13 @@ function probeTls(url, headers, pki) {
     const req = httpsRequest(url, { headers, agent: false, timeout: 5000, ...clientTls(pki) }, (res) => {
       const chunks = []
       res.on('data', (c) => chunks.push(c))
-      res.on('end', () => resolve({ status: res.statusCode, headers: { get: (n) => res.headers[n.toLowerCase()] }, text: async () => Buffer.concat(chunks).toString('utf8') }))
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode,
+          headers: { get: (n) => res.headers[n.toLowerCase()] },
+          text: async () => Buffer.concat(chunks).toString('utf8'),
+        }),
+      )
     })
     req.on('timeout', () => req.destroy(new Error('timed out')))
     req.on('error', reject)
@@ -612,7 +688,16 @@ async function runSoak(fleet, rowErrors, token, poolFiles, measure, rows) {
   }
   samples.push({ s: Math.round((Date.now() - t0) / 1000), kb: rssKb(child.pid) })
   const kbs = samples.map((x) => x.kb).filter(Boolean)
-  const soak = { durationS: settings.soakS, rps: m.rps, p50Ms: m.p50Ms, p99Ms: m.p99Ms, startKb: kbs[0], endKb: kbs.at(-1), maxKb: Math.max(...kbs), samples }
+  const soak = {
+    durationS: settings.soakS,
+    rps: m.rps,
+    p50Ms: m.p50Ms,
+    p99Ms: m.p99Ms,
+    startKb: kbs[0],
+    endKb: kbs.at(-1),
+    maxKb: Math.max(...kbs),
+    samples,
+  }
   log(`soak: ${Math.round(m.rps)} req/s, p99 ${m.p99Ms.toFixed(2)} ms, RSS ${mb(soak.startKb)} → ${mb(soak.endKb)} (max ${mb(soak.maxKb)})`)
   return soak
 }

@@ -22,7 +22,9 @@ if (typeof globalThis.gc !== 'function') {
   console.error('run with node --expose-gc')
   process.exit(2)
 }
-const { values: args } = parseArgs({ options: { tokens: { type: 'string', default: '10000' }, redis: { type: 'boolean', default: false } } })
+const { values: args } = parseArgs({
+  options: { tokens: { type: 'string', default: '10000' }, redis: { type: 'boolean', default: false } },
+})
 const N = Number(args.tokens)
 const ISS = 'https://idp.example/'
 const AUD = 'orders-api'
@@ -37,11 +39,15 @@ await new Promise((resolve) => upstream.listen(0, '127.0.0.1', resolve))
 const redis = args.redis ? await startRedis() : undefined
 
 const config = loadConfig({
-  LAPSE_LISTEN: '127.0.0.1:0', LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
+  LAPSE_LISTEN: '127.0.0.1:0',
+  LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
   LAPSE_UPSTREAM: `http://127.0.0.1:${upstream.address().port}`,
-  LAPSE_ISSUER: ISS, LAPSE_AUDIENCE: AUD, LAPSE_JWKS_FILE: jwks,
+  LAPSE_ISSUER: ISS,
+  LAPSE_AUDIENCE: AUD,
+  LAPSE_JWKS_FILE: jwks,
   LAPSE_ROUTES: JSON.stringify([{ path: '/**', scopes: ['orders:read'] }]),
-  LAPSE_TOKEN_CACHE_SIZE: String(N), LAPSE_LOG_ALLOWS: 'none',
+  LAPSE_TOKEN_CACHE_SIZE: String(N),
+  LAPSE_LOG_ALLOWS: 'none',
   ...(redis ? { LAPSE_REDIS_URL: redis.url, LAPSE_REVOCATION_TIMEOUT: '1000' } : {}),
 })
 const deps = await buildDeps(config, { log: pino({ level: 'silent' }) })
@@ -50,19 +56,28 @@ const { proxy } = await app.listen()
 while (!deps.revocations.ready()) await new Promise((resolve) => setTimeout(resolve, 20))
 
 const agent = new (await import('node:http')).Agent({ keepAlive: true, maxSockets: 16 })
-const get = (token) => new Promise((resolve, reject) => {
-  const req = request({ host: proxy.host, port: proxy.port, path: '/orders/1', agent, headers: { authorization: `Bearer ${token}` } }, (res) => {
-    res.resume()
-    res.on('end', () => resolve(res.statusCode))
+const get = (token) =>
+  new Promise((resolve, reject) => {
+    const req = request(
+      { host: proxy.host, port: proxy.port, path: '/orders/1', agent, headers: { authorization: `Bearer ${token}` } },
+      (res) => {
+        res.resume()
+        res.on('end', () => resolve(res.statusCode))
+      },
+    )
+    req.on('error', reject)
+    req.end()
   })
-  req.on('error', reject)
-  req.end()
-})
 const mint = (i) => {
   const now = Math.floor(Date.now() / 1000)
   return new SignJWT({ scope: 'orders:read', client_id: 'deploy-pipeline', sid: randomUUID() })
     .setProtectedHeader({ alg: 'RS256', kid: 'k1', typ: 'at+jwt' })
-    .setIssuer(ISS).setAudience(AUD).setSubject(`user-${i}`).setJti(randomUUID()).setIssuedAt(now).setExpirationTime(now + 600)
+    .setIssuer(ISS)
+    .setAudience(AUD)
+    .setSubject(`user-${i}`)
+    .setJti(randomUUID())
+    .setIssuedAt(now)
+    .setExpirationTime(now + 600)
     .sign(privateKey)
 }
 
@@ -72,7 +87,12 @@ for (let i = 0; i < 2000; i++) await get(warm)
 // Mint first, so the tokens' own strings are in both readings.
 const tokens = []
 for (let i = 0; i < N; i++) tokens.push(await mint(i))
-const read = () => { globalThis.gc(); globalThis.gc(); const m = process.memoryUsage(); return { heap: m.heapUsed, rss: m.rss } }
+const read = () => {
+  globalThis.gc()
+  globalThis.gc()
+  const m = process.memoryUsage()
+  return { heap: m.heapUsed, rss: m.rss }
+}
 const before = read()
 let sample
 for (let at = 0; at < N; at += 16) {
@@ -83,14 +103,19 @@ for (let at = 0; at < N; at += 16) {
 const after = read()
 const perEntry = (after.heap - before.heap) / N
 const token = tokens[0]
-console.log(JSON.stringify({
-  tokens: N, token_chars: token.length, redis: Boolean(redis), token_cache: deps.verify.cacheSize(),
-  heap_mib: { before: +(before.heap / 2 ** 20).toFixed(1), after: +(after.heap / 2 ** 20).toFixed(1) },
-  rss_mib: { before: +(before.rss / 2 ** 20).toFixed(1), after: +(after.rss / 2 ** 20).toFixed(1) },
-  heap_bytes_per_token: Math.round(perEntry),
-  heap_mib_per_1000_tokens: +((perEntry * 1000) / 2 ** 20).toFixed(2),
-  rss_mib_per_1000_tokens: +(((after.rss - before.rss) / N * 1000) / 2 ** 20).toFixed(2),
-}))
+console.log(
+  JSON.stringify({
+    tokens: N,
+    token_chars: token.length,
+    redis: Boolean(redis),
+    token_cache: deps.verify.cacheSize(),
+    heap_mib: { before: +(before.heap / 2 ** 20).toFixed(1), after: +(after.heap / 2 ** 20).toFixed(1) },
+    rss_mib: { before: +(before.rss / 2 ** 20).toFixed(1), after: +(after.rss / 2 ** 20).toFixed(1) },
+    heap_bytes_per_token: Math.round(perEntry),
+    heap_mib_per_1000_tokens: +((perEntry * 1000) / 2 ** 20).toFixed(2),
+    rss_mib_per_1000_tokens: +((((after.rss - before.rss) / N) * 1000) / 2 ** 20).toFixed(2),
+  }),
+)
 tokens.length = 0
 await app.close()
 await deps.revocations.close()
@@ -102,12 +127,33 @@ await redis?.stop()
 rmSync(dir, { recursive: true, force: true })
 
 async function startRedis() {
-  const port = await new Promise((resolve) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)) }) })
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' })
+  const port = await new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = s.address().port
+      s.close(() => resolve(p))
+    })
+  })
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: 'ignore',
+  })
   for (let i = 0; i < 200; i++) {
-    const up = await new Promise((resolve) => { const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true) }).on('error', () => resolve(false)) })
+    const up = await new Promise((resolve) => {
+      const s = net
+        .connect(port, '127.0.0.1', () => {
+          s.destroy()
+          resolve(true)
+        })
+        .on('error', () => resolve(false))
+    })
     if (up) break
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
-  return { url: `redis://127.0.0.1:${port}`, stop: () => new Promise((resolve) => { child.once('exit', resolve); child.kill('SIGTERM') }) }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    stop: () =>
+      new Promise((resolve) => {
+        child.once('exit', resolve)
+        child.kill('SIGTERM')
+      }),
+  }
 }

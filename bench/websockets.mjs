@@ -169,8 +169,14 @@ function ensureOpenFiles(n) {
     process.exit(2)
   }
   console.error(`# raising the open files limit from ${soft} to ${need} and re-running`)
-  const args = process.argv.slice(1).map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')
-  const res = spawnSync('sh', ['-c', `ulimit -n ${need} && exec '${process.execPath}' ${args}`], { stdio: 'inherit', env: { ...process.env, LAPSE_BENCH_REEXEC: '1' } })
+  const args = process.argv
+    .slice(1)
+    .map((a) => `'${a.replace(/'/g, `'\\''`)}'`)
+    .join(' ')
+  const res = spawnSync('sh', ['-c', `ulimit -n ${need} && exec '${process.execPath}' ${args}`], {
+    stdio: 'inherit',
+    env: { ...process.env, LAPSE_BENCH_REEXEC: '1' },
+  })
   process.exit(res.status ?? 1)
 }
 
@@ -284,10 +290,40 @@ async function registryAlone(n) {
   const clock = { now: () => now }
   const store = createMemoryStore({ clock })
   const silent = { info() {}, warn() {}, error() {}, debug() {} }
-  const registry = createConnectionRegistry({ clock, revocations: store, log: silent, revocableClaims: ['jti', 'sub', 'client_id', 'sid'], clockSkewS: 30, recheckIntervalS: 3600 })
+  const registry = createConnectionRegistry({
+    clock,
+    revocations: store,
+    log: silent,
+    revocableClaims: ['jti', 'sub', 'client_id', 'sid'],
+    clockSkewS: 30,
+    recheckIntervalS: 3600,
+  })
   const exchanges = Array.from({ length: n }, (_, i) => {
-    const claims = { iss: ISS, sub: `user-${i % 1000}`, client_id: `client-${i % 50}`, jti: `jti-${i}-${Math.random()}`, iat: nowS, exp: nowS + 60 + (i % 3600) }
-    return { identity: { iss: ISS, sub: claims.sub, clientId: claims.client_id, jti: claims.jti, iatS: nowS, expS: claims.exp, scopes: new Set(), claims, memo: {} }, kind: 'websocket', cutAtExpiry: true, trace: { startedMs: now }, close() {} }
+    const claims = {
+      iss: ISS,
+      sub: `user-${i % 1000}`,
+      client_id: `client-${i % 50}`,
+      jti: `jti-${i}-${Math.random()}`,
+      iat: nowS,
+      exp: nowS + 60 + (i % 3600),
+    }
+    return {
+      identity: {
+        iss: ISS,
+        sub: claims.sub,
+        clientId: claims.client_id,
+        jti: claims.jti,
+        iatS: nowS,
+        expS: claims.exp,
+        scopes: new Set(),
+        claims,
+        memo: {},
+      },
+      kind: 'websocket',
+      cutAtExpiry: true,
+      trace: { startedMs: now },
+      close() {},
+    }
   })
   gc()
   const heap0 = process.memoryUsage().heapUsed
@@ -297,7 +333,15 @@ async function registryAlone(n) {
   gc()
   const heapPerEntry = (process.memoryUsage().heapUsed - heap0) / n
   t = performance.now()
-  await store.put({ claim: 'sub', value: 'user-7', issuedBeforeS: nowS, reason: 'bench', by: 'bench', createdAtS: nowS, expiresAtS: nowS + 7200 })
+  await store.put({
+    claim: 'sub',
+    value: 'user-7',
+    issuedBeforeS: nowS,
+    reason: 'bench',
+    by: 'bench',
+    createdAtS: nowS,
+    expiresAtS: nowS + 7200,
+  })
   const eventMs = performance.now() - t
   t = performance.now()
   for (const u of untracks) u()
@@ -308,7 +352,11 @@ async function registryAlone(n) {
 
 /** The same opening, memory reading and mass close through the floor proxy. */
 async function floorPhase({ n, keys, upstreamPort, dir, affected, children }) {
-  const floor = spawnRole('floor', { env: { ...process.env, FLOOR_UPSTREAM: `http://127.0.0.1:${upstreamPort}` }, execArgv: ['--expose-gc'], logFile: join(dir, 'floor.log') })
+  const floor = spawnRole('floor', {
+    env: { ...process.env, FLOOR_UPSTREAM: `http://127.0.0.1:${upstreamPort}` },
+    execArgv: ['--expose-gc'],
+    logFile: join(dir, 'floor.log'),
+  })
   children.push(floor.child)
   const { proxy: port } = await floor.ready
   const url = `ws://127.0.0.1:${port}/ws/feed`
@@ -332,7 +380,9 @@ async function floorPhase({ n, keys, upstreamPort, dir, affected, children }) {
   await ask(floor.child, 'cut')
   await waitAll(victims, 60_000)
   const close = quantiles(victims.filter((c) => c.closed).map((c) => c.closedAt - t))
-  log(`floor (plain http-proxy, no auth): ${clients.length} open, ${perConnKiB.toFixed(1)} KiB RSS per connection, ${heapPerConnKiB.toFixed(1)} KiB heap; closing ${victims.length} at once → client close p50 ${ms(close.p50)}, p99 ${ms(close.p99)}, max ${ms(close.max)}`)
+  log(
+    `floor (plain http-proxy, no auth): ${clients.length} open, ${perConnKiB.toFixed(1)} KiB RSS per connection, ${heapPerConnKiB.toFixed(1)} KiB heap; closing ${victims.length} at once → client close p50 ${ms(close.p50)}, p99 ${ms(close.p99)}, max ${ms(close.max)}`,
+  )
   floor.child.kill('SIGTERM')
   return { connections: clients.length, memoryPerConnectionKiB: perConnKiB, heapPerConnectionKiB: heapPerConnKiB, closeMs: close }
 }
@@ -361,10 +411,14 @@ async function main() {
   try {
     commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout.trim() || commit
   } catch {}
-  log(`# Lapse long-lived connections bench — ${new Date().toISOString()} — commit ${commit}, Node ${node}, ${cpus().length} × ${cpu}, load average ${loadavg()[0].toFixed(1)}`)
+  log(
+    `# Lapse long-lived connections bench — ${new Date().toISOString()} — commit ${commit}, Node ${node}, ${cpus().length} × ${cpu}, load average ${loadavg()[0].toFixed(1)}`,
+  )
 
   const reg = await registryAlone(Number(opts['registry-n']))
-  log(`registry alone, ${reg.n} entries: track ${reg.trackUs.toFixed(2)} µs, untrack ${reg.untrackUs.toFixed(2)} µs, one event cutting ${reg.eventAffected}: ${reg.eventMs.toFixed(2)} ms, ~${Math.round(reg.heapPerEntry)} B heap/entry`)
+  log(
+    `registry alone, ${reg.n} entries: track ${reg.trackUs.toFixed(2)} µs, untrack ${reg.untrackUs.toFixed(2)} µs, one event cutting ${reg.eventAffected}: ${reg.eventMs.toFixed(2)} ms, ~${Math.round(reg.heapPerEntry)} B heap/entry`,
+  )
 
   const keys = await makeKeys(dir)
   const upstream = spawnRole('upstream', { env: process.env, logFile: join(dir, 'upstream.log') })
@@ -394,7 +448,9 @@ async function main() {
   const url = `ws://127.0.0.1:${ports.proxy}/ws/feed`
 
   // Warm up code paths and pools, then the baseline.
-  const warmTokens = await Promise.all(Array.from({ length: 200 }, (_, i) => mintToken(keys, 'ES256', { iss: ISS, aud: AUD, ttlS: 600, sub: `warm-${i}` })))
+  const warmTokens = await Promise.all(
+    Array.from({ length: 200 }, (_, i) => mintToken(keys, 'ES256', { iss: ISS, aud: AUD, ttlS: 600, sub: `warm-${i}` })),
+  )
   const warm = await openAll(url, warmTokens, 50)
   for (const c of warm.clients) c?.ws.close()
   await waitAll(warm.clients.filter(Boolean), 5000)
@@ -424,7 +480,9 @@ async function main() {
   log(`opened ${clients.length}/${n} in ${openS.toFixed(1)} s (${Math.round(clients.length / openS)}/s), ${opened.failed} failed`)
   const full = await ask(proxy.child, 'memory')
   const perConn = (k) => (full.memory[k] - base.memory[k]) / clients.length
-  log(`Lapse memory with ${full.tracked} tracked: RSS ${(full.memory.rss / 2 ** 20).toFixed(0)} MiB (baseline ${(base.memory.rss / 2 ** 20).toFixed(0)} MiB) → ${(perConn('rss') / 1024).toFixed(1)} KiB RSS per connection, ${(perConn('heapUsed') / 1024).toFixed(1)} KiB heap, ${(perConn('external') / 1024).toFixed(1)} KiB external`)
+  log(
+    `Lapse memory with ${full.tracked} tracked: RSS ${(full.memory.rss / 2 ** 20).toFixed(0)} MiB (baseline ${(base.memory.rss / 2 ** 20).toFixed(0)} MiB) → ${(perConn('rss') / 1024).toFixed(1)} KiB RSS per connection, ${(perConn('heapUsed') / 1024).toFixed(1)} KiB heap, ${(perConn('external') / 1024).toFixed(1)} KiB external`,
+  )
   if (process.env.LAPSE_BENCH_PROF) log(`heap snapshot: ${(await ask(proxy.child, 'snapshot')).snapshot}`)
   const before = await echoSample(clients, 200)
   log(`echo sample before the revocation: ${before.echoed}/${before.asked}`)
@@ -445,7 +503,9 @@ async function main() {
   const allCut = await waitAll(victims, 60_000)
   const revokeLat = quantiles(victims.filter((c) => c.closed).map((c) => c.closedAt - t))
   const codes = victims.filter((c) => c.closed?.code === 1008).length
-  log(`revocation (HTTP ${res.status}, acknowledged in ${ms(ackMs)}): ${revokeLat.n}/${victims.length} closed${allCut ? '' : ' (timed out)'}, ${codes} with 1008; POST → close p50 ${ms(revokeLat.p50)}, p90 ${ms(revokeLat.p90)}, p99 ${ms(revokeLat.p99)}, max ${ms(revokeLat.max)}`)
+  log(
+    `revocation (HTTP ${res.status}, acknowledged in ${ms(ackMs)}): ${revokeLat.n}/${victims.length} closed${allCut ? '' : ' (timed out)'}, ${codes} with 1008; POST → close p50 ${ms(revokeLat.p50)}, p90 ${ms(revokeLat.p90)}, p99 ${ms(revokeLat.p99)}, max ${ms(revokeLat.max)}`,
+  )
   const wrongly = others.filter((c) => c.closed).length
   const after = await echoSample(others, 200)
   log(`others: ${wrongly} closed by mistake; echo sample after the revocation: ${after.echoed}/${after.asked}`)
@@ -457,17 +517,27 @@ async function main() {
   const allExpired = await waitAll(others, Math.max(waitMs, 5000))
   const lateness = quantiles(others.filter((c) => c.closed).map((c) => c.closedWall - expOf(tokens[opened.clients.indexOf(c)]) * 1000))
   const early = others.filter((c) => c.closed && c.closedWall < expOf(tokens[opened.clients.indexOf(c)]) * 1000).length
-  log(`expiry: ${lateness.n}/${others.length} closed${allExpired ? '' : ' (timed out)'}, ${others.filter((c) => c.closed?.code === 1008).length} with 1008, ${early} before their exp; exp → close p50 ${ms(lateness.p50)}, p90 ${ms(lateness.p90)}, p99 ${ms(lateness.p99)}, max ${ms(lateness.max)}`)
-  log(`ratios against the floor: memory per connection ${(perConn('rss') / 1024 / floorResult.memoryPerConnectionKiB).toFixed(2)}× RSS, ${(perConn('heapUsed') / 1024 / floorResult.heapPerConnectionKiB).toFixed(2)}× heap, close p50 ${(revokeLat.p50 / floorResult.closeMs.p50).toFixed(2)}×, p99 ${(revokeLat.p99 / floorResult.closeMs.p99).toFixed(2)}×`)
+  log(
+    `expiry: ${lateness.n}/${others.length} closed${allExpired ? '' : ' (timed out)'}, ${others.filter((c) => c.closed?.code === 1008).length} with 1008, ${early} before their exp; exp → close p50 ${ms(lateness.p50)}, p90 ${ms(lateness.p90)}, p99 ${ms(lateness.p99)}, max ${ms(lateness.max)}`,
+  )
+  log(
+    `ratios against the floor: memory per connection ${(perConn('rss') / 1024 / floorResult.memoryPerConnectionKiB).toFixed(2)}× RSS, ${(perConn('heapUsed') / 1024 / floorResult.heapPerConnectionKiB).toFixed(2)}× heap, close p50 ${(revokeLat.p50 / floorResult.closeMs.p50).toFixed(2)}×, p99 ${(revokeLat.p99 / floorResult.closeMs.p99).toFixed(2)}×`,
+  )
   if (process.env.LAPSE_BENCH_PROF) await ask(proxy.child, 'profile-stop')
   const end = await ask(proxy.child, 'memory')
   log(`after every cut: ${end.tracked} tracked, RSS ${(end.memory.rss / 2 ** 20).toFixed(0)} MiB`)
   void othersSet
 
   const summary = {
-    date: new Date().toISOString(), commit, node, cpu, cpus: cpus().length, loadAverage1m: loadavg()[0],
+    date: new Date().toISOString(),
+    commit,
+    node,
+    cpu,
+    cpus: cpus().length,
+    loadAverage1m: loadavg()[0],
     registry: reg,
-    connections: clients.length, openPerS: Math.round(clients.length / openS),
+    connections: clients.length,
+    openPerS: Math.round(clients.length / openS),
     memoryPerConnectionKiB: { rss: perConn('rss') / 1024, heapUsed: perConn('heapUsed') / 1024, external: perConn('external') / 1024 },
     revocation: { affected: victims.length, closed1008: codes, ackMs, closeMs: revokeLat },
     floor: floorResult,

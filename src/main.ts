@@ -93,7 +93,14 @@ async function createRevocationStore(config: Config, clock: Clock, log: Logger):
     return createMemoryStore({ clock })
   }
   const { createRedisStore } = await import('./revocation/redis-store.js')
-  return createRedisStore({ url: config.redis.url, prefix: config.redis.prefix, timeoutMs: config.revocationTimeoutMs, clock, cache: config.redis.cache, log })
+  return createRedisStore({
+    url: config.redis.url,
+    prefix: config.redis.prefix,
+    timeoutMs: config.revocationTimeoutMs,
+    clock,
+    cache: config.redis.cache,
+    log,
+  })
 }
 
 async function createReplayCache(config: Config, clock: Clock): Promise<ReplayCache> {
@@ -111,7 +118,10 @@ async function createDpopPolicy(config: Config, clock: Clock): Promise<DpopPolic
     clockSkewS: config.clockSkewS,
     publicOrigins: dpop.publicOrigins ? new Set(dpop.publicOrigins) : undefined,
     // A nonce lives as long as a proof may: one step, or two across a step change.
-    nonces: dpop.nonceSecret === undefined ? undefined : createNonces({ secret: Buffer.from(dpop.nonceSecret, 'utf8'), stepS: dpop.maxAgeS, clock }),
+    nonces:
+      dpop.nonceSecret === undefined
+        ? undefined
+        : createNonces({ secret: Buffer.from(dpop.nonceSecret, 'utf8'), stepS: dpop.maxAgeS, clock }),
     replay: await createReplayCache(config, clock),
     clock,
   }
@@ -139,21 +149,58 @@ export async function buildLiveDeps(config: Config, opts: StartOptions = {}): Pr
   const policy = await buildPolicy(config, { clock, log, tracer })
   const revocations = await createRevocationStore(config, clock, log)
   const uses = await createUseCounter(config, clock)
-  const forwarder = config.upstream && createForwarder({ upstream: config.upstream, timeoutMs: config.upstreamTimeoutMs, maxConnections: config.upstreamMaxConnections, forwardAuthorization: config.forwardAuthorization, trustClientCertHeader: config.clientCertHeader !== undefined })
+  const forwarder =
+    config.upstream &&
+    createForwarder({
+      upstream: config.upstream,
+      timeoutMs: config.upstreamTimeoutMs,
+      maxConnections: config.upstreamMaxConnections,
+      forwardAuthorization: config.forwardAuthorization,
+      trustClientCertHeader: config.clientCertHeader !== undefined,
+    })
   // Read through `shared.current`, so that after a reload they observe the keys and verifier in force.
   let shared: Shared
   const connections = createConnectionRegistry({
-    clock, revocations, log, recheckIntervalS: config.streamRecheckIntervalS,
-    get revocableClaims() { return shared.current.config.revocableClaims }, get clockSkewS() { return shared.current.config.clockSkewS },
+    clock,
+    revocations,
+    log,
+    recheckIntervalS: config.streamRecheckIntervalS,
+    get revocableClaims() {
+      return shared.current.config.revocableClaims
+    },
+    get clockSkewS() {
+      return shared.current.config.clockSkewS
+    },
   })
   // Loaded with the SDK (sdk.ts imports it), so only when metrics are on.
-  const metrics = telemetry.meterProvider && telemetry.decisions
-    ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, {
-      revocations, clock, connections, get keys() { return shared.current.keys }, get verify() { return shared.current.verify },
-    })
-    : undefined
+  const metrics =
+    telemetry.meterProvider && telemetry.decisions
+      ? (await import('./telemetry/metrics.js')).createDecisionMetrics(telemetry.meterProvider.getMeter('lapse'), telemetry.decisions, {
+          revocations,
+          clock,
+          connections,
+          get keys() {
+            return shared.current.keys
+          },
+          get verify() {
+            return shared.current.verify
+          },
+        })
+      : undefined
   const dpop = await createDpopPolicy(config, clock)
-  shared = { clock, log, tracer, telemetry, revocations, uses, dpop, forwarder, metrics, connections, current: undefined as unknown as Deps }
+  shared = {
+    clock,
+    log,
+    tracer,
+    telemetry,
+    revocations,
+    uses,
+    dpop,
+    forwarder,
+    metrics,
+    connections,
+    current: undefined as unknown as Deps,
+  }
   shared.current = assembleDeps(config, shared, policy)
   return { deps: shared.current, shared }
 }
@@ -194,11 +241,24 @@ export async function startProxy(env: Readonly<Record<string, string | undefined
     throw new LapseError('ERR_LISTEN', `cannot listen: ${e.code ?? e.message}`)
   }
   const reloader = createReloader(env, { shared, app: app.app })
-  shared.log.info({ listen: addresses.proxy, decision: addresses.decision, admin: addresses.admin, upstream: config.upstream?.origin, revocation_set: shared.revocations.kind }, 'lapse is listening')
+  shared.log.info(
+    {
+      listen: addresses.proxy,
+      decision: addresses.decision,
+      admin: addresses.admin,
+      upstream: config.upstream?.origin,
+      revocation_set: shared.revocations.kind,
+    },
+    'lapse is listening',
+  )
   return {
     app,
-    get config() { return shared.current.config },
-    get deps() { return shared.current },
+    get config() {
+      return shared.current.config
+    },
+    get deps() {
+      return shared.current
+    },
     addresses,
     reload: (trigger = 'api') => reloader.reload(trigger),
     drain() {
@@ -228,8 +288,14 @@ async function untilAnswering(deps: Deps, waitMs: number, signal?: AbortSignal):
   const deadline = performance.now() + waitMs
   while (!answering() && !signal?.aborted && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
   if (!answering() && !signal?.aborted) {
-    deps.log.warn({ waited_ms: waitMs, keys: deps.keys.ready() ? 'loaded' : 'unavailable', revocation_set: deps.revocations.ready() ? deps.revocations.kind : 'unreachable' },
-      'listening before the keys and the revocation set are ready (LAPSE_STARTUP_WAIT): requests get 503 until they are')
+    deps.log.warn(
+      {
+        waited_ms: waitMs,
+        keys: deps.keys.ready() ? 'loaded' : 'unavailable',
+        revocation_set: deps.revocations.ready() ? deps.revocations.kind : 'unreachable',
+      },
+      'listening before the keys and the revocation set are ready (LAPSE_STARTUP_WAIT): requests get 503 until they are',
+    )
   }
 }
 
@@ -266,9 +332,15 @@ export function createSidecar(deps: Deps, live?: { current(): Deps; draining(): 
 
 function adminView(deps: Deps, live: { current(): Deps; draining(): boolean }): AdminDeps {
   return {
-    get config() { return live.current().config },
-    get keys() { return live.current().keys },
-    get recorder() { return live.current().recorder },
+    get config() {
+      return live.current().config
+    },
+    get keys() {
+      return live.current().keys
+    },
+    get recorder() {
+      return live.current().recorder
+    },
     clock: deps.clock,
     revocations: deps.revocations,
     log: deps.log,

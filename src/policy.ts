@@ -49,10 +49,17 @@ export interface Policy {
  * so a reload builds and validates the whole policy before it swaps anything. `keys` reuses a
  * resolver whose source did not change (a JWKS URL keeps its cache and refresh schedule).
  */
-export async function buildPolicy(config: Config, parts: { clock: Clock; log: Logger; tracer: Tracer }, keys?: KeyResolver): Promise<Policy> {
+export async function buildPolicy(
+  config: Config,
+  parts: { clock: Clock; log: Logger; tracer: Tracer },
+  keys?: KeyResolver,
+): Promise<Policy> {
   const match = compileRoutes(config.routes)
   if (!keys) {
-    keys = createKeyResolver({ ...config.keys, algorithms: config.algorithms }, { clock: parts.clock, log: parts.log, steps: createStepTracer(parts.tracer) })
+    keys = createKeyResolver(
+      { ...config.keys, algorithms: config.algorithms },
+      { clock: parts.clock, log: parts.log, steps: createStepTracer(parts.tracer) },
+    )
     try {
       await keys.start()
     } catch (err) {
@@ -80,9 +87,29 @@ export async function buildPolicy(config: Config, parts: { clock: Clock; log: Lo
 /** The Deps of `config`: the shared parts, the policy, and a recorder for its log settings. */
 export function assembleDeps(config: Config, shared: Shared, policy: Policy): Deps {
   if (config.routes.length === 0) shared.log.warn({}, 'no route rules (LAPSE_ROUTES): every request is denied')
-  const recorder = createRecorder({ tracer: shared.tracer, tracing: shared.telemetry.tracing !== false, propagator: shared.telemetry.propagator, metrics: shared.metrics, log: shared.log, clock: shared.clock, logAllows: config.log.allows, allowsSampleRate: config.log.allowsSampleRate })
+  const recorder = createRecorder({
+    tracer: shared.tracer,
+    tracing: shared.telemetry.tracing !== false,
+    propagator: shared.telemetry.propagator,
+    metrics: shared.metrics,
+    log: shared.log,
+    clock: shared.clock,
+    logAllows: config.log.allows,
+    allowsSampleRate: config.log.allowsSampleRate,
+  })
   return {
-    config, clock: shared.clock, keys: policy.keys, verify: policy.verify, revocations: shared.revocations, uses: shared.uses, dpop: shared.dpop, match: policy.match, forwarder: shared.forwarder,
-    recorder, log: shared.log, metricsHandler: shared.telemetry.metricsHandler, connections: shared.connections,
+    config,
+    clock: shared.clock,
+    keys: policy.keys,
+    verify: policy.verify,
+    revocations: shared.revocations,
+    uses: shared.uses,
+    dpop: shared.dpop,
+    match: policy.match,
+    forwarder: shared.forwarder,
+    recorder,
+    log: shared.log,
+    metricsHandler: shared.telemetry.metricsHandler,
+    connections: shared.connections,
   }
 }

@@ -65,44 +65,248 @@ const LIVE: ReadonlyArray<readonly [string, (c: Config) => unknown]> = [
 // about and the running value is kept (`keep` writes it into the new configuration).
 type Mutable = { -readonly [K in keyof Config]: Config[K] }
 const RESTART: ReadonlyArray<readonly [string, (c: Config) => unknown, (next: Mutable, old: Config) => void]> = [
-  ['LAPSE_LISTEN', (c) => c.listen, (n, o) => { n.listen = o.listen }],
-  ['LAPSE_ADMIN_LISTEN', (c) => c.admin.listen, (n, o) => { n.admin = { ...n.admin, listen: o.admin.listen } }],
-  ['LAPSE_UPSTREAM', (c) => c.upstream?.href, (n, o) => { n.upstream = o.upstream }],
-  ['LAPSE_UPSTREAM_TIMEOUT', (c) => c.upstreamTimeoutMs, (n, o) => { n.upstreamTimeoutMs = o.upstreamTimeoutMs }],
-  ['LAPSE_UPSTREAM_MAX_CONNECTIONS', (c) => c.upstreamMaxConnections, (n, o) => { n.upstreamMaxConnections = o.upstreamMaxConnections }],
-  ['LAPSE_FORWARD_AUTHORIZATION', (c) => c.forwardAuthorization, (n, o) => { n.forwardAuthorization = o.forwardAuthorization }],
-  ['LAPSE_REDIS_URL', (c) => c.redis?.url, (n, o) => { n.redis = o.redis }],
-  ['LAPSE_REDIS_PREFIX', (c) => c.redis?.prefix, (n, o) => { n.redis = o.redis }],
-  ['LAPSE_REVOCATION_CACHE', (c) => c.redis?.cache, (n, o) => { n.redis = o.redis }],
-  ['LAPSE_REVOCATION_TIMEOUT', (c) => c.revocationTimeoutMs, (n, o) => { n.revocationTimeoutMs = o.revocationTimeoutMs }],
-  ['LAPSE_STARTUP_WAIT', (c) => c.startupWaitMs, (n, o) => { n.startupWaitMs = o.startupWaitMs }],
+  [
+    'LAPSE_LISTEN',
+    (c) => c.listen,
+    (n, o) => {
+      n.listen = o.listen
+    },
+  ],
+  [
+    'LAPSE_ADMIN_LISTEN',
+    (c) => c.admin.listen,
+    (n, o) => {
+      n.admin = { ...n.admin, listen: o.admin.listen }
+    },
+  ],
+  [
+    'LAPSE_UPSTREAM',
+    (c) => c.upstream?.href,
+    (n, o) => {
+      n.upstream = o.upstream
+    },
+  ],
+  [
+    'LAPSE_UPSTREAM_TIMEOUT',
+    (c) => c.upstreamTimeoutMs,
+    (n, o) => {
+      n.upstreamTimeoutMs = o.upstreamTimeoutMs
+    },
+  ],
+  [
+    'LAPSE_UPSTREAM_MAX_CONNECTIONS',
+    (c) => c.upstreamMaxConnections,
+    (n, o) => {
+      n.upstreamMaxConnections = o.upstreamMaxConnections
+    },
+  ],
+  [
+    'LAPSE_FORWARD_AUTHORIZATION',
+    (c) => c.forwardAuthorization,
+    (n, o) => {
+      n.forwardAuthorization = o.forwardAuthorization
+    },
+  ],
+  [
+    'LAPSE_REDIS_URL',
+    (c) => c.redis?.url,
+    (n, o) => {
+      n.redis = o.redis
+    },
+  ],
+  [
+    'LAPSE_REDIS_PREFIX',
+    (c) => c.redis?.prefix,
+    (n, o) => {
+      n.redis = o.redis
+    },
+  ],
+  [
+    'LAPSE_REVOCATION_CACHE',
+    (c) => c.redis?.cache,
+    (n, o) => {
+      n.redis = o.redis
+    },
+  ],
+  [
+    'LAPSE_REVOCATION_TIMEOUT',
+    (c) => c.revocationTimeoutMs,
+    (n, o) => {
+      n.revocationTimeoutMs = o.revocationTimeoutMs
+    },
+  ],
+  [
+    'LAPSE_STARTUP_WAIT',
+    (c) => c.startupWaitMs,
+    (n, o) => {
+      n.startupWaitMs = o.startupWaitMs
+    },
+  ],
   // DPoP's nonces and replay cache are built once (docs/binding.md).
-  ['LAPSE_DPOP_ALGORITHMS', (c) => c.dpop.algorithms, (n, o) => { n.dpop = o.dpop }],
-  ['LAPSE_DPOP_MAX_AGE', (c) => c.dpop.maxAgeS, (n, o) => { n.dpop = o.dpop }],
-  ['LAPSE_PUBLIC_ORIGINS', (c) => c.dpop.publicOrigins, (n, o) => { n.dpop = o.dpop }],
-  ['LAPSE_DPOP_NONCE', (c) => c.dpop.nonceSecret !== undefined, (n, o) => { n.dpop = o.dpop }],
-  ['LAPSE_DPOP_NONCE_SECRET', (c) => c.dpop.nonceSecret, (n, o) => { n.dpop = o.dpop }],
-  ['LAPSE_DPOP_NONCE_SECRET_FILE', (c) => c.dpop.nonceSecret, (n, o) => { n.dpop = o.dpop }],
+  [
+    'LAPSE_DPOP_ALGORITHMS',
+    (c) => c.dpop.algorithms,
+    (n, o) => {
+      n.dpop = o.dpop
+    },
+  ],
+  [
+    'LAPSE_DPOP_MAX_AGE',
+    (c) => c.dpop.maxAgeS,
+    (n, o) => {
+      n.dpop = o.dpop
+    },
+  ],
+  [
+    'LAPSE_PUBLIC_ORIGINS',
+    (c) => c.dpop.publicOrigins,
+    (n, o) => {
+      n.dpop = o.dpop
+    },
+  ],
+  [
+    'LAPSE_DPOP_NONCE',
+    (c) => c.dpop.nonceSecret !== undefined,
+    (n, o) => {
+      n.dpop = o.dpop
+    },
+  ],
+  [
+    'LAPSE_DPOP_NONCE_SECRET',
+    (c) => c.dpop.nonceSecret,
+    (n, o) => {
+      n.dpop = o.dpop
+    },
+  ],
+  [
+    'LAPSE_DPOP_NONCE_SECRET_FILE',
+    (c) => c.dpop.nonceSecret,
+    (n, o) => {
+      n.dpop = o.dpop
+    },
+  ],
   // The decision listener's socket, and its token, hashed once when the listener is built.
-  ['LAPSE_DECISION_LISTEN', (c) => c.decision?.listen, (n, o) => { n.decision = o.decision }],
-  ['LAPSE_DECISION_TOKEN', (c) => c.decision?.token, (n, o) => { n.decision = o.decision }],
-  ['LAPSE_DECISION_TOKEN_FILE', (c) => c.decision?.token, (n, o) => { n.decision = o.decision }],
-  ['LAPSE_JWKS_URL', (c) => c.keys.jwksUrl, (n, o) => { n.keys = { ...n.keys, jwksUrl: o.keys.jwksUrl, jwksFile: o.keys.jwksFile } }],
-  ['LAPSE_JWKS_REFRESH', (c) => c.keys.refreshS, (n, o) => { n.keys = { ...n.keys, refreshS: o.keys.refreshS } }],
-  ['LAPSE_JWKS_COOLDOWN', (c) => c.keys.cooldownS, (n, o) => { n.keys = { ...n.keys, cooldownS: o.keys.cooldownS } }],
-  ['LAPSE_JWKS_TIMEOUT', (c) => c.keys.timeoutMs, (n, o) => { n.keys = { ...n.keys, timeoutMs: o.keys.timeoutMs } }],
-  ['LAPSE_CLIENT_HEADER_TIMEOUT', (c) => c.clientHeaderTimeoutMs, (n, o) => { n.clientHeaderTimeoutMs = o.clientHeaderTimeoutMs }],
-  ['LAPSE_CLIENT_IDLE_TIMEOUT', (c) => c.clientIdleTimeoutMs, (n, o) => { n.clientIdleTimeoutMs = o.clientIdleTimeoutMs }],
-  ['LAPSE_MAX_HEADER_BYTES', (c) => c.maxHeaderBytes, (n, o) => { n.maxHeaderBytes = o.maxHeaderBytes }],
-  ['LAPSE_MAX_HEADER_FIELDS', (c) => c.maxHeaderFields, (n, o) => { n.maxHeaderFields = o.maxHeaderFields }],
-  ['LAPSE_STREAM_RECHECK_INTERVAL', (c) => c.streamRecheckIntervalS, (n, o) => { n.streamRecheckIntervalS = o.streamRecheckIntervalS }],
+  [
+    'LAPSE_DECISION_LISTEN',
+    (c) => c.decision?.listen,
+    (n, o) => {
+      n.decision = o.decision
+    },
+  ],
+  [
+    'LAPSE_DECISION_TOKEN',
+    (c) => c.decision?.token,
+    (n, o) => {
+      n.decision = o.decision
+    },
+  ],
+  [
+    'LAPSE_DECISION_TOKEN_FILE',
+    (c) => c.decision?.token,
+    (n, o) => {
+      n.decision = o.decision
+    },
+  ],
+  [
+    'LAPSE_JWKS_URL',
+    (c) => c.keys.jwksUrl,
+    (n, o) => {
+      n.keys = { ...n.keys, jwksUrl: o.keys.jwksUrl, jwksFile: o.keys.jwksFile }
+    },
+  ],
+  [
+    'LAPSE_JWKS_REFRESH',
+    (c) => c.keys.refreshS,
+    (n, o) => {
+      n.keys = { ...n.keys, refreshS: o.keys.refreshS }
+    },
+  ],
+  [
+    'LAPSE_JWKS_COOLDOWN',
+    (c) => c.keys.cooldownS,
+    (n, o) => {
+      n.keys = { ...n.keys, cooldownS: o.keys.cooldownS }
+    },
+  ],
+  [
+    'LAPSE_JWKS_TIMEOUT',
+    (c) => c.keys.timeoutMs,
+    (n, o) => {
+      n.keys = { ...n.keys, timeoutMs: o.keys.timeoutMs }
+    },
+  ],
+  [
+    'LAPSE_CLIENT_HEADER_TIMEOUT',
+    (c) => c.clientHeaderTimeoutMs,
+    (n, o) => {
+      n.clientHeaderTimeoutMs = o.clientHeaderTimeoutMs
+    },
+  ],
+  [
+    'LAPSE_CLIENT_IDLE_TIMEOUT',
+    (c) => c.clientIdleTimeoutMs,
+    (n, o) => {
+      n.clientIdleTimeoutMs = o.clientIdleTimeoutMs
+    },
+  ],
+  [
+    'LAPSE_MAX_HEADER_BYTES',
+    (c) => c.maxHeaderBytes,
+    (n, o) => {
+      n.maxHeaderBytes = o.maxHeaderBytes
+    },
+  ],
+  [
+    'LAPSE_MAX_HEADER_FIELDS',
+    (c) => c.maxHeaderFields,
+    (n, o) => {
+      n.maxHeaderFields = o.maxHeaderFields
+    },
+  ],
+  [
+    'LAPSE_STREAM_RECHECK_INTERVAL',
+    (c) => c.streamRecheckIntervalS,
+    (n, o) => {
+      n.streamRecheckIntervalS = o.streamRecheckIntervalS
+    },
+  ],
   // The listener's TLS is set up at start; the files' contents rotate live through http/tls.ts's own watch.
-  ['LAPSE_TLS_CERT_FILE', (c) => c.tls?.certFile, (n, o) => { n.tls = o.tls }],
-  ['LAPSE_TLS_KEY_FILE', (c) => c.tls?.keyFile, (n, o) => { n.tls = o.tls }],
-  ['LAPSE_TLS_CLIENT_CA_FILE', (c) => c.tls?.clientCaFile, (n, o) => { n.tls = o.tls }],
-  ['LAPSE_TLS_CLIENT_AUTH', (c) => c.tls?.clientAuth, (n, o) => { n.tls = o.tls }],
+  [
+    'LAPSE_TLS_CERT_FILE',
+    (c) => c.tls?.certFile,
+    (n, o) => {
+      n.tls = o.tls
+    },
+  ],
+  [
+    'LAPSE_TLS_KEY_FILE',
+    (c) => c.tls?.keyFile,
+    (n, o) => {
+      n.tls = o.tls
+    },
+  ],
+  [
+    'LAPSE_TLS_CLIENT_CA_FILE',
+    (c) => c.tls?.clientCaFile,
+    (n, o) => {
+      n.tls = o.tls
+    },
+  ],
+  [
+    'LAPSE_TLS_CLIENT_AUTH',
+    (c) => c.tls?.clientAuth,
+    (n, o) => {
+      n.tls = o.tls
+    },
+  ],
   // The forwarder, built once, is told whether the header is trusted.
-  ['LAPSE_CLIENT_CERT_HEADER', (c) => c.clientCertHeader, (n, o) => { n.clientCertHeader = o.clientCertHeader }],
+  [
+    'LAPSE_CLIENT_CERT_HEADER',
+    (c) => c.clientCertHeader,
+    (n, o) => {
+      n.clientCertHeader = o.clientCertHeader
+    },
+  ],
 ]
 
 /** The environment names of the settings a reload applies, and of those that need a restart. */
@@ -131,7 +335,10 @@ export function createReloader(env: Env, state: ReloadState, opts: { quietMs?: n
   const meter = shared.telemetry.meterProvider?.getMeter('lapse')
   const reloads: Counter | undefined = meter?.createCounter(A.METRIC_CONFIG_RELOADS, { description: 'configuration reloads, by result' })
   let lastSuccessS: number | undefined
-  meter?.createObservableGauge(A.METRIC_CONFIG_LAST_RELOAD_SUCCESS, { description: 'when the configuration was last reloaded successfully, epoch seconds' })
+  meter
+    ?.createObservableGauge(A.METRIC_CONFIG_LAST_RELOAD_SUCCESS, {
+      description: 'when the configuration was last reloaded successfully, epoch seconds',
+    })
     .addCallback((result) => {
       if (lastSuccessS !== undefined) result.observe(lastSuccessS)
     })
@@ -144,10 +351,17 @@ export function createReloader(env: Env, state: ReloadState, opts: { quietMs?: n
     if (files.join('\0') === watched) return
     watcher?.close()
     watched = files.join('\0')
-    watcher = files.length === 0 ? undefined : watchFiles(files, () => void reloader.reload('file'), {
-      quietMs: opts.quietMs ?? 200,
-      onError: (dir, err) => log.warn({ dir, err: (err as NodeJS.ErrnoException).code ?? err.message }, 'cannot watch a configuration directory: reload with SIGHUP'),
-    })
+    watcher =
+      files.length === 0
+        ? undefined
+        : watchFiles(files, () => void reloader.reload('file'), {
+            quietMs: opts.quietMs ?? 200,
+            onError: (dir, err) =>
+              log.warn(
+                { dir, err: (err as NodeJS.ErrnoException).code ?? err.message },
+                'cannot watch a configuration directory: reload with SIGHUP',
+              ),
+          })
   }
 
   async function reloadOnce(trigger: string): Promise<ReloadResult> {
@@ -173,7 +387,8 @@ export function createReloader(env: Env, state: ReloadState, opts: { quietMs?: n
       // From here to the swap nothing awaits: no request sees half of it.
       const before = shared.current
       for (const warning of loaded.warnings) log.warn({}, warning)
-      for (const name of restart) log.warn({ setting: name }, `${name} changed: it takes effect only at a restart; the running value is kept`)
+      for (const name of restart)
+        log.warn({ setting: name }, `${name} changed: it takes effect only at a restart; the running value is kept`)
       if (config.log.level !== old.log.level) log.level = config.log.level
       const deps = assembleDeps(config, shared, policy)
       shared.current = deps
@@ -185,7 +400,10 @@ export function createReloader(env: Env, state: ReloadState, opts: { quietMs?: n
       reloads?.add(1, { [A.ATTR_RELOAD_RESULT]: 'ok' })
       // Written whatever LAPSE_LOG_LEVEL now says (as audit lines are): a reload is a change of policy.
       const record = log.levelVal > 30 && log.level !== 'silent' ? log.child({}, { level: 'info' }) : log
-      record.info({ trigger, changed, restart_needed: restart }, changed.length ? 'configuration reloaded' : 'configuration reloaded: nothing changed')
+      record.info(
+        { trigger, changed, restart_needed: restart },
+        changed.length ? 'configuration reloaded' : 'configuration reloaded: nothing changed',
+      )
       watchCurrent()
       return 'ok'
     } catch (err) {
@@ -203,7 +421,9 @@ export function createReloader(env: Env, state: ReloadState, opts: { quietMs?: n
   const reloader: Reloader = {
     reload(trigger) {
       if (!running) {
-        running = reloadOnce(trigger).finally(() => { running = undefined })
+        running = reloadOnce(trigger).finally(() => {
+          running = undefined
+        })
         return running
       }
       // One reload after the running one covers every change that came in meanwhile.

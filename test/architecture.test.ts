@@ -11,11 +11,20 @@ const RANKS: Readonly<Record<string, number>> = {
   // The ground: decision values, reasons, clock, store interfaces, errors. Imports nothing of Lapse.
   core: 0,
   // The stages.
-  target: 1, extract: 1, verify: 1, revocation: 1, authorize: 1, bind: 1,
+  target: 1,
+  extract: 1,
+  verify: 1,
+  revocation: 1,
+  authorize: 1,
+  bind: 1,
   // What composes or consumes the stages.
-  decide: 2, config: 2, connections: 2, telemetry: 2,
+  decide: 2,
+  config: 2,
+  connections: 2,
+  telemetry: 2,
   // The adapters.
-  http: 3, admin: 3,
+  http: 3,
+  admin: 3,
   // The composition root, and the CLI that starts it.
   '.': 4,
   cli: 5,
@@ -26,15 +35,29 @@ type Graph = ReadonlyMap<string, readonly string[]>
 
 /** The relative module specifiers of a TypeScript text: static, re-export, type-only and dynamic. */
 function importsOf(text: string): string[] {
-  return ts.preProcessFile(text, true, true).importedFiles.map((f) => f.fileName).filter((s) => s.startsWith('.'))
+  return ts
+    .preProcessFile(text, true, true)
+    .importedFiles.map((f) => f.fileName)
+    .filter((s) => s.startsWith('.'))
 }
 
 function graphOf(srcDir: string): Graph {
-  const files = (readdirSync(srcDir, { recursive: true }) as string[]).map((f) => f.split('\\').join('/')).filter((f) => f.endsWith('.ts')).sort()
-  return new Map(files.map((file) => [
-    file,
-    [...new Set(importsOf(readFileSync(join(srcDir, file), 'utf8')).map((spec) => posix.normalize(posix.join(posix.dirname(file), spec)).replace(/\.js$/, '.ts')))],
-  ]))
+  const files = (readdirSync(srcDir, { recursive: true }) as string[])
+    .map((f) => f.split('\\').join('/'))
+    .filter((f) => f.endsWith('.ts'))
+    .sort()
+  return new Map(
+    files.map((file) => [
+      file,
+      [
+        ...new Set(
+          importsOf(readFileSync(join(srcDir, file), 'utf8')).map((spec) =>
+            posix.normalize(posix.join(posix.dirname(file), spec)).replace(/\.js$/, '.ts'),
+          ),
+        ),
+      ],
+    ]),
+  )
 }
 
 const folderOf = (file: string) => (file.includes('/') ? file.slice(0, file.indexOf('/')) : '.')
@@ -50,7 +73,9 @@ function layerProblems(graph: Graph): string[] {
       if (!graph.has(target)) problems.push(`${file} imports ${target}, which is not a file of src/`)
       else if (from === 'core' && to !== 'core') problems.push(`${file} imports ${target}: core imports nothing of Lapse`)
       else if (to !== from && !((RANKS[to] ?? Infinity) < (RANKS[from] ?? -Infinity))) {
-        problems.push(`${file} imports ${target}: ${from} (rank ${RANKS[from]}) may import only from its own folder or a lower rank, and ${to} has rank ${RANKS[to]}`)
+        problems.push(
+          `${file} imports ${target}: ${from} (rank ${RANKS[from]}) may import only from its own folder or a lower rank, and ${to} has rank ${RANKS[to]}`,
+        )
       }
     }
   }
@@ -91,8 +116,21 @@ t.test('the checker finds a bad import and a cycle in a synthetic graph, and pas
   ])
   t.same(cycles(bad), ['core/types.ts → decide/decide.ts → core/types.ts', 'decide/decide.ts → http/server.ts → decide/decide.ts'])
   // A cycle inside one folder breaks no rank, and is still a cycle.
-  t.same(cycles(new Map([['http/a.ts', ['http/b.ts']], ['http/b.ts', ['http/a.ts']]])), ['http/a.ts → http/b.ts → http/a.ts'])
-  const good: Graph = new Map([['core/types.ts', []], ['verify/keys.ts', ['core/types.ts']], ['main.ts', ['verify/keys.ts', 'core/types.ts']], ['cli/index.ts', ['main.ts']]])
+  t.same(
+    cycles(
+      new Map([
+        ['http/a.ts', ['http/b.ts']],
+        ['http/b.ts', ['http/a.ts']],
+      ]),
+    ),
+    ['http/a.ts → http/b.ts → http/a.ts'],
+  )
+  const good: Graph = new Map([
+    ['core/types.ts', []],
+    ['verify/keys.ts', ['core/types.ts']],
+    ['main.ts', ['verify/keys.ts', 'core/types.ts']],
+    ['cli/index.ts', ['main.ts']],
+  ])
   t.same(layerProblems(good), [])
   t.same(cycles(good), [])
 })
@@ -105,7 +143,7 @@ t.test('the parser reads every kind of import and skips comments and strings', a
     "export { d } from './d.js'",
     "import './e.js'",
     "import pino from 'pino'",
-    "const s = \"import x from './string.js'\"",
+    'const s = "import x from \'./string.js\'"',
     "const m = await import('./f.js')",
   ].join('\n')
   t.same(importsOf(text), ['./a.js', '../b.js', './d.js', './e.js', './f.js'])
@@ -114,7 +152,10 @@ t.test('the parser reads every kind of import and skips comments and strings', a
 t.test('src/ keeps its layers and has no import cycle', async (t) => {
   const graph = graphOf(join(import.meta.dirname, '..', 'src'))
   t.ok(graph.size > 30, 'the checker sees the files of src/')
-  t.ok([...graph.values()].some((targets) => targets.length > 0), 'the checker sees imports')
+  t.ok(
+    [...graph.values()].some((targets) => targets.length > 0),
+    'the checker sees imports',
+  )
   t.same(layerProblems(graph), [], 'every import stays in its folder or goes down a rank')
   t.same(cycles(graph), [], 'no import cycle')
 })

@@ -9,7 +9,9 @@ let exports = 0
 let bytes = 0
 
 const server = createServer((req, res) => {
-  req.on('data', (c) => { bytes += c.length })
+  req.on('data', (c) => {
+    bytes += c.length
+  })
   req.on('end', () => {
     if (req.method === 'GET' && req.url === '/stats') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ exports, bytes }))
@@ -22,4 +24,7 @@ const server = createServer((req, res) => {
 })
 server.keepAliveTimeout = 120_000
 server.listen(port, '127.0.0.1')
-process.on('SIGTERM', () => { server.closeAllConnections(); server.close(() => process.exit(0)) })
+process.on('SIGTERM', () => {
+  server.closeAllConnections()
+  server.close(() => process.exit(0))
+})

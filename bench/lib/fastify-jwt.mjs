@@ -28,4 +28,6 @@ app.addHook('onRequest', async (req, reply) => {
 })
 await app.register(proxy, { upstream, prefix: '/', http2: false })
 await app.listen({ port: Number(portArg), host: '127.0.0.1' })
-process.on('SIGTERM', () => { app.close().then(() => process.exit(0)) })
+process.on('SIGTERM', () => {
+  app.close().then(() => process.exit(0))
+})

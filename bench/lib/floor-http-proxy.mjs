@@ -17,4 +17,7 @@ const server = createServer((req, res) => proxy.web(req, res))
 server.keepAliveTimeout = 120_000
 server.headersTimeout = 125_000
 server.listen(port, '127.0.0.1')
-process.on('SIGTERM', () => { server.closeAllConnections(); server.close(() => process.exit(0)) })
+process.on('SIGTERM', () => {
+  server.closeAllConnections()
+  server.close(() => process.exit(0))
+})

@@ -46,15 +46,17 @@ if (cfg.tokenFile) {
   // A fresh token on every request: one shared cursor over the pool, across all connections.
   const tokens = JSON.parse(readFileSync(cfg.tokenFile, 'utf8'))
   let next = 0
-  opts.requests = [{
-    method: 'GET',
-    setupRequest: (req) => {
-      const token = tokens[next]
-      next = next + 1 === tokens.length ? 0 : next + 1
-      req.headers = { authorization: `Bearer ${token}` }
-      return req
+  opts.requests = [
+    {
+      method: 'GET',
+      setupRequest: (req) => {
+        const token = tokens[next]
+        next = next + 1 === tokens.length ? 0 : next + 1
+        req.headers = { authorization: `Bearer ${token}` }
+        return req
+      },
     },
-  }]
+  ]
 }
 
 if (cfg.dpop) {
@@ -63,13 +65,15 @@ if (cfg.dpop) {
   const htu = cfg.url.replace(/[?#].*$/, '')
   const authorization = `DPoP ${cfg.dpop.token}`
   opts.headers = {}
-  opts.requests = [{
-    method: 'GET',
-    setupRequest: (req) => {
-      req.headers = { authorization, dpop: prove('GET', htu, cfg.dpop.token) }
-      return req
+  opts.requests = [
+    {
+      method: 'GET',
+      setupRequest: (req) => {
+        req.headers = { authorization, dpop: prove('GET', htu, cfg.dpop.token) }
+        return req
+      },
     },
-  }]
+  ]
 }
 
 const statuses = {}
@@ -79,22 +83,27 @@ const instance = autocannon(opts, (err, result) => {
     process.exit(1)
   }
   const ok = result['2xx']
-  process.stdout.write(JSON.stringify({
-    durationS: result.duration,
-    requests: result.requests.total,
-    ok,
-    rps: ok / result.duration,
-    p50Ms: percentileMs(50),
-    p90Ms: percentileMs(90),
-    p99Ms: percentileMs(99),
-    maxMs: percentileMs(100),
-    errors: result.errors,
-    timeouts: result.timeouts,
-    non2xx: result.non2xx,
-    statuses,
-    // Our own CPU time, so the caller can tell other work on the machine from ours.
-    loadgenCpuMs: (() => { const u = process.cpuUsage(); return (u.user + u.system) / 1000 })(),
-  }))
+  process.stdout.write(
+    JSON.stringify({
+      durationS: result.duration,
+      requests: result.requests.total,
+      ok,
+      rps: ok / result.duration,
+      p50Ms: percentileMs(50),
+      p90Ms: percentileMs(90),
+      p99Ms: percentileMs(99),
+      maxMs: percentileMs(100),
+      errors: result.errors,
+      timeouts: result.timeouts,
+      non2xx: result.non2xx,
+      statuses,
+      // Our own CPU time, so the caller can tell other work on the machine from ours.
+      loadgenCpuMs: (() => {
+        const u = process.cpuUsage()
+        return (u.user + u.system) / 1000
+      })(),
+    }),
+  )
 })
 instance.on('response', (_client, statusCode, _bytes, responseTimeMs) => {
   statuses[statusCode] = (statuses[statusCode] ?? 0) + 1

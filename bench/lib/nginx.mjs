@@ -37,7 +37,9 @@ export function writeNginxConf({ root, dir, port, upstreamUrl, decision }) {
   }
   const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((k) => `${k}_temp_path ${join(dir, k)};`).join(' ')
   const conf = join(dir, 'nginx.conf')
-  writeFileSync(conf, `worker_processes 1;
+  writeFileSync(
+    conf,
+    `worker_processes 1;
 pid ${join(dir, 'nginx.pid')};
 error_log stderr warn;
 events { worker_connections 1024; }
@@ -57,6 +59,7 @@ http {
     }
   }
 }
-`)
+`,
+  )
   return conf
 }

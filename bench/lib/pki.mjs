@@ -13,11 +13,42 @@ export function makeBenchPki(parent) {
   const dir = join(parent, 'pki')
   mkdirSync(dir, { recursive: true })
   const openssl = (args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
-  openssl(['req', '-x509', ...EC, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '7', '-subj', '/CN=bench CA', '-addext', 'basicConstraints=critical,CA:TRUE'])
+  openssl([
+    'req',
+    '-x509',
+    ...EC,
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.crt',
+    '-days',
+    '7',
+    '-subj',
+    '/CN=bench CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+  ])
   const issue = (name, ext, serial) => {
     writeFileSync(join(dir, `${name}.ext`), ext)
     openssl(['req', ...EC, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`])
-    openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', String(serial), '-days', '7', '-out', `${name}.crt`, '-extfile', `${name}.ext`])
+    openssl([
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-set_serial',
+      String(serial),
+      '-days',
+      '7',
+      '-out',
+      `${name}.crt`,
+      '-extfile',
+      `${name}.ext`,
+    ])
   }
   issue('server', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n', 2)
   issue('client', 'subjectAltName=URI:spiffe://bench.example/ns/bench/sa/client\nextendedKeyUsage=clientAuth\n', 3)
@@ -33,4 +64,8 @@ export function makeBenchPki(parent) {
 }
 
 /** The TLS options a client of row 3m connects with (autocannon's tlsOptions, https.request). */
-export const clientTls = (tls) => ({ ca: readFileSync(tls.caFile), cert: readFileSync(tls.clientCertFile), key: readFileSync(tls.clientKeyFile) })
+export const clientTls = (tls) => ({
+  ca: readFileSync(tls.caFile),
+  cert: readFileSync(tls.clientCertFile),
+  key: readFileSync(tls.clientKeyFile),
+})

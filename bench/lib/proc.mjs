@@ -46,7 +46,10 @@ export function spawnPinned(cmd, args, { cpu, name, logDir, env = process.env, c
   child.benchName = name
   child.logPath = logPath
   child.exited = false
-  child.once('exit', () => { child.exited = true; children.delete(child) })
+  child.once('exit', () => {
+    child.exited = true
+    children.delete(child)
+  })
   children.add(child)
   return child
 }
@@ -121,7 +124,11 @@ export function cpuSplitMs(pid) {
         otherThreads += Number(t[11]) + Number(t[12])
       } catch {}
     }
-    return { user: (Number(fields[11]) * 1000) / CLOCK_TICKS, system: (Number(fields[12]) * 1000) / CLOCK_TICKS, otherThreads: (otherThreads * 1000) / CLOCK_TICKS }
+    return {
+      user: (Number(fields[11]) * 1000) / CLOCK_TICKS,
+      system: (Number(fields[12]) * 1000) / CLOCK_TICKS,
+      otherThreads: (otherThreads * 1000) / CLOCK_TICKS,
+    }
   } catch {
     return undefined
   }
@@ -154,7 +161,9 @@ export async function stop(child, graceMs = 3000) {
   if (!child || child.exited) return
   const gone = new Promise((r) => child.once('exit', r))
   child.kill('SIGTERM')
-  const timer = setTimeout(() => { if (!child.exited) child.kill('SIGKILL') }, graceMs)
+  const timer = setTimeout(() => {
+    if (!child.exited) child.kill('SIGKILL')
+  }, graceMs)
   await gone
   clearTimeout(timer)
 }
@@ -177,8 +186,12 @@ export function runJson(cmd, args, { cpu, timeoutMs, env = process.env, cwd } = 
       : spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env, cwd })
     let out = ''
     let err = ''
-    child.stdout.setEncoding('utf8').on('data', (d) => { out += d })
-    child.stderr.setEncoding('utf8').on('data', (d) => { err += d })
+    child.stdout.setEncoding('utf8').on('data', (d) => {
+      out += d
+    })
+    child.stderr.setEncoding('utf8').on('data', (d) => {
+      err += d
+    })
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
     child.on('exit', (code, signal) => {
       clearTimeout(timer)

@@ -8,7 +8,10 @@
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 
-const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '30' }, filter: { type: 'string' }, inclusive: { type: 'boolean', default: false } } })
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: { top: { type: 'string', default: '30' }, filter: { type: 'string' }, inclusive: { type: 'boolean', default: false } },
+})
 if (positionals.length === 0) {
   process.stderr.write('usage: node lib/profile-summary.mjs <file.cpuprofile> [--top N] [--filter substring-of-url]\n')
   process.exit(2)
@@ -36,7 +39,11 @@ if (values.inclusive) {
   }
 }
 
-const short = (url) => url.replace(/^file:\/\//, '').replace(/^.*\/node_modules\//, '~/').replace(/^.*\/(dist|bench|src)\//, '$1/')
+const short = (url) =>
+  url
+    .replace(/^file:\/\//, '')
+    .replace(/^.*\/node_modules\//, '~/')
+    .replace(/^.*\/(dist|bench|src)\//, '$1/')
 const self = new Map()
 for (const [id, n] of hits) {
   const { functionName, url, lineNumber } = byId.get(id).callFrame

@@ -8,7 +8,10 @@ import { freePort, spawnPinned, tailLog } from './proc.mjs'
 function ping(port) {
   return new Promise((resolve) => {
     const sock = createConnection({ host: '127.0.0.1', port })
-    const done = (ok) => { sock.destroy(); resolve(ok) }
+    const done = (ok) => {
+      sock.destroy()
+      resolve(ok)
+    }
     sock.setTimeout(500, () => done(false))
     sock.on('error', () => done(false))
     sock.on('connect', () => sock.write('PING\r\n'))
@@ -18,10 +21,11 @@ function ping(port) {
 
 export async function startRedis({ cpu, logDir }) {
   const port = await freePort()
-  const child = spawnPinned('redis-server', [
-    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-    '--daemonize', 'no', '--protected-mode', 'yes',
-  ], { cpu, name: 'redis', logDir })
+  const child = spawnPinned(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'yes'],
+    { cpu, name: 'redis', logDir },
+  )
   const deadline = Date.now() + 10_000
   while (Date.now() < deadline) {
     if (child.exited) break

@@ -26,7 +26,9 @@ export function paired(a, b, f = (x, y) => x.rps / y.rps) {
     const y = b.rounds[i]
     if (x && y && !x.error && !y.error) xs.push(f(x, y))
   }
-  return xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), interval: medianInterval(xs), perRound: xs } : undefined
+  return xs.length
+    ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), interval: medianInterval(xs), perRound: xs }
+    : undefined
 }
 
 /**
@@ -58,7 +60,11 @@ export function medianInterval(xs, coverage = 0.9) {
 function splitMedian(rounds) {
   const split = rounds.map((r) => r.serverCpuSplitUsPerReq).filter(Boolean)
   if (split.length === 0) return undefined
-  return { user: median(split.map((s) => s.user)), system: median(split.map((s) => s.system)), otherThreads: median(split.map((s) => s.otherThreads)) }
+  return {
+    user: median(split.map((s) => s.user)),
+    system: median(split.map((s) => s.system)),
+    otherThreads: median(split.map((s) => s.otherThreads)),
+  }
 }
 
 /** Median of each metric over the rounds, and each row's paired ratio to row 2 (floor) and row 6 (fastify). */
@@ -72,16 +78,22 @@ export function summarize(rows, measurements) {
       server: row.server,
       rounds: runs,
       error: runs.find((r) => r.error)?.error,
-      median: good.length === 0 ? undefined : {
-        rps: median(good.map((r) => r.rps)),
-        p50Ms: median(good.map((r) => r.p50Ms)),
-        p99Ms: median(good.map((r) => r.p99Ms)),
-        serverCpuUsPerReq: median(good.map((r) => r.serverCpuUsPerReq ?? NaN)),
-        serverCpuSplitUsPerReq: splitMedian(good),
-        foreignCpuShare: median(good.map((r) => r.foreignCpuShare ?? NaN)),
-        // (max − min) / median of req/s over the rounds: how much to trust the row.
-        spread: good.length < 2 ? 0 : (Math.max(...good.map((r) => r.rps)) - Math.min(...good.map((r) => r.rps))) / median(good.map((r) => r.rps)),
-      },
+      median:
+        good.length === 0
+          ? undefined
+          : {
+              rps: median(good.map((r) => r.rps)),
+              p50Ms: median(good.map((r) => r.p50Ms)),
+              p99Ms: median(good.map((r) => r.p99Ms)),
+              serverCpuUsPerReq: median(good.map((r) => r.serverCpuUsPerReq ?? NaN)),
+              serverCpuSplitUsPerReq: splitMedian(good),
+              foreignCpuShare: median(good.map((r) => r.foreignCpuShare ?? NaN)),
+              // (max − min) / median of req/s over the rounds: how much to trust the row.
+              spread:
+                good.length < 2
+                  ? 0
+                  : (Math.max(...good.map((r) => r.rps)) - Math.min(...good.map((r) => r.rps))) / median(good.map((r) => r.rps)),
+            },
     }
   })
   const by = Object.fromEntries(out.map((r) => [r.id, r]))
@@ -146,8 +158,15 @@ export function checkTargets(summary, memory, soak) {
     const noise = other > 0.05 ? `; other work took up to ${(other * 100).toFixed(0)}% of the machine: unreliable` : ''
     // Whether the median's interval lies on the verdict's side of the target: a verdict 'within
     // noise' is one that another run of the same code could reverse.
-    const sure = value.clear === undefined ? '' : value.clear ? "; clear of this run's noise" : '; within noise: the interval spans the target'
-    checks.push({ name, status: value.pass ? 'PASS' : 'FAIL', detail: `${show(value)}${noise}${sure}`, noisy: other > 0.05, clear: value.clear })
+    const sure =
+      value.clear === undefined ? '' : value.clear ? "; clear of this run's noise" : '; within noise: the interval spans the target'
+    checks.push({
+      name,
+      status: value.pass ? 'PASS' : 'FAIL',
+      detail: `${show(value)}${noise}${sure}`,
+      noisy: other > 0.05,
+      clear: value.clear,
+    })
   }
   // clear: undefined without an interval (too few rounds), else whether all of it is on the
   // verdict's side of the target.
@@ -159,18 +178,24 @@ export function checkTargets(summary, memory, soak) {
     const pass = p.median >= min
     return { pass, r: p.median, p, clear: atLeast(p.interval, min, pass) }
   }
-  const interval = (p, f) => (p.interval ? `, ${Math.round(p.interval.coverage * 100)}% interval ${f(p.interval.low)} to ${f(p.interval.high)}` : '')
+  const interval = (p, f) =>
+    p.interval ? `, ${Math.round(p.interval.coverage * 100)}% interval ${f(p.interval.low)} to ${f(p.interval.high)}` : ''
   const range = (p, f) => (p.perRound.length > 1 ? `${interval(p, f)}, rounds ${f(p.min)} to ${f(p.max)}` : '')
   const showRatio = ({ r, p }) => `${r.toFixed(3)}×${range(p, (x) => x.toFixed(2))}`
   const signedMs = (d) => `${d >= 0 ? '+' : ''}${d.toFixed(2)} ms`
 
   add('row 3 ≥ 0.90 × row 2 req/s', ['3', '2'], rpsRatio('3', '2', 0.9), showRatio)
-  add('row 3 p99 ≤ row 2 p99 + 1 ms', ['3', '2'], () => {
-    const p = paired(by['3'], by['2'], (x, y) => x.p99Ms - y.p99Ms)
-    if (!p) return p
-    const pass = p.median <= 1
-    return { pass, d: p.median, p, clear: atMost(p.interval, 1, pass) }
-  }, ({ d, p }) => `${signedMs(d)}${range(p, signedMs)}`)
+  add(
+    'row 3 p99 ≤ row 2 p99 + 1 ms',
+    ['3', '2'],
+    () => {
+      const p = paired(by['3'], by['2'], (x, y) => x.p99Ms - y.p99Ms)
+      if (!p) return p
+      const pass = p.median <= 1
+      return { pass, d: p.median, p, clear: atMost(p.interval, 1, pass) }
+    },
+    ({ d, p }) => `${signedMs(d)}${range(p, signedMs)}`,
+  )
   add('row 4a (Redis + cache) ≥ 0.85 × row 2', ['4a', '2'], rpsRatio('4a', '2', 0.85), showRatio)
   add('row 4b (Redis, no cache) ≥ 0.85 × row 2', ['4b', '2'], rpsRatio('4b', '2', 0.85), showRatio)
   add('row 3 ≥ 1.5 × row 6', ['3', '6'], rpsRatio('3', '6', 1.5), showRatio)
@@ -179,22 +204,32 @@ export function checkTargets(summary, memory, soak) {
 
   // Issue 4: a dead collector leaves the latency clients see unchanged. Judged at a fixed load, where
   // latency is latency; at full load it only mirrors the capacity row 7 prices.
-  add('row 7f latency within 5% (p50) and +1 ms (p99) of row 3f, at the same fixed rate', ['7f', '3f'], () => {
-    const p50 = paired(by['7f'], by['3f'], (x, y) => x.p50Ms / y.p50Ms - 1)
-    const p99 = paired(by['7f'], by['3f'], (x, y) => x.p99Ms - y.p99Ms)
-    if (!p50 || !p99) return undefined
-    const pass = p50.median <= 0.05 && p99.median <= 1
-    // Clear pass: both intervals within their bounds; clear fail: either interval wholly beyond.
-    const both = p50.interval && p99.interval
-    const clear = !both ? undefined : pass ? p50.interval.high <= 0.05 && p99.interval.high <= 1 : p50.interval.low > 0.05 || p99.interval.low > 1
-    return { pass, p50, p99, clear }
-  }, ({ p50, p99 }) => {
-    const pct = (x) => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)}%`
-    return `p50 ${pct(p50.median)}${range(p50, pct)}; p99 ${signedMs(p99.median)}${range(p99, signedMs)}`
-  })
+  add(
+    'row 7f latency within 5% (p50) and +1 ms (p99) of row 3f, at the same fixed rate',
+    ['7f', '3f'],
+    () => {
+      const p50 = paired(by['7f'], by['3f'], (x, y) => x.p50Ms / y.p50Ms - 1)
+      const p99 = paired(by['7f'], by['3f'], (x, y) => x.p99Ms - y.p99Ms)
+      if (!p50 || !p99) return undefined
+      const pass = p50.median <= 0.05 && p99.median <= 1
+      // Clear pass: both intervals within their bounds; clear fail: either interval wholly beyond.
+      const both = p50.interval && p99.interval
+      const clear = !both
+        ? undefined
+        : pass
+          ? p50.interval.high <= 0.05 && p99.interval.high <= 1
+          : p50.interval.low > 0.05 || p99.interval.low > 1
+      return { pass, p50, p99, clear }
+    },
+    ({ p50, p99 }) => {
+      const pct = (x) => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)}%`
+      return `p50 ${pct(p50.median)}${range(p50, pct)}; p99 ${signedMs(p99.median)}${range(p99, signedMs)}`
+    },
+  )
 
   const maxKb = Math.max(memory?.maxKb ?? 0, soak?.maxKb ?? 0)
-  if (maxKb > 0) checks.push({ name: 'row 5 RSS < 150 MB', status: maxKb < 150 * 1024 ? 'PASS' : 'FAIL', detail: `max ${(maxKb / 1024).toFixed(1)} MB` })
+  if (maxKb > 0)
+    checks.push({ name: 'row 5 RSS < 150 MB', status: maxKb < 150 * 1024 ? 'PASS' : 'FAIL', detail: `max ${(maxKb / 1024).toFixed(1)} MB` })
   else checks.push({ name: 'row 5 RSS < 150 MB', status: 'skip', detail: 'row 5 not run' })
   if (soak) {
     const growth = soak.endKb / soak.startKb - 1

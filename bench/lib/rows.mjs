@@ -21,7 +21,12 @@ export function defineRows({ engine }) {
     { id: '3', label: 'Lapse, one RS256 token (cache hit), memory set', server: 'lapse-mem', auth: 'token' },
     { id: '4a', label: 'Lapse, one RS256 token, Redis set + local cache', server: 'lapse-redis-cache', auth: 'token' },
     { id: '4b', label: 'Lapse, one RS256 token, Redis set, no local cache', server: 'lapse-redis-nocache', auth: 'token' },
-    { id: '4u', label: 'Lapse, one RS256 token, Redis set + local cache, route with max_uses (one Redis write per request)', server: 'lapse-redis-uses', auth: 'token' },
+    {
+      id: '4u',
+      label: 'Lapse, one RS256 token, Redis set + local cache, route with max_uses (one Redis write per request)',
+      server: 'lapse-redis-uses',
+      auth: 'token',
+    },
     { id: '5r', label: 'Lapse, fresh RS256 token per request (pool)', server: 'lapse-verify', auth: 'pool', alg: 'RS256' },
     { id: '5e', label: 'Lapse, fresh ES256 token per request (pool)', server: 'lapse-verify', auth: 'pool', alg: 'ES256' },
     // Row 3 over TLS with a client certificate and a token bound to it (RFC 8705): the handshake
@@ -37,11 +42,25 @@ export function defineRows({ engine }) {
     // with telemetry on and the collector gone, not the capacity it costs (rows 3 and 7).
     { id: '3f', label: `row 3 at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-mem', auth: 'token', rate: FIXED_RATE },
     // Row 4b's latency at that load: every request waits for a Redis read, batched per turn of the loop.
-    { id: '4bf', label: `row 4b at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-redis-nocache', auth: 'token', rate: FIXED_RATE, optional: true },
+    {
+      id: '4bf',
+      label: `row 4b at a fixed ${FIXED_RATE} req/s (latency)`,
+      server: 'lapse-redis-nocache',
+      auth: 'token',
+      rate: FIXED_RATE,
+      optional: true,
+    },
     // Row 8: a DPoP-bound token (reused, a verification-cache hit) with a new proof on every
     // request: one proof verification and one replay-cache write per request (memory set).
     { id: '8', label: 'Lapse, one DPoP-bound RS256 token (cache hit), a new ES256 proof per request', server: 'lapse-mem', auth: 'dpop' },
-    { id: '7f', label: `row 7 at a fixed ${FIXED_RATE} req/s (latency)`, server: 'lapse-otel', auth: 'token', rate: FIXED_RATE, settle: 'spans-paused' },
+    {
+      id: '7f',
+      label: `row 7 at a fixed ${FIXED_RATE} req/s (latency)`,
+      server: 'lapse-otel',
+      auth: 'token',
+      rate: FIXED_RATE,
+      settle: 'spans-paused',
+    },
     // Lapse as the decision service of an nginx the platform already runs (docs/ingress.md): nginx
     // alone, then nginx with auth_request → Lapse through the shipped snippets. Row na's ratio to
     // row n is the price of the decision API; the extra sub-request is paid in nginx's worker (a
@@ -57,7 +76,11 @@ export function defineRows({ engine }) {
  * same phase give a ratio that phase cannot move. Each target is judged on the median over the
  * rounds of that round's ratio (report.mjs).
  */
-export const ADJACENT = [['2', '3', '7', '8'], ['3f', '7f'], ['n', 'na']]
+export const ADJACENT = [
+  ['2', '3', '7', '8'],
+  ['3f', '7f'],
+  ['n', 'na'],
+]
 
 /**
  * The units a round is shuffled in: each row with its "@base" twin, and the rows of an ADJACENT

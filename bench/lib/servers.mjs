@@ -23,7 +23,9 @@ const LAPSE_VARIANTS = {
   // Row 4u: row 4a's route with a use limit no run reaches, so every request is allowed and
   // counted: one atomic script in Redis per request (src/revocation/use-counter-redis.ts).
   'lapse-redis-uses': ({ redisUrl }) => ({
-    LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true', LAPSE_ROUTES: JSON.stringify([{ path: '/**', scopes: [SCOPE], max_uses: 1_000_000_000 }]),
+    LAPSE_REDIS_URL: redisUrl,
+    LAPSE_REVOCATION_CACHE: 'true',
+    LAPSE_ROUTES: JSON.stringify([{ path: '/**', scopes: [SCOPE], max_uses: 1_000_000_000 }]),
   }),
   // Row 5: no verification cache, so every request pays its signature check even when the
   // 10,000-token pool comes round again.
@@ -34,10 +36,17 @@ const LAPSE_VARIANTS = {
   'lapse-otel-live': ({ collectorUrl }) => ({ OTEL_SDK_DISABLED: undefined, OTEL_EXPORTER_OTLP_ENDPOINT: collectorUrl }),
   // Row 3m: row 3 serving HTTPS, a client certificate required (lib/pki.mjs).
   'lapse-mtls': ({ pki }) => ({
-    LAPSE_TLS_CERT_FILE: pki.serverCertFile, LAPSE_TLS_KEY_FILE: pki.serverKeyFile, LAPSE_TLS_CLIENT_CA_FILE: pki.caFile, LAPSE_TLS_CLIENT_AUTH: 'require',
+    LAPSE_TLS_CERT_FILE: pki.serverCertFile,
+    LAPSE_TLS_KEY_FILE: pki.serverKeyFile,
+    LAPSE_TLS_CLIENT_CA_FILE: pki.caFile,
+    LAPSE_TLS_CLIENT_AUTH: 'require',
   }),
   // Row na: a decision service only, asked by nginx's auth_request (docs/ingress.md).
-  'lapse-decision': ({ decisionPort }) => ({ LAPSE_UPSTREAM: undefined, LAPSE_DECISION_LISTEN: `127.0.0.1:${decisionPort}`, LAPSE_DECISION_TOKEN: DECISION_TOKEN }),
+  'lapse-decision': ({ decisionPort }) => ({
+    LAPSE_UPSTREAM: undefined,
+    LAPSE_DECISION_LISTEN: `127.0.0.1:${decisionPort}`,
+    LAPSE_DECISION_TOKEN: DECISION_TOKEN,
+  }),
 }
 
 /** The shared secret between the bench's nginx and its decision service. */
@@ -61,7 +70,8 @@ export function createFleet(ctx) {
   const node = process.execPath
   const lib = (file) => join(ctx.benchDir, 'lib', file)
 
-  const profileFlags = (name) => (ctx.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${ctx.cpuProfDir}`, `--cpu-prof-name=${name}.cpuprofile`] : [])
+  const profileFlags = (name) =>
+    ctx.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${ctx.cpuProfDir}`, `--cpu-prof-name=${name}.cpuprofile`] : []
 
   async function startNodeServer(name, script, args) {
     const port = await freePort()
@@ -103,10 +113,23 @@ export function createFleet(ctx) {
       ...LAPSE_VARIANTS[variant](extra),
     }
     for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k]
-    const child = spawnPinned(node, [...profileFlags(name), entry, 'proxy'], { cpu: ctx.pin.servers, name, logDir: ctx.logDir, env, cwd: lapseRoot })
+    const child = spawnPinned(node, [...profileFlags(name), entry, 'proxy'], {
+      cpu: ctx.pin.servers,
+      name,
+      logDir: ctx.logDir,
+      env,
+      cwd: lapseRoot,
+    })
     await waitHttp(`http://127.0.0.1:${adminPort}/readyz`, { child, timeoutMs: 20_000 })
     const decision = extra.decisionPort && `127.0.0.1:${extra.decisionPort}`
-    return { name, url: `${variant === 'lapse-mtls' ? 'https' : 'http'}://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, child, env, decision }
+    return {
+      name,
+      url: `${variant === 'lapse-mtls' ? 'https' : 'http'}://127.0.0.1:${port}`,
+      adminUrl: `http://127.0.0.1:${adminPort}`,
+      child,
+      env,
+      decision,
+    }
   }
 
   /** Rows n and na: nginx alone, or with auth_request to the decision service (`lapse-decision`). */
@@ -119,7 +142,11 @@ export function createFleet(ctx) {
     const port = await freePort()
     const dir = join(ctx.logDir, name)
     const conf = writeNginxConf({ root: ctx.root, dir, port, upstreamUrl: upstream.url, decision })
-    const child = spawnPinned(bin, ['-p', dir, '-c', conf, '-g', 'daemon off; master_process off;'], { cpu: ctx.pin.servers, name, logDir: ctx.logDir })
+    const child = spawnPinned(bin, ['-p', dir, '-c', conf, '-g', 'daemon off; master_process off;'], {
+      cpu: ctx.pin.servers,
+      name,
+      logDir: ctx.logDir,
+    })
     const url = `http://127.0.0.1:${port}`
     await waitHttp(`${url}/ready-probe`, { child, status: 200 })
     // `helper`: the other process the row's requests cost CPU in (run.mjs reports it apart).
@@ -142,7 +169,10 @@ export function createFleet(ctx) {
         const port = await freePort()
         const env = { ...process.env, BENCH_FASTIFY_JWT_CACHE: name === 'fastify-cache' ? 'true' : 'false' }
         const child = spawnPinned(node, [lib('fastify-jwt.mjs'), String(port), upstream, ctx.keys.rsPemFile, ctx.iss, ctx.aud, SCOPE], {
-          cpu: ctx.pin.servers, name, logDir: ctx.logDir, env,
+          cpu: ctx.pin.servers,
+          name,
+          logDir: ctx.logDir,
+          env,
         })
         const url = `http://127.0.0.1:${port}`
         await waitHttp(`${url}/ready-probe`, { child, status: 401 })
@@ -165,7 +195,15 @@ export function createFleet(ctx) {
   function ensure(name) {
     if (started.has(name)) return Promise.resolve(started.get(name))
     if (!starting.has(name)) {
-      starting.set(name, start(name).then((s) => { started.set(name, s); return s }).finally(() => starting.delete(name)))
+      starting.set(
+        name,
+        start(name)
+          .then((s) => {
+            started.set(name, s)
+            return s
+          })
+          .finally(() => starting.delete(name)),
+      )
     }
     return starting.get(name)
   }

@@ -37,7 +37,8 @@ async function core(rel) {
 }
 
 function need(mod, name, rel) {
-  if (typeof mod[name] !== 'function') throw new Error(`dist/${rel} has no export ${name}: the core's API changed, update bench/micro/decision.bench.mjs`)
+  if (typeof mod[name] !== 'function')
+    throw new Error(`dist/${rel} has no export ${name}: the core's API changed, update bench/micro/decision.bench.mjs`)
   return mod[name]
 }
 
@@ -87,15 +88,28 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const silent = silentLogger()
 
     const env = (extra = {}) => ({
-      LAPSE_LISTEN: '127.0.0.1:0', LAPSE_ADMIN_LISTEN: '127.0.0.1:0', LAPSE_UPSTREAM: 'http://127.0.0.1:9',
-      LAPSE_ISSUER: ISS, LAPSE_AUDIENCE: AUD, LAPSE_JWKS_FILE: keys.jwksFile, LAPSE_ROUTES: ROUTES,
-      LAPSE_LOG_LEVEL: 'silent', LAPSE_LOG_ALLOWS: 'none', ...extra,
+      LAPSE_LISTEN: '127.0.0.1:0',
+      LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
+      LAPSE_UPSTREAM: 'http://127.0.0.1:9',
+      LAPSE_ISSUER: ISS,
+      LAPSE_AUDIENCE: AUD,
+      LAPSE_JWKS_FILE: keys.jwksFile,
+      LAPSE_ROUTES: ROUTES,
+      LAPSE_LOG_LEVEL: 'silent',
+      LAPSE_LOG_ALLOWS: 'none',
+      ...extra,
     })
     // As src/http/server.ts builds the decision's dependencies from the full Deps.
     const decideDepsOf = (deps) => ({
-      match: deps.match, verify: deps.verify, revocations: deps.revocations,
-      revocableClaims: deps.config.revocableClaims, allowQueryToken: deps.config.allowQueryToken,
-      maxTokenBytes: deps.config.maxTokenBytes, clock: deps.clock, uses: deps.uses, clockSkewS: deps.config.clockSkewS,
+      match: deps.match,
+      verify: deps.verify,
+      revocations: deps.revocations,
+      revocableClaims: deps.config.revocableClaims,
+      allowQueryToken: deps.config.allowQueryToken,
+      maxTokenBytes: deps.config.maxTokenBytes,
+      clock: deps.clock,
+      uses: deps.uses,
+      clockSkewS: deps.config.clockSkewS,
     })
     const cachedDeps = await buildDeps(loadConfig(env()), { log: silent })
     const freshDeps = await buildDeps(loadConfig(env({ LAPSE_TOKEN_CACHE_SIZE: '0' })), { log: silent })
@@ -107,7 +121,9 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     // Row 7's configuration without sockets: the SDK on, exporting to a loopback port where nothing
     // listens (a short export timeout, so the first failure and the pause come within a second or two).
     const otelEnv = env({
-      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await freePort()}`, OTEL_EXPORTER_OTLP_TIMEOUT: '300', OTEL_BSP_SCHEDULE_DELAY: '50',
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await freePort()}`,
+      OTEL_EXPORTER_OTLP_TIMEOUT: '300',
+      OTEL_BSP_SCHEDULE_DELAY: '50',
     })
     const telemetry = await startTelemetry(otelEnv, { log: silent, clock: { now: () => Date.now() } })
     const tracedDeps = await buildDeps(loadConfig(otelEnv), { log: silent, telemetry })
@@ -125,7 +141,8 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const ref = toTokenRef(identity, cached.revocableClaims)
     const rule = first.decision.rule
     const extractOpts = { allowQueryToken: false, maxTokenBytes: cached.maxTokenBytes }
-    const poolInputs = (alg) => pools[alg].map((t) => ({ method: 'GET', url: PATH, authorization: [`Bearer ${t}`], rawHeaders: RAW_HEADERS }))
+    const poolInputs = (alg) =>
+      pools[alg].map((t) => ({ method: 'GET', url: PATH, authorization: [`Bearer ${t}`], rawHeaders: RAW_HEADERS }))
     const rsInputs = poolInputs('RS256')
     const esInputs = poolInputs('ES256')
     // decide answers a cached token without a promise, and returns one when it must wait.
@@ -138,10 +155,16 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
 
     // What http/server.ts does around each decision: recorder.start, decide, decided, inject, finish.
     const request = (deps, d) => () => {
-      const req = { method: 'GET', url: PATH, httpVersion: '1.1', headers: { host: '127.0.0.1', authorization: authorization[0], connection: 'keep-alive' } }
+      const req = {
+        method: 'GET',
+        url: PATH,
+        httpVersion: '1.1',
+        headers: { host: '127.0.0.1', authorization: authorization[0], connection: 'keep-alive' },
+      }
       const t = deps.recorder.start(req)
       const outcome = decide({ method: req.method, url: req.url, authorization, rawHeaders: RAW_HEADERS, steps: t.steps }, d)
-      if (outcome instanceof Promise) throw new Error('the hot path waited: a cached token and the memory set must decide without a promise')
+      if (outcome instanceof Promise)
+        throw new Error('the hot path waited: a cached token and the memory set must decide without a promise')
       deps.recorder.decided(t, outcome)
       deps.recorder.inject(t, req.headers)
       deps.recorder.finish(t, { status: 200, remoteAddress: '127.0.0.1' })
@@ -160,8 +183,16 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       { name: 'decide: as above, rule with a capture bound to a claim', fn: () => hot(decide(boundInput, bound)) },
       { name: 'request: decide + record, telemetry off', fn: request(cachedDeps, cached) },
       { name: 'request: decide + record, telemetry on, collector gone', fn: request(tracedDeps, traced) },
-      { name: 'decide: fresh RS256 token (signature checked)', async: true, fn: (i) => decided(decide(rsInputs[i % rsInputs.length], fresh)) },
-      { name: 'decide: fresh ES256 token (signature checked)', async: true, fn: (i) => decided(decide(esInputs[i % esInputs.length], fresh)) },
+      {
+        name: 'decide: fresh RS256 token (signature checked)',
+        async: true,
+        fn: (i) => decided(decide(rsInputs[i % rsInputs.length], fresh)),
+      },
+      {
+        name: 'decide: fresh ES256 token (signature checked)',
+        async: true,
+        fn: (i) => decided(decide(esInputs[i % esInputs.length], fresh)),
+      },
     ]
     const results = []
     for (const c of cases) {
@@ -205,7 +236,8 @@ function silentLogger() {
 export function formatMicro({ results }) {
   const w = Math.max(...results.map((r) => r.name.length))
   const lines = [`| ${'decision micro-benchmark'.padEnd(w)} |      ops/s |   µs/op |`, `|${'-'.repeat(w + 2)}|-----------:|--------:|`]
-  for (const r of results) lines.push(`| ${r.name.padEnd(w)} | ${Math.round(r.opsPerS).toString().padStart(10)} | ${r.usPerOp.toFixed(2).padStart(7)} |`)
+  for (const r of results)
+    lines.push(`| ${r.name.padEnd(w)} | ${Math.round(r.opsPerS).toString().padStart(10)} | ${r.usPerOp.toFixed(2).padStart(7)} |`)
   return lines.join('\n')
 }
 
@@ -223,7 +255,12 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`)
     return n
   }
-  const out = await runMicro({ timeMs: positive('time'), rounds: positive('rounds'), poolSize: positive('pool'), warmupMs: Math.min(300, positive('time')) })
+  const out = await runMicro({
+    timeMs: positive('time'),
+    rounds: positive('rounds'),
+    poolSize: positive('pool'),
+    warmupMs: Math.min(300, positive('time')),
+  })
   process.stdout.write(values.json ? `${JSON.stringify(out)}\n` : `${formatMicro(out)}\n`)
   process.exit(0)
 }

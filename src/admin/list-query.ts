@@ -31,5 +31,11 @@ export function parseListQuery(params: URLSearchParams): RevocationQuery | { err
   const rawLimit = params.get('limit')
   const limit = rawLimit === null ? DEFAULT_LIST_LIMIT : /^\d{1,4}$/.test(rawLimit) ? Number(rawLimit) : Number.NaN
   if (!(limit >= 1 && limit <= MAX_LIST_LIMIT)) return { error: `"limit" must be a whole number from 1 to ${MAX_LIST_LIMIT}` }
-  return { claim: claim as string | undefined, iss: iss as string | undefined, reasonContains: reasonContains as string | undefined, cursor: cursor as string | undefined, limit }
+  return {
+    claim: claim as string | undefined,
+    iss: iss as string | undefined,
+    reasonContains: reasonContains as string | undefined,
+    cursor: cursor as string | undefined,
+    limit,
+  }
 }

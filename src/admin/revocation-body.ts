@@ -19,12 +19,16 @@ export function parseRevocation(body: unknown, ctx: { config: Config; nowS: numb
   if (unknown) return { error: `unknown field "${unknown}"` }
   const { config, nowS } = ctx
   if (typeof b.claim !== 'string' || b.claim === '') return { error: '"claim" is required' }
-  if (!config.revocableClaims.includes(b.claim)) return { error: `"${b.claim}" is not a revocable claim (LAPSE_REVOCABLE_CLAIMS: ${config.revocableClaims.join(', ')})` }
-  if (typeof b.value !== 'string' || b.value === '' || b.value.length > 1024) return { error: '"value" must be a non-empty string of at most 1024 characters' }
+  if (!config.revocableClaims.includes(b.claim))
+    return { error: `"${b.claim}" is not a revocable claim (LAPSE_REVOCABLE_CLAIMS: ${config.revocableClaims.join(', ')})` }
+  if (typeof b.value !== 'string' || b.value === '' || b.value.length > 1024)
+    return { error: '"value" must be a non-empty string of at most 1024 characters' }
   // A lone UTF-16 surrogate has no UTF-8 form: no token carries it, and no Redis key can hold it.
   if (!(b.value as unknown as { isWellFormed(): boolean }).isWellFormed()) return { error: '"value" is not well-formed Unicode' }
-  if (b.reason !== undefined && (typeof b.reason !== 'string' || b.reason.length > 512)) return { error: '"reason" must be a string of at most 512 characters' }
-  if (b.iss !== undefined && (typeof b.iss !== 'string' || !config.issuers.includes(b.iss))) return { error: '"iss" must be one of the configured issuers (LAPSE_ISSUER)' }
+  if (b.reason !== undefined && (typeof b.reason !== 'string' || b.reason.length > 512))
+    return { error: '"reason" must be a string of at most 512 characters' }
+  if (b.iss !== undefined && (typeof b.iss !== 'string' || !config.issuers.includes(b.iss)))
+    return { error: '"iss" must be one of the configured issuers (LAPSE_ISSUER)' }
   const issuedBeforeS = b.issued_before === undefined ? nowS : toEpochS(b.issued_before)
   if (issuedBeforeS === undefined) return { error: '"issued_before" must be epoch seconds or an RFC 3339 time' }
   // A T in the future also refuses tokens minted until then (a pause), but a typo of a year
@@ -60,7 +64,10 @@ export function parseRevocation(body: unknown, ctx: { config: Config; nowS: numb
  */
 function latestExpiry(issuedBeforeS: number, nowS: number, config: Config): { atS: number; why: string } {
   if (config.maxLifetimeS > 0) {
-    return { atS: Math.max(issuedBeforeS, nowS) + config.maxLifetimeS + config.clockSkewS, why: 'the later of "issued_before" and now, plus LAPSE_MAX_TOKEN_LIFETIME and LAPSE_CLOCK_SKEW' }
+    return {
+      atS: Math.max(issuedBeforeS, nowS) + config.maxLifetimeS + config.clockSkewS,
+      why: 'the later of "issued_before" and now, plus LAPSE_MAX_TOKEN_LIFETIME and LAPSE_CLOCK_SKEW',
+    }
   }
   return { atS: nowS + MAX_EXPIRY_WITHOUT_POLICY_S, why: '365 days from now while LAPSE_MAX_TOKEN_LIFETIME is 0' }
 }

@@ -56,7 +56,8 @@ async function route(req: IncomingMessage, res: ServerResponse, deps: Deps): Pro
   if (m) {
     const claim = decodePart(m[1]!)
     const value = decodePart(m[2]!)
-    if (claim === undefined || value === undefined) return writeAnswer(res, answerOf('admin_invalid_request', { description: 'the path has a bad percent-encoding' }))
+    if (claim === undefined || value === undefined)
+      return writeAnswer(res, answerOf('admin_invalid_request', { description: 'the path has a bad percent-encoding' }))
     const iss = url.searchParams.get('iss') ?? undefined
     if (req.method === 'GET') return read(req, res, deps, claim, value, iss)
     if (req.method === 'DELETE') return lift(req, res, deps, claim, value, iss)
@@ -82,7 +83,12 @@ function readiness(res: ServerResponse, deps: Deps): void {
   // The use counter shares the set's Redis but has its own connection (rules with max_uses only).
   const uses = deps.uses?.ready() ?? true
   const ready = keys && revocations && uses
-  const body = { ready, keys: keys ? 'loaded' : 'unavailable', revocation_set: revocations ? deps.revocations.kind : 'unreachable', ...(uses ? {} : { use_counter: 'unreachable' }) }
+  const body = {
+    ready,
+    keys: keys ? 'loaded' : 'unavailable',
+    revocation_set: revocations ? deps.revocations.kind : 'unreachable',
+    ...(uses ? {} : { use_counter: 'unreachable' }),
+  }
   writeAnswer(res, jsonAnswer(ready ? 200 : 503, body))
 }
 
@@ -124,7 +130,14 @@ async function create(req: IncomingMessage, res: ServerResponse, deps: Deps): Pr
   writeAnswer(res, jsonAnswer(201, toJson(stored)))
 }
 
-async function read(req: IncomingMessage, res: ServerResponse, deps: Deps, claim: string, value: string, iss: string | undefined): Promise<void> {
+async function read(
+  req: IncomingMessage,
+  res: ServerResponse,
+  deps: Deps,
+  claim: string,
+  value: string,
+  iss: string | undefined,
+): Promise<void> {
   if (!authorize(req, res, deps)) return
   try {
     const entry = await deps.revocations.get(claim, value, iss)
@@ -143,12 +156,23 @@ async function list(req: IncomingMessage, res: ServerResponse, deps: Deps, param
     const page = await deps.revocations.list(query)
     writeAnswer(res, jsonAnswer(200, { revocations: page.entries.map(toJson), next_cursor: page.next ?? null }))
   } catch (err) {
-    if (err instanceof InvalidCursorError) return writeAnswer(res, answerOf('admin_invalid_request', { description: '"cursor" is not one this set made: start again without it' }))
+    if (err instanceof InvalidCursorError)
+      return writeAnswer(
+        res,
+        answerOf('admin_invalid_request', { description: '"cursor" is not one this set made: start again without it' }),
+      )
     writeAnswer(res, answerOf('revocation_set_unreachable'))
   }
 }
 
-async function lift(req: IncomingMessage, res: ServerResponse, deps: Deps, claim: string, value: string, iss: string | undefined): Promise<void> {
+async function lift(
+  req: IncomingMessage,
+  res: ServerResponse,
+  deps: Deps,
+  claim: string,
+  value: string,
+  iss: string | undefined,
+): Promise<void> {
   const by = authorize(req, res, deps)
   if (!by) return
   const change = deps.recorder.revocationChange(req.headers, 'lift')
@@ -167,7 +191,16 @@ async function lift(req: IncomingMessage, res: ServerResponse, deps: Deps, claim
 }
 
 export function toJson(e: RevocationEntry): Record<string, unknown> {
-  return { claim: e.claim, value: e.value, iss: e.iss ?? null, issued_before: e.issuedBeforeS, reason: e.reason, by: e.by, created_at: e.createdAtS, expires_at: e.expiresAtS }
+  return {
+    claim: e.claim,
+    value: e.value,
+    iss: e.iss ?? null,
+    issued_before: e.issuedBeforeS,
+    reason: e.reason,
+    by: e.by,
+    created_at: e.createdAtS,
+    expires_at: e.expiresAtS,
+  }
 }
 
 async function readJson(req: IncomingMessage): Promise<{ ok: true; value: unknown } | { ok: false; error: string }> {

@@ -51,12 +51,19 @@ function decodeOnce(segment: string): string | undefined {
 }
 
 /** Why the token does not satisfy the rule's binding, or undefined when it does. */
-export function checkBinding(binding: RuleBinding, identity: Identity, values: ReadonlyArray<string | undefined>, nowS: number): BindingRefusal | undefined {
+export function checkBinding(
+  binding: RuleBinding,
+  identity: Identity,
+  values: ReadonlyArray<string | undefined>,
+  nowS: number,
+): BindingRefusal | undefined {
   const claims = identity.claims
   for (const req of binding.claims) {
     const held = claims[req.claim]
     // A claim holding a list satisfies the requirement when any element does.
-    const ok = Array.isArray(held) ? held.some((v) => satisfies(req.literals, req.captures, values, v)) : satisfies(req.literals, req.captures, values, held)
+    const ok = Array.isArray(held)
+      ? held.some((v) => satisfies(req.literals, req.captures, values, v))
+      : satisfies(req.literals, req.captures, values, held)
     if (!ok) return { reason: 'claim_mismatch', description: req.description }
   }
   if (binding.acrValues !== undefined) {
@@ -75,7 +82,12 @@ export function checkBinding(binding: RuleBinding, identity: Identity, values: R
 }
 
 /** Exact comparison: a literal with ===, a capture with the decoded segment (a string claim only). */
-function satisfies(literals: ReadonlyArray<string | number | boolean>, refs: readonly number[], values: ReadonlyArray<string | undefined>, held: unknown): boolean {
+function satisfies(
+  literals: ReadonlyArray<string | number | boolean>,
+  refs: readonly number[],
+  values: ReadonlyArray<string | undefined>,
+  held: unknown,
+): boolean {
   if (typeof held !== 'string' && typeof held !== 'number' && typeof held !== 'boolean') return false
   if (literals.includes(held)) return true
   if (typeof held !== 'string') return false

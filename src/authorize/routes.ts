@@ -51,8 +51,10 @@ export function compileRoutes(settings: readonly RouteSpec[]): RouteMatcher {
 
 function compileOne(s: RouteSpec, index: number): Compiled {
   const where = `routes[${index}] (${s.path})`
-  if (s.public && s.scopes.length > 0) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} is public and also requires scopes`)
-  if (s.public && s.sender_constrained) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} is public and also sender_constrained`)
+  if (s.public && s.scopes.length > 0)
+    throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} is public and also requires scopes`)
+  if (s.public && s.sender_constrained)
+    throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} is public and also sender_constrained`)
   const { segments: texts, trailingSlash } = splitPath(s.path)
   const segments = texts.map((text, i): Segment => {
     if (text === '**') {
@@ -62,7 +64,8 @@ function compileOne(s: RouteSpec, index: number): Compiled {
     if (text === '*') return { kind: 'one' }
     // A capture matches what `*` matches; which segment it names is read off the rule (compileBinding).
     if (CAPTURE.test(text)) return { kind: 'one' }
-    if (text.includes('{') || text.includes('}')) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has a "{" or "}" that is not a whole {name} segment`)
+    if (text.includes('{') || text.includes('}'))
+      throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has a "{" or "}" that is not a whole {name} segment`)
     if (text.includes('*')) throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} mixes "*" with text in one segment`)
     if (text === '.' || text === '..') throw new LapseError('ERR_RULES_INVALID', `LAPSE_ROUTES: ${where} has a dot segment`)
     const dead = unmatchableEscape(text)
@@ -134,14 +137,24 @@ function compileBinding(s: RouteSpec, texts: readonly string[], index: number): 
   if (s.public && (claims.length > 0 || s.max_token_age !== undefined || s.acr_values !== undefined || s.max_uses !== undefined)) {
     throw invalid('a public rule cannot require claims, freshness or a use limit', at)
   }
-  if (captures.length === 0 && claims.length === 0 && s.max_token_age === undefined && s.acr_values === undefined && s.max_uses === undefined) return undefined
+  if (
+    captures.length === 0 &&
+    claims.length === 0 &&
+    s.max_token_age === undefined &&
+    s.acr_values === undefined &&
+    s.max_uses === undefined
+  )
+    return undefined
   return Object.freeze({
     captures: Object.freeze(bound),
     claims: Object.freeze(claims),
     maxTokenAgeS: s.max_token_age,
     acrValues: s.acr_values ? Object.freeze([...s.acr_values]) : undefined,
     maxUses: s.max_uses,
-    useScope: `${(s.methods ?? []).map((m) => m.toUpperCase()).sort().join(',')} ${s.path}`,
+    useScope: `${(s.methods ?? [])
+      .map((m) => m.toUpperCase())
+      .sort()
+      .join(',')} ${s.path}`,
   })
 }
 
@@ -169,8 +182,10 @@ function rejectDuplicates(compiled: readonly Compiled[]): void {
 
 function duplicate(b: Rule, a: Rule, taken: string): LapseError {
   const why = taken === 'HEAD' && !a.methods?.has('HEAD') ? ' (a rule for GET takes HEAD too)' : ''
-  return new LapseError('ERR_RULES_DUPLICATE',
-    `LAPSE_ROUTES: routes[${b.id}] (${b.path}) can never apply to ${taken}: routes[${a.id}] takes it first${why}`)
+  return new LapseError(
+    'ERR_RULES_DUPLICATE',
+    `LAPSE_ROUTES: routes[${b.id}] (${b.path}) can never apply to ${taken}: routes[${a.id}] takes it first${why}`,
+  )
 }
 
 // The characters the path normalizer decodes (request-target.ts): a request never holds them encoded.

@@ -74,12 +74,14 @@ export async function checkProof(req: ProofRequest, policy: DpopPolicy): Promise
   // Check 7: a private key in the header is refused, not silently used as its public half.
   if (PRIVATE_MEMBERS.some((m) => m in jwk)) return invalid('DPoP proof jwk holds private key material')
   // Check 3: the claims a proof must carry.
-  if (typeof claims.jti !== 'string' || claims.jti === '' || claims.jti.length > MAX_JTI_LENGTH) return invalid('DPoP proof jti is missing or invalid')
+  if (typeof claims.jti !== 'string' || claims.jti === '' || claims.jti.length > MAX_JTI_LENGTH)
+    return invalid('DPoP proof jti is missing or invalid')
   if (typeof claims.iat !== 'number' || !Number.isFinite(claims.iat)) return invalid('DPoP proof iat is missing')
   // Check 8: htm is the method, exactly (methods are case-sensitive, RFC 9110 §9.1).
   if (claims.htm !== req.method) return invalid('DPoP proof htm does not match the method')
   // Check 9: htu is this request's URI, without query and fragment.
-  if (typeof claims.htu !== 'string' || !htuMatches(claims.htu, req, policy.publicOrigins)) return invalid('DPoP proof htu does not match the request')
+  if (typeof claims.htu !== 'string' || !htuMatches(claims.htu, req, policy.publicOrigins))
+    return invalid('DPoP proof htu does not match the request')
   // Check 11: iat within the window; the skew covers clocks that run ahead as well as behind.
   const nowS = policy.clock.now() / 1000
   if (claims.iat > nowS + policy.clockSkewS) return invalid('DPoP proof iat is in the future')
@@ -113,7 +115,8 @@ export async function checkProof(req: ProofRequest, policy: DpopPolicy): Promise
   let nonce: string | undefined
   if (policy.nonces) {
     const step = policy.nonces.check(claims.nonce)
-    if (step === undefined) return { reason: 'dpop_nonce_required', description: 'DPoP proof needs a current nonce', nonce: policy.nonces.current() }
+    if (step === undefined)
+      return { reason: 'dpop_nonce_required', description: 'DPoP proof needs a current nonce', nonce: policy.nonces.current() }
     // The client's nonce is of the previous step: the answer gives it the current one.
     if (step === 'previous') nonce = policy.nonces.current()
   }

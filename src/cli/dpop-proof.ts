@@ -25,14 +25,26 @@ export async function loadProofKey(path: string): Promise<ProofKey> {
     writeFileSync(path, JSON.stringify({ ...(await exportJWK(privateKey)), alg: ALG }, null, 2), { mode: 0o600 })
   }
   const privateJwk = JSON.parse(readFileSync(path, 'utf8')) as JWK
-  if (privateJwk.kty !== 'EC' || privateJwk.crv !== 'P-256' || typeof privateJwk.d !== 'string') throw new Error(`${path} is not an EC P-256 private JWK`)
-  const publicJwk = Object.fromEntries(Object.entries(privateJwk).filter(([k]) => !PRIVATE.has(k) && ['kty', 'crv', 'x', 'y'].includes(k))) as JWK
+  if (privateJwk.kty !== 'EC' || privateJwk.crv !== 'P-256' || typeof privateJwk.d !== 'string')
+    throw new Error(`${path} is not an EC P-256 private JWK`)
+  const publicJwk = Object.fromEntries(
+    Object.entries(privateJwk).filter(([k]) => !PRIVATE.has(k) && ['kty', 'crv', 'x', 'y'].includes(k)),
+  ) as JWK
   return { privateJwk, publicJwk }
 }
 
 export const thumbprintOf = (key: ProofKey): Promise<string> => calculateJwkThumbprint(key.publicJwk, 'sha256')
 
-export async function makeProof(key: ProofKey, req: { readonly method: string; readonly url: string; readonly token?: string | undefined; readonly nonce?: string | undefined; readonly nowS: number }): Promise<string> {
+export async function makeProof(
+  key: ProofKey,
+  req: {
+    readonly method: string
+    readonly url: string
+    readonly token?: string | undefined
+    readonly nonce?: string | undefined
+    readonly nowS: number
+  },
+): Promise<string> {
   const url = new URL(req.url)
   // RFC 9449 §4.2: htu is the target URI without query and fragment.
   url.search = ''
@@ -40,5 +52,7 @@ export async function makeProof(key: ProofKey, req: { readonly method: string; r
   const claims: Record<string, unknown> = { jti: randomUUID(), htm: req.method, htu: url.href, iat: req.nowS }
   if (req.token !== undefined) claims.ath = createHash('sha256').update(req.token).digest('base64url')
   if (req.nonce !== undefined) claims.nonce = req.nonce
-  return new SignJWT(claims).setProtectedHeader({ alg: ALG, typ: 'dpop+jwt', jwk: key.publicJwk }).sign(await importJWK(key.privateJwk, ALG))
+  return new SignJWT(claims)
+    .setProtectedHeader({ alg: ALG, typ: 'dpop+jwt', jwk: key.publicJwk })
+    .sign(await importJWK(key.privateJwk, ALG))
 }

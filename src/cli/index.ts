@@ -168,7 +168,10 @@ async function runProxy(env: Env): Promise<void> {
 
 function flags(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | string[] | boolean | undefined>
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<
+      string,
+      string | string[] | boolean | undefined
+    >
   } catch (err) {
     return die((err as Error).message)
   }
@@ -208,9 +211,17 @@ async function runDemo(args: string[], env: Env): Promise<void> {
   const running = await startClosingOnSignal(demoEnv, () => upstream.server.close())
   const { maxLifetimeS, clockSkewS } = running.config
   // The demo would answer its own token 401 lifetime_exceeds_policy: say so instead of printing it.
-  if (maxLifetimeS > 0 && ttlS > maxLifetimeS) die(`demo: --ttl ${ttlS} is longer than LAPSE_MAX_TOKEN_LIFETIME (${maxLifetimeS} s), so Lapse would refuse the token`)
+  if (maxLifetimeS > 0 && ttlS > maxLifetimeS)
+    die(`demo: --ttl ${ttlS} is longer than LAPSE_MAX_TOKEN_LIFETIME (${maxLifetimeS} s), so Lapse would refuse the token`)
   const nowS = Math.floor(Date.now() / 1000)
-  const token = await mintToken(dev, { sub: 'demo-user', scope: 'demo:read', ttlS, nowS, iss: running.config.issuers[0], aud: running.config.audiences[0] })
+  const token = await mintToken(dev, {
+    sub: 'demo-user',
+    scope: 'demo:read',
+    ttlS,
+    nowS,
+    iss: running.config.issuers[0],
+    aud: running.config.audiences[0],
+  })
   const p = running.addresses.proxy!
   const a = running.addresses.admin
   const host = (h: string) => (h.includes(':') ? `[${h}]` : h)
@@ -235,7 +246,15 @@ Mint more with: ${lapseCmd} token --sub me --scope demo:read --ttl 60
 }
 
 async function runToken(args: string[], env: Env): Promise<void> {
-  const f = flags(args, { sub: { type: 'string' }, scope: { type: 'string' }, ttl: { type: 'string' }, iss: { type: 'string' }, aud: { type: 'string' }, claim: { type: 'string', multiple: true }, jkt: { type: 'string' } })
+  const f = flags(args, {
+    sub: { type: 'string' },
+    scope: { type: 'string' },
+    ttl: { type: 'string' },
+    iss: { type: 'string' },
+    aud: { type: 'string' },
+    claim: { type: 'string', multiple: true },
+    jkt: { type: 'string' },
+  })
   if (typeof f.sub !== 'string' || f.sub === '') die('token: --sub is required')
   const extra: Record<string, string> = {}
   for (const pair of (f.claim as string[] | undefined) ?? []) {
@@ -244,7 +263,8 @@ async function runToken(args: string[], env: Env): Promise<void> {
     extra[pair.slice(0, eq)] = pair.slice(eq + 1)
   }
   const dev = await loadDevKey(resolve(env.LAPSE_DEV_DIR ?? '.lapse-dev'))
-  if (typeof f.jkt === 'string' && !/^[A-Za-z0-9_-]{43}$/.test(f.jkt)) die('token: --jkt takes a JWK SHA-256 thumbprint (lapse dpop-proof --jkt)')
+  if (typeof f.jkt === 'string' && !/^[A-Za-z0-9_-]{43}$/.test(f.jkt))
+    die('token: --jkt takes a JWK SHA-256 thumbprint (lapse dpop-proof --jkt)')
   const token = await mintToken(dev, {
     sub: f.sub as string,
     scope: f.scope as string | undefined,
@@ -260,7 +280,14 @@ async function runToken(args: string[], env: Env): Promise<void> {
 }
 
 async function runDpopProof(args: string[], env: Env): Promise<void> {
-  const f = flags(args, { method: { type: 'string' }, url: { type: 'string' }, token: { type: 'string' }, nonce: { type: 'string' }, key: { type: 'string' }, jkt: { type: 'boolean' } })
+  const f = flags(args, {
+    method: { type: 'string' },
+    url: { type: 'string' },
+    token: { type: 'string' },
+    nonce: { type: 'string' },
+    key: { type: 'string' },
+    jkt: { type: 'boolean' },
+  })
   const { loadProofKey, makeProof, thumbprintOf } = await import('./dpop-proof.js')
   let key
   try {
@@ -273,7 +300,13 @@ async function runDpopProof(args: string[], env: Env): Promise<void> {
   if (typeof f.url !== 'string' || !/^https?:\/\//.test(f.url)) die('dpop-proof: --url is required (http:// or https://)')
   let proof: string
   try {
-    proof = await makeProof(key, { method: f.method as string, url: f.url as string, token: f.token as string | undefined, nonce: f.nonce as string | undefined, nowS: Math.floor(Date.now() / 1000) })
+    proof = await makeProof(key, {
+      method: f.method as string,
+      url: f.url as string,
+      token: f.token as string | undefined,
+      nonce: f.nonce as string | undefined,
+      nowS: Math.floor(Date.now() / 1000),
+    })
   } catch (err) {
     return die(`dpop-proof: ${(err as Error).message}`)
   }
@@ -319,16 +352,33 @@ async function adminCall(env: Env, method: string, path: string, body?: object):
 }
 
 async function runRevoke(args: string[], env: Env): Promise<void> {
-  const f = flags(args, { claim: { type: 'string' }, value: { type: 'string' }, reason: { type: 'string' }, iss: { type: 'string' }, 'issued-before': { type: 'string' }, 'expires-at': { type: 'string' }, file: { type: 'string' } })
+  const f = flags(args, {
+    claim: { type: 'string' },
+    value: { type: 'string' },
+    reason: { type: 'string' },
+    iss: { type: 'string' },
+    'issued-before': { type: 'string' },
+    'expires-at': { type: 'string' },
+    file: { type: 'string' },
+  })
   if (typeof f.file === 'string') {
-    if (Object.keys(f).some((name) => name !== 'file' && f[name] !== undefined)) die('revoke: --file takes the entries from the file; give no other option with it')
+    if (Object.keys(f).some((name) => name !== 'file' && f[name] !== undefined))
+      die('revoke: --file takes the entries from the file; give no other option with it')
     return revokeFile(f.file, env)
   }
   if (!f.claim || !f.value) die('revoke: --claim and --value are required')
   const when = (v: unknown) => (typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v)
-  const body = { claim: f.claim, value: f.value, reason: f.reason, iss: f.iss, issued_before: when(f['issued-before']), expires_at: when(f['expires-at']) }
+  const body = {
+    claim: f.claim,
+    value: f.value,
+    reason: f.reason,
+    iss: f.iss,
+    issued_before: when(f['issued-before']),
+    expires_at: when(f['expires-at']),
+  }
   const { status, json } = await adminRequest(env, 'POST', '/v1/revocations', body)
-  if (status !== 201) die(`revoke failed (${status}): ${(json as { error_description?: string })?.error_description ?? JSON.stringify(json)}`, 1)
+  if (status !== 201)
+    die(`revoke failed (${status}): ${(json as { error_description?: string })?.error_description ?? JSON.stringify(json)}`, 1)
   process.stdout.write(`${JSON.stringify(json)}\n`)
 }
 
@@ -336,13 +386,17 @@ async function runLift(args: string[], env: Env): Promise<void> {
   const f = flags(args, { claim: { type: 'string' }, value: { type: 'string' }, iss: { type: 'string' } })
   if (!f.claim || !f.value) die('lift: --claim and --value are required')
   const q = f.iss ? `?iss=${encodeURIComponent(f.iss as string)}` : ''
-  const { status, json } = await adminRequest(env, 'DELETE', `/v1/revocations/${encodeURIComponent(f.claim as string)}/${encodeURIComponent(f.value as string)}${q}`)
+  const { status, json } = await adminRequest(
+    env,
+    'DELETE',
+    `/v1/revocations/${encodeURIComponent(f.claim as string)}/${encodeURIComponent(f.value as string)}${q}`,
+  )
   if (status !== 204) die(`lift failed (${status}): ${(json as { error_description?: string })?.error_description ?? ''}`, 1)
   process.stdout.write('lifted\n')
 }
 
 const description = (json: unknown): string => {
-  const d = (json as { error_description?: unknown; error?: unknown } | null)
+  const d = json as { error_description?: unknown; error?: unknown } | null
   return typeof d?.error_description === 'string' ? d.error_description : typeof d?.error === 'string' ? d.error : JSON.stringify(json)
 }
 
@@ -399,11 +453,25 @@ async function revokeFile(path: string, env: Env): Promise<void> {
   if (failed > 0) process.exitCode = 1
 }
 
-interface ListedEntry { claim: string; value: string; iss: string | null; issued_before: number; expires_at: number; reason: string; by: string }
+interface ListedEntry {
+  claim: string
+  value: string
+  iss: string | null
+  issued_before: number
+  expires_at: number
+  reason: string
+  by: string
+}
 
 /** `revocations`: every page of GET /v1/revocations, as a table or (--json) one JSON array. */
 async function runRevocations(args: string[], env: Env): Promise<void> {
-  const f = flags(args, { claim: { type: 'string' }, iss: { type: 'string' }, 'reason-contains': { type: 'string' }, json: { type: 'boolean' }, 'page-size': { type: 'string' } })
+  const f = flags(args, {
+    claim: { type: 'string' },
+    iss: { type: 'string' },
+    'reason-contains': { type: 'string' },
+    json: { type: 'boolean' },
+    'page-size': { type: 'string' },
+  })
   const pageSize = Number(f['page-size'] ?? 500)
   if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 1000) die('revocations: --page-size must be a whole number from 1 to 1000')
   const query = new URLSearchParams({ limit: String(pageSize) })
@@ -430,8 +498,10 @@ async function runRevocations(args: string[], env: Env): Promise<void> {
   const order = (e: ListedEntry) => `${e.claim}\u0000${e.value}\u0000${e.iss ?? ''}`
   entries.sort((a, b) => (order(a) < order(b) ? -1 : order(a) > order(b) ? 1 : 0))
   const time = (s: number) => new Date(s * 1000).toISOString().replace('.000Z', 'Z')
-  const rows = [['CLAIM', 'VALUE', 'ISSUER', 'T', 'EXPIRES', 'REASON', 'BY'],
-    ...entries.map((e) => [e.claim, e.value, e.iss ?? '*', time(e.issued_before), time(e.expires_at), e.reason, e.by].map(printable))]
+  const rows = [
+    ['CLAIM', 'VALUE', 'ISSUER', 'T', 'EXPIRES', 'REASON', 'BY'],
+    ...entries.map((e) => [e.claim, e.value, e.iss ?? '*', time(e.issued_before), time(e.expires_at), e.reason, e.by].map(printable)),
+  ]
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((row) => row[col]!.length)))
   const text = rows.map((row) => row.map((cell, col) => (col === row.length - 1 ? cell : cell.padEnd(widths[col]!))).join('  ')).join('\n')
   process.stdout.write(`${text}\n`)

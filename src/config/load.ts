@@ -53,7 +53,8 @@ function readConfigFile(path: string): Record<string, unknown> {
     throw new LapseError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} is not valid YAML: ${(err as Error).message.split('\n')[0]}`)
   }
   if (doc === null || doc === undefined) return {}
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new LapseError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} must hold a mapping of settings`)
+  if (typeof doc !== 'object' || Array.isArray(doc))
+    throw new LapseError('ERR_CONFIG_FILE', `LAPSE_CONFIG: ${path} must hold a mapping of settings`)
   return doc as Record<string, unknown>
 }
 
@@ -96,7 +97,8 @@ function ruleIssue(message: string, path: readonly PropertyKey[]): never {
 /** A use limit counts uses per token, and only `jti` tells one token from another: it must be there. */
 function requireJtiForUses(routes: RouteSetting[], requiredClaims: readonly string[]): RouteSetting[] {
   const i = routes.findIndex((r) => r.max_uses !== undefined)
-  if (i !== -1 && !requiredClaims.includes('jti')) ruleIssue('max_uses counts uses per token, so it needs jti in LAPSE_REQUIRED_CLAIMS', [i, 'max_uses'])
+  if (i !== -1 && !requiredClaims.includes('jti'))
+    ruleIssue('max_uses counts uses per token, so it needs jti in LAPSE_REQUIRED_CLAIMS', [i, 'max_uses'])
   return routes
 }
 
@@ -119,7 +121,8 @@ function readSecret(inline: string | undefined, file: string | undefined, key: s
 }
 
 function readNonceSecret(s: Settings): string | undefined {
-  if (s.dpop_nonce_secret && s.dpop_nonce_secret_file) return fail('dpop_nonce_secret', 'set LAPSE_DPOP_NONCE_SECRET or LAPSE_DPOP_NONCE_SECRET_FILE, not both')
+  if (s.dpop_nonce_secret && s.dpop_nonce_secret_file)
+    return fail('dpop_nonce_secret', 'set LAPSE_DPOP_NONCE_SECRET or LAPSE_DPOP_NONCE_SECRET_FILE, not both')
   let secret = s.dpop_nonce_secret
   if (s.dpop_nonce_secret_file) {
     try {
@@ -130,15 +133,18 @@ function readNonceSecret(s: Settings): string | undefined {
     if (secret.length < 32) return fail('dpop_nonce_secret_file', 'the secret must be at least 32 characters')
   }
   // Every sidecar must make the same nonces: a secret of its own would refuse the others'.
-  if (s.dpop_nonce && secret === undefined) return fail('dpop_nonce', 'LAPSE_DPOP_NONCE=true needs LAPSE_DPOP_NONCE_SECRET or LAPSE_DPOP_NONCE_SECRET_FILE')
+  if (s.dpop_nonce && secret === undefined)
+    return fail('dpop_nonce', 'LAPSE_DPOP_NONCE=true needs LAPSE_DPOP_NONCE_SECRET or LAPSE_DPOP_NONCE_SECRET_FILE')
   return s.dpop_nonce ? secret : undefined
 }
 
 /** LAPSE_TLS_*: the files, checked readable and matching now; undefined serves plain HTTP. */
 function tlsOf(s: Settings) {
   if (!s.tls_cert_file || !s.tls_key_file) {
-    if (s.tls_cert_file || s.tls_key_file) return fail(s.tls_cert_file ? 'tls_key_file' : 'tls_cert_file', 'LAPSE_TLS_CERT_FILE and LAPSE_TLS_KEY_FILE are set together')
-    if (s.tls_client_ca_file || s.tls_client_auth) return fail(s.tls_client_ca_file ? 'tls_client_ca_file' : 'tls_client_auth', 'needs LAPSE_TLS_CERT_FILE and LAPSE_TLS_KEY_FILE')
+    if (s.tls_cert_file || s.tls_key_file)
+      return fail(s.tls_cert_file ? 'tls_key_file' : 'tls_cert_file', 'LAPSE_TLS_CERT_FILE and LAPSE_TLS_KEY_FILE are set together')
+    if (s.tls_client_ca_file || s.tls_client_auth)
+      return fail(s.tls_client_ca_file ? 'tls_client_ca_file' : 'tls_client_auth', 'needs LAPSE_TLS_CERT_FILE and LAPSE_TLS_KEY_FILE')
     return undefined
   }
   if (s.tls_client_auth && !s.tls_client_ca_file) return fail('tls_client_auth', 'needs LAPSE_TLS_CLIENT_CA_FILE')
@@ -218,15 +224,20 @@ const configSchema = settingsSchema.transform((s) => {
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/
 
 /** Deeply read-only, as loadConfig freezes it; a URL stays a URL (frozen too). */
-type Frozen<T> = T extends URL ? T
-  : T extends ReadonlyArray<infer E> ? ReadonlyArray<Frozen<E>>
-  : T extends object ? { readonly [K in keyof T]: Frozen<T[K]> }
-  : T
+type Frozen<T> = T extends URL
+  ? T
+  : T extends ReadonlyArray<infer E>
+    ? ReadonlyArray<Frozen<E>>
+    : T extends object
+      ? { readonly [K in keyof T]: Frozen<T[K]> }
+      : T
 
-export type Config = Frozen<z.output<typeof configSchema> & {
-  /** Settings that were not understood: reported as warnings, not errors. */
-  warnings: string[]
-}>
+export type Config = Frozen<
+  z.output<typeof configSchema> & {
+    /** Settings that were not understood: reported as warnings, not errors. */
+    warnings: string[]
+  }
+>
 
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
   const warnings: string[] = []
@@ -236,7 +247,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   const decision = parsed.data.decision
   // The decision listener believes its callers about the original request (docs/ingress.md#trust).
   if (decision && decision.token === undefined && !LOOPBACK.test(decision.listen.host)) {
-    warnings.push(`LAPSE_DECISION_LISTEN binds ${decision.listen.host} without LAPSE_DECISION_TOKEN: whoever reaches it can ask for decisions about any request; admit only the front proxy`)
+    warnings.push(
+      `LAPSE_DECISION_LISTEN binds ${decision.listen.host} without LAPSE_DECISION_TOKEN: whoever reaches it can ask for decisions about any request; admit only the front proxy`,
+    )
   }
   return deepFreeze({ ...parsed.data, warnings })
 }

@@ -19,7 +19,10 @@ export interface TlsMaterial {
 
 /** A TLS file that cannot be used; `setting` is the schema key it came from. */
 export class TlsFileError extends Error {
-  constructor(readonly setting: 'tls_cert_file' | 'tls_key_file' | 'tls_client_ca_file', message: string) {
+  constructor(
+    readonly setting: 'tls_cert_file' | 'tls_key_file' | 'tls_client_ca_file',
+    message: string,
+  ) {
     super(message)
   }
 }
@@ -40,7 +43,8 @@ export function readTls(files: TlsFiles): TlsMaterial {
   } catch {
     throw new TlsFileError('tls_key_file', `${files.keyFile} holds no unencrypted PEM private key`)
   }
-  if (!x509.checkPrivateKey(privateKey)) throw new TlsFileError('tls_key_file', `${files.keyFile} is not the key of the certificate in ${files.certFile}`)
+  if (!x509.checkPrivateKey(privateKey))
+    throw new TlsFileError('tls_key_file', `${files.keyFile} is not the key of the certificate in ${files.certFile}`)
   if (ca !== undefined) {
     try {
       new X509Certificate(ca)

@@ -12,7 +12,11 @@ export interface FileWatcher {
   close(): void
 }
 
-export function watchFiles(files: readonly string[], changed: () => void, opts: { quietMs: number; onError?: (dir: string, err: Error) => void }): FileWatcher {
+export function watchFiles(
+  files: readonly string[],
+  changed: () => void,
+  opts: { quietMs: number; onError?: (dir: string, err: Error) => void },
+): FileWatcher {
   const byDir = new Map<string, Set<string>>()
   for (const file of files) {
     const path = resolve(file)

@@ -15,10 +15,20 @@ export interface Answer {
 
 /** The answers that are not decisions. Stable names: the audit line's `answer` field carries them. */
 export type AnswerName =
-  | 'upstream_unavailable' | 'upstream_timeout' | 'unsupported_transfer_coding' | 'head_too_large'
-  | 'request_timeout' | 'malformed_http' | 'internal_error'
-  | 'admin_invalid_request' | 'admin_unauthorized' | 'admin_off' | 'not_found' | 'method_not_allowed'
-  | 'revocation_write_failed' | 'revocation_set_unreachable'
+  | 'upstream_unavailable'
+  | 'upstream_timeout'
+  | 'unsupported_transfer_coding'
+  | 'head_too_large'
+  | 'request_timeout'
+  | 'malformed_http'
+  | 'internal_error'
+  | 'admin_invalid_request'
+  | 'admin_unauthorized'
+  | 'admin_off'
+  | 'not_found'
+  | 'method_not_allowed'
+  | 'revocation_write_failed'
+  | 'revocation_set_unreachable'
   | 'decision_token_invalid'
 
 interface AnswerRow {
@@ -49,12 +59,27 @@ export const ANSWERS: Readonly<Record<AnswerName, AnswerRow>> = {
   internal_error: { status: 500, error: 'internal_error', description: 'internal error' },
   // The admin API (docs/revocation.md#admin-api).
   admin_invalid_request: { status: 400, error: 'invalid_request', description: 'malformed request' },
-  admin_unauthorized: { status: 401, error: 'unauthorized', description: 'a valid admin token is required', headers: { 'www-authenticate': 'Bearer realm="lapse-admin"' } },
+  admin_unauthorized: {
+    status: 401,
+    error: 'unauthorized',
+    description: 'a valid admin token is required',
+    headers: { 'www-authenticate': 'Bearer realm="lapse-admin"' },
+  },
   admin_off: { status: 403, error: 'forbidden', description: 'the revocation API is off until LAPSE_ADMIN_TOKEN is set' },
   not_found: { status: 404, error: 'not_found' },
   method_not_allowed: { status: 405, error: 'method_not_allowed' },
-  revocation_write_failed: { status: 503, error: 'temporarily_unavailable', description: 'the revocation set did not acknowledge the write', headers: RETRY },
-  revocation_set_unreachable: { status: 503, error: 'temporarily_unavailable', description: 'the revocation set is unreachable', headers: RETRY },
+  revocation_write_failed: {
+    status: 503,
+    error: 'temporarily_unavailable',
+    description: 'the revocation set did not acknowledge the write',
+    headers: RETRY,
+  },
+  revocation_set_unreachable: {
+    status: 503,
+    error: 'temporarily_unavailable',
+    description: 'the revocation set is unreachable',
+    headers: RETRY,
+  },
   // The decision listener (docs/ingress.md#trust): a request without LAPSE_DECISION_TOKEN did not
   // come from the front proxy. 403, which every front proxy passes to its client as a refusal.
   decision_token_invalid: { status: 403, error: 'forbidden', description: 'the decision request did not carry the decision token' },
@@ -65,24 +90,44 @@ export function jsonAnswer(status: number, body: object, headers?: Readonly<Reco
   const text = JSON.stringify(body)
   return {
     status,
-    headers: { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers, 'content-length': String(Buffer.byteLength(text)) },
+    headers: {
+      'content-type': 'application/json',
+      'cache-control': 'no-store',
+      ...headers,
+      'content-length': String(Buffer.byteLength(text)),
+    },
     body: text,
   }
 }
 
 /** An error answer: `error`, and `error_description` when there is one. */
-export function errorAnswer(status: number, error: string, description: string | undefined, headers?: Readonly<Record<string, string>>): Answer {
+export function errorAnswer(
+  status: number,
+  error: string,
+  description: string | undefined,
+  headers?: Readonly<Record<string, string>>,
+): Answer {
   return jsonAnswer(status, description === undefined ? { error } : { error, error_description: description }, headers)
 }
 
 // Built once: the answers written without a description or header of the caller's cost nothing per request.
-const FIXED = Object.fromEntries(Object.entries(ANSWERS).map(([name, row]) => [name, errorAnswer(row.status, row.error, row.description, row.headers)])) as Record<AnswerName, Answer>
+const FIXED = Object.fromEntries(
+  Object.entries(ANSWERS).map(([name, row]) => [name, errorAnswer(row.status, row.error, row.description, row.headers)]),
+) as Record<AnswerName, Answer>
 
 /** A row's answer; `description` replaces the row's phrase, `headers` add to its own (`allow` on a 405). */
-export function answerOf(name: AnswerName, extra?: { readonly description?: string; readonly headers?: Readonly<Record<string, string>> }): Answer {
+export function answerOf(
+  name: AnswerName,
+  extra?: { readonly description?: string; readonly headers?: Readonly<Record<string, string>> },
+): Answer {
   if (extra === undefined) return FIXED[name]
   const row = ANSWERS[name]
-  return errorAnswer(row.status, row.error, extra.description ?? row.description, extra.headers ? { ...row.headers, ...extra.headers } : row.headers)
+  return errorAnswer(
+    row.status,
+    row.error,
+    extra.description ?? row.description,
+    extra.headers ? { ...row.headers, ...extra.headers } : row.headers,
+  )
 }
 
 /**

@@ -8,8 +8,12 @@ export function manualClock(startMs: number): Clock & { set(ms: number): void; a
   let nowMs = startMs
   return {
     now: () => nowMs,
-    set: (ms) => { nowMs = ms },
-    advance: (ms) => { nowMs += ms },
+    set: (ms) => {
+      nowMs = ms
+    },
+    advance: (ms) => {
+      nowMs += ms
+    },
   }
 }
 

@@ -6,13 +6,20 @@ import { errorAnswer, RETRY_AFTER_S, type Answer } from './answers.js'
 import type { Denial, DenyReason } from './types.js'
 
 type Challenge =
-  | 'none' | 'bare' | 'invalid_token' | 'invalid_request' | 'insufficient_scope'
+  | 'none'
+  | 'bare'
+  | 'invalid_token'
+  | 'invalid_request'
+  | 'insufficient_scope'
   // RFC 9449 §7.1: the DPoP scheme's challenges, with the algorithms proofs may use.
-  | 'dpop_proof' | 'dpop_token' | 'dpop_nonce'
+  | 'dpop_proof'
+  | 'dpop_token'
+  | 'dpop_nonce'
   // RFC 9449 §7.1 with RFC 6750: a route that wants a bound token offers both schemes.
   | 'bearer_and_dpop'
   // RFC 9470 §3 and route binding (authorize/binding.ts).
-  | 'claim_mismatch' | 'insufficient_user_authentication'
+  | 'claim_mismatch'
+  | 'insufficient_user_authentication'
 
 interface ReasonRow {
   readonly status: 400 | 401 | 403 | 421 | 431 | 503
@@ -35,14 +42,29 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   wrong_issuer: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token issuer is not accepted' },
   wrong_audience: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token audience is not accepted' },
   missing_claim: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token lacks a required claim' },
-  lifetime_exceeds_policy: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token lifetime exceeds policy' },
+  lifetime_exceeds_policy: {
+    status: 401,
+    challenge: 'invalid_token',
+    error: 'invalid_token',
+    description: 'token lifetime exceeds policy',
+  },
   revoked: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token was revoked' },
-  insufficient_scope: { status: 403, challenge: 'insufficient_scope', error: 'insufficient_scope', description: 'token scopes do not cover this route' },
+  insufficient_scope: {
+    status: 403,
+    challenge: 'insufficient_scope',
+    error: 'insufficient_scope',
+    description: 'token scopes do not cover this route',
+  },
   // No rule means deny; there is nothing a client could fix with another token.
   no_route: { status: 403, challenge: 'none', error: 'forbidden', description: 'no route rule allows this request' },
   // Fail closed, honestly: 503 tells the client to retry rather than that its token is bad.
   keys_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'verification keys are unavailable' },
-  revocation_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'revocation set is unavailable' },
+  revocation_unavailable: {
+    status: 503,
+    challenge: 'none',
+    error: 'temporarily_unavailable',
+    description: 'revocation set is unavailable',
+  },
   // RFC 9110 §15.5.20: a valid Host this sidecar does not serve (LAPSE_HOSTS); the client may
   // retry on a connection to the right server. Decided before any token is looked at.
   host_not_allowed: { status: 421, challenge: 'none', error: 'misdirected_request', description: 'this host is not served here' },
@@ -58,22 +80,52 @@ export const REASONS: Readonly<Record<DenyReason, ReasonRow>> = {
   dpop_key_mismatch: { status: 401, challenge: 'dpop_token', error: 'invalid_token', description: 'token is not bound to the proof key' },
   // RFC 9449 §9: the client retries with the nonce of the DPoP-Nonce header.
   dpop_nonce_required: { status: 401, challenge: 'dpop_nonce', error: 'use_dpop_nonce', description: 'DPoP proof needs a current nonce' },
-  sender_constraint_required: { status: 401, challenge: 'bearer_and_dpop', error: 'invalid_token', description: 'this route accepts only sender-constrained tokens' },
+  sender_constraint_required: {
+    status: 401,
+    challenge: 'bearer_and_dpop',
+    error: 'invalid_token',
+    description: 'this route accepts only sender-constrained tokens',
+  },
   // Fail closed, as revocation_unavailable: a proof whose single use cannot be recorded is refused.
-  dpop_replay_unavailable: { status: 503, challenge: 'none', error: 'temporarily_unavailable', description: 'DPoP replay cache is unavailable' },
+  dpop_replay_unavailable: {
+    status: 503,
+    challenge: 'none',
+    error: 'temporarily_unavailable',
+    description: 'DPoP replay cache is unavailable',
+  },
   // A route rule binds the grant to a tenant, an environment…: the token is valid but not for
   // this resource. RFC 6750 §3.1's insufficient_scope is the 403 code for a token short of what
   // the resource needs; the description names the claim (from the rule), never a value.
-  claim_mismatch: { status: 403, challenge: 'claim_mismatch', error: 'insufficient_scope', description: 'token claims do not match this route' },
+  claim_mismatch: {
+    status: 403,
+    challenge: 'claim_mismatch',
+    error: 'insufficient_scope',
+    description: 'token claims do not match this route',
+  },
   // RFC 9470 §3: a step-up challenge, 401 with the max_age / acr_values the rule requires, so the
   // client fetches a fresher or stronger token.
-  token_too_old: { status: 401, challenge: 'insufficient_user_authentication', error: 'insufficient_user_authentication', description: 'a more recent authentication is required' },
-  acr_insufficient: { status: 401, challenge: 'insufficient_user_authentication', error: 'insufficient_user_authentication', description: 'a stronger authentication is required' },
+  token_too_old: {
+    status: 401,
+    challenge: 'insufficient_user_authentication',
+    error: 'insufficient_user_authentication',
+    description: 'a more recent authentication is required',
+  },
+  acr_insufficient: {
+    status: 401,
+    challenge: 'insufficient_user_authentication',
+    error: 'insufficient_user_authentication',
+    description: 'a stronger authentication is required',
+  },
   // The rule's max_uses are spent: the token no longer works here, as an expired one would not.
   token_reused: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token has no uses left on this route' },
   // RFC 8705 §3: a certificate-bound token on a connection without that certificate is refused
   // with 401 and invalid_token.
-  mtls_key_mismatch: { status: 401, challenge: 'invalid_token', error: 'invalid_token', description: 'token is bound to another client certificate' },
+  mtls_key_mismatch: {
+    status: 401,
+    challenge: 'invalid_token',
+    error: 'invalid_token',
+    description: 'token is bound to another client certificate',
+  },
   // RFC 9110 §15.5.4: the calling workload (its SPIFFE ID) may not use this route; another token
   // would not change that, so no challenge, as for no_route.
   peer_not_allowed: { status: 403, challenge: 'none', error: 'forbidden', description: 'this workload may not call this route' },
@@ -133,7 +185,14 @@ export function toAnswer(denial: Denial, realm: string, dpop?: DpopAnswer): Answ
   const challenge = toChallenge(denial, realm, dpop)
   // Fail closed, honestly: a 503 tells the client to retry (RFC 9110 §10.2.3).
   const retry = row.status === 503
-  let headers: Record<string, string> | undefined = challenge === undefined ? (retry ? RETRY : undefined) : retry ? { 'www-authenticate': challenge, ...RETRY } : { 'www-authenticate': challenge }
+  let headers: Record<string, string> | undefined =
+    challenge === undefined
+      ? retry
+        ? RETRY
+        : undefined
+      : retry
+        ? { 'www-authenticate': challenge, ...RETRY }
+        : { 'www-authenticate': challenge }
   // RFC 9449 §9: the nonce the client is to put in its next proof.
   if (row.challenge === 'dpop_nonce' && dpop?.nonce !== undefined) headers = { ...headers, 'dpop-nonce': dpop.nonce }
   return errorAnswer(row.status, row.error, denial.description ?? row.description, headers)

@@ -6,14 +6,37 @@ import { LapseError } from './errors.js'
 
 // The names are the `lapse.reason` values of DESIGN.md: stable, never reused once retired.
 export type DenyReason =
-  | 'missing_token' | 'invalid_request' | 'malformed' | 'alg_not_allowed' | 'unknown_key'
-  | 'bad_signature' | 'expired' | 'not_yet_valid' | 'wrong_issuer' | 'wrong_audience'
-  | 'missing_claim' | 'lifetime_exceeds_policy' | 'revoked' | 'insufficient_scope'
-  | 'no_route' | 'keys_unavailable' | 'revocation_unavailable' | 'host_not_allowed' | 'too_many_header_fields'
-  | 'dpop_proof_invalid' | 'dpop_replayed' | 'dpop_key_mismatch' | 'dpop_nonce_required' | 'sender_constraint_required'
+  | 'missing_token'
+  | 'invalid_request'
+  | 'malformed'
+  | 'alg_not_allowed'
+  | 'unknown_key'
+  | 'bad_signature'
+  | 'expired'
+  | 'not_yet_valid'
+  | 'wrong_issuer'
+  | 'wrong_audience'
+  | 'missing_claim'
+  | 'lifetime_exceeds_policy'
+  | 'revoked'
+  | 'insufficient_scope'
+  | 'no_route'
+  | 'keys_unavailable'
+  | 'revocation_unavailable'
+  | 'host_not_allowed'
+  | 'too_many_header_fields'
+  | 'dpop_proof_invalid'
+  | 'dpop_replayed'
+  | 'dpop_key_mismatch'
+  | 'dpop_nonce_required'
+  | 'sender_constraint_required'
   | 'dpop_replay_unavailable'
-  | 'claim_mismatch' | 'token_too_old' | 'acr_insufficient' | 'token_reused'
-  | 'mtls_key_mismatch' | 'peer_not_allowed'
+  | 'claim_mismatch'
+  | 'token_too_old'
+  | 'acr_insufficient'
+  | 'token_reused'
+  | 'mtls_key_mismatch'
+  | 'peer_not_allowed'
 
 export type Reason = DenyReason | 'ok'
 
@@ -137,7 +160,10 @@ export interface UseKey {
 
 export type Decision =
   | {
-      readonly allow: true; readonly rule: Rule; readonly identity: Identity | undefined; readonly failedOpen?: true
+      readonly allow: true
+      readonly rule: Rule
+      readonly identity: Identity | undefined
+      readonly failedOpen?: true
       /** The key a sender-constrained token was bound to, checked on this request. */
       readonly binding?: Binding | undefined
       /** The X-Auth-Bound-* fields of the rule's bound captures, as a flat name, value list; values as decoded, not yet header-safe. */
@@ -198,7 +224,6 @@ export interface StepTracer {
 }
 
 export type Step = 'jwks_fetch' | 'revocation_lookup'
-
 
 /** What the revocation set is asked about one token: its issuer, `iat` and revocable claim values. */
 export interface TokenRef {
@@ -311,4 +336,3 @@ export interface RevocationPage {
 export class InvalidCursorError extends Error {
   override readonly name = 'InvalidCursorError'
 }
-

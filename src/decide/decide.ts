@@ -16,7 +16,20 @@ import { extractOverrides } from '../extract/method-override.js'
 import { normalizeTarget } from '../target/request-target.js'
 import { toTokenRef } from '../revocation/model.js'
 import type { Verifier } from '../verify/verify-token.js'
-import type { Binding, Clock, Decision, Denial, Identity, Outcome, RevocationStore, Rule, StepTracer, Target, TokenRef, UseCounter } from '../core/types.js'
+import type {
+  Binding,
+  Clock,
+  Decision,
+  Denial,
+  Identity,
+  Outcome,
+  RevocationStore,
+  Rule,
+  StepTracer,
+  Target,
+  TokenRef,
+  UseCounter,
+} from '../core/types.js'
 
 export interface DecisionInput {
   readonly method: string
@@ -81,7 +94,18 @@ export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promis
   }
   if (extracted.token === undefined) return { decision: deny({ reason: 'missing_token', rule }), target, revocationMs: undefined }
 
-  const request: Checked = { input, deps, rule, others, target, forwarded, token: extracted.token, scheme: extracted.scheme, binding: undefined, nonce: undefined }
+  const request: Checked = {
+    input,
+    deps,
+    rule,
+    others,
+    target,
+    forwarded,
+    token: extracted.token,
+    scheme: extracted.scheme,
+    binding: undefined,
+    nonce: undefined,
+  }
   const verified = deps.verify.check(extracted.token, input.steps)
   if (!(verified instanceof Promise)) return afterVerify(verified, request)
   return verified.then((identity) => afterVerify(identity, request))
@@ -122,8 +146,12 @@ function afterVerify(verified: Identity | Denial, c: Checked): Outcome | Promise
 }
 
 async function proveDpop(identity: Identity, jkt: string | undefined, c: Checked): Promise<Outcome> {
-  const refuse = (reason: Denial['reason'], description: string, nonce?: string): Outcome =>
-    ({ decision: deny({ reason, description, rule: c.rule, identity }), target: c.target, revocationMs: undefined, dpopNonce: nonce })
+  const refuse = (reason: Denial['reason'], description: string, nonce?: string): Outcome => ({
+    decision: deny({ reason, description, rule: c.rule, identity }),
+    target: c.target,
+    revocationMs: undefined,
+    dpopNonce: nonce,
+  })
   // RFC 9449 §7.1: the DPoP scheme is for DPoP-bound tokens.
   if (jkt === undefined) return refuse('dpop_key_mismatch', 'token is not DPoP-bound')
   // RFC 9449 §7.2: a bound token sent as a bearer token is the downgrade a thief would try.
@@ -131,7 +159,10 @@ async function proveDpop(identity: Identity, jkt: string | undefined, c: Checked
   const policy = c.deps.dpop
   if (policy === undefined) return refuse('dpop_proof_invalid', 'DPoP proofs are not accepted here')
   const { proofs, host } = proofFieldsOf(c.input.rawHeaders)
-  const got = await checkProof({ method: c.input.method, path: c.target.path, host, proofs, token: c.token, jkt, normalizePath, memo: identity.memo }, policy)
+  const got = await checkProof(
+    { method: c.input.method, path: c.target.path, host, proofs, token: c.token, jkt, normalizePath, memo: identity.memo },
+    policy,
+  )
   if ('reason' in got) return refuse(got.reason, got.description, got.nonce)
   const outcome = checkRevocation(identity, { ...c, binding: got.binding, nonce: got.nonce })
   return got.nonce === undefined ? outcome : withNonce(await outcome, got.nonce)
@@ -171,7 +202,9 @@ function checkRevocation(identity: Identity, c: Checked): Outcome | Promise<Outc
 
 async function lookUp(ref: TokenRef, { input, deps }: Checked): Promise<boolean | 'unknown'> {
   try {
-    return await (input.steps ? input.steps.run('revocation_lookup', () => deps.revocations.isRevoked(ref)) : deps.revocations.isRevoked(ref))
+    return await (input.steps
+      ? input.steps.run('revocation_lookup', () => deps.revocations.isRevoked(ref))
+      : deps.revocations.isRevoked(ref))
   } catch {
     return 'unknown'
   }
@@ -188,10 +221,12 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
 
   // Authorization comes after the token checks so an anonymous caller cannot map the route table.
   if (!rule) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
-  if (!peerAllowed(rule.peers, c.input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule, identity }), target, revocationMs }
+  if (!peerAllowed(rule.peers, c.input.clientCert?.peer))
+    return { decision: deny({ reason: 'peer_not_allowed', rule, identity }), target, revocationMs }
   const short = checkScopes(identity.scopes, rule.scopes)
   if (short) return { decision: { ...short, rule, identity }, target, revocationMs }
-  if (unbound(rule, binding, deps)) return { decision: deny({ reason: 'sender_constraint_required', rule, identity }), target, revocationMs }
+  if (unbound(rule, binding, deps))
+    return { decision: deny({ reason: 'sender_constraint_required', rule, identity }), target, revocationMs }
   const ruleBinding = rule.binding
   let bound: readonly string[] | undefined
   if (ruleBinding !== undefined) {
@@ -200,13 +235,18 @@ function conclude(identity: Identity, revoked: boolean | 'unknown', revocationMs
     if (refused) return { decision: deny({ ...refused, rule, identity }), target, revocationMs }
     bound = boundFields(ruleBinding, values)
   }
-  if (revoked === 'unknown' && rule.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
+  if (revoked === 'unknown' && rule.onRevocationUnavailable !== 'open')
+    return { decision: deny({ reason: 'revocation_unavailable', rule, identity }), target, revocationMs }
   if (ruleBinding === undefined) {
     // A rule with no binding, the common case: the decision as it always was.
-    if (revoked === 'unknown') return { decision: { allow: true, rule, identity, failedOpen: true, binding }, target: forwarded, revocationMs }
+    if (revoked === 'unknown')
+      return { decision: { allow: true, rule, identity, failedOpen: true, binding }, target: forwarded, revocationMs }
     return { decision: { allow: true, rule, identity, binding }, target: forwarded, revocationMs }
   }
-  const allowed: Decision = revoked === 'unknown' ? { allow: true, rule, identity, failedOpen: true, binding, bound } : { allow: true, rule, identity, binding, bound }
+  const allowed: Decision =
+    revoked === 'unknown'
+      ? { allow: true, rule, identity, failedOpen: true, binding, bound }
+      : { allow: true, rule, identity, binding, bound }
   // Counted last, so that only a request every other check allowed spends a use.
   if (ruleBinding.maxUses !== undefined) return takeUses([rule], 0, allowed, revocationMs, c)
   return { decision: allowed, target: forwarded, revocationMs }
@@ -234,10 +274,15 @@ function takeUses(limited: readonly Rule[], from: number, allowed: Decision, rev
       taken = 'unknown'
     }
     if (taken instanceof Promise) {
-      return taken.then((n) => n, (): 'unknown' => 'unknown').then((n) => {
-        const refused = refusedUse(rule, n, max, identity, target, revocationMs)
-        return refused ?? takeUses(limited, i + 1, withUse(allowed, n, rule), revocationMs, c)
-      })
+      return taken
+        .then(
+          (n) => n,
+          (): 'unknown' => 'unknown',
+        )
+        .then((n) => {
+          const refused = refusedUse(rule, n, max, identity, target, revocationMs)
+          return refused ?? takeUses(limited, i + 1, withUse(allowed, n, rule), revocationMs, c)
+        })
     }
     const refused = refusedUse(rule, taken, max, identity, target, revocationMs)
     if (refused) return refused
@@ -246,7 +291,14 @@ function takeUses(limited: readonly Rule[], from: number, allowed: Decision, rev
   return { decision: allowed, target: forwarded, revocationMs }
 }
 
-function refusedUse(rule: Rule, n: number | 'unknown', max: number, identity: Identity, target: Target, revocationMs: number): Outcome | undefined {
+function refusedUse(
+  rule: Rule,
+  n: number | 'unknown',
+  max: number,
+  identity: Identity,
+  target: Target,
+  revocationMs: number,
+): Outcome | undefined {
   if (n === 'unknown') {
     if (rule.onRevocationUnavailable === 'open') return undefined
     return { decision: deny({ reason: 'revocation_unavailable', rule, identity, description: USE_COUNTER_DOWN }), target, revocationMs }
@@ -273,18 +325,26 @@ function peerRefused(rule: Rule, others: ReadonlyArray<Rule | undefined> | undef
  * reported is the first protected one, or one of them that cuts streams at expiry if any does:
  * the stricter applies. Every rule with a use limit spends one use.
  */
-function concludeEach(identity: Identity, revoked: false | 'unknown', revocationMs: number, c: Checked, binding: Binding | undefined): Outcome | Promise<Outcome> {
+function concludeEach(
+  identity: Identity,
+  revoked: false | 'unknown',
+  revocationMs: number,
+  c: Checked,
+  binding: Binding | undefined,
+): Outcome | Promise<Outcome> {
   const { input, rule, others, target, forwarded, deps } = c
   let governing: Rule | undefined
   let bound: readonly string[] | undefined
   let limited: Rule[] | undefined
   for (const r of [rule, ...others!]) {
     if (!r) return { decision: deny({ reason: 'no_route', identity }), target, revocationMs }
-    if (!peerAllowed(r.peers, input.clientCert?.peer)) return { decision: deny({ reason: 'peer_not_allowed', rule: r, identity }), target, revocationMs }
+    if (!peerAllowed(r.peers, input.clientCert?.peer))
+      return { decision: deny({ reason: 'peer_not_allowed', rule: r, identity }), target, revocationMs }
     if (r.public) continue
     const short = checkScopes(identity.scopes, r.scopes)
     if (short) return { decision: { ...short, rule: r, identity }, target, revocationMs }
-    if (unbound(r, binding, deps)) return { decision: deny({ reason: 'sender_constraint_required', rule: r, identity }), target, revocationMs }
+    if (unbound(r, binding, deps))
+      return { decision: deny({ reason: 'sender_constraint_required', rule: r, identity }), target, revocationMs }
     if (r.binding !== undefined) {
       const values = captureValues(r.binding, target.path)
       const refused = checkBinding(r.binding, identity, values, nowS(deps.clock))
@@ -292,13 +352,15 @@ function concludeEach(identity: Identity, revoked: false | 'unknown', revocation
       bound ??= boundFields(r.binding, values)
       if (r.binding.maxUses !== undefined) (limited ??= []).push(r)
     }
-    if (revoked === 'unknown' && r.onRevocationUnavailable !== 'open') return { decision: deny({ reason: 'revocation_unavailable', rule: r, identity }), target, revocationMs }
+    if (revoked === 'unknown' && r.onRevocationUnavailable !== 'open')
+      return { decision: deny({ reason: 'revocation_unavailable', rule: r, identity }), target, revocationMs }
     if (governing === undefined || (r.cutStreamsAtExpiry && !governing.cutStreamsAtExpiry)) governing = r
   }
   const allowedRule = governing ?? rule!
-  const allowed: Decision = revoked === 'unknown' && governing !== undefined
-    ? { allow: true, rule: allowedRule, identity, failedOpen: true, binding, bound }
-    : { allow: true, rule: allowedRule, identity, binding, bound }
+  const allowed: Decision =
+    revoked === 'unknown' && governing !== undefined
+      ? { allow: true, rule: allowedRule, identity, failedOpen: true, binding, bound }
+      : { allow: true, rule: allowedRule, identity, binding, bound }
   if (limited !== undefined) {
     // The governing rule is reported, whichever rule's use came last.
     const counted = takeUses(limited, 0, allowed, revocationMs, c)

@@ -34,7 +34,9 @@ const refuse = (description: string): Denial => ({ allow: false, reason: 'invali
 // a request carrying one is refused. Envoy passes them to Lapse only when allowed_headers names
 // them, as the shipped snippet does.
 const PATH_OVERRIDES = ['x-original-url', 'x-rewrite-url', 'x-forwarded-prefix']
-const PATH_OVERRIDE: Denial = Object.freeze(refuse('X-Original-URL, X-Rewrite-URL and X-Forwarded-Prefix are refused: the upstream would serve another path'))
+const PATH_OVERRIDE: Denial = Object.freeze(
+  refuse('X-Original-URL, X-Rewrite-URL and X-Forwarded-Prefix are refused: the upstream would serve another path'),
+)
 // Proxy mode drops every client header whose name folds to an X-Auth-* name (X.Auth.Subject, which
 // CGI-style upstreams read as X-Auth-Subject). A front proxy replaces only the five it copies from
 // the answer, under their exact names, so any other spelling, or an X-Auth-* name Lapse does not
@@ -102,7 +104,12 @@ export function protocolOf(url: string): DecisionProtocol | undefined {
 }
 
 /** The original request a decision request of `protocol` asks about, or why it is refused. */
-export function readOriginalRequest(protocol: DecisionProtocol, method: string, url: string, raw: readonly string[]): OriginalRequest | Denial {
+export function readOriginalRequest(
+  protocol: DecisionProtocol,
+  method: string,
+  url: string,
+  raw: readonly string[],
+): OriginalRequest | Denial {
   if (protocol === 'nginx') return readNginx(raw)
   if (protocol === 'forward') return readForward(raw)
   return readEnvoy(method, url.slice(ENVOY_PREFIX.length), raw)

@@ -30,8 +30,13 @@ export function deniedAnswer(d: Denial, realm: string, protocol: DecisionProtoco
  */
 function allowHeaders(identity: Identity | undefined): Record<string, string> {
   const headers: Record<string, string> = {
-    'cache-control': 'no-store', 'content-length': '0',
-    'x-auth-subject': '', 'x-auth-client-id': '', 'x-auth-token-id': '', 'x-auth-scopes': '', 'x-auth-expires-at': '',
+    'cache-control': 'no-store',
+    'content-length': '0',
+    'x-auth-subject': '',
+    'x-auth-client-id': '',
+    'x-auth-token-id': '',
+    'x-auth-scopes': '',
+    'x-auth-expires-at': '',
   }
   if (identity === undefined) return headers
   const fields = identityFields(identity)

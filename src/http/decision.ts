@@ -32,7 +32,9 @@ export function createDecisionServer(deps: Deps, ctx: ExchangeContext | (() => E
   server.on('clientError', answerClientError)
   // Hashed once: comparing digests takes the same time whatever the length of the value sent.
   const expected = settings.token === undefined ? undefined : digest(settings.token)
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => serveDecision(typeof ctx === 'function' ? ctx() : ctx, expected, req, res))
+  server.on('request', (req: IncomingMessage, res: ServerResponse) =>
+    serveDecision(typeof ctx === 'function' ? ctx() : ctx, expected, req, res),
+  )
   return {
     server,
     listen: () => listenOn(server, settings.listen),
@@ -45,7 +47,13 @@ function serveDecision(ctx: ExchangeContext, expected: Buffer | undefined, req: 
   const raw = req.rawHeaders
   // Read before the exchange starts, so its span and audit line carry the original method.
   const original = protocol === undefined ? undefined : readOriginalRequest(protocol, req.method ?? '', req.url ?? '', raw)
-  const x = new Exchange(ctx, req, res, req.socket, protocol === undefined ? undefined : { protocol, original: original && 'allow' in original ? undefined : original })
+  const x = new Exchange(
+    ctx,
+    req,
+    res,
+    req.socket,
+    protocol === undefined ? undefined : { protocol, original: original && 'allow' in original ? undefined : original },
+  )
   try {
     if (expected !== undefined && !carriesToken(raw, expected)) return x.answerWith('decision_token_invalid')
     if (protocol === undefined) return x.answerWith('not_found')

@@ -108,12 +108,18 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     this.forwarding?.abandon()
     if (this.untrack) this.untrack()
     else if (this.slot >= 0) this.ctx.young!.unwatch(this)
-    const status = this.res ? (this.res.headersSent ? this.res.statusCode : undefined) : this.status ?? this.upgrading?.status
+    const status = this.res ? (this.res.headersSent ? this.res.statusCode : undefined) : (this.status ?? this.upgrading?.status)
     // No status and no cut: the client left before any answer reached it.
     let note = status === undefined && this.cut === undefined ? CLIENT_CLOSED : noteOf(this.cut)
     // Which front proxy's protocol asked: the audit line of a decision request says so.
     if (this.asked) note = { ...note, decision_api: this.asked.protocol }
-    this.ctx.recorder.finish(this.trace, { status, upstreamFailure: this.upstreamFailure, answer: this.answer, remoteAddress: this.remoteAddress, note })
+    this.ctx.recorder.finish(this.trace, {
+      status,
+      upstreamFailure: this.upstreamFailure,
+      answer: this.answer,
+      remoteAddress: this.remoteAddress,
+      note,
+    })
   }
 
   /** A bug: the client gets a 500 if nothing was sent yet, and the exchange its line and ended span. */
@@ -141,9 +147,11 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   // Apart from serveRequest, so that a request decided at once allocates no closure for this.
   private respondLater(outcome: Promise<Outcome>): void {
     this.deciding = true
-    outcome.then((o) => {
-      if (this.settled()) this.respond(o)
-    }).catch((err: unknown) => this.fail(err))
+    outcome
+      .then((o) => {
+        if (this.settled()) this.respond(o)
+      })
+      .catch((err: unknown) => this.fail(err))
   }
 
   /**
@@ -165,7 +173,8 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     // RFC 6455 §4.1: the opening handshake is a GET, and nothing frames a body over an upgrade:
     // Node's parser left it raw and http-proxy never sends it, so a declared body would be owed to
     // the upstream and read there as the start of another request. Refused before any decision.
-    if (declaresBody(req)) return this.refuse({ allow: false, reason: 'invalid_request', description: 'a WebSocket upgrade cannot carry a body' })
+    if (declaresBody(req))
+      return this.refuse({ allow: false, reason: 'invalid_request', description: 'a WebSocket upgrade cannot carry a body' })
     this.deciding = true
     const outcome = await this.decide()
     // The client left while the decision was awaited: the upstream must not be asked for a tunnel to no one.
@@ -189,7 +198,10 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   /** UpstreamFailureSink: the forwarding failed before any byte of the upstream's answer was sent. */
   upstreamFailed(failure: UpstreamFailure, err: Error): void {
     this.upstreamFailure = failure
-    this.ctx.log.warn({ err: (err as NodeJS.ErrnoException).code ?? err.message, failure }, this.res ? 'upstream request failed' : 'upstream upgrade failed')
+    this.ctx.log.warn(
+      { err: (err as NodeJS.ErrnoException).code ?? err.message, failure },
+      this.res ? 'upstream request failed' : 'upstream upgrade failed',
+    )
     const answer = answerOf(failure)
     if (this.res) return writeAnswer(this.res, answer)
     this.status = answer.status
@@ -214,7 +226,15 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
     const clientCert = this.ctx.clientCert?.(req)
     this.clientCert = clientCert
     const original = this.asked?.original
-    const input = { method: original ? original.method : req.method ?? 'GET', url: original ? original.url : req.url ?? '', authorization: authorizationOf(req.rawHeaders), rawHeaders: req.rawHeaders, clientCert, steps: this.trace.steps, asSent: original !== undefined }
+    const input = {
+      method: original ? original.method : (req.method ?? 'GET'),
+      url: original ? original.url : (req.url ?? ''),
+      authorization: authorizationOf(req.rawHeaders),
+      rawHeaders: req.rawHeaders,
+      clientCert,
+      steps: this.trace.steps,
+      asSent: original !== undefined,
+    }
     const outcome = decide(input, this.ctx.decideDeps)
     return outcome instanceof Promise ? this.recordLater(outcome) : this.record(outcome)
   }
@@ -243,14 +263,24 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
       const req = this.req
       // The body of a refused request is never read; closing avoids draining an attacker's upload.
       const answer = toAnswer(d, this.ctx.realm, this.dpopAnswer(outcome))
-      if (req.headers['content-length'] !== '0' && (req.headers['content-length'] || req.headers['transfer-encoding'])) this.res!.shouldKeepAlive = false
+      if (req.headers['content-length'] !== '0' && (req.headers['content-length'] || req.headers['transfer-encoding']))
+        this.res!.shouldKeepAlive = false
       return writeAnswer(this.res!, answer)
     }
     this.watch(d, 'stream', d.rule.cutStreamsAtExpiry)
     this.ctx.recorder.inject(this.trace, this.req.headers)
     // RFC 9449 §8: the client's nonce was of the previous step; Node merges this with the upstream's headers.
     if (outcome.dpopNonce !== undefined) this.res!.setHeader('dpop-nonce', outcome.dpopNonce)
-    this.forwarding = this.ctx.forwarder!.web(this.req, this.res!, outcome.target!, d.identity, this, this.clientCert?.peer, d.bound, d.binding)
+    this.forwarding = this.ctx.forwarder!.web(
+      this.req,
+      this.res!,
+      outcome.target!,
+      d.identity,
+      this,
+      this.clientCert?.peer,
+      d.bound,
+      d.binding,
+    )
   }
 
   /** What a DPoP challenge names: the algorithms, and the nonce the decision says the client is to use. */
@@ -262,7 +292,17 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   private tunnel(d: Allowed, target: Target, head: Buffer): void {
     this.ctx.recorder.inject(this.trace, this.req.headers)
     // A throw here is before anything went upstream (headers are built, and checked by Node, first).
-    this.upgrading = this.ctx.forwarder!.ws(this.req, this.socket, head, target, d.identity, this, this.clientCert?.peer, d.bound, d.binding)
+    this.upgrading = this.ctx.forwarder!.ws(
+      this.req,
+      this.socket,
+      head,
+      target,
+      d.identity,
+      this,
+      this.clientCert?.peer,
+      d.bound,
+      d.binding,
+    )
     this.watch(d, 'websocket', true)
   }
 
@@ -366,6 +406,9 @@ function unsupportedTransferCoding(te: string | undefined): boolean {
   if (te === undefined || te === 'chunked') return false
   // Codings are case-insensitive and a list may hold empty elements (RFC 9110 §5.6.1); Node joins
   // repeated Transfer-Encoding lines with ", ".
-  const codings = te.split(',').map((c) => c.trim().toLowerCase()).filter((c) => c !== '')
+  const codings = te
+    .split(',')
+    .map((c) => c.trim().toLowerCase())
+    .filter((c) => c !== '')
   return codings.length !== 1 || codings[0] !== 'chunked'
 }

@@ -51,12 +51,31 @@ export interface Forwarding {
 
 export interface Forwarder {
   /** `sink` is told at most once, and only while no response byte has reached the client. */
-  web(req: IncomingMessage, res: ServerResponse, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, peer?: string, bound?: readonly string[], binding?: Binding): Forwarding
+  web(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: Target,
+    identity: Identity | undefined,
+    sink: UpstreamFailureSink,
+    peer?: string,
+    bound?: readonly string[],
+    binding?: Binding,
+  ): Forwarding
   /**
    * Only for a request `isWebSocketUpgrade` accepts. `sink` is told only while nothing of the
    * upstream's answer has reached the client; after that an upstream failure destroys the client socket.
    */
-  ws(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target, identity: Identity | undefined, sink: UpstreamFailureSink, peer?: string, bound?: readonly string[], binding?: Binding): Upgrading
+  ws(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    target: Target,
+    identity: Identity | undefined,
+    sink: UpstreamFailureSink,
+    peer?: string,
+    bound?: readonly string[],
+    binding?: Binding,
+  ): Upgrading
   close(): void
 }
 
@@ -82,10 +101,23 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   const pool = createPool(opts)
   const deadlines = new Deadlines(opts.timeoutMs)
   const { proxy, agent } = createUpgradeProxy(opts.upstream, deadlines)
-  const headersFor = (req: IncomingMessage, identity: Identity | undefined, upgrade: boolean, peer: string | undefined, bound: readonly string[] | undefined, binding: Binding | undefined) =>
+  const headersFor = (
+    req: IncomingMessage,
+    identity: Identity | undefined,
+    upgrade: boolean,
+    peer: string | undefined,
+    bound: readonly string[] | undefined,
+    binding: Binding | undefined,
+  ) =>
     upstreamHeaders(req.headers, identity, {
-      remoteAddress: req.socket.remoteAddress, forwardAuthorization: opts.forwardAuthorization, upgrade,
-      tls: (req.socket as TLSSocket).encrypted === true, peer, trustClientCertHeader: opts.trustClientCertHeader === true, bound, binding: binding?.kind,
+      remoteAddress: req.socket.remoteAddress,
+      forwardAuthorization: opts.forwardAuthorization,
+      upgrade,
+      tls: (req.socket as TLSSocket).encrypted === true,
+      peer,
+      trustClientCertHeader: opts.trustClientCertHeader === true,
+      bound,
+      binding: binding?.kind,
     })
 
   return {
@@ -96,13 +128,16 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
       const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined
       const forwarding = new UpstreamExchange(res, deadlines, sink)
       try {
-        pool.dispatch({
-          origin: opts.upstream.origin,
-          path: pathOf(target),
-          method: req.method as Dispatcher.HttpMethod,
-          headers: headers as Record<string, string | string[]>,
-          body: hasBody ? req : null,
-        }, forwarding)
+        pool.dispatch(
+          {
+            origin: opts.upstream.origin,
+            path: pathOf(target),
+            method: req.method as Dispatcher.HttpMethod,
+            headers: headers as Record<string, string | string[]>,
+            body: hasBody ? req : null,
+          },
+          forwarding,
+        )
       } catch (err) {
         // undici refused the request before sending it (a header value it will not write).
         forwarding.onError(err as Error)
@@ -162,7 +197,9 @@ function createUpgradeProxy(upstream: URL, deadlines: Deadlines): { proxy: httpP
   })
   // Upgraded upstream sockets waiting for http-proxy's 'open' (emitted once the sockets are piped).
   const upgraded = new WeakMap<Duplex, WsLink>()
-  proxy.on('proxyReqWs', (proxyReq: ClientRequest, req: Tracked, socket: Duplex) => watchUpgradeRequest(proxyReq, req[EXCHANGE], socket, deadlines, upgraded))
+  proxy.on('proxyReqWs', (proxyReq: ClientRequest, req: Tracked, socket: Duplex) =>
+    watchUpgradeRequest(proxyReq, req[EXCHANGE], socket, deadlines, upgraded),
+  )
   proxy.on('open', (proxySocket: Duplex) => {
     const link = upgraded.get(proxySocket)
     if (!link) return
@@ -173,7 +210,13 @@ function createUpgradeProxy(upstream: URL, deadlines: Deadlines): { proxy: httpP
 }
 
 /** The upstream request of one upgrade, as http-proxy made it: its deadline, its answer, its abort. */
-function watchUpgradeRequest(proxyReq: ClientRequest, exchange: UpgradeExchange | undefined, socket: Duplex, deadlines: Deadlines, upgraded: WeakMap<Duplex, WsLink>): void {
+function watchUpgradeRequest(
+  proxyReq: ClientRequest,
+  exchange: UpgradeExchange | undefined,
+  socket: Duplex,
+  deadlines: Deadlines,
+  upgraded: WeakMap<Duplex, WsLink>,
+): void {
   if (exchange) exchange.proxyReq = proxyReq
   // The deadline ends with the answer's complete head, not with its first byte.
   // Runs before http-proxy's own 'response' listener, which writes this head to the client.
@@ -201,7 +244,14 @@ function watchUpgradeRequest(proxyReq: ClientRequest, exchange: UpgradeExchange 
 }
 
 /** One upgrade through http-proxy, its url and headers already those of the upstream. */
-function forwardUpgrade(proxy: httpProxy, deadlines: Deadlines, req: IncomingMessage, socket: Duplex, head: Buffer, sink: UpstreamFailureSink): Upgrading {
+function forwardUpgrade(
+  proxy: httpProxy,
+  deadlines: Deadlines,
+  req: IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  sink: UpstreamFailureSink,
+): Upgrading {
   const link = createWsLink(socket)
   const exchange = new UpgradeExchange(link, deadlines)
   ;(req as Tracked)[EXCHANGE] = exchange
@@ -225,7 +275,11 @@ function forwardUpgrade(proxy: httpProxy, deadlines: Deadlines, req: IncomingMes
       fail(BAD_HANDSHAKE)
       return false
     }
-    holdUntil(proxyReq, 'upgrade', (res: IncomingMessage, proxySocket: Duplex) => (res.statusCode === 101 && acceptsHandshake(res.headers, key)) || refuse(proxySocket))
+    holdUntil(
+      proxyReq,
+      'upgrade',
+      (res: IncomingMessage, proxySocket: Duplex) => (res.statusCode === 101 && acceptsHandshake(res.headers, key)) || refuse(proxySocket),
+    )
     holdUntil(proxyReq, 'response', (res: IncomingMessage) => res.statusCode !== 101 || refuse(res.socket))
   }
   return exchange
@@ -252,8 +306,20 @@ const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 export function acceptsHandshake(headers: IncomingHttpHeaders, key: string | undefined): boolean {
   if (key === undefined || headers.upgrade?.toLowerCase() !== 'websocket') return false
   const connection = headers.connection
-  if (connection === undefined || !connection.toLowerCase().split(',').some((token) => token.trim() === 'upgrade')) return false
-  return headers['sec-websocket-accept'] === createHash('sha1').update(key + WS_GUID).digest('base64')
+  if (
+    connection === undefined ||
+    !connection
+      .toLowerCase()
+      .split(',')
+      .some((token) => token.trim() === 'upgrade')
+  )
+    return false
+  return (
+    headers['sec-websocket-accept'] ===
+    createHash('sha1')
+      .update(key + WS_GUID)
+      .digest('base64')
+  )
 }
 
 // Why an exchange stopped early; compared by identity here, and their codes reach the log line.
@@ -359,7 +425,10 @@ class UpgradeExchange implements Waiting, Upgrading {
   /** Set by http-proxy's proxyReqWs, synchronously within proxy.ws(): before any deadline can fire. */
   proxyReq: ClientRequest | undefined = undefined
 
-  constructor(readonly link: WsLink, deadlines: Deadlines) {
+  constructor(
+    readonly link: WsLink,
+    deadlines: Deadlines,
+  ) {
     // Connecting and waiting for a free socket count, as for HTTP.
     deadlines.add(this)
   }

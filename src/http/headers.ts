@@ -6,7 +6,17 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Binding, Identity } from '../core/types.js'
 
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']
+const HOP_BY_HOP = [
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+]
 const HOP_BY_HOP_SET = new Set(HOP_BY_HOP)
 const HOP_BY_HOP_LENGTHS = new Set(HOP_BY_HOP.map((name) => name.length))
 // Headers through which a client could tell the upstream the request is something else than what
@@ -19,11 +29,25 @@ const HOP_BY_HOP_LENGTHS = new Set(HOP_BY_HOP.map((name) => name.length))
 // dropped, not rewritten, since two more headers on every request would cost the upstream and
 // Lapse for what X-Forwarded-* already says; an upstream that reads them falls back to its peer.
 const OVERRIDES = [
-  'x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'forwarded', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host',
+  'x-original-url',
+  'x-rewrite-url',
+  'x-forwarded-prefix',
+  'forwarded',
+  'x-real-ip',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
   // The same claims in other dialects: the scheme (Rack, Django, Heroku-style `X-Forwarded-Ssl: on`
   // makes an upstream believe the hop was TLS), the port, the original host, the client address.
-  'x-forwarded-port', 'x-forwarded-scheme', 'x-forwarded-ssl', 'x-url-scheme', 'front-end-https', 'x-original-host',
-  'true-client-ip', 'x-client-ip', 'x-cluster-client-ip',
+  'x-forwarded-port',
+  'x-forwarded-scheme',
+  'x-forwarded-ssl',
+  'x-url-scheme',
+  'front-end-https',
+  'x-original-host',
+  'true-client-ip',
+  'x-client-ip',
+  'x-cluster-client-ip',
 ]
 // Not forwarded either: `Expect`, because Node already answered `100 Continue` to the client and
 // the upstream hop starts fresh.
@@ -60,7 +84,11 @@ export function foldName(name: string): string {
 
 /** The header names a `Connection` value lists, lower-cased, without the ones that are never dropped. */
 function namedIn(connection: string): string[] {
-  return connection.toLowerCase().split(',').map((n) => n.trim()).filter((n) => n !== '' && !PROTECTED.has(n))
+  return connection
+    .toLowerCase()
+    .split(',')
+    .map((n) => n.trim())
+    .filter((n) => n !== '' && !PROTECTED.has(n))
 }
 
 export interface HeaderOptions {
@@ -89,7 +117,14 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, identity: Identit
   const connection = incoming.connection
   // The usual value names no field that is not dropped anyway.
   // Folded, as the names they are compared with.
-  const named = typeof connection === 'string' && connection !== 'keep-alive' ? new Set(namedIn(connection).map(foldName).filter((n) => !PROTECTED.has(n))) : undefined
+  const named =
+    typeof connection === 'string' && connection !== 'keep-alive'
+      ? new Set(
+          namedIn(connection)
+            .map(foldName)
+            .filter((n) => !PROTECTED.has(n)),
+        )
+      : undefined
   // Built by adding, never by deleting from a copy: a deleted property leaves V8 a slow dictionary
   // object, read again by undici for every header it writes.
   const headers: IncomingHttpHeaders = {}

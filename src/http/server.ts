@@ -75,7 +75,9 @@ export function createApp(deps: Deps): App {
   const options = serverOptions(config)
   const material = config.tls ? readTlsAtStart(config.tls) : undefined
   // An https.Server is an http.Server over TLS sockets: every method Lapse calls is on both.
-  const server = config.tls ? (createHttpsServer({ ...options, ...httpsOptions(config.tls, material!) }) as unknown as Server) : createServer(options)
+  const server = config.tls
+    ? (createHttpsServer({ ...options, ...httpsOptions(config.tls, material!) }) as unknown as Server)
+    : createServer(options)
   let rotation: Rotation | undefined
   if (config.tls) {
     // A TLS 1.2 renegotiation could present another certificate mid-connection, after requests
@@ -279,7 +281,16 @@ function handOver(plain: Server, req: IncomingMessage, socket: Duplex, head: Buf
 /** Node's parser refused the request (bad framing, oversized head, too slow): answer and close. No request, so no exchange. */
 export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   if (!socket.writable) return void socket.destroy()
-  writeRawAnswer(socket, answerOf(err.code === 'HPE_HEADER_OVERFLOW' ? 'head_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'malformed_http'))
+  writeRawAnswer(
+    socket,
+    answerOf(
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? 'head_too_large'
+        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? 'request_timeout'
+          : 'malformed_http',
+    ),
+  )
 }
 
 /**

@@ -76,7 +76,11 @@ export function watchTls(server: Pick<Server, 'setSecureContext'>, tls: TlsSetti
   let closed = false
   const files = [tls.certFile, tls.keyFile, ...(tls.clientCaFile ? [tls.clientCaFile] : [])]
   let fileWatchers: FSWatcher[] = []
-  const refused = (err: unknown) => log.warn({ err: 'ERR_TLS_RELOAD', detail: (err as Error).message }, 'TLS files changed but cannot be used: the previous certificate stays')
+  const refused = (err: unknown) =>
+    log.warn(
+      { err: 'ERR_TLS_RELOAD', detail: (err as Error).message },
+      'TLS files changed but cannot be used: the previous certificate stays',
+    )
   const reload = () => {
     timer = undefined
     watchFiles()
@@ -117,7 +121,9 @@ export function watchTls(server: Pick<Server, 'setSecureContext'>, tls: TlsSetti
   for (const dir of new Set(files.map((f) => dirname(resolve(f))))) {
     try {
       const w = watch(dir, { persistent: false }, changed)
-      w.on('error', (err) => log.warn({ err: 'ERR_TLS_RELOAD', detail: err.message, dir }, 'cannot watch TLS files any more: rotations are not applied'))
+      w.on('error', (err) =>
+        log.warn({ err: 'ERR_TLS_RELOAD', detail: err.message, dir }, 'cannot watch TLS files any more: rotations are not applied'),
+      )
       dirWatchers.push(w)
     } catch (err) {
       log.warn({ err: 'ERR_TLS_RELOAD', detail: (err as Error).message, dir }, 'cannot watch TLS files: rotations are not applied')

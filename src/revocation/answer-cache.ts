@@ -21,11 +21,7 @@ export interface AnswerCache {
   readonly size: number
 }
 
-export function createAnswerCache(opts: {
-  maxEntries: number
-  isFresh: () => boolean
-  nowS: () => number
-}): AnswerCache {
+export function createAnswerCache(opts: { maxEntries: number; isFresh: () => boolean; nowS: () => number }): AnswerCache {
   const answers = new Map<string, StoredAnswer>()
   let epoch = 0
 

@@ -18,7 +18,11 @@ export function bounded<T>(work: Promise<T>, ms: number, what: string): Promise<
       })
     }, ms)
     work.then(
-      (value) => { settled = true; clearTimeout(timer); resolve(value) },
+      (value) => {
+        settled = true
+        clearTimeout(timer)
+        resolve(value)
+      },
       (err: unknown) => {
         settled = true
         clearTimeout(timer)

@@ -4,7 +4,14 @@
 //   await store.put(entry); await store.isRevoked({ iss, iatS, values: [['sub', 'ci']] })
 //
 // Same contract as the Redis set, so both run one shared test suite (test/revocation/*.cases.ts).
-import { InvalidCursorError, type Clock, type RevocationEntry, type RevocationEvent, type RevocationStore, type TokenRef } from '../core/types.js'
+import {
+  InvalidCursorError,
+  type Clock,
+  type RevocationEntry,
+  type RevocationEvent,
+  type RevocationStore,
+  type TokenRef,
+} from '../core/types.js'
 import { entryMatches, keyOf, queryMatches } from './model.js'
 
 export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
@@ -100,7 +107,8 @@ export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
       let after = ''
       if (query.cursor !== undefined) {
         after = Buffer.from(query.cursor, 'base64url').toString('utf8')
-        if (after.split('\u0000').length !== 3 || Buffer.from(after, 'utf8').toString('base64url') !== query.cursor) throw new InvalidCursorError('the cursor is not one this set made')
+        if (after.split('\u0000').length !== 3 || Buffer.from(after, 'utf8').toString('base64url') !== query.cursor)
+          throw new InvalidCursorError('the cursor is not one this set made')
       }
       const now = nowS()
       const found: Array<[string, RevocationEntry]> = []
@@ -108,7 +116,10 @@ export function createMemoryStore(opts: { clock: Clock }): RevocationStore {
       found.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
       const page = found.slice(0, query.limit)
       const last = page.at(-1)
-      return { entries: page.map(([, entry]) => entry), next: found.length > query.limit && last ? Buffer.from(last[0], 'utf8').toString('base64url') : undefined }
+      return {
+        entries: page.map(([, entry]) => entry),
+        next: found.length > query.limit && last ? Buffer.from(last[0], 'utf8').toString('base64url') : undefined,
+      }
     },
     subscribe(listener) {
       listeners.add(listener)

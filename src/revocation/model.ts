@@ -2,8 +2,7 @@
 import type { Identity, RevocationEntry, RevocationQuery, TokenRef } from '../core/types.js'
 
 /** A map key for (claim, value, issuer); NUL cannot occur in a claim name or issuer we accept. */
-export const keyOf = (claim: string, value: string, iss: string | undefined): string =>
-  `${claim}\u0000${iss ?? '*'}\u0000${value}`
+export const keyOf = (claim: string, value: string, iss: string | undefined): string => `${claim}\u0000${iss ?? '*'}\u0000${value}`
 
 /**
  * Revoked when the token was issued at or before T. A token without `iat` (only possible

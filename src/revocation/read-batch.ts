@@ -62,7 +62,9 @@ export function createReadBatch<Ticket>(opts: {
 
   // The first hop ends the turn the batch's first read started in; the batch is sent at the end of
   // the next, so the reads of that turn's poll phase join it.
-  const hold = () => { setImmediate(flush) }
+  const hold = () => {
+    setImmediate(flush)
+  }
 
   const readAll = async (all: string[]): Promise<Array<string | null>> => {
     if (all.length <= opts.maxKeys) return opts.mget(all)
@@ -87,7 +89,9 @@ export function createReadBatch<Ticket>(opts: {
         scheduled = true
         setImmediate(hold)
       }
-      return new Promise<StoredAnswer[]>((resolve, reject) => { waiters.push({ slots, resolve, reject }) })
+      return new Promise<StoredAnswer[]>((resolve, reject) => {
+        waiters.push({ slots, resolve, reject })
+      })
     },
   }
 }

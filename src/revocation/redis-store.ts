@@ -11,7 +11,16 @@ import { performance } from 'node:perf_hooks'
 import type { ConnectionOptions } from 'node:tls'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { nowS } from '../core/clock.js'
-import { InvalidCursorError, RevocationUnavailableError, type Clock, type RevocationEntry, type RevocationEvent, type RevocationQuery, type RevocationStore, type TokenRef } from '../core/types.js'
+import {
+  InvalidCursorError,
+  RevocationUnavailableError,
+  type Clock,
+  type RevocationEntry,
+  type RevocationEvent,
+  type RevocationQuery,
+  type RevocationStore,
+  type TokenRef,
+} from '../core/types.js'
 import { createAnswerCache, type AnswerCache, type StoredAnswer } from './answer-cache.js'
 import { bounded } from './bounded.js'
 import { createReadBatch } from './read-batch.js'
@@ -105,22 +114,31 @@ export function createRedisStore(opts: {
     for (const listener of listeners) notify(listener, event, log)
   }
   const channel = openEventChannel({
-    connect: subscriberFactory(target, data, tuning), channel: keys.channel, tuning, log,
+    connect: subscriberFactory(target, data, tuning),
+    channel: keys.channel,
+    tuning,
+    log,
     onMessage: deliver,
     onLost: () => cache?.drop(),
   })
 
   const connected = () => data.status === 'ready'
-  const probe = watchSlot(data, `${keys.base}probe`, { intervalMs: tuning.probeIntervalMs, timeoutMs: Math.max(tuning.probeTimeoutMs, opts.timeoutMs) })
+  const probe = watchSlot(data, `${keys.base}probe`, {
+    intervalMs: tuning.probeIntervalMs,
+    timeoutMs: Math.max(tuning.probeTimeoutMs, opts.timeoutMs),
+  })
   const ready = () => connected() && probe.answering()
   let persistence: Persistence = 'unknown'
   data.on('ready', () => {
     void readPersistence(data).then((mode) => {
       if (closing) return
       if (mode !== persistence && (mode === 'none' || mode === 'rdb')) {
-        log.warn({ redis: target.safeUrl, persistence: mode }, mode === 'none'
-          ? 'Redis keeps the revocation set in memory only (appendonly no, no snapshots): a Redis restart forgets every revocation; set appendonly yes'
-          : 'Redis keeps the revocation set in periodic snapshots only (appendonly no): a Redis restart forgets the revocations since the last snapshot; set appendonly yes')
+        log.warn(
+          { redis: target.safeUrl, persistence: mode },
+          mode === 'none'
+            ? 'Redis keeps the revocation set in memory only (appendonly no, no snapshots): a Redis restart forgets every revocation; set appendonly yes'
+            : 'Redis keeps the revocation set in periodic snapshots only (appendonly no): a Redis restart forgets the revocations since the last snapshot; set appendonly yes',
+        )
       }
       persistence = mode
     })
@@ -182,8 +200,11 @@ export function createRedisStore(opts: {
       // Not connected: nothing was sent (the offline queue is off), so the entry is certainly not written.
       if (!connected()) throw new RevocationUnavailableError('Redis was unreachable: the revocation was not written')
       try {
-        await bounded(data.eval(PUT_SCRIPT, 1, key, JSON.stringify(stored), ttlS, keys.channel, JSON.stringify(event)),
-          tuning.adminTimeoutMs, 'revocation write')
+        await bounded(
+          data.eval(PUT_SCRIPT, 1, key, JSON.stringify(stored), ttlS, keys.channel, JSON.stringify(event)),
+          tuning.adminTimeoutMs,
+          'revocation write',
+        )
       } catch (err) {
         throw writeFailure(err, tuning.adminTimeoutMs)
       }
@@ -204,13 +225,17 @@ export function createRedisStore(opts: {
       if (typeof removed !== 'string') return undefined
       const entry = parseStored(removed)
       // Removed all the same: an entry stored in a shape this version cannot read is named by its key.
-      if (entry === null || entry === 'unreadable') return { claim, value, iss, issuedBeforeS: 0, reason: '', by: '', createdAtS: 0, expiresAtS: 0 }
+      if (entry === null || entry === 'unreadable')
+        return { claim, value, iss, issuedBeforeS: 0, reason: '', by: '', createdAtS: 0, expiresAtS: 0 }
       return entry
     },
-    list: (query) => listPage(data, keys, query, { nowS: nowS(opts.clock), timeoutMs: tuning.adminTimeoutMs, maxSteps: tuning.listMaxScanSteps }),
+    list: (query) =>
+      listPage(data, keys, query, { nowS: nowS(opts.clock), timeoutMs: tuning.adminTimeoutMs, maxSteps: tuning.listMaxScanSteps }),
     subscribe(listener) {
       listeners.add(listener)
-      return () => { listeners.delete(listener) }
+      return () => {
+        listeners.delete(listener)
+      }
     },
     ready,
     persistence: () => persistence,
@@ -303,7 +328,10 @@ const MAX_CURSOR_CHARS = 6000
  * answered, as base64url JSON. SCAN answers whole hash buckets, so a step may find more keys than
  * the page has room for: carrying them keeps the page bound without losing them.
  */
-interface ListState { c: string; k: string[] }
+interface ListState {
+  c: string
+  k: string[]
+}
 
 function decodeListCursor(cursor: string | undefined, base: string): ListState {
   if (cursor === undefined) return { c: '0', k: [] }
@@ -315,14 +343,27 @@ function decodeListCursor(cursor: string | undefined, base: string): ListState {
   }
   const s = state as Partial<ListState> | null
   // The keys are read back with MGET: only keys of this set, never any key a client names.
-  if (typeof s !== 'object' || s === null || typeof s.c !== 'string' || !/^(\d{1,20})?$/.test(s.c) || s.c === '0' || !Array.isArray(s.k)
-    || s.k.length > MAX_CURSOR_KEYS || !s.k.every((key) => typeof key === 'string' && key.startsWith(base))) {
+  if (
+    typeof s !== 'object' ||
+    s === null ||
+    typeof s.c !== 'string' ||
+    !/^(\d{1,20})?$/.test(s.c) ||
+    s.c === '0' ||
+    !Array.isArray(s.k) ||
+    s.k.length > MAX_CURSOR_KEYS ||
+    !s.k.every((key) => typeof key === 'string' && key.startsWith(base))
+  ) {
     throw new InvalidCursorError('the cursor is not one this set made')
   }
   return { c: s.c, k: s.k }
 }
 
-async function listPage(data: DataClient, keys: KeyLayout, query: RevocationQuery, o: { nowS: number; timeoutMs: number; maxSteps: number }) {
+async function listPage(
+  data: DataClient,
+  keys: KeyLayout,
+  query: RevocationQuery,
+  o: { nowS: number; timeoutMs: number; maxSteps: number },
+) {
   const state = decodeListCursor(query.cursor, keys.base)
   // The claim and issuer filters narrow the SCAN itself; encoded parts hold no glob character.
   const pattern = `${keys.base}${query.claim === undefined ? '*' : encode(query.claim)}:${query.iss === undefined ? '*' : encode(query.iss)}:*`
@@ -345,7 +386,10 @@ async function listPage(data: DataClient, keys: KeyLayout, query: RevocationQuer
     if (scan === '' || steps >= o.maxSteps) break
     // COUNT is what the page still has room for, so a step rarely finds keys beyond it.
     const count = query.limit - entries.length
-    const reply = await bounded(data.eval(SCAN_SCRIPT, 1, `${keys.base}probe`, scan, pattern, count), o.timeoutMs, 'revocation list') as [string, string[]]
+    const reply = (await bounded(data.eval(SCAN_SCRIPT, 1, `${keys.base}probe`, scan, pattern, count), o.timeoutMs, 'revocation list')) as [
+      string,
+      string[],
+    ]
     steps++
     scan = reply[0] === '0' ? '' : reply[0]
     pending = reply[1]
@@ -403,7 +447,11 @@ function asEntry(value: unknown): RevocationEntry | undefined {
   if (!isNum(v.issuedBeforeS) || !isNum(v.expiresAtS)) return undefined
   if (v.iss !== undefined && typeof v.iss !== 'string') return undefined
   return toStored({
-    claim: v.claim, value: v.value, iss: v.iss, issuedBeforeS: v.issuedBeforeS, expiresAtS: v.expiresAtS,
+    claim: v.claim,
+    value: v.value,
+    iss: v.iss,
+    issuedBeforeS: v.issuedBeforeS,
+    expiresAtS: v.expiresAtS,
     reason: typeof v.reason === 'string' ? v.reason : '',
     by: typeof v.by === 'string' ? v.by : '',
     createdAtS: isNum(v.createdAtS) ? v.createdAtS : v.issuedBeforeS,
@@ -509,7 +557,9 @@ function connectData(target: RedisTarget, t: RedisStoreTuning): DataClient {
 function watchHealth(data: DataClient, safeUrl: string, log: Log, closing: () => boolean) {
   let state: 'starting' | 'up' | 'down' = 'starting'
   let lastError: string | undefined
-  data.on('error', (err: Error) => { lastError = err.message })
+  data.on('error', (err: Error) => {
+    lastError = err.message
+  })
   data.on('ready', () => {
     if (state !== 'up') log.info({ redis: safeUrl }, 'revocation set reachable')
     state = 'up'
@@ -524,9 +574,12 @@ function watchHealth(data: DataClient, safeUrl: string, log: Log, closing: () =>
 /** The admin write's failure in Lapse's words; the client library's own message stays the cause. */
 function writeFailure(err: unknown, budgetMs: number): Error {
   const timedOut = err instanceof RevocationUnavailableError && /no answer within/.test(err.message)
-  return new RevocationUnavailableError(timedOut
-    ? `the revocation set did not acknowledge the write within ${budgetMs} ms: the revocation may not be stored (read it back before relying on it)`
-    : 'Redis was unreachable: the revocation was not written', { cause: err })
+  return new RevocationUnavailableError(
+    timedOut
+      ? `the revocation set did not acknowledge the write within ${budgetMs} ms: the revocation may not be stored (read it back before relying on it)`
+      : 'Redis was unreachable: the revocation was not written',
+    { cause: err },
+  )
 }
 
 /**
@@ -542,20 +595,35 @@ function watchSlot(data: DataClient, key: string, o: { intervalMs: number; timeo
   let stopped = false
   const run = () => {
     if (inFlight || stopped) return
-    if (data.status !== 'ready') { ok = false; return }
+    if (data.status !== 'ready') {
+      ok = false
+      return
+    }
     inFlight = true
     bounded(data.get(key), o.timeoutMs, 'readiness probe').then(
-      () => { inFlight = false; if (!stopped) ok = true },
-      () => { inFlight = false; ok = false },
+      () => {
+        inFlight = false
+        if (!stopped) ok = true
+      },
+      () => {
+        inFlight = false
+        ok = false
+      },
     )
   }
   const timer = setInterval(run, o.intervalMs)
   timer.unref()
   data.on('ready', run)
-  data.on('close', () => { ok = false })
+  data.on('close', () => {
+    ok = false
+  })
   return {
     answering: () => ok,
-    stop() { stopped = true; ok = false; clearInterval(timer) },
+    stop() {
+      stopped = true
+      ok = false
+      clearInterval(timer)
+    },
   }
 }
 
@@ -566,10 +634,10 @@ async function readPersistence(data: DataClient): Promise<Persistence> {
   const modes: Persistence[] = []
   for (const node of targets) {
     try {
-      const [aof, save] = await Promise.all([
+      const [aof, save] = (await Promise.all([
         bounded(node.config('GET', 'appendonly'), DEFAULTS.adminTimeoutMs, 'CONFIG GET'),
         bounded(node.config('GET', 'save'), DEFAULTS.adminTimeoutMs, 'CONFIG GET'),
-      ]) as [unknown, unknown]
+      ])) as [unknown, unknown]
       const value = (reply: unknown) => (Array.isArray(reply) ? String(reply[1] ?? '') : '')
       modes.push(value(aof) === 'yes' ? 'aof' : value(save).trim() !== '' ? 'rdb' : 'none')
     } catch {
@@ -634,7 +702,9 @@ function openEventChannel(deps: {
     conn = c
     c.on('error', () => {}) // 'close' follows, and that is what we act on
     c.on('ready', () => void subscribe(c))
-    c.on('message', (channel: string, text: string) => { if (c === conn && channel === deps.channel) deps.onMessage(text) })
+    c.on('message', (channel: string, text: string) => {
+      if (c === conn && channel === deps.channel) deps.onMessage(text)
+    })
     c.on('close', () => lose(c))
     c.on('end', () => restart(c))
   }
@@ -667,7 +737,12 @@ function openEventChannel(deps: {
     const c = conn
     if (!live || !c) return
     const sentAtMs = performance.now()
-    c.ping().then(() => { if (c === conn && live) confirmedAtMs = Math.max(confirmedAtMs, sentAtMs) }, () => {})
+    c.ping().then(
+      () => {
+        if (c === conn && live) confirmedAtMs = Math.max(confirmedAtMs, sentAtMs)
+      },
+      () => {},
+    )
   }, tuning.heartbeatMs)
   heartbeat.unref()
   start()

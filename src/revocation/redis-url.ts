@@ -8,7 +8,10 @@
 // `safeUrl` is the URL for logs.
 import type { ConnectionOptions } from 'node:tls'
 
-interface RedisNode { readonly host: string; readonly port: number }
+interface RedisNode {
+  readonly host: string
+  readonly port: number
+}
 
 /** Connection options every form shares; `tls` is set for the TLS forms. */
 interface RedisAuth {
@@ -19,12 +22,21 @@ interface RedisAuth {
 }
 
 export type RedisTarget =
-  | { readonly kind: 'standalone'; readonly safeUrl: string; readonly options: RedisAuth & ({ host: string; port: number } | { path: string }) }
   | {
-      readonly kind: 'sentinel'; readonly safeUrl: string
+      readonly kind: 'standalone'
+      readonly safeUrl: string
+      readonly options: RedisAuth & ({ host: string; port: number } | { path: string })
+    }
+  | {
+      readonly kind: 'sentinel'
+      readonly safeUrl: string
       readonly options: RedisAuth & {
-        sentinels: RedisNode[]; name: string; sentinelUsername?: string; sentinelPassword?: string
-        enableTLSForSentinelMode?: boolean; sentinelTLS?: ConnectionOptions
+        sentinels: RedisNode[]
+        name: string
+        sentinelUsername?: string
+        sentinelPassword?: string
+        enableTLSForSentinelMode?: boolean
+        sentinelTLS?: ConnectionOptions
       }
     }
   | { readonly kind: 'cluster'; readonly safeUrl: string; readonly nodes: RedisNode[]; readonly options: RedisAuth }
@@ -42,10 +54,17 @@ export function parseRedisUrl(url: string): RedisTarget {
   const parts: Parts = { userinfo, authority, path, params: parseQuery(query) }
   const safeUrl = redact(url.trim(), userinfo)
   switch (scheme) {
-    case 'redis': case 'rediss': return { kind: 'standalone', safeUrl, options: parseStandalone(parts, scheme === 'rediss') }
-    case 'unix': return { kind: 'standalone', safeUrl, options: parseUnix(parts) }
-    case 'redis-sentinel': case 'rediss-sentinel': return { kind: 'sentinel', safeUrl, options: parseSentinel(parts, scheme === 'rediss-sentinel') }
-    case 'redis-cluster': case 'rediss-cluster': return { kind: 'cluster', safeUrl, ...parseCluster(parts, scheme === 'rediss-cluster') }
+    case 'redis':
+    case 'rediss':
+      return { kind: 'standalone', safeUrl, options: parseStandalone(parts, scheme === 'rediss') }
+    case 'unix':
+      return { kind: 'standalone', safeUrl, options: parseUnix(parts) }
+    case 'redis-sentinel':
+    case 'rediss-sentinel':
+      return { kind: 'sentinel', safeUrl, options: parseSentinel(parts, scheme === 'rediss-sentinel') }
+    case 'redis-cluster':
+    case 'rediss-cluster':
+      return { kind: 'cluster', safeUrl, ...parseCluster(parts, scheme === 'rediss-cluster') }
     default:
       fail(`has unsupported scheme "${scheme}:" (use redis://, rediss://, unix://, redis-sentinel:// or redis-cluster://)`)
   }
@@ -83,7 +102,9 @@ function parseSentinel(parts: Parts, tls: boolean) {
   const sentinelPassword = parts.params.get('sentinel_password')
   const sentinelUsername = parts.params.get('sentinel_username')
   return {
-    sentinels, name: decode(name), ...credentials(parts.userinfo),
+    sentinels,
+    name: decode(name),
+    ...credentials(parts.userinfo),
     ...dbOption(dbText === undefined || dbText === '' ? undefined : parseDb(dbText)),
     ...(sentinelPassword === undefined ? {} : { sentinelPassword }),
     ...(sentinelUsername === undefined ? {} : { sentinelUsername }),

@@ -7,7 +7,12 @@ import type { ConnectionOptions } from 'node:tls'
 import { ReplayUnavailableError, type ReplayCache } from '../core/types.js'
 import { connectBeside, quietly } from './redis-store.js'
 
-export function createRedisReplayCache(opts: { readonly url: string; readonly prefix: string; readonly timeoutMs: number; readonly tls?: ConnectionOptions }): ReplayCache & { ready(): boolean } {
+export function createRedisReplayCache(opts: {
+  readonly url: string
+  readonly prefix: string
+  readonly timeoutMs: number
+  readonly tls?: ConnectionOptions
+}): ReplayCache & { ready(): boolean } {
   // The budget measures Redis's silence, as the revocation check's does (bounded.ts): when the
   // timer fires, one setImmediate hop lets a reply already in the socket be read first.
   // The same hash tag as the revocation entries (`{lapse}:rev:…`): one slot on Cluster.
@@ -22,13 +27,25 @@ export function createRedisReplayCache(opts: { readonly url: string; readonly pr
     firstUse(key, ttlMs) {
       return new Promise<boolean>((resolve, reject) => {
         let settled = false
-        const timer = setTimeout(() => setImmediate(() => {
-          if (!settled) reject(new ReplayUnavailableError(`replay cache: no answer within ${opts.timeoutMs} ms`))
-        }), opts.timeoutMs)
+        const timer = setTimeout(
+          () =>
+            setImmediate(() => {
+              if (!settled) reject(new ReplayUnavailableError(`replay cache: no answer within ${opts.timeoutMs} ms`))
+            }),
+          opts.timeoutMs,
+        )
         // SET NX PX: written only if absent, with its expiry, in one atomic step (no check-then-set race).
         data.set(`${base}${key}`, '1', 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX').then(
-          (answer) => { settled = true; clearTimeout(timer); resolve(answer === 'OK') },
-          (err: unknown) => { settled = true; clearTimeout(timer); reject(new ReplayUnavailableError(`replay cache failed: ${(err as Error).message}`, { cause: err })) },
+          (answer) => {
+            settled = true
+            clearTimeout(timer)
+            resolve(answer === 'OK')
+          },
+          (err: unknown) => {
+            settled = true
+            clearTimeout(timer)
+            reject(new ReplayUnavailableError(`replay cache failed: ${(err as Error).message}`, { cause: err }))
+          },
         )
       })
     },

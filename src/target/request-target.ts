@@ -46,7 +46,8 @@ export function normalizeTarget(rawUrl: string, asSent = false): Target | Refusa
   if (!QUERY_CHAR.test(query) || !validEscapes(query)) return refuse('query contains a character that is not allowed')
   const decoded = decodeEscapes(rawPath)
   if (typeof decoded !== 'string') return decoded
-  if (asSent && hasSegmentToResolve(decoded)) return refuse('a path with dot or empty segments is forwarded as sent: it cannot be decided as one path')
+  if (asSent && hasSegmentToResolve(decoded))
+    return refuse('a path with dot or empty segments is forwarded as sent: it cannot be decided as one path')
   const path = resolveSegments(decoded)
   if (path === undefined) return refuse('path leaves the root')
   return { path, query, hasQuery: q !== -1 }
@@ -95,7 +96,8 @@ function decodeEscapeRun(bytes: number[]): string | Refusal {
   }
   // A segment matched as "．．" would be served as ".." by an NFKC upstream, "jobs：purge" as "jobs:purge".
   for (const ch of text) {
-    if (ch > '\x7f' && NFKC_SIGNIFICANT.test(ch.normalize('NFKC'))) return refuse('path has an encoded character that normalizes to a delimiter or a reserved character')
+    if (ch > '\x7f' && NFKC_SIGNIFICANT.test(ch.normalize('NFKC')))
+      return refuse('path has an encoded character that normalizes to a delimiter or a reserved character')
   }
   let out = ''
   for (const b of bytes) {

@@ -9,8 +9,21 @@
 // reader; here it is a lookup and an increment, read at collection as a monotonic sum. Late: NodeSDK
 // creates the MeterProvider after it is handed the processors. docs/telemetry.md#off-the-request-path.
 import type {
-  Attributes, BatchObservableCallback, Counter, Gauge, Histogram, Meter, MeterOptions, MeterProvider, MetricOptions, Observable,
-  ObservableCallback, ObservableCounter, ObservableGauge, ObservableUpDownCounter, UpDownCounter,
+  Attributes,
+  BatchObservableCallback,
+  Counter,
+  Gauge,
+  Histogram,
+  Meter,
+  MeterOptions,
+  MeterProvider,
+  MetricOptions,
+  Observable,
+  ObservableCallback,
+  ObservableCounter,
+  ObservableGauge,
+  ObservableUpDownCounter,
+  UpDownCounter,
 } from '@opentelemetry/api'
 
 export interface LateMeterProvider extends MeterProvider {
@@ -40,7 +53,11 @@ class CoalescingMeter implements Meter {
   private readonly pending: Bindable[] = []
   private meter: Meter | undefined
 
-  constructor(private readonly name: string, private readonly version?: string, private readonly options?: MeterOptions) {}
+  constructor(
+    private readonly name: string,
+    private readonly version?: string,
+    private readonly options?: MeterOptions,
+  ) {}
 
   bind(provider: MeterProvider): void {
     this.meter = provider.getMeter(this.name, this.version, this.options)
@@ -75,8 +92,14 @@ class CoalescingMeter implements Meter {
     return this.later(new LateObservable<A>((m) => m.createObservableUpDownCounter<A>(name, options)))
   }
   // The SDK's bookkeeping registers no batch callbacks.
-  addBatchObservableCallback<A extends Attributes = Attributes>(_callback: BatchObservableCallback<A>, _observables: Observable<A>[]): void {}
-  removeBatchObservableCallback<A extends Attributes = Attributes>(_callback: BatchObservableCallback<A>, _observables: Observable<A>[]): void {}
+  addBatchObservableCallback<A extends Attributes = Attributes>(
+    _callback: BatchObservableCallback<A>,
+    _observables: Observable<A>[],
+  ): void {}
+  removeBatchObservableCallback<A extends Attributes = Attributes>(
+    _callback: BatchObservableCallback<A>,
+    _observables: Observable<A>[],
+  ): void {}
 }
 
 /** A histogram or gauge: what is recorded before it is bound is dropped (nothing is). */
@@ -121,10 +144,16 @@ class CoalescedCounter<A extends Attributes> implements Counter<A>, UpDownCounte
   private readonly byContent = new Map<string, Total<A>>()
   private withoutAttributes: Total<A> | undefined
 
-  constructor(private readonly name: string, private readonly options: MetricOptions | undefined, private readonly upDown: boolean) {}
+  constructor(
+    private readonly name: string,
+    private readonly options: MetricOptions | undefined,
+    private readonly upDown: boolean,
+  ) {}
 
   bind(meter: Meter): void {
-    const observable = this.upDown ? meter.createObservableUpDownCounter<A>(this.name, this.options) : meter.createObservableCounter<A>(this.name, this.options)
+    const observable = this.upDown
+      ? meter.createObservableUpDownCounter<A>(this.name, this.options)
+      : meter.createObservableCounter<A>(this.name, this.options)
     observable.addCallback((result) => {
       if (this.withoutAttributes) result.observe(this.withoutAttributes.value)
       for (const total of this.byContent.values()) result.observe(total.value, total.attributes)
@@ -140,7 +169,11 @@ class CoalescedCounter<A extends Attributes> implements Counter<A>, UpDownCounte
     if (!attributes) return (this.withoutAttributes ??= { attributes: undefined, value: 0 })
     let total = this.byObject.get(attributes)
     if (total) return total
-    const key = JSON.stringify(Object.keys(attributes).sort().map((k) => [k, attributes[k]]))
+    const key = JSON.stringify(
+      Object.keys(attributes)
+        .sort()
+        .map((k) => [k, attributes[k]]),
+    )
     total = this.byContent.get(key)
     if (!total) {
       total = { attributes: { ...attributes }, value: 0 }

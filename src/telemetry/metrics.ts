@@ -11,7 +11,12 @@ import { ValueType, type Attributes, type HrTime, type Meter } from '@openteleme
 import { hrTime } from '@opentelemetry/core'
 import { emptyResource } from '@opentelemetry/resources'
 import {
-  AggregationTemporality, DataPointType, type CollectionResult, type Histogram, type MetricData, type MetricProducer,
+  AggregationTemporality,
+  DataPointType,
+  type CollectionResult,
+  type Histogram,
+  type MetricData,
+  type MetricProducer,
 } from '@opentelemetry/sdk-metrics'
 import { ATTR_HTTP_ROUTE } from '@opentelemetry/semantic-conventions'
 import type { Clock } from '../core/types.js'
@@ -22,7 +27,13 @@ import * as A from './semconv.js'
 export interface GaugeSources {
   readonly keys: { stats(): { keys: number; lastRefreshMs: number | undefined } }
   readonly verify: { cacheSize(): number }
-  readonly revocations: { ready(): boolean; readonly kind: string; eventsLive?(): boolean; cacheActive?(): boolean; persistence?(): 'aof' | 'rdb' | 'none' | 'unknown' }
+  readonly revocations: {
+    ready(): boolean
+    readonly kind: string
+    eventsLive?(): boolean
+    cacheActive?(): boolean
+    persistence?(): 'aof' | 'rdb' | 'none' | 'unknown'
+  }
   readonly clock: Clock
   /** The connection registry, when there is one. */
   readonly connections?: { readonly size: number } | undefined
@@ -41,7 +52,10 @@ class Series {
   max = -Infinity
   readonly counts: number[]
 
-  constructor(readonly attributes: Attributes, private readonly boundaries: readonly number[]) {
+  constructor(
+    readonly attributes: Attributes,
+    private readonly boundaries: readonly number[],
+  ) {
     this.counts = new Array<number>(boundaries.length + 1).fill(0)
   }
 
@@ -59,7 +73,8 @@ class Series {
   histogram(): Histogram {
     return {
       buckets: { boundaries: [...this.boundaries], counts: [...this.counts] },
-      sum: this.sum, count: this.count,
+      sum: this.sum,
+      count: this.count,
       ...(this.count > 0 ? { min: this.min, max: this.max } : {}),
     }
   }
@@ -78,7 +93,10 @@ export class DecisionAggregates implements MetricProducer {
     const key = `${decision}\u0000${reason}\u0000${route}`
     let series = this.decisions.get(key)
     if (!series) {
-      series = new Series({ [A.ATTR_DECISION]: decision, [A.ATTR_REASON]: reason, [A.ATTR_ROUTE]: route, [ATTR_HTTP_ROUTE]: httpRoute }, DECISION_BUCKETS_S)
+      series = new Series(
+        { [A.ATTR_DECISION]: decision, [A.ATTR_REASON]: reason, [A.ATTR_ROUTE]: route, [ATTR_HTTP_ROUTE]: httpRoute },
+        DECISION_BUCKETS_S,
+      )
       this.decisions.set(key, series)
     }
     series.record(seconds)
@@ -100,29 +118,50 @@ export class DecisionAggregates implements MetricProducer {
     const lookups = [...this.lookups.values()]
     const metrics: MetricData[] = []
     if (decisions.length) {
-      metrics.push({
-        descriptor: { name: A.METRIC_DECISIONS, unit: '{decision}', description: 'Authorization decisions, by decision, reason and route rule', valueType: ValueType.INT },
-        aggregationTemporality: AggregationTemporality.CUMULATIVE,
-        dataPointType: DataPointType.SUM,
-        isMonotonic: true,
-        dataPoints: decisions.map((s) => point(s, s.count)),
-      }, {
-        descriptor: { name: A.METRIC_DECISION_DURATION, unit: 's', description: 'Time from request headers to decision (extract, verify, revocation, authorize)', valueType: ValueType.DOUBLE },
-        aggregationTemporality: AggregationTemporality.CUMULATIVE,
-        dataPointType: DataPointType.HISTOGRAM,
-        dataPoints: decisions.map((s) => point(s, s.histogram())),
-      })
+      metrics.push(
+        {
+          descriptor: {
+            name: A.METRIC_DECISIONS,
+            unit: '{decision}',
+            description: 'Authorization decisions, by decision, reason and route rule',
+            valueType: ValueType.INT,
+          },
+          aggregationTemporality: AggregationTemporality.CUMULATIVE,
+          dataPointType: DataPointType.SUM,
+          isMonotonic: true,
+          dataPoints: decisions.map((s) => point(s, s.count)),
+        },
+        {
+          descriptor: {
+            name: A.METRIC_DECISION_DURATION,
+            unit: 's',
+            description: 'Time from request headers to decision (extract, verify, revocation, authorize)',
+            valueType: ValueType.DOUBLE,
+          },
+          aggregationTemporality: AggregationTemporality.CUMULATIVE,
+          dataPointType: DataPointType.HISTOGRAM,
+          dataPoints: decisions.map((s) => point(s, s.histogram())),
+        },
+      )
     }
     if (lookups.length) {
       metrics.push({
-        descriptor: { name: A.METRIC_REVOCATION_LOOKUP_DURATION, unit: 's', description: 'Time the revocation set took to answer one check', valueType: ValueType.DOUBLE },
+        descriptor: {
+          name: A.METRIC_REVOCATION_LOOKUP_DURATION,
+          unit: 's',
+          description: 'Time the revocation set took to answer one check',
+          valueType: ValueType.DOUBLE,
+        },
         aggregationTemporality: AggregationTemporality.CUMULATIVE,
         dataPointType: DataPointType.HISTOGRAM,
         dataPoints: lookups.map((s) => point(s, s.histogram())),
       })
     }
     // The reader keeps the SDK's resource and appends these scope metrics to its own.
-    return { resourceMetrics: { resource: emptyResource(), scopeMetrics: metrics.length ? [{ scope: { name: 'lapse' }, metrics }] : [] }, errors: [] }
+    return {
+      resourceMetrics: { resource: emptyResource(), scopeMetrics: metrics.length ? [{ scope: { name: 'lapse' }, metrics }] : [] },
+      errors: [],
+    }
   }
 }
 
@@ -131,8 +170,14 @@ export function createDecisionMetrics(meter: Meter, aggregates: DecisionAggregat
   const backend = sources?.revocations.kind ?? 'unknown'
   if (sources) observeGauges(meter, sources, { [A.ATTR_REVOCATION_BACKEND]: backend })
   // Rare events, so the SDK's own counters: not on the path of an ordinary decision.
-  const failedOpen = meter.createCounter(A.METRIC_FAILED_OPEN, { unit: '{decision}', description: 'Allows let through while the revocation set or use counter could not answer (on_revocation_unavailable: open)' })
-  const cuts = meter.createCounter(A.METRIC_CONNECTIONS_CUT, { unit: '{connection}', description: 'Long-lived exchanges cut because their token lapsed' })
+  const failedOpen = meter.createCounter(A.METRIC_FAILED_OPEN, {
+    unit: '{decision}',
+    description: 'Allows let through while the revocation set or use counter could not answer (on_revocation_unavailable: open)',
+  })
+  const cuts = meter.createCounter(A.METRIC_CONNECTIONS_CUT, {
+    unit: '{connection}',
+    description: 'Long-lived exchanges cut because their token lapsed',
+  })
   return {
     recordFailedOpen(l) {
       failedOpen.add(1, { [A.ATTR_ROUTE]: l.route, [ATTR_HTTP_ROUTE]: l.httpRoute })
@@ -155,26 +200,46 @@ function observeGauges(meter: Meter, s: GaugeSources, backend: Record<string, st
     unit: 's',
     description: 'Seconds since the key set was last loaded successfully; absent until it first is',
   })
-  const up = meter.createObservableGauge(A.METRIC_REVOCATION_BACKEND_UP, { unit: '1', description: '1 when the revocation set can answer, else 0' })
-  const cached = meter.createObservableGauge(A.METRIC_TOKEN_CACHE_SIZE, { unit: '{token}', description: 'Verified tokens held in the cache' })
-  const events = meter.createObservableGauge(A.METRIC_REVOCATION_EVENTS_UP, { unit: '1', description: '1 while the revocation event channel delivers, else 0' })
-  const cacheActive = meter.createObservableGauge(A.METRIC_REVOCATION_CACHE_ACTIVE, { unit: '1', description: '1 while revocation checks may answer from the local cache, else 0' })
-  const open = meter.createObservableGauge(A.METRIC_CONNECTIONS_OPEN, { unit: '{connection}', description: 'Long-lived exchanges registered for cuts' })
+  const up = meter.createObservableGauge(A.METRIC_REVOCATION_BACKEND_UP, {
+    unit: '1',
+    description: '1 when the revocation set can answer, else 0',
+  })
+  const cached = meter.createObservableGauge(A.METRIC_TOKEN_CACHE_SIZE, {
+    unit: '{token}',
+    description: 'Verified tokens held in the cache',
+  })
+  const events = meter.createObservableGauge(A.METRIC_REVOCATION_EVENTS_UP, {
+    unit: '1',
+    description: '1 while the revocation event channel delivers, else 0',
+  })
+  const cacheActive = meter.createObservableGauge(A.METRIC_REVOCATION_CACHE_ACTIVE, {
+    unit: '1',
+    description: '1 while revocation checks may answer from the local cache, else 0',
+  })
+  const open = meter.createObservableGauge(A.METRIC_CONNECTIONS_OPEN, {
+    unit: '{connection}',
+    description: 'Long-lived exchanges registered for cuts',
+  })
   const persistent = meter.createObservableGauge(A.METRIC_REVOCATION_PERSISTENT, {
     unit: '1',
-    description: '1 when Redis keeps the revocation set in an append-only file, 0 when a Redis restart can lose revocations; absent until known',
+    description:
+      '1 when Redis keeps the revocation set in an append-only file, 0 when a Redis restart can lose revocations; absent until known',
   })
-  meter.addBatchObservableCallback((result) => {
-    const mode = s.revocations.persistence?.()
-    if (mode !== undefined && mode !== 'unknown') result.observe(persistent, mode === 'aof' ? 1 : 0, { ...backend, [A.ATTR_REVOCATION_PERSISTENCE]: mode })
-    const stats = s.keys.stats()
-    result.observe(keys, stats.keys)
-    if (stats.lastRefreshMs !== undefined) result.observe(age, Math.max(0, (s.clock.now() - stats.lastRefreshMs) / 1000))
-    result.observe(up, s.revocations.ready() ? 1 : 0, backend)
-    result.observe(cached, s.verify.cacheSize())
-    // The memory set delivers its events in-process: its channel is never down.
-    result.observe(events, s.revocations.eventsLive ? (s.revocations.eventsLive() ? 1 : 0) : 1, backend)
-    result.observe(cacheActive, s.revocations.cacheActive?.() ? 1 : 0, backend)
-    if (s.connections) result.observe(open, s.connections.size)
-  }, [keys, age, up, cached, persistent, events, cacheActive, open])
+  meter.addBatchObservableCallback(
+    (result) => {
+      const mode = s.revocations.persistence?.()
+      if (mode !== undefined && mode !== 'unknown')
+        result.observe(persistent, mode === 'aof' ? 1 : 0, { ...backend, [A.ATTR_REVOCATION_PERSISTENCE]: mode })
+      const stats = s.keys.stats()
+      result.observe(keys, stats.keys)
+      if (stats.lastRefreshMs !== undefined) result.observe(age, Math.max(0, (s.clock.now() - stats.lastRefreshMs) / 1000))
+      result.observe(up, s.revocations.ready() ? 1 : 0, backend)
+      result.observe(cached, s.verify.cacheSize())
+      // The memory set delivers its events in-process: its channel is never down.
+      result.observe(events, s.revocations.eventsLive ? (s.revocations.eventsLive() ? 1 : 0) : 1, backend)
+      result.observe(cacheActive, s.revocations.cacheActive?.() ? 1 : 0, backend)
+      if (s.connections) result.observe(open, s.connections.size)
+    },
+    [keys, age, up, cached, persistent, events, cacheActive, open],
+  )
 }

@@ -8,8 +8,17 @@
 // kept, and an empty probe export (not a trial of spans the sampler may drop) ends the pause.
 // docs/telemetry.md#off-the-request-path.
 import {
-  SamplingDecision, TraceFlags, context as contextApi, isSpanContextValid, trace as traceApi,
-  type Context, type Span, type SpanOptions, type Tracer, type TracerOptions, type TracerProvider,
+  SamplingDecision,
+  TraceFlags,
+  context as contextApi,
+  isSpanContextValid,
+  trace as traceApi,
+  type Context,
+  type Span,
+  type SpanOptions,
+  type Tracer,
+  type TracerOptions,
+  type TracerProvider,
 } from '@opentelemetry/api'
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core'
 import { RandomIdGenerator, type Sampler } from '@opentelemetry/sdk-trace-base'
@@ -58,8 +67,10 @@ export function createExportGate(opts: ExportGateOptions): ExportGate {
     timer.unref()
     // One line when a pause starts; probes that fail again are not news.
     if (wasRecording) {
-      opts.log.warn({ telemetry: 'traces', failures, retry_after_ms: opts.retryAfterMs },
-        'OTLP traces exports fail: spans are not recorded until the collector takes them again (requests are unaffected; trace context still passes through)')
+      opts.log.warn(
+        { telemetry: 'traces', failures, retry_after_ms: opts.retryAfterMs },
+        'OTLP traces exports fail: spans are not recorded until the collector takes them again (requests are unaffected; trace context still passes through)',
+      )
     }
   }
 

@@ -14,12 +14,30 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import {
-  INVALID_SPAN_CONTEXT, ROOT_CONTEXT, SpanKind, SpanStatusCode, defaultTextMapGetter, defaultTextMapSetter, isSpanContextValid, trace as traceApi,
-  type Attributes, type Context, type Span, type TextMapPropagator, type Tracer,
+  INVALID_SPAN_CONTEXT,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  defaultTextMapGetter,
+  defaultTextMapSetter,
+  isSpanContextValid,
+  trace as traceApi,
+  type Attributes,
+  type Context,
+  type Span,
+  type TextMapPropagator,
+  type Tracer,
 } from '@opentelemetry/api'
 import {
-  ATTR_CLIENT_ADDRESS, ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_HTTP_RESPONSE_STATUS_CODE,
-  ATTR_HTTP_ROUTE, ATTR_NETWORK_PROTOCOL_VERSION, ATTR_URL_PATH, ATTR_URL_SCHEME,
+  ATTR_CLIENT_ADDRESS,
+  ATTR_ERROR_TYPE,
+  ATTR_HTTP_REQUEST_METHOD,
+  ATTR_HTTP_REQUEST_METHOD_ORIGINAL,
+  ATTR_HTTP_RESPONSE_STATUS_CODE,
+  ATTR_HTTP_ROUTE,
+  ATTR_NETWORK_PROTOCOL_VERSION,
+  ATTR_URL_PATH,
+  ATTR_URL_SCHEME,
 } from '@opentelemetry/semantic-conventions'
 import type { Logger } from 'pino'
 import type { AnswerName } from '../core/answers.js'
@@ -217,7 +235,15 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       if (!KNOWN_METHODS.has(method)) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = method
       const span = opts.tracer.startSpan(A.SPAN_AUTHORIZE, { kind: SpanKind.SERVER, attributes }, parent)
       const context = traceApi.setSpan(parent, span)
-      return new Trace(span, context, span.isRecording() ? opts.tracer : undefined, method, opts.clock.now(), performance.now(), req.headers)
+      return new Trace(
+        span,
+        context,
+        span.isRecording() ? opts.tracer : undefined,
+        method,
+        opts.clock.now(),
+        performance.now(),
+        req.headers,
+      )
     },
 
     decided(t, outcome) {
@@ -266,7 +292,13 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         if (end.remoteAddress) span.setAttribute(ATTR_CLIENT_ADDRESS, end.remoteAddress)
         // 502/504 (upstream down or slow), Lapse's own 503 (fail closed) and its 500 (a bug); an
         // upstream's own 503 passed through on an allowed request is the upstream's story, not ours.
-        const fault = end.upstreamFailure ?? (end.answer === 'internal_error' ? end.answer : d && !d.allow && end.status !== undefined && FAULT_STATUSES.has(end.status) ? d.reason : undefined)
+        const fault =
+          end.upstreamFailure ??
+          (end.answer === 'internal_error'
+            ? end.answer
+            : d && !d.allow && end.status !== undefined && FAULT_STATUSES.has(end.status)
+              ? d.reason
+              : undefined)
         if (fault) {
           span.setStatus({ code: SpanStatusCode.ERROR })
           span.setAttribute(ATTR_ERROR_TYPE, fault)
@@ -285,36 +317,41 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       span.end()
       if (d?.allow && !d.failedOpen && cut === undefined && !shouldLogAllow()) return
       // Tracing off: the line still names the client's trace, as the upstream sees it.
-      const ctx = tracing ? span.spanContext() : traceApi.getSpanContext(propagator.extract(ROOT_CONTEXT, (t as Trace).headers, defaultTextMapGetter)) ?? INVALID_SPAN_CONTEXT
+      const ctx = tracing
+        ? span.spanContext()
+        : (traceApi.getSpanContext(propagator.extract(ROOT_CONTEXT, (t as Trace).headers, defaultTextMapGetter)) ?? INVALID_SPAN_CONTEXT)
       const traced = isSpanContextValid(ctx)
       const id = d?.identity
-      audit.info({
-        audit: 'decision',
-        trace_id: traced ? ctx.traceId : undefined,
-        span_id: traced ? ctx.spanId : undefined,
-        decision: d ? (d.allow ? 'allow' : 'deny') : 'deny',
-        reason: reasonOfOutcome(t.outcome),
-        failed_open: d?.allow && d.failedOpen ? true : undefined,
-        route: d?.rule?.path,
-        method: t.method,
-        path: t.path || undefined,
-        status: end.status,
-        upstream_failure: end.upstreamFailure,
-        answer: end.answer,
-        sub: id?.sub,
-        client_id: id?.clientId,
-        jti: id?.jti,
-        iat: id?.iatS,
-        exp: id?.expS,
-        binding: d?.allow ? d.binding?.kind : undefined,
-        key_thumbprint: d?.allow ? d.binding?.thumbprint : undefined,
-        // Under a rule with max_uses: which use this was (the refused one for token_reused).
-        use: d?.use,
-        max_uses: d?.rule?.binding?.maxUses,
-        remote: end.remoteAddress,
-        latency_ms: Math.round((performance.now() - t.startedPerfMs) * 1000) / 1000,
-        ...end.note,
-      }, 'decision')
+      audit.info(
+        {
+          audit: 'decision',
+          trace_id: traced ? ctx.traceId : undefined,
+          span_id: traced ? ctx.spanId : undefined,
+          decision: d ? (d.allow ? 'allow' : 'deny') : 'deny',
+          reason: reasonOfOutcome(t.outcome),
+          failed_open: d?.allow && d.failedOpen ? true : undefined,
+          route: d?.rule?.path,
+          method: t.method,
+          path: t.path || undefined,
+          status: end.status,
+          upstream_failure: end.upstreamFailure,
+          answer: end.answer,
+          sub: id?.sub,
+          client_id: id?.clientId,
+          jti: id?.jti,
+          iat: id?.iatS,
+          exp: id?.expS,
+          binding: d?.allow ? d.binding?.kind : undefined,
+          key_thumbprint: d?.allow ? d.binding?.thumbprint : undefined,
+          // Under a rule with max_uses: which use this was (the refused one for token_reused).
+          use: d?.use,
+          max_uses: d?.rule?.binding?.maxUses,
+          remote: end.remoteAddress,
+          latency_ms: Math.round((performance.now() - t.startedPerfMs) * 1000) / 1000,
+          ...end.note,
+        },
+        'decision',
+      )
     },
 
     inject(t, headers) {
@@ -325,7 +362,11 @@ export function createRecorder(opts: RecorderOptions): Recorder {
     revocationChange(headers, action) {
       const parent = propagator.extract(ROOT_CONTEXT, headers, defaultTextMapGetter)
       const span = tracing
-        ? opts.tracer.startSpan(A.SPAN_REVOCATION_CHANGE, { kind: SpanKind.SERVER, attributes: { [A.ATTR_REVOCATION_ACTION]: action } }, parent)
+        ? opts.tracer.startSpan(
+            A.SPAN_REVOCATION_CHANGE,
+            { kind: SpanKind.SERVER, attributes: { [A.ATTR_REVOCATION_ACTION]: action } },
+            parent,
+          )
         : INERT_SPAN
       return {
         done(e) {
@@ -337,21 +378,24 @@ export function createRecorder(opts: RecorderOptions): Recorder {
           }
           span.end()
           // Tracing off: the line still names the caller's trace, as a decision line does.
-          const ctx = tracing ? span.spanContext() : traceApi.getSpanContext(parent) ?? INVALID_SPAN_CONTEXT
+          const ctx = tracing ? span.spanContext() : (traceApi.getSpanContext(parent) ?? INVALID_SPAN_CONTEXT)
           const traced = isSpanContextValid(ctx)
-          audit.info({
-            audit: 'revocation',
-            trace_id: traced ? ctx.traceId : undefined,
-            span_id: traced ? ctx.spanId : undefined,
-            action,
-            by: e.by,
-            claim: e.claim,
-            value: e.value,
-            iss: e.iss,
-            issued_before: e.issuedBeforeS,
-            expires_at: e.expiresAtS,
-            reason: e.reason,
-          }, `revocation ${action}`)
+          audit.info(
+            {
+              audit: 'revocation',
+              trace_id: traced ? ctx.traceId : undefined,
+              span_id: traced ? ctx.spanId : undefined,
+              action,
+              by: e.by,
+              claim: e.claim,
+              value: e.value,
+              iss: e.iss,
+              issued_before: e.issuedBeforeS,
+              expires_at: e.expiresAtS,
+              reason: e.reason,
+            },
+            `revocation ${action}`,
+          )
         },
         ended(fault) {
           if (fault !== undefined && span.isRecording()) {

@@ -9,18 +9,44 @@
 // warnings, no API global left behind: startIsolated): docs/telemetry.md#configuration.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import {
-  DiagLogLevel, ProxyTracerProvider, diag, metrics as metricsApi, trace as traceApi,
-  type ContextManager, type DiagLogger, type MeterProvider, type TracerProvider,
+  DiagLogLevel,
+  ProxyTracerProvider,
+  diag,
+  metrics as metricsApi,
+  trace as traceApi,
+  type ContextManager,
+  type DiagLogger,
+  type MeterProvider,
+  type TracerProvider,
 } from '@opentelemetry/api'
-import { ExportResultCode, diagLogLevelFromString, getNumberFromEnv, getStringFromEnv, getStringListFromEnv, type ExportResult } from '@opentelemetry/core'
+import {
+  ExportResultCode,
+  diagLogLevelFromString,
+  getNumberFromEnv,
+  getStringFromEnv,
+  getStringListFromEnv,
+  type ExportResult,
+} from '@opentelemetry/core'
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
 import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources'
-import { ConsoleMetricExporter, PeriodicExportingMetricReader, type IMetricReader, type PushMetricExporter } from '@opentelemetry/sdk-metrics'
+import {
+  ConsoleMetricExporter,
+  PeriodicExportingMetricReader,
+  type IMetricReader,
+  type PushMetricExporter,
+} from '@opentelemetry/sdk-metrics'
 import { NodeSDK } from '@opentelemetry/sdk-node'
 // NodeSDK's own readers of OTEL_TRACES_SAMPLER* and OTEL_BSP_*, the ones it uses for a traceExporter
 // option: not re-exported by the package's index, so taken from their module.
 import { createBatchSpanProcessorFromEnv, createSamplerFromEnv } from '@opentelemetry/sdk-node/build/src/create-from-env.js'
-import { AlwaysOnSampler, ConsoleSpanExporter, ParentBasedSampler, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from '@opentelemetry/sdk-trace-base'
+import {
+  AlwaysOnSampler,
+  ConsoleSpanExporter,
+  ParentBasedSampler,
+  SimpleSpanProcessor,
+  type SpanExporter,
+  type SpanProcessor,
+} from '@opentelemetry/sdk-trace-base'
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions'
 import { OTLPMetricExporter as GrpcMetricExporter } from '@opentelemetry/exporter-metrics-otlp-grpc'
 import { OTLPMetricExporter as JsonMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http'
@@ -39,20 +65,26 @@ import { DEFAULTS, createPropagator, type Env, type StartTelemetryOptions, type 
 type Protocol = 'http/protobuf' | 'http/json' | 'grpc'
 const PROTOCOLS: readonly Protocol[] = ['http/protobuf', 'http/json', 'grpc']
 const TRACE_EXPORTERS: Record<Protocol, new (c: { selfObsMeterProvider?: MeterProvider }) => SpanExporter> = {
-  'http/protobuf': ProtoTraceExporter, 'http/json': JsonTraceExporter, grpc: GrpcTraceExporter,
+  'http/protobuf': ProtoTraceExporter,
+  'http/json': JsonTraceExporter,
+  grpc: GrpcTraceExporter,
 }
 const METRIC_EXPORTERS: Record<Protocol, new () => PushMetricExporter> = {
-  'http/protobuf': ProtoMetricExporter, 'http/json': JsonMetricExporter, grpc: GrpcMetricExporter,
+  'http/protobuf': ProtoMetricExporter,
+  'http/json': JsonMetricExporter,
+  grpc: GrpcMetricExporter,
 }
 
 /** The SDK for telemetry that is on; called by settings.ts's startTelemetry, which handles a throw. */
 export async function buildSdk(env: Env, opts: StartTelemetryOptions): Promise<Telemetry> {
   const warnings: string[] = []
   let diagLevel: DiagLogLevel | undefined
-  const built = withEnv(env, () => withDiagWarnings(warnings, () => {
-    diagLevel = diagLogLevelFromString(getStringFromEnv('OTEL_LOG_LEVEL'))
-    return assemble(warnings, opts)
-  }))
+  const built = withEnv(env, () =>
+    withDiagWarnings(warnings, () => {
+      diagLevel = diagLogLevelFromString(getStringFromEnv('OTEL_LOG_LEVEL'))
+      return assemble(warnings, opts)
+    }),
+  )
   for (const w of [...new Set(warnings)]) opts.log.warn({ telemetry: 'config' }, w)
   // OTEL_LOG_LEVEL: the SDK's diagnostics from now on, into Lapse's log.
   if (diagLevel !== undefined) diag.setLogger(toDiagLogger(opts.log), { logLevel: diagLevel, suppressOverrideMessage: true })
@@ -84,7 +116,10 @@ function assemble(warnings: string[], opts: StartTelemetryOptions): Telemetry {
     })
     // Only when OTLP is the one span exporter: a console exporter always takes spans.
     if (traceExporters.length === 1) {
-      const timeoutMs = positive(getNumberFromEnv('OTEL_EXPORTER_OTLP_TRACES_TIMEOUT')) ?? positive(getNumberFromEnv('OTEL_EXPORTER_OTLP_TIMEOUT')) ?? DEFAULTS.exportTimeoutMs
+      const timeoutMs =
+        positive(getNumberFromEnv('OTEL_EXPORTER_OTLP_TRACES_TIMEOUT')) ??
+        positive(getNumberFromEnv('OTEL_EXPORTER_OTLP_TIMEOUT')) ??
+        DEFAULTS.exportTimeoutMs
       gate = createExportGate({
         failuresToPause: DEFAULTS.pauseAfterFailures,
         retryAfterMs: Math.max(DEFAULTS.pauseRetryMinMs, timeoutMs),
@@ -96,19 +131,22 @@ function assemble(warnings: string[], opts: StartTelemetryOptions): Telemetry {
     processors.push(createBatchSpanProcessorFromEnv(exporter, selfObs))
   }
 
-  const sdk = withoutLogLevel(() => new NodeSDK({
-    // Detectors (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, process, host) are merged over this.
-    resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: DEFAULTS.serviceName })),
-    sampler,
-    spanProcessors: processors,
-    metricReaders: readers,
-    // Lapse records its own spans and passes contexts explicitly: no instrumentation, no global
-    // context manager or propagator (the recorder's propagator is settings.ts's createPropagator).
-    instrumentations: [],
-    contextManager: null as unknown as ContextManager,
-    textMapPropagator: null,
-    logRecordProcessors: [],
-  }))
+  const sdk = withoutLogLevel(
+    () =>
+      new NodeSDK({
+        // Detectors (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, process, host) are merged over this.
+        resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: DEFAULTS.serviceName })),
+        sampler,
+        spanProcessors: processors,
+        metricReaders: readers,
+        // Lapse records its own spans and passes contexts explicitly: no instrumentation, no global
+        // context manager or propagator (the recorder's propagator is settings.ts's createPropagator).
+        instrumentations: [],
+        contextManager: null as unknown as ContextManager,
+        textMapPropagator: null,
+        logRecordProcessors: [],
+      }),
+  )
   const { tracerProvider: sdkTracer, meterProvider } = startIsolated(sdk, processors.length > 0)
   selfObs.bind(meterProvider)
 
@@ -116,19 +154,27 @@ function assemble(warnings: string[], opts: StartTelemetryOptions): Telemetry {
   // No exporter means no recording at all: a no-op tracer still passes the caller's trace context on.
   const tracerProvider: TracerProvider = !sdkTracer
     ? new ProxyTracerProvider()
-    : gate ? pausingTracerProvider(sdkTracer, { gate, sampler, onUnrecorded: () => void unrecorded++ }) : sdkTracer
+    : gate
+      ? pausingTracerProvider(sdkTracer, { gate, sampler, onUnrecorded: () => void unrecorded++ })
+      : sdkTracer
   if (gate) {
-    meterProvider.getMeter('lapse').createObservableCounter(METRIC_SPANS_UNRECORDED, {
-      description: 'Spans not recorded because OTLP span exports kept failing (see docs/telemetry.md, "Off the request path")',
-    }).addCallback((result) => result.observe(unrecorded))
+    meterProvider
+      .getMeter('lapse')
+      .createObservableCounter(METRIC_SPANS_UNRECORDED, {
+        description: 'Spans not recorded because OTLP span exports kept failing (see docs/telemetry.md, "Off the request path")',
+      })
+      .addCallback((result) => result.observe(unrecorded))
   }
 
-  opts.log.info({
-    telemetry: 'on',
-    traces: traceExporters.length ? traceExporters.map((e) => (e === 'otlp' ? `otlp ${protocol('TRACES', [])}` : e)) : 'off',
-    metrics: ['prometheus /metrics', ...pushed.map((p) => p.name)],
-    sampler: sampler.toString(),
-  }, 'telemetry started')
+  opts.log.info(
+    {
+      telemetry: 'on',
+      traces: traceExporters.length ? traceExporters.map((e) => (e === 'otlp' ? `otlp ${protocol('TRACES', [])}` : e)) : 'off',
+      metrics: ['prometheus /metrics', ...pushed.map((p) => p.name)],
+      sampler: sampler.toString(),
+    },
+    'telemetry started',
+  )
 
   let stopped: Promise<void> | undefined
   return {
@@ -146,10 +192,14 @@ function assemble(warnings: string[], opts: StartTelemetryOptions): Telemetry {
           timer = setTimeout(() => resolve('timeout'), DEFAULTS.shutdownTimeoutMs)
           timer.unref()
         })
-        const done = sdk.shutdown().then(() => 'done' as const, () => 'done' as const)
+        const done = sdk.shutdown().then(
+          () => 'done' as const,
+          () => 'done' as const,
+        )
         const result = await Promise.race([done, bound])
         clearTimeout(timer)
-        if (result === 'timeout') opts.log.warn({ telemetry: 'shutdown' }, `telemetry not flushed within ${DEFAULTS.shutdownTimeoutMs} ms; the rest is dropped`)
+        if (result === 'timeout')
+          opts.log.warn({ telemetry: 'shutdown' }, `telemetry not flushed within ${DEFAULTS.shutdownTimeoutMs} ms; the rest is dropped`)
       })()
       return stopped
     },
@@ -180,7 +230,11 @@ function startIsolated(sdk: NodeSDK, tracing: boolean): { tracerProvider: Tracer
 }
 
 /** The reader of each OTEL_METRICS_EXPORTER entry; Prometheus is served by the admin port whatever it says. */
-function metricReaders(decisions: DecisionAggregates, warnings: string[], opts: StartTelemetryOptions): Array<{ name: string; reader: IMetricReader }> {
+function metricReaders(
+  decisions: DecisionAggregates,
+  warnings: string[],
+  opts: StartTelemetryOptions,
+): Array<{ name: string; reader: IMetricReader }> {
   const names = exporterNames('OTEL_METRICS_EXPORTER', ['otlp', 'console', 'prometheus'], warnings).filter((n) => n !== 'prometheus')
   if (!names.length) return []
   // As NodeSDK reads them (it cannot be handed a metric producer for the readers it builds).
@@ -204,14 +258,18 @@ function exporterNames<N extends string>(name: string, supported: readonly N[], 
   if (listed.includes('none')) return []
   const out: N[] = []
   for (const e of listed.length ? listed : ['otlp']) {
-    if (!(supported as readonly string[]).includes(e)) warnings.push(`${name}: "${e}" is not supported (${supported.join(', ')}, none); ignored`)
+    if (!(supported as readonly string[]).includes(e))
+      warnings.push(`${name}: "${e}" is not supported (${supported.join(', ')}, none); ignored`)
     else if (!out.includes(e as N)) out.push(e as N)
   }
   return out
 }
 
 function protocol(signal: 'TRACES' | 'METRICS', warnings: string[]): Protocol {
-  const name = getStringFromEnv(`OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`) !== undefined ? `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL` : 'OTEL_EXPORTER_OTLP_PROTOCOL'
+  const name =
+    getStringFromEnv(`OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`) !== undefined
+      ? `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`
+      : 'OTEL_EXPORTER_OTLP_PROTOCOL'
   const value = getStringFromEnv(name) ?? 'http/protobuf'
   if ((PROTOCOLS as readonly string[]).includes(value)) return value as Protocol
   warnings.push(`${name}="${value}" is not one of ${PROTOCOLS.join(', ')}; using http/protobuf`)
@@ -258,8 +316,12 @@ function withoutLogLevel<T>(build: () => T): T {
 /** What the SDK says while it is built (bad values it falls back from) becomes Lapse's warnings. */
 function withDiagWarnings<T>(warnings: string[], build: () => T): T {
   // An unparsable endpoint is quoted by the exporter, and may hold a credential: it is not repeated.
-  const push = (message: string) => void warnings.push(redactUrls(/url/i.test(message) ? message.replace(/'[^']*'/g, "'(not shown)'") : message))
-  diag.setLogger({ error: push, warn: push, info: () => undefined, debug: () => undefined, verbose: () => undefined }, { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true })
+  const push = (message: string) =>
+    void warnings.push(redactUrls(/url/i.test(message) ? message.replace(/'[^']*'/g, "'(not shown)'") : message))
+  diag.setLogger(
+    { error: push, warn: push, info: () => undefined, debug: () => undefined, verbose: () => undefined },
+    { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true },
+  )
   try {
     return build()
   } finally {
@@ -268,12 +330,16 @@ function withDiagWarnings<T>(warnings: string[], build: () => T): T {
 }
 
 /** Reports each export's result without changing it. */
-function watchExports<E extends { export(items: never, done: (r: ExportResult) => void): void }>(exporter: E, report: (r: ExportResult) => void): E {
+function watchExports<E extends { export(items: never, done: (r: ExportResult) => void): void }>(
+  exporter: E,
+  report: (r: ExportResult) => void,
+): E {
   const original = exporter.export.bind(exporter) as (items: unknown, done: (r: ExportResult) => void) => void
-  ;(exporter as unknown as { export: typeof original }).export = (items, done) => original(items, (r) => {
-    report(r)
-    done(r)
-  })
+  ;(exporter as unknown as { export: typeof original }).export = (items, done) =>
+    original(items, (r) => {
+      report(r)
+      done(r)
+    })
   return exporter
 }
 
@@ -313,6 +379,7 @@ function redactUrls(message: string): string {
 }
 
 function toDiagLogger(log: StartTelemetryOptions['log']): DiagLogger {
-  const line = (level: 'error' | 'warn' | 'info' | 'debug') => (message: string) => log[level]({ telemetry: 'sdk' }, `otel: ${redactUrls(message)}`)
+  const line = (level: 'error' | 'warn' | 'info' | 'debug') => (message: string) =>
+    log[level]({ telemetry: 'sdk' }, `otel: ${redactUrls(message)}`)
   return { error: line('error'), warn: line('warn'), info: line('info'), debug: line('debug'), verbose: line('debug') }
 }

@@ -23,9 +23,17 @@ export const NO_TELEMETRY: Telemetry = {
 /** Builds the SDK from OTEL_*. Never throws and never blocks on a collector: problems are logged. */
 export async function startTelemetry(env: Env, opts: StartTelemetryOptions): Promise<Telemetry> {
   const disabled = env.OTEL_SDK_DISABLED?.trim()
-  if (disabled && !/^(true|false)$/i.test(disabled)) opts.log.warn({ telemetry: 'config' }, `OTEL_SDK_DISABLED="${disabled}" is neither true nor false; telemetry stays on`)
+  if (disabled && !/^(true|false)$/i.test(disabled))
+    opts.log.warn({ telemetry: 'config' }, `OTEL_SDK_DISABLED="${disabled}" is neither true nor false; telemetry stays on`)
   // Off: the client's trace context passes through as sent; the audit line reads its W3C traceparent.
-  const off: Telemetry = { tracerProvider: new ProxyTracerProvider(), tracing: false, meterProvider: undefined, propagator: new W3CTraceContextPropagator(), metricsHandler: undefined, shutdown: async () => undefined }
+  const off: Telemetry = {
+    tracerProvider: new ProxyTracerProvider(),
+    tracing: false,
+    meterProvider: undefined,
+    propagator: new W3CTraceContextPropagator(),
+    metricsHandler: undefined,
+    shutdown: async () => undefined,
+  }
   if (disabled && /^true$/i.test(disabled)) {
     opts.log.info({ telemetry: 'off' }, 'OTEL_SDK_DISABLED=true: no spans or metrics are recorded; trace context still passes through')
     return off

@@ -35,7 +35,8 @@ function checkTypes(c: Claims): Denial | undefined {
   }
   for (const name of ['iss', 'sub', 'jti', 'client_id', 'azp', 'sid'] as const) {
     const v = c[name]
-    if (v !== undefined && (typeof v !== 'string' || !SAFE_TEXT.test(v))) return deny('malformed', `claim ${name} is not a non-empty string`)
+    if (v !== undefined && (typeof v !== 'string' || !SAFE_TEXT.test(v)))
+      return deny('malformed', `claim ${name} is not a non-empty string`)
     if (v !== undefined && !wellFormed(v)) return deny('malformed', `claim ${name} is not well-formed Unicode`)
   }
   const aud = c.aud
@@ -57,7 +58,9 @@ function checkTypes(c: Claims): Denial | undefined {
 
 function grantedScopes(c: Claims): Set<string> {
   const scopes = new Set<string>()
-  const add = (s: string) => { for (const part of s.split(' ')) if (part) scopes.add(part) }
+  const add = (s: string) => {
+    for (const part of s.split(' ')) if (part) scopes.add(part)
+  }
   if (typeof c.scope === 'string') add(c.scope)
   if (typeof c.scp === 'string') add(c.scp)
   else if (Array.isArray(c.scp)) for (const s of c.scp as string[]) add(s)

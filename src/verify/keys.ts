@@ -69,7 +69,7 @@ export function filterKeys(jwks: unknown, algorithms: readonly string[], log?: L
   }
   const allowHmac = algorithms.some((a) => a.startsWith('HS'))
   const usable: Array<{ index: number; jwk: JWK }> = []
-  for (const [i, key] of ((jwks as { keys: unknown[] }).keys).entries()) {
+  for (const [i, key] of (jwks as { keys: unknown[] }).keys.entries()) {
     const why = rejectKey(key, algorithms, allowHmac)
     if (why) {
       log?.warn({ index: i, why }, 'ignoring a key in the key set')
@@ -234,17 +234,23 @@ export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?:
       lastError = undefined
     } catch (err) {
       lastError = (err as { code?: string }).code ?? (err as Error).name
-      deps.log?.warn({ err: lastError, keys: jwks?.keys.length ?? 0 }, jwks ? 'JWKS fetch failed; keeping the last good key set' : 'JWKS fetch failed; no key set loaded yet')
+      deps.log?.warn(
+        { err: lastError, keys: jwks?.keys.length ?? 0 },
+        jwks ? 'JWKS fetch failed; keeping the last good key set' : 'JWKS fetch failed; no key set loaded yet',
+      )
       throw err
     }
   }
   /** Coalesced: concurrent callers share one fetch. */
-  const refresh = () => (inflight ??= fetchOnce().finally(() => { inflight = undefined }))
+  const refresh = () =>
+    (inflight ??= fetchOnce().finally(() => {
+      inflight = undefined
+    }))
 
   const schedule = (delayMs: number) => {
     if (closed) return
     timer = setTimeout(() => {
-      (deps.steps ? deps.steps.run('jwks_fetch', refresh) : refresh()).then(
+      ;(deps.steps ? deps.steps.run('jwks_fetch', refresh) : refresh()).then(
         () => schedule(source.refreshS * 1000),
         // Before the first success retry soon; afterwards the old keys serve until the next round.
         () => schedule(jwks ? source.refreshS * 1000 : Math.min(source.cooldownS * 1000, 5000)),
@@ -254,10 +260,16 @@ export function createKeyResolver(source: KeySource, deps: { clock: Clock; log?:
   }
 
   const selectHmac = (header: JWSHeaderParameters): Promise<VerificationKey> => {
-    const matching = (jwks?.keys ?? []).filter((k) => k.kty === 'oct' && (header.kid === undefined || k.kid === header.kid) && (k.alg === undefined || k.alg === header.alg)
-      // A 256-bit key without `alg` may serve HS256 but not HS384/HS512 (RFC 7518 §3.2).
-      && base64urlBytes(k.k ?? '') >= hmacKeyBytes(header.alg))
-    if (matching.length !== 1) return Promise.reject(matching.length ? new errors.JWKSMultipleMatchingKeys() : new errors.JWKSNoMatchingKey())
+    const matching = (jwks?.keys ?? []).filter(
+      (k) =>
+        k.kty === 'oct' &&
+        (header.kid === undefined || k.kid === header.kid) &&
+        (k.alg === undefined || k.alg === header.alg) &&
+        // A 256-bit key without `alg` may serve HS256 but not HS384/HS512 (RFC 7518 §3.2).
+        base64urlBytes(k.k ?? '') >= hmacKeyBytes(header.alg),
+    )
+    if (matching.length !== 1)
+      return Promise.reject(matching.length ? new errors.JWKSMultipleMatchingKeys() : new errors.JWKSNoMatchingKey())
     const id = `${header.alg}:${matching[0]!.kid ?? ''}`
     let key = hmacCache.get(id)
     if (!key) {

@@ -20,29 +20,37 @@ interface Scheme {
 }
 
 const rsa = (name: 'RSASSA-PKCS1-v1_5' | 'RSA-PSS', bits: 256 | 384 | 512): Scheme => ({ name, hash: `sha${bits}`, webHash: `SHA-${bits}` })
-const ecdsa = (bits: 256 | 384 | 512, curve: 'P-256' | 'P-384' | 'P-521', signatureBytes: number): Scheme => ({ name: 'ECDSA', hash: `sha${bits}`, curve, signatureBytes })
+const ecdsa = (bits: 256 | 384 | 512, curve: 'P-256' | 'P-384' | 'P-521', signatureBytes: number): Scheme => ({
+  name: 'ECDSA',
+  hash: `sha${bits}`,
+  curve,
+  signatureBytes,
+})
 
 // A Map, not an object: an `alg` such as "toString" must not find anything on a prototype.
-const SCHEMES: ReadonlyMap<string, Scheme> = new Map(Object.entries({
-  RS256: rsa('RSASSA-PKCS1-v1_5', 256),
-  RS384: rsa('RSASSA-PKCS1-v1_5', 384),
-  RS512: rsa('RSASSA-PKCS1-v1_5', 512),
-  PS256: rsa('RSA-PSS', 256),
-  PS384: rsa('RSA-PSS', 384),
-  PS512: rsa('RSA-PSS', 512),
-  ES256: ecdsa(256, 'P-256', 64),
-  ES384: ecdsa(384, 'P-384', 96),
-  ES512: ecdsa(512, 'P-521', 132),
-  EdDSA: { name: 'Ed25519', hash: null },
-  Ed25519: { name: 'Ed25519', hash: null },
-} satisfies Record<string, Scheme>))
+const SCHEMES: ReadonlyMap<string, Scheme> = new Map(
+  Object.entries({
+    RS256: rsa('RSASSA-PKCS1-v1_5', 256),
+    RS384: rsa('RSASSA-PKCS1-v1_5', 384),
+    RS512: rsa('RSASSA-PKCS1-v1_5', 512),
+    PS256: rsa('RSA-PSS', 256),
+    PS384: rsa('RSA-PSS', 384),
+    PS512: rsa('RSA-PSS', 512),
+    ES256: ecdsa(256, 'P-256', 64),
+    ES384: ecdsa(384, 'P-384', 96),
+    ES512: ecdsa(512, 'P-521', 132),
+    EdDSA: { name: 'Ed25519', hash: null },
+    Ed25519: { name: 'Ed25519', hash: null },
+  } satisfies Record<string, Scheme>),
+)
 
 const MIN_RSA_BITS = 2048
 
 /** Whether `verifySignature` handles `alg`; the rest (HMAC) stays with jose. */
 export const handlesAlgorithm = (alg: string): boolean => SCHEMES.has(alg)
 
-export const isCryptoKey = (key: unknown): key is CryptoKey => (key as { [Symbol.toStringTag]?: unknown })?.[Symbol.toStringTag] === 'CryptoKey'
+export const isCryptoKey = (key: unknown): key is CryptoKey =>
+  (key as { [Symbol.toStringTag]?: unknown })?.[Symbol.toStringTag] === 'CryptoKey'
 
 // A CryptoKey lives as long as the key set that imported it, so the KeyObject goes with it.
 const keyObjects = new WeakMap<CryptoKey, { alg: string; options: Parameters<typeof verify>[2] }>()
@@ -73,9 +81,12 @@ function checkFits(alg: string, scheme: Scheme, key: CryptoKey): void {
   const algorithm = key.algorithm as { name: string; hash?: { name?: string }; namedCurve?: string; modulusLength?: number }
   if (key.type !== 'public' || !key.usages.includes('verify')) throw new TypeError(`${alg}: the key is not a public key for verifying`)
   if (algorithm.name !== scheme.name) throw new TypeError(`${alg}: the key was imported for ${algorithm.name}`)
-  if (scheme.webHash !== undefined && algorithm.hash?.name !== scheme.webHash) throw new TypeError(`${alg}: the key was imported for ${algorithm.hash?.name ?? 'no hash'}`)
-  if (scheme.curve !== undefined && algorithm.namedCurve !== scheme.curve) throw new TypeError(`${alg}: the key is on ${algorithm.namedCurve ?? 'no curve'}`)
-  if (scheme.name.startsWith('RSA') && !((algorithm.modulusLength ?? 0) >= MIN_RSA_BITS)) throw new TypeError(`${alg} requires a key of at least ${MIN_RSA_BITS} bits`)
+  if (scheme.webHash !== undefined && algorithm.hash?.name !== scheme.webHash)
+    throw new TypeError(`${alg}: the key was imported for ${algorithm.hash?.name ?? 'no hash'}`)
+  if (scheme.curve !== undefined && algorithm.namedCurve !== scheme.curve)
+    throw new TypeError(`${alg}: the key is on ${algorithm.namedCurve ?? 'no curve'}`)
+  if (scheme.name.startsWith('RSA') && !((algorithm.modulusLength ?? 0) >= MIN_RSA_BITS))
+    throw new TypeError(`${alg} requires a key of at least ${MIN_RSA_BITS} bits`)
 }
 
 function prepare(alg: string, scheme: Scheme, key: CryptoKey) {
@@ -83,8 +94,8 @@ function prepare(alg: string, scheme: Scheme, key: CryptoKey) {
   const keyObject = KeyObject.from(key)
   const options =
     scheme.name === 'RSA-PSS'
-      // RFC 7518 §3.5: the salt is as long as the hash; any other length fails, as in WebCrypto.
-      ? { key: keyObject, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }
+      ? // RFC 7518 §3.5: the salt is as long as the hash; any other length fails, as in WebCrypto.
+        { key: keyObject, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }
       : scheme.name === 'ECDSA'
         ? { key: keyObject, dsaEncoding: 'ieee-p1363' as const }
         : keyObject

@@ -192,7 +192,11 @@ export function createVerifier(opts: VerifierOptions): Verifier {
   }
   const verify = async (token: string, steps?: StepTracer): Promise<Identity | Denial> => check(token, steps)
   return Object.assign(verify, {
-    cached, knows: (token: string) => lookUp(token) !== undefined, check, cacheSize: () => cache.size, headerCacheSize: () => headers.size,
+    cached,
+    knows: (token: string) => lookUp(token) !== undefined,
+    check,
+    cacheSize: () => cache.size,
+    headerCacheSize: () => headers.size,
   })
 }
 
@@ -212,7 +216,11 @@ interface Prechecked {
 }
 
 /** Cheap structural checks before any key is looked up or any signature computed. */
-function precheck(token: string, algorithms: ReadonlySet<string>, verifiedHeaders: ReadonlyMap<string, JWSHeaderParameters>): Prechecked | Denial {
+function precheck(
+  token: string,
+  algorithms: ReadonlySet<string>,
+  verifiedHeaders: ReadonlyMap<string, JWSHeaderParameters>,
+): Prechecked | Denial {
   const parts = token.split('.')
   if (parts.length === 5) return deny('malformed', 'encrypted tokens (JWE) are not accepted')
   if (parts.length !== 3 || parts.some((p) => p === '')) return deny('malformed', 'token is not a signed JWT')
@@ -225,7 +233,8 @@ function precheck(token: string, algorithms: ReadonlySet<string>, verifiedHeader
   try {
     const text = utf8.decode(Buffer.from(parts[0]!, 'base64url'))
     const parsed: unknown = JSON.parse(text)
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return deny('malformed', 'token header is not a JSON object')
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+      return deny('malformed', 'token header is not a JSON object')
     if (repeatsMember(text, parsed)) return deny('malformed', 'token header repeats a member')
     header = parsed as JWSHeaderParameters
   } catch {
@@ -263,7 +272,13 @@ function splitToken(token: string, [header, payload, signature]: readonly [strin
  * The token's payload bytes once its signature verifies with a key the resolver gives for its
  * header; throws (a jose error or a TypeError, mapped by reasonOf) otherwise.
  */
-async function verifySignature(token: string, { header, parts }: Prechecked, keys: KeyResolver, options: { algorithms: string[] }, steps: StepTracer | undefined): Promise<Uint8Array> {
+async function verifySignature(
+  token: string,
+  { header, parts }: Prechecked,
+  keys: KeyResolver,
+  options: { algorithms: string[] },
+  steps: StepTracer | undefined,
+): Promise<Uint8Array> {
   const alg = header.alg!
   const { signingInput, signature, payload } = splitToken(token, parts)
 

@@ -8,7 +8,11 @@ import { join } from 'node:path'
 import t from 'tap'
 import { benchDir, prepareBench, run } from '../fixtures/bench-harness.js'
 
-interface Pair { id: string; rps: { median: number; perRound: number[] }; cpu: { median: number } }
+interface Pair {
+  id: string
+  rps: { median: number; perRound: number[] }
+  cpu: { median: number }
+}
 interface Result {
   against?: { ref: string; commit: string }
   rows: Array<{ id: string; label: string; median?: { rps: number } }>
@@ -19,11 +23,33 @@ t.test('bench --against HEAD: row 3 on this tree and on HEAD, back to back, with
   if (!(await prepareBench(t))) return
   const resultsDir = mkdtempSync(join(tmpdir(), 'lapse-bench-against-'))
   t.teardown(() => rmSync(resultsDir, { recursive: true, force: true }))
-  const bench = await run(process.execPath, [
-    join(benchDir, 'run.mjs'),
-    '--against', 'HEAD', '--duration', '1', '--rounds', '2', '--warmup', '0', '--rows', '3',
-    '--rate', '300', '--micro-time', '0', '--quiet-wait', '0', '--no-build', '--results-dir', resultsDir,
-  ], benchDir, 110_000)
+  const bench = await run(
+    process.execPath,
+    [
+      join(benchDir, 'run.mjs'),
+      '--against',
+      'HEAD',
+      '--duration',
+      '1',
+      '--rounds',
+      '2',
+      '--warmup',
+      '0',
+      '--rows',
+      '3',
+      '--rate',
+      '300',
+      '--micro-time',
+      '0',
+      '--quiet-wait',
+      '0',
+      '--no-build',
+      '--results-dir',
+      resultsDir,
+    ],
+    benchDir,
+    110_000,
+  )
   t.equal(bench.code, 0, 'bench exits 0', { stdout: bench.stdout.slice(-4000), stderr: bench.stderr.slice(-2000) })
   t.match(bench.stdout, /A\/B against HEAD \([0-9a-f]{10}\)/, 'prints the comparison')
 
@@ -37,7 +63,11 @@ t.test('bench --against HEAD: row 3 on this tree and on HEAD, back to back, with
     const row = result.rows.find((r) => r.id === id)
     t.ok(row?.median && row.median.rps > 0, `row ${id} measured non-zero req/s`)
   }
-  t.match(result.rows.find((r) => r.id === '3@base')?.label, new RegExp(`@ ${result.against?.commit ?? 'x'}$`), 'the base row names its commit')
+  t.match(
+    result.rows.find((r) => r.id === '3@base')?.label,
+    new RegExp(`@ ${result.against?.commit ?? 'x'}$`),
+    'the base row names its commit',
+  )
   const pair = result.pairs?.find((p) => p.id === '3')
   t.equal(pair?.rps.perRound.length, 2, 'a ratio for each round')
   t.ok(pair && pair.rps.median > 0 && pair.cpu.median > 0, 'req/s and CPU ratios computed')

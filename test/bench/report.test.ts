@@ -7,10 +7,32 @@ import { pathToFileURL } from 'node:url'
 import t from 'tap'
 import { benchDir } from '../fixtures/bench-harness.js'
 
-interface Round { rps: number; p50Ms: number; p99Ms: number; serverCpuUsPerReq: number; foreignCpuShare: number; error?: string }
-interface Row { id: string; label: string; server: string; rate?: number; pairOf?: string }
-interface Summary { id: string; vsFloor?: number; median?: { rps: number } }
-interface Check { name: string; status: string; detail: string; clear?: boolean }
+interface Round {
+  rps: number
+  p50Ms: number
+  p99Ms: number
+  serverCpuUsPerReq: number
+  foreignCpuShare: number
+  error?: string
+}
+interface Row {
+  id: string
+  label: string
+  server: string
+  rate?: number
+  pairOf?: string
+}
+interface Summary {
+  id: string
+  vsFloor?: number
+  median?: { rps: number }
+}
+interface Check {
+  name: string
+  status: string
+  detail: string
+  clear?: boolean
+}
 interface Report {
   summarize(rows: Row[], measurements: Map<string, Array<Round | { error: string }>>): Summary[]
   checkTargets(summary: Summary[]): Check[]
@@ -18,7 +40,9 @@ interface Report {
   medianInterval(xs: number[], coverage?: number): { low: number; high: number; coverage: number } | undefined
   shouldRecord(run: { noRecord: boolean; against?: object; rowCount: number }): boolean
 }
-interface Rows { adjacentGroups(runnable: Row[]): Row[][] }
+interface Rows {
+  adjacentGroups(runnable: Row[]): Row[][]
+}
 
 const load = async <T>(file: string) => (await import(pathToFileURL(join(benchDir, 'lib', file)).href)) as T
 
@@ -83,9 +107,18 @@ t.test('two rows that never measured in the same round are skipped, not judged',
 t.test('rows a target compares, and each A/B twin, run as one unit of a round', async (t) => {
   const { adjacentGroups } = await load<Rows>('rows.mjs')
   const ids = (groups: Row[][]) => groups.map((g) => g.map((r) => r.id).join(','))
-  t.same(ids(adjacentGroups(['1', '2', '2x', '3', '7', '3f', '7f', '6'].map((id) => row(id)))).sort(), ['1', '2,3,7', '2x', '3f,7f', '6'].sort())
-  const withTwins = ['2', '3', '4a', '7'].map((id) => row(id)).flatMap((r) => (r.id === '2' ? [r] : [r, row(`${r.id}@base`, { pairOf: r.id })]))
-  t.same(ids(adjacentGroups(withTwins)).sort(), ['2,3,3@base,7,7@base', '4a,4a@base'].sort(), 'each twin stays next to its row inside the group')
+  t.same(
+    ids(adjacentGroups(['1', '2', '2x', '3', '7', '3f', '7f', '6'].map((id) => row(id)))).sort(),
+    ['1', '2,3,7', '2x', '3f,7f', '6'].sort(),
+  )
+  const withTwins = ['2', '3', '4a', '7']
+    .map((id) => row(id))
+    .flatMap((r) => (r.id === '2' ? [r] : [r, row(`${r.id}@base`, { pairOf: r.id })]))
+  t.same(
+    ids(adjacentGroups(withTwins)).sort(),
+    ['2,3,3@base,7,7@base', '4a,4a@base'].sort(),
+    'each twin stays next to its row inside the group',
+  )
   t.same(ids(adjacentGroups([row('3'), row('6')])).sort(), ['3', '6'], 'a group with one member present is no group')
 })
 
@@ -120,7 +153,15 @@ t.test('a verdict says whether the interval of its median clears the target or s
   t.match(of('row 4a').detail, /93% interval 0\.80 to 0\.95, .*within noise: the interval spans the target$/)
   t.match(of('row 4b'), { status: 'FAIL', clear: true })
   // Three rounds are too few for an interval: the verdict stands without one.
-  const few = checkTargets(summarize([row('2'), row('3')], new Map([['2', floor.slice(0, 3)], ['3', [900, 950, 990].map((r) => round(r))]])))
+  const few = checkTargets(
+    summarize(
+      [row('2'), row('3')],
+      new Map([
+        ['2', floor.slice(0, 3)],
+        ['3', [900, 950, 990].map((r) => round(r))],
+      ]),
+    ),
+  )
   t.equal(few.find((c) => c.name.startsWith('row 3 ≥ 0.90'))!.clear, undefined)
   t.notMatch(few.find((c) => c.name.startsWith('row 3 ≥ 0.90'))!.detail, /interval|noise/)
 })

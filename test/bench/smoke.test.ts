@@ -9,8 +9,16 @@ import { join } from 'node:path'
 import t from 'tap'
 import { benchDir, prepareBench, run } from '../fixtures/bench-harness.js'
 
-interface CpuSplit { user: number; system: number; otherThreads: number }
-interface BenchRow { id: string; median?: { rps: number; p50Ms: number; p99Ms: number; serverCpuUsPerReq: number; serverCpuSplitUsPerReq?: CpuSplit }; error?: string }
+interface CpuSplit {
+  user: number
+  system: number
+  otherThreads: number
+}
+interface BenchRow {
+  id: string
+  median?: { rps: number; p50Ms: number; p99Ms: number; serverCpuUsPerReq: number; serverCpuSplitUsPerReq?: CpuSplit }
+  error?: string
+}
 interface BenchResult {
   commit: string
   node: string
@@ -25,12 +33,34 @@ t.test('bench smoke: 2 s rows produce a table and JSON with non-zero req/s', asy
   if (!(await prepareBench(t))) return
   const resultsDir = mkdtempSync(join(tmpdir(), 'lapse-bench-smoke-'))
   t.teardown(() => rmSync(resultsDir, { recursive: true, force: true }))
-  const bench = await run(process.execPath, [
-    join(benchDir, 'run.mjs'),
-    '--duration', '2', '--rounds', '1', '--warmup', '0', '--rows', '1,2,3,6',
-    '--rate', '300', '--micro-time', '50', '--pool', '50', '--quiet-wait', '0',
-    '--no-build', '--no-record', '--results-dir', resultsDir,
-  ], benchDir, 100_000)
+  const bench = await run(
+    process.execPath,
+    [
+      join(benchDir, 'run.mjs'),
+      '--duration',
+      '2',
+      '--rounds',
+      '1',
+      '--warmup',
+      '0',
+      '--rows',
+      '1,2,3,6',
+      '--rate',
+      '300',
+      '--micro-time',
+      '50',
+      '--pool',
+      '50',
+      '--quiet-wait',
+      '0',
+      '--no-build',
+      '--no-record',
+      '--results-dir',
+      resultsDir,
+    ],
+    benchDir,
+    100_000,
+  )
   t.equal(bench.code, 0, 'bench exits 0', { stdout: bench.stdout.slice(-4000), stderr: bench.stderr.slice(-2000) })
   t.match(bench.stdout, /\| row \| what\s+\| req\/s \|/, 'prints the table')
   t.match(bench.stdout, /(PASS|FAIL)\s+row 3 ≥ 0\.90 × row 2 req\/s/, 'prints the target checks')
@@ -53,11 +83,19 @@ t.test('bench smoke: 2 s rows produce a table and JSON with non-zero req/s', asy
   const lapse = result.rows.find((r) => r.id === '3')?.median
   if (existsSync('/proc/self/task') && lapse) {
     const split = lapse.serverCpuSplitUsPerReq
-    t.ok(split, 'records the split of Lapse\'s CPU')
+    t.ok(split, "records the split of Lapse's CPU")
     if (split) {
-      t.ok(split.user > 0 && split.system >= 0 && split.otherThreads >= 0 && split.otherThreads <= split.user + split.system, 'user, system and other-thread time are sane', split)
+      t.ok(
+        split.user > 0 && split.system >= 0 && split.otherThreads >= 0 && split.otherThreads <= split.user + split.system,
+        'user, system and other-thread time are sane',
+        split,
+      )
       const requests = 500 // at least, of the 600 the capped rate allows in 2 s
-      t.ok(Math.abs(split.user + split.system - lapse.serverCpuUsPerReq) <= (2 * 10_000) / requests + 1, 'user + system is the row\'s CPU µs/req', { split, cpu: lapse.serverCpuUsPerReq })
+      t.ok(
+        Math.abs(split.user + split.system - lapse.serverCpuUsPerReq) <= (2 * 10_000) / requests + 1,
+        "user + system is the row's CPU µs/req",
+        { split, cpu: lapse.serverCpuUsPerReq },
+      )
     }
   }
   const row3 = result.checks.find((c) => c.name.startsWith('row 3 ≥ 0.90'))

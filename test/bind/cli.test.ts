@@ -12,7 +12,8 @@ import { runApp } from '../fixtures/app.js'
 
 const run = promisify(execFile)
 const ROOT = join(import.meta.dirname, '../..')
-const lapse = (args: string[], env: Record<string, string>) => run(process.execPath, [join(ROOT, 'bin/lapse.js'), ...args], { env: { ...process.env, ...env } })
+const lapse = (args: string[], env: Record<string, string>) =>
+  run(process.execPath, [join(ROOT, 'bin/lapse.js'), ...args], { env: { ...process.env, ...env } })
 
 t.test('the worked example: a key, a token bound to it, a proof, and curl through a real Lapse', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'lapse-dpop-cli-'))
@@ -34,7 +35,8 @@ t.test('the worked example: a key, a token bound to it, a proof, and curl throug
   t.equal((decodeJwt(proof) as { htu?: string }).htu, url, 'htu without the query')
   t.notOk(readFileSync(join(dir, 'dpop-key.json'), 'utf8').includes(proof.split('.')[2]!))
 
-  const curl = (p: string) => run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-H', `Authorization: DPoP ${token}`, '-H', `DPoP: ${p}`, `${url}?page=2`])
+  const curl = (p: string) =>
+    run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-H', `Authorization: DPoP ${token}`, '-H', `DPoP: ${p}`, `${url}?page=2`])
   t.equal((await curl(proof)).stdout, '200', 'curl with the proof gets through')
   t.equal((await curl(proof)).stdout, '401', 'the same proof again is refused')
   t.equal(app.upstream.calls, 1)

@@ -24,7 +24,10 @@ async function theirs(token: string, proof: string | undefined): Promise<boolean
   const headers = new Headers({ authorization: `DPoP ${token}` })
   if (proof !== undefined) headers.set('dpop', proof)
   try {
-    await oauth.validateJwtAccessToken(as, new Request(URL_, { method: 'GET', headers }), AUDIENCE, { [oauth.customFetch]: jwksFetch, requireDPoP: true })
+    await oauth.validateJwtAccessToken(as, new Request(URL_, { method: 'GET', headers }), AUDIENCE, {
+      [oauth.customFetch]: jwksFetch,
+      requireDPoP: true,
+    })
     return true
   } catch {
     return false
@@ -46,7 +49,10 @@ async function ours(token: string, proof: string | undefined, jkt: string): Prom
     const n = normalizeTarget(p)
     return 'reason' in n ? undefined : n.path
   }
-  const got = await checkProof({ method: 'GET', path: '/orders/1', host: 'rs.example', proofs: proof === undefined ? [] : [proof], token, jkt, normalizePath }, policy)
+  const got = await checkProof(
+    { method: 'GET', path: '/orders/1', host: 'rs.example', proofs: proof === undefined ? [] : [proof], token, jkt, normalizePath },
+    policy,
+  )
   return 'binding' in got
 }
 
@@ -76,13 +82,25 @@ const CASES: Case[] = [
   ['iat 400 s old', (h, token) => h.mutated({ htu: URL_, htm: 'GET', token, claims: { iat: nowS() - 400 } })],
   ['iat 400 s ahead', (h, token) => h.mutated({ htu: URL_, htm: 'GET', token, claims: { iat: nowS() + 400 } })],
   ['iat 200 s old', (h, token) => h.mutated({ htu: URL_, htm: 'GET', token, claims: { iat: nowS() - 200 } })],
-  ['a broken signature', async (h, token) => {
-    const p = await h.proof(URL_, 'GET', token)
-    const sig = Buffer.from(p.split('.')[2]!, 'base64url')
-    sig[5]! ^= 0x01
-    return `${p.split('.').slice(0, 2).join('.')}.${sig.toString('base64url')}`
-  }],
-  ['the jwk of another key', async (h, token) => h.mutated({ htu: URL_, htm: 'GET', token, header: { jwk: (await newHolder(h.pair.privateKey.algorithm.name === 'RSASSA-PKCS1-v1_5' ? 'RS256' : 'ES256')).jwk } })],
+  [
+    'a broken signature',
+    async (h, token) => {
+      const p = await h.proof(URL_, 'GET', token)
+      const sig = Buffer.from(p.split('.')[2]!, 'base64url')
+      sig[5]! ^= 0x01
+      return `${p.split('.').slice(0, 2).join('.')}.${sig.toString('base64url')}`
+    },
+  ],
+  [
+    'the jwk of another key',
+    async (h, token) =>
+      h.mutated({
+        htu: URL_,
+        htm: 'GET',
+        token,
+        header: { jwk: (await newHolder(h.pair.privateKey.algorithm.name === 'RSASSA-PKCS1-v1_5' ? 'RS256' : 'ES256')).jwk },
+      }),
+  ],
 ]
 
 for (const alg of ['ES256', 'RS256', 'PS256', 'Ed25519'] as const) {

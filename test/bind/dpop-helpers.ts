@@ -16,7 +16,13 @@ export interface Holder {
   /** A valid proof, from the dpop package. */
   proof(htu: string, htm: string, token: string, nonce?: string): Promise<string>
   /** A proof signed with jose under this key: the dpop package's claims and header, with `claims` and `header` changed. */
-  mutated(opts: { htu: string; htm: string; token: string; claims?: Record<string, unknown>; header?: Record<string, unknown> }): Promise<string>
+  mutated(opts: {
+    htu: string
+    htm: string
+    token: string
+    claims?: Record<string, unknown>
+    header?: Record<string, unknown>
+  }): Promise<string>
 }
 
 export async function newHolder(alg: 'ES256' | 'RS256' | 'PS256' | 'Ed25519' = 'ES256'): Promise<Holder> {

@@ -46,7 +46,10 @@ t.test('a proof from the dpop package is accepted; the upstream gets X-Auth-Bind
   t.equal(got.audit.binding, 'dpop')
   t.equal(got.audit.key_thumbprint, holder.jkt)
   const proofSignature = (await holder.proof(url, 'GET', token)).split('.')[2]!
-  t.ok(lapse.rawLines.every((l) => !l.includes(proofSignature.slice(0, 20))), 'no proof in the log')
+  t.ok(
+    lapse.rawLines.every((l) => !l.includes(proofSignature.slice(0, 20))),
+    'no proof in the log',
+  )
 })
 
 t.test("oauth4webapi's DPoP handle gets through, with every algorithm of the default list it can sign", async (t) => {
@@ -55,7 +58,10 @@ t.test("oauth4webapi's DPoP handle gets through, with every algorithm of the def
     const h = await newHolder(alg)
     const handle = oauth.DPoP({}, h.pair)
     const token = await keys.mint({ cnf: { jkt: await handle.calculateThumbprint() } })
-    const res = await oauth.protectedResourceRequest(token, 'GET', new URL(`${lapse.url}/orders/${alg}`), undefined, undefined, { DPoP: handle, [oauth.allowInsecureRequests]: true })
+    const res = await oauth.protectedResourceRequest(token, 'GET', new URL(`${lapse.url}/orders/${alg}`), undefined, undefined, {
+      DPoP: handle,
+      [oauth.allowInsecureRequests]: true,
+    })
     t.equal(res.status, 200, alg)
   }
   t.equal(lapse.upstream.calls, 3)
@@ -69,16 +75,31 @@ t.test('each check of RFC 9449 §4.3 failing alone → 401 invalid_dpop_proof, u
   const rsa = await newHolder('PS256')
   const cases: Array<[string, () => Promise<Array<[string, string]>>]> = [
     ['no DPoP header', async () => []],
-    ['two DPoP headers', async () => [['dpop', await holder.proof(url, 'GET', token)], ['dpop', await holder.proof(url, 'GET', token)]]],
+    [
+      'two DPoP headers',
+      async () => [
+        ['dpop', await holder.proof(url, 'GET', token)],
+        ['dpop', await holder.proof(url, 'GET', token)],
+      ],
+    ],
     ['not a JWS', async () => [['dpop', 'not-a-proof']]],
     ['typ is jwt', async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, header: { typ: 'JWT' } })]]],
     ['no jwk', async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, header: { jwk: undefined } })]]],
-    ['a private member in the jwk', async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, header: { jwk: { ...holder.jwk, d: 'AAAA' } } })]]],
-    ['a jwk that did not sign it', async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, header: { jwk: rsa.jwk, alg: 'ES256' } })]]],
-    ['a broken signature', async () => {
-      const p = await holder.proof(url, 'GET', token)
-      return [['dpop', `${p.slice(0, -4)}${p.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`]]
-    }],
+    [
+      'a private member in the jwk',
+      async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, header: { jwk: { ...holder.jwk, d: 'AAAA' } } })]],
+    ],
+    [
+      'a jwk that did not sign it',
+      async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, header: { jwk: rsa.jwk, alg: 'ES256' } })]],
+    ],
+    [
+      'a broken signature',
+      async () => {
+        const p = await holder.proof(url, 'GET', token)
+        return [['dpop', `${p.slice(0, -4)}${p.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`]]
+      },
+    ],
     ['htm POST on a GET', async () => [['dpop', await holder.proof(url, 'POST', token)]]],
     ['htm in lower case', async () => [['dpop', await holder.proof(url, 'get', token)]]],
     ['htu of another path', async () => [['dpop', await holder.proof(`${lapse.url}/orders/2`, 'GET', token)]]],
@@ -87,10 +108,21 @@ t.test('each check of RFC 9449 §4.3 failing alone → 401 invalid_dpop_proof, u
     ['ath of another token', async () => [['dpop', await holder.proof(url, 'GET', other)]]],
     ['no ath', async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, claims: { ath: undefined } })]]],
     ['no jti', async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, claims: { jti: undefined } })]]],
-    ['iat as a string', async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, claims: { iat: String(Math.floor(Date.now() / 1000)) } })]]],
+    [
+      'iat as a string',
+      async () => [['dpop', await holder.mutated({ htu: url, htm: 'GET', token, claims: { iat: String(Math.floor(Date.now() / 1000)) } })]],
+    ],
   ]
   for (const [name, headers] of cases) {
-    await t.test(name, async (t) => proofDenied(t, lapse, await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ...(await headers())] }), 'dpop_proof_invalid', token))
+    await t.test(name, async (t) =>
+      proofDenied(
+        t,
+        lapse,
+        await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ...(await headers())] }),
+        'dpop_proof_invalid',
+        token,
+      ),
+    )
   }
 })
 
@@ -98,19 +130,33 @@ t.test('an algorithm outside LAPSE_DPOP_ALGORITHMS → dpop_proof_invalid, the c
   const lapse = await runApp(t, { env: { LAPSE_DPOP_ALGORITHMS: 'ES256' } })
   const rsa = await newHolder('PS256')
   const token = await keys.mint({ cnf: { jkt: rsa.jkt } })
-  const got = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await rsa.proof(`${lapse.url}/orders/1`, 'GET', token)]] })
-  assertDenied(t, lapse, got.res, got.audit, { status: 401, challenge: /^DPoP realm="lapse", algs="ES256", error="invalid_dpop_proof"/, error: 'invalid_dpop_proof', reason: 'dpop_proof_invalid' })
+  const got = await sendAudited(lapse, '/orders/1', {
+    headers: [dpopAuth(token), ['dpop', await rsa.proof(`${lapse.url}/orders/1`, 'GET', token)]],
+  })
+  assertDenied(t, lapse, got.res, got.audit, {
+    status: 401,
+    challenge: /^DPoP realm="lapse", algs="ES256", error="invalid_dpop_proof"/,
+    error: 'invalid_dpop_proof',
+    reason: 'dpop_proof_invalid',
+  })
 })
 
 t.test('iat outside LAPSE_DPOP_MAX_AGE plus the skew, on either side → dpop_proof_invalid; inside → allowed', async (t) => {
   // How old the proof is when Lapse reads it: 60 s plus 30 s of skew, or 30 s of skew ahead.
-  for (const [ageS, allowed] of [[60 + 30 + 3, false], [60 + 30 - 3, true], [-(30 - 3), true], [-(30 + 5), false]] as const) {
+  for (const [ageS, allowed] of [
+    [60 + 30 + 3, false],
+    [60 + 30 - 3, true],
+    [-(30 - 3), true],
+    [-(30 + 5), false],
+  ] as const) {
     // Lapse's clock is moved instead of the proof's iat, which the dpop package sets to now.
     const nowMs = () => Date.now() + ageS * 1000
     await t.test(`proof iat ${ageS > 0 ? `${ageS} s old` : `${-ageS} s ahead`}`, async (t) => {
       const lapse = await runApp(t, { clock: { now: nowMs } })
       const token = await keys.mint({ cnf: { jkt: holder.jkt } }, { nowS: Math.floor(nowMs() / 1000) })
-      const got = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', token)]] })
+      const got = await sendAudited(lapse, '/orders/1', {
+        headers: [dpopAuth(token), ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', token)]],
+      })
       if (allowed) t.equal(got.res.status, 200)
       else proofDenied(t, lapse, got)
     })
@@ -124,48 +170,121 @@ t.test('a proof is accepted once: the same proof again → dpop_replayed', async
   const first = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', proof]] })
   t.equal(first.res.status, 200)
   const again = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', proof]] })
-  assertDenied(t, lapse, again.res, again.audit, { status: 401, challenge: PROOF_INVALID, error: 'invalid_dpop_proof', reason: 'dpop_replayed', upstreamCalls: 1 })
+  assertDenied(t, lapse, again.res, again.audit, {
+    status: 401,
+    challenge: PROOF_INVALID,
+    error: 'invalid_dpop_proof',
+    reason: 'dpop_replayed',
+    upstreamCalls: 1,
+  })
 })
 
-t.test('one token, many requests: each new proof passes; once its key is known, another key or a forged signature still fails', async (t) => {
-  const lapse = await runApp(t)
-  const token = await bound()
-  const url = `${lapse.url}/orders/1`
-  for (let i = 0; i < 3; i++) t.equal((await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(url, 'GET', token)]] })).res.status, 200, `request ${i + 1}`)
-  const thief = await newHolder()
-  const stolen = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await thief.proof(url, 'GET', token)]] })
-  assertDenied(t, lapse, stolen.res, stolen.audit, { status: 401, challenge: TOKEN_INVALID, error: 'invalid_token', reason: 'dpop_key_mismatch', upstreamCalls: 3 })
-  // The holder's public key in the header, the thief's signature: the known key does not vouch for it.
-  const forged = await thief.mutated({ htu: url, htm: 'GET', token, header: { jwk: holder.jwk, alg: 'ES256' } })
-  const got = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', forged]] })
-  assertDenied(t, lapse, got.res, got.audit, { status: 401, challenge: PROOF_INVALID, error: 'invalid_dpop_proof', reason: 'dpop_proof_invalid', upstreamCalls: 3 })
-})
+t.test(
+  'one token, many requests: each new proof passes; once its key is known, another key or a forged signature still fails',
+  async (t) => {
+    const lapse = await runApp(t)
+    const token = await bound()
+    const url = `${lapse.url}/orders/1`
+    for (let i = 0; i < 3; i++)
+      t.equal(
+        (await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(url, 'GET', token)]] })).res.status,
+        200,
+        `request ${i + 1}`,
+      )
+    const thief = await newHolder()
+    const stolen = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await thief.proof(url, 'GET', token)]] })
+    assertDenied(t, lapse, stolen.res, stolen.audit, {
+      status: 401,
+      challenge: TOKEN_INVALID,
+      error: 'invalid_token',
+      reason: 'dpop_key_mismatch',
+      upstreamCalls: 3,
+    })
+    // The holder's public key in the header, the thief's signature: the known key does not vouch for it.
+    const forged = await thief.mutated({ htu: url, htm: 'GET', token, header: { jwk: holder.jwk, alg: 'ES256' } })
+    const got = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', forged]] })
+    assertDenied(t, lapse, got.res, got.audit, {
+      status: 401,
+      challenge: PROOF_INVALID,
+      error: 'invalid_dpop_proof',
+      reason: 'dpop_proof_invalid',
+      upstreamCalls: 3,
+    })
+  },
+)
 
 t.test('a token bound to another key → dpop_key_mismatch (invalid_token)', async (t) => {
   const lapse = await runApp(t)
   const thief = await newHolder()
   const token = await bound()
-  proofDenied(t, lapse, await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await thief.proof(`${lapse.url}/orders/1`, 'GET', token)]] }), 'dpop_key_mismatch')
+  proofDenied(
+    t,
+    lapse,
+    await sendAudited(lapse, '/orders/1', {
+      headers: [dpopAuth(token), ['dpop', await thief.proof(`${lapse.url}/orders/1`, 'GET', token)]],
+    }),
+    'dpop_key_mismatch',
+  )
 })
 
 t.test('the Bearer downgrade: a DPoP-bound token under Bearer is refused, with or without a proof', async (t) => {
   const lapse = await runApp(t)
   const token = await bound()
-  proofDenied(t, lapse, await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${token}`]] }), 'dpop_key_mismatch', token)
+  proofDenied(
+    t,
+    lapse,
+    await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${token}`]] }),
+    'dpop_key_mismatch',
+    token,
+  )
   const proof = await holder.proof(`${lapse.url}/orders/1`, 'GET', token)
-  proofDenied(t, lapse, await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${token}`], ['dpop', proof]] }), 'dpop_key_mismatch', token)
+  proofDenied(
+    t,
+    lapse,
+    await sendAudited(lapse, '/orders/1', {
+      headers: [
+        ['authorization', `Bearer ${token}`],
+        ['dpop', proof],
+      ],
+    }),
+    'dpop_key_mismatch',
+    token,
+  )
   // Also once the token is in the verifier's cache from an allowed DPoP request.
-  t.equal((await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', token)]] })).res.status, 200)
+  t.equal(
+    (
+      await sendAudited(lapse, '/orders/1', {
+        headers: [dpopAuth(token), ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', token)]],
+      })
+    ).res.status,
+    200,
+  )
   const cached = await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${token}`]] })
-  assertDenied(t, lapse, cached.res, cached.audit, { status: 401, challenge: TOKEN_INVALID, error: 'invalid_token', reason: 'dpop_key_mismatch', upstreamCalls: 1, token })
+  assertDenied(t, lapse, cached.res, cached.audit, {
+    status: 401,
+    challenge: TOKEN_INVALID,
+    error: 'invalid_token',
+    reason: 'dpop_key_mismatch',
+    upstreamCalls: 1,
+    token,
+  })
 })
 
 t.test('an unbound token under the DPoP scheme → dpop_key_mismatch; DPoP with two credentials stays invalid_request', async (t) => {
   const lapse = await runApp(t)
   const token = await keys.mint()
-  proofDenied(t, lapse, await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', token)]] }), 'dpop_key_mismatch')
+  proofDenied(
+    t,
+    lapse,
+    await sendAudited(lapse, '/orders/1', {
+      headers: [dpopAuth(token), ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', token)]],
+    }),
+    'dpop_key_mismatch',
+  )
   const b = await bound()
-  const two = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(b), ['authorization', `Bearer ${b}`], ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', b)]] })
+  const two = await sendAudited(lapse, '/orders/1', {
+    headers: [dpopAuth(b), ['authorization', `Bearer ${b}`], ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', b)]],
+  })
   t.equal(two.res.status, 400)
   t.equal(two.audit.reason, 'invalid_request')
   t.equal(lapse.upstream.calls, 0)
@@ -175,13 +294,21 @@ t.test('LAPSE_PUBLIC_ORIGINS: htu must name a listed origin, not the Host', asyn
   const lapse = await runApp(t, { env: { LAPSE_PUBLIC_ORIGINS: 'https://orders.example.com, https://api.example.com:8443' } })
   const token = await bound()
   for (const origin of ['https://orders.example.com', 'https://ORDERS.example.com:443', 'https://api.example.com:8443']) {
-    const got = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(`${origin}/orders/./1`, 'GET', token)]] })
+    const got = await sendAudited(lapse, '/orders/1', {
+      headers: [dpopAuth(token), ['dpop', await holder.proof(`${origin}/orders/./1`, 'GET', token)]],
+    })
     t.equal(got.res.status, 200, `${origin}, compared after normalization`)
   }
   const calls = lapse.upstream.calls
   for (const htu of [`${lapse.url}/orders/1`, 'http://orders.example.com/orders/1', 'https://api.example.com/orders/1']) {
     const got = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(htu, 'GET', token)]] })
-    assertDenied(t, lapse, got.res, got.audit, { status: 401, challenge: PROOF_INVALID, error: 'invalid_dpop_proof', reason: 'dpop_proof_invalid', upstreamCalls: calls })
+    assertDenied(t, lapse, got.res, got.audit, {
+      status: 401,
+      challenge: PROOF_INVALID,
+      error: 'invalid_dpop_proof',
+      reason: 'dpop_proof_invalid',
+      upstreamCalls: calls,
+    })
   }
 })
 
@@ -196,19 +323,33 @@ t.test('without LAPSE_PUBLIC_ORIGINS, htu may say http or https for the Host', a
 })
 
 t.test('sender_constrained: a plain bearer token → 401 with Bearer and DPoP challenges; a bound one passes', async (t) => {
-  const lapse = await runApp(t, { routes: [{ path: '/orders/**', scopes: ['orders:read'], sender_constrained: true }, { path: '/open/**' }] })
+  const lapse = await runApp(t, {
+    routes: [{ path: '/orders/**', scopes: ['orders:read'], sender_constrained: true }, { path: '/open/**' }],
+  })
   const plain = await keys.mint()
   const got = await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${plain}`]] })
   assertDenied(t, lapse, got.res, got.audit, {
     status: 401,
-    challenge: /^Bearer realm="lapse", error="invalid_token", error_description="[^"]+", DPoP realm="lapse", algs="ES256 EdDSA RS256 PS256"$/,
+    challenge:
+      /^Bearer realm="lapse", error="invalid_token", error_description="[^"]+", DPoP realm="lapse", algs="ES256 EdDSA RS256 PS256"$/,
     error: 'invalid_token',
     reason: 'sender_constraint_required',
     token: plain,
   })
-  t.equal((await sendAudited(lapse, '/open/1', { headers: [['authorization', `Bearer ${plain}`]] })).res.status, 200, 'a rule without it takes bearer tokens')
+  t.equal(
+    (await sendAudited(lapse, '/open/1', { headers: [['authorization', `Bearer ${plain}`]] })).res.status,
+    200,
+    'a rule without it takes bearer tokens',
+  )
   const token = await bound()
-  t.equal((await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', token)]] })).res.status, 200)
+  t.equal(
+    (
+      await sendAudited(lapse, '/orders/1', {
+        headers: [dpopAuth(token), ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', token)]],
+      })
+    ).res.status,
+    200,
+  )
 })
 
 t.test('LAPSE_SENDER_CONSTRAINED=true: every protected route wants a bound token, unless its rule says false', async (t) => {
@@ -223,16 +364,50 @@ t.test('LAPSE_SENDER_CONSTRAINED=true: every protected route wants a bound token
   })
   const plain = await keys.mint()
   const got = await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${plain}`]] })
-  assertDenied(t, lapse, got.res, got.audit, { status: 401, challenge: /^Bearer realm="lapse", error="invalid_token", .*, DPoP realm="lapse", algs="/, error: 'invalid_token', reason: 'sender_constraint_required' })
-  t.equal((await sendAudited(lapse, '/legacy/1', { method: 'POST', headers: [['authorization', `Bearer ${plain}`]] })).res.status, 200, 'the rule that opts out takes bearer tokens')
+  assertDenied(t, lapse, got.res, got.audit, {
+    status: 401,
+    challenge: /^Bearer realm="lapse", error="invalid_token", .*, DPoP realm="lapse", algs="/,
+    error: 'invalid_token',
+    reason: 'sender_constraint_required',
+  })
+  t.equal(
+    (await sendAudited(lapse, '/legacy/1', { method: 'POST', headers: [['authorization', `Bearer ${plain}`]] })).res.status,
+    200,
+    'the rule that opts out takes bearer tokens',
+  )
   t.equal((await sendAudited(lapse, '/health')).res.status, 200, 'public routes stay public')
   // A POST that names DELETE is decided by both rules: the DELETE rule wants a bound token.
-  const override = await sendAudited(lapse, '/legacy/1', { method: 'POST', headers: [['authorization', `Bearer ${plain}`], ['x-http-method-override', 'DELETE']] })
-  assertDenied(t, lapse, override.res, override.audit, { status: 401, challenge: /DPoP realm="lapse"/, error: 'invalid_token', reason: 'sender_constraint_required', upstreamCalls: 2 })
+  const override = await sendAudited(lapse, '/legacy/1', {
+    method: 'POST',
+    headers: [
+      ['authorization', `Bearer ${plain}`],
+      ['x-http-method-override', 'DELETE'],
+    ],
+  })
+  assertDenied(t, lapse, override.res, override.audit, {
+    status: 401,
+    challenge: /DPoP realm="lapse"/,
+    error: 'invalid_token',
+    reason: 'sender_constraint_required',
+    upstreamCalls: 2,
+  })
 })
 
 t.test('a rule both public and sender_constrained fails the boot', async (t) => {
-  t.throws(() => compileRoutes([{ path: '/x', scopes: [], public: true, on_revocation_unavailable: 'closed', cut_streams_at_expiry: true, sender_constrained: true }]), { code: 'ERR_RULES_INVALID', message: /routes\[0\].*public and also sender_constrained/ })
+  t.throws(
+    () =>
+      compileRoutes([
+        {
+          path: '/x',
+          scopes: [],
+          public: true,
+          on_revocation_unavailable: 'closed',
+          cut_streams_at_expiry: true,
+          sender_constrained: true,
+        },
+      ]),
+    { code: 'ERR_RULES_INVALID', message: /routes\[0\].*public and also sender_constrained/ },
+  )
 })
 
 t.test('the decision span and audit line name the binding, never the proof', async (t) => {

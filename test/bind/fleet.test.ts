@@ -37,8 +37,17 @@ t.test('a proof accepted at one sidecar is refused at the other: dpop_replayed',
   const proof = await holder.proof(HTU, 'GET', token)
   t.equal((await sendAudited(a, '/orders/1', { headers: [dpopAuth(token), ['dpop', proof]] })).res.status, 200)
   const again = await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', proof]] })
-  assertDenied(t, b, again.res, again.audit, { status: 401, challenge: /^DPoP realm="lapse", algs="[^"]+", error="invalid_dpop_proof"/, error: 'invalid_dpop_proof', reason: 'dpop_replayed' })
-  t.equal((await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token)]] })).res.status, 200, 'a new proof passes')
+  assertDenied(t, b, again.res, again.audit, {
+    status: 401,
+    challenge: /^DPoP realm="lapse", algs="[^"]+", error="invalid_dpop_proof"/,
+    error: 'invalid_dpop_proof',
+    reason: 'dpop_replayed',
+  })
+  t.equal(
+    (await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token)]] })).res.status,
+    200,
+    'a new proof passes',
+  )
 })
 
 t.test('the replay cache frozen past its budget → 503 dpop_replay_unavailable, upstream untouched', async (t) => {
@@ -49,42 +58,72 @@ t.test('the replay cache frozen past its budget → 503 dpop_replay_unavailable,
   own.pause()
   t.teardown(() => own.resume())
   const got = await sendAudited(lapse, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token)]] })
-  assertDenied(t, lapse, got.res, got.audit, { status: 503, challenge: undefined, error: 'temporarily_unavailable', reason: 'dpop_replay_unavailable' })
+  assertDenied(t, lapse, got.res, got.audit, {
+    status: 503,
+    challenge: undefined,
+    error: 'temporarily_unavailable',
+    reason: 'dpop_replay_unavailable',
+  })
   own.resume()
 })
 
-t.test('nonces: issued by one sidecar, accepted by the other; the previous step still passes and gets a fresh one; older is refused', async (t) => {
-  let offsetMs = 0
-  // A wide skew on both, so a proof made now is still fresh when the second sidecar's clock is two steps on.
-  const env = { LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: SECRET, LAPSE_CLOCK_SKEW: '150' }
-  const a = await sidecar(t, 'fleet-nonce', env)
-  const b = await sidecar(t, 'fleet-nonce', env, { now: () => Date.now() + offsetMs })
-  const token = await keys.mint({ cnf: { jkt: holder.jkt } })
-  const NONCE_CHALLENGE = /^DPoP realm="lapse", algs="[^"]+", error="use_dpop_nonce", error_description="[^"]+"$/
+t.test(
+  'nonces: issued by one sidecar, accepted by the other; the previous step still passes and gets a fresh one; older is refused',
+  async (t) => {
+    let offsetMs = 0
+    // A wide skew on both, so a proof made now is still fresh when the second sidecar's clock is two steps on.
+    const env = { LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: SECRET, LAPSE_CLOCK_SKEW: '150' }
+    const a = await sidecar(t, 'fleet-nonce', env)
+    const b = await sidecar(t, 'fleet-nonce', env, { now: () => Date.now() + offsetMs })
+    const token = await keys.mint({ cnf: { jkt: holder.jkt } })
+    const NONCE_CHALLENGE = /^DPoP realm="lapse", algs="[^"]+", error="use_dpop_nonce", error_description="[^"]+"$/
 
-  const first = await sendAudited(a, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token)]] })
-  assertDenied(t, a, first.res, first.audit, { status: 401, challenge: NONCE_CHALLENGE, error: 'use_dpop_nonce', reason: 'dpop_nonce_required' })
-  const nonce = first.res.headers['dpop-nonce'] as string
-  t.match(nonce, /^[0-9a-z]+\.[A-Za-z0-9_-]{22}$/, 'DPoP-Nonce carries the nonce')
+    const first = await sendAudited(a, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token)]] })
+    assertDenied(t, a, first.res, first.audit, {
+      status: 401,
+      challenge: NONCE_CHALLENGE,
+      error: 'use_dpop_nonce',
+      reason: 'dpop_nonce_required',
+    })
+    const nonce = first.res.headers['dpop-nonce'] as string
+    t.match(nonce, /^[0-9a-z]+\.[A-Za-z0-9_-]{22}$/, 'DPoP-Nonce carries the nonce')
 
-  t.equal((await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token, nonce)]] })).res.status, 200, "the other sidecar accepts it")
+    t.equal(
+      (await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token, nonce)]] })).res
+        .status,
+      200,
+      'the other sidecar accepts it',
+    )
 
-  offsetMs = 60_000
-  const next = await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token, nonce)]] })
-  t.equal(next.res.status, 200, 'a nonce of the previous step passes')
-  t.match(next.res.headers['dpop-nonce'], /^[0-9a-z]+\./, 'with a fresh nonce on the allowed answer')
-  t.not(next.res.headers['dpop-nonce'], nonce)
+    offsetMs = 60_000
+    const next = await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token, nonce)]] })
+    t.equal(next.res.status, 200, 'a nonce of the previous step passes')
+    t.match(next.res.headers['dpop-nonce'], /^[0-9a-z]+\./, 'with a fresh nonce on the allowed answer')
+    t.not(next.res.headers['dpop-nonce'], nonce)
 
-  offsetMs = 125_000
-  const stale = await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token, nonce)]] })
-  assertDenied(t, b, stale.res, stale.audit, { status: 401, challenge: NONCE_CHALLENGE, error: 'use_dpop_nonce', reason: 'dpop_nonce_required', upstreamCalls: 2 })
-  t.ok(stale.res.headers['dpop-nonce'], 'with the current nonce')
+    offsetMs = 125_000
+    const stale = await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token, nonce)]] })
+    assertDenied(t, b, stale.res, stale.audit, {
+      status: 401,
+      challenge: NONCE_CHALLENGE,
+      error: 'use_dpop_nonce',
+      reason: 'dpop_nonce_required',
+      upstreamCalls: 2,
+    })
+    t.ok(stale.res.headers['dpop-nonce'], 'with the current nonce')
 
-  const forged = `${nonce.split('.')[0]}.${'A'.repeat(22)}`
-  offsetMs = 0
-  const bad = await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token, forged)]] })
-  assertDenied(t, b, bad.res, bad.audit, { status: 401, challenge: NONCE_CHALLENGE, error: 'use_dpop_nonce', reason: 'dpop_nonce_required', upstreamCalls: 2 })
-})
+    const forged = `${nonce.split('.')[0]}.${'A'.repeat(22)}`
+    offsetMs = 0
+    const bad = await sendAudited(b, '/orders/1', { headers: [dpopAuth(token), ['dpop', await holder.proof(HTU, 'GET', token, forged)]] })
+    assertDenied(t, b, bad.res, bad.audit, {
+      status: 401,
+      challenge: NONCE_CHALLENGE,
+      error: 'use_dpop_nonce',
+      reason: 'dpop_nonce_required',
+      upstreamCalls: 2,
+    })
+  },
+)
 
 t.test("oauth4webapi's DPoP handle follows the nonce challenge and retries", async (t) => {
   const lapse = await runApp(t, { env: { LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: SECRET } })
@@ -107,19 +146,51 @@ t.test("oauth4webapi's DPoP handle follows the nonce challenge and retries", asy
 
 t.test('LAPSE_DPOP_NONCE=true without a secret fails the start', async (t) => {
   const { loadConfig } = await import('../../src/config/load.js')
-  const base = { LAPSE_UPSTREAM: 'http://127.0.0.1:1', LAPSE_ISSUER: 'https://i', LAPSE_AUDIENCE: 'a', LAPSE_JWKS_URL: 'http://127.0.0.1:2/jwks' }
-  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true' }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_DPOP_NONCE: .*LAPSE_DPOP_NONCE_SECRET/ })
-  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE_SECRET: 'short' }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_DPOP_NONCE_SECRET: at least 32/ })
+  const base = {
+    LAPSE_UPSTREAM: 'http://127.0.0.1:1',
+    LAPSE_ISSUER: 'https://i',
+    LAPSE_AUDIENCE: 'a',
+    LAPSE_JWKS_URL: 'http://127.0.0.1:2/jwks',
+  }
+  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true' }), {
+    code: 'ERR_CONFIG_INVALID',
+    message: /LAPSE_DPOP_NONCE: .*LAPSE_DPOP_NONCE_SECRET/,
+  })
+  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE_SECRET: 'short' }), {
+    code: 'ERR_CONFIG_INVALID',
+    message: /LAPSE_DPOP_NONCE_SECRET: at least 32/,
+  })
   t.throws(() => loadConfig({ ...base, LAPSE_DPOP_ALGORITHMS: 'HS256' }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_DPOP_ALGORITHMS/ })
-  t.throws(() => loadConfig({ ...base, LAPSE_PUBLIC_ORIGINS: 'https://x.example/path' }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_PUBLIC_ORIGINS/ })
+  t.throws(() => loadConfig({ ...base, LAPSE_PUBLIC_ORIGINS: 'https://x.example/path' }), {
+    code: 'ERR_CONFIG_INVALID',
+    message: /LAPSE_PUBLIC_ORIGINS/,
+  })
   const dir = mkdtempSync(join(tmpdir(), 'lapse-nonce-'))
   writeFileSync(join(dir, 'secret'), `${SECRET}\n`)
   writeFileSync(join(dir, 'short'), 'short\n')
-  t.equal(loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'secret') }).dpop.nonceSecret, SECRET, 'the file, trimmed')
-  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'short') }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_DPOP_NONCE_SECRET_FILE: .*32/ })
-  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'missing') }), { code: 'ERR_CONFIG_INVALID', message: /LAPSE_DPOP_NONCE_SECRET_FILE: cannot read/ })
-  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: SECRET, LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'secret') }), { code: 'ERR_CONFIG_INVALID', message: /not both/ })
-  t.equal(loadConfig({ ...base, LAPSE_DPOP_NONCE_SECRET: SECRET }).dpop.nonceSecret, undefined, 'a secret without LAPSE_DPOP_NONCE makes no nonces')
+  t.equal(
+    loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'secret') }).dpop.nonceSecret,
+    SECRET,
+    'the file, trimmed',
+  )
+  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'short') }), {
+    code: 'ERR_CONFIG_INVALID',
+    message: /LAPSE_DPOP_NONCE_SECRET_FILE: .*32/,
+  })
+  t.throws(() => loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'missing') }), {
+    code: 'ERR_CONFIG_INVALID',
+    message: /LAPSE_DPOP_NONCE_SECRET_FILE: cannot read/,
+  })
+  t.throws(
+    () =>
+      loadConfig({ ...base, LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: SECRET, LAPSE_DPOP_NONCE_SECRET_FILE: join(dir, 'secret') }),
+    { code: 'ERR_CONFIG_INVALID', message: /not both/ },
+  )
+  t.equal(
+    loadConfig({ ...base, LAPSE_DPOP_NONCE_SECRET: SECRET }).dpop.nonceSecret,
+    undefined,
+    'a secret without LAPSE_DPOP_NONCE makes no nonces',
+  )
 })
 
 /** A WebSocket through Lapse with these headers: 'open', or the status it was answered. */
@@ -152,6 +223,12 @@ t.test('a WebSocket upgrade is checked once, at the upgrade: a valid proof opens
   t.equal((await upgrade(url, { authorization: `Bearer ${token}` })).status, 401, 'the Bearer downgrade')
   // The allowed upgrade's line is written when its WebSocket closes, so the order is not the requests'.
   await waitFor(() => lapse.lines.filter((l) => l.audit === 'decision').length === 3, 5000, 'three audit lines')
-  t.same(lapse.lines.filter((l) => l.audit === 'decision').map((l) => l.reason).sort(), ['dpop_key_mismatch', 'dpop_replayed', 'ok'])
+  t.same(
+    lapse.lines
+      .filter((l) => l.audit === 'decision')
+      .map((l) => l.reason)
+      .sort(),
+    ['dpop_key_mismatch', 'dpop_replayed', 'ok'],
+  )
   t.equal(up.upstream.calls, 1, 'only the allowed upgrade reached the upstream')
 })

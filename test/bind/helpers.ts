@@ -24,7 +24,11 @@ export function clientAgent(pki: Pki, client?: Issued, opts: { keepAlive?: boole
   })
 }
 
-export async function callTls(lapse: Lapse, path: string, opts: { agent: Agent; token?: string; headers?: Record<string, string> }): Promise<TlsSent> {
+export async function callTls(
+  lapse: Lapse,
+  path: string,
+  opts: { agent: Agent; token?: string; headers?: Record<string, string> },
+): Promise<TlsSent> {
   const before = decisions(lapse).length
   const res = await request(`${httpsUrl(lapse)}${path}`, {
     dispatcher: opts.agent,

@@ -27,7 +27,8 @@ const tlsEnv = (extra: Record<string, string> = {}) => ({
   LAPSE_TLS_KEY_FILE: pki.server.keyFile,
   ...extra,
 })
-const withClientCa = (auth?: 'request' | 'require') => tlsEnv({ LAPSE_TLS_CLIENT_CA_FILE: pki.ca.certFile, ...(auth ? { LAPSE_TLS_CLIENT_AUTH: auth } : {}) })
+const withClientCa = (auth?: 'request' | 'require') =>
+  tlsEnv({ LAPSE_TLS_CLIENT_CA_FILE: pki.ca.certFile, ...(auth ? { LAPSE_TLS_CLIENT_AUTH: auth } : {}) })
 const ROUTES = [
   { path: '/deploy/**', scopes: ['orders:read'], peers: [DEPLOYER] },
   { path: '/ci/**', scopes: ['orders:read'], peers: [DEPLOYER, 'spiffe://prod.example/ns/ci/*'] },
@@ -47,13 +48,20 @@ t.test('TLS on: HTTPS with TLS 1.2 at least, X-Forwarded-Proto https, no client 
   t.equal(got.headers['x-auth-peer'], undefined, 'no peer without a client certificate')
   // TLS 1.1 is refused at the handshake.
   const old = await new Promise<string>((resolve) => {
-    const req = httpsRequest(`${httpsUrl(lapse)}/orders/1`, { ca: pki.ca.cert, maxVersion: 'TLSv1.1', minVersion: 'TLSv1', agent: false }, () => resolve('answered'))
+    const req = httpsRequest(
+      `${httpsUrl(lapse)}/orders/1`,
+      { ca: pki.ca.cert, maxVersion: 'TLSv1.1', minVersion: 'TLSv1', agent: false },
+      () => resolve('answered'),
+    )
     req.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'))
     req.end()
   })
   t.not(old, 'answered', 'a TLS 1.1 client gets no answer')
   // Plain HTTP to the TLS port gets no HTTP answer from the proxy.
-  const plain = await send(`${lapse.url}/orders/1`).then((r) => r.status, () => 0)
+  const plain = await send(`${lapse.url}/orders/1`).then(
+    (r) => r.status,
+    () => 0,
+  )
   t.not(plain, 200, 'plain HTTP is not served on the TLS listener')
   t.equal(lapse.upstream.calls, 1)
 })
@@ -89,7 +97,10 @@ t.test('request mode: binding match, mismatch and absent certificate; X-Auth-Pee
   t.equal(got.headers['x-auth-peer'], DEPLOYER, 'the SPIFFE ID goes upstream')
   t.equal(got.headers['x-forwarded-proto'], 'https')
 
-  for (const [name, agent] of [['another certificate', asOther], ['no certificate', anonymous]] as const) {
+  for (const [name, agent] of [
+    ['another certificate', asOther],
+    ['no certificate', anonymous],
+  ] as const) {
     const res = await callTls(lapse, '/orders/1', { agent, token: bound })
     t.equal(res.status, 401, `${name}: 401`)
     t.match(res.headers['www-authenticate'], CHALLENGE.invalidToken, `${name}: invalid_token`)
@@ -98,12 +109,19 @@ t.test('request mode: binding match, mismatch and absent certificate; X-Auth-Pee
     t.equal(lapse.upstream.calls, 1, `${name}: upstream untouched`)
   }
   // A thumbprint that is not a string matches no certificate.
-  const odd = await callTls(lapse, '/orders/1', { agent: asDeployer, token: await keys.mint({ cnf: { 'x5t#S256': [deployer.thumbprint] } }) })
+  const odd = await callTls(lapse, '/orders/1', {
+    agent: asDeployer,
+    token: await keys.mint({ cnf: { 'x5t#S256': [deployer.thumbprint] } }),
+  })
   t.equal(odd.audit.reason, 'mtls_key_mismatch')
 
   // A token that is not bound works with or without a certificate.
   t.equal((await callTls(lapse, '/orders/1', { agent: anonymous, token: await keys.mint() })).status, 200)
-  t.equal((await callTls(lapse, '/orders/1', { agent: asOther, token: await keys.mint({ cnf: { kid: 'not-mine' } }) })).status, 200, 'another cnf member is not this check\'s (cnf.jkt is DPoP\'s: refused under Bearer)')
+  t.equal(
+    (await callTls(lapse, '/orders/1', { agent: asOther, token: await keys.mint({ cnf: { kid: 'not-mine' } }) })).status,
+    200,
+    "another cnf member is not this check's (cnf.jkt is DPoP's: refused under Bearer)",
+  )
   t.equal(lapse.upstream.requests.at(-1)!.headers['x-auth-peer'], OTHER)
   // A client-sent X-Auth-Peer never survives.
   await callTls(lapse, '/orders/1', { agent: anonymous, token: await keys.mint(), headers: { 'x-auth-peer': DEPLOYER } })
@@ -134,8 +152,14 @@ t.test('require mode: no handshake without a valid client certificate', async (t
   const asDeployer = clientAgent(pki, deployer)
   t.teardown(() => Promise.all([anonymous.close(), stranger.close(), asDeployer.close()]))
   const token = await keys.mint()
-  for (const [name, agent] of [['no certificate', anonymous], ['a certificate of another CA', stranger]] as const) {
-    const failed = await request(`${httpsUrl(lapse)}/orders/1`, { dispatcher: agent, headers: { authorization: `Bearer ${token}` } }).then(async (r) => (await r.body.text(), r.statusCode), (err: Error) => err)
+  for (const [name, agent] of [
+    ['no certificate', anonymous],
+    ['a certificate of another CA', stranger],
+  ] as const) {
+    const failed = await request(`${httpsUrl(lapse)}/orders/1`, { dispatcher: agent, headers: { authorization: `Bearer ${token}` } }).then(
+      async (r) => (await r.body.text(), r.statusCode),
+      (err: Error) => err,
+    )
     t.type(failed, Error, `${name}: the connection fails`)
   }
   t.equal(lapse.upstream.calls, 0)
@@ -145,14 +169,27 @@ t.test('require mode: no handshake without a valid client certificate', async (t
 t.test('peers: exact and one-segment wildcard allowed; another peer or none refused with 403 peer_not_allowed', async (t) => {
   const lapse = await runApp(t, { env: withClientCa(), routes: ROUTES })
   const keys = await testKeys()
-  const agents = { deployer: clientAgent(pki, deployer), builder: clientAgent(pki, builder), other: clientAgent(pki, other), none: clientAgent(pki) }
+  const agents = {
+    deployer: clientAgent(pki, deployer),
+    builder: clientAgent(pki, builder),
+    other: clientAgent(pki, other),
+    none: clientAgent(pki),
+  }
   t.teardown(() => Promise.all(Object.values(agents).map((a) => a.close())))
   const token = await keys.mint()
   const cases: Array<[string, keyof typeof agents, number]> = [
-    ['/deploy/1', 'deployer', 200], ['/deploy/1', 'builder', 403], ['/deploy/1', 'other', 403], ['/deploy/1', 'none', 403],
-    ['/ci/1', 'deployer', 200], ['/ci/1', 'builder', 200], ['/ci/1', 'other', 403], ['/ci/1', 'none', 403],
+    ['/deploy/1', 'deployer', 200],
+    ['/deploy/1', 'builder', 403],
+    ['/deploy/1', 'other', 403],
+    ['/deploy/1', 'none', 403],
+    ['/ci/1', 'deployer', 200],
+    ['/ci/1', 'builder', 200],
+    ['/ci/1', 'other', 403],
+    ['/ci/1', 'none', 403],
     // `/*` is one segment: spiffe://prod.example/ns/ci/sa/deployer is two below ns/ci.
-    ['/public/x', 'builder', 200], ['/public/x', 'deployer', 403], ['/public/x', 'none', 403],
+    ['/public/x', 'builder', 200],
+    ['/public/x', 'deployer', 403],
+    ['/public/x', 'none', 403],
   ]
   let calls = 0
   for (const [path, who, status] of cases) {
@@ -176,10 +213,26 @@ t.test('curl presents a client certificate and a bound token', async (t) => {
   const lapse = await runApp(t, { env: withClientCa('require'), routes: ROUTES })
   const keys = await testKeys()
   const token = await keys.mint({ cnf: { 'x5t#S256': deployer.thumbprint } })
-  const curl = (args: string[]) => new Promise<string>((resolve) => {
-    execFile('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', pki.ca.certFile, '-H', `Authorization: Bearer ${token}`, ...args, `${httpsUrl(lapse)}/deploy/1`],
-      (err, stdout) => resolve(err && stdout === '' ? `error ${(err as NodeJS.ErrnoException).code}` : stdout))
-  })
+  const curl = (args: string[]) =>
+    new Promise<string>((resolve) => {
+      execFile(
+        'curl',
+        [
+          '-s',
+          '-o',
+          '/dev/null',
+          '-w',
+          '%{http_code}',
+          '--cacert',
+          pki.ca.certFile,
+          '-H',
+          `Authorization: Bearer ${token}`,
+          ...args,
+          `${httpsUrl(lapse)}/deploy/1`,
+        ],
+        (err, stdout) => resolve(err && stdout === '' ? `error ${(err as NodeJS.ErrnoException).code}` : stdout),
+      )
+    })
   const probe = await new Promise<boolean>((resolve) => execFile('curl', ['--version'], (err) => resolve(!err)))
   if (!probe) return void t.comment('curl is not installed: skipped')
   t.equal(await curl(['--cert', deployer.certFile, '--key', deployer.keyFile]), '200', 'the bound certificate')
@@ -193,7 +246,10 @@ t.test('the decision span says url.scheme https on a TLS hop', async (t) => {
   const lapse = await runApp(t, { env: withClientCa(), routes: ROUTES, telemetry: mem.telemetry })
   const agent = clientAgent(pki, deployer)
   t.teardown(() => agent.close())
-  const res = await callTls(lapse, '/orders/1', { agent, token: await (await testKeys()).mint({ cnf: { 'x5t#S256': deployer.thumbprint } }) })
+  const res = await callTls(lapse, '/orders/1', {
+    agent,
+    token: await (await testKeys()).mint({ cnf: { 'x5t#S256': deployer.thumbprint } }),
+  })
   t.equal(res.status, 200)
   const span = await waitFor(() => mem.spans().find((s) => s.name === 'lapse.authorize'), 'the decision span')
   t.equal(span.attributes['url.scheme'], 'https')
@@ -205,20 +261,26 @@ t.test('a WebSocket upgrade over TLS: peers and binding decided at the upgrade, 
   const keys = await testKeys()
   const bound = await keys.mint({ cnf: { 'x5t#S256': deployer.thumbprint } })
   const plain = await keys.mint()
-  const open = (path: string, client: typeof deployer, token: string) => new Promise<number | 'tunnel'>((resolve) => {
-    const ws = new WebSocket(`${httpsUrl(lapse).replace(/^https:/, 'wss:')}${path}`, { ca: pki.ca.cert, cert: client.cert, key: client.key, headers: { authorization: `Bearer ${token}` } })
-    ws.on('unexpected-response', (_req, res) => {
-      res.resume()
-      resolve(res.statusCode ?? 0)
-      ws.terminate()
+  const open = (path: string, client: typeof deployer, token: string) =>
+    new Promise<number | 'tunnel'>((resolve) => {
+      const ws = new WebSocket(`${httpsUrl(lapse).replace(/^https:/, 'wss:')}${path}`, {
+        ca: pki.ca.cert,
+        cert: client.cert,
+        key: client.key,
+        headers: { authorization: `Bearer ${token}` },
+      })
+      ws.on('unexpected-response', (_req, res) => {
+        res.resume()
+        resolve(res.statusCode ?? 0)
+        ws.terminate()
+      })
+      ws.on('open', () => {
+        ws.terminate()
+        resolve('tunnel')
+      })
+      // The fixture upstream drops upgrades after recording them: the client sees the connection end.
+      ws.on('error', () => resolve(0))
     })
-    ws.on('open', () => {
-      ws.terminate()
-      resolve('tunnel')
-    })
-    // The fixture upstream drops upgrades after recording them: the client sees the connection end.
-    ws.on('error', () => resolve(0))
-  })
   t.equal(await open('/ci/ws', other, plain), 403, 'another peer: refused at the upgrade')
   t.equal(await open('/orders/ws', other, bound), 401, 'another certificate: the bound token is refused at the upgrade')
   t.equal(lapse.upstream.calls, 0, 'neither reached the upstream')
@@ -237,7 +299,9 @@ t.test('an upgrade Lapse does not proxy (h2c) over TLS is served as the ordinary
   const port = Number(new URL(lapse.url).port)
   const answer = await new Promise<string>((resolve, reject) => {
     const socket = tlsConnect({ host: '127.0.0.1', port, ca: pki.ca.cert, cert: deployer.cert, key: deployer.key }, () => {
-      socket.write(`GET /ci/1 HTTP/1.1\r\nHost: lapse.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nAuthorization: Bearer ${token}\r\n\r\n`)
+      socket.write(
+        `GET /ci/1 HTTP/1.1\r\nHost: lapse.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nAuthorization: Bearer ${token}\r\n\r\n`,
+      )
     })
     let got = ''
     socket.on('data', (c: Buffer) => {
@@ -253,19 +317,22 @@ t.test('an upgrade Lapse does not proxy (h2c) over TLS is served as the ordinary
   t.equal(got.headers['x-forwarded-proto'], 'https')
 })
 
-t.test('sender_constrained accepts a certificate-bound token on its certificate, and says so upstream; a plain token is refused', async (t) => {
-  const lapse = await runApp(t, { env: withClientCa(), routes: [{ path: '/strict/**', sender_constrained: true }] })
-  const keys = await testKeys()
-  const agent = clientAgent(pki, deployer)
-  t.teardown(() => agent.close())
-  const bound = await callTls(lapse, '/strict/1', { agent, token: await keys.mint({ cnf: { 'x5t#S256': deployer.thumbprint } }) })
-  t.equal(bound.status, 200)
-  t.equal(lapse.upstream.requests.at(-1)!.headers['x-auth-binding'], 'mtls')
-  const line = lapse.lines.filter((l) => l.audit === 'decision').at(-1)!
-  t.equal(line.binding, 'mtls')
-  t.equal(line.key_thumbprint, deployer.thumbprint)
-  const plain = await callTls(lapse, '/strict/1', { agent, token: await keys.mint() })
-  t.equal(plain.status, 401)
-  t.equal(lapse.lines.filter((l) => l.audit === 'decision').at(-1)!.reason, 'sender_constraint_required')
-  t.equal(lapse.upstream.calls, 1)
-})
+t.test(
+  'sender_constrained accepts a certificate-bound token on its certificate, and says so upstream; a plain token is refused',
+  async (t) => {
+    const lapse = await runApp(t, { env: withClientCa(), routes: [{ path: '/strict/**', sender_constrained: true }] })
+    const keys = await testKeys()
+    const agent = clientAgent(pki, deployer)
+    t.teardown(() => agent.close())
+    const bound = await callTls(lapse, '/strict/1', { agent, token: await keys.mint({ cnf: { 'x5t#S256': deployer.thumbprint } }) })
+    t.equal(bound.status, 200)
+    t.equal(lapse.upstream.requests.at(-1)!.headers['x-auth-binding'], 'mtls')
+    const line = lapse.lines.filter((l) => l.audit === 'decision').at(-1)!
+    t.equal(line.binding, 'mtls')
+    t.equal(line.key_thumbprint, deployer.thumbprint)
+    const plain = await callTls(lapse, '/strict/1', { agent, token: await keys.mint() })
+    t.equal(plain.status, 401)
+    t.equal(lapse.lines.filter((l) => l.audit === 'decision').at(-1)!.reason, 'sender_constraint_required')
+    t.equal(lapse.upstream.calls, 1)
+  },
+)

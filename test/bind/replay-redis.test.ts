@@ -20,7 +20,7 @@ t.test('the shared contract', async (t) => {
   runReplayCases(t, async (t) => ({ cache: await open(t), expire: (ms) => new Promise((resolve) => setTimeout(resolve, ms)) }))
 })
 
-t.test('one key per proof, in the revocation set\'s hash tag, with its expiry in Redis', async (t) => {
+t.test("one key per proof, in the revocation set's hash tag, with its expiry in Redis", async (t) => {
   const cache = await open(t, 'lapse-x')
   t.equal(await cache.firstUse('thumb:jti-9', 90_000), true)
   const raw = redis.client()

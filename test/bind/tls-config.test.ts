@@ -10,7 +10,10 @@ import { makePki } from '../fixtures/certs.js'
 
 const pki = makePki()
 const other = pki.client(undefined, 'other')
-const env = (extra: Record<string, string>, routes: readonly object[] = [{ path: '/x', scopes: [] }]) => ({ ...baseEnv('http://127.0.0.1:1', '/dev/null', routes), ...extra })
+const env = (extra: Record<string, string>, routes: readonly object[] = [{ path: '/x', scopes: [] }]) => ({
+  ...baseEnv('http://127.0.0.1:1', '/dev/null', routes),
+  ...extra,
+})
 const TLS = { LAPSE_TLS_CERT_FILE: pki.server.certFile, LAPSE_TLS_KEY_FILE: pki.server.keyFile }
 
 function refused(t: Test, extra: Record<string, string>, code: string, message: RegExp, routes?: readonly object[]) {
@@ -39,9 +42,24 @@ t.test('bad TLS settings stop the start with ERR_CONFIG_INVALID naming the setti
   refused(t, { LAPSE_TLS_KEY_FILE: pki.server.keyFile }, 'ERR_CONFIG_INVALID', /^LAPSE_TLS_CERT_FILE: /)
   refused(t, { LAPSE_TLS_CLIENT_CA_FILE: pki.ca.certFile }, 'ERR_CONFIG_INVALID', /^LAPSE_TLS_CLIENT_CA_FILE: needs LAPSE_TLS_CERT_FILE/)
   refused(t, { ...TLS, LAPSE_TLS_CLIENT_AUTH: 'require' }, 'ERR_CONFIG_INVALID', /^LAPSE_TLS_CLIENT_AUTH: needs LAPSE_TLS_CLIENT_CA_FILE/)
-  refused(t, { ...TLS, LAPSE_TLS_CLIENT_CA_FILE: pki.ca.certFile, LAPSE_TLS_CLIENT_AUTH: 'optional' }, 'ERR_CONFIG_INVALID', /^LAPSE_TLS_CLIENT_AUTH: /)
-  refused(t, { ...TLS, LAPSE_TLS_CERT_FILE: join(pki.dir, 'missing.crt') }, 'ERR_CONFIG_INVALID', /^LAPSE_TLS_CERT_FILE: cannot read .*ENOENT/)
-  refused(t, { ...TLS, LAPSE_TLS_KEY_FILE: other.keyFile }, 'ERR_CONFIG_INVALID', /^LAPSE_TLS_KEY_FILE: .* is not the key of the certificate/)
+  refused(
+    t,
+    { ...TLS, LAPSE_TLS_CLIENT_CA_FILE: pki.ca.certFile, LAPSE_TLS_CLIENT_AUTH: 'optional' },
+    'ERR_CONFIG_INVALID',
+    /^LAPSE_TLS_CLIENT_AUTH: /,
+  )
+  refused(
+    t,
+    { ...TLS, LAPSE_TLS_CERT_FILE: join(pki.dir, 'missing.crt') },
+    'ERR_CONFIG_INVALID',
+    /^LAPSE_TLS_CERT_FILE: cannot read .*ENOENT/,
+  )
+  refused(
+    t,
+    { ...TLS, LAPSE_TLS_KEY_FILE: other.keyFile },
+    'ERR_CONFIG_INVALID',
+    /^LAPSE_TLS_KEY_FILE: .* is not the key of the certificate/,
+  )
   refused(t, { ...TLS, LAPSE_TLS_CERT_FILE: garbage }, 'ERR_CONFIG_INVALID', /^LAPSE_TLS_CERT_FILE: .* holds no PEM certificate/)
   refused(t, { ...TLS, LAPSE_TLS_KEY_FILE: garbage }, 'ERR_CONFIG_INVALID', /^LAPSE_TLS_KEY_FILE: .* holds no unencrypted PEM private key/)
   refused(t, { ...TLS, LAPSE_TLS_CLIENT_CA_FILE: garbage }, 'ERR_CONFIG_INVALID', /^LAPSE_TLS_CLIENT_CA_FILE: .* holds no PEM certificate/)
@@ -49,18 +67,28 @@ t.test('bad TLS settings stop the start with ERR_CONFIG_INVALID naming the setti
 })
 
 t.test('peers patterns are checked at start with their location', async (t) => {
-  const routes = [{ path: '/a', scopes: [] }, { path: '/b', scopes: [] }, { path: '/c', peers: ['spiffe://prod.example/ns/*/sa'] }]
+  const routes = [
+    { path: '/a', scopes: [] },
+    { path: '/b', scopes: [] },
+    { path: '/c', peers: ['spiffe://prod.example/ns/*/sa'] },
+  ]
   refused(t, {}, 'ERR_RULES_INVALID', /a peer is a SPIFFE ID .*\(at routes\[2\]\.peers\[0\]\)$/, routes)
   refused(t, {}, 'ERR_RULES_INVALID', /\(at routes\[0\]\.peers\)$/, [{ path: '/a', peers: [] }])
   const ok = loadConfig(env({}, [{ path: '/a', peers: ['spiffe://prod.example/ns/ci/sa/deployer', 'spiffe://prod.example/ns/ci/*'] }]))
   t.same(ok.routes[0]!.peers, ['spiffe://prod.example/ns/ci/sa/deployer', 'spiffe://prod.example/ns/ci/*'])
 })
 
-t.test('lapse proxy with a key that is not the certificate\'s: exit 2, one line naming LAPSE_TLS_KEY_FILE', async (t) => {
+t.test("lapse proxy with a key that is not the certificate's: exit 2, one line naming LAPSE_TLS_KEY_FILE", async (t) => {
   const bin = join(import.meta.dirname, '../../bin/lapse.js')
-  const childEnv: Record<string, string> = { PATH: process.env.PATH ?? '', ...env({ ...TLS, LAPSE_TLS_KEY_FILE: other.keyFile }), LAPSE_JWKS_FILE: '/dev/null' }
+  const childEnv: Record<string, string> = {
+    PATH: process.env.PATH ?? '',
+    ...env({ ...TLS, LAPSE_TLS_KEY_FILE: other.keyFile }),
+    LAPSE_JWKS_FILE: '/dev/null',
+  }
   const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-    execFile(process.execPath, [bin, 'proxy'], { env: childEnv, timeout: 20_000 }, (err, _stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stderr }))
+    execFile(process.execPath, [bin, 'proxy'], { env: childEnv, timeout: 20_000 }, (err, _stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stderr }),
+    )
   })
   t.equal(r.code, 2)
   const lines = r.stderr.split('\n').filter((l) => l.trim() !== '')

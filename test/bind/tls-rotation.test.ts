@@ -30,7 +30,11 @@ function mountSecret(files: Record<string, Buffer>): string {
   return dir
 }
 
-interface Got { status: number; serial: string | undefined; socket: TLSSocket }
+interface Got {
+  status: number
+  serial: string | undefined
+  socket: TLSSocket
+}
 
 function get(url: string, agent: HttpsAgent | false, token: string): Promise<Got> {
   return new Promise((resolve, reject) => {
@@ -47,60 +51,83 @@ function get(url: string, agent: HttpsAgent | false, token: string): Promise<Got
 
 const pair = (c: Issued) => ({ 'tls.crt': c.cert, 'tls.key': c.key })
 
-t.test('a certificate rotated by a ..data swap: the open keep-alive connection keeps working, a new one gets the new certificate; a bad pair keeps the last good one', async (t) => {
-  const first = serverCert('rot-1')
-  const second = serverCert('rot-2')
-  const third = serverCert('rot-3')
-  const dir = mountSecret(pair(first))
-  const lapse = await runApp(t, { env: { LAPSE_TLS_CERT_FILE: join(dir, 'tls.crt'), LAPSE_TLS_KEY_FILE: join(dir, 'tls.key') } })
-  const token = await (await testKeys()).mint()
-  const url = `${httpsUrl(lapse)}/orders/1`
-  const keepAlive = new HttpsAgent({ keepAlive: true, maxSockets: 1, ca: pki.ca.cert })
-  t.teardown(() => keepAlive.destroy())
+t.test(
+  'a certificate rotated by a ..data swap: the open keep-alive connection keeps working, a new one gets the new certificate; a bad pair keeps the last good one',
+  async (t) => {
+    const first = serverCert('rot-1')
+    const second = serverCert('rot-2')
+    const third = serverCert('rot-3')
+    const dir = mountSecret(pair(first))
+    const lapse = await runApp(t, { env: { LAPSE_TLS_CERT_FILE: join(dir, 'tls.crt'), LAPSE_TLS_KEY_FILE: join(dir, 'tls.key') } })
+    const token = await (await testKeys()).mint()
+    const url = `${httpsUrl(lapse)}/orders/1`
+    const keepAlive = new HttpsAgent({ keepAlive: true, maxSockets: 1, ca: pki.ca.cert })
+    t.teardown(() => keepAlive.destroy())
 
-  const before = await get(url, keepAlive, token)
-  t.equal(before.status, 200)
-  t.equal(before.serial, first.serial, 'the first certificate is served')
+    const before = await get(url, keepAlive, token)
+    t.equal(before.status, 200)
+    t.equal(before.serial, first.serial, 'the first certificate is served')
 
-  project(dir, 1, pair(second))
-  await waitFor(async () => (await get(url, false, token)).serial === second.serial, 'a new connection to see the rotated certificate', 5000)
-  const reused = await get(url, keepAlive, token)
-  t.equal(reused.socket, before.socket, 'the same keep-alive connection, made with the first certificate')
-  t.equal(reused.status, 200, 'the open connection was not dropped')
-  t.match(lapse.lines.find((l) => l.msg === 'TLS certificate reloaded'), { level: 30 }, 'the reload is logged')
+    project(dir, 1, pair(second))
+    await waitFor(
+      async () => (await get(url, false, token)).serial === second.serial,
+      'a new connection to see the rotated certificate',
+      5000,
+    )
+    const reused = await get(url, keepAlive, token)
+    t.equal(reused.socket, before.socket, 'the same keep-alive connection, made with the first certificate')
+    t.equal(reused.status, 200, 'the open connection was not dropped')
+    t.match(
+      lapse.lines.find((l) => l.msg === 'TLS certificate reloaded'),
+      { level: 30 },
+      'the reload is logged',
+    )
 
-  // A key that is not the certificate's: logged, and the last good pair stays.
-  project(dir, 2, { 'tls.crt': third.cert, 'tls.key': first.key })
-  await waitFor(() => lapse.lines.some((l) => l.err === 'ERR_TLS_RELOAD' && l.level === 40), 'the ERR_TLS_RELOAD warning', 5000)
-  t.equal((await get(url, false, token)).serial, second.serial, 'new connections still get the last good certificate')
-  t.equal((await get(url, false, token)).status, 200)
+    // A key that is not the certificate's: logged, and the last good pair stays.
+    project(dir, 2, { 'tls.crt': third.cert, 'tls.key': first.key })
+    await waitFor(() => lapse.lines.some((l) => l.err === 'ERR_TLS_RELOAD' && l.level === 40), 'the ERR_TLS_RELOAD warning', 5000)
+    t.equal((await get(url, false, token)).serial, second.serial, 'new connections still get the last good certificate')
+    t.equal((await get(url, false, token)).status, 200)
 
-  // The next good pair is applied.
-  project(dir, 3, pair(third))
-  await waitFor(async () => (await get(url, false, token)).serial === third.serial, 'the repaired pair to be applied', 5000)
-})
+    // The next good pair is applied.
+    project(dir, 3, pair(third))
+    await waitFor(async () => (await get(url, false, token)).serial === third.serial, 'the repaired pair to be applied', 5000)
+  },
+)
 
 t.test('a rotated client CA: certificates of the new CA are accepted from then on', async (t) => {
   const next = makePki()
   const newcomer = next.client('spiffe://prod.example/ns/ci/sa/deployer', 'newcomer')
   const dir = mountSecret({ 'ca.crt': pki.ca.cert })
   const lapse = await runApp(t, {
-    env: { LAPSE_TLS_CERT_FILE: pki.server.certFile, LAPSE_TLS_KEY_FILE: pki.server.keyFile, LAPSE_TLS_CLIENT_CA_FILE: join(dir, 'ca.crt'), LAPSE_TLS_CLIENT_AUTH: 'require' },
+    env: {
+      LAPSE_TLS_CERT_FILE: pki.server.certFile,
+      LAPSE_TLS_KEY_FILE: pki.server.keyFile,
+      LAPSE_TLS_CLIENT_CA_FILE: join(dir, 'ca.crt'),
+      LAPSE_TLS_CLIENT_AUTH: 'require',
+    },
   })
   const token = await (await testKeys()).mint()
   const refused = clientAgent(pki, newcomer)
-  const failed = await callTls(lapse, '/orders/1', { agent: refused, token }).then(() => 'answered', () => 'refused')
+  const failed = await callTls(lapse, '/orders/1', { agent: refused, token }).then(
+    () => 'answered',
+    () => 'refused',
+  )
   t.equal(failed, 'refused', 'before the rotation, the new CA is unknown')
   await refused.close()
   project(dir, 1, { 'ca.crt': Buffer.concat([pki.ca.cert, next.ca.cert]) })
-  await waitFor(async () => {
-    const agent = clientAgent(pki, newcomer)
-    try {
-      return (await callTls(lapse, '/orders/1', { agent, token }).catch(() => undefined))?.status === 200
-    } finally {
-      await agent.close()
-    }
-  }, 'the rotated CA bundle to be applied', 5000)
+  await waitFor(
+    async () => {
+      const agent = clientAgent(pki, newcomer)
+      try {
+        return (await callTls(lapse, '/orders/1', { agent, token }).catch(() => undefined))?.status === 200
+      } finally {
+        await agent.close()
+      }
+    },
+    'the rotated CA bundle to be applied',
+    5000,
+  )
   t.pass('a certificate of the new CA is accepted')
 })
 

@@ -26,10 +26,15 @@ t.test('parseXfcc: the last element, Hash or Cert, URI', async (t) => {
   t.equal(appended?.peer, DEPLOYER)
   const cert = parseXfcc(`Cert="${encodeURIComponent(deployer.cert.toString())}"`)
   t.same([cert?.thumbprint, cert?.peer], [deployer.thumbprint, DEPLOYER], 'Cert alone: thumbprint and SAN from the certificate')
-  t.equal(parseXfcc(`Hash=${other.hexHash};Cert="${encodeURIComponent(deployer.cert.toString())}"`), undefined, 'a Hash that is not the Cert\'s')
+  t.equal(
+    parseXfcc(`Hash=${other.hexHash};Cert="${encodeURIComponent(deployer.cert.toString())}"`),
+    undefined,
+    "a Hash that is not the Cert's",
+  )
   t.equal(parseXfcc(`Hash=${deployer.hexHash};URI=${DEPLOYER};URI=spiffe://prod.example/x`)?.peer, undefined, 'two URI SANs: no SPIFFE ID')
   t.equal(parseXfcc(`Hash=${deployer.hexHash};URI=https://example.com/x`)?.peer, undefined, 'a URI that is not a SPIFFE ID')
-  for (const bad of ['', 'Hash=zz', 'Hash', `Hash="${deployer.hexHash}`, `URI=${DEPLOYER}`, `Cert=not-a-pem`]) t.equal(parseXfcc(bad), undefined, `refused: ${JSON.stringify(bad)}`)
+  for (const bad of ['', 'Hash=zz', 'Hash', `Hash="${deployer.hexHash}`, `URI=${DEPLOYER}`, `Cert=not-a-pem`])
+    t.equal(parseXfcc(bad), undefined, `refused: ${JSON.stringify(bad)}`)
 })
 
 t.test('trusted XFCC: the bound token matches the certificate the mesh saw; peers and X-Auth-Peer from URI', async (t) => {
@@ -37,18 +42,52 @@ t.test('trusted XFCC: the bound token matches the certificate the mesh saw; peer
   const keys = await testKeys()
   const bound = await keys.mint({ cnf: { 'x5t#S256': deployer.thumbprint } })
   const xfcc = element(deployer.hexHash, DEPLOYER)
-  const { res } = await sendAudited(lapse, '/deploy/1', { headers: [['authorization', `Bearer ${bound}`], ['x-forwarded-client-cert', xfcc]] })
+  const { res } = await sendAudited(lapse, '/deploy/1', {
+    headers: [
+      ['authorization', `Bearer ${bound}`],
+      ['x-forwarded-client-cert', xfcc],
+    ],
+  })
   t.equal(res.status, 200)
   const got = lapse.upstream.requests.at(-1)!
   t.equal(got.headers['x-auth-peer'], DEPLOYER)
-  t.equal(got.headers['x-forwarded-client-cert'], xfcc, 'the mesh\'s header goes on upstream')
+  t.equal(got.headers['x-forwarded-client-cert'], xfcc, "the mesh's header goes on upstream")
 
-  const mismatch = await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${bound}`], ['x-forwarded-client-cert', element(other.hexHash, DEPLOYER)]] })
-  assertDenied(t, lapse, mismatch.res, mismatch.audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'mtls_key_mismatch', upstreamCalls: 1, token: bound })
+  const mismatch = await sendAudited(lapse, '/orders/1', {
+    headers: [
+      ['authorization', `Bearer ${bound}`],
+      ['x-forwarded-client-cert', element(other.hexHash, DEPLOYER)],
+    ],
+  })
+  assertDenied(t, lapse, mismatch.res, mismatch.audit, {
+    status: 401,
+    challenge: CHALLENGE.invalidToken,
+    error: 'invalid_token',
+    reason: 'mtls_key_mismatch',
+    upstreamCalls: 1,
+    token: bound,
+  })
   const none = await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${bound}`]] })
-  assertDenied(t, lapse, none.res, none.audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'mtls_key_mismatch', upstreamCalls: 1 })
-  const peer = await sendAudited(lapse, '/deploy/1', { headers: [['authorization', `Bearer ${await keys.mint()}`], ['x-forwarded-client-cert', element(other.hexHash, 'spiffe://prod.example/ns/web/sa/frontend')]] })
-  assertDenied(t, lapse, peer.res, peer.audit, { status: 403, challenge: undefined, error: 'forbidden', reason: 'peer_not_allowed', upstreamCalls: 1 })
+  assertDenied(t, lapse, none.res, none.audit, {
+    status: 401,
+    challenge: CHALLENGE.invalidToken,
+    error: 'invalid_token',
+    reason: 'mtls_key_mismatch',
+    upstreamCalls: 1,
+  })
+  const peer = await sendAudited(lapse, '/deploy/1', {
+    headers: [
+      ['authorization', `Bearer ${await keys.mint()}`],
+      ['x-forwarded-client-cert', element(other.hexHash, 'spiffe://prod.example/ns/web/sa/frontend')],
+    ],
+  })
+  assertDenied(t, lapse, peer.res, peer.audit, {
+    status: 403,
+    challenge: undefined,
+    error: 'forbidden',
+    reason: 'peer_not_allowed',
+    upstreamCalls: 1,
+  })
 })
 
 t.test('untrusted XFCC: a spoofed header binds nothing and is removed in every spelling', async (t) => {
@@ -56,18 +95,43 @@ t.test('untrusted XFCC: a spoofed header binds nothing and is removed in every s
   const keys = await testKeys()
   const xfcc = element(deployer.hexHash, DEPLOYER)
   const bound = await keys.mint({ cnf: { 'x5t#S256': deployer.thumbprint } })
-  const spoofed = await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${bound}`], ['x-forwarded-client-cert', xfcc]] })
-  assertDenied(t, lapse, spoofed.res, spoofed.audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'mtls_key_mismatch' })
-  const peer = await sendAudited(lapse, '/deploy/1', { headers: [['authorization', `Bearer ${await keys.mint()}`], ['x-forwarded-client-cert', xfcc]] })
+  const spoofed = await sendAudited(lapse, '/orders/1', {
+    headers: [
+      ['authorization', `Bearer ${bound}`],
+      ['x-forwarded-client-cert', xfcc],
+    ],
+  })
+  assertDenied(t, lapse, spoofed.res, spoofed.audit, {
+    status: 401,
+    challenge: CHALLENGE.invalidToken,
+    error: 'invalid_token',
+    reason: 'mtls_key_mismatch',
+  })
+  const peer = await sendAudited(lapse, '/deploy/1', {
+    headers: [
+      ['authorization', `Bearer ${await keys.mint()}`],
+      ['x-forwarded-client-cert', xfcc],
+    ],
+  })
   assertDenied(t, lapse, peer.res, peer.audit, { status: 403, challenge: undefined, error: 'forbidden', reason: 'peer_not_allowed' })
 
   const { res } = await sendAudited(lapse, '/orders/1', {
-    headers: [['authorization', `Bearer ${await keys.mint()}`], ['x-forwarded-client-cert', xfcc], ['X_Forwarded_Client_Cert', xfcc], ['x.forwarded.client.cert', xfcc], ['x-auth-peer', DEPLOYER]],
+    headers: [
+      ['authorization', `Bearer ${await keys.mint()}`],
+      ['x-forwarded-client-cert', xfcc],
+      ['X_Forwarded_Client_Cert', xfcc],
+      ['x.forwarded.client.cert', xfcc],
+      ['x-auth-peer', DEPLOYER],
+    ],
   })
   t.equal(res.status, 200)
   const got = lapse.upstream.requests.at(-1)!
   const names = Object.keys(got.headers)
-  t.same(names.filter((n) => n.replace(/[^a-z0-9]/g, '-') === 'x-forwarded-client-cert'), [], 'no spelling of the header reaches the upstream')
+  t.same(
+    names.filter((n) => n.replace(/[^a-z0-9]/g, '-') === 'x-forwarded-client-cert'),
+    [],
+    'no spelling of the header reaches the upstream',
+  )
   t.equal(got.headers['x-auth-peer'], undefined, 'nor a peer')
 })
 
@@ -75,7 +139,16 @@ t.test('trusted XFCC: folded spellings are still removed, the configured one kep
   const lapse = await runApp(t, { env: TRUSTED, routes: ROUTES })
   const keys = await testKeys()
   const xfcc = element(deployer.hexHash, DEPLOYER)
-  await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${await keys.mint()}`], ['x-forwarded-client-cert', xfcc], ['X_Forwarded_Client_Cert', element(other.hexHash, DEPLOYER)]] })
+  await sendAudited(lapse, '/orders/1', {
+    headers: [
+      ['authorization', `Bearer ${await keys.mint()}`],
+      ['x-forwarded-client-cert', xfcc],
+      ['X_Forwarded_Client_Cert', element(other.hexHash, DEPLOYER)],
+    ],
+  })
   const got = lapse.upstream.requests.at(-1)!
-  t.same(Object.keys(got.headers).filter((n) => n.replace(/[^a-z0-9]/g, '-') === 'x-forwarded-client-cert'), ['x-forwarded-client-cert'])
+  t.same(
+    Object.keys(got.headers).filter((n) => n.replace(/[^a-z0-9]/g, '-') === 'x-forwarded-client-cert'),
+    ['x-forwarded-client-cert'],
+  )
 })

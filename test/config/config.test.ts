@@ -40,22 +40,82 @@ const bad: Bad[] = [
   { spawn: true, name: 'LAPSE_UPSTREAM missing', change: { LAPSE_UPSTREAM: undefined }, setting: /^LAPSE_UPSTREAM: /, why: /required/ },
   { spawn: true, name: 'LAPSE_ISSUER missing', change: { LAPSE_ISSUER: undefined }, setting: /^LAPSE_ISSUER: /, why: /required/ },
   { spawn: true, name: 'LAPSE_AUDIENCE missing', change: { LAPSE_AUDIENCE: undefined }, setting: /^LAPSE_AUDIENCE: /, why: /required/ },
-  { spawn: true, name: 'both LAPSE_JWKS_URL and LAPSE_JWKS_FILE unset', change: { LAPSE_JWKS_FILE: undefined }, setting: /^LAPSE_JWKS_URL: /, why: /LAPSE_JWKS_FILE.*required/ },
+  {
+    spawn: true,
+    name: 'both LAPSE_JWKS_URL and LAPSE_JWKS_FILE unset',
+    change: { LAPSE_JWKS_FILE: undefined },
+    setting: /^LAPSE_JWKS_URL: /,
+    why: /LAPSE_JWKS_FILE.*required/,
+  },
   { spawn: true, name: 'LAPSE_UPSTREAM not a URL', change: { LAPSE_UPSTREAM: 'not a url' }, setting: /^LAPSE_UPSTREAM: /, why: /URL/ },
   { name: 'LAPSE_UPSTREAM with another scheme', change: { LAPSE_UPSTREAM: 'ftp://127.0.0.1/' }, setting: /^LAPSE_UPSTREAM: /, why: /http/ },
-  { spawn: true, name: 'LAPSE_JWKS_URL not a URL', change: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: 'issuer/jwks' }, setting: /^LAPSE_JWKS_URL: /, why: /URL/ },
-  { spawn: true, name: 'LAPSE_CLOCK_SKEW not a number', change: { LAPSE_CLOCK_SKEW: 'abc' }, setting: /^LAPSE_CLOCK_SKEW: /, why: /number/ },
+  {
+    spawn: true,
+    name: 'LAPSE_JWKS_URL not a URL',
+    change: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: 'issuer/jwks' },
+    setting: /^LAPSE_JWKS_URL: /,
+    why: /URL/,
+  },
+  {
+    spawn: true,
+    name: 'LAPSE_CLOCK_SKEW not a number',
+    change: { LAPSE_CLOCK_SKEW: 'abc' },
+    setting: /^LAPSE_CLOCK_SKEW: /,
+    why: /number/,
+  },
   { name: 'LAPSE_CLOCK_SKEW not whole', change: { LAPSE_CLOCK_SKEW: '1.5' }, setting: /^LAPSE_CLOCK_SKEW: /, why: /int/ },
-  { name: 'LAPSE_MAX_TOKEN_LIFETIME negative', change: { LAPSE_MAX_TOKEN_LIFETIME: '-1' }, setting: /^LAPSE_MAX_TOKEN_LIFETIME: /, why: />=\s*0/ },
-  { spawn: true, name: "LAPSE_ALGORITHMS with the unknown algorithm 'none'", change: { LAPSE_ALGORITHMS: 'ES256,none' }, setting: /^LAPSE_ALGORITHMS: /, why: /expected one of/ },
-  { name: 'LAPSE_UPSTREAM_MAX_CONNECTIONS zero', change: { LAPSE_UPSTREAM_MAX_CONNECTIONS: '0' }, setting: /^LAPSE_UPSTREAM_MAX_CONNECTIONS: /, why: />=\s*1/ },
+  {
+    name: 'LAPSE_MAX_TOKEN_LIFETIME negative',
+    change: { LAPSE_MAX_TOKEN_LIFETIME: '-1' },
+    setting: /^LAPSE_MAX_TOKEN_LIFETIME: /,
+    why: />=\s*0/,
+  },
+  {
+    spawn: true,
+    name: "LAPSE_ALGORITHMS with the unknown algorithm 'none'",
+    change: { LAPSE_ALGORITHMS: 'ES256,none' },
+    setting: /^LAPSE_ALGORITHMS: /,
+    why: /expected one of/,
+  },
+  {
+    name: 'LAPSE_UPSTREAM_MAX_CONNECTIONS zero',
+    change: { LAPSE_UPSTREAM_MAX_CONNECTIONS: '0' },
+    setting: /^LAPSE_UPSTREAM_MAX_CONNECTIONS: /,
+    why: />=\s*1/,
+  },
   { name: 'LAPSE_LISTEN without a port', change: { LAPSE_LISTEN: 'localhost' }, setting: /^LAPSE_LISTEN: /, why: /host:port/ },
-  { name: 'LAPSE_ALLOW_QUERY_TOKEN not a boolean', change: { LAPSE_ALLOW_QUERY_TOKEN: 'maybe' }, setting: /^LAPSE_ALLOW_QUERY_TOKEN: /, why: /boolean/ },
+  {
+    name: 'LAPSE_ALLOW_QUERY_TOKEN not a boolean',
+    change: { LAPSE_ALLOW_QUERY_TOKEN: 'maybe' },
+    setting: /^LAPSE_ALLOW_QUERY_TOKEN: /,
+    why: /boolean/,
+  },
   { name: 'LAPSE_ISSUER an empty list', change: { LAPSE_ISSUER: ' , ' }, setting: /^LAPSE_ISSUER: /, why: /1/ },
-  { name: 'LAPSE_MAX_HEADER_FIELDS below 10', change: { LAPSE_MAX_HEADER_FIELDS: '9' }, setting: /^LAPSE_MAX_HEADER_FIELDS: /, why: />=\s*10/ },
-  { name: 'LAPSE_MAX_HEADER_FIELDS above what Node keeps by default', change: { LAPSE_MAX_HEADER_FIELDS: '1001' }, setting: /^LAPSE_MAX_HEADER_FIELDS: /, why: /<=\s*1000/ },
-  { spawn: true, name: 'LAPSE_HOSTS entry with a port', change: { LAPSE_HOSTS: 'api.example.com:8080' }, setting: /^LAPSE_HOSTS: /, why: /without port/ },
-  { name: 'LAPSE_HOSTS entry with a path', change: { LAPSE_HOSTS: 'api.example.com,evil/admin' }, setting: /^LAPSE_HOSTS: /, why: /host name/ },
+  {
+    name: 'LAPSE_MAX_HEADER_FIELDS below 10',
+    change: { LAPSE_MAX_HEADER_FIELDS: '9' },
+    setting: /^LAPSE_MAX_HEADER_FIELDS: /,
+    why: />=\s*10/,
+  },
+  {
+    name: 'LAPSE_MAX_HEADER_FIELDS above what Node keeps by default',
+    change: { LAPSE_MAX_HEADER_FIELDS: '1001' },
+    setting: /^LAPSE_MAX_HEADER_FIELDS: /,
+    why: /<=\s*1000/,
+  },
+  {
+    spawn: true,
+    name: 'LAPSE_HOSTS entry with a port',
+    change: { LAPSE_HOSTS: 'api.example.com:8080' },
+    setting: /^LAPSE_HOSTS: /,
+    why: /without port/,
+  },
+  {
+    name: 'LAPSE_HOSTS entry with a path',
+    change: { LAPSE_HOSTS: 'api.example.com,evil/admin' },
+    setting: /^LAPSE_HOSTS: /,
+    why: /host name/,
+  },
   { name: 'LAPSE_HOSTS wildcard not a whole label', change: { LAPSE_HOSTS: '*example.com' }, setting: /^LAPSE_HOSTS: /, why: /\*\.name/ },
   { name: 'LAPSE_HOSTS bad IPv6', change: { LAPSE_HOSTS: '[::1::2]' }, setting: /^LAPSE_HOSTS: /, why: /IPv6/ },
   { name: 'LAPSE_HOSTS an empty list', change: { LAPSE_HOSTS: ' , ' }, setting: /^LAPSE_HOSTS: /, why: /1/ },
@@ -81,12 +141,19 @@ t.test('loadConfig: each missing or malformed setting → LapseError, one line n
 })
 
 /** Runs `node bin/lapse.js proxy` with only `env` (and PATH; no telemetry export); resolves when it exits. */
-function runProxy(env: Record<string, string | undefined>): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
+function runProxy(
+  env: Record<string, string | undefined>,
+): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, 'proxy'], { env: { PATH: process.env.PATH, OTEL_SDK_DISABLED: 'true', ...env }, cwd: ROOT, timeout: 15_000 }, (err, stdout, stderr) => {
-      const e = err as (Error & { code?: number | string; signal?: string }) | null
-      resolve({ code: e ? (typeof e.code === 'number' ? e.code : -1) : 0, signal: e?.signal ?? null, stdout, stderr })
-    })
+    execFile(
+      process.execPath,
+      [BIN, 'proxy'],
+      { env: { PATH: process.env.PATH, OTEL_SDK_DISABLED: 'true', ...env }, cwd: ROOT, timeout: 15_000 },
+      (err, stdout, stderr) => {
+        const e = err as (Error & { code?: number | string; signal?: string }) | null
+        resolve({ code: e ? (typeof e.code === 'number' ? e.code : -1) : 0, signal: e?.signal ?? null, stdout, stderr })
+      },
+    )
   })
 }
 
@@ -111,14 +178,30 @@ t.test('lapse proxy: each missing or malformed setting → non-zero exit, exactl
 t.test('lapse proxy: the same base environment starts, listens, and stops on SIGTERM with exit 0', async (t) => {
   t.ok(BUILT, 'dist/ is built')
   if (!BUILT) return
-  const child = spawn(process.execPath, [BIN, 'proxy'], { env: { PATH: process.env.PATH, OTEL_SDK_DISABLED: 'true', ...(await validEnv()) }, cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  const child = spawn(process.execPath, [BIN, 'proxy'], {
+    env: { PATH: process.env.PATH, OTEL_SDK_DISABLED: 'true', ...(await validEnv()) },
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL')
+  })
   let stdout = ''
-  child.stdout.on('data', (c: Buffer) => { stdout += c.toString('utf8') })
+  child.stdout.on('data', (c: Buffer) => {
+    stdout += c.toString('utf8')
+  })
   const listening = await new Promise<boolean>((resolve) => {
     const timer = setTimeout(() => resolve(false), 10_000)
-    child.stdout.on('data', () => { if (stdout.includes('lapse is listening')) { clearTimeout(timer); resolve(true) } })
-    child.once('exit', () => { clearTimeout(timer); resolve(false) })
+    child.stdout.on('data', () => {
+      if (stdout.includes('lapse is listening')) {
+        clearTimeout(timer)
+        resolve(true)
+      }
+    })
+    child.once('exit', () => {
+      clearTimeout(timer)
+      resolve(false)
+    })
   })
   t.ok(listening, 'logged "lapse is listening"')
   const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
@@ -130,18 +213,21 @@ t.test('YAML file via LAPSE_CONFIG: settings read from it, environment wins over
   const keys = await testKeys()
   const dir = mkdtempSync(join(tmpdir(), 'lapse-config-'))
   const file = join(dir, 'lapse.yaml')
-  writeFileSync(file, [
-    'upstream: http://127.0.0.1:3000',
-    'issuer: [https://a.test, https://b.test]',
-    'audience: from-file',
-    `jwks_file: ${keys.jwksPath}`,
-    'clock_skew: 10',
-    'max_token_lifetime: 600',
-    'routes:',
-    '  - { path: /healthz, public: true }',
-    '  - { path: /orders/**, methods: [GET], scopes: [orders:read] }',
-    '',
-  ].join('\n'))
+  writeFileSync(
+    file,
+    [
+      'upstream: http://127.0.0.1:3000',
+      'issuer: [https://a.test, https://b.test]',
+      'audience: from-file',
+      `jwks_file: ${keys.jwksPath}`,
+      'clock_skew: 10',
+      'max_token_lifetime: 600',
+      'routes:',
+      '  - { path: /healthz, public: true }',
+      '  - { path: /orders/**, methods: [GET], scopes: [orders:read] }',
+      '',
+    ].join('\n'),
+  )
 
   const fromFile = loadConfig({ LAPSE_CONFIG: file })
   t.equal(fromFile.upstream!.href, 'http://127.0.0.1:3000/')
@@ -153,10 +239,19 @@ t.test('YAML file via LAPSE_CONFIG: settings read from it, environment wins over
   t.same(fromFile.routes[1]?.scopes, ['orders:read'])
   t.equal(fromFile.allowQueryToken, false, 'defaults fill what the file leaves out')
 
-  const overridden = loadConfig({ LAPSE_CONFIG: file, LAPSE_CLOCK_SKEW: '5', LAPSE_AUDIENCE: 'from-env,second', LAPSE_ROUTES: '[{"path":"/only","public":true}]' })
+  const overridden = loadConfig({
+    LAPSE_CONFIG: file,
+    LAPSE_CLOCK_SKEW: '5',
+    LAPSE_AUDIENCE: 'from-env,second',
+    LAPSE_ROUTES: '[{"path":"/only","public":true}]',
+  })
   t.equal(overridden.clockSkewS, 5, 'env wins for a number')
   t.same(overridden.audiences, ['from-env', 'second'], 'env wins for a list')
-  t.same(overridden.routes.map((r) => r.path), ['/only'], 'env wins for routes')
+  t.same(
+    overridden.routes.map((r) => r.path),
+    ['/only'],
+    'env wins for routes',
+  )
   t.same(overridden.issuers, ['https://a.test', 'https://b.test'], 'what env does not set still comes from the file')
   t.ok(Object.isFrozen(overridden) && Object.isFrozen(overridden.routes), 'the result is frozen')
 })
@@ -166,7 +261,11 @@ t.test('LAPSE_HOSTS and LAPSE_MAX_HEADER_FIELDS: defaults, normalized lists, YAM
   const plain = loadConfig(base)
   t.equal(plain.hosts, undefined, 'unset: any valid Host')
   t.equal(plain.maxHeaderFields, 100, 'Envoy’s default')
-  const set = loadConfig({ ...base, LAPSE_HOSTS: 'API.Example.com., *.Example.org , [::1], 10.0.0.1,api.example.com', LAPSE_MAX_HEADER_FIELDS: '250' })
+  const set = loadConfig({
+    ...base,
+    LAPSE_HOSTS: 'API.Example.com., *.Example.org , [::1], 10.0.0.1,api.example.com',
+    LAPSE_MAX_HEADER_FIELDS: '250',
+  })
   t.same(set.hosts, ['api.example.com', '*.example.org', '[::1]', '10.0.0.1'], 'lower-cased, trailing dot dropped, repeats once')
   t.equal(set.maxHeaderFields, 250)
   const dir = mkdtempSync(join(tmpdir(), 'lapse-config-'))
@@ -188,8 +287,18 @@ t.test('YAML file problems name LAPSE_CONFIG or the setting, in one line', async
     ['missing file', join(dir, 'nope.yaml'), /^LAPSE_CONFIG: cannot read/, 'ERR_CONFIG_FILE'],
     ['not YAML', write('broken.yaml', 'upstream: [unclosed\n'), /^LAPSE_CONFIG: .* is not valid YAML/, 'ERR_CONFIG_FILE'],
     ['not a mapping', write('list.yaml', '- a\n- b\n'), /^LAPSE_CONFIG: .* must hold a mapping/, 'ERR_CONFIG_FILE'],
-    ['unknown key', write('typo.yaml', 'upstream: http://127.0.0.1:1\nissuer: i\naudience: a\njwks_file: f\nclock_skwe: 5\n'), /^LAPSE_CLOCK_SKWE: not a Lapse setting/, 'ERR_CONFIG_INVALID'],
-    ['bad value', write('bad.yaml', 'upstream: http://127.0.0.1:1\nissuer: i\naudience: a\njwks_file: f\nclock_skew: soon\n'), /^LAPSE_CLOCK_SKEW: /, 'ERR_CONFIG_INVALID'],
+    [
+      'unknown key',
+      write('typo.yaml', 'upstream: http://127.0.0.1:1\nissuer: i\naudience: a\njwks_file: f\nclock_skwe: 5\n'),
+      /^LAPSE_CLOCK_SKWE: not a Lapse setting/,
+      'ERR_CONFIG_INVALID',
+    ],
+    [
+      'bad value',
+      write('bad.yaml', 'upstream: http://127.0.0.1:1\nissuer: i\naudience: a\njwks_file: f\nclock_skew: soon\n'),
+      /^LAPSE_CLOCK_SKEW: /,
+      'ERR_CONFIG_INVALID',
+    ],
   ]
   for (const [what, path, message, code] of cases) {
     t.throws(() => loadConfig({ LAPSE_CONFIG: path }), { code, message }, what)
@@ -202,7 +311,11 @@ t.test('a malformed rule is ERR_RULES_INVALID at the same place, from the file o
   const file = join(dir, 'routes.yaml')
   const rules: Array<[string, string, string]> = [
     ['a path without its /', '[{ path: orders }]', 'a route path starts with / (at routes[0].path)'],
-    ['a method that is not letters', '[{ path: /a }, { path: /b, methods: [GET, "PO ST"] }]', 'a method is letters only (at routes[1].methods[1])'],
+    [
+      'a method that is not letters',
+      '[{ path: /a }, { path: /b, methods: [GET, "PO ST"] }]',
+      'a method is letters only (at routes[1].methods[1])',
+    ],
     ['an unknown key (not a setting of its own)', '[{ path: /a, scope: [x] }]', '"scope" (at routes[0])'],
   ]
   for (const [what, yaml, where] of rules) {

@@ -40,25 +40,53 @@ t.test('the listen address: off when unset; a port alone binds 127.0.0.1; host:p
 })
 
 t.test('LAPSE_UPSTREAM is optional only with a decision listener', async (t) => {
-  t.equal(refusal(await env({ LAPSE_UPSTREAM: undefined })), 'ERR_CONFIG_INVALID LAPSE_UPSTREAM: required unless LAPSE_DECISION_LISTEN is set')
+  t.equal(
+    refusal(await env({ LAPSE_UPSTREAM: undefined })),
+    'ERR_CONFIG_INVALID LAPSE_UPSTREAM: required unless LAPSE_DECISION_LISTEN is set',
+  )
   const c = loadConfig(await env({ LAPSE_UPSTREAM: undefined, LAPSE_DECISION_LISTEN: '9902' }))
   t.equal(c.upstream, undefined, 'a decision service only')
-  t.match(refusal(await env({ LAPSE_UPSTREAM: 'ftp://x', LAPSE_DECISION_LISTEN: '9902' })), /^ERR_CONFIG_INVALID LAPSE_UPSTREAM: /, 'a bad upstream is still refused')
+  t.match(
+    refusal(await env({ LAPSE_UPSTREAM: 'ftp://x', LAPSE_DECISION_LISTEN: '9902' })),
+    /^ERR_CONFIG_INVALID LAPSE_UPSTREAM: /,
+    'a bad upstream is still refused',
+  )
 })
 
 t.test('the decision token: inline or from a file, 16 characters at least, one of the two, only with the listener', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'lapse-decision-'))
   const file = join(dir, 'token')
   writeFileSync(file, 'from-a-file-0123456789\n')
-  t.equal(loadConfig(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN: 'inline-0123456789' })).decision?.token, 'inline-0123456789')
-  t.equal(loadConfig(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN_FILE: file })).decision?.token, 'from-a-file-0123456789', 'trimmed')
-  t.match(refusal(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN: 'short' })), /^ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN: at least 16 characters/)
-  t.equal(refusal(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN: 'inline-0123456789', LAPSE_DECISION_TOKEN_FILE: file })),
-    'ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN: set LAPSE_DECISION_TOKEN or LAPSE_DECISION_TOKEN_FILE, not both')
-  t.match(refusal(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN_FILE: join(dir, 'absent') })), /^ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN_FILE: cannot read .* \(ENOENT\)$/)
+  t.equal(
+    loadConfig(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN: 'inline-0123456789' })).decision?.token,
+    'inline-0123456789',
+  )
+  t.equal(
+    loadConfig(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN_FILE: file })).decision?.token,
+    'from-a-file-0123456789',
+    'trimmed',
+  )
+  t.match(
+    refusal(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN: 'short' })),
+    /^ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN: at least 16 characters/,
+  )
+  t.equal(
+    refusal(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN: 'inline-0123456789', LAPSE_DECISION_TOKEN_FILE: file })),
+    'ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN: set LAPSE_DECISION_TOKEN or LAPSE_DECISION_TOKEN_FILE, not both',
+  )
+  t.match(
+    refusal(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN_FILE: join(dir, 'absent') })),
+    /^ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN_FILE: cannot read .* \(ENOENT\)$/,
+  )
   writeFileSync(file, 'short\n')
-  t.equal(refusal(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN_FILE: file })), 'ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN_FILE: the token must be at least 16 characters')
-  t.equal(refusal(await env({ LAPSE_DECISION_TOKEN: 'inline-0123456789' })), 'ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN: set only with LAPSE_DECISION_LISTEN')
+  t.equal(
+    refusal(await env({ LAPSE_DECISION_LISTEN: '9902', LAPSE_DECISION_TOKEN_FILE: file })),
+    'ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN_FILE: the token must be at least 16 characters',
+  )
+  t.equal(
+    refusal(await env({ LAPSE_DECISION_TOKEN: 'inline-0123456789' })),
+    'ERR_CONFIG_INVALID LAPSE_DECISION_TOKEN: set only with LAPSE_DECISION_LISTEN',
+  )
 })
 
 t.test('a decision listener off loopback without a token is a warning at start', async (t) => {

@@ -15,18 +15,27 @@ import { startRedis } from '../fixtures/redis-server.js'
 import { startUpstream } from '../fixtures/upstream.js'
 
 const DIR = 'deploy/prometheus'
-interface AlertRule { alert: string; expr: string; for?: string; labels: Record<string, string>; annotations: Record<string, string> }
-const groups = (parseYaml(readFileSync(`${DIR}/lapse-alerts.yaml`, 'utf8')) as { groups: Array<{ name: string; rules: AlertRule[] }> }).groups
+interface AlertRule {
+  alert: string
+  expr: string
+  for?: string
+  labels: Record<string, string>
+  annotations: Record<string, string>
+}
+const groups = (parseYaml(readFileSync(`${DIR}/lapse-alerts.yaml`, 'utf8')) as { groups: Array<{ name: string; rules: AlertRule[] }> })
+  .groups
 const rules = groups.flatMap((g) => g.rules)
-const dashboard = JSON.parse(readFileSync('deploy/grafana/lapse-dashboard.json', 'utf8')) as { panels: Array<{ title: string; targets: Array<{ expr: string }> }> }
+const dashboard = JSON.parse(readFileSync('deploy/grafana/lapse-dashboard.json', 'utf8')) as {
+  panels: Array<{ title: string; targets: Array<{ expr: string }> }>
+}
 
 const promtool = (...args: string[]) => execFileSync('promtool', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
 
-t.test('promtool check rules: the rule file and the PrometheusRule\'s groups are valid', async (t) => {
+t.test("promtool check rules: the rule file and the PrometheusRule's groups are valid", async (t) => {
   t.match(promtool('check', 'rules', `${DIR}/lapse-alerts.yaml`), /SUCCESS: \d+ rules found/)
   const operator = parseYaml(readFileSync(`${DIR}/lapse-prometheusrule.yaml`, 'utf8')) as { kind: string; spec: { groups: unknown } }
   t.equal(operator.kind, 'PrometheusRule')
-  t.same(operator.spec.groups, groups, 'the PrometheusRule holds exactly the rule file\'s groups')
+  t.same(operator.spec.groups, groups, "the PrometheusRule holds exactly the rule file's groups")
   const extracted = join(mkdtempSync(join(tmpdir(), 'lapse-rules-')), 'spec.yaml')
   writeFileSync(extracted, JSON.stringify(operator.spec))
   t.match(promtool('check', 'rules', extracted), /SUCCESS/)
@@ -34,11 +43,21 @@ t.test('promtool check rules: the rule file and the PrometheusRule\'s groups are
 
 t.test('promtool test rules: each alert fires on its synthetic series and stays quiet otherwise', async (t) => {
   t.match(promtool('test', 'rules', `${DIR}/lapse-alerts.test.yaml`), /SUCCESS/)
-  const tests = (parseYaml(readFileSync(`${DIR}/lapse-alerts.test.yaml`, 'utf8')) as { tests: Array<{ alert_rule_test: Array<{ alertname: string; exp_alerts: unknown[] }> }> }).tests
+  const tests = (
+    parseYaml(readFileSync(`${DIR}/lapse-alerts.test.yaml`, 'utf8')) as {
+      tests: Array<{ alert_rule_test: Array<{ alertname: string; exp_alerts: unknown[] }> }>
+    }
+  ).tests
   const cases = tests.flatMap((x) => x.alert_rule_test)
   for (const { alert } of rules) {
-    t.ok(cases.some((c) => c.alertname === alert && c.exp_alerts.length > 0), `${alert} has a firing case`)
-    t.ok(cases.some((c) => c.alertname === alert && c.exp_alerts.length === 0), `${alert} has a quiet case`)
+    t.ok(
+      cases.some((c) => c.alertname === alert && c.exp_alerts.length > 0),
+      `${alert} has a firing case`,
+    )
+    t.ok(
+      cases.some((c) => c.alertname === alert && c.exp_alerts.length === 0),
+      `${alert} has a quiet case`,
+    )
   }
 })
 
@@ -52,7 +71,17 @@ t.test('every alert has a severity, a summary and a description that says what t
   }
   // The events the alerts exist for: each has a rule reading it.
   const exprs = rules.map((r) => r.expr).join('\n')
-  for (const needed of ['"revoked"', 'token_reused', 'dpop_replayed', 'lifetime_exceeds_policy', 'lapse_decisions_failed_open_total', 'revocation_unavailable', 'keys_unavailable', 'lapse_revocation_events_up', 'lapse_decision_duration_bucket']) {
+  for (const needed of [
+    '"revoked"',
+    'token_reused',
+    'dpop_replayed',
+    'lifetime_exceeds_policy',
+    'lapse_decisions_failed_open_total',
+    'revocation_unavailable',
+    'keys_unavailable',
+    'lapse_revocation_events_up',
+    'lapse_decision_duration_bucket',
+  ]) {
     t.ok(exprs.includes(needed), `a rule reads ${needed}`)
   }
 })
@@ -61,13 +90,19 @@ t.test('every alert has a severity, a summary and a description that says what t
 function metricNames(expr: string): string[] {
   const names = new Set<string>()
   // Label matchers and grouping lists hold label names, not metrics: drop them first.
-  const stripped = expr.replace(/\{[^}]*\}/g, '{}').replace(/\b(by|without)\s*\([^)]*\)/g, '').replace(/"[^"]*"/g, '""')
+  const stripped = expr
+    .replace(/\{[^}]*\}/g, '{}')
+    .replace(/\b(by|without)\s*\([^)]*\)/g, '')
+    .replace(/"[^"]*"/g, '""')
   for (const [name] of stripped.matchAll(/\b[a-z_][a-z0-9_]*\b/g)) if (/^(lapse|otel)_/.test(name)) names.add(name)
   return [...names]
 }
 
 t.test('every metric the rules and the dashboard read is exported by a running Lapse on /metrics', async (t) => {
-  const used = new Set([...rules.flatMap((r) => metricNames(r.expr)), ...dashboard.panels.flatMap((p) => p.targets.flatMap((x) => metricNames(x.expr)))])
+  const used = new Set([
+    ...rules.flatMap((r) => metricNames(r.expr)),
+    ...dashboard.panels.flatMap((p) => p.targets.flatMap((x) => metricNames(x.expr))),
+  ])
   t.ok(used.size >= 10, `names found: ${[...used].join(', ')}`)
 
   // One request of each kind the names need: an allow, a denial, a stream cut by a revocation,
@@ -83,10 +118,16 @@ t.test('every metric the rules and the dashboard read is exported by a running L
     res.end('{}')
   })
   t.teardown(() => upstream.close())
-  const telemetry = await startTelemetry({ OTEL_TRACES_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' }, { log: pino({ level: 'silent' }), clock: { now: () => Date.now() } })
+  const telemetry = await startTelemetry(
+    { OTEL_TRACES_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
+    { log: pino({ level: 'silent' }), clock: { now: () => Date.now() } },
+  )
   t.teardown(() => telemetry.shutdown())
   const lapse = await runApp(t, {
-    routes: [{ path: '/stream/**', scopes: ['orders:read'] }, { path: '/open/**', scopes: ['orders:read'], on_revocation_unavailable: 'open' }],
+    routes: [
+      { path: '/stream/**', scopes: ['orders:read'] },
+      { path: '/open/**', scopes: ['orders:read'], on_revocation_unavailable: 'open' },
+    ],
     env: { LAPSE_REDIS_URL: redis.url, LAPSE_REVOCATION_TIMEOUT: '200', LAPSE_REDIS_PREFIX: 'alerts' },
     upstream,
     telemetry,
@@ -101,7 +142,12 @@ t.test('every metric the rules and the dashboard read is exported by a running L
   const streamed = send(`${lapse.url}/stream/x`, { headers: [bearer(await keys.mint({ jti }))] }).catch((err: Error) => err)
   await waitFor(() => (lapse.running.deps.connections as unknown as { size: number }).size === 1 || false, 'the stream registered for cuts')
   const revoked = await send(`${lapse.adminUrl}/v1/revocations`, {
-    method: 'POST', headers: [['authorization', `Bearer ${ADMIN_TOKEN}`], ['content-type', 'application/json']], body: JSON.stringify({ claim: 'jti', value: jti, reason: 'alerts test' }),
+    method: 'POST',
+    headers: [
+      ['authorization', `Bearer ${ADMIN_TOKEN}`],
+      ['content-type', 'application/json'],
+    ],
+    body: JSON.stringify({ claim: 'jti', value: jti, reason: 'alerts test' }),
   })
   t.equal(revoked.status, 201)
   await streamed

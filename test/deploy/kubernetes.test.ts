@@ -21,17 +21,25 @@ const STANDALONE = ['alternatives/classic-sidecar.yaml', 'admin-token.example.ya
 
 // biome-ignore lint/suspicious/noExplicitAny: a manifest is free-form YAML, read field by field
 type Free = any
-type K8sObject = { apiVersion: string; kind: string; metadata: { name: string }; spec?: Free; data?: Record<string, string> } & Record<string, Free>
+type K8sObject = { apiVersion: string; kind: string; metadata: { name: string }; spec?: Free; data?: Record<string, string> } & Record<
+  string,
+  Free
+>
 
 const parse = (text: string, where: string): K8sObject[] =>
-  parseAllDocuments(text).map((doc) => {
-    if (doc.errors.length > 0) throw new Error(`${where}: ${doc.errors[0]!.message}`)
-    return doc.toJS() as K8sObject
-  }).filter(Boolean)
+  parseAllDocuments(text)
+    .map((doc) => {
+      if (doc.errors.length > 0) throw new Error(`${where}: ${doc.errors[0]!.message}`)
+      return doc.toJS() as K8sObject
+    })
+    .filter(Boolean)
 
 /** kubectl's or kustomize's renderer, whichever is on PATH; undefined on a machine with neither. */
 function renderer(): ((dir: string) => string) | undefined {
-  for (const [bin, args, probe] of [['kustomize', ['build'], ['version']], ['kubectl', ['kustomize'], ['version', '--client']]] as const) {
+  for (const [bin, args, probe] of [
+    ['kustomize', ['build'], ['version']],
+    ['kubectl', ['kustomize'], ['version', '--client']],
+  ] as const) {
     try {
       // kubectl's plain `version` also asks a cluster, and fails without one.
       execFileSync(bin, probe, { stdio: 'ignore', timeout: 20_000 })
@@ -63,13 +71,14 @@ function validate(obj: K8sObject): void {
 }
 
 const podSpecOf = (obj: K8sObject) => obj.spec.template.spec
-const lapseContainerOf = (obj: K8sObject) => [...(podSpecOf(obj).initContainers ?? []), ...podSpecOf(obj).containers].find((c: Free) => c.name === 'lapse')
+const lapseContainerOf = (obj: K8sObject) =>
+  [...(podSpecOf(obj).initContainers ?? []), ...podSpecOf(obj).containers].find((c: Free) => c.name === 'lapse')
 const envOf = (container: Free): Record<string, string> => Object.fromEntries((container.env ?? []).map((e: Free) => [e.name, e.value]))
 
 const render = renderer()
 const sets: Array<[name: string, objects: K8sObject[]]> = []
 if (render) t.comment('manifests rendered with kustomize, as kubectl apply -k sends them')
-else t.comment('no kubectl or kustomize on PATH: the manifests are checked as written, without the overlays\' patches')
+else t.comment("no kubectl or kustomize on PATH: the manifests are checked as written, without the overlays' patches")
 for (const dir of KUSTOMIZATIONS) sets.push([dir, objectsOf(t, render, dir)])
 for (const file of STANDALONE) sets.push([file, parse(readFileSync(join(DIR, file), 'utf8'), file)])
 
@@ -78,7 +87,10 @@ t.test('every object passes the Kubernetes API schema of its kind', async (t) =>
     t.ok(objects.length > 0, `${name}: objects`)
     for (const obj of objects) t.doesNotThrow(() => validate(obj), `${name}: ${obj.kind} ${obj.metadata.name}`)
   }
-  const kinds = sets.find(([name]) => name === 'overlays/orders')![1].map((o) => o.kind).sort()
+  const kinds = sets
+    .find(([name]) => name === 'overlays/orders')![1]
+    .map((o) => o.kind)
+    .sort()
   t.same(kinds, ['ConfigMap', 'Deployment', 'NetworkPolicy', 'PodDisruptionBudget', 'Service'], 'the overlay renders the whole base')
 })
 
@@ -108,19 +120,33 @@ t.test('Lapse runs as a native sidecar, hardened, probed on the admin port, size
       if (name === 'alternatives/classic-sidecar.yaml') t.notOk(native, `${name}: the classic sidecar is an ordinary container`)
       else t.equal(lapse.restartPolicy, 'Always', `${name}: an init container with restartPolicy Always (native sidecar)`)
       t.ok(native || name.startsWith('alternatives/'), `${name}: native unless it is the alternative`)
-      t.match(lapse.securityContext, {
-        runAsNonRoot: true, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true,
-        capabilities: { drop: ['ALL'] }, seccompProfile: { type: 'RuntimeDefault' },
-      }, `${name}: securityContext`)
-      for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) t.equal(lapse[probe]?.httpGet?.port, 'admin', `${name}: ${probe} on the admin port`)
+      t.match(
+        lapse.securityContext,
+        {
+          runAsNonRoot: true,
+          allowPrivilegeEscalation: false,
+          readOnlyRootFilesystem: true,
+          capabilities: { drop: ['ALL'] },
+          seccompProfile: { type: 'RuntimeDefault' },
+        },
+        `${name}: securityContext`,
+      )
+      for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe'])
+        t.equal(lapse[probe]?.httpGet?.port, 'admin', `${name}: ${probe} on the admin port`)
       t.equal(lapse.readinessProbe.httpGet.path, '/readyz')
       const startupWaitS = Number(envOf(lapse).LAPSE_STARTUP_WAIT ?? 5000) / 1000
-      t.ok(lapse.livenessProbe.initialDelaySeconds > startupWaitS, `${name}: liveness waits longer than LAPSE_STARTUP_WAIT (${startupWaitS} s)`)
+      t.ok(
+        lapse.livenessProbe.initialDelaySeconds > startupWaitS,
+        `${name}: liveness waits longer than LAPSE_STARTUP_WAIT (${startupWaitS} s)`,
+      )
       // docs/operations.md: about 130 MiB base + 3.5 MiB per 1,000 cached tokens.
       const cacheSize = Number(envOf(lapse).LAPSE_TOKEN_CACHE_SIZE ?? 10_000)
       const budgetMi = 130 + (3.5 * cacheSize) / 1000
       const mi = (q: string) => Number(/^(\d+)Mi$/.exec(q)?.[1] ?? Number.NaN)
-      t.ok(mi(lapse.resources.requests.memory) >= budgetMi, `${name}: memory request ${lapse.resources.requests.memory} covers the ${budgetMi} MiB budget`)
+      t.ok(
+        mi(lapse.resources.requests.memory) >= budgetMi,
+        `${name}: memory request ${lapse.resources.requests.memory} covers the ${budgetMi} MiB budget`,
+      )
       t.ok(mi(lapse.resources.limits.memory) > mi(lapse.resources.requests.memory), `${name}: a memory limit above the request`)
       t.ok(lapse.resources.requests.cpu, `${name}: a CPU request`)
       // The drain: the grace period outlasts Lapse's drain delay and shutdown timeout, after the
@@ -132,13 +158,16 @@ t.test('Lapse runs as a native sidecar, hardened, probed on the admin port, size
       const preStop = app.lifecycle?.preStop
       const appSleepS = Number(preStop?.sleep?.seconds ?? preStop?.exec?.command?.[1] ?? 0)
       const needed = native ? appSleepS + drainS + 5 : Math.max(appSleepS, drainS) + 5
-      t.ok(podSpecOf(obj).terminationGracePeriodSeconds >= needed, `${name}: terminationGracePeriodSeconds ${podSpecOf(obj).terminationGracePeriodSeconds} ≥ ${needed}`)
+      t.ok(
+        podSpecOf(obj).terminationGracePeriodSeconds >= needed,
+        `${name}: terminationGracePeriodSeconds ${podSpecOf(obj).terminationGracePeriodSeconds} ≥ ${needed}`,
+      )
       if (!native) t.ok(appSleepS >= drainS, `${name}: the app stays up while Lapse drains`)
     }
   }
   const pdb = sets[0]![1].find((o) => o.kind === 'PodDisruptionBudget')
   const deployment = sets[0]![1].find((o) => o.kind === 'Deployment')!
-  t.same(pdb?.spec.selector.matchLabels, deployment.spec.selector.matchLabels, 'the PodDisruptionBudget selects the Deployment\'s Pods')
+  t.same(pdb?.spec.selector.matchLabels, deployment.spec.selector.matchLabels, "the PodDisruptionBudget selects the Deployment's Pods")
 })
 
 t.test('every LAPSE_* variable the manifests set is a setting Lapse knows', async (t) => {
@@ -175,10 +204,18 @@ t.test('the ConfigMaps hold a configuration Lapse starts with', async (t) => {
   if (render) {
     const orders = sets.find(([name]) => name === 'overlays/orders')![1]
     const config = parse(orders.find((o) => o.kind === 'ConfigMap')!.data!['lapse.yaml']!, 'orders')[0] as Free
-    t.equal(config.issuer, 'https://login.example.com/realms/orders', 'the overlay\'s issuer')
+    t.equal(config.issuer, 'https://login.example.com/realms/orders', "the overlay's issuer")
     t.equal(orders.find((o) => o.kind === 'ConfigMap')!.metadata.name, 'orders-app-lapse')
     const deployment = orders.find((o) => o.kind === 'Deployment')!
-    t.equal(podSpecOf(deployment).volumes.find((v: Free) => v.name === 'lapse-config').configMap.name, 'orders-app-lapse', 'the Deployment mounts the renamed ConfigMap')
-    t.equal(podSpecOf(deployment).volumes.find((v: Free) => v.name === 'lapse-admin').secret.secretName, 'lapse-admin-token', 'the Secret created beside it')
+    t.equal(
+      podSpecOf(deployment).volumes.find((v: Free) => v.name === 'lapse-config').configMap.name,
+      'orders-app-lapse',
+      'the Deployment mounts the renamed ConfigMap',
+    )
+    t.equal(
+      podSpecOf(deployment).volumes.find((v: Free) => v.name === 'lapse-admin').secret.secretName,
+      'lapse-admin-token',
+      'the Secret created beside it',
+    )
   }
 })

@@ -21,7 +21,10 @@ const page = (name: string) => readFileSync(join(ROOT, 'docs', name), 'utf8')
 const CODES: readonly ErrorCode[] = ERROR_CODES
 const REASON_NAMES = Object.keys(REASONS) as DenyReason[]
 
-interface Table { readonly header: readonly string[]; readonly rows: ReadonlyArray<readonly string[]> }
+interface Table {
+  readonly header: readonly string[]
+  readonly rows: ReadonlyArray<readonly string[]>
+}
 
 /** The cells of a table line: split on `|` outside code spans; `\|` stays in its cell. */
 function cells(line: string): string[] {
@@ -31,9 +34,17 @@ function cells(line: string): string[] {
   const body = line.trim().replace(/^\|/, '').replace(/\|$/, '')
   for (let i = 0; i < body.length; i++) {
     const c = body[i]!
-    if (c === '\\' && body[i + 1] === '|') { cell += '|'; i++; continue }
+    if (c === '\\' && body[i + 1] === '|') {
+      cell += '|'
+      i++
+      continue
+    }
     if (c === '`') code = !code
-    if (c === '|' && !code) { out.push(cell.trim()); cell = ''; continue }
+    if (c === '|' && !code) {
+      out.push(cell.trim())
+      cell = ''
+      continue
+    }
     cell += c
   }
   out.push(cell.trim())
@@ -74,22 +85,44 @@ function spans(text: string, pattern: RegExp): string[] {
 function compare(t: Test, code: readonly string[], docs: readonly string[], where: string) {
   const documented = new Set(docs)
   const known = new Set(code)
-  t.same(code.filter((n) => !documented.has(n)), [], `every one is in ${where}`)
-  t.same([...documented].filter((n) => !known.has(n)), [], `everything ${where} names exists in the code`)
+  t.same(
+    code.filter((n) => !documented.has(n)),
+    [],
+    `every one is in ${where}`,
+  )
+  t.same(
+    [...documented].filter((n) => !known.has(n)),
+    [],
+    `everything ${where} names exists in the code`,
+  )
 }
 
-t.test('error codes: each of ERROR_CODES has one row with a "what to do" in docs/errors.md, and that registry names no other', async (t) => {
-  // The registry is every table of errors.md with a "what to do" column; a code's row is the one
-  // whose first cell names it. The library codes' table has no such column and is not Lapse's.
-  const docs = page('errors.md')
-  const registry = tablesOf(docs).filter((tb) => tb.header.includes('what to do'))
-  t.ok(registry.length >= 3, 'errors.md has its registry tables')
-  const rows = registry.flatMap((tb) => tb.rows.flatMap((row) => spans(row[0]!, /^ERR_[A-Z_]+$/).map((code) => ({ code, todo: row[tb.header.indexOf('what to do')] ?? '' }))))
-  compare(t, CODES, rows.map((r) => r.code), 'the registry of docs/errors.md')
-  for (const r of rows) t.ok(r.todo.length > 0, `${r.code}: says what to do`)
-  const seen = rows.map((r) => r.code)
-  t.same(seen.filter((c, i) => seen.indexOf(c) !== i), [], 'each code has one row')
-})
+t.test(
+  'error codes: each of ERROR_CODES has one row with a "what to do" in docs/errors.md, and that registry names no other',
+  async (t) => {
+    // The registry is every table of errors.md with a "what to do" column; a code's row is the one
+    // whose first cell names it. The library codes' table has no such column and is not Lapse's.
+    const docs = page('errors.md')
+    const registry = tablesOf(docs).filter((tb) => tb.header.includes('what to do'))
+    t.ok(registry.length >= 3, 'errors.md has its registry tables')
+    const rows = registry.flatMap((tb) =>
+      tb.rows.flatMap((row) => spans(row[0]!, /^ERR_[A-Z_]+$/).map((code) => ({ code, todo: row[tb.header.indexOf('what to do')] ?? '' }))),
+    )
+    compare(
+      t,
+      CODES,
+      rows.map((r) => r.code),
+      'the registry of docs/errors.md',
+    )
+    for (const r of rows) t.ok(r.todo.length > 0, `${r.code}: says what to do`)
+    const seen = rows.map((r) => r.code)
+    t.same(
+      seen.filter((c, i) => seen.indexOf(c) !== i),
+      [],
+      'each code has one row',
+    )
+  },
+)
 
 t.test("error codes: every ERR_* literal in src/ is Lapse's (in ERROR_CODES) or a library's that Lapse translates", async (t) => {
   // A code thrown ad hoc (`Object.assign(new Error(…), { code: 'ERR_…' })`) would not be in the
@@ -102,7 +135,11 @@ t.test("error codes: every ERR_* literal in src/ is Lapse's (in ERROR_CODES) or 
     for (const m of readFileSync(join(src, file), 'utf8').matchAll(/['"`](ERR_[A-Z0-9_]+)['"`]/g)) found.add(m[1]!)
   }
   t.ok(found.size >= CODES.length, 'the scan sees the codes of src/')
-  t.same([...found].filter((c) => !(CODES as readonly string[]).includes(c) && !library.has(c)).sort(), [], 'no ERR_* code outside ERROR_CODES but libraries\'')
+  t.same(
+    [...found].filter((c) => !(CODES as readonly string[]).includes(c) && !library.has(c)).sort(),
+    [],
+    "no ERR_* code outside ERROR_CODES but libraries'",
+  )
 })
 
 t.test('deny reasons: each is in docs/answers.md with its status, error and description, and answers.md names no other', async (t) => {
@@ -113,9 +150,16 @@ t.test('deny reasons: each is in docs/answers.md with its status, error and desc
   // The reason table: reason | `error` | `error_description`, one row per reason.
   const table = tables.find((tb) => tb.header[0] === 'reason')
   if (!denials || !table) return t.fail('answers.md "Denials" has its two tables')
-  const statuses = new Map(denials.rows.flatMap((row) => spans(row.at(-1)!, /^[a-z_]+$/).map((r) => [r, Number(/^\d{3}/.exec(row[1]!)?.[0])] as const)))
+  const statuses = new Map(
+    denials.rows.flatMap((row) => spans(row.at(-1)!, /^[a-z_]+$/).map((r) => [r, Number(/^\d{3}/.exec(row[1]!)?.[0])] as const)),
+  )
   compare(t, REASON_NAMES, [...statuses.keys()], 'the denials table of answers.md')
-  compare(t, REASON_NAMES, table.rows.flatMap((row) => spans(row[0]!, /^[a-z_]+$/)), 'the reason table of answers.md')
+  compare(
+    t,
+    REASON_NAMES,
+    table.rows.flatMap((row) => spans(row[0]!, /^[a-z_]+$/)),
+    'the reason table of answers.md',
+  )
   for (const reason of REASON_NAMES) {
     const want = REASONS[reason]
     if (statuses.has(reason)) t.equal(statuses.get(reason), want.status, `${reason}: status`)
@@ -128,7 +172,12 @@ t.test("deny reasons: telemetry.md's `lapse.reason` row lists each, and no other
   const span = tablesOf(section(page('telemetry.md'), 'The decision span')).find((tb) => tb.header[0] === 'attribute')
   const row = span?.rows.find((r) => r[0] === '`lapse.reason`')
   if (!row) return t.fail('telemetry.md "The decision span" has the `lapse.reason` row')
-  compare(t, REASON_NAMES, spans(row[1]!, /^[a-z_]+$/).filter((r) => r !== 'ok'), 'the `lapse.reason` row of telemetry.md')
+  compare(
+    t,
+    REASON_NAMES,
+    spans(row[1]!, /^[a-z_]+$/).filter((r) => r !== 'ok'),
+    'the `lapse.reason` row of telemetry.md',
+  )
 })
 
 t.test('settings: each is a row of the settings table of docs/configuration.md, and that table names no other', async (t) => {
@@ -136,20 +185,40 @@ t.test('settings: each is a row of the settings table of docs/configuration.md, 
   // Other LAPSE_* names in prose (LAPSE_CONFIG, LAPSE_ADMIN_URL…) are not settings and not checked.
   const table = tablesOf(section(page('configuration.md'), 'Settings')).find((tb) => tb.header[0] === 'variable')
   if (!table) return t.fail('configuration.md "Settings" has its table')
-  compare(t, SETTING_NAMES.map(envName), table.rows.flatMap((row) => spans(row[0]!, /^LAPSE_[A-Z0-9_]+$/)), 'the settings table of configuration.md')
+  compare(
+    t,
+    SETTING_NAMES.map(envName),
+    table.rows.flatMap((row) => spans(row[0]!, /^LAPSE_[A-Z0-9_]+$/)),
+    'the settings table of configuration.md',
+  )
 })
 
 t.test('settings: each says what it is in the schema, where its type and default are', async (t) => {
-  t.same(SETTING_NAMES.filter((k) => !settingsSchema.shape[k].description), [], 'every setting of the schema has a description')
+  t.same(
+    SETTING_NAMES.filter((k) => !settingsSchema.shape[k].description),
+    [],
+    'every setting of the schema has a description',
+  )
 })
 
-t.test("telemetry names: each span, attribute and metric name of semconv.ts is in docs/telemetry.md, and every `lapse.*` name there is one", async (t) => {
-  const docs = page('telemetry.md')
-  const names: string[] = Object.values(semconv).filter((v) => typeof v === 'string')
-  t.ok(names.length > 20, 'semconv.ts exports the names')
-  // A name is documented as a code span, dotted or in its Prometheus form (a label: `lapse_revocation_backend`).
-  const written = new Set(spans(docs, /^[a-z][a-z0-9_.]*$/))
-  t.same(names.filter((n) => !written.has(n) && !written.has(n.replaceAll('.', '_'))), [], 'every name of semconv.ts is in telemetry.md')
-  // The other way: every code span in telemetry.md that is a whole `lapse.…` name.
-  t.same([...written].filter((n) => n.startsWith('lapse.') && !names.includes(n)), [], 'every `lapse.*` name in telemetry.md is in semconv.ts')
-})
+t.test(
+  'telemetry names: each span, attribute and metric name of semconv.ts is in docs/telemetry.md, and every `lapse.*` name there is one',
+  async (t) => {
+    const docs = page('telemetry.md')
+    const names: string[] = Object.values(semconv).filter((v) => typeof v === 'string')
+    t.ok(names.length > 20, 'semconv.ts exports the names')
+    // A name is documented as a code span, dotted or in its Prometheus form (a label: `lapse_revocation_backend`).
+    const written = new Set(spans(docs, /^[a-z][a-z0-9_.]*$/))
+    t.same(
+      names.filter((n) => !written.has(n) && !written.has(n.replaceAll('.', '_'))),
+      [],
+      'every name of semconv.ts is in telemetry.md',
+    )
+    // The other way: every code span in telemetry.md that is a whole `lapse.…` name.
+    t.same(
+      [...written].filter((n) => n.startsWith('lapse.') && !names.includes(n)),
+      [],
+      'every `lapse.*` name in telemetry.md is in semconv.ts',
+    )
+  },
+)

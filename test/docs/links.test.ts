@@ -6,7 +6,12 @@ import { dirname, join, relative, resolve } from 'node:path'
 import t from 'tap'
 
 const ROOT = resolve(import.meta.dirname, '../..')
-const PAGES = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]
+const PAGES = [
+  'README.md',
+  ...readdirSync(join(ROOT, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .map((f) => `docs/${f}`),
+]
 
 /** The text outside fenced code blocks, line by line (a `# comment` in a shell block is no heading). */
 function proseLines(markdown: string): string[] {
@@ -50,7 +55,10 @@ function slug(heading: string): string {
     .replace(/!?\[([^\]]*)\]\([^)]*\)/g, '$1') // a link's text only
     .replace(/[`*]/g, '')
     .trim()
-  return text.toLowerCase().replace(/[^\p{L}\p{M}\p{N}\p{Pc} -]/gu, '').replace(/ /g, '-')
+  return text
+    .toLowerCase()
+    .replace(/[^\p{L}\p{M}\p{N}\p{Pc} -]/gu, '')
+    .replace(/ /g, '-')
 }
 
 /** Every anchor a page offers; a repeated heading gets -1, -2, … as on GitHub. */
@@ -85,7 +93,10 @@ const isExternal = (target: string) => /^[a-z][a-z0-9+.-]*:/i.test(target)
 t.test('slug follows GitHub', async (t) => {
   t.equal(slug("Telemetry's cost"), 'telemetrys-cost')
   t.equal(slug('Configuration: `LAPSE_HOSTS`'), 'configuration-lapse_hosts')
-  t.equal(slug('What Lapse leaves to the issuer, the network and the upstream'), 'what-lapse-leaves-to-the-issuer-the-network-and-the-upstream')
+  t.equal(
+    slug('What Lapse leaves to the issuer, the network and the upstream'),
+    'what-lapse-leaves-to-the-issuer-the-network-and-the-upstream',
+  )
   t.equal(slug('Targets (issue 7)'), 'targets-issue-7')
   t.equal(slug('The [Redis](https://redis.io) set'), 'the-redis-set')
   t.same([...anchorsOf('# A\n\n```sh\n# not a heading\n```\n\n## A\n')], ['a', 'a-1'])

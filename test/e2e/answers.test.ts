@@ -23,7 +23,14 @@ const mint = async (claims: Record<string, unknown> = {}, opts: Parameters<Await
 /** A 401 invalid_token row: status, challenge, body, reason, upstream untouched, no token in logs. */
 async function expectInvalidToken(t: Test, lapse: Lapse, token: string, reason: string, upstreamCalls = 0) {
   const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
-  assertDenied(t, lapse, res, audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason, token, upstreamCalls })
+  assertDenied(t, lapse, res, audit, {
+    status: 401,
+    challenge: CHALLENGE.invalidToken,
+    error: 'invalid_token',
+    reason,
+    token,
+    upstreamCalls,
+  })
 }
 
 t.test('valid token, scopes covered → 200 from the upstream (the baseline every deny row differs from)', async (t) => {
@@ -82,7 +89,17 @@ t.test('bad signature → 401 invalid_token (bad_signature), upstream untouched'
 t.test('payload edited after signing → 401 invalid_token (bad_signature)', async (t) => {
   const lapse = await start(t)
   const [h, , s] = (await mint({ scope: 'orders:read' })).split('.')
-  const payload = Buffer.from(JSON.stringify({ iss: 'https://issuer.test', aud: 'orders-api', sub: 'root', jti: 'x', iat: T0_S, exp: T0_S + 60, scope: 'orders:read orders:write' })).toString('base64url')
+  const payload = Buffer.from(
+    JSON.stringify({
+      iss: 'https://issuer.test',
+      aud: 'orders-api',
+      sub: 'root',
+      jti: 'x',
+      iat: T0_S,
+      exp: T0_S + 60,
+      scope: 'orders:read orders:write',
+    }),
+  ).toString('base64url')
   await expectInvalidToken(t, lapse, `${h}.${payload}.${s}`, 'bad_signature')
 })
 
@@ -137,7 +154,13 @@ t.test('revoked (jti in the revocation set) → 401 invalid_token (revoked), ups
   const jti = 'revoked-token-1'
   const token = await mint({ jti })
   await lapse.running.deps.revocations.put({
-    claim: 'jti', value: jti, issuedBeforeS: T0_S, reason: 'test', by: 'test', createdAtS: T0_S, expiresAtS: T0_S + 3630,
+    claim: 'jti',
+    value: jti,
+    issuedBeforeS: T0_S,
+    reason: 'test',
+    by: 'test',
+    createdAtS: T0_S,
+    expiresAtS: T0_S + 3630,
   })
   await expectInvalidToken(t, lapse, token, 'revoked')
 })
@@ -145,7 +168,13 @@ t.test('revoked (jti in the revocation set) → 401 invalid_token (revoked), ups
 t.test('revoked subject, token issued after T → still accepted (the revocation model)', async (t) => {
   const lapse = await start(t)
   await lapse.running.deps.revocations.put({
-    claim: 'sub', value: 'ci-deployer', issuedBeforeS: T0_S - 10, reason: 'test', by: 'test', createdAtS: T0_S - 10, expiresAtS: T0_S + 3600,
+    claim: 'sub',
+    value: 'ci-deployer',
+    issuedBeforeS: T0_S - 10,
+    reason: 'test',
+    by: 'test',
+    createdAtS: T0_S - 10,
+    expiresAtS: T0_S + 3600,
   })
   const { res } = await sendAudited(lapse, '/orders/1', { headers: [bearer(await mint({ sub: 'ci-deployer' }))] })
   t.equal(res.status, 200)
@@ -157,7 +186,13 @@ t.test('insufficient scope → 403 insufficient_scope with scope="…", upstream
   const lapse = await start(t)
   const token = await mint({ scope: 'orders:read' })
   const { res, audit } = await sendAudited(lapse, '/orders/1', { method: 'POST', headers: [bearer(token)] })
-  assertDenied(t, lapse, res, audit, { status: 403, challenge: CHALLENGE.insufficientScope('orders:read orders:write'), error: 'insufficient_scope', reason: 'insufficient_scope', token })
+  assertDenied(t, lapse, res, audit, {
+    status: 403,
+    challenge: CHALLENGE.insufficientScope('orders:read orders:write'),
+    error: 'insufficient_scope',
+    reason: 'insufficient_scope',
+    token,
+  })
 })
 
 t.test('scp (array) is understood like scope (string)', async (t) => {
@@ -171,7 +206,10 @@ t.test('scp (array) is understood like scope (string)', async (t) => {
 t.test('no route matches → 403 without a challenge, upstream untouched', async (t) => {
   const lapse = await start(t)
   const token = await mint()
-  for (const [method, path] of [['GET', '/admin'], ['DELETE', '/orders/1']] as const) {
+  for (const [method, path] of [
+    ['GET', '/admin'],
+    ['DELETE', '/orders/1'],
+  ] as const) {
     const { res, audit } = await sendAudited(lapse, path, { method, headers: [bearer(token)] })
     assertDenied(t, lapse, res, audit, { status: 403, challenge: undefined, error: 'forbidden', reason: 'no_route', token })
   }
@@ -182,17 +220,35 @@ t.test('two credentials → 400 invalid_request, upstream untouched', async (t) 
   await t.test('two Authorization headers', async (t) => {
     const lapse = await start(t)
     const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token), bearer(token)] })
-    assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request', token })
+    assertDenied(t, lapse, res, audit, {
+      status: 400,
+      challenge: CHALLENGE.invalidRequest,
+      error: 'invalid_request',
+      reason: 'invalid_request',
+      token,
+    })
   })
   await t.test('header and query string, even where query tokens are allowed', async (t) => {
     const lapse = await start(t, { LAPSE_ALLOW_QUERY_TOKEN: 'true' })
     const { res, audit } = await sendAudited(lapse, `/orders/1?access_token=${token}`, { headers: [bearer(token)] })
-    assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request', token })
+    assertDenied(t, lapse, res, audit, {
+      status: 400,
+      challenge: CHALLENGE.invalidRequest,
+      error: 'invalid_request',
+      reason: 'invalid_request',
+      token,
+    })
   })
   await t.test('header and a percent-encoded access_token name in the query string', async (t) => {
     const lapse = await start(t, { LAPSE_ALLOW_QUERY_TOKEN: 'true' })
     const { res, audit } = await sendAudited(lapse, `/orders/1?access%5Ftoken=${token}`, { headers: [bearer(token)] })
-    assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request', token })
+    assertDenied(t, lapse, res, audit, {
+      status: 400,
+      challenge: CHALLENGE.invalidRequest,
+      error: 'invalid_request',
+      reason: 'invalid_request',
+      token,
+    })
   })
 })
 
@@ -201,29 +257,44 @@ t.test('token in the query string → 400 invalid_request, upstream untouched', 
   const token = await mint()
   for (const query of [`access_token=${token}`, `x=1&access_token=${token}`, `access%5Ftoken=${token}`]) {
     const { res, audit } = await sendAudited(lapse, `/orders/1?${query}`)
-    assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request', token })
+    assertDenied(t, lapse, res, audit, {
+      status: 400,
+      challenge: CHALLENGE.invalidRequest,
+      error: 'invalid_request',
+      reason: 'invalid_request',
+      token,
+    })
   }
 })
 
-t.test('token in the query string with LAPSE_ALLOW_QUERY_TOKEN=true → accepted, access_token stripped from the forwarded query', async (t) => {
-  const lapse = await start(t, { LAPSE_ALLOW_QUERY_TOKEN: 'true' })
-  const token = await mint()
-  const { res, audit } = await sendAudited(lapse, `/orders/1?x=1&access_token=${token}&y=a%20b`)
-  t.equal(res.status, 200)
-  t.equal(audit.reason, 'ok')
-  t.equal(lapse.upstream.calls, 1)
-  t.equal(lapse.upstream.requests[0]!.url, '/orders/1?x=1&y=a%20b')
-  t.notOk(lapse.upstream.requests[0]!.url.includes(token.split('.')[2]!), 'the token is not forwarded in the URL')
-  await sendAudited(lapse, `/orders/2?access_token=${token}`)
-  t.equal(lapse.upstream.requests[1]!.url, '/orders/2', 'a query that held only the token is dropped whole')
-})
+t.test(
+  'token in the query string with LAPSE_ALLOW_QUERY_TOKEN=true → accepted, access_token stripped from the forwarded query',
+  async (t) => {
+    const lapse = await start(t, { LAPSE_ALLOW_QUERY_TOKEN: 'true' })
+    const token = await mint()
+    const { res, audit } = await sendAudited(lapse, `/orders/1?x=1&access_token=${token}&y=a%20b`)
+    t.equal(res.status, 200)
+    t.equal(audit.reason, 'ok')
+    t.equal(lapse.upstream.calls, 1)
+    t.equal(lapse.upstream.requests[0]!.url, '/orders/1?x=1&y=a%20b')
+    t.notOk(lapse.upstream.requests[0]!.url.includes(token.split('.')[2]!), 'the token is not forwarded in the URL')
+    await sendAudited(lapse, `/orders/2?access_token=${token}`)
+    t.equal(lapse.upstream.requests[1]!.url, '/orders/2', 'a query that held only the token is dropped whole')
+  },
+)
 
 t.test('path that cannot be normalized → 400 invalid_request, upstream untouched', async (t) => {
   const lapse = await start(t)
   const token = await mint()
   for (const path of ['/orders/%2F..%2Fadmin', '/orders/1;jsessionid=x', '/../orders/1', '/orders/%C0%AE%C0%AE/x', '/orders/%00']) {
     const { res, audit } = await sendAudited(lapse, path, { headers: [bearer(token)] })
-    assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request', token })
+    assertDenied(t, lapse, res, audit, {
+      status: 400,
+      challenge: CHALLENGE.invalidRequest,
+      error: 'invalid_request',
+      reason: 'invalid_request',
+      token,
+    })
   }
 })
 
@@ -233,7 +304,13 @@ t.test('keys unavailable (JWKS URL that never answers) → 503 with Retry-After,
   await waitFor(() => silent.connections() > 0, 'Lapse to ask the JWKS endpoint')
   const token = await mint()
   const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
-  assertDenied(t, lapse, res, audit, { status: 503, challenge: undefined, error: 'temporarily_unavailable', reason: 'keys_unavailable', token })
+  assertDenied(t, lapse, res, audit, {
+    status: 503,
+    challenge: undefined,
+    error: 'temporarily_unavailable',
+    reason: 'keys_unavailable',
+    token,
+  })
 })
 
 t.test('upstream down → 502, answered by Lapse', async (t) => {
@@ -262,6 +339,9 @@ t.test('upstream too slow → 504 after LAPSE_UPSTREAM_TIMEOUT', async (t) => {
   t.equal(res.json().error, 'gateway_timeout')
   t.equal(slow.calls, 1, 'the upstream got the request and never answered')
   t.equal(audit.upstream_failure, 'upstream_timeout')
-  t.ok(lapse.lines.some((l) => l.msg === 'upstream request failed' && l.err === 'ERR_UPSTREAM_TIMEOUT'), 'the warning carries the docs/errors.md code')
+  t.ok(
+    lapse.lines.some((l) => l.msg === 'upstream request failed' && l.err === 'ERR_UPSTREAM_TIMEOUT'),
+    'the warning carries the docs/errors.md code',
+  )
   t.ok(Date.now() - started < 10_000, 'answered well before any client would give up')
 })

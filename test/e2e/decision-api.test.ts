@@ -20,10 +20,19 @@ const mint = async (over: Record<string, unknown> = {}) => (await testKeys()).mi
 
 /** Lapse as proxy and decision service at once (unless env says otherwise). */
 const start = (t: Parameters<typeof runApp>[0], env: Record<string, string | undefined> = {}) =>
-  runApp(t, { routes: GUARDED_ROUTES, clock: manualClock(T0_MS), env: { LAPSE_DECISION_LISTEN: '127.0.0.1:0', LAPSE_DECISION_TOKEN: SECRET, ...env } })
+  runApp(t, {
+    routes: GUARDED_ROUTES,
+    clock: manualClock(T0_MS),
+    env: { LAPSE_DECISION_LISTEN: '127.0.0.1:0', LAPSE_DECISION_TOKEN: SECRET, ...env },
+  })
 
 /** One decision request and the audit line it produced. */
-async function ask(lapse: Lapse, path: string, headers: Array<[string, string]>, method = 'GET'): Promise<{ res: Sent; audit: Record<string, unknown> }> {
+async function ask(
+  lapse: Lapse,
+  path: string,
+  headers: Array<[string, string]>,
+  method = 'GET',
+): Promise<{ res: Sent; audit: Record<string, unknown> }> {
   const before = decisions(lapse).length
   const res = await send(`${lapse.decisionUrl}${path}`, { method, headers })
   await waitFor(() => decisions(lapse).length > before, 'the decision line')
@@ -31,19 +40,39 @@ async function ask(lapse: Lapse, path: string, headers: Array<[string, string]>,
 }
 
 const secret: [string, string] = [TOKEN_HEADER, SECRET]
-const nginxHeaders = (method: string, uri: string): Array<[string, string]> => [secret, ['x-original-method', method], ['x-original-uri', uri]]
-const forwardHeaders = (method: string, uri: string, host = 'api.test'): Array<[string, string]> =>
-  [secret, ['x-forwarded-method', method], ['x-forwarded-uri', uri], ['x-forwarded-host', host], ['x-forwarded-proto', 'https']]
+const nginxHeaders = (method: string, uri: string): Array<[string, string]> => [
+  secret,
+  ['x-original-method', method],
+  ['x-original-uri', uri],
+]
+const forwardHeaders = (method: string, uri: string, host = 'api.test'): Array<[string, string]> => [
+  secret,
+  ['x-forwarded-method', method],
+  ['x-forwarded-uri', uri],
+  ['x-forwarded-host', host],
+  ['x-forwarded-proto', 'https'],
+]
 
 t.test('Envoy ext_authz: an allowed request is 200 with the identity headers, no body, and the upstream untouched', async (t) => {
   const lapse = await start(t)
   const claims: Record<string, unknown> = { ...defaultClaims(T0_S), client_id: 'ci' }
   const token = await mint(claims)
   // As Envoy sends it: original method, prefix + original path and query, allowed headers, Content-Length 0.
-  const { res, audit } = await ask(lapse, '/v1/decide/envoy/orders/7?page=2', [secret, bearer(token), ['content-length', '0'], ['x-auth-subject', 'mallory'], ['x-auth-scopes', 'admin']], 'POST')
+  const { res, audit } = await ask(
+    lapse,
+    '/v1/decide/envoy/orders/7?page=2',
+    [secret, bearer(token), ['content-length', '0'], ['x-auth-subject', 'mallory'], ['x-auth-scopes', 'admin']],
+    'POST',
+  )
   t.equal(res.status, 200)
   t.match(audit, { decision: 'allow', method: 'POST', path: '/orders/7', decision_api: 'envoy' }, 'decided as the original POST')
-  const get = await ask(lapse, '/v1/decide/envoy/orders/7?page=2', [secret, bearer(token), ['x-auth-subject', 'mallory'], ['x-auth-scopes', 'admin'], ['x-auth-token-id', 'forged']])
+  const get = await ask(lapse, '/v1/decide/envoy/orders/7?page=2', [
+    secret,
+    bearer(token),
+    ['x-auth-subject', 'mallory'],
+    ['x-auth-scopes', 'admin'],
+    ['x-auth-token-id', 'forged'],
+  ])
   t.equal(get.res.status, 200)
   t.equal(get.res.body, '', 'never a body')
   t.equal(get.res.headers['x-auth-subject'], 'ci-deployer', "the token's subject, not the client's header")
@@ -52,13 +81,25 @@ t.test('Envoy ext_authz: an allowed request is 200 with the identity headers, no
   t.equal(get.res.headers['x-auth-scopes'], 'orders:read')
   t.equal(get.res.headers['x-auth-expires-at'], String(claims.exp))
   t.equal(get.res.headers['cache-control'], 'no-store')
-  t.match(get.audit, { decision: 'allow', reason: 'ok', method: 'GET', path: '/orders/7', route: '/orders/**', status: 200, decision_api: 'envoy' })
+  t.match(get.audit, {
+    decision: 'allow',
+    reason: 'ok',
+    method: 'GET',
+    path: '/orders/7',
+    route: '/orders/**',
+    status: 200,
+    decision_api: 'envoy',
+  })
   t.equal(lapse.upstream.calls, 0, 'a decision never reaches the upstream')
 })
 
 t.test('Envoy ext_authz: a public route carries every identity header, empty', async (t) => {
   const lapse = await start(t)
-  const { res, audit } = await ask(lapse, '/v1/decide/envoy/public/x', [secret, ['x-auth-subject', 'mallory'], ['x-auth-client-id', 'mallory']])
+  const { res, audit } = await ask(lapse, '/v1/decide/envoy/public/x', [
+    secret,
+    ['x-auth-subject', 'mallory'],
+    ['x-auth-client-id', 'mallory'],
+  ])
   t.equal(res.status, 200)
   for (const name of ['x-auth-subject', 'x-auth-client-id', 'x-auth-token-id', 'x-auth-scopes', 'x-auth-expires-at']) {
     t.equal(res.headers[name], '', `${name}: present and empty, so a front proxy that copies it replaces the client's`)
@@ -66,7 +107,7 @@ t.test('Envoy ext_authz: a public route carries every identity header, empty', a
   t.match(audit, { decision: 'allow', route: '/public/**' })
 })
 
-t.test('a refusal is the proxy\'s answer for the same request: status, WWW-Authenticate, JSON body, reason', async (t) => {
+t.test("a refusal is the proxy's answer for the same request: status, WWW-Authenticate, JSON body, reason", async (t) => {
   const lapse = await start(t)
   const expired = await mint({ iat: T0_S - 400, exp: T0_S - 100 })
   const short = await mint({ scope: 'orders:read' })
@@ -92,7 +133,8 @@ t.test('a refusal is the proxy\'s answer for the same request: status, WWW-Authe
       t.equal(res.headers['content-type'], 'application/json')
       t.equal(audit.reason, reason, `${name} (${protocol}): reason`)
       t.equal(audit.decision_api, protocol)
-      if (protocol === 'nginx') t.equal(res.headers['x-lapse-answer'], proxied.body, 'nginx: the body again in X-Lapse-Answer, which auth_request keeps')
+      if (protocol === 'nginx')
+        t.equal(res.headers['x-lapse-answer'], proxied.body, 'nginx: the body again in X-Lapse-Answer, which auth_request keeps')
       else t.equal(res.headers['x-lapse-answer'], undefined)
     }
   }
@@ -103,7 +145,12 @@ t.test('a target a front proxy forwards as sent is refused when Lapse would have
   const lapse = await start(t)
   for (const path of ['/admin/../public/x', '/admin/%2e%2e/public/x', '/public/./x', '//admin/x', '/public//x']) {
     const { res, audit } = await ask(lapse, `/v1/decide/envoy${path}`, [secret])
-    assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request' })
+    assertDenied(t, lapse, res, audit, {
+      status: 400,
+      challenge: CHALLENGE.invalidRequest,
+      error: 'invalid_request',
+      reason: 'invalid_request',
+    })
     const n = await ask(lapse, '/v1/decide/nginx', nginxHeaders('GET', path))
     t.equal(n.res.status, 400, `${path} (nginx): 400`)
   }
@@ -114,9 +161,18 @@ t.test('a target a front proxy forwards as sent is refused when Lapse would have
 t.test('a revocation set that cannot answer: 503 with Retry-After, as in proxy mode', async (t) => {
   const lapse = await start(t, { LAPSE_REDIS_URL: `redis://127.0.0.1:${await freePort()}`, LAPSE_REVOCATION_TIMEOUT: '50' })
   const token = await mint()
-  for (const [path, headers] of [['/v1/decide/envoy/orders/1', [secret, bearer(token)]], ['/v1/decide/nginx', [...nginxHeaders('GET', '/orders/1'), bearer(token)]]] as const) {
+  for (const [path, headers] of [
+    ['/v1/decide/envoy/orders/1', [secret, bearer(token)]],
+    ['/v1/decide/nginx', [...nginxHeaders('GET', '/orders/1'), bearer(token)]],
+  ] as const) {
     const { res, audit } = await ask(lapse, path, [...headers])
-    assertDenied(t, lapse, res, audit, { status: 503, challenge: undefined, error: 'temporarily_unavailable', reason: 'revocation_unavailable', token })
+    assertDenied(t, lapse, res, audit, {
+      status: 503,
+      challenge: undefined,
+      error: 'temporarily_unavailable',
+      reason: 'revocation_unavailable',
+      token,
+    })
   }
 })
 
@@ -136,10 +192,14 @@ t.test('the decision token: missing, wrong or sent twice → 403 decision_token_
     t.equal(audit.answer, 'decision_token_invalid', `${name}: audited`)
   }
   const open = await start(t, { LAPSE_DECISION_TOKEN: undefined })
-  t.equal((await ask(open, '/v1/decide/envoy/orders/1', [bearer(token)])).res.status, 200, 'without LAPSE_DECISION_TOKEN, none is asked for')
+  t.equal(
+    (await ask(open, '/v1/decide/envoy/orders/1', [bearer(token)])).res.status,
+    200,
+    'without LAPSE_DECISION_TOKEN, none is asked for',
+  )
 })
 
-t.test('requests that are not decisions: 404 off the decision paths, 400 without the protocol\'s headers', async (t) => {
+t.test("requests that are not decisions: 404 off the decision paths, 400 without the protocol's headers", async (t) => {
   const lapse = await start(t)
   const token = await mint()
   const off = await ask(lapse, '/orders/1', [secret, bearer(token)])
@@ -147,11 +207,26 @@ t.test('requests that are not decisions: 404 off the decision paths, 400 without
   t.equal(off.audit.answer, 'not_found')
   for (const [name, path, headers, description] of [
     ['nginx without X-Original-URI', '/v1/decide/nginx', [secret, ['x-original-method', 'GET']], 'X-Original-URI is missing'],
-    ['forward without X-Forwarded-Host', '/v1/decide/forward', [secret, ['x-forwarded-method', 'GET'], ['x-forwarded-uri', '/orders/1']], 'X-Forwarded-Host is missing'],
-    ['two X-Original-URI', '/v1/decide/nginx', [...nginxHeaders('GET', '/public/x'), ['x-original-uri', '/admin']], 'more than one X-Original-URI'],
+    [
+      'forward without X-Forwarded-Host',
+      '/v1/decide/forward',
+      [secret, ['x-forwarded-method', 'GET'], ['x-forwarded-uri', '/orders/1']],
+      'X-Forwarded-Host is missing',
+    ],
+    [
+      'two X-Original-URI',
+      '/v1/decide/nginx',
+      [...nginxHeaders('GET', '/public/x'), ['x-original-uri', '/admin']],
+      'more than one X-Original-URI',
+    ],
   ] as Array<[string, string, Array<[string, string]>, string]>) {
     const { res, audit } = await ask(lapse, path, [...headers, bearer(token)])
-    assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request' })
+    assertDenied(t, lapse, res, audit, {
+      status: 400,
+      challenge: CHALLENGE.invalidRequest,
+      error: 'invalid_request',
+      reason: 'invalid_request',
+    })
     t.equal(res.json().error_description, description, name)
   }
 })
@@ -162,27 +237,42 @@ t.test('LAPSE_HOSTS and the head checks apply to the original request', async (t
   const ok = await ask(lapse, '/v1/decide/forward', [...forwardHeaders('GET', '/orders/1', 'api.test'), bearer(token)])
   t.equal(ok.res.status, 200, 'the served host')
   const other = await ask(lapse, '/v1/decide/forward', [...forwardHeaders('GET', '/orders/1', 'evil.test'), bearer(token)])
-  assertDenied(t, lapse, other.res, other.audit, { status: 421, challenge: undefined, error: 'misdirected_request', reason: 'host_not_allowed' })
+  assertDenied(t, lapse, other.res, other.audit, {
+    status: 421,
+    challenge: undefined,
+    error: 'misdirected_request',
+    reason: 'host_not_allowed',
+  })
   const bad = await ask(lapse, '/v1/decide/forward', [...forwardHeaders('GET', '/orders/1', 'api.test@evil.test'), bearer(token)])
   t.equal(bad.res.status, 400, 'an invalid X-Forwarded-Host')
   // nginx and Envoy: the decision request's Host is the original's.
-  const envoy = await rawHttp(lapse.decisionUrl!, `GET /v1/decide/envoy/orders/1 HTTP/1.1\r\nHost: evil.test\r\n${TOKEN_HEADER}: ${SECRET}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`)
+  const envoy = await rawHttp(
+    lapse.decisionUrl!,
+    `GET /v1/decide/envoy/orders/1 HTTP/1.1\r\nHost: evil.test\r\n${TOKEN_HEADER}: ${SECRET}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`,
+  )
   t.equal(envoy.status, 421, "Envoy's original Host is the decision request's")
-  const served = await rawHttp(lapse.decisionUrl!, `GET /v1/decide/envoy/orders/1 HTTP/1.1\r\nHost: api.test\r\n${TOKEN_HEADER}: ${SECRET}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`)
+  const served = await rawHttp(
+    lapse.decisionUrl!,
+    `GET /v1/decide/envoy/orders/1 HTTP/1.1\r\nHost: api.test\r\n${TOKEN_HEADER}: ${SECRET}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`,
+  )
   t.equal(served.status, 200)
 })
 
-t.test('a WebSocket handshake the front proxy asks about is decided like any request; the tunnel stays the front proxy\'s', async (t) => {
+t.test("a WebSocket handshake the front proxy asks about is decided like any request; the tunnel stays the front proxy's", async (t) => {
   const lapse = await start(t)
   const token = await mint()
-  const head = (auth: string) => `GET /v1/decide/forward HTTP/1.1\r\nHost: lapse.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n${TOKEN_HEADER}: ${SECRET}\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Uri: /orders/ws\r\nX-Forwarded-Host: api.test\r\n${auth}\r\n`
+  const head = (auth: string) =>
+    `GET /v1/decide/forward HTTP/1.1\r\nHost: lapse.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n${TOKEN_HEADER}: ${SECRET}\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Uri: /orders/ws\r\nX-Forwarded-Host: api.test\r\n${auth}\r\n`
   const ok = await rawHttp(lapse.decisionUrl!, head(`Authorization: Bearer ${token}\r\n`))
   t.equal(ok.status, 200, 'allowed: a 200, never a 101')
   t.match(ok.head, /\r\nx-auth-subject: ci-deployer\r\n/i)
   const anonymous = await rawHttp(lapse.decisionUrl!, head(''))
   t.equal(anonymous.status, 401)
   await waitFor(() => decisions(lapse).length >= 2, 'two decision lines')
-  t.match(decisions(lapse).map((l) => l.reason), ['ok', 'missing_token'])
+  t.match(
+    decisions(lapse).map((l) => l.reason),
+    ['ok', 'missing_token'],
+  )
   t.equal(lapse.upstream.calls, 0)
 })
 
@@ -198,7 +288,12 @@ const BIN = fileURLToPath(new URL('../../bin/lapse.js', import.meta.url))
 
 t.test('`lapse proxy` runs without LAPSE_UPSTREAM when LAPSE_DECISION_LISTEN is set, and refuses to start with neither', async (t) => {
   const keys = await testKeys()
-  const base = { LAPSE_ISSUER: 'https://issuer.test', LAPSE_AUDIENCE: 'orders-api', LAPSE_JWKS_FILE: keys.jwksPath, LAPSE_ROUTES: JSON.stringify(GUARDED_ROUTES) }
+  const base = {
+    LAPSE_ISSUER: 'https://issuer.test',
+    LAPSE_AUDIENCE: 'orders-api',
+    LAPSE_JWKS_FILE: keys.jwksPath,
+    LAPSE_ROUTES: JSON.stringify(GUARDED_ROUTES),
+  }
   const port = await freePort()
   const child = await startChildProxy(t, { ...base, LAPSE_DECISION_LISTEN: String(port) })
   const res = await send(`http://127.0.0.1:${port}/v1/decide/envoy/public/x`)
@@ -206,7 +301,10 @@ t.test('`lapse proxy` runs without LAPSE_UPSTREAM when LAPSE_DECISION_LISTEN is 
   // Audit and start lines are flushed within a second (main.ts createLogger).
   await waitFor(() => /"decision":\{"host":"127\.0\.0\.1","port":\d+\}/.test(child.output()), 'the start line', 5000)
   t.pass('the start line names the decision listener')
-  const none = spawnSync(process.execPath, [BIN, 'proxy'], { env: { PATH: process.env.PATH ?? '', OTEL_SDK_DISABLED: 'true', ...base }, encoding: 'utf8' })
+  const none = spawnSync(process.execPath, [BIN, 'proxy'], {
+    env: { PATH: process.env.PATH ?? '', OTEL_SDK_DISABLED: 'true', ...base },
+    encoding: 'utf8',
+  })
   t.equal(none.status, 2)
   t.match(none.stderr, /ERR_CONFIG_INVALID LAPSE_UPSTREAM: required unless LAPSE_DECISION_LISTEN is set/)
 })
@@ -214,7 +312,8 @@ t.test('`lapse proxy` runs without LAPSE_UPSTREAM when LAPSE_DECISION_LISTEN is 
 t.test('the shipped Envoy, Istio and Traefik snippets name the paths, header and identity headers Lapse reads and writes', async (t) => {
   const { readFileSync } = await import('node:fs')
   const { parse, parseAllDocuments } = await import('yaml')
-  const deploy = (f: string) => readFileSync(fileURLToPath(new URL(`../../deploy/${f}`, import.meta.url)), 'utf8').replace(/\{\{LAPSE_DECISION_PORT\}\}/g, '9902')
+  const deploy = (f: string) =>
+    readFileSync(fileURLToPath(new URL(`../../deploy/${f}`, import.meta.url)), 'utf8').replace(/\{\{LAPSE_DECISION_PORT\}\}/g, '9902')
   const names = (list: Array<{ exact: string }>) => list.map((p) => p.exact).sort()
   const identity = ['x-auth-client-id', 'x-auth-expires-at', 'x-auth-scopes', 'x-auth-subject', 'x-auth-token-id']
 
@@ -232,52 +331,77 @@ t.test('the shipped Envoy, Istio and Traefik snippets name the paths, header and
   const lapse = await start(t)
   const token = await mint()
   const path = `${http.path_prefix}/orders/1?page=2`
-  const allowed = await rawHttp(lapse.decisionUrl!, `DELETE ${path} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${token}\r\nContent-Length: 0\r\nX-Lapse-Decision-Token: ${SECRET}\r\nx-forwarded-proto: https\r\nx-request-id: 1\r\nConnection: close\r\n\r\n`)
+  const allowed = await rawHttp(
+    lapse.decisionUrl!,
+    `DELETE ${path} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${token}\r\nContent-Length: 0\r\nX-Lapse-Decision-Token: ${SECRET}\r\nx-forwarded-proto: https\r\nx-request-id: 1\r\nConnection: close\r\n\r\n`,
+  )
   t.equal(allowed.status, 200, `${path}: allowed`)
   t.match(allowed.head, /\r\nx-auth-subject: ci-deployer\r\n/i)
-  const denied = await rawHttp(lapse.decisionUrl!, `GET ${http.path_prefix}/admin/x HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${token}\r\nContent-Length: 0\r\nX-Lapse-Decision-Token: ${SECRET}\r\nConnection: close\r\n\r\n`)
+  const denied = await rawHttp(
+    lapse.decisionUrl!,
+    `GET ${http.path_prefix}/admin/x HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${token}\r\nContent-Length: 0\r\nX-Lapse-Decision-Token: ${SECRET}\r\nConnection: close\r\n\r\n`,
+  )
   t.equal(denied.status, 403)
   t.match(denied.head, /\r\nwww-authenticate: Bearer realm="lapse", error="insufficient_scope"/i)
 
   const istio = parseAllDocuments(deploy('istio/lapse-ext-authz.yaml')).map((d) => d.toJS())
   t.equal(istio[0].spec.action, 'CUSTOM')
-  const mesh = deploy('istio/lapse-ext-authz.yaml').split('\n').filter((l) => l.startsWith('# ')).map((l) => l.slice(2)).join('\n')
+  const mesh = deploy('istio/lapse-ext-authz.yaml')
+    .split('\n')
+    .filter((l) => l.startsWith('# '))
+    .map((l) => l.slice(2))
+    .join('\n')
   const provider = parse(mesh.slice(mesh.indexOf('meshConfig:'))).meshConfig.extensionProviders[0].envoyExtAuthzHttp
   t.equal(provider.pathPrefix, http.path_prefix, 'Istio: the same prefix')
   t.equal(provider.failOpen, false, 'Istio: fail closed')
   t.same([...provider.headersToUpstreamOnAllow].sort(), identity)
-  t.same(Object.keys(provider.includeAdditionalHeadersInCheck).map((k) => k.toLowerCase()), [TOKEN_HEADER])
+  t.same(
+    Object.keys(provider.includeAdditionalHeadersInCheck).map((k) => k.toLowerCase()),
+    [TOKEN_HEADER],
+  )
 
   const traefik = parse(deploy('traefik/dynamic.yaml')).http
   t.match(traefik.middlewares.lapse.forwardAuth.address, /\/v1\/decide\/forward$/)
   t.equal(traefik.middlewares.lapse.forwardAuth.authResponseHeadersRegex, '^X-Auth-')
-  t.same(traefik.routers.protected.middlewares, ['lapse-token', 'lapse', 'lapse-token-strip'], 'the token is set before the decision and removed after it')
+  t.same(
+    traefik.routers.protected.middlewares,
+    ['lapse-token', 'lapse', 'lapse-token-strip'],
+    'the token is set before the decision and removed after it',
+  )
   for (const doc of parseAllDocuments(deploy('traefik/middleware.yaml')).map((d) => d.toJS())) {
     if (doc.spec.forwardAuth) t.match(doc.spec.forwardAuth.address, /\/v1\/decide\/forward$/)
   }
 })
 
-t.test('identity and path-override headers the front proxy would pass on, in any spelling, are refused: only Lapse speaks for the caller', async (t) => {
-  const lapse = await start(t)
-  const token = await mint()
-  const spoofs: Array<[string, string]> = [
-    ['X.Auth.Subject', 'root'], ['x_auth_scopes', 'admin'], ['X-Auth-Peer', 'spiffe://evil/x'], ['X-Auth-Binding', 'mtls'],
-    ['X-Auth-Bound-Tenant', 'acme'], ['X.Original.URL', '/admin/secret'], ['x_rewrite_url', '/admin/secret'],
-  ]
-  for (const spoof of spoofs) {
-    for (const [protocol, path, headers] of [
-      ['nginx', '/v1/decide/nginx', nginxHeaders('GET', '/orders/1')],
-      ['forward', '/v1/decide/forward', forwardHeaders('GET', '/orders/1')],
-      ['envoy', '/v1/decide/envoy/orders/1', [secret]],
-    ] as const) {
-      const { res, audit } = await ask(lapse, path, [...headers, bearer(token), spoof])
-      t.equal(res.status, 400, `${spoof[0]} (${protocol}): 400`)
-      t.match(audit, { decision: 'deny', reason: 'invalid_request' }, `${spoof[0]} (${protocol}): audited`)
+t.test(
+  'identity and path-override headers the front proxy would pass on, in any spelling, are refused: only Lapse speaks for the caller',
+  async (t) => {
+    const lapse = await start(t)
+    const token = await mint()
+    const spoofs: Array<[string, string]> = [
+      ['X.Auth.Subject', 'root'],
+      ['x_auth_scopes', 'admin'],
+      ['X-Auth-Peer', 'spiffe://evil/x'],
+      ['X-Auth-Binding', 'mtls'],
+      ['X-Auth-Bound-Tenant', 'acme'],
+      ['X.Original.URL', '/admin/secret'],
+      ['x_rewrite_url', '/admin/secret'],
+    ]
+    for (const spoof of spoofs) {
+      for (const [protocol, path, headers] of [
+        ['nginx', '/v1/decide/nginx', nginxHeaders('GET', '/orders/1')],
+        ['forward', '/v1/decide/forward', forwardHeaders('GET', '/orders/1')],
+        ['envoy', '/v1/decide/envoy/orders/1', [secret]],
+      ] as const) {
+        const { res, audit } = await ask(lapse, path, [...headers, bearer(token), spoof])
+        t.equal(res.status, 400, `${spoof[0]} (${protocol}): 400`)
+        t.match(audit, { decision: 'deny', reason: 'invalid_request' }, `${spoof[0]} (${protocol}): audited`)
+      }
     }
-  }
-  // The five names the answer always carries are replaced by the front proxy, so the exact ones pass.
-  const { res } = await ask(lapse, '/v1/decide/envoy/orders/1', [secret, bearer(token), ['x-auth-subject', 'mallory']])
-  t.equal(res.status, 200)
-  t.equal(res.headers['x-auth-subject'], 'ci-deployer')
-  t.equal(lapse.upstream.calls, 0)
-})
+    // The five names the answer always carries are replaced by the front proxy, so the exact ones pass.
+    const { res } = await ask(lapse, '/v1/decide/envoy/orders/1', [secret, bearer(token), ['x-auth-subject', 'mallory']])
+    t.equal(res.status, 200)
+    t.equal(res.headers['x-auth-subject'], 'ci-deployer')
+    t.equal(lapse.upstream.calls, 0)
+  },
+)

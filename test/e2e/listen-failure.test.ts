@@ -10,7 +10,8 @@ import { baseEnv } from '../fixtures/app.js'
 import { testKeys } from '../fixtures/keys.js'
 import { startUpstream } from '../fixtures/upstream.js'
 
-const listening = (server: Server, port = 0) => new Promise<number>((resolve) => server.listen(port, '127.0.0.1', () => resolve((server.address() as { port: number }).port)))
+const listening = (server: Server, port = 0) =>
+  new Promise<number>((resolve) => server.listen(port, '127.0.0.1', () => resolve((server.address() as { port: number }).port)))
 
 /** A loopback port nothing listens on right now. */
 async function freePort(): Promise<number> {
@@ -20,11 +21,15 @@ async function freePort(): Promise<number> {
   return port
 }
 
-const connects = (port: number) => new Promise<boolean>((resolve) => {
-  const socket = connect(port, '127.0.0.1')
-  socket.once('connect', () => { socket.destroy(); resolve(true) })
-  socket.once('error', () => resolve(false))
-})
+const connects = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const socket = connect(port, '127.0.0.1')
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
 
 t.test('admin port taken → listen rejects with EADDRINUSE and the proxy port is closed again', async (t) => {
   const keys = await testKeys()

@@ -34,7 +34,13 @@ t.test('tricky paths that resolve to a public route are forwarded as the path th
 })
 
 t.test('tricky paths that resolve to a protected route need its token: no public-prefix bypass', async (t) => {
-  for (const raw of ['/public/../admin/users', '/public/%2e%2e/admin/users', '/public/.%2E/admin/users', '/%61dmin/users', '//admin//users']) {
+  for (const raw of [
+    '/public/../admin/users',
+    '/public/%2e%2e/admin/users',
+    '/public/.%2E/admin/users',
+    '/%61dmin/users',
+    '//admin//users',
+  ]) {
     const lapse = await start(t)
     const { res, audit } = await sendAudited(lapse, raw)
     assertDenied(t, lapse, res, audit, { status: 401, challenge: CHALLENGE.bare, error: 'unauthorized', reason: 'missing_token' })
@@ -45,7 +51,10 @@ t.test('tricky paths that resolve to a protected route need its token: no public
 
 t.test('with the right token, the protected route is forwarded as the normalized path', async (t) => {
   const token = await (await testKeys()).mint({ scope: 'admin' }, { nowS: T0_MS / 1000 })
-  for (const [raw, forwarded] of [['/public/../admin/users', '/admin/users'], ['/admin/./a/%2e%2e/b', '/admin/b']] as const) {
+  for (const [raw, forwarded] of [
+    ['/public/../admin/users', '/admin/users'],
+    ['/admin/./a/%2e%2e/b', '/admin/b'],
+  ] as const) {
     const lapse = await start(t)
     const { res, audit } = await sendAudited(lapse, raw, { headers: [bearer(token)] })
     t.equal(res.status, 200)
@@ -56,10 +65,23 @@ t.test('with the right token, the protected route is forwarded as the normalized
 })
 
 t.test('paths that cannot be normalized safely → 400 invalid_request even on a public prefix, upstream untouched', async (t) => {
-  for (const raw of ['/public/%2F..%2Fadmin', '/public/..%2Fadmin', '/public/..;/admin', '/public/%5C..%5Cadmin', '/public/%C0%AE%C0%AE/admin', '/..', '/public/../../admin']) {
+  for (const raw of [
+    '/public/%2F..%2Fadmin',
+    '/public/..%2Fadmin',
+    '/public/..;/admin',
+    '/public/%5C..%5Cadmin',
+    '/public/%C0%AE%C0%AE/admin',
+    '/..',
+    '/public/../../admin',
+  ]) {
     const lapse = await start(t)
     const { res, audit } = await sendAudited(lapse, raw)
-    assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request' })
+    assertDenied(t, lapse, res, audit, {
+      status: 400,
+      challenge: CHALLENGE.invalidRequest,
+      error: 'invalid_request',
+      reason: 'invalid_request',
+    })
     await lapse.close()
   }
 })
@@ -67,5 +89,10 @@ t.test('paths that cannot be normalized safely → 400 invalid_request even on a
 t.test('a raw backslash in the request line never reaches the upstream', async (t) => {
   const lapse = await start(t)
   const { res, audit } = await sendAudited(lapse, '/public/..\\admin')
-  assertDenied(t, lapse, res, audit, { status: 400, challenge: CHALLENGE.invalidRequest, error: 'invalid_request', reason: 'invalid_request' })
+  assertDenied(t, lapse, res, audit, {
+    status: 400,
+    challenge: CHALLENGE.invalidRequest,
+    error: 'invalid_request',
+    reason: 'invalid_request',
+  })
 })

@@ -15,36 +15,48 @@ const CONCURRENCY = 8
 /** A process that keeps one core busy until the test ends. */
 function burnCore(t: Test) {
   const child = spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' })
-  t.teardown(() => { child.kill('SIGKILL') })
+  t.teardown(() => {
+    child.kill('SIGKILL')
+  })
 }
 
 /** Blocks this process's event loop for `ms` every `everyMs`: a GC pause, a big JSON.parse, a slow log write. */
 function stallLoop(t: Test, ms: number, everyMs: number) {
   // Run from the check phase, where the checks' MGETs are sent: the reply lands during the stall
   // and waits in the socket while the timers phase comes first.
-  const timer = setInterval(() => setImmediate(() => {
-    const until = performance.now() + ms
-    while (performance.now() < until) { /* stalled */ }
-  }), everyMs)
+  const timer = setInterval(
+    () =>
+      setImmediate(() => {
+        const until = performance.now() + ms
+        while (performance.now() < until) {
+          /* stalled */
+        }
+      }),
+    everyMs,
+  )
   t.teardown(() => clearInterval(timer))
 }
 
 async function load(lapse: Lapse, tokens: string[]): Promise<Map<number, number>> {
   const statuses = new Map<number, number>()
   let next = 0
-  await Promise.all(Array.from({ length: CONCURRENCY }, async (_, w) => {
-    while (next < REQUESTS) {
-      next++
-      const res = await send(`${lapse.url}/orders/${next}`, { headers: [bearer(tokens[w]!)] })
-      statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1)
-    }
-  }))
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async (_, w) => {
+      while (next < REQUESTS) {
+        next++
+        const res = await send(`${lapse.url}/orders/${next}`, { headers: [bearer(tokens[w]!)] })
+        statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1)
+      }
+    }),
+  )
   return statuses
 }
 
 t.test('busy host, healthy Redis: no 503 over a few hundred checks', async (t) => {
   const redis = await redisFor(t)
-  const lapse = await runApp(t, { env: redisEnv(redis, 'busy', { LAPSE_REVOCATION_TIMEOUT: String(BUDGET_MS), LAPSE_REVOCATION_CACHE: 'false' }) })
+  const lapse = await runApp(t, {
+    env: redisEnv(redis, 'busy', { LAPSE_REVOCATION_TIMEOUT: String(BUDGET_MS), LAPSE_REVOCATION_CACHE: 'false' }),
+  })
   await untilReady(lapse)
   const tokens = await Promise.all(Array.from({ length: CONCURRENCY }, (_, i) => keys.mint({ sub: `busy-${i}` })))
   burnCore(t)
@@ -57,7 +69,9 @@ t.test('busy host, healthy Redis: no 503 over a few hundred checks', async (t) =
 
 t.test('Redis frozen (SIGSTOP): every check refused within the budget plus one turn; SIGCONT: allowed again', async (t) => {
   const redis = await redisFor(t)
-  const lapse = await runApp(t, { env: redisEnv(redis, 'frozen', { LAPSE_REVOCATION_TIMEOUT: String(BUDGET_MS), LAPSE_REVOCATION_CACHE: 'false' }) })
+  const lapse = await runApp(t, {
+    env: redisEnv(redis, 'frozen', { LAPSE_REVOCATION_TIMEOUT: String(BUDGET_MS), LAPSE_REVOCATION_CACHE: 'false' }),
+  })
   await untilReady(lapse)
   const token = await keys.mint({ sub: 'frozen' })
   t.equal((await send(`${lapse.url}/orders/0`, { headers: [bearer(token)] })).status, 200)

@@ -17,7 +17,7 @@ async function ownerOf(cluster: RedisCluster, dead?: RedisServer): Promise<Redis
   const probe = new Redis({ host: '127.0.0.1', port: ask.port, lazyConnect: true })
   try {
     const slot = Number(await probe.call('CLUSTER', 'KEYSLOT', `{${PREFIX}}`))
-    const ranges = await probe.call('CLUSTER', 'SLOTS') as Array<[number, number, [string, number]]>
+    const ranges = (await probe.call('CLUSTER', 'SLOTS')) as Array<[number, number, [string, number]]>
     const range = ranges.find(([from, to]) => slot >= from && slot <= to)
     const node = cluster.nodes.find((n) => n.port === Number(range?.[2][1]))
     if (!node) throw new Error(`no owner found for slot ${slot}`)
@@ -35,12 +35,14 @@ async function readyzBecomes(lapse: Lapse, status: number, withinMs: number): Pr
 }
 
 async function lapseOn(t: Test, cluster: { url: string }): Promise<Lapse> {
-  const lapse = await runApp(t, { env: { LAPSE_REDIS_URL: cluster.url, LAPSE_REDIS_PREFIX: PREFIX, LAPSE_REVOCATION_TIMEOUT: '500', LAPSE_REVOCATION_CACHE: 'false' } })
+  const lapse = await runApp(t, {
+    env: { LAPSE_REDIS_URL: cluster.url, LAPSE_REDIS_PREFIX: PREFIX, LAPSE_REVOCATION_TIMEOUT: '500', LAPSE_REVOCATION_CACHE: 'false' },
+  })
   await readyzBecomes(lapse, 200, 10_000)
   return lapse
 }
 
-t.test('three masters: the owner of the set\'s slot killed → /readyz 503 within 1 s; restarted → 200, no restart of Lapse', async (t) => {
+t.test("three masters: the owner of the set's slot killed → /readyz 503 within 1 s; restarted → 200, no restart of Lapse", async (t) => {
   const cluster = await startRedisCluster()
   t.teardown(() => cluster.stop())
   const lapse = await lapseOn(t, cluster)
@@ -75,7 +77,9 @@ t.test('a replica per master: the owner killed → /readyz 503 within 1 s; its r
   const downMs = await readyzBecomes(lapse, 503, 5000)
   t.ok(downMs < 1000, `/readyz 503 ${downMs.toFixed(0)} ms after the owner died`)
   const upMs = await readyzBecomes(lapse, 200, 20_000)
-  t.comment(`readiness: 503 ${downMs.toFixed(0)} ms after the owner was killed, 200 again ${(downMs + upMs).toFixed(0)} ms after (failover, cluster-node-timeout 1000 ms)`)
+  t.comment(
+    `readiness: 503 ${downMs.toFixed(0)} ms after the owner was killed, 200 again ${(downMs + upMs).toFixed(0)} ms after (failover, cluster-node-timeout 1000 ms)`,
+  )
   t.not((await ownerOf(cluster, owner)).port, owner.port, 'a replica now owns the slot')
   t.equal((await send(`${lapse.url}/orders/2`, { headers: [bearer(token)] })).status, 200, 'checks answered by the promoted replica')
 })

@@ -41,8 +41,16 @@ t.test('Sentinel failover under load: no revoked token allowed, only 503s in the
   t.teardown(() => upstream.close())
 
   const instances: Array<{ name: string; lapse: Lapse }> = []
-  for (const [name, cache] of [['cache-on-1', undefined], ['cache-on-2', undefined], ['cache-off-1', 'false'], ['cache-off-2', 'false']] as const) {
-    const lapse = await runApp(t, { upstream, env: { LAPSE_REDIS_URL: sentinel.url, LAPSE_REDIS_PREFIX: PREFIX, ...(cache ? { LAPSE_REVOCATION_CACHE: cache } : {}) } })
+  for (const [name, cache] of [
+    ['cache-on-1', undefined],
+    ['cache-on-2', undefined],
+    ['cache-off-1', 'false'],
+    ['cache-off-2', 'false'],
+  ] as const) {
+    const lapse = await runApp(t, {
+      upstream,
+      env: { LAPSE_REDIS_URL: sentinel.url, LAPSE_REDIS_PREFIX: PREFIX, ...(cache ? { LAPSE_REVOCATION_CACHE: cache } : {}) },
+    })
     await waitFor(async () => (await send(`${lapse.adminUrl}/readyz`)).status === 200, 10_000, `${name} ready`)
     instances.push({ name, lapse })
   }
@@ -64,12 +72,21 @@ t.test('Sentinel failover under load: no revoked token allowed, only 503s in the
   const samples: Sample[] = []
   const one = async (instance: string, lapse: Lapse, kind: Sample['kind'], n: number) => {
     const start = performance.now()
-    const res = await send(`${lapse.url}/orders/${kind}-${n}`, { headers: [bearer(kind === 'revoked' ? revokedToken : validToken)] })
-      .catch((err: NodeJS.ErrnoException) => ({ status: 0, json: () => ({ error: err.code ?? err.message }) }))
+    const res = await send(`${lapse.url}/orders/${kind}-${n}`, { headers: [bearer(kind === 'revoked' ? revokedToken : validToken)] }).catch(
+      (err: NodeJS.ErrnoException) => ({ status: 0, json: () => ({ error: err.code ?? err.message }) }),
+    )
     const ms = performance.now() - start
     let body: { error?: string; error_description?: string } = {}
     if (res.status !== 200) body = res.json() as typeof body
-    samples.push({ instance, kind, at: start, ms, status: res.status, ...(body.error ? { error: body.error } : {}), ...(body.error_description ? { description: body.error_description } : {}) })
+    samples.push({
+      instance,
+      kind,
+      at: start,
+      ms,
+      status: res.status,
+      ...(body.error ? { error: body.error } : {}),
+      ...(body.error_description ? { description: body.error_description } : {}),
+    })
   }
   let stop = false
   let rounds = 0
@@ -88,13 +105,19 @@ t.test('Sentinel failover under load: no revoked token allowed, only 503s in the
   const promotedAt = performance.now()
   // Normal again: on every instance the last 10 answers of each token, all asked after the
   // promotion, are 200 for the valid token and 401 for the revoked one.
-  const normal = () => instances.every(({ name }) => (['valid', 'revoked'] as const).every((kind) => {
-    const last = samples.filter((s) => s.instance === name && s.kind === kind && s.at > promotedAt).slice(-10)
-    return last.length === 10 && last.every((s) => s.status === (kind === 'valid' ? 200 : 401))
-  }))
+  const normal = () =>
+    instances.every(({ name }) =>
+      (['valid', 'revoked'] as const).every((kind) => {
+        const last = samples.filter((s) => s.instance === name && s.kind === kind && s.at > promotedAt).slice(-10)
+        return last.length === 10 && last.every((s) => s.status === (kind === 'valid' ? 200 : 401))
+      }),
+    )
   let recovered = true
-  await waitFor(normal, Math.max(1000, LOOP_LIMIT_MS - (performance.now() - loopStart) - 500), 'every instance answering normally')
-    .catch(() => { recovered = false })
+  await waitFor(normal, Math.max(1000, LOOP_LIMIT_MS - (performance.now() - loopStart) - 500), 'every instance answering normally').catch(
+    () => {
+      recovered = false
+    },
+  )
   const normalAt = performance.now()
   stop = true
   await loop
@@ -103,12 +126,27 @@ t.test('Sentinel failover under load: no revoked token allowed, only 503s in the
 
   const revoked = samples.filter((s) => s.kind === 'revoked')
   const valid = samples.filter((s) => s.kind === 'valid')
-  t.equal(revoked.filter((s) => s.status >= 200 && s.status < 300).length, 0, `no wrongful allow in ${revoked.length} requests with the revoked token`)
-  t.same(revoked.filter((s) => !(s.status === 401 && s.description === 'token was revoked') && !(s.status === 503 && s.error === 'temporarily_unavailable')), [],
-    'the revoked token got only 401 revoked or 503')
-  t.notOk(upstream.requests.some((r) => r.url.startsWith('/orders/revoked-')), 'the upstream never saw a revoked request')
-  t.same(valid.filter((s) => s.status !== 200 && !(s.status === 503 && s.error === 'temporarily_unavailable')), [],
-    'every refusal of the valid token is 503 temporarily_unavailable')
+  t.equal(
+    revoked.filter((s) => s.status >= 200 && s.status < 300).length,
+    0,
+    `no wrongful allow in ${revoked.length} requests with the revoked token`,
+  )
+  t.same(
+    revoked.filter(
+      (s) => !(s.status === 401 && s.description === 'token was revoked') && !(s.status === 503 && s.error === 'temporarily_unavailable'),
+    ),
+    [],
+    'the revoked token got only 401 revoked or 503',
+  )
+  t.notOk(
+    upstream.requests.some((r) => r.url.startsWith('/orders/revoked-')),
+    'the upstream never saw a revoked request',
+  )
+  t.same(
+    valid.filter((s) => s.status !== 200 && !(s.status === 503 && s.error === 'temporarily_unavailable')),
+    [],
+    'every refusal of the valid token is 503 temporarily_unavailable',
+  )
   const slowest = Math.max(...samples.map((s) => s.ms))
   t.ok(slowest < ANSWER_WITHIN_MS, `every answer within ${ANSWER_WITHIN_MS} ms (slowest ${slowest.toFixed(0)} ms): no hang`)
 
@@ -120,16 +158,29 @@ t.test('Sentinel failover under load: no revoked token allowed, only 503s in the
   const to = Math.max(...refused.map((s) => s.at + s.ms))
   const perInstance = instances.map(({ name }) => {
     const own = refused.filter((s) => s.instance === name)
-    return own.length === 0 ? `${name} none` : `${name} ${(Math.max(...own.map((s) => s.at + s.ms)) - Math.min(...own.map((s) => s.at))).toFixed(0)} ms`
+    return own.length === 0
+      ? `${name} none`
+      : `${name} ${(Math.max(...own.map((s) => s.at + s.ms)) - Math.min(...own.map((s) => s.at))).toFixed(0)} ms`
   })
-  t.comment(`${rounds} rounds, ${samples.length} requests (${revoked.length} with the revoked token, ${revoked.filter((s) => s.status >= 200 && s.status < 300).length} allowed); ${before.length} valid-token 503s before the kill${before.length ? ` (${before.join(', ')})` : ''}`)
-  t.comment(`promotion ${(promotedAt - killedAt).toFixed(0)} ms after the kill (down-after-milliseconds 1000); 503 window ${(to - from).toFixed(0)} ms ` +
-    `(first ${(from - killedAt).toFixed(0)} ms, last ${(to - killedAt).toFixed(0)} ms after the kill; ${refused.length} valid-token 503s); ` +
-    `last 503 ${(to - promotedAt).toFixed(0)} ms after the promotion; normal on every instance ${(normalAt - killedAt).toFixed(0)} ms after the kill`)
+  t.comment(
+    `${rounds} rounds, ${samples.length} requests (${revoked.length} with the revoked token, ${revoked.filter((s) => s.status >= 200 && s.status < 300).length} allowed); ${before.length} valid-token 503s before the kill${before.length ? ` (${before.join(', ')})` : ''}`,
+  )
+  t.comment(
+    `promotion ${(promotedAt - killedAt).toFixed(0)} ms after the kill (down-after-milliseconds 1000); 503 window ${(to - from).toFixed(0)} ms ` +
+      `(first ${(from - killedAt).toFixed(0)} ms, last ${(to - killedAt).toFixed(0)} ms after the kill; ${refused.length} valid-token 503s); ` +
+      `last 503 ${(to - promotedAt).toFixed(0)} ms after the promotion; normal on every instance ${(normalAt - killedAt).toFixed(0)} ms after the kill`,
+  )
   t.comment(`503 window per instance: ${perInstance.join(', ')}; slowest answer ${slowest.toFixed(0)} ms`)
 
   // The failover kept what the replica had: read back through another instance, and on the new master.
   const reads = await Promise.all(subjects.map((value) => admin(instances[3]!.lapse, 'GET', `/v1/revocations/sub/${value}`)))
-  t.equal(reads.filter((r) => r.status === 200).length, subjects.length, `${subjects.length}/${subjects.length} revocations survived the failover`)
-  t.ok((await onReplica.mget(...entryKeys)).every((v) => v !== null), 'and the promoted master holds them')
+  t.equal(
+    reads.filter((r) => r.status === 200).length,
+    subjects.length,
+    `${subjects.length}/${subjects.length} revocations survived the failover`,
+  )
+  t.ok(
+    (await onReplica.mget(...entryKeys)).every((v) => v !== null),
+    'and the promoted master holds them',
+  )
 })

@@ -99,10 +99,18 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   t.test(`${signal} during the start-up wait: exit 0, no outage warning, nothing listening`, async (t) => {
     // A Redis that accepts and never answers: its first connection shows that Lapse is in the wait
     // (the store connects after the keys are loaded, right before the wait).
-    const silent = net.createServer((socket) => { sockets.add(socket); socket.on('error', () => {}) })
+    const silent = net.createServer((socket) => {
+      sockets.add(socket)
+      socket.on('error', () => {})
+    })
     const sockets = new Set<net.Socket>()
-    const redisPort = await new Promise<number>((resolve) => silent.listen(0, '127.0.0.1', () => resolve((silent.address() as net.AddressInfo).port)))
-    t.teardown(() => { for (const s of sockets) s.destroy(); silent.close() })
+    const redisPort = await new Promise<number>((resolve) =>
+      silent.listen(0, '127.0.0.1', () => resolve((silent.address() as net.AddressInfo).port)),
+    )
+    t.teardown(() => {
+      for (const s of sockets) s.destroy()
+      silent.close()
+    })
     const { upstream, env } = await proxyEnv(t, redisPort, { LAPSE_STARTUP_WAIT: '30000' })
     const lapse = await startChildProxy(t, env, { wait: false })
     await waitFor(() => sockets.size > 0, 'Lapse connecting to its Redis', 10_000)
@@ -119,7 +127,14 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     t.notMatch(out, /LAPSE_STARTUP_WAIT/, 'no "listening before ready" warning')
     t.notMatch(out, /lapse is listening/, 'it never listened')
     t.equal(await attempt(lapse.url, await keys.mint({ sub: 'after' })), 'refused', 'nothing listens on the proxy port')
-    t.equal((await send(`${lapse.adminUrl}/healthz`).then(() => 'open', (e: NodeJS.ErrnoException) => e.code)), 'ECONNREFUSED', 'nor on the admin port')
+    t.equal(
+      await send(`${lapse.adminUrl}/healthz`).then(
+        () => 'open',
+        (e: NodeJS.ErrnoException) => e.code,
+      ),
+      'ECONNREFUSED',
+      'nor on the admin port',
+    )
     t.equal(upstream.calls, 0)
   })
 }

@@ -13,7 +13,11 @@ const ROUTES = [
   { path: '/public/**', public: true },
   { path: '/orders/**', scopes: ['orders:read'] },
 ]
-const mint = async (claims: Record<string, unknown> = {}) => (await testKeys()).mint({ sub: 'ci-deployer', client_id: 'deploy-bot', jti: 'token-1', exp: T0_S + 300, scope: 'orders:read', ...claims }, { nowS: T0_S })
+const mint = async (claims: Record<string, unknown> = {}) =>
+  (await testKeys()).mint(
+    { sub: 'ci-deployer', client_id: 'deploy-bot', jti: 'token-1', exp: T0_S + 300, scope: 'orders:read', ...claims },
+    { nowS: T0_S },
+  )
 
 /** How many times the upstream saw a header name in its raw header list, any case. */
 const rawCount = (up: Upstream, i: number, name: string) => {
@@ -57,7 +61,15 @@ t.test('hop-by-hop request headers are removed, including those named in Connect
 t.test('hop-by-hop response headers are removed, including those the upstream named in Connection', async (t) => {
   const upstream = await startUpstream((req, res) => {
     req.resume()
-    res.writeHead(200, { connection: 'x-upstream-hop', 'x-upstream-hop': 'internal', 'keep-alive': 'timeout=1', 'proxy-authenticate': 'Basic', 'x-end-to-end': 'kept' }).end('{}')
+    res
+      .writeHead(200, {
+        connection: 'x-upstream-hop',
+        'x-upstream-hop': 'internal',
+        'keep-alive': 'timeout=1',
+        'proxy-authenticate': 'Basic',
+        'x-end-to-end': 'kept',
+      })
+      .end('{}')
   })
   t.teardown(() => upstream.close())
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), upstream })
@@ -72,7 +84,12 @@ t.test('hop-by-hop response headers are removed, including those the upstream na
 t.test('X-Forwarded-For is appended to, X-Forwarded-Proto and X-Forwarded-Host are set (spoofed values replaced)', async (t) => {
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
   await send(`${lapse.url}/orders/1`, {
-    headers: [bearer(await mint()), ['x-forwarded-for', '203.0.113.7'], ['x-forwarded-proto', 'https'], ['x-forwarded-host', 'evil.example']],
+    headers: [
+      bearer(await mint()),
+      ['x-forwarded-for', '203.0.113.7'],
+      ['x-forwarded-proto', 'https'],
+      ['x-forwarded-host', 'evil.example'],
+    ],
   })
   await send(`${lapse.url}/orders/2`, { headers: [bearer(await mint())] })
   const [first, second] = lapse.upstream.requests
@@ -116,35 +133,65 @@ const SPOOFED = /\/admin|10\.0\.0\.1|admin\.internal|https|^on$|^443$/
 
 t.test('path and client overrides a client sends never reach the upstream (X-Forwarded-* carry Lapse’s view)', async (t) => {
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
-  for (const [route, auth] of [['/public/x', []], ['/orders/1', [bearer(await mint())]]] as const) {
+  for (const [route, auth] of [
+    ['/public/x', []],
+    ['/orders/1', [bearer(await mint())]],
+  ] as const) {
     const res = await send(`${lapse.url}${route}`, { headers: [...auth, ...OVERRIDES] })
     t.equal(res.status, 200, `${route}: allowed`)
     const got = lapse.upstream.requests.at(-1)!
     const names = got.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase())
-    for (const name of ['x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'forwarded', 'x-real-ip', 'x_original_url', 'x-rewrite_url', 'x_forwarded_prefix', 'x_real_ip', 'x_forwarded_for', 'x_forwarded_host', 'x-forwarded_proto']) {
+    for (const name of [
+      'x-original-url',
+      'x-rewrite-url',
+      'x-forwarded-prefix',
+      'forwarded',
+      'x-real-ip',
+      'x_original_url',
+      'x-rewrite_url',
+      'x_forwarded_prefix',
+      'x_real_ip',
+      'x_forwarded_for',
+      'x_forwarded_host',
+      'x-forwarded_proto',
+    ]) {
       t.notOk(names.includes(name), `${route}: ${name} is not forwarded`)
     }
     t.equal(got.url, route, `${route}: the path the upstream gets is the one decided`)
     t.equal(got.headers['x-forwarded-for'], '127.0.0.1', `${route}: X-Forwarded-For is the peer Lapse saw`)
-    t.notOk(got.rawHeaders.some((v, i) => i % 2 === 1 && SPOOFED.test(v)), `${route}: no spoofed value reaches the upstream`)
+    t.notOk(
+      got.rawHeaders.some((v, i) => i % 2 === 1 && SPOOFED.test(v)),
+      `${route}: no spoofed value reaches the upstream`,
+    )
   }
 })
 
 t.test('a WebSocket upgrade gets the same forwarding headers, none of the client’s overrides', async (t) => {
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
   const upgrade = ['Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13']
-  await rawHttp(lapse.url, `GET /public/ws HTTP/1.1\r\nHost: lapse.test\r\n${[...upgrade, ...OVERRIDES.map(([n, v]) => `${n}: ${v}`)].map((h) => `${h}\r\n`).join('')}\r\n`, 1000)
+  await rawHttp(
+    lapse.url,
+    `GET /public/ws HTTP/1.1\r\nHost: lapse.test\r\n${[...upgrade, ...OVERRIDES.map(([n, v]) => `${n}: ${v}`)].map((h) => `${h}\r\n`).join('')}\r\n`,
+    1000,
+  )
   const got = lapse.upstream.requests.at(-1)
   t.equal(got?.url, '/public/ws', 'the upgrade reached the upstream')
   t.equal(got?.headers['x-forwarded-host'], 'lapse.test')
   t.equal(got?.headers.forwarded, undefined, 'no Forwarded')
   t.equal(got?.headers['x-real-ip'], undefined, 'no X-Real-IP')
-  t.notOk(got?.rawHeaders.some((v, i) => i % 2 === 1 && SPOOFED.test(v)), 'no spoofed value reaches the upstream')
+  t.notOk(
+    got?.rawHeaders.some((v, i) => i % 2 === 1 && SPOOFED.test(v)),
+    'no spoofed value reaches the upstream',
+  )
 })
 
 t.test('without Host (HTTP/1.0) the client’s X-Forwarded-Host is not passed on either', async (t) => {
   const { upstreamHeaders } = await import('../../src/http/headers.js')
-  const noHost = upstreamHeaders({ 'x-forwarded-host': 'evil.example', forwarded: 'host=evil.example' }, undefined, { forwardAuthorization: false, upgrade: false, remoteAddress: '192.0.2.1' })
+  const noHost = upstreamHeaders({ 'x-forwarded-host': 'evil.example', forwarded: 'host=evil.example' }, undefined, {
+    forwardAuthorization: false,
+    upgrade: false,
+    remoteAddress: '192.0.2.1',
+  })
   t.equal(noHost['x-forwarded-host'], undefined)
   t.equal(noHost.forwarded, undefined)
   t.equal(noHost['x-forwarded-for'], '192.0.2.1')
@@ -188,7 +235,12 @@ t.test('spoofed X-Auth-* headers (any case, repeated) never reach the upstream; 
 
 t.test('spoofed X-Auth-* headers are removed on public routes too, and no identity is invented', async (t) => {
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
-  const res = await send(`${lapse.url}/public/page`, { headers: [['X-Auth-Subject', 'root'], ['X-Auth-Scopes', 'admin']] })
+  const res = await send(`${lapse.url}/public/page`, {
+    headers: [
+      ['X-Auth-Subject', 'root'],
+      ['X-Auth-Scopes', 'admin'],
+    ],
+  })
   t.equal(res.status, 200)
   const got = lapse.upstream.requests[0]!.headers
   t.equal(got['x-auth-subject'], undefined)
@@ -198,16 +250,27 @@ t.test('spoofed X-Auth-* headers are removed on public routes too, and no identi
 t.test('spoofed identity in underscore form (X_Auth_Subject) never reaches the upstream', async (t) => {
   // CGI-style upstreams (and nginx with underscores_in_headers) read X_Auth_Subject as X-Auth-Subject.
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
-  const res = await send(`${lapse.url}/public/page`, { headers: [['X_Auth_Subject', 'root'], ['x-auth_scopes', 'admin']] })
+  const res = await send(`${lapse.url}/public/page`, {
+    headers: [
+      ['X_Auth_Subject', 'root'],
+      ['x-auth_scopes', 'admin'],
+    ],
+  })
   t.equal(res.status, 200)
   const names = Object.keys(lapse.upstream.requests[0]!.headers)
-  t.same(names.filter((n) => /^x[-_]auth[-_]/.test(n)), [])
+  t.same(
+    names.filter((n) => /^x[-_]auth[-_]/.test(n)),
+    [],
+  )
 })
 
 t.test('Connection: x-auth-subject cannot strip the identity headers Lapse adds', async (t) => {
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
   const res = await send(`${lapse.url}/orders/1`, {
-    headers: [bearer(await mint()), ['connection', 'x-auth-subject, X-Auth-Scopes, x-auth-token-id, x-auth-expires-at, x-auth-client-id, x-forwarded-for']],
+    headers: [
+      bearer(await mint()),
+      ['connection', 'x-auth-subject, X-Auth-Scopes, x-auth-token-id, x-auth-expires-at, x-auth-client-id, x-forwarded-for'],
+    ],
   })
   t.equal(res.status, 200)
   const got = lapse.upstream.requests[0]!.headers
@@ -226,12 +289,19 @@ t.test('a chunked body is forwarded framed, whatever the method: its bytes never
   const smuggled = 'GET /admin/smuggled HTTP/1.1\r\nHost: upstream\r\nContent-Length: 0\r\n\r\n'
   for (const method of ['GET', 'DELETE', 'OPTIONS', 'POST']) {
     const before = upstream.calls
-    const { res } = await sendAudited(lapse, '/orders/1', { method, headers: [bearer(await mint()), ['transfer-encoding', 'chunked']], body: smuggled })
+    const { res } = await sendAudited(lapse, '/orders/1', {
+      method,
+      headers: [bearer(await mint()), ['transfer-encoding', 'chunked']],
+      body: smuggled,
+    })
     t.equal(res.status, 200, `${method}: answered`)
     // Give a smuggled request on the pooled upstream connection the time to show up.
     await new Promise((r) => setTimeout(r, 50))
     t.equal(upstream.calls, before + 1, `${method}: one upstream request`)
-    t.notOk(upstream.requests.some((r) => r.url.includes('smuggled')), `${method}: nothing smuggled`)
+    t.notOk(
+      upstream.requests.some((r) => r.url.includes('smuggled')),
+      `${method}: nothing smuggled`,
+    )
     t.equal(bodies.at(-1), smuggled, `${method}: the body arrived as a body`)
   }
 })
@@ -246,19 +316,45 @@ t.test('each token gets its own identity headers, reused or not, and Expect stay
     const res = await send(`${lapse.url}/orders/1`, { method: 'POST', body: 'x', headers: [bearer(token), ['expect', '100-continue']] })
     t.equal(res.status, 200)
   }
-  const seen = lapse.upstream.requests.map((r) => [r.headers['x-auth-subject'], r.headers['x-auth-token-id'], r.headers['x-auth-client-id'], r.headers['x-auth-scopes']])
+  const seen = lapse.upstream.requests.map((r) => [
+    r.headers['x-auth-subject'],
+    r.headers['x-auth-token-id'],
+    r.headers['x-auth-client-id'],
+    r.headers['x-auth-scopes'],
+  ])
   const a = ['alice', 'token-a', 'bot-a', 'orders:read extra:a']
   const b = ['bob', 'token-b', 'bot-b', 'orders:read']
   t.same(seen, [a, b, a, b, a])
   t.equal(lapse.upstream.requests.filter((r) => r.headers.expect !== undefined).length, 0, 'Expect is not forwarded')
 })
 
-t.test('a frozen identity (an embedder\'s) still gets its headers', async (t) => {
+t.test("a frozen identity (an embedder's) still gets its headers", async (t) => {
   const { upstreamHeaders } = await import('../../src/http/headers.js')
-  const identity = Object.freeze({ iss: 'i', sub: 'frozen', clientId: undefined, jti: 'j-1', iatS: 1, expS: 2, scopes: new Set(['a', 'b']), claims: {}, memo: {} })
+  const identity = Object.freeze({
+    iss: 'i',
+    sub: 'frozen',
+    clientId: undefined,
+    jti: 'j-1',
+    iatS: 1,
+    expS: 2,
+    scopes: new Set(['a', 'b']),
+    claims: {},
+    memo: {},
+  })
   for (let i = 0; i < 2; i++) {
-    const headers = upstreamHeaders({ host: 'h', 'x-auth-subject': 'forged' }, identity, { remoteAddress: '127.0.0.1', forwardAuthorization: false, upgrade: false })
-    t.match(headers, { host: 'h', 'x-auth-subject': 'frozen', 'x-auth-token-id': 'j-1', 'x-auth-scopes': 'a b', 'x-auth-expires-at': '2', 'x-forwarded-for': '127.0.0.1' })
+    const headers = upstreamHeaders({ host: 'h', 'x-auth-subject': 'forged' }, identity, {
+      remoteAddress: '127.0.0.1',
+      forwardAuthorization: false,
+      upgrade: false,
+    })
+    t.match(headers, {
+      host: 'h',
+      'x-auth-subject': 'frozen',
+      'x-auth-token-id': 'j-1',
+      'x-auth-scopes': 'a b',
+      'x-auth-expires-at': '2',
+      'x-forwarded-for': '127.0.0.1',
+    })
   }
 })
 
@@ -267,19 +363,40 @@ t.test('identity and routing headers spelled with dots or other punctuation neve
   // HTTP_X_AUTH_SUBJECT, the same variable Lapse's X-Auth-Subject fills.
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
   const spoofed: Array<[string, string]> = [
-    ['X.Auth.Subject', 'root'], ['X.Auth.Scopes', 'admin'], ['X.Auth.Client.Id', 'spoofed-client'], ['X.Original.URL', '/admin/secret'],
-    ['x~auth~token~id', 'forged'], ['X!Auth.Expires_At', '9999999999'], ['x.forwarded.host', 'evil.example'], ['X.Real.IP', '10.0.0.1'],
-    ['Content.Length', '5'], ['Transfer.Encoding', 'chunked'],
+    ['X.Auth.Subject', 'root'],
+    ['X.Auth.Scopes', 'admin'],
+    ['X.Auth.Client.Id', 'spoofed-client'],
+    ['X.Original.URL', '/admin/secret'],
+    ['x~auth~token~id', 'forged'],
+    ['X!Auth.Expires_At', '9999999999'],
+    ['x.forwarded.host', 'evil.example'],
+    ['X.Real.IP', '10.0.0.1'],
+    ['Content.Length', '5'],
+    ['Transfer.Encoding', 'chunked'],
   ]
   const noClientId = await mint({ client_id: undefined })
-  for (const [route, auth] of [['/public/page', []], ['/orders/1', [bearer(noClientId)]]] as const) {
+  for (const [route, auth] of [
+    ['/public/page', []],
+    ['/orders/1', [bearer(noClientId)]],
+  ] as const) {
     const before = lapse.upstream.requests.length
     const res = await send(`${lapse.url}${route}`, { headers: [...auth, ...spoofed] })
     t.equal(res.status, 200, `${route}: allowed`)
     const got = lapse.upstream.requests[before]!
     const names = got.rawHeaders.filter((_, i) => i % 2 === 0)
-    t.same(names.filter((n) => /[^A-Za-z0-9-]/.test(n)), [], `${route}: no punctuated spelling reaches the upstream`)
-    t.notOk(got.rawHeaders.some((v, i) => i % 2 === 1 && ['root', 'admin', 'spoofed-client', '/admin/secret', 'forged', '9999999999', 'evil.example', '10.0.0.1'].includes(v)), `${route}: no spoofed value reaches the upstream`)
+    t.same(
+      names.filter((n) => /[^A-Za-z0-9-]/.test(n)),
+      [],
+      `${route}: no punctuated spelling reaches the upstream`,
+    )
+    t.notOk(
+      got.rawHeaders.some(
+        (v, i) =>
+          i % 2 === 1 &&
+          ['root', 'admin', 'spoofed-client', '/admin/secret', 'forged', '9999999999', 'evil.example', '10.0.0.1'].includes(v),
+      ),
+      `${route}: no spoofed value reaches the upstream`,
+    )
     t.equal(got.headers['x-auth-client-id'], undefined, `${route}: no client id is invented`)
     t.equal(got.url, route, `${route}: the path decided is the path forwarded`)
   }
@@ -290,10 +407,20 @@ t.test('identity and routing headers spelled with dots or other punctuation neve
 t.test('names listed in Connection are folded like the fields they name', async (t) => {
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
   const res = await send(`${lapse.url}/public/page`, {
-    headers: [['connection', 'X.Custom.Hop, x_other_hop, Content.Length'], ['x-custom-hop', 'a'], ['X_Custom_Hop', 'b'], ['x-other-hop', 'c'], ['x.other.hop', 'd']],
+    headers: [
+      ['connection', 'X.Custom.Hop, x_other_hop, Content.Length'],
+      ['x-custom-hop', 'a'],
+      ['X_Custom_Hop', 'b'],
+      ['x-other-hop', 'c'],
+      ['x.other.hop', 'd'],
+    ],
   })
   t.equal(res.status, 200)
   const names = lapse.upstream.requests[0]!.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase())
-  t.same(names.filter((n) => /custom|other/.test(n)), [], 'every spelling of a listed name is dropped')
+  t.same(
+    names.filter((n) => /custom|other/.test(n)),
+    [],
+    'every spelling of a listed name is dropped',
+  )
   t.notOk(names.includes('content.length'), 'no content.length either')
 })

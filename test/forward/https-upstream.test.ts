@@ -22,16 +22,23 @@ t.test('an https upstream with a private CA: forwarded over TLS when trusted, 50
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ tls: true, path: req.url }))
   })
   await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise<void>((resolve) => {
-    upstream.closeAllConnections()
-    upstream.close(() => resolve())
-  }))
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        upstream.closeAllConnections()
+        upstream.close(() => resolve())
+      }),
+  )
   const upstreamUrl = `https://127.0.0.1:${(upstream.address() as { port: number }).port}`
 
   const startProxy = async (extraEnv: Record<string, string>) => {
     const lapse = await startChildProxy(t, {
-      LAPSE_UPSTREAM: upstreamUrl, LAPSE_ISSUER: ISSUER, LAPSE_AUDIENCE: AUDIENCE, LAPSE_JWKS_FILE: keys.jwksPath,
-      LAPSE_ROUTES: JSON.stringify([{ path: '/orders/**', scopes: ['orders:read'] }]), LAPSE_UPSTREAM_TIMEOUT: '5000',
+      LAPSE_UPSTREAM: upstreamUrl,
+      LAPSE_ISSUER: ISSUER,
+      LAPSE_AUDIENCE: AUDIENCE,
+      LAPSE_JWKS_FILE: keys.jwksPath,
+      LAPSE_ROUTES: JSON.stringify([{ path: '/orders/**', scopes: ['orders:read'] }]),
+      LAPSE_UPSTREAM_TIMEOUT: '5000',
       ...extraEnv,
     })
     await waitFor(() => send(`${lapse.adminUrl}/readyz`).then((r) => r.status === 200), 'lapse proxy ready', 10_000)
@@ -43,7 +50,11 @@ t.test('an https upstream with a private CA: forwarded over TLS when trusted, 50
   const ok = await send(`${trusting.url}/orders/7?x=1`, { headers: [bearer(token)] })
   t.equal(ok.status, 200, 'allowed and forwarded over TLS')
   t.same(ok.json(), { tls: true, path: '/orders/7?x=1' }, "the upstream's own answer")
-  t.match(seen, [{ url: '/orders/7?x=1', subject: 'tls-caller', encrypted: true }], 'the upstream saw one TLS request with the identity headers')
+  t.match(
+    seen,
+    [{ url: '/orders/7?x=1', subject: 'tls-caller', encrypted: true }],
+    'the upstream saw one TLS request with the identity headers',
+  )
 
   // Without the CA the certificate is not trusted: nothing is sent, the client gets a 502.
   const untrusting = await startProxy({})

@@ -18,7 +18,11 @@ function sendOn(agent: Agent, lapse: Lapse, path: string, token: string): Promis
       res.on('data', (c: Buffer) => chunks.push(c))
       res.on('end', () => {
         const body = Buffer.concat(chunks).toString('utf8')
-        resolve({ res: { status: res.statusCode ?? 0, headers: res.headers, body, json: () => JSON.parse(body) }, reused: req.reusedSocket, localPort: req.socket?.localPort ?? -1 })
+        resolve({
+          res: { status: res.statusCode ?? 0, headers: res.headers, body, json: () => JSON.parse(body) },
+          reused: req.reusedSocket,
+          localPort: req.socket?.localPort ?? -1,
+        })
       })
     })
     req.on('error', reject)
@@ -43,7 +47,14 @@ t.test('second request on the same keep-alive socket after expiry → 401 expire
   t.ok(second.reused, 'the second request went over the first one’s socket')
   t.equal(second.localPort, first.localPort, 'same client socket')
   await waitFor(() => decisions(lapse).length >= 2, 'the second audit line')
-  assertDenied(t, lapse, second.res, decisions(lapse)[1]!, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'expired', upstreamCalls: 1, token })
+  assertDenied(t, lapse, second.res, decisions(lapse)[1]!, {
+    status: 401,
+    challenge: CHALLENGE.invalidToken,
+    error: 'invalid_token',
+    reason: 'expired',
+    upstreamCalls: 1,
+    token,
+  })
 })
 
 t.test('a token revoked between two requests on one keep-alive socket → the second is refused', async (t) => {
@@ -55,11 +66,26 @@ t.test('a token revoked between two requests on one keep-alive socket → the se
 
   const first = await sendOn(agent, lapse, '/orders/1', token)
   t.equal(first.res.status, 200)
-  await lapse.running.deps.revocations.put({ claim: 'jti', value: 'keep-alive-jti', issuedBeforeS: T0_S, reason: 'test', by: 'test', createdAtS: T0_S, expiresAtS: T0_S + 3630 })
+  await lapse.running.deps.revocations.put({
+    claim: 'jti',
+    value: 'keep-alive-jti',
+    issuedBeforeS: T0_S,
+    reason: 'test',
+    by: 'test',
+    createdAtS: T0_S,
+    expiresAtS: T0_S + 3630,
+  })
   const second = await sendOn(agent, lapse, '/orders/1', token)
   t.ok(second.reused, 'same socket')
   await waitFor(() => decisions(lapse).length >= 2, 'the second audit line')
-  assertDenied(t, lapse, second.res, decisions(lapse)[1]!, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'revoked', upstreamCalls: 1, token })
+  assertDenied(t, lapse, second.res, decisions(lapse)[1]!, {
+    status: 401,
+    challenge: CHALLENGE.invalidToken,
+    error: 'invalid_token',
+    reason: 'revoked',
+    upstreamCalls: 1,
+    token,
+  })
 })
 
 t.test('Lapse keeps its own connections to the upstream alive: many requests, few upstream connections', async (t) => {

@@ -52,7 +52,11 @@ t.test('100 MB streamed upload reaches the upstream whole and is not buffered by
     req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ received: upstreamBytes })))
   })
   t.teardown(() => upstream.close())
-  const lapse = await runApp(t, { upstream, clock: manualClock(T0_MS), routes: [{ path: '/upload', methods: ['PUT'], scopes: ['files:write'] }] })
+  const lapse = await runApp(t, {
+    upstream,
+    clock: manualClock(T0_MS),
+    routes: [{ path: '/upload', methods: ['PUT'], scopes: ['files:write'] }],
+  })
   const token = await (await testKeys()).mint({ scope: 'files:write', iat: T0_MS / 1000, exp: T0_MS / 1000 + 300 }, { nowS: T0_MS / 1000 })
 
   async function* body() {
@@ -64,7 +68,14 @@ t.test('100 MB streamed upload reaches the upstream whole and is not buffered by
   const stopWatch = watchRss()
   const answer = await new Promise<{ status: number; json: unknown }>((resolve, reject) => {
     const url = new URL(`${lapse.url}/upload`)
-    const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: 'PUT', agent: false, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } })
+    const req = httpRequest({
+      host: url.hostname,
+      port: url.port,
+      path: url.pathname,
+      method: 'PUT',
+      agent: false,
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
+    })
     req.on('response', (res) => {
       const chunks: Buffer[] = []
       res.on('data', (c: Buffer) => chunks.push(c))
@@ -77,7 +88,10 @@ t.test('100 MB streamed upload reaches the upstream whole and is not buffered by
   t.equal(answer.status, 200)
   t.same(answer.json, { received: TOTAL }, 'every byte arrived')
   t.equal(upstreamBytes, TOTAL)
-  t.ok(clientSentAtFirstUpstreamByte >= 0 && clientSentAtFirstUpstreamByte < 16 * MB, `the upstream got bytes while the client was still sending (${Math.round(clientSentAtFirstUpstreamByte / MB)} MB sent)`)
+  t.ok(
+    clientSentAtFirstUpstreamByte >= 0 && clientSentAtFirstUpstreamByte < 16 * MB,
+    `the upstream got bytes while the client was still sending (${Math.round(clientSentAtFirstUpstreamByte / MB)} MB sent)`,
+  )
   t.ok(growth < MAX_RSS_GROWTH, `RSS grew by ${Math.round(growth / MB)} MB, under ${MAX_RSS_GROWTH / MB} MB`)
 })
 
@@ -86,9 +100,11 @@ t.test('large streamed download reaches the client whole and is not buffered by 
   const upstream = await startUpstream((req, res) => {
     req.resume()
     res.writeHead(200, { 'content-type': 'application/octet-stream' })
-    const out = Readable.from((async function* () {
-      for (; upstreamSent < TOTAL; upstreamSent += CHUNK.length) yield CHUNK
-    })())
+    const out = Readable.from(
+      (async function* () {
+        for (; upstreamSent < TOTAL; upstreamSent += CHUNK.length) yield CHUNK
+      })(),
+    )
     out.pipe(res)
   })
   t.teardown(() => upstream.close())
@@ -100,7 +116,13 @@ t.test('large streamed download reaches the client whole and is not buffered by 
   let upstreamSentAtFirstClientByte = -1
   const status = await new Promise<number>((resolve, reject) => {
     const url = new URL(`${lapse.url}/download`)
-    const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, agent: false, headers: { authorization: `Bearer ${token}` } })
+    const req = httpRequest({
+      host: url.hostname,
+      port: url.port,
+      path: url.pathname,
+      agent: false,
+      headers: { authorization: `Bearer ${token}` },
+    })
     req.on('response', (res) => {
       res.on('data', (c: Buffer) => {
         if (received === 0) upstreamSentAtFirstClientByte = upstreamSent
@@ -115,7 +137,10 @@ t.test('large streamed download reaches the client whole and is not buffered by 
   const growth = stopWatch()
   t.equal(status, 200)
   t.equal(received, TOTAL, 'every byte arrived')
-  t.ok(upstreamSentAtFirstClientByte >= 0 && upstreamSentAtFirstClientByte < 16 * MB, `the client got bytes while the upstream was still sending (${Math.round(upstreamSentAtFirstClientByte / MB)} MB sent)`)
+  t.ok(
+    upstreamSentAtFirstClientByte >= 0 && upstreamSentAtFirstClientByte < 16 * MB,
+    `the client got bytes while the upstream was still sending (${Math.round(upstreamSentAtFirstClientByte / MB)} MB sent)`,
+  )
   t.ok(growth < MAX_RSS_GROWTH, `RSS grew by ${Math.round(growth / MB)} MB, under ${MAX_RSS_GROWTH / MB} MB`)
 })
 
@@ -125,10 +150,14 @@ async function endlessishUpstream(t: Test, total: number) {
   const upstream = await startUpstream((req, res) => {
     req.resume()
     res.writeHead(200, { 'content-type': 'application/octet-stream' })
-    res.once('close', () => { if (!res.writableFinished) state.closedEarly = true })
-    const out = Readable.from((async function* () {
-      for (; state.sent < total; state.sent += CHUNK.length) yield CHUNK
-    })())
+    res.once('close', () => {
+      if (!res.writableFinished) state.closedEarly = true
+    })
+    const out = Readable.from(
+      (async function* () {
+        for (; state.sent < total; state.sent += CHUNK.length) yield CHUNK
+      })(),
+    )
     out.pipe(res)
   })
   t.teardown(() => upstream.close())
@@ -142,7 +171,13 @@ t.test('a client that stops reading holds the upstream back: backpressure reache
 
   const stopWatch = watchRss()
   const url = new URL(`${lapse.url}/download`)
-  const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, agent: false, headers: { authorization: `Bearer ${token}` } })
+  const req = httpRequest({
+    host: url.hostname,
+    port: url.port,
+    path: url.pathname,
+    agent: false,
+    headers: { authorization: `Bearer ${token}` },
+  })
   const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
     req.on('response', resolve)
     req.on('error', reject)
@@ -152,10 +187,15 @@ t.test('a client that stops reading holds the upstream back: backpressure reache
   // Give the upstream ample time to push everything if nothing held it back.
   await new Promise((r) => setTimeout(r, 1500))
   const sentWhilePaused = state.sent
-  t.ok(sentWhilePaused < 24 * MB, `while the client reads nothing the upstream has sent ${Math.round(sentWhilePaused / MB)} MB of ${TOTAL / MB} (socket buffers only)`)
+  t.ok(
+    sentWhilePaused < 24 * MB,
+    `while the client reads nothing the upstream has sent ${Math.round(sentWhilePaused / MB)} MB of ${TOTAL / MB} (socket buffers only)`,
+  )
 
   let received = 0
-  res.on('data', (c: Buffer) => { received += c.length })
+  res.on('data', (c: Buffer) => {
+    received += c.length
+  })
   res.resume()
   await new Promise((resolve) => res.once('end', resolve))
   const growth = stopWatch()
@@ -168,7 +208,13 @@ t.test('a client that hangs up mid-download stops the upstream request', async (
   const lapse = await runApp(t, { upstream, clock: manualClock(T0_MS), routes: [{ path: '/download', scopes: ['files:read'] }] })
   const token = await (await testKeys()).mint({ scope: 'files:read' }, { nowS: T0_MS / 1000 })
   const url = new URL(`${lapse.url}/download`)
-  const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, agent: false, headers: { authorization: `Bearer ${token}` } })
+  const req = httpRequest({
+    host: url.hostname,
+    port: url.port,
+    path: url.pathname,
+    agent: false,
+    headers: { authorization: `Bearer ${token}` },
+  })
   await new Promise<void>((resolve, reject) => {
     req.on('response', (res) => {
       let received = 0

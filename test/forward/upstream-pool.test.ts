@@ -44,7 +44,11 @@ t.test('all upstream connections busy: a queued request gets 504 within the time
   stream.destroy()
   const after = await send(`${lapse.url}/orders/after`, { headers: [bearer(token)] })
   t.equal(after.status, 200)
-  t.same(upstream.requests.map((r) => r.url), ['/orders/stream', '/orders/after'], 'the upstream never saw the request that gave up waiting')
+  t.same(
+    upstream.requests.map((r) => r.url),
+    ['/orders/stream', '/orders/after'],
+    'the upstream never saw the request that gave up waiting',
+  )
   const line = await waitFor(() => decisions(lapse).find((l) => l.path === '/orders/queued'), 'the audit line of the queued request')
   t.match(line, { decision: 'allow', status: 504, upstream_failure: 'upstream_timeout' })
 })

@@ -62,7 +62,11 @@ export interface RawResponse {
  * Writes `chunks` on a fresh connection (a function chunk is awaited: pauses, slow writes) and
  * reads until the server closes or `waitMs` passes. Returns the first response on the wire.
  */
-export function rawHttp(url: string, chunks: ReadonlyArray<string | Buffer | (() => Promise<void>)> | string, waitMs = 3000): Promise<RawResponse> {
+export function rawHttp(
+  url: string,
+  chunks: ReadonlyArray<string | Buffer | (() => Promise<void>)> | string,
+  waitMs = 3000,
+): Promise<RawResponse> {
   const { hostname, port } = new URL(url)
   const list = typeof chunks === 'string' ? [chunks] : chunks
   return new Promise((resolve) => {
@@ -80,7 +84,13 @@ export function rawHttp(url: string, chunks: ReadonlyArray<string | Buffer | (()
       const end = text.indexOf('\r\n\r\n')
       const head = end === -1 ? text : text.slice(0, end)
       const m = /^HTTP\/1\.[01] (\d{3})/.exec(head)
-      resolve({ status: m ? Number(m[1]) : 0, head, body: end === -1 ? '' : text.slice(end + 4), closedByServer, elapsedMs: Date.now() - started })
+      resolve({
+        status: m ? Number(m[1]) : 0,
+        head,
+        body: end === -1 ? '' : text.slice(end + 4),
+        closedByServer,
+        elapsedMs: Date.now() - started,
+      })
     }
     const timer = setTimeout(finish, waitMs)
     socket.on('data', (d: Buffer) => received.push(d))

@@ -24,7 +24,10 @@ t.test('request smuggling shapes are refused by the parser and never forwarded',
     ['Content-Length and Transfer-Encoding (CL.TE)', `${head}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
     ['Transfer-Encoding and Content-Length (TE.CL)', `${head}Transfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n0\r\n\r\n${SMUGGLED}`],
     ['two different Content-Length values', `${head}Content-Length: 0\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`],
-    ['two equal Content-Length values', `${head}Content-Length: ${SMUGGLED.length}\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`],
+    [
+      'two equal Content-Length values',
+      `${head}Content-Length: ${SMUGGLED.length}\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`,
+    ],
     ['a Content-Length list', `${head}Content-Length: 0, ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`],
     ['a signed Content-Length', `${head}Content-Length: +0\r\n\r\n${SMUGGLED}`],
     ['obs-fold in an ordinary header', `${head}X-Note: a\r\n folded\r\nContent-Length: 0\r\n\r\n${SMUGGLED}`],
@@ -44,7 +47,11 @@ t.test('request smuggling shapes are refused by the parser and never forwarded',
     t.equal(res.status, 400, `${attack}: 400`)
     t.ok(res.closedByServer, `${attack}: connection closed`)
   }
-  t.same(lapse.upstream.requests.map((r) => `${r.method} ${r.url}`), [], 'upstream received nothing, neither carrier nor smuggled request')
+  t.same(
+    lapse.upstream.requests.map((r) => `${r.method} ${r.url}`),
+    [],
+    'upstream received nothing, neither carrier nor smuggled request',
+  )
 })
 
 t.test('a body Node cannot frame is never relayed as a request', async (t) => {
@@ -53,9 +60,18 @@ t.test('a body Node cannot frame is never relayed as a request', async (t) => {
   for (const [attack, bytes] of [
     // The parser refuses these only once the head is complete: whatever reached the upstream
     // (at most the head of the carrier) must not include the smuggled request.
-    ['unknown transfer coding (xchunked)', `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['invalid chunk size', `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n${SMUGGLED}`],
-    ['chunk extension ended by a bare LF', `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\nTransfer-Encoding: chunked\r\n\r\n5;\nx\r\nhello\r\n0\r\n\r\n${SMUGGLED}`],
+    [
+      'unknown transfer coding (xchunked)',
+      `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n${SMUGGLED}`,
+    ],
+    [
+      'invalid chunk size',
+      `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n${SMUGGLED}`,
+    ],
+    [
+      'chunk extension ended by a bare LF',
+      `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\nTransfer-Encoding: chunked\r\n\r\n5;\nx\r\nhello\r\n0\r\n\r\n${SMUGGLED}`,
+    ],
   ] as const) {
     const res = await rawHttp(lapse.url, bytes)
     t.ok(res.closedByServer, `${attack}: connection closed`)
@@ -64,17 +80,30 @@ t.test('a body Node cannot frame is never relayed as a request', async (t) => {
     const [carrierHead, body] = [bytes.slice(0, bytes.indexOf('\r\n\r\n') + 4), bytes.slice(bytes.indexOf('\r\n\r\n') + 4)]
     const split = await rawHttp(lapse.url, [carrierHead, async () => sleep(100), body])
     t.ok(split.closedByServer, `${attack}, head then body: connection closed`)
-    t.notOk(lapse.upstream.requests.some((r) => r.url.startsWith('/admin')), `${attack}, head then body: the smuggled request never reaches the upstream`)
+    t.notOk(
+      lapse.upstream.requests.some((r) => r.url.startsWith('/admin')),
+      `${attack}, head then body: the smuggled request never reaches the upstream`,
+    )
   }
   // A refused request's body is never parsed as a request: Lapse answers and closes.
-  const refused = await rawHttp(lapse.url, `POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`)
+  const refused = await rawHttp(
+    lapse.url,
+    `POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`,
+  )
   t.equal(refused.status, 401, 'refused carrier: 401')
   t.ok(refused.closedByServer, 'refused carrier with a body: connection closed')
   t.notOk(refused.body.includes('HTTP/1.1'), 'only one answer on the wire')
   // An allowed request's body is relayed as a body, framed by Lapse, never as a second request.
-  const allowed = await rawHttp(lapse.url, `POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nAuthorization: Bearer ${await token}\r\nContent-Length: ${SMUGGLED.length}\r\nConnection: close\r\n\r\n${SMUGGLED}`)
+  const allowed = await rawHttp(
+    lapse.url,
+    `POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nAuthorization: Bearer ${await token}\r\nContent-Length: ${SMUGGLED.length}\r\nConnection: close\r\n\r\n${SMUGGLED}`,
+  )
   t.equal(allowed.status, 200, 'allowed request with a request-shaped body: 200')
-  t.same(lapse.upstream.requests.map((r) => `${r.method} ${r.url}`).filter((r) => r.includes('admin')), [], 'no /admin request upstream')
+  t.same(
+    lapse.upstream.requests.map((r) => `${r.method} ${r.url}`).filter((r) => r.includes('admin')),
+    [],
+    'no /admin request upstream',
+  )
 })
 
 t.test('a request transfer coding other than chunked → 501, connection closed, nothing forwarded', async (t) => {
@@ -93,7 +122,10 @@ t.test('a request transfer coding other than chunked → 501, connection closed,
     ['identity, chunked (identity is no coding since RFC 7230)', 'Transfer-Encoding: identity, chunked'],
     ['an unknown coding, chunked', 'Transfer-Encoding: x-custom, chunked'],
   ] as const) {
-    for (const [route, auth] of [['/public/upload', ''], ['/orders/1', `Authorization: Bearer ${token}\r\n`]] as const) {
+    for (const [route, auth] of [
+      ['/public/upload', ''],
+      ['/orders/1', `Authorization: Bearer ${token}\r\n`],
+    ] as const) {
       const res = await rawHttp(lapse.url, [`POST ${route} HTTP/1.1\r\nHost: lapse.test\r\n${auth}${te}\r\n\r\n`, chunked])
       t.equal(res.status, 501, `${coding} on ${route}: 501`)
       t.match(res.body, /"error":"not_implemented"/, `${coding} on ${route}: a JSON body says so`)
@@ -103,13 +135,19 @@ t.test('a request transfer coding other than chunked → 501, connection closed,
   t.equal(upstream.calls, 0, 'upstream received nothing')
 
   // A WebSocket upgrade is refused the same way, before any decision.
-  const ws = await rawHttp(lapse.url, `GET /public/ws HTTP/1.1\r\nHost: lapse.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n`)
+  const ws = await rawHttp(
+    lapse.url,
+    `GET /public/ws HTTP/1.1\r\nHost: lapse.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n`,
+  )
   t.equal(ws.status, 501, 'upgrade with gzip, chunked: 501')
   t.equal(upstream.calls, 0, 'upstream received no upgrade')
 
   // Plain chunked, in any letter case or with an empty list element, is still relayed as its bytes.
   for (const te of ['chunked', 'Chunked', 'CHUNKED', ', chunked']) {
-    const res = await rawHttp(lapse.url, `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\nTransfer-Encoding: ${te}\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n`)
+    const res = await rawHttp(
+      lapse.url,
+      `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\nTransfer-Encoding: ${te}\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n`,
+    )
     t.equal(res.status, 200, `Transfer-Encoding: ${te}: forwarded`)
     t.equal(bodies.at(-1), 'abc', `Transfer-Encoding: ${te}: the body arrived as sent`)
   }
@@ -146,7 +184,10 @@ t.test('oversized request heads: 431 and closed, nothing forwarded', async (t) =
   t.teardown(() => upstream.close())
   const roomy = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), upstream, env: { LAPSE_MAX_HEADER_BYTES: '65536' } })
   const filler = Array.from({ length: 1200 }, (_, i) => `a${i}: b\r\n`).join('')
-  const res = await rawHttp(roomy.url, `GET /orders/1 HTTP/1.1\r\nHost: lapse.test\r\n${auth}${filler}X-Auth-Subject: admin\r\nConnection: close\r\n\r\n`)
+  const res = await rawHttp(
+    roomy.url,
+    `GET /orders/1 HTTP/1.1\r\nHost: lapse.test\r\n${auth}${filler}X-Auth-Subject: admin\r\nConnection: close\r\n\r\n`,
+  )
   t.equal(res.status, 431, '1200 headers: 431')
   t.equal(upstream.calls, 0, 'nothing forwarded')
 })
@@ -178,7 +219,11 @@ t.test('slow clients: the idle timeout closes a connection whose body stalls', a
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), upstream, env: { LAPSE_CLIENT_IDLE_TIMEOUT: '1000' } })
   const token = await (await testKeys()).mint(defaultClaims(T0_S), { nowS: T0_S })
   // An allowed upload that promises 1 MB and sends 10 bytes.
-  const res = await rawHttp(lapse.url, [`POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nAuthorization: Bearer ${token}\r\nContent-Length: 1000000\r\n\r\n`, '0123456789'], 8000)
+  const res = await rawHttp(
+    lapse.url,
+    [`POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nAuthorization: Bearer ${token}\r\nContent-Length: 1000000\r\n\r\n`, '0123456789'],
+    8000,
+  )
   t.ok(res.closedByServer, 'Lapse closed the stalled connection')
   t.ok(res.elapsedMs >= 900 && res.elapsedMs < 3500, `after about the idle timeout (${res.elapsedMs} ms)`)
   await sleep(100)
@@ -186,7 +231,11 @@ t.test('slow clients: the idle timeout closes a connection whose body stalls', a
   t.equal(upstream.calls, 1, 'the upstream saw the one allowed request start, and nothing else')
 
   // A refused upload is answered at once and closed, without waiting for (or reading) its body.
-  const refused = await rawHttp(lapse.url, ['POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nContent-Length: 100000000\r\n\r\n', 'partial'], 8000)
+  const refused = await rawHttp(
+    lapse.url,
+    ['POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nContent-Length: 100000000\r\n\r\n', 'partial'],
+    8000,
+  )
   t.equal(refused.status, 401, 'refused upload: 401')
   t.ok(refused.closedByServer && refused.elapsedMs < 900, `refused upload: closed at once (${refused.elapsedMs} ms)`)
   void aborted
@@ -217,7 +266,10 @@ t.test('no unbounded buffering: an upload to an upstream that does not read is h
   }
   await sleep(200)
   const accepted = socket.bytesWritten
-  t.ok(accepted < 64 * 1024 * 1024, `Lapse and the kernel took ${Math.round(accepted / 1048576)} MiB of ${total / 1048576} MiB: backpressure, not buffering`)
+  t.ok(
+    accepted < 64 * 1024 * 1024,
+    `Lapse and the kernel took ${Math.round(accepted / 1048576)} MiB of ${total / 1048576} MiB: backpressure, not buffering`,
+  )
   t.ok(socket.writableLength > 0 || offered < total, 'the rest waits in the client')
 })
 

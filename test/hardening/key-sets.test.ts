@@ -10,7 +10,10 @@ import { testKeys, writeJwks } from '../fixtures/keys.js'
 
 const ALL = [...KNOWN_ALGORITHMS]
 const rsaJwk = async (publicExponent = 65537, modulusLength = 2048) =>
-  ({ ...(await exportJWK(generateKeyPairSync('rsa', { modulusLength, publicExponent }).publicKey)), kid: `rsa-${randomBytes(3).toString('hex')}` }) as JWK
+  ({
+    ...(await exportJWK(generateKeyPairSync('rsa', { modulusLength, publicExponent }).publicKey)),
+    kid: `rsa-${randomBytes(3).toString('hex')}`,
+  }) as JWK
 // RSA key generation is slow: two keys serve every test below.
 const [rsaA, rsaB] = await Promise.all([rsaJwk(), rsaJwk()])
 
@@ -28,7 +31,10 @@ t.test('keys anyone could forge with, or that cannot be used as published, are d
     ['RSA public exponent 1', { ...good, e: 'AQ' }],
     ['RSA public exponent 2 (even)', { ...good, e: 'Ag' }],
     ['RSA 1024-bit modulus', await rsaJwk(65537, 1024)],
-    ['EC point moved off the curve', { ...ec, y: Buffer.from(Buffer.from(ec.y!, 'base64url').map((b, i) => (i === 31 ? b ^ 1 : b))).toString('base64url') }],
+    [
+      'EC point moved off the curve',
+      { ...ec, y: Buffer.from(Buffer.from(ec.y!, 'base64url').map((b, i) => (i === 31 ? b ^ 1 : b))).toString('base64url') },
+    ],
     ['EC key with the wrong curve name', { ...ec, crv: 'P-384' }],
     ['EC key with a private part', { ...ec, d: 'AAAA' }],
     ['RSA key with a private part', { ...good, d: 'AAAA' }],
@@ -60,7 +66,10 @@ t.test('HMAC secrets: only when configured, never next to public keys, long enou
   t.same(filterKeys({ keys: [secret, rsa] }, ['HS256', 'RS256']).keys, [rsa], 'a secret published with public keys: the secret is dropped')
 
   // A 256-bit secret without `alg` serves HS256 but not HS512 (RFC 7518 §3.2).
-  const resolver = createKeyResolver({ jwksFile: writeJwks([secret as JWK]), refreshS: 300, cooldownS: 30, timeoutMs: 1000, algorithms: ['HS256', 'HS512'] }, { clock: manualClock(0) })
+  const resolver = createKeyResolver(
+    { jwksFile: writeJwks([secret as JWK]), refreshS: 300, cooldownS: 30, timeoutMs: 1000, algorithms: ['HS256', 'HS512'] },
+    { clock: manualClock(0) },
+  )
   await resolver.start()
   t.ok(await resolver.getKey({ alg: 'HS256', kid: 'hs' }), 'HS256: the secret is found')
   await t.rejects(resolver.getKey({ alg: 'HS512', kid: 'hs' }), { code: 'ERR_JWKS_NO_MATCHING_KEY' }, 'HS512: no key long enough')

@@ -13,7 +13,8 @@ const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const T0_S = T0_MS / 1000
 const LONE = '\ud800'
 const mint = async (claims: Record<string, unknown>) => (await testKeys()).mint(claims, { nowS: T0_S })
-const start = (t: Parameters<typeof runApp>[0]) => runApp(t, { routes: [{ path: '/orders/**', scopes: ['orders:read'] }], clock: manualClock(T0_MS) })
+const start = (t: Parameters<typeof runApp>[0]) =>
+  runApp(t, { routes: [{ path: '/orders/**', scopes: ['orders:read'] }], clock: manualClock(T0_MS) })
 const registrySize = (lapse: Awaited<ReturnType<typeof start>>) => (lapse.running.deps.connections as ConnectionRegistry).size
 
 const CASES: Array<[string, Record<string, unknown>]> = [
@@ -30,7 +31,13 @@ t.test('a lone surrogate in a claim that becomes a header → 401 invalid_token 
   for (const [claim, claims] of CASES) {
     const token = await mint(claims)
     const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
-    assertDenied(t, lapse, res, audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'malformed', token })
+    assertDenied(t, lapse, res, audit, {
+      status: 401,
+      challenge: CHALLENGE.invalidToken,
+      error: 'invalid_token',
+      reason: 'malformed',
+      token,
+    })
     t.match(res.json().error_description, new RegExp(`claim ${claim} is not well-formed Unicode`), claim)
   }
   // A response would have been registered after one tick; nothing may be left there.
@@ -49,8 +56,11 @@ t.test('a WebSocket upgrade with such a token → 401, audited, nothing register
   const lapse = await start(t)
   const token = await mint({ sub: `ci${LONE}` })
   const before = decisions(lapse).length
-  const res = await rawHttp(lapse.url, `GET /orders/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n` +
-    `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer ${token}\r\n\r\n`)
+  const res = await rawHttp(
+    lapse.url,
+    `GET /orders/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n` +
+      `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer ${token}\r\n\r\n`,
+  )
   t.equal(res.status, 401)
   t.match(res.head, /www-authenticate: Bearer realm="lapse", error="invalid_token"/i)
   const audit = await waitFor(() => decisions(lapse)[before], 'the audit line of the upgrade')

@@ -15,8 +15,14 @@ const mint = async (over: Record<string, unknown> = {}) => (await testKeys()).mi
 /** One raw request; waits for its audit line when Lapse decided it (not for parser refusals). */
 async function raw(lapse: Lapse, target: string, headers: string[] = [], method = 'GET') {
   const before = decisions(lapse).length
-  const res = await rawHttp(lapse.url, `${method} ${target} HTTP/1.1\r\nHost: lapse.test\r\n${headers.map((h) => `${h}\r\n`).join('')}Connection: close\r\n\r\n`)
-  const decided = await waitFor(() => decisions(lapse).length > before, 'audit line', 300).then(() => decisions(lapse)[before], () => undefined)
+  const res = await rawHttp(
+    lapse.url,
+    `${method} ${target} HTTP/1.1\r\nHost: lapse.test\r\n${headers.map((h) => `${h}\r\n`).join('')}Connection: close\r\n\r\n`,
+  )
+  const decided = await waitFor(() => decisions(lapse).length > before, 'audit line', 300).then(
+    () => decisions(lapse)[before],
+    () => undefined,
+  )
   return { res, audit: decided }
 }
 
@@ -101,7 +107,11 @@ t.test('token in the query string: refused unless configured, and never forwarde
   ] as const) {
     const { res } = await raw(allowing, target)
     t.equal(res.status, 200, `${forwarded}: allowed`)
-    t.equal(allowing.upstream.requests.at(-1)?.url, forwarded, `${forwarded}: the token after or before a ";" is removed, the other separators kept`)
+    t.equal(
+      allowing.upstream.requests.at(-1)?.url,
+      forwarded,
+      `${forwarded}: the token after or before a ";" is removed, the other separators kept`,
+    )
   }
   assertNothingLeaked(t, allowing, { token })
 })
@@ -114,7 +124,11 @@ t.test('path normalization bypasses against /admin/** (protected) and /public/**
     t.equal(a.res.status, anonymous, `${attack} (${target}), no token: ${anonymous}`)
     const b = await raw(lapse, target, [`Authorization: Bearer ${notAdmin}`])
     t.equal(b.res.status, withToken, `${attack} (${target}), non-admin token: ${withToken}`)
-    if (withToken === 403) t.ok(['insufficient_scope', 'no_route'].includes(String(b.audit?.reason)), `${attack}: refused by the admin rule or for want of any rule`)
+    if (withToken === 403)
+      t.ok(
+        ['insufficient_scope', 'no_route'].includes(String(b.audit?.reason)),
+        `${attack}: refused by the admin rule or for want of any rule`,
+      )
     t.equal(lapse.upstream.calls, 0, `${attack}: upstream received nothing`)
   }
   assertNothingLeaked(t, lapse, { notAdmin })
@@ -221,7 +235,11 @@ t.test('malformed request lines are refused by the parser before any decision', 
     t.ok(res.status === 400 || (res.status === 0 && res.closedByServer), `${attack}: 400 or closed`, { status: res.status })
   }
   // Raw non-ASCII bytes reach Lapse (llhttp lets them through) and are refused there.
-  const nonAscii = await rawHttp(lapse.url, [Buffer.from('GET /public/'), Buffer.from([0xc0, 0xae, 0xc0, 0xae]), Buffer.from('/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')])
+  const nonAscii = await rawHttp(lapse.url, [
+    Buffer.from('GET /public/'),
+    Buffer.from([0xc0, 0xae, 0xc0, 0xae]),
+    Buffer.from('/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'),
+  ])
   t.equal(nonAscii.status, 400, 'raw overlong UTF-8 bytes in the path: 400')
   t.equal(lapse.upstream.calls, 0, 'upstream received nothing')
 })
@@ -244,7 +262,11 @@ t.test('CONNECT → 400 invalid_request (the usual body and challenge), a deny a
       `GET /admin/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n\r\n`,
     ])
     t.equal(res.status, 400, `${form}: 400`)
-    t.match(res.head, /\r\nwww-authenticate: Bearer realm="lapse", error="invalid_request", error_description="[^"]+"/i, `${form}: invalid_request challenge`)
+    t.match(
+      res.head,
+      /\r\nwww-authenticate: Bearer realm="lapse", error="invalid_request", error_description="[^"]+"/i,
+      `${form}: invalid_request challenge`,
+    )
     const body = JSON.parse(res.body) as Record<string, unknown>
     t.equal(body.error, 'invalid_request', `${form}: body error`)
     t.type(body.error_description, 'string', `${form}: body error_description`)
@@ -264,12 +286,45 @@ t.test('identity header spoofing: only Lapse speaks for the caller', async (t) =
     ['X-Auth-Subject', [['X-Auth-Subject', 'admin']]],
     ['lower case', [['x-auth-subject', 'admin']]],
     ['upper case', [['X-AUTH-SUBJECT', 'admin']]],
-    ['repeated', [['X-Auth-Subject', 'admin'], ['X-Auth-Subject', 'root']]],
-    ['named in Connection, to make the proxy drop the real one', [['Connection', 'X-Auth-Subject'], ['X-Auth-Subject', 'admin']]],
-    ['named in Connection with other tokens', [['Connection', 'keep-alive, x-auth-subject, X-Auth-Scopes'], ['X-Auth-Scopes', 'admin']]],
+    [
+      'repeated',
+      [
+        ['X-Auth-Subject', 'admin'],
+        ['X-Auth-Subject', 'root'],
+      ],
+    ],
+    [
+      'named in Connection, to make the proxy drop the real one',
+      [
+        ['Connection', 'X-Auth-Subject'],
+        ['X-Auth-Subject', 'admin'],
+      ],
+    ],
+    [
+      'named in Connection with other tokens',
+      [
+        ['Connection', 'keep-alive, x-auth-subject, X-Auth-Scopes'],
+        ['X-Auth-Scopes', 'admin'],
+      ],
+    ],
     ['underscore spelling read as a dash by CGI-style upstreams', [['X_Auth_Subject', 'admin']]],
-    ['mixed separators', [['X-Auth_Subject', 'admin'], ['x_auth-scopes', 'admin']]],
-    ['every identity header', [['X-Auth-Scopes', 'admin'], ['X-Auth-Client-Id', 'root-client'], ['X-Auth-Token-Id', 'forged'], ['X-Auth-Expires-At', '99999999999'], ['X-Auth-Admin', 'true']]],
+    [
+      'mixed separators',
+      [
+        ['X-Auth_Subject', 'admin'],
+        ['x_auth-scopes', 'admin'],
+      ],
+    ],
+    [
+      'every identity header',
+      [
+        ['X-Auth-Scopes', 'admin'],
+        ['X-Auth-Client-Id', 'root-client'],
+        ['X-Auth-Token-Id', 'forged'],
+        ['X-Auth-Expires-At', '99999999999'],
+        ['X-Auth-Admin', 'true'],
+      ],
+    ],
   ]
   for (const [attack, headers] of spoofs) {
     const res = await send(`${lapse.url}/orders/1`, { headers: [bearer(token), ...headers] })
@@ -280,22 +335,41 @@ t.test('identity header spoofing: only Lapse speaks for the caller', async (t) =
     t.equal(got.headers['x-auth-subject'], 'ci-deployer', `${attack}: it is the verified sub`)
     t.equal(got.headers['x-auth-scopes'], 'orders:read', `${attack}: X-Auth-Scopes is the verified scope`)
     t.notOk(names.includes('x-auth-admin'), `${attack}: no client-invented X-Auth-* header`)
-    t.notOk(got.rawHeaders.some((v, i) => i % 2 === 1 && /^(admin|root|root-client|forged|99999999999|true)$/.test(v) && /auth/i.test(got.rawHeaders[i - 1]!)), `${attack}: no spoofed value reaches the upstream`)
+    t.notOk(
+      got.rawHeaders.some(
+        (v, i) => i % 2 === 1 && /^(admin|root|root-client|forged|99999999999|true)$/.test(v) && /auth/i.test(got.rawHeaders[i - 1]!),
+      ),
+      `${attack}: no spoofed value reaches the upstream`,
+    )
   }
   // Public routes carry no identity at all, and client-sent identity headers are still removed.
-  await send(`${lapse.url}/public/x`, { headers: [['X-Auth-Subject', 'admin'], ['x_auth_scopes', 'admin']] })
+  await send(`${lapse.url}/public/x`, {
+    headers: [
+      ['X-Auth-Subject', 'admin'],
+      ['x_auth_scopes', 'admin'],
+    ],
+  })
   const pub = lapse.upstream.requests.at(-1)!
-  t.notOk(pub.rawHeaders.some((v, i) => i % 2 === 0 && /^x[-_]auth[-_]/i.test(v)), 'public route: no X-Auth-* header upstream')
+  t.notOk(
+    pub.rawHeaders.some((v, i) => i % 2 === 0 && /^x[-_]auth[-_]/i.test(v)),
+    'public route: no X-Auth-* header upstream',
+  )
   // Forwarding headers describe this hop, whatever the client claims.
   await send(`${lapse.url}/orders/1`, { headers: [bearer(token), ['X-Forwarded-Proto', 'https']] })
   t.equal(lapse.upstream.requests.at(-1)!.headers['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is set by Lapse, not the client')
   // Path overrides some frameworks honour, and forwarding headers on a request without Host
   // (HTTP/1.0), where there is no Host for Lapse to write X-Forwarded-Host from.
-  await rawHttp(lapse.url, 'GET /public/x HTTP/1.0\r\nX-Original-URL: /admin/secret\r\nX-Rewrite-URL: /admin/secret\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Host: admin.internal\r\nForwarded: for=10.0.0.1;host=admin.internal\r\nX-Real-IP: 10.0.0.1\r\n\r\n')
+  await rawHttp(
+    lapse.url,
+    'GET /public/x HTTP/1.0\r\nX-Original-URL: /admin/secret\r\nX-Rewrite-URL: /admin/secret\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Host: admin.internal\r\nForwarded: for=10.0.0.1;host=admin.internal\r\nX-Real-IP: 10.0.0.1\r\n\r\n',
+  )
   const overridden = lapse.upstream.requests.at(-1)!
   t.equal(overridden.url, '/public/x', 'HTTP/1.0 without Host: forwarded')
-  t.notOk(overridden.rawHeaders.some((v, i) => i % 2 === 1 && /admin|10\.0\.0\.1/.test(v)), 'no path override, forwarded host or client address from the client reaches the upstream')
-  t.equal(overridden.headers.forwarded, undefined, 'the client\'s Forwarded is removed')
+  t.notOk(
+    overridden.rawHeaders.some((v, i) => i % 2 === 1 && /admin|10\.0\.0\.1/.test(v)),
+    'no path override, forwarded host or client address from the client reaches the upstream',
+  )
+  t.equal(overridden.headers.forwarded, undefined, "the client's Forwarded is removed")
   t.equal(overridden.headers['x-real-ip'], undefined, 'and its X-Real-IP')
   assertNothingLeaked(t, lapse, { token })
 })
@@ -308,9 +382,17 @@ t.test('WebSocket upgrades face the same checks: refused upgrades never reach th
     ['upgrade without a token', '/orders/ws', [], 401],
     ['upgrade through /public/../admin', '/public/../admin/ws', [`Authorization: Bearer ${notAdmin}`], 403],
     ['upgrade with an encoded slash', '/public/..%2fadmin/ws', [], 400],
-    ['upgrade with two Authorization headers', '/orders/ws', [`Authorization: Bearer ${notAdmin}`, `Authorization: Bearer ${notAdmin}`], 400],
+    [
+      'upgrade with two Authorization headers',
+      '/orders/ws',
+      [`Authorization: Bearer ${notAdmin}`, `Authorization: Bearer ${notAdmin}`],
+      400,
+    ],
   ] as const) {
-    const res = await rawHttp(lapse.url, `GET ${target} HTTP/1.1\r\nHost: lapse.test\r\n${[...upgrade, ...headers].map((h) => `${h}\r\n`).join('')}\r\n`)
+    const res = await rawHttp(
+      lapse.url,
+      `GET ${target} HTTP/1.1\r\nHost: lapse.test\r\n${[...upgrade, ...headers].map((h) => `${h}\r\n`).join('')}\r\n`,
+    )
     t.equal(res.status, status, `${attack}: ${status}`)
   }
   t.equal(lapse.upstream.calls, 0, 'upstream received no upgrade')

@@ -13,7 +13,13 @@ const token = async () => (await testKeys()).mint(defaultClaims(T0_S), { nowS: T
 const padding = (n: number) => Array.from({ length: n }, (_, i) => `X-Pad-${i}: a\r\n`).join('')
 
 /** The refusal's answer, its audit line and the untouched upstream, checked together. */
-async function expectRefused(t: Test, lapse: Lapse, res: RawResponse, want: { status: number; error: string; description?: string; reason: string }, what: string) {
+async function expectRefused(
+  t: Test,
+  lapse: Lapse,
+  res: RawResponse,
+  want: { status: number; error: string; description?: string; reason: string },
+  what: string,
+) {
   t.equal(res.status, want.status, `${what}: ${want.status}`)
   const body = JSON.parse(res.body) as { error: string; error_description: string }
   t.equal(body.error, want.error, `${what}: error ${want.error}`)
@@ -27,35 +33,104 @@ async function expectRefused(t: Test, lapse: Lapse, res: RawResponse, want: { st
 
 t.test('more than one Host field → 400 invalid_request, nothing forwarded (RFC 9112 §3.2)', async (t) => {
   const lapse = await startGuarded(t)
-  for (const [what, hosts] of [['two different', 'Host: good.test\r\nHost: evil.test\r\n'], ['the same twice', 'Host: good.test\r\nhost: good.test\r\n'], ['one empty', 'Host: good.test\r\nHost:\r\n']] as const) {
+  for (const [what, hosts] of [
+    ['two different', 'Host: good.test\r\nHost: evil.test\r\n'],
+    ['the same twice', 'Host: good.test\r\nhost: good.test\r\n'],
+    ['one empty', 'Host: good.test\r\nHost:\r\n'],
+  ] as const) {
     const res = await rawHttp(lapse.url, `GET /public/x HTTP/1.1\r\n${hosts}\r\n`)
-    await expectRefused(t, lapse, res, { status: 400, error: 'invalid_request', description: 'more than one Host', reason: 'invalid_request' }, what)
+    await expectRefused(
+      t,
+      lapse,
+      res,
+      { status: 400, error: 'invalid_request', description: 'more than one Host', reason: 'invalid_request' },
+      what,
+    )
   }
   const up = await rawHttp(lapse.url, `GET /public/ws HTTP/1.1\r\nHost: good.test\r\nHost: evil.test\r\n${WS}\r\n`)
   await expectRefused(t, lapse, up, { status: 400, error: 'invalid_request', reason: 'invalid_request' }, 'a WebSocket upgrade')
-  const h2c = await rawHttp(lapse.url, `GET /public/x HTTP/1.1\r\nHost: good.test\r\nHost: evil.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n`)
-  await expectRefused(t, lapse, h2c, { status: 400, error: 'invalid_request', reason: 'invalid_request' }, 'an upgrade served without upgrading')
+  const h2c = await rawHttp(
+    lapse.url,
+    `GET /public/x HTTP/1.1\r\nHost: good.test\r\nHost: evil.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n`,
+  )
+  await expectRefused(
+    t,
+    lapse,
+    h2c,
+    { status: 400, error: 'invalid_request', reason: 'invalid_request' },
+    'an upgrade served without upgrading',
+  )
 })
 
 t.test('a Host that is not a plain authority → 400 invalid Host, nothing forwarded', async (t) => {
   const lapse = await startGuarded(t)
   const bad = [
-    '127.0.0.1/admin/secret?', 'evil@host', 'user:pass@host', 'a b', 'host:99999', 'host:', 'host:80:80', 'host:8o', '[::1', '[zz::1]', '[::1]x',
-    '::1', '[v1.x]', '[fe80::1%25eth0]', 'ex%41mple.com', 'a,b', 'a;b', "a'b", 'a..b', '.a', 'a_b', 'a~b', 'h\u00e9st', 'host#frag', 'host?q', 'host\\x',
+    '127.0.0.1/admin/secret?',
+    'evil@host',
+    'user:pass@host',
+    'a b',
+    'host:99999',
+    'host:',
+    'host:80:80',
+    'host:8o',
+    '[::1',
+    '[zz::1]',
+    '[::1]x',
+    '::1',
+    '[v1.x]',
+    '[fe80::1%25eth0]',
+    'ex%41mple.com',
+    'a,b',
+    'a;b',
+    "a'b",
+    'a..b',
+    '.a',
+    'a_b',
+    'a~b',
+    'h\u00e9st',
+    'host#frag',
+    'host?q',
+    'host\\x',
   ]
   for (const host of bad) {
     const res = await rawHttp(lapse.url, [Buffer.from(`GET /public/x HTTP/1.1\r\nHost: ${host}\r\n\r\n`, 'latin1')])
-    await expectRefused(t, lapse, res, { status: 400, error: 'invalid_request', description: 'invalid Host', reason: 'invalid_request' }, `Host: ${host}`)
+    await expectRefused(
+      t,
+      lapse,
+      res,
+      { status: 400, error: 'invalid_request', description: 'invalid Host', reason: 'invalid_request' },
+      `Host: ${host}`,
+    )
   }
   const up = await rawHttp(lapse.url, `GET /public/ws HTTP/1.1\r\nHost: 127.0.0.1/admin/secret?\r\n${WS}\r\n`)
-  await expectRefused(t, lapse, up, { status: 400, error: 'invalid_request', description: 'invalid Host', reason: 'invalid_request' }, 'a WebSocket upgrade')
+  await expectRefused(
+    t,
+    lapse,
+    up,
+    { status: 400, error: 'invalid_request', description: 'invalid Host', reason: 'invalid_request' },
+    'a WebSocket upgrade',
+  )
 })
 
 t.test('valid Hosts are forwarded as sent, and X-Forwarded-Host is that value', async (t) => {
   const lapse = await startGuarded(t)
-  const good = ['lapse.test', 'LAPSE.Test.', 'lapse.test:8080', '127.0.0.1', '127.0.0.1:1', '[::1]', '[2001:db8::1]:65535', '[::ffff:127.0.0.1]', 'a-b.c-d', '']
+  const good = [
+    'lapse.test',
+    'LAPSE.Test.',
+    'lapse.test:8080',
+    '127.0.0.1',
+    '127.0.0.1:1',
+    '[::1]',
+    '[2001:db8::1]:65535',
+    '[::ffff:127.0.0.1]',
+    'a-b.c-d',
+    '',
+  ]
   for (const host of good) {
-    const res = await rawHttp(lapse.url, `GET /public/x HTTP/1.1\r\nHost: ${host}\r\nX-Forwarded-Host: evil.test\r\nConnection: close\r\n\r\n`)
+    const res = await rawHttp(
+      lapse.url,
+      `GET /public/x HTTP/1.1\r\nHost: ${host}\r\nX-Forwarded-Host: evil.test\r\nConnection: close\r\n\r\n`,
+    )
     t.equal(res.status, 200, `Host: ${host}: forwarded`)
     const got = lapse.upstream.requests.at(-1)!
     t.equal(got.headers.host, host, `Host: ${host}: as sent`)
@@ -105,11 +180,17 @@ t.test('more header fields than LAPSE_MAX_HEADER_FIELDS → 431 before any decis
   const tooMany = { status: 431, error: 'invalid_request', description: 'too many header fields', reason: 'too_many_header_fields' }
 
   // Past Node's 1,000, Transfer-Encoding was left out of req.headers but framed the body.
-  const te = await rawHttp(lapse.url, `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\n${padding(1100)}Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`)
+  const te = await rawHttp(
+    lapse.url,
+    `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\n${padding(1100)}Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`,
+  )
   await expectRefused(t, lapse, te, tooMany, '1,100 fields then Transfer-Encoding: gzip, chunked')
   const cl = await rawHttp(lapse.url, `POST /public/upload HTTP/1.1\r\nHost: lapse.test\r\n${padding(1017)}Content-Length: 5\r\n\r\nhello`)
   await expectRefused(t, lapse, cl, tooMany, '1,019 fields ending with Content-Length')
-  const late = await rawHttp(lapse.url, `GET /orders/1 HTTP/1.1\r\nHost: lapse.test\r\n${padding(1000)}Authorization: Bearer ${jwt}\r\n\r\n`)
+  const late = await rawHttp(
+    lapse.url,
+    `GET /orders/1 HTTP/1.1\r\nHost: lapse.test\r\n${padding(1000)}Authorization: Bearer ${jwt}\r\n\r\n`,
+  )
   await expectRefused(t, lapse, late, tooMany, 'a token after 1,000 fields')
   const over = await rawHttp(lapse.url, `GET /public/x HTTP/1.1\r\nHost: lapse.test\r\n${padding(100)}\r\n`)
   await expectRefused(t, lapse, over, tooMany, '101 fields')
@@ -118,7 +199,10 @@ t.test('more header fields than LAPSE_MAX_HEADER_FIELDS → 431 before any decis
   t.same(bodies, [], 'no body reached the upstream')
 
   // Exactly at the limit: Host, Authorization, Content-Length, Connection and 96 more.
-  const at = await rawHttp(lapse.url, `POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nAuthorization: Bearer ${jwt}\r\nContent-Length: 5\r\nConnection: close\r\n${padding(96)}\r\nhello`)
+  const at = await rawHttp(
+    lapse.url,
+    `POST /orders/1 HTTP/1.1\r\nHost: lapse.test\r\nAuthorization: Bearer ${jwt}\r\nContent-Length: 5\r\nConnection: close\r\n${padding(96)}\r\nhello`,
+  )
   t.equal(at.status, 200, '100 fields: decided and forwarded')
   t.same(bodies, ['hello'], 'with its body')
   t.equal(upstream.requests.at(-1)?.headers['x-auth-subject'], 'ci-deployer', 'on the token it carried')

@@ -24,10 +24,20 @@ const heapMiB = () => {
 async function verifierOverTestKeys(cacheSize: number) {
   const keys = await testKeys()
   const clock = manualClock(T0_MS)
-  const resolver = createKeyResolver({ jwksFile: keys.jwksPath, refreshS: 300, cooldownS: 30, timeoutMs: 1000, algorithms: ['RS256', 'PS256', 'ES256', 'EdDSA'] }, { clock })
+  const resolver = createKeyResolver(
+    { jwksFile: keys.jwksPath, refreshS: 300, cooldownS: 30, timeoutMs: 1000, algorithms: ['RS256', 'PS256', 'ES256', 'EdDSA'] },
+    { clock },
+  )
   await resolver.start()
   const verify = createVerifier({
-    policy: { issuers: new Set([ISSUER]), audiences: new Set([AUDIENCE]), clockSkewS: 30, maxLifetimeS: 3600, requiredClaims: ['iss', 'aud', 'exp', 'iat', 'jti', 'sub'], tokenTypes: undefined },
+    policy: {
+      issuers: new Set([ISSUER]),
+      audiences: new Set([AUDIENCE]),
+      clockSkewS: 30,
+      maxLifetimeS: 3600,
+      requiredClaims: ['iss', 'aud', 'exp', 'iat', 'jti', 'sub'],
+      tokenTypes: undefined,
+    },
     algorithms: ['RS256', 'PS256', 'ES256', 'EdDSA'],
     keys: resolver,
     clock,
@@ -125,7 +135,13 @@ t.test('a flood of unknown kids triggers at most one JWKS refetch per cooldown',
   const real = await keys.mint({}, { nowS: T0_S })
   const [h, , s] = real.split('.') as [string, string, string]
   for (let i = 0; i < 300; i += 50) {
-    await Promise.all(Array.from({ length: 50 }, (_, j) => send(`${lapse.url}/orders/1`, { headers: [bearer(`${h}.${b64url(JSON.stringify({ ...defaultClaims(T0_S), jti: `x-${i + j}` }))}.${s}`)] })))
+    await Promise.all(
+      Array.from({ length: 50 }, (_, j) =>
+        send(`${lapse.url}/orders/1`, {
+          headers: [bearer(`${h}.${b64url(JSON.stringify({ ...defaultClaims(T0_S), jti: `x-${i + j}` }))}.${s}`)],
+        }),
+      ),
+    )
   }
   t.equal(jwks.hits, 2, 'bad signatures under a known kid: no refetch')
   t.equal(lapse.running.deps.verify.cacheSize(), 0, 'and nothing cached')

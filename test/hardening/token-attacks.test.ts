@@ -24,10 +24,19 @@ async function refused(t: Test, lapse: Lapse, attack: string, token: string, rea
   const want = typeof reasons === 'string' ? [reasons] : reasons
   const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
   t.equal(res.status, status, `${attack}: ${status}`)
-  if (status === 401) t.match(res.headers['www-authenticate'], /^Bearer realm="lapse", error="invalid_token", error_description="[^"]+"$/, `${attack}: invalid_token challenge`)
+  if (status === 401)
+    t.match(
+      res.headers['www-authenticate'],
+      /^Bearer realm="lapse", error="invalid_token", error_description="[^"]+"$/,
+      `${attack}: invalid_token challenge`,
+    )
   t.ok(want.includes(String(audit.reason)), `${attack}: reason ${want.join(' or ')}`, { got: audit.reason })
   t.equal(lapse.upstream.calls, 0, `${attack}: upstream received nothing`)
-  assertNoSecrets(t, [{ where: 'the answer', text: `${JSON.stringify(res.headers)}\n${res.body}` }, ...lapse.rawLines], [{ name: `the ${attack} token`, value: token }])
+  assertNoSecrets(
+    t,
+    [{ where: 'the answer', text: `${JSON.stringify(res.headers)}\n${res.body}` }, ...lapse.rawLines],
+    [{ name: `the ${attack} token`, value: token }],
+  )
 }
 
 t.test('alg "none" in every letter case is never verified', async (t) => {
@@ -64,7 +73,13 @@ t.test('algorithm confusion: HS256 signed with the public key as the secret', as
         const input = `${b64url(JSON.stringify({ alg: 'HS256', kid: pair.kid }))}.${b64url(claimsText())}`
         const token = `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`
         // Default: HS256 is not allowed at all. With HS256 allowed: an RSA/EC key never serves HMAC.
-        await refused(t, lapse, `HS256 keyed with the ${alg} key's ${what} (${where})`, token, allowHmac ? 'unknown_key' : 'alg_not_allowed')
+        await refused(
+          t,
+          lapse,
+          `HS256 keyed with the ${alg} key's ${what} (${where})`,
+          token,
+          allowHmac ? 'unknown_key' : 'alg_not_allowed',
+        )
       }
     }
   }
@@ -81,7 +96,9 @@ t.test('keys named by the token itself (jwk, jku, x5u, x5c) are never fetched or
   await new Promise<void>((r) => evil.listen(0, '127.0.0.1', r))
   t.teardown(() => new Promise<void>((r) => evil.close(() => r())))
   const evilUrl = `http://127.0.0.1:${(evil.address() as { port: number }).port}/jwks.json`
-  const spki = createPublicKey({ key: attacker.publicJwk as import('node:crypto').JsonWebKey, format: 'jwk' }).export({ type: 'spki', format: 'der' }).toString('base64')
+  const spki = createPublicKey({ key: attacker.publicJwk as import('node:crypto').JsonWebKey, format: 'jwk' })
+    .export({ type: 'spki', format: 'der' })
+    .toString('base64')
   const lapse = await start(t)
   const legit = keys.pairs.ES256.kid
   const cases: Array<[string, Record<string, unknown>, string | readonly string[]]> = [
@@ -113,29 +130,77 @@ t.test('hostile kid values: path traversal, SQL, very long', async (t) => {
     'very long (5000 characters)': 'k'.repeat(5000),
   }
   for (const [attack, kid] of Object.entries(kids)) {
-    await refused(t, lapse, `kid: ${attack}, attacker's key`, await signRaw(attacker, JSON.stringify({ alg: 'ES256', kid }), claimsText()), 'unknown_key')
+    await refused(
+      t,
+      lapse,
+      `kid: ${attack}, attacker's key`,
+      await signRaw(attacker, JSON.stringify({ alg: 'ES256', kid }), claimsText()),
+      'unknown_key',
+    )
     // The legitimate key behind a hostile kid: the kid names no key, so nothing verifies it.
-    await refused(t, lapse, `kid: ${attack}, legitimate key`, await signRaw(keys.pairs.ES256, JSON.stringify({ alg: 'ES256', kid }), claimsText()), 'unknown_key')
+    await refused(
+      t,
+      lapse,
+      `kid: ${attack}, legitimate key`,
+      await signRaw(keys.pairs.ES256, JSON.stringify({ alg: 'ES256', kid }), claimsText()),
+      'unknown_key',
+    )
   }
   // Past LAPSE_MAX_TOKEN_BYTES the token is refused before it is even decoded.
-  await refused(t, lapse, 'kid: 7000 characters (token over 8 KiB)', await signRaw(attacker, JSON.stringify({ alg: 'ES256', kid: 'k'.repeat(7000) }), claimsText()), 'malformed')
+  await refused(
+    t,
+    lapse,
+    'kid: 7000 characters (token over 8 KiB)',
+    await signRaw(attacker, JSON.stringify({ alg: 'ES256', kid: 'k'.repeat(7000) }), claimsText()),
+    'malformed',
+  )
   // Not a string at all: NoSQL-style operators.
-  await refused(t, lapse, 'kid: an object', await signRaw(keys.pairs.ES256, JSON.stringify({ alg: 'ES256', kid: { $ne: '' } }), claimsText()), 'malformed')
+  await refused(
+    t,
+    lapse,
+    'kid: an object',
+    await signRaw(keys.pairs.ES256, JSON.stringify({ alg: 'ES256', kid: { $ne: '' } }), claimsText()),
+    'malformed',
+  )
 
   // The classic /dev/null attack needs HMAC: with HS256 allowed and no secret configured, an
   // empty-key HMAC finds no key to verify with.
   const hmac = await start(t, { LAPSE_ALGORITHMS: 'ES256,HS256' })
   const input = `${b64url(JSON.stringify({ alg: 'HS256', kid: '../../../../../../dev/null' }))}.${b64url(claimsText())}`
-  await refused(t, hmac, 'kid /dev/null with an empty HMAC secret', `${input}.${createHmac('sha256', '').update(input).digest('base64url')}`, 'unknown_key')
+  await refused(
+    t,
+    hmac,
+    'kid /dev/null with an empty HMAC secret',
+    `${input}.${createHmac('sha256', '').update(input).digest('base64url')}`,
+    'unknown_key',
+  )
 })
 
 t.test('header parameters a verifier must not ignore: crit, b64', async (t) => {
   const keys = await testKeys()
   const pair = keys.pairs.ES256
   const lapse = await start(t)
-  await refused(t, lapse, 'unknown crit extension', await signRaw(pair, headerOf(pair, { crit: ['http://evil.example/skip-exp'], 'http://evil.example/skip-exp': true }), claimsText()), 'malformed')
-  await refused(t, lapse, 'crit naming a registered claim', await signRaw(pair, headerOf(pair, { crit: ['exp'], exp: 1 }), claimsText()), 'malformed')
-  await refused(t, lapse, 'b64: false (unencoded payload, RFC 7797)', await signRaw(pair, headerOf(pair, { b64: false, crit: ['b64'] }), claimsText()), 'malformed')
+  await refused(
+    t,
+    lapse,
+    'unknown crit extension',
+    await signRaw(pair, headerOf(pair, { crit: ['http://evil.example/skip-exp'], 'http://evil.example/skip-exp': true }), claimsText()),
+    'malformed',
+  )
+  await refused(
+    t,
+    lapse,
+    'crit naming a registered claim',
+    await signRaw(pair, headerOf(pair, { crit: ['exp'], exp: 1 }), claimsText()),
+    'malformed',
+  )
+  await refused(
+    t,
+    lapse,
+    'b64: false (unencoded payload, RFC 7797)',
+    await signRaw(pair, headerOf(pair, { b64: false, crit: ['b64'] }), claimsText()),
+    'malformed',
+  )
   await refused(t, lapse, 'b64: false without crit', await signRaw(pair, headerOf(pair, { b64: false }), claimsText()), 'malformed')
 })
 
@@ -148,7 +213,11 @@ t.test('signature tampering: zeros (CVE-2022-21449), trailing garbage, swaps, st
   const [h2, p2, s2] = other.split('.') as [string, string, string]
   const cases: Array<[string, string, string | readonly string[]]> = [
     ['ECDSA signature of 64 zero bytes (r = s = 0, CVE-2022-21449)', `${h}.${p}.${b64url(new Uint8Array(64))}`, 'bad_signature'],
-    ['ECDSA signature r = s = n (the curve order)', `${h}.${p}.${b64url(Buffer.from('ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551'.repeat(2), 'hex'))}`, 'bad_signature'],
+    [
+      'ECDSA signature r = s = n (the curve order)',
+      `${h}.${p}.${b64url(Buffer.from('ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551'.repeat(2), 'hex'))}`,
+      'bad_signature',
+    ],
     ['trailing garbage after the signature', `${good}AAAA`, 'bad_signature'],
     ['trailing padding after the signature', `${good}==`, 'malformed'],
     ['a fourth segment', `${good}.AAAA`, 'malformed'],
@@ -172,10 +241,18 @@ t.test('other token shapes: JWE, nested JWT, non-JSON and duplicate-key payloads
   const keys = await testKeys()
   const pair = keys.pairs.ES256
   const lapse = await start(t)
-  const jwe = await new CompactEncrypt(Buffer.from(claimsText())).setProtectedHeader({ alg: 'dir', enc: 'A256GCM' }).encrypt(await generateSecret('A256GCM'))
+  const jwe = await new CompactEncrypt(Buffer.from(claimsText()))
+    .setProtectedHeader({ alg: 'dir', enc: 'A256GCM' })
+    .encrypt(await generateSecret('A256GCM'))
   await refused(t, lapse, 'JWE (five parts) where a JWS is expected', jwe, 'malformed')
   const inner = await keys.mint({}, { nowS: T0_S })
-  await refused(t, lapse, 'nested JWT (cty: JWT, payload is a compact token)', await signRaw(pair, headerOf(pair, { cty: 'JWT' }), inner), 'malformed')
+  await refused(
+    t,
+    lapse,
+    'nested JWT (cty: JWT, payload is a compact token)',
+    await signRaw(pair, headerOf(pair, { cty: 'JWT' }), inner),
+    'malformed',
+  )
   await refused(t, lapse, 'nested JWT in a JSON string payload', await signRaw(pair, headerOf(pair), JSON.stringify(inner)), 'malformed')
   const shapes: Array<[string, string | Uint8Array]> = [
     ['payload is not JSON', 'sub=admin'],
@@ -245,7 +322,11 @@ t.test('tokens several hundred kilobytes long', async (t) => {
   const lapse = await start(t)
   const huge = await keys.mint({ pad: 'x'.repeat(300_000) }, { nowS: T0_S })
   // Over LAPSE_MAX_HEADER_BYTES (16 KiB): Node's parser answers 431 before Lapse sees a request.
-  const res = await rawHttp(lapse.url, [`GET /orders/1 HTTP/1.1\r\nHost: lapse\r\nAuthorization: Bearer `, ...chunksOf(huge, 16_384), '\r\n\r\n'])
+  const res = await rawHttp(lapse.url, [
+    `GET /orders/1 HTTP/1.1\r\nHost: lapse\r\nAuthorization: Bearer `,
+    ...chunksOf(huge, 16_384),
+    '\r\n\r\n',
+  ])
   t.equal(res.status, 431, '300 KB token in the header: 431')
   t.equal(lapse.upstream.calls, 0, 'upstream received nothing')
 

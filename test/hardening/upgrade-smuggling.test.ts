@@ -54,10 +54,22 @@ t.test('the two-connection sequence of the issue: connection 1 gets 400, /admin/
   t.equal(second.status, 426, 'connection 2 gets the upstream answer to its own upgrade')
   t.notMatch(second.body, /SECRET/, 'the client never reads the admin answer')
 
-  t.notOk(up.requests.some((r) => r.path === '/admin/secret'), 'the upstream never saw GET /admin/secret')
-  t.notOk(up.requests.some((r) => r.path === '/public/nows'), 'nor the refused upgrade')
-  t.same(up.requests.map((r) => r.path), ['/public/ws2'])
-  const audit = await waitFor(() => decisions(lapse).find((l) => l.path === '/public/nows' || l.reason === 'invalid_request'), 'the audit line of the refusal')
+  t.notOk(
+    up.requests.some((r) => r.path === '/admin/secret'),
+    'the upstream never saw GET /admin/secret',
+  )
+  t.notOk(
+    up.requests.some((r) => r.path === '/public/nows'),
+    'nor the refused upgrade',
+  )
+  t.same(
+    up.requests.map((r) => r.path),
+    ['/public/ws2'],
+  )
+  const audit = await waitFor(
+    () => decisions(lapse).find((l) => l.path === '/public/nows' || l.reason === 'invalid_request'),
+    'the audit line of the refusal',
+  )
   t.match(audit, { decision: 'deny', reason: 'invalid_request', status: 400 })
 })
 
@@ -72,7 +84,11 @@ t.test('the same with Transfer-Encoding: chunked, with or without a body: 400, t
   await sleep(50)
   const second = await rawHttp(lapse.url, SMUGGLER)
   t.notMatch(second.body, /SECRET/)
-  t.same(up.requests.map((r) => r.path), ['/public/ws2'], 'only the innocent upgrade reached the upstream')
+  t.same(
+    up.requests.map((r) => r.path),
+    ['/public/ws2'],
+    'only the innocent upgrade reached the upstream',
+  )
   t.equal(decisions(lapse).filter((l) => l.reason === 'invalid_request').length, 3, 'each refusal audited')
 })
 
@@ -81,7 +97,10 @@ t.test('Content-Length: 0 is no body: the upgrade is forwarded', async (t) => {
   const lapse = await startGuarded(t, { LAPSE_UPSTREAM: up.url })
   const res = await rawHttp(lapse.url, upgradeHead('/public/nows', 'Content-Length: 0\r\n'))
   t.equal(res.status, 426)
-  t.same(up.requests.map((r) => r.path), ['/public/nows'])
+  t.same(
+    up.requests.map((r) => r.path),
+    ['/public/nows'],
+  )
 })
 
 t.test('an upstream connection that carried an upgrade answered with 426 is closed, never reused', async (t) => {
@@ -93,14 +112,18 @@ t.test('an upstream connection that carried an upgrade answered with 426 is clos
     await sleep(20)
   }
   t.equal(up.connections.length, 3, 'each upgrade on its own upstream connection')
-  t.same(up.connections.map((c) => c.requests.length), [1, 1, 1])
+  t.same(
+    up.connections.map((c) => c.requests.length),
+    [1, 1, 1],
+  )
   await waitFor(() => up.connections.every((c) => c.closed), 'Lapse to close every upstream connection')
   t.pass('every upstream connection closed by Lapse')
 })
 
 // --- against a real nginx ------------------------------------------------------------------------
 
-const NGINX = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'].find((p) => existsSync(p)) ??
+const NGINX =
+  ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'].find((p) => existsSync(p)) ??
   (spawnSync('sh', ['-c', 'command -v nginx']).stdout.toString().trim() || undefined)
 
 const freePort = () =>
@@ -124,7 +147,9 @@ async function startNginx(t: Test, bin: string) {
   const port = await freePort()
   const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((k) => `${k}_temp_path ${join(dir, k)};`).join(' ')
   const conf = join(dir, 'nginx.conf')
-  writeFileSync(conf, `master_process off;
+  writeFileSync(
+    conf,
+    `master_process off;
 events { worker_connections 64; }
 http {
   log_format conn '$connection $request $status';
@@ -136,8 +161,11 @@ http {
     location = /admin/secret { return 200 'SECRET'; }
   }
 }
-`)
-  const child = spawn(bin, ['-p', dir, '-c', conf, '-g', `daemon off; pid ${join(dir, 'nginx.pid')}; error_log stderr;`], { stdio: ['ignore', 'ignore', 'pipe'] })
+`,
+  )
+  const child = spawn(bin, ['-p', dir, '-c', conf, '-g', `daemon off; pid ${join(dir, 'nginx.pid')}; error_log stderr;`], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
   let stderr = ''
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
   t.teardown(async () => {
@@ -150,28 +178,41 @@ http {
   })
   await waitFor(async () => child.exitCode !== null || (await accepting(port)), 'nginx to listen')
   if (child.exitCode !== null) throw new Error(`nginx did not start: ${stderr}`)
-  return { url: `http://127.0.0.1:${port}`, accessLog: () => (existsSync(join(dir, 'access.log')) ? readFileSync(join(dir, 'access.log'), 'utf8') : '') }
+  return {
+    url: `http://127.0.0.1:${port}`,
+    accessLog: () => (existsSync(join(dir, 'access.log')) ? readFileSync(join(dir, 'access.log'), 'utf8') : ''),
+  }
 }
 
-t.test('the two-connection sequence against a real nginx: its access log never shows /admin/secret', { skip: NGINX ? false : 'no nginx binary found (.ci/run installs Debian\'s nginx-light)' }, async (t) => {
-  const offset = await smugglingOffset(t)
-  const nginx = await startNginx(t, NGINX!)
-  const lapse = await startGuarded(t, { LAPSE_UPSTREAM: nginx.url })
+t.test(
+  'the two-connection sequence against a real nginx: its access log never shows /admin/secret',
+  { skip: NGINX ? false : "no nginx binary found (.ci/run installs Debian's nginx-light)" },
+  async (t) => {
+    const offset = await smugglingOffset(t)
+    const nginx = await startNginx(t, NGINX!)
+    const lapse = await startGuarded(t, { LAPSE_UPSTREAM: nginx.url })
 
-  // Warm the upstream connection first, as any earlier user would have.
-  const before = await rawHttp(lapse.url, upgradeHead('/public/warm'))
-  t.equal(before.status, 426, 'nginx answers the upgrade 426')
-  await sleep(50)
-  const first = await rawHttp(lapse.url, upgradeHead('/public/nows', `Content-Length: ${offset}\r\n`))
-  t.equal(first.status, 400, 'connection 1 is refused')
-  await sleep(50)
-  const second = await rawHttp(lapse.url, SMUGGLER)
-  t.notMatch(second.body, /SECRET/, 'the client never reads SECRET')
-  t.equal(second.status, 426)
+    // Warm the upstream connection first, as any earlier user would have.
+    const before = await rawHttp(lapse.url, upgradeHead('/public/warm'))
+    t.equal(before.status, 426, 'nginx answers the upgrade 426')
+    await sleep(50)
+    const first = await rawHttp(lapse.url, upgradeHead('/public/nows', `Content-Length: ${offset}\r\n`))
+    t.equal(first.status, 400, 'connection 1 is refused')
+    await sleep(50)
+    const second = await rawHttp(lapse.url, SMUGGLER)
+    t.notMatch(second.body, /SECRET/, 'the client never reads SECRET')
+    t.equal(second.status, 426)
 
-  const log = await waitFor(() => (/\/public\/ws2|\/admin\/secret/.test(nginx.accessLog()) ? nginx.accessLog() : undefined), 'nginx to log connection 2')
-  t.notMatch(log, /\/admin\/secret/, 'nginx never ran GET /admin/secret')
-  t.notMatch(log, /\/public\/nows/, 'nor saw the refused upgrade')
-  const connectionsOf = log.trim().split('\n').map((l) => l.split(' ')[0])
-  t.equal(new Set(connectionsOf).size, connectionsOf.length, 'each upgrade came on its own nginx connection')
-})
+    const log = await waitFor(
+      () => (/\/public\/ws2|\/admin\/secret/.test(nginx.accessLog()) ? nginx.accessLog() : undefined),
+      'nginx to log connection 2',
+    )
+    t.notMatch(log, /\/admin\/secret/, 'nginx never ran GET /admin/secret')
+    t.notMatch(log, /\/public\/nows/, 'nor saw the refused upgrade')
+    const connectionsOf = log
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' ')[0])
+    t.equal(new Set(connectionsOf).size, connectionsOf.length, 'each upgrade came on its own nginx connection')
+  },
+)

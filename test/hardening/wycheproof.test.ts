@@ -27,9 +27,25 @@ import { writeJwks } from '../fixtures/keys.js'
 const here = dirname(fileURLToPath(import.meta.url))
 const vectorsDir = join(here, '..', 'fixtures', 'wycheproof')
 
-interface Vector { tcId: number; comment: string; jws: string; result: 'valid' | 'invalid' | 'acceptable'; flags?: string[] }
-interface SigGroup { comment: string; private?: JWK; public?: JWK; tests: Vector[] }
-interface KeyGroup { comment: string; private: { keys: JWK[] }; public?: { keys: JWK[] }; tests: Vector[] }
+interface Vector {
+  tcId: number
+  comment: string
+  jws: string
+  result: 'valid' | 'invalid' | 'acceptable'
+  flags?: string[]
+}
+interface SigGroup {
+  comment: string
+  private?: JWK
+  public?: JWK
+  tests: Vector[]
+}
+interface KeyGroup {
+  comment: string
+  private: { keys: JWK[] }
+  public?: { keys: JWK[] }
+  tests: Vector[]
+}
 
 const sigFile = JSON.parse(readFileSync(join(vectorsDir, 'json_web_signature_test.json'), 'utf8')) as { testGroups: SigGroup[] }
 const keyFile = JSON.parse(readFileSync(join(vectorsDir, 'json_web_key_test.json'), 'utf8')) as { testGroups: KeyGroup[] }
@@ -51,13 +67,17 @@ function refusedOnPurpose(group: SigGroup, vector: Vector): { reasons: string[];
   if (group.public?.alg === 'ES521') return { reasons: ['key_set_refused', 'unknown_key'], why: 'its key declares alg "ES521"' }
   // RFC 7520 figure 20 is PS384, but the vector's key says `alg: "PS256"`: a key is only used
   // with the algorithm it declares (RFC 7517 §4.4).
-  if (group.public?.alg === 'PS256' && vector.comment === 'Figure20') return { reasons: ['alg_not_allowed', 'unknown_key'], why: 'its key is declared for PS256, the token is PS384' }
+  if (group.public?.alg === 'PS256' && vector.comment === 'Figure20')
+    return { reasons: ['alg_not_allowed', 'unknown_key'], why: 'its key is declared for PS256, the token is PS384' }
   // A "?" inside a base64url segment: a lenient decoder skips it; Lapse refuses non-base64url text.
   if (vector.comment.startsWith('InvalidCharacterInserted')) return { reasons: ['malformed'], why: 'a "?" is not base64url' }
   return undefined
 }
 
-type Outcome = { kind: 'refused'; reason: DenyReason; description: string | undefined } | { kind: 'past_signature'; detail: string } | { kind: 'key_set_refused'; detail: string }
+type Outcome =
+  | { kind: 'refused'; reason: DenyReason; description: string | undefined }
+  | { kind: 'past_signature'; detail: string }
+  | { kind: 'key_set_refused'; detail: string }
 
 const t0 = Date.parse('2030-01-01T00:00:00Z')
 
@@ -71,7 +91,14 @@ async function verifyVector(keys: readonly JWK[], jws: string, algorithms: reado
     return { kind: 'key_set_refused', detail: (err as { code?: string }).code ?? 'error' }
   }
   const verify = createVerifier({
-    policy: { issuers: new Set(['https://issuer.test']), audiences: new Set(['orders-api']), clockSkewS: 30, maxLifetimeS: 3600, requiredClaims: ['exp'], tokenTypes: undefined },
+    policy: {
+      issuers: new Set(['https://issuer.test']),
+      audiences: new Set(['orders-api']),
+      clockSkewS: 30,
+      maxLifetimeS: 3600,
+      requiredClaims: ['exp'],
+      tokenTypes: undefined,
+    },
     algorithms,
     keys: resolver,
     clock,
@@ -111,9 +138,14 @@ const contradictory = (group: SigGroup, vector: Vector) => vector.result === 'in
 
 // Test ids per outcome; a vector lands in a set only if both allowlists agree.
 const seen = {
-  contradictory: new Set<number>(), invalidRefused: new Set<number>(), invalidKeySetRefused: new Set<number>(),
-  validPassed: new Set<number>(), validRefusedOnPurpose: new Set<number>(), hostileKeySetsRefused: new Set<number>(),
-  hostileKeySets: new Set<number>(), failures: new Set<number>(),
+  contradictory: new Set<number>(),
+  invalidRefused: new Set<number>(),
+  invalidKeySetRefused: new Set<number>(),
+  validPassed: new Set<number>(),
+  validRefusedOnPurpose: new Set<number>(),
+  hostileKeySetsRefused: new Set<number>(),
+  hostileKeySets: new Set<number>(),
+  failures: new Set<number>(),
 }
 
 t.test('JSON Web Signature vectors: every invalid one refused by the verification stage', async (t) => {
@@ -139,7 +171,9 @@ t.test('JSON Web Signature vectors: every invalid one refused by the verificatio
           if (outcome.kind === 'refused' && vector.flags?.includes('WrongPrimitive')) {
             // Signed with another algorithm than the key's: refused by the allowlist, by the key's
             // own alg (no key fits), or by the signature itself.
-            t.ok(['alg_not_allowed', 'unknown_key', 'bad_signature'].includes(outcome.reason), `${name}: the wrong primitive is refused`, { reason: outcome.reason })
+            t.ok(['alg_not_allowed', 'unknown_key', 'bad_signature'].includes(outcome.reason), `${name}: the wrong primitive is refused`, {
+              reason: outcome.reason,
+            })
           }
           if (outcome.kind === 'refused' && vector.flags?.includes('AlgIsNone')) {
             t.ok(outcome.reason === 'alg_not_allowed' || outcome.reason === 'malformed', `${name}: alg none is never verified`)
@@ -194,7 +228,10 @@ t.test('JSON Web Key vectors: filterKeys drops every hostile key, whatever the t
     for (const vector of group.tests) {
       const kid = JSON.parse(Buffer.from(vector.jws.split('.')[0]!, 'base64url').toString('utf8')).kid as string
       const kept = filterKeys({ keys }, [...KNOWN_ALGORITHMS]).keys
-      t.notOk(kept.some((k) => k.kid === kid), `tc${vector.tcId} ${group.comment}/${vector.comment}: the key "${kid}" is ignored`)
+      t.notOk(
+        kept.some((k) => k.kid === kid),
+        `tc${vector.tcId} ${group.comment}/${vector.comment}: the key "${kid}" is ignored`,
+      )
     }
   }
 })

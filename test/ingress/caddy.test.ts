@@ -3,6 +3,6 @@ import t from 'tap'
 import { frontProxyCases } from './front-cases.js'
 import { CADDY, startCaddy } from './front-proxies.js'
 
-t.test('Caddy forward_auth', { skip: CADDY ? false : 'no caddy binary found (.ci/run installs Debian\'s caddy)' }, async (t) => {
+t.test('Caddy forward_auth', { skip: CADDY ? false : "no caddy binary found (.ci/run installs Debian's caddy)" }, async (t) => {
   frontProxyCases(t, { name: 'caddy', protocol: 'forward', start: startCaddy, downStatus: 502 })
 })

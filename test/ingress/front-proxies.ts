@@ -19,7 +19,11 @@ export const DECISION_TOKEN = 'test-decision-token-0123456789'
 const DEPLOY = join(import.meta.dirname, '..', '..', 'deploy')
 
 const find = (name: string, paths: readonly string[]): string | undefined =>
-  paths.find((p) => existsSync(p)) ?? (spawnSync('sh', ['-c', `command -v ${name}`]).stdout.toString().trim() || undefined)
+  paths.find((p) => existsSync(p)) ??
+  (spawnSync('sh', ['-c', `command -v ${name}`])
+    .stdout.toString()
+    .trim() ||
+    undefined)
 
 export const NGINX = find('nginx', ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'])
 export const CADDY = find('caddy', ['/usr/bin/caddy', '/usr/local/bin/caddy'])
@@ -52,7 +56,13 @@ export function startDecisionService(t: Test, env: Record<string, string | undef
   return runApp(t, {
     routes: GUARDED_ROUTES,
     clock: manualClock(T0_MS),
-    env: { LAPSE_UPSTREAM: undefined, LAPSE_LISTEN: undefined, LAPSE_DECISION_LISTEN: '127.0.0.1:0', LAPSE_DECISION_TOKEN: DECISION_TOKEN, ...env },
+    env: {
+      LAPSE_UPSTREAM: undefined,
+      LAPSE_LISTEN: undefined,
+      LAPSE_DECISION_LISTEN: '127.0.0.1:0',
+      LAPSE_DECISION_TOKEN: DECISION_TOKEN,
+      ...env,
+    },
   })
 }
 
@@ -63,7 +73,15 @@ export interface Front {
 
 const portOf = (url: string) => new URL(url).port
 
-async function run(t: Test, what: string, bin: string, args: string[], port: number, dir: string, env: NodeJS.ProcessEnv = process.env): Promise<Front> {
+async function run(
+  t: Test,
+  what: string,
+  bin: string,
+  args: string[],
+  port: number,
+  dir: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<Front> {
   const child = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'], env })
   let stderr = ''
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
@@ -93,15 +111,25 @@ export async function startNginx(t: Test, lapse: Lapse): Promise<Front> {
   for (const file of ['lapse-decision.conf', 'lapse-protect.conf']) writeFileSync(join(dir, file), render(`nginx/${file}`, values))
   writeFileSync(join(dir, 'example.conf'), render('nginx/example.conf', values))
   const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((k) => `${k}_temp_path ${join(dir, k)};`).join(' ')
-  writeFileSync(join(dir, 'nginx.conf'), `master_process off;
+  writeFileSync(
+    join(dir, 'nginx.conf'),
+    `master_process off;
 events { worker_connections 64; }
 http {
   access_log off;
   ${temp}
   include ${join(dir, 'example.conf')};
 }
-`)
-  return run(t, 'nginx', NGINX!, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', `daemon off; pid ${join(dir, 'nginx.pid')}; error_log stderr;`], port, dir)
+`,
+  )
+  return run(
+    t,
+    'nginx',
+    NGINX!,
+    ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', `daemon off; pid ${join(dir, 'nginx.pid')}; error_log stderr;`],
+    port,
+    dir,
+  )
 }
 
 /** Caddy with deploy/caddy/Caddyfile, as shipped. */

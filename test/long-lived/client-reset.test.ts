@@ -17,7 +17,10 @@ t.test('a client that resets its WebSocket upgrade before the upstream answers â
   // Answers 101 only after a while, so the reset lands while Lapse waits for it.
   upstream.server.on('upgrade', (_req, socket) => {
     socket.on('error', () => {})
-    setTimeout(() => socket.destroyed || socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'), UPSTREAM_DELAY_MS)
+    setTimeout(
+      () => socket.destroyed || socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'),
+      UPSTREAM_DELAY_MS,
+    )
   })
   t.teardown(() => upstream.close())
   const lapse = await runApp(t, { upstream, clock: manualClock(T0_MS) })
@@ -28,8 +31,10 @@ t.test('a client that resets its WebSocket upgrade before the upstream answers â
     const client = connect(Number(port), '127.0.0.1')
     client.on('error', () => {})
     await new Promise<void>((resolve) => client.once('connect', resolve))
-    client.write(`GET /orders/live HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
-      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+    client.write(
+      `GET /orders/live HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    )
     await waitFor(() => upstream.calls === i + 1, 'the upgrade to reach the upstream')
     client.resetAndDestroy()
   }

@@ -12,14 +12,22 @@ t.test('expired WebSocket → span carries lapse.connection.cut=expired; audit l
   const clock = manualClock(Date.parse('2030-01-01T00:00:00Z'))
   const mem = inMemoryTelemetry(t)
   const up = await startLongLivedUpstream(t)
-  const lapse = await runApp(t, { upstream: up.upstream, clock, telemetry: mem.telemetry, env: { LAPSE_CLOCK_SKEW: '0', LAPSE_LOG_ALLOWS: 'none' } })
+  const lapse = await runApp(t, {
+    upstream: up.upstream,
+    clock,
+    telemetry: mem.telemetry,
+    env: { LAPSE_CLOCK_SKEW: '0', LAPSE_LOG_ALLOWS: 'none' },
+  })
   const nowS = Math.floor(clock.now() / 1000)
   const client = await openClient(lapse.url, await keys.mint({ exp: nowS + 60 }, { nowS }))
   t.equal(await client.echo('hi'), 'hi')
   clock.set((nowS + 60) * 1000)
   t.match(await closedWithin(client, 1000), { code: 1008 })
 
-  const span = await waitFor(() => mem.spans().find((s) => s.name === 'lapse.authorize' && s.attributes['lapse.connection.cut']), 'the span of the cut connection')
+  const span = await waitFor(
+    () => mem.spans().find((s) => s.name === 'lapse.authorize' && s.attributes['lapse.connection.cut']),
+    'the span of the cut connection',
+  )
   t.equal(span.attributes['lapse.connection.cut'], 'expired')
   t.equal(span.attributes['lapse.connection.kind'], 'websocket')
   t.type(span.attributes['lapse.connection.lived_ms'], 'number')

@@ -15,7 +15,17 @@ const silent = pino({ level: 'silent' })
 
 function identity(claims: Record<string, unknown>): Identity {
   const c = { iss: ISS, sub: 'ci', jti: `j-${Math.random()}`, iat: T0_S, exp: T0_S + 300, ...claims }
-  return { iss: c.iss, sub: c.sub as string, clientId: undefined, jti: c.jti as string, iatS: c.iat as number | undefined, expS: c.exp as number, scopes: new Set(), claims: c, memo: {} }
+  return {
+    iss: c.iss,
+    sub: c.sub as string,
+    clientId: undefined,
+    jti: c.jti as string,
+    iatS: c.iat as number | undefined,
+    expS: c.exp as number,
+    scopes: new Set(),
+    claims: c,
+    memo: {},
+  }
 }
 
 function exchange(claims: Record<string, unknown> = {}, opts: Partial<Pick<TrackedExchange, 'kind' | 'cutAtExpiry'>> = {}) {
@@ -38,8 +48,13 @@ function setup(t: Test, opts: { skewS?: number; store?: RevocationStore; recheck
   const clock = manualClock(T0)
   const store = opts.store ?? createMemoryStore({ clock })
   const registry = createConnectionRegistry({
-    clock, revocations: store, log: silent, revocableClaims: ['jti', 'sub', 'client_id', 'sid', 'task'],
-    clockSkewS: opts.skewS ?? 0, recheckIntervalS: opts.recheckS ?? 3600, tickMs: TICK_MS,
+    clock,
+    revocations: store,
+    log: silent,
+    revocableClaims: ['jti', 'sub', 'client_id', 'sid', 'task'],
+    clockSkewS: opts.skewS ?? 0,
+    recheckIntervalS: opts.recheckS ?? 3600,
+    tickMs: TICK_MS,
   })
   t.teardown(() => registry.close())
   return { clock, store, registry }
@@ -70,7 +85,15 @@ t.test('expiry: cut at (exp + skew) on the clock by the timer, never before', as
 
 t.test('expiry: a deadline sooner than the sleeping timer re-arms it', async (t) => {
   const clock = manualClock(T0)
-  const registry = createConnectionRegistry({ clock, revocations: createMemoryStore({ clock }), log: silent, revocableClaims: ['jti'], clockSkewS: 0, recheckIntervalS: 3600, tickMs: 60_000 })
+  const registry = createConnectionRegistry({
+    clock,
+    revocations: createMemoryStore({ clock }),
+    log: silent,
+    revocableClaims: ['jti'],
+    clockSkewS: 0,
+    recheckIntervalS: 3600,
+    tickMs: 60_000,
+  })
   t.teardown(() => registry.close())
   registry.track(exchange({ exp: T0_S + 3600 }).ex)
   const soon = exchange({ exp: T0_S + 1 })
@@ -230,7 +253,10 @@ t.test('scale: 50,000 exchanges; an event touches only its own', async (t) => {
   for (let i = 0; i < n; i++) {
     const ex: TrackedExchange = {
       identity: identity({ sub: `user-${i % 1000}`, exp: T0_S + 60 + (i % 3600) }),
-      kind: 'websocket', cutAtExpiry: true, trace: { startedMs: T0 }, close: (c) => cuts.push(c),
+      kind: 'websocket',
+      cutAtExpiry: true,
+      trace: { startedMs: T0 },
+      close: (c) => cuts.push(c),
     }
     untracks.push(registry.track(ex))
   }
@@ -245,7 +271,9 @@ t.test('scale: 50,000 exchanges; an event touches only its own', async (t) => {
   const untrackMs = performance.now() - started
   clock.set((T0_S + 60 + 100) * 1000)
   t.ok(registry.expireDue() > 0)
-  t.comment(`track ${((trackMs * 1000) / n).toFixed(2)} µs each; event ${eventMs.toFixed(2)} ms; untrack ${((untrackMs * 2000) / n).toFixed(2)} µs each`)
+  t.comment(
+    `track ${((trackMs * 1000) / n).toFixed(2)} µs each; event ${eventMs.toFixed(2)} ms; untrack ${((untrackMs * 2000) / n).toFixed(2)} µs each`,
+  )
   // Generous: a slow CI machine is fine, a scan of all exchanges per operation is not.
   t.ok(trackMs / n < 0.1, 'track well under 100 µs')
 })

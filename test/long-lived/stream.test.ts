@@ -36,7 +36,9 @@ function openStream(url: string, token: string): Promise<Stream> {
       let chunks = 0
       res.on('data', () => chunks++)
       res.on('error', () => {})
-      const ended = new Promise<{ complete: boolean; atMs: number }>((done) => res.once('close', () => done({ complete: res.complete, atMs: Date.now() })))
+      const ended = new Promise<{ complete: boolean; atMs: number }>((done) =>
+        res.once('close', () => done({ complete: res.complete, atMs: Date.now() })),
+      )
       resolve({
         status: res.statusCode ?? 0,
         get chunks() {
@@ -64,7 +66,10 @@ async function setup(t: Test) {
   const revoke = (body: object) =>
     send(`${lapse.adminUrl}/v1/revocations`, {
       method: 'POST',
-      headers: [['authorization', `Bearer ${ADMIN_TOKEN}`], ['content-type', 'application/json']],
+      headers: [
+        ['authorization', `Bearer ${ADMIN_TOKEN}`],
+        ['content-type', 'application/json'],
+      ],
       body: JSON.stringify({ reason: 'test', ...body }),
     })
   return { clock, up, lapse, nowS, mint, revoke }
@@ -115,7 +120,9 @@ t.test('a route with cut_streams_at_expiry: false lets the stream run past exp, 
   await waitFor(() => stream.chunks > before, 'more chunks after exp')
 
   // A new request with the same token is refused, though: the stream was allowed to finish, not the grant.
-  const again = await send(`${lapse.url}/orders/download/big.iso`, { headers: [['authorization', `Bearer ${await mint({ exp, jti: 'x' })}`]] })
+  const again = await send(`${lapse.url}/orders/download/big.iso`, {
+    headers: [['authorization', `Bearer ${await mint({ exp, jti: 'x' })}`]],
+  })
   t.equal(again.status, 401)
 
   t.equal((await revoke({ claim: 'jti', value: jti })).status, 201)
@@ -136,6 +143,10 @@ t.test('streams that end before they join the registry leave no gap: every one s
   await waitFor(() => up.openStreams === open.length, 'the hung-up streams to close at the upstream')
   t.equal((await revoke({ claim: 'sub', value: 'many' })).status, 201)
   const ended = await Promise.all(open.map((s) => endedWithin(s, 500)))
-  t.same(ended.map((e) => e !== 'open' && !e.complete), open.map(() => true), 'all four remaining streams cut within 500 ms')
+  t.same(
+    ended.map((e) => e !== 'open' && !e.complete),
+    open.map(() => true),
+    'all four remaining streams cut within 500 ms',
+  )
   await waitFor(() => up.openStreams === 0, 'every stream closed at the upstream')
 })

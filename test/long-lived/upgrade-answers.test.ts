@@ -15,7 +15,10 @@ const UPGRADE = `GET /public/ws HTTP/1.1\r\nHost: lapse.test\r\nConnection: Upgr
 const switching = (fields: string): RawAnswer => ({ bytes: `HTTP/1.1 101 Switching Protocols\r\n${fields}\r\nFROM-UPSTREAM`, tunnel: true })
 
 const INVALID: Array<[string, string]> = [
-  ['a wrong Sec-WebSocket-Accept', `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${Buffer.alloc(20).toString('base64')}\r\n`],
+  [
+    'a wrong Sec-WebSocket-Accept',
+    `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${Buffer.alloc(20).toString('base64')}\r\n`,
+  ],
   ['no Sec-WebSocket-Accept', 'Upgrade: websocket\r\nConnection: Upgrade\r\n'],
   ['no Upgrade', `Connection: Upgrade\r\nSec-WebSocket-Accept: ${ACCEPT}\r\n`],
   ['Upgrade: h2c', `Upgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${ACCEPT}\r\n`],
@@ -38,12 +41,17 @@ for (const [name, fields] of INVALID) {
     t.notMatch(up.connections[0]!.text(), /FROM-CLIENT/, 'no client byte reached the upstream')
     const audit = await waitFor(() => decisions(lapse).at(-1), 'the audit line')
     t.match(audit, { decision: 'allow', status: 502, upstream_failure: 'upstream_unavailable' })
-    t.ok(lapse.lines.some((l) => l.msg === 'upstream upgrade failed' && l.err === 'ERR_UPSTREAM_BAD_HANDSHAKE'), 'a log line says the handshake answer was invalid, with its docs/errors.md code')
+    t.ok(
+      lapse.lines.some((l) => l.msg === 'upstream upgrade failed' && l.err === 'ERR_UPSTREAM_BAD_HANDSHAKE'),
+      'a log line says the handshake answer was invalid, with its docs/errors.md code',
+    )
   })
 }
 
 t.test('a valid 101 (any case, Connection listing more tokens) is tunnelled both ways', async (t) => {
-  const up = await startRawUpstream(t, () => switching(`upgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: ${ACCEPT}\r\n`))
+  const up = await startRawUpstream(t, () =>
+    switching(`upgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: ${ACCEPT}\r\n`),
+  )
   const lapse = await startGuarded(t, { LAPSE_UPSTREAM: up.url })
   const res = await rawHttp(lapse.url, [UPGRADE, 'FROM-CLIENT'], 500)
   t.equal(res.status, 101)

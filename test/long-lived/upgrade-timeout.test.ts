@@ -52,29 +52,39 @@ const upgrade = (token: string) =>
   `GET /orders/live HTTP/1.1\r\nHost: lapse.test\r\nAuthorization: Bearer ${token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
   'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'
 
-t.test('an upstream trickling its 101 head → 504 upstream_timeout at the deadline, both sides closed, audit line and span say so', async (t) => {
-  const keys = await testKeys()
-  const clock = manualClock(T0)
-  const mem = inMemoryTelemetry(t)
-  const trickler = await startTrickler(t, 100)
-  const lapse = await runApp(t, { clock, telemetry: mem.telemetry, env: { LAPSE_UPSTREAM: trickler.url, LAPSE_UPSTREAM_TIMEOUT: String(TIMEOUT_MS) } })
-  // The token is good for an hour: only the upgrade deadline can end this wait.
-  const token = await keys.mint({ exp: T0 / 1000 + 3600 }, { nowS: T0 / 1000 })
+t.test(
+  'an upstream trickling its 101 head → 504 upstream_timeout at the deadline, both sides closed, audit line and span say so',
+  async (t) => {
+    const keys = await testKeys()
+    const clock = manualClock(T0)
+    const mem = inMemoryTelemetry(t)
+    const trickler = await startTrickler(t, 100)
+    const lapse = await runApp(t, {
+      clock,
+      telemetry: mem.telemetry,
+      env: { LAPSE_UPSTREAM: trickler.url, LAPSE_UPSTREAM_TIMEOUT: String(TIMEOUT_MS) },
+    })
+    // The token is good for an hour: only the upgrade deadline can end this wait.
+    const token = await keys.mint({ exp: T0 / 1000 + 3600 }, { nowS: T0 / 1000 })
 
-  const res = await rawHttp(lapse.url, upgrade(token), TIMEOUT_MS + 3000)
-  t.equal(res.status, 504, 'the client gets 504, not the trickled 101')
-  t.ok(res.elapsedMs >= TIMEOUT_MS - 50 && res.elapsedMs < TIMEOUT_MS + LATE_MS, `answered at the deadline (${res.elapsedMs} ms, budget ${TIMEOUT_MS} ms)`)
-  t.ok(res.closedByServer, 'and the client connection is closed')
-  t.match(JSON.parse(res.body), { error: 'gateway_timeout' })
-  await waitFor(() => trickler.closed === 1 && trickler.open === 0, 'the upstream connection to be closed')
+    const res = await rawHttp(lapse.url, upgrade(token), TIMEOUT_MS + 3000)
+    t.equal(res.status, 504, 'the client gets 504, not the trickled 101')
+    t.ok(
+      res.elapsedMs >= TIMEOUT_MS - 50 && res.elapsedMs < TIMEOUT_MS + LATE_MS,
+      `answered at the deadline (${res.elapsedMs} ms, budget ${TIMEOUT_MS} ms)`,
+    )
+    t.ok(res.closedByServer, 'and the client connection is closed')
+    t.match(JSON.parse(res.body), { error: 'gateway_timeout' })
+    await waitFor(() => trickler.closed === 1 && trickler.open === 0, 'the upstream connection to be closed')
 
-  const audit = await waitFor(() => decisions(lapse).at(-1), 'the audit line')
-  t.match(audit, { decision: 'allow', reason: 'ok', status: 504, upstream_failure: 'upstream_timeout' })
-  const span = await waitFor(() => mem.spans().find((s) => s.name === 'lapse.authorize'), 'the decision span')
-  t.equal(span.attributes['http.response.status_code'], 504)
-  t.equal(span.attributes['error.type'], 'upstream_timeout')
-  t.equal(span.status.code, 2, 'span status ERROR')
-})
+    const audit = await waitFor(() => decisions(lapse).at(-1), 'the audit line')
+    t.match(audit, { decision: 'allow', reason: 'ok', status: 504, upstream_failure: 'upstream_timeout' })
+    const span = await waitFor(() => mem.spans().find((s) => s.name === 'lapse.authorize'), 'the decision span')
+    t.equal(span.attributes['http.response.status_code'], 504)
+    t.equal(span.attributes['error.type'], 'upstream_timeout')
+    t.equal(span.status.code, 2, 'span status ERROR')
+  },
+)
 
 t.test('the deadline ends with the 101: a WebSocket answered in time stays open past it', async (t) => {
   const keys = await testKeys()

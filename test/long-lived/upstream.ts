@@ -68,7 +68,9 @@ export interface Client {
 }
 
 export function openClient(url: string, token: string | undefined, path = '/orders/live'): Promise<Client> {
-  const ws = new WebSocket(`${url.replace(/^http/, 'ws')}${path}`, { headers: token === undefined ? {} : { authorization: `Bearer ${token}` } })
+  const ws = new WebSocket(`${url.replace(/^http/, 'ws')}${path}`, {
+    headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
+  })
   const closed = new Promise<{ code: number; reason: string; atMs: number }>((resolve) =>
     ws.once('close', (code, reason) => resolve({ code, reason: reason.toString('utf8'), atMs: Date.now() })),
   )

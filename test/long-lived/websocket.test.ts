@@ -70,7 +70,10 @@ t.test('revocation through the admin API closes the matching WebSocket; others k
   const sentAt = Date.now()
   const res = await send(`${lapse.adminUrl}/v1/revocations`, {
     method: 'POST',
-    headers: [['authorization', `Bearer ${ADMIN_TOKEN}`], ['content-type', 'application/json']],
+    headers: [
+      ['authorization', `Bearer ${ADMIN_TOKEN}`],
+      ['content-type', 'application/json'],
+    ],
     body: JSON.stringify({ claim: 'sub', value: 'ws-victim', reason: 'test' }),
   })
   t.equal(res.status, 201)
@@ -90,7 +93,10 @@ t.test('a revocation of tokens issued before T leaves a connection whose token c
   const client = await openClient(lapse.url, await mint({ sub: 'renewed' }))
   const res = await send(`${lapse.adminUrl}/v1/revocations`, {
     method: 'POST',
-    headers: [['authorization', `Bearer ${ADMIN_TOKEN}`], ['content-type', 'application/json']],
+    headers: [
+      ['authorization', `Bearer ${ADMIN_TOKEN}`],
+      ['content-type', 'application/json'],
+    ],
     body: JSON.stringify({ claim: 'sub', value: 'renewed', reason: 'old grant', issued_before: nowS() - 1 }),
   })
   t.equal(res.status, 201)
@@ -149,5 +155,8 @@ t.test('a WebSocket that ends on its own leaves the registry, from either side',
   for (const ws of up.wss.clients) ws.close(1001, 'going away')
   t.match(await closedWithin(byUpstream, 1000), { code: 1001, reason: 'going away' }, 'relayed as is')
   await waitFor(() => registry.size === 0, 'the upstream-closed connection to leave')
-  t.notOk(decisions(lapse).some((l) => l.cut), 'no cut in the audit lines')
+  t.notOk(
+    decisions(lapse).some((l) => l.cut),
+    'no cut in the audit lines',
+  )
 })

@@ -79,7 +79,11 @@ t.test('closeFrame: code and reason, masked or not', async (t) => {
 
 t.test('closeFrame cuts a long reason at a UTF-8 character boundary, so a strict peer accepts it', async (t) => {
   // 'é' is 2 bytes, '€' 3, '😀' 4: after the ASCII prefix, byte 123 falls inside a character.
-  for (const [name, prefix, ch, keptBytes] of [['é', 'xx', 'é', 122], ['€', 'x', '€', 121], ['😀', 'xx', '😀', 122]] as const) {
+  for (const [name, prefix, ch, keptBytes] of [
+    ['é', 'xx', 'é', 122],
+    ['€', 'x', '€', 121],
+    ['😀', 'xx', '😀', 122],
+  ] as const) {
     const reason = prefix + ch.repeat(100)
     const frame = closeFrame(1008, reason, false)
     const text = frame.subarray(4)

@@ -7,9 +7,21 @@ import { LIVE_SETTINGS, RESTART_SETTINGS } from '../../src/reload.js'
 
 t.test('each setting changes live or needs a restart, exactly one of the two', async (t) => {
   const all = SETTING_NAMES.map(envName).sort()
-  t.same([...LIVE_SETTINGS, ...RESTART_SETTINGS].filter((n) => !all.includes(n)), [], 'no unknown name')
-  t.same(all.filter((n) => !LIVE_SETTINGS.includes(n) && !RESTART_SETTINGS.includes(n)), [], 'every setting is classified')
-  t.same(LIVE_SETTINGS.filter((n) => RESTART_SETTINGS.includes(n)), [], 'none is both')
+  t.same(
+    [...LIVE_SETTINGS, ...RESTART_SETTINGS].filter((n) => !all.includes(n)),
+    [],
+    'no unknown name',
+  )
+  t.same(
+    all.filter((n) => !LIVE_SETTINGS.includes(n) && !RESTART_SETTINGS.includes(n)),
+    [],
+    'every setting is classified',
+  )
+  t.same(
+    LIVE_SETTINGS.filter((n) => RESTART_SETTINGS.includes(n)),
+    [],
+    'none is both',
+  )
 })
 
 t.test("docs/operations.md's live-reload table lists the same settings in the same columns", async (t) => {

@@ -12,7 +12,11 @@ import { freePort } from '../fixtures/redis-server.js'
 import { startUpstream } from '../fixtures/upstream.js'
 
 const bearer = (token: string): [string, string] => ['authorization', `Bearer ${token}`]
-const reloadsIn = (lapse: ChildProxy, msg = 'configuration reloaded') => lapse.output().split('\n').filter((l) => l.includes(`"msg":"${msg}`)).length
+const reloadsIn = (lapse: ChildProxy, msg = 'configuration reloaded') =>
+  lapse
+    .output()
+    .split('\n')
+    .filter((l) => l.includes(`"msg":"${msg}`)).length
 const metricsOn = { OTEL_SDK_DISABLED: 'false', OTEL_TRACES_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' }
 
 /**
@@ -53,13 +57,20 @@ t.test('a ConfigMap/Secret `..data` swap reloads routes, the key file and the ad
     'admin-token': oldToken,
   })
   t.teardown(vol.remove)
-  const settings = (path: string) => yamlOf({
-    routes: [{ path, scopes: ['orders:read'] }],
-    jwks_file: vol.path('jwks.json'),
-    admin_token_file: vol.path('admin-token'),
-  })
+  const settings = (path: string) =>
+    yamlOf({
+      routes: [{ path, scopes: ['orders:read'] }],
+      jwks_file: vol.path('jwks.json'),
+      admin_token_file: vol.path('admin-token'),
+    })
   vol.swap({ 'config.yaml': settings('/a/**'), 'jwks.json': JSON.stringify({ keys: [oldKey.publicJwk] }), 'admin-token': oldToken })
-  const lapse = await startChildProxy(t, { LAPSE_UPSTREAM: upstream.url, LAPSE_ISSUER: ISSUER, LAPSE_AUDIENCE: AUDIENCE, LAPSE_CONFIG: vol.path('config.yaml'), ...metricsOn })
+  const lapse = await startChildProxy(t, {
+    LAPSE_UPSTREAM: upstream.url,
+    LAPSE_ISSUER: ISSUER,
+    LAPSE_AUDIENCE: AUDIENCE,
+    LAPSE_CONFIG: vol.path('config.yaml'),
+    ...metricsOn,
+  })
   const nowS = Math.floor(Date.now() / 1000)
   const signedOld = await signToken(oldKey, defaultClaims(nowS))
   const signedNew = await signToken(newKey, defaultClaims(nowS))
@@ -85,7 +96,12 @@ t.test('a ConfigMap/Secret `..data` swap reloads routes, the key file and the ad
   t.equal((await adminRead(oldToken)).status, 401, 'the old admin token no longer works')
   t.not((await adminRead(newToken)).status, 401, 'the new admin token does')
 
-  const line = JSON.parse(lapse.output().split('\n').find((l) => l.includes('"msg":"configuration reloaded'))!)
+  const line = JSON.parse(
+    lapse
+      .output()
+      .split('\n')
+      .find((l) => l.includes('"msg":"configuration reloaded'))!,
+  )
   t.same([...line.changed].sort(), ['LAPSE_ADMIN_TOKEN', 'LAPSE_JWKS_FILE', 'LAPSE_ROUTES'], 'the line names what changed')
   t.equal(line.trigger, 'file')
   t.notMatch(lapse.output(), newToken, 'the new admin token is never logged')
@@ -108,15 +124,38 @@ t.test('SIGHUP: an invalid configuration changes nothing; a setting that needs a
   const port = await freePort()
   const listen = `127.0.0.1:${port}`
   writeFileSync(file, yamlOf({ listen, routes: [{ path: '/a/**', scopes: ['orders:read'] }] }))
-  const child = await startChildProxy(t, { LAPSE_LISTEN: '', LAPSE_UPSTREAM: upstream.url, LAPSE_ISSUER: ISSUER, LAPSE_AUDIENCE: AUDIENCE, LAPSE_JWKS_FILE: keys.jwksPath, LAPSE_ADMIN_TOKEN: ADMIN_TOKEN, LAPSE_CONFIG: file, ...metricsOn })
+  const child = await startChildProxy(t, {
+    LAPSE_LISTEN: '',
+    LAPSE_UPSTREAM: upstream.url,
+    LAPSE_ISSUER: ISSUER,
+    LAPSE_AUDIENCE: AUDIENCE,
+    LAPSE_JWKS_FILE: keys.jwksPath,
+    LAPSE_ADMIN_TOKEN: ADMIN_TOKEN,
+    LAPSE_CONFIG: file,
+    ...metricsOn,
+  })
   const lapse = { ...child, url: `http://${listen}` }
   const token = await keys.mint()
   t.equal((await send(`${lapse.url}/a/1`, { headers: [bearer(token)] })).status, 200)
 
   // A rule with a typo: the whole file is refused, the running rules stay.
-  writeFileSync(file, yamlOf({ listen, routes: [{ path: '/b/**', scopes: ['orders:read'] }, { path: '/c/**', metods: ['GET'] }] }))
+  writeFileSync(
+    file,
+    yamlOf({
+      listen,
+      routes: [
+        { path: '/b/**', scopes: ['orders:read'] },
+        { path: '/c/**', metods: ['GET'] },
+      ],
+    }),
+  )
   await waitFor(() => lapse.output().includes('ERR_RULES_INVALID'), 'the refused reload', 10_000)
-  const errorLine = JSON.parse(lapse.output().split('\n').find((l) => l.includes('ERR_RULES_INVALID'))!)
+  const errorLine = JSON.parse(
+    lapse
+      .output()
+      .split('\n')
+      .find((l) => l.includes('ERR_RULES_INVALID'))!,
+  )
   t.match(errorLine.msg, /^ERR_RULES_INVALID LAPSE_ROUTES: .*\(at routes\[1\]\)/, 'the line a failed start prints')
   t.equal(errorLine.level, 'error')
   t.equal((await send(`${lapse.url}/a/1`, { headers: [bearer(token)] })).status, 200, 'the last good rules still decide')
@@ -131,19 +170,36 @@ t.test('SIGHUP: an invalid configuration changes nothing; a setting that needs a
 
   // SIGHUP (the file watch has fired already for the write above, so wait for its error first).
   const otherPort = await freePort()
-  writeFileSync(file, yamlOf({ routes: [{ path: '/b/**', scopes: ['orders:read'] }], listen: `127.0.0.1:${otherPort}`, upstream_timeout: 1234, log_level: 'warn', log_allows: 'none' }))
+  writeFileSync(
+    file,
+    yamlOf({
+      routes: [{ path: '/b/**', scopes: ['orders:read'] }],
+      listen: `127.0.0.1:${otherPort}`,
+      upstream_timeout: 1234,
+      log_level: 'warn',
+      log_allows: 'none',
+    }),
+  )
   lapse.signal('SIGHUP')
   await waitFor(() => reloadsIn(lapse) >= 1, 'the reload', 10_000)
   t.equal((await send(`${lapse.url}/b/1`, { headers: [bearer(token)] })).status, 200, 'the new rules decide')
   t.equal((await send(`${lapse.url}/a/1`, { headers: [bearer(token)] })).status, 403)
-  const warned = lapse.output().split('\n').filter((l) => l.includes('takes effect only at a restart')).map((l) => JSON.parse(l).setting as string)
+  const warned = lapse
+    .output()
+    .split('\n')
+    .filter((l) => l.includes('takes effect only at a restart'))
+    .map((l) => JSON.parse(l).setting as string)
   t.ok(warned.includes('LAPSE_LISTEN'), 'LAPSE_LISTEN is named as needing a restart')
   t.ok(warned.includes('LAPSE_UPSTREAM_TIMEOUT'), 'LAPSE_UPSTREAM_TIMEOUT too')
   await t.rejects(send(`http://127.0.0.1:${otherPort}/b/1`), { code: 'ECONNREFUSED' }, 'the new listen address is not taken')
   t.match((await send(`${lapse.adminUrl}/metrics`)).body, /lapse_config_reloads_total\{result="ok"[^}]*\} [12]\n/)
 
   // Log settings change live: allows are no longer audited, operational info lines stop.
-  const allowLines = () => lapse.output().split('\n').filter((l) => l.includes('"decision":"allow"')).length
+  const allowLines = () =>
+    lapse
+      .output()
+      .split('\n')
+      .filter((l) => l.includes('"decision":"allow"')).length
   await new Promise((r) => setTimeout(r, 1500)) // pino flushes at least every second
   const allowsBefore = allowLines()
   t.ok(allowsBefore >= 2, 'allows were audited before')
@@ -154,8 +210,15 @@ t.test('SIGHUP: an invalid configuration changes nothing; a setting that needs a
   await new Promise((r) => setTimeout(r, 1200))
   t.equal(allowLines(), allowsBefore, 'LAPSE_LOG_ALLOWS=none applied: the allow is not audited')
   // SIGHUP and the file watch both reloaded: the first names the changes, the second finds none.
-  const reloadLines = lapse.output().split('\n').filter((l) => l.includes('"msg":"configuration reloaded')).map((l) => JSON.parse(l) as { changed: string[] })
-  t.ok(reloadLines.some((l) => l.changed.includes('LAPSE_LOG_LEVEL') && l.changed.includes('LAPSE_LOG_ALLOWS')), 'the reload line names the log settings, written although the level is now warn')
+  const reloadLines = lapse
+    .output()
+    .split('\n')
+    .filter((l) => l.includes('"msg":"configuration reloaded'))
+    .map((l) => JSON.parse(l) as { changed: string[] })
+  t.ok(
+    reloadLines.some((l) => l.changed.includes('LAPSE_LOG_LEVEL') && l.changed.includes('LAPSE_LOG_ALLOWS')),
+    'the reload line names the log settings, written although the level is now warn',
+  )
 })
 
 t.test('50 reloads alternating two policies under a request loop: no failed request, every answer from one policy', async (t) => {
@@ -169,9 +232,15 @@ t.test('50 reloads alternating two policies under a request loop: no failed requ
   // token of issuer A with scope b is 403 under A, 401 under B, and 200 only under a mix (A's
   // verifier, B's routes); one with scope a is 200 under A, 401 under B, 403 only under a mix.
   const issA = 'https://issuer-a.test'
-  const policy = (which: 'a' | 'b') => yamlOf({ issuer: which === 'a' ? issA : 'https://issuer-b.test', routes: [{ path: '/x/**', scopes: [which] }] })
+  const policy = (which: 'a' | 'b') =>
+    yamlOf({ issuer: which === 'a' ? issA : 'https://issuer-b.test', routes: [{ path: '/x/**', scopes: [which] }] })
   writeFileSync(file, policy('a'))
-  const lapse = await startChildProxy(t, { LAPSE_UPSTREAM: upstream.url, LAPSE_AUDIENCE: AUDIENCE, LAPSE_JWKS_FILE: keys.jwksPath, LAPSE_CONFIG: file })
+  const lapse = await startChildProxy(t, {
+    LAPSE_UPSTREAM: upstream.url,
+    LAPSE_AUDIENCE: AUDIENCE,
+    LAPSE_JWKS_FILE: keys.jwksPath,
+    LAPSE_CONFIG: file,
+  })
   const tokens = { a: await keys.mint({ iss: issA, scope: 'a' }), b: await keys.mint({ iss: issA, scope: 'b' }) }
   const allowed = { a: new Set([200, 401]), b: new Set([403, 401]) }
   const seen = { a: new Map<number, number>(), b: new Map<number, number>() }
@@ -191,7 +260,9 @@ t.test('50 reloads alternating two policies under a request loop: no failed requ
     }
   }
   const agents = Array.from({ length: 4 }, () => new Agent({ keepAlive: true, maxSockets: 2 }))
-  t.teardown(() => { for (const a of agents) a.destroy() })
+  t.teardown(() => {
+    for (const a of agents) a.destroy()
+  })
   const loops = agents.flatMap((agent, i) => [client(agent, i % 2 ? 'a' : 'b'), client(agent, i % 2 ? 'b' : 'a')])
   const deadline = Date.now() + 90_000
   for (let i = 1; i <= 50 && Date.now() < deadline; i++) {
@@ -209,7 +280,14 @@ t.test('50 reloads alternating two policies under a request loop: no failed requ
   t.same(failures, [], `no failed, reset or mixed answer among ${sent} requests`)
   t.ok((seen.a.get(200) ?? 0) > 0 && (seen.a.get(401) ?? 0) > 0, 'both policies decided requests')
   t.ok((seen.b.get(403) ?? 0) > 0 && (seen.b.get(401) ?? 0) > 0)
-  t.same(lapse.output().split('\n').filter((l) => /ERR_|reload failed/.test(l)), [], 'no reload failed')
+  t.same(
+    lapse
+      .output()
+      .split('\n')
+      .filter((l) => /ERR_|reload failed/.test(l)),
+    [],
+    'no reload failed',
+  )
 })
 
 function get(agent: Agent, url: string, token: string): Promise<Sent> {

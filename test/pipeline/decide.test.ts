@@ -23,19 +23,42 @@ const ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA']
 async function setUp(t: Test, revocations?: RevocationStore) {
   const keys = await testKeys()
   const clock = manualClock(T0_MS)
-  const resolver = createKeyResolver({ jwksFile: keys.jwksPath, refreshS: 300, cooldownS: 30, timeoutMs: 1000, algorithms: ALGS }, { clock })
+  const resolver = createKeyResolver(
+    { jwksFile: keys.jwksPath, refreshS: 300, cooldownS: 30, timeoutMs: 1000, algorithms: ALGS },
+    { clock },
+  )
   await resolver.start()
   t.teardown(() => resolver.close())
   const verify = createVerifier({
-    policy: { issuers: new Set([ISSUER]), audiences: new Set([AUDIENCE]), clockSkewS: 30, maxLifetimeS: 3600, requiredClaims: ['iss', 'aud', 'exp', 'iat', 'jti', 'sub'], tokenTypes: undefined },
-    algorithms: ALGS, keys: resolver, clock, cacheSize: 100,
+    policy: {
+      issuers: new Set([ISSUER]),
+      audiences: new Set([AUDIENCE]),
+      clockSkewS: 30,
+      maxLifetimeS: 3600,
+      requiredClaims: ['iss', 'aud', 'exp', 'iat', 'jti', 'sub'],
+      tokenTypes: undefined,
+    },
+    algorithms: ALGS,
+    keys: resolver,
+    clock,
+    cacheSize: 100,
   })
   const memory = createMemoryStore({ clock })
   const deps: DecideDeps = {
-    match: compileRoutes([{ path: '/orders/**', scopes: ['orders:read'], public: false, on_revocation_unavailable: 'closed', cut_streams_at_expiry: false }]),
-    verify, revocations: revocations ?? memory, revocableClaims: ['jti', 'sub'], allowQueryToken: false, maxTokenBytes: 8192, clock, uses: createMemoryUseCounter({ clock }), clockSkewS: 30,
+    match: compileRoutes([
+      { path: '/orders/**', scopes: ['orders:read'], public: false, on_revocation_unavailable: 'closed', cut_streams_at_expiry: false },
+    ]),
+    verify,
+    revocations: revocations ?? memory,
+    revocableClaims: ['jti', 'sub'],
+    allowQueryToken: false,
+    maxTokenBytes: 8192,
+    clock,
+    uses: createMemoryUseCounter({ clock }),
+    clockSkewS: 30,
   }
-  const mint = (claims: Record<string, unknown> = {}) => keys.mint({ sub: 'ci-deployer', jti: 'job-1', exp: T0_S + 300, scope: 'orders:read', ...claims }, { nowS: T0_S })
+  const mint = (claims: Record<string, unknown> = {}) =>
+    keys.mint({ sub: 'ci-deployer', jti: 'job-1', exp: T0_S + 300, scope: 'orders:read', ...claims }, { nowS: T0_S })
   return { deps, memory, clock, mint }
 }
 
@@ -49,14 +72,20 @@ function noteSteps() {
       return result
     },
     ran(step, startedPerfMs, result) {
-      if (!(startedPerfMs > 0 && startedPerfMs <= performance.now())) throw new Error('ran() needs the step\'s start on performance.now()')
+      if (!(startedPerfMs > 0 && startedPerfMs <= performance.now())) throw new Error("ran() needs the step's start on performance.now()")
       seen.push({ how: 'ran', step, result })
     },
   }
   return { steps, seen }
 }
 
-const input = (token: string, steps?: StepTracer, url = '/orders/7') => ({ method: 'GET', url, authorization: [`Bearer ${token}`], rawHeaders: [], steps })
+const input = (token: string, steps?: StepTracer, url = '/orders/7') => ({
+  method: 'GET',
+  url,
+  authorization: [`Bearer ${token}`],
+  rawHeaders: [],
+  steps,
+})
 const reasonOf = (o: Outcome) => (o.decision.allow ? 'ok' : o.decision.reason)
 
 t.test('a token seen before and the memory set: decided without a promise, as the first time was', async (t) => {
@@ -88,7 +117,7 @@ t.test('a fresh token whose key is already known is checked without a promise, a
 
   const fresh = now(await mint({ jti: 'second' }))
   t.equal(reasonOf(fresh), 'ok', 'another token, same key: verified at once')
-  t.equal(fresh.decision.identity?.jti, 'second', 'its own identity, not the first token\'s')
+  t.equal(fresh.decision.identity?.jti, 'second', "its own identity, not the first token's")
 
   // Each answer is compared with a new twin's: a decider over its own verifier and resolver,
   // which knows no key yet and so must wait.
@@ -113,7 +142,7 @@ t.test('a fresh token whose key is already known is checked without a promise, a
   t.equal(reasonOf(now('not.a.token')), 'malformed', 'refused before any key is needed')
   t.equal(reasonOf(decide(input('not.a.token'), twin) as Outcome), 'malformed', 'by a decider that knows no key too, without a promise')
   clock.set((T0_S + 10) * 1000)
-  t.equal(reasonOf(now(await mint({ jti: 'eighth' }))), 'ok', 'still ok as time moves within the token\'s life')
+  t.equal(reasonOf(now(await mint({ jti: 'eighth' }))), 'ok', "still ok as time moves within the token's life")
 })
 
 t.test('every way a cached token can be refused is refused on the promise-free path too', async (t) => {
@@ -132,7 +161,15 @@ t.test('every way a cached token can be refused is refused on the promise-free p
   t.notOk(cachedNarrow instanceof Promise)
   t.equal(reasonOf(cachedNarrow as Outcome), 'insufficient_scope')
 
-  await memory.put({ claim: 'sub', value: 'ci-deployer', issuedBeforeS: T0_S, reason: 'test', by: 'test', createdAtS: T0_S, expiresAtS: T0_S + 3630 })
+  await memory.put({
+    claim: 'sub',
+    value: 'ci-deployer',
+    issuedBeforeS: T0_S,
+    reason: 'test',
+    by: 'test',
+    createdAtS: T0_S,
+    expiresAtS: T0_S + 3630,
+  })
   t.equal(now(), 'revoked', 'a revocation after the first use applies at once')
   await memory.lift('sub', 'ci-deployer')
   t.equal(now(), 'ok', 'and its lift too')
@@ -141,7 +178,7 @@ t.test('every way a cached token can be refused is refused on the promise-free p
   t.equal(now(), 'expired', 'expiry is checked on every request, cache or not')
 })
 
-t.test('the verification cache finds a token by its signature\'s tail, but a hit needs the whole token', async (t) => {
+t.test("the verification cache finds a token by its signature's tail, but a hit needs the whole token", async (t) => {
   const { deps, mint } = await setUp(t)
   const token = await mint()
   t.equal(reasonOf(await decide(input(token), deps)), 'ok')
@@ -151,7 +188,10 @@ t.test('the verification cache finds a token by its signature\'s tail, but a hit
   // signature changed away from its tail.
   const swapped = `${head}.${(await mint({ sub: 'someone-else' })).split('.')[1]}.${sig}`
   const bent = `${head}.${body}.${sig[0] === 'A' ? 'B' : 'A'}${sig.slice(1)}`
-  for (const [name, forged] of [['payload swapped', swapped], ['signature bent', bent]] as const) {
+  for (const [name, forged] of [
+    ['payload swapped', swapped],
+    ['signature bent', bent],
+  ] as const) {
     t.equal(forged.slice(-32), token.slice(-32), `${name}: shares the cached token's fingerprint`)
     t.notOk(deps.verify.knows(forged), `${name}: not known`)
     t.equal(reasonOf(await decide(input(forged), deps)), 'bad_signature', `${name}: verified on its own, refused`)
@@ -165,7 +205,8 @@ t.test('the verification cache finds a token by its signature\'s tail, but a hit
 t.test('a header is kept parsed only once a token carrying it verified, and a kept header changes no answer', async (t) => {
   const { deps } = await setUp(t)
   const keys = await testKeys()
-  const fresh = (claims: Record<string, unknown> = {}, opts: MintOpts = {}) => keys.mint({ jti: `h-${randomUUID()}`, ...claims }, { nowS: T0_S, ...opts })
+  const fresh = (claims: Record<string, unknown> = {}, opts: MintOpts = {}) =>
+    keys.mint({ jti: `h-${randomUUID()}`, ...claims }, { nowS: T0_S, ...opts })
   const es = await fresh()
   const [esHead, esBody, esSig] = es.split('.') as [string, string, string]
   // A forged signature under the real header: refused, and the header is not kept.
@@ -181,7 +222,11 @@ t.test('a header is kept parsed only once a token carrying it verified, and a ke
   t.equal(reasonOf(await decide(input(await fresh({ exp: T0_S - 60 })), deps)), 'expired', 'claims are checked as before')
   const rs = await fresh({}, { alg: 'RS256' })
   const [rsHead, rsBody, rsSig] = rs.split('.') as [string, string, string]
-  t.equal(reasonOf(await decide(input(`${esHead}.${rsBody}.${rsSig}`), deps)), 'bad_signature', 'an RS256 signature under the kept ES256 header')
+  t.equal(
+    reasonOf(await decide(input(`${esHead}.${rsBody}.${rsSig}`), deps)),
+    'bad_signature',
+    'an RS256 signature under the kept ES256 header',
+  )
   t.equal(reasonOf(await decide(input(rs), deps)), 'ok', 'a header differing from the kept one is read on its own')
   t.equal(reasonOf(await decide(input(`${rsHead}.${esBody}.${esSig}`), deps)), 'bad_signature', 'and the other way round')
   t.equal(deps.verify.headerCacheSize(), 2, 'one entry per header')
@@ -202,12 +247,17 @@ t.test('a cached token is still extracted by the rules: spelling, stray characte
   const { deps, mint } = await setUp(t)
   const token = await mint()
   t.equal(reasonOf(await decide(input(token), deps)), 'ok')
-  const withHeader = (authorization: string, d: DecideDeps = deps) => decide({ method: 'GET', url: '/orders/7', authorization: [authorization], rawHeaders: [] }, d) as Outcome
+  const withHeader = (authorization: string, d: DecideDeps = deps) =>
+    decide({ method: 'GET', url: '/orders/7', authorization: [authorization], rawHeaders: [] }, d) as Outcome
   t.equal(reasonOf(withHeader(`bearer ${token}`)), 'ok', 'the scheme in any case')
   t.equal(reasonOf(withHeader(`Bearer   ${token}`)), 'ok', 'several spaces')
   t.equal(reasonOf(withHeader(`Bearer ${token} `)), 'malformed', 'a trailing space')
   t.equal(reasonOf(withHeader(`Bearer ${token},x`)), 'malformed', 'a character a bearer token cannot hold')
-  t.equal(reasonOf(withHeader(`Bearer ${token}`, { ...deps, maxTokenBytes: token.length - 1 })), 'malformed', 'over the length limit, though cached')
+  t.equal(
+    reasonOf(withHeader(`Bearer ${token}`, { ...deps, maxTokenBytes: token.length - 1 })),
+    'malformed',
+    'over the length limit, though cached',
+  )
   t.equal(reasonOf(withHeader(`Bearer ${token}`, { ...deps, maxTokenBytes: token.length })), 'ok', 'at the limit')
 })
 
@@ -216,7 +266,11 @@ t.test('the revocation lookup is reported as a step on both paths', async (t) =>
   const token = await mint()
   const first = noteSteps()
   await decide(input(token, first.steps), deps)
-  t.same(first.seen, [{ how: 'ran', step: 'revocation_lookup', result: false }], 'the memory set answers in-process even when the signature was checked')
+  t.same(
+    first.seen,
+    [{ how: 'ran', step: 'revocation_lookup', result: false }],
+    'the memory set answers in-process even when the signature was checked',
+  )
   const second = noteSteps()
   decide(input(token, second.steps), deps)
   t.same(second.seen, [{ how: 'ran', step: 'revocation_lookup', result: false }])
@@ -260,11 +314,19 @@ t.test('a set that cannot answer in-process is asked and waited for; one whose q
 
 t.test('a TokenRef kept on an identity is not reused for other revocable claims', async (t) => {
   const asked: TokenRef[] = []
-  const recording = { async isRevoked(ref: TokenRef) { asked.push(ref); return false } } as unknown as RevocationStore
+  const recording = {
+    async isRevoked(ref: TokenRef) {
+      asked.push(ref)
+      return false
+    },
+  } as unknown as RevocationStore
   const { deps, mint } = await setUp(t, recording)
   const token = await mint({ task: 'MIGR-1' })
   await decide(input(token), deps)
   await decide(input(token), { ...deps, revocableClaims: ['task'] })
-  t.same(asked[0]!.values, [['jti', 'job-1'], ['sub', 'ci-deployer']])
+  t.same(asked[0]!.values, [
+    ['jti', 'job-1'],
+    ['sub', 'ci-deployer'],
+  ])
   t.same(asked[1]!.values, [['task', 'MIGR-1']])
 })

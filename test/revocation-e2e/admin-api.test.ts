@@ -30,8 +30,12 @@ t.test('writes need the admin token: missing → 401, wrong → 401, right → 2
   const wrong = await admin(lapse, 'POST', '/v1/revocations', { body, token: 'not-the-admin-token-at-all' })
   t.equal(wrong.status, 401, 'wrong token → 401')
   const basic = await send(`${lapse.adminUrl}/v1/revocations`, {
-    method: 'POST', body: JSON.stringify(body),
-    headers: [['authorization', `Basic ${Buffer.from(`admin:${ADMIN_TOKEN}`).toString('base64')}`], ['content-type', 'application/json']],
+    method: 'POST',
+    body: JSON.stringify(body),
+    headers: [
+      ['authorization', `Basic ${Buffer.from(`admin:${ADMIN_TOKEN}`).toString('base64')}`],
+      ['content-type', 'application/json'],
+    ],
   })
   t.equal(basic.status, 401, 'another scheme → 401')
   t.same(await keysUnder(prefix), [], 'nothing written by a refused request')
@@ -44,7 +48,11 @@ t.test('writes need the admin token: missing → 401, wrong → 401, right → 2
   t.equal(entry.expires_at, entry.issued_before + ENTRY_LIFETIME_S, 'expires at T + max lifetime + skew')
 
   t.equal((await admin(lapse, 'GET', '/v1/revocations/sub/ci-deployer', { token: null })).status, 401, 'a read needs the token too')
-  t.equal((await admin(lapse, 'DELETE', '/v1/revocations/sub/ci-deployer', { token: 'wrong-wrong-wrong-wrong' })).status, 401, 'a lift with a wrong token → 401')
+  t.equal(
+    (await admin(lapse, 'DELETE', '/v1/revocations/sub/ci-deployer', { token: 'wrong-wrong-wrong-wrong' })).status,
+    401,
+    'a lift with a wrong token → 401',
+  )
   t.ok(await raw.get(entryKey(prefix, 'sub', 'ci-deployer')), 'the refused lift left the entry in place')
 })
 
@@ -56,7 +64,11 @@ t.test('no admin token configured → writes answer 403', async (t) => {
   t.equal((await admin(lapse, 'DELETE', '/v1/revocations/sub/x')).status, 403, 'DELETE → 403')
   // Entries name identities and say why they lost access: reads are closed too (docs/revocation.md#admin-api).
   t.equal((await admin(lapse, 'GET', '/v1/revocations/sub/x')).status, 403, 'GET → 403')
-  t.equal((await admin(lapse, 'POST', '/v1/revocations', { body: { claim: 'sub', value: 'x' }, token: null })).status, 403, 'without a token either')
+  t.equal(
+    (await admin(lapse, 'POST', '/v1/revocations', { body: { claim: 'sub', value: 'x' }, token: null })).status,
+    403,
+    'without a token either',
+  )
   t.same(await keysUnder(prefix), [], 'nothing written')
 })
 
@@ -72,10 +84,18 @@ t.test('bad bodies → 400 invalid_request with a clear message, nothing written
     ['claim not revocable', { claim: 'email', value: 'x@example.com' }, /"email" is not a revocable claim/],
     ['empty value', { claim: 'sub', value: '' }, /"value" must be a non-empty string/],
     ['value not a string', { claim: 'sub', value: 42 }, /"value" must be a non-empty string/],
-    ['bad issued_before', { claim: 'sub', value: 'x', issued_before: 'yesterday' }, /"issued_before" must be epoch seconds or an RFC 3339 time/],
+    [
+      'bad issued_before',
+      { claim: 'sub', value: 'x', issued_before: 'yesterday' },
+      /"issued_before" must be epoch seconds or an RFC 3339 time/,
+    ],
     ['fractional issued_before', { claim: 'sub', value: 'x', issued_before: 1.5 }, /"issued_before" must be/],
     ['issued_before long past', { claim: 'sub', value: 'x', issued_before: 1000 }, /expired already/],
-    ['issued_before a year ahead (a typo would pin the entry)', { claim: 'sub', value: 'x', issued_before: nowS() + 365 * 86_400 }, /at most 24 hours in the future/],
+    [
+      'issued_before a year ahead (a typo would pin the entry)',
+      { claim: 'sub', value: 'x', issued_before: nowS() + 365 * 86_400 },
+      /at most 24 hours in the future/,
+    ],
     ['iss not configured', { claim: 'sub', value: 'x', iss: 'https://evil.test' }, /"iss" must be one of the configured issuers/],
     ['reason not a string', { claim: 'sub', value: 'x', reason: ['a'] }, /"reason" must be a string/],
     ['body over 16 KiB', { claim: 'sub', value: 'x', reason: 'a'.repeat(20_000) }, /too large/],
@@ -127,7 +147,10 @@ t.test('every change writes an audit line: who, claim, value, T and reason', asy
   t.match(revoked, { action: 'revoke', ...want }, 'the revoke line')
   t.match(lifted, { action: 'lift', ...want }, 'the lift line')
   t.equal(revocationAudits(lapse).length, 2, 'one line per change, none for reads or refusals')
-  t.ok(lapse.rawLines.every((line) => !line.includes('test-admin-token')), 'no line contains the admin token')
+  t.ok(
+    lapse.rawLines.every((line) => !line.includes('test-admin-token')),
+    'no line contains the admin token',
+  )
 })
 
 t.test('201 only once Redis has it: a raw read right after the 201 finds the entry, with its TTL', async (t) => {

@@ -8,7 +8,11 @@ import { admin, redisEnv, redisFor, untilReady } from './helpers.js'
 const body = { claim: 'sub', value: 'ci-deployer', reason: 'pipeline compromised' }
 
 async function failedWrite(lapse: Lapse, before: number): Promise<string> {
-  const line = await waitFor(() => lapse.lines.slice(before).find((l) => l.msg === 'revocation write failed'), 'the failed-write log line', 5000)
+  const line = await waitFor(
+    () => lapse.lines.slice(before).find((l) => l.msg === 'revocation write failed'),
+    'the failed-write log line',
+    5000,
+  )
   return String(line.err)
 }
 

@@ -20,7 +20,10 @@ t.test('lifetime policy on: expires_at up to max(T, now) + lifetime + skew, not 
   const over = await post(lapse, { expires_at: NOW_S + POLICY_S + 1 })
   t.equal(over.status, 400, 'a second past now + lifetime + skew → 400')
   t.equal(over.json().error, 'invalid_request')
-  t.match(over.json().error_description, /^"expires_at" may be at most 2030-01-01T01:00:30\.000Z \(the later of "issued_before" and now, plus LAPSE_MAX_TOKEN_LIFETIME and LAPSE_CLOCK_SKEW\)$/)
+  t.match(
+    over.json().error_description,
+    /^"expires_at" may be at most 2030-01-01T01:00:30\.000Z \(the later of "issued_before" and now, plus LAPSE_MAX_TOKEN_LIFETIME and LAPSE_CLOCK_SKEW\)$/,
+  )
   const decade = await post(lapse, { expires_at: '2040-01-01T00:00:00Z' })
   t.equal(decade.status, 400, 'a typo of a decade → 400')
   t.equal((await admin(lapse, 'GET', '/v1/revocations/sub/ci-deployer')).status, 404, 'nothing written')
@@ -29,19 +32,28 @@ t.test('lifetime policy on: expires_at up to max(T, now) + lifetime + skew, not 
   t.equal(at.status, 201, 'exactly at the bound → 201')
   t.equal(at.json().expires_at, NOW_S + POLICY_S)
   // A jti entry ignores T: one whose T is an hour back may still last as long as a token alive now.
-  const past = await admin(lapse, 'POST', '/v1/revocations', { body: { claim: 'jti', value: 'j-1', issued_before: NOW_S - 3000, expires_at: NOW_S + POLICY_S } })
+  const past = await admin(lapse, 'POST', '/v1/revocations', {
+    body: { claim: 'jti', value: 'j-1', issued_before: NOW_S - 3000, expires_at: NOW_S + POLICY_S },
+  })
   t.equal(past.status, 201, 'T in the past: the bound counts from now')
   t.equal(past.json().expires_at, NOW_S + POLICY_S)
   const ahead = await post(lapse, { value: 'ahead', issued_before: NOW_S + 3600, expires_at: NOW_S + 3600 + POLICY_S })
   t.equal(ahead.status, 201, 'T ahead: the bound counts from T')
-  t.equal((await post(lapse, { value: 'ahead', issued_before: NOW_S + 3600, expires_at: NOW_S + 3600 + POLICY_S + 1 })).status, 400, 'and not past it')
+  t.equal(
+    (await post(lapse, { value: 'ahead', issued_before: NOW_S + 3600, expires_at: NOW_S + 3600 + POLICY_S + 1 })).status,
+    400,
+    'and not past it',
+  )
 })
 
 t.test('lifetime policy off: expires_at at most 365 days ahead', async (t) => {
   const lapse = await start(t, { LAPSE_MAX_TOKEN_LIFETIME: '0' })
   const over = await post(lapse, { expires_at: NOW_S + YEAR_S + 1 })
   t.equal(over.status, 400)
-  t.match(over.json().error_description, /^"expires_at" may be at most 2031-01-01T00:00:00\.000Z \(365 days from now while LAPSE_MAX_TOKEN_LIFETIME is 0\)$/)
+  t.match(
+    over.json().error_description,
+    /^"expires_at" may be at most 2031-01-01T00:00:00\.000Z \(365 days from now while LAPSE_MAX_TOKEN_LIFETIME is 0\)$/,
+  )
   t.equal((await admin(lapse, 'GET', '/v1/revocations/sub/ci-deployer')).status, 404, 'nothing written')
   const at = await post(lapse, { expires_at: NOW_S + YEAR_S })
   t.equal(at.status, 201)

@@ -25,7 +25,11 @@ export async function redisFor(t: Test, opts: RedisServerOptions = {}): Promise<
  * The check budget is relaxed to 1 s: on a loaded CI box a functional test must not turn into a
  * 503; the suites that test the budget itself set LAPSE_REVOCATION_TIMEOUT.
  */
-export function redisEnv(redis: RedisServer, prefix: string, extra: Record<string, string | undefined> = {}): Record<string, string | undefined> {
+export function redisEnv(
+  redis: RedisServer,
+  prefix: string,
+  extra: Record<string, string | undefined> = {},
+): Record<string, string | undefined> {
   return { LAPSE_REDIS_URL: redis.url, LAPSE_REDIS_PREFIX: prefix, LAPSE_REVOCATION_TIMEOUT: '1000', ...extra }
 }
 
@@ -66,8 +70,7 @@ export async function revoke(t: Test, lapse: Lapse, body: Record<string, unknown
 }
 
 // The store's component encoding (docs/revocation.md#key-layout): RFC 3986 unreserved characters only.
-const encode = (part: string) =>
-  encodeURIComponent(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+const encode = (part: string) => encodeURIComponent(part).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
 
 /** `{<prefix>}:rev:<claim>:<iss or *>:<value>`, the documented key of one entry. */
 export const entryKey = (prefix: string, claim: string, value: string, iss?: string): string =>

@@ -7,7 +7,15 @@ import { admin, OTHER_ISSUER, redisEnv, redisFor, untilReady } from './helpers.j
 
 const redis = await redisFor(t)
 
-interface Listed { claim: string; value: string; iss: string | null; reason: string; by: string; issued_before: number; expires_at: number }
+interface Listed {
+  claim: string
+  value: string
+  iss: string | null
+  reason: string
+  by: string
+  issued_before: number
+  expires_at: number
+}
 
 /** Every page of GET /v1/revocations?<query>, following next_cursor; each page must be a 200. */
 async function listAll(t: Test, adminUrl: string, query: string): Promise<Listed[][]> {
@@ -27,7 +35,10 @@ async function listAll(t: Test, adminUrl: string, query: string): Promise<Listed
   return pages
 }
 
-for (const [set, env] of [['memory', {}], ['redis', redisEnv(redis, 'list')]] as const) {
+for (const [set, env] of [
+  ['memory', {}],
+  ['redis', redisEnv(redis, 'list')],
+] as const) {
   t.test(`${set}: 250 entries over pages of 100, filters, bad queries`, async (t) => {
     const lapse = await runApp(t, { env: { LAPSE_ISSUER: `${ISSUER},${OTHER_ISSUER}`, ...env } })
     await untilReady(lapse)
@@ -42,19 +53,35 @@ for (const [set, env] of [['memory', {}], ['redis', redisEnv(redis, 'list')]] as
       const answers = await Promise.all(bodies.slice(i, i + 10).map((body) => admin(lapse, 'POST', '/v1/revocations', { body })))
       if (answers.some((a) => a.status !== 201)) t.fail('a revocation was refused')
     }
-    const names = (entries: Array<{ claim?: string; value?: string; iss?: string | null }>) => entries.map((e) => `${e.claim}=${e.value}@${e.iss ?? '*'}`).sort()
+    const names = (entries: Array<{ claim?: string; value?: string; iss?: string | null }>) =>
+      entries.map((e) => `${e.claim}=${e.value}@${e.iss ?? '*'}`).sort()
 
     const pages = await listAll(t, lapse.adminUrl, '')
     t.ok(pages.length >= 3, `${pages.length} pages`)
-    t.ok(pages.every((p) => p.length <= 100), 'none over the default limit of 100')
+    t.ok(
+      pages.every((p) => p.length <= 100),
+      'none over the default limit of 100',
+    )
     t.same(names(pages.flat()), names(bodies), 'every entry exactly once')
-    t.match(pages.flat().find((e) => e.value === 'v-10'), { claim: 'jti', iss: OTHER_ISSUER, reason: 'INC-42 token leak 10', by: 'admin' }, 'each entry as GET /v1/revocations/{claim}/{value} shows it')
+    t.match(
+      pages.flat().find((e) => e.value === 'v-10'),
+      { claim: 'jti', iss: OTHER_ISSUER, reason: 'INC-42 token leak 10', by: 'admin' },
+      'each entry as GET /v1/revocations/{claim}/{value} shows it',
+    )
 
     const small = await listAll(t, lapse.adminUrl, 'limit=7&claim=sub')
     t.ok(small.every((p) => p.length <= 7) && small.length >= 12, `limit=7: ${small.length} pages of at most 7`)
     t.same(names(small.flat()), names(bodies.filter((b) => b.claim === 'sub')), 'claim=sub')
-    t.same(names((await listAll(t, lapse.adminUrl, `iss=${encodeURIComponent(OTHER_ISSUER)}`)).flat()), names(bodies.filter((b) => b.iss === OTHER_ISSUER)), 'iss=')
-    t.same(names((await listAll(t, lapse.adminUrl, 'reason_contains=inc-42%20TOKEN')).flat()), names(bodies.filter((b) => b.reason.startsWith('INC-42'))), 'reason_contains=, any case')
+    t.same(
+      names((await listAll(t, lapse.adminUrl, `iss=${encodeURIComponent(OTHER_ISSUER)}`)).flat()),
+      names(bodies.filter((b) => b.iss === OTHER_ISSUER)),
+      'iss=',
+    )
+    t.same(
+      names((await listAll(t, lapse.adminUrl, 'reason_contains=inc-42%20TOKEN')).flat()),
+      names(bodies.filter((b) => b.reason.startsWith('INC-42'))),
+      'reason_contains=, any case',
+    )
 
     // The listing needs the admin token like every read of the set.
     const anonymous = await admin(lapse, 'GET', '/v1/revocations', { token: null })

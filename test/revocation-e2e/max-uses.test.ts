@@ -24,7 +24,8 @@ async function twoSidecars(t: Test, redis: RedisServer): Promise<[Lapse, Lapse]>
   const env = { LAPSE_REDIS_URL: redis.url, LAPSE_REDIS_PREFIX: `mu${++prefixes}`, LAPSE_REVOCATION_TIMEOUT: '200' }
   const a = await runApp(t, { routes: ROUTES, env, upstream })
   const b = await runApp(t, { routes: ROUTES, env, upstream })
-  for (const lapse of [a, b]) await waitFor(() => lapse.running.deps.revocations.ready() && lapse.running.deps.uses.ready(), 5000, 'sidecar ready')
+  for (const lapse of [a, b])
+    await waitFor(() => lapse.running.deps.revocations.ready() && lapse.running.deps.uses.ready(), 5000, 'sidecar ready')
   return [a, b]
 }
 
@@ -39,7 +40,14 @@ t.test('max_uses: 1 across two sidecars: the second use anywhere is 401 token_re
   t.equal(first.audit.use, 1)
   t.equal(first.audit.max_uses, 1)
   const again = await sendAudited(b, '/migrations/run', { method: 'POST', headers: [bearer(token)] })
-  assertDenied(t, b, again.res, again.audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'token_reused', upstreamCalls: 1, token })
+  assertDenied(t, b, again.res, again.audit, {
+    status: 401,
+    challenge: CHALLENGE.invalidToken,
+    error: 'invalid_token',
+    reason: 'token_reused',
+    upstreamCalls: 1,
+    token,
+  })
   t.equal(again.audit.use, 2)
   t.equal(again.audit.max_uses, 1)
   const onA = await sendAudited(a, '/migrations/run', { method: 'POST', headers: [bearer(token)] })
@@ -56,15 +64,25 @@ t.test('only allowed decisions spend a use', async (t) => {
   // Refused by its claim binding (another job): no use spent.
   for (let i = 0; i < 5; i++) t.equal((await send(`${a.url}/jobs/j2`, { method: 'POST', headers: [bearer(token)] })).status, 403)
   const statuses: number[] = []
-  for (let i = 0; i < 4; i++) statuses.push((await send(`${i % 2 ? a.url : b.url}/jobs/j1`, { method: 'POST', headers: [bearer(token)] })).status)
+  for (let i = 0; i < 4; i++)
+    statuses.push((await send(`${i % 2 ? a.url : b.url}/jobs/j1`, { method: 'POST', headers: [bearer(token)] })).status)
   t.same(statuses, [200, 200, 200, 401])
-  t.same(decisions(a).concat(decisions(b)).filter((l) => l.decision === 'allow').map((l) => l.use).sort(), [1, 2, 3])
+  t.same(
+    decisions(a)
+      .concat(decisions(b))
+      .filter((l) => l.decision === 'allow')
+      .map((l) => l.use)
+      .sort(),
+    [1, 2, 3],
+  )
 })
 
 t.test('concurrent first uses across two sidecars let exactly N through', async (t) => {
   const [a, b] = await twoSidecars(t, redis)
   const token = await mint({ job: 'burst' })
-  const results = await Promise.all(Array.from({ length: 40 }, (_, i) => send(`${i % 2 ? a.url : b.url}/jobs/burst`, { method: 'POST', headers: [bearer(token)] })))
+  const results = await Promise.all(
+    Array.from({ length: 40 }, (_, i) => send(`${i % 2 ? a.url : b.url}/jobs/burst`, { method: 'POST', headers: [bearer(token)] })),
+  )
   t.equal(results.filter((r) => r.status === 200).length, 3, 'exactly max_uses allowed')
   t.equal(results.filter((r) => r.status === 401).length, 37)
   t.equal(a.upstream.calls, 3, 'the upstream saw exactly three')
@@ -76,10 +94,20 @@ t.test('counter unreachable: 503 revocation_unavailable, or open (uncounted, rec
   const [a] = await twoSidecars(t, own)
   t.equal((await send(`${a.adminUrl}/readyz`)).status, 200)
   await own.kill()
-  await waitFor(async () => (await send(`${a.adminUrl}/readyz`)).json().use_counter === 'unreachable', 5000, '/readyz names the use counter')
+  await waitFor(
+    async () => (await send(`${a.adminUrl}/readyz`)).json().use_counter === 'unreachable',
+    5000,
+    '/readyz names the use counter',
+  )
   const token = await mint()
   const closed = await sendAudited(a, '/migrations/run', { method: 'POST', headers: [bearer(token)] })
-  assertDenied(t, a, closed.res, closed.audit, { status: 503, challenge: undefined, error: 'temporarily_unavailable', reason: 'revocation_unavailable', token })
+  assertDenied(t, a, closed.res, closed.audit, {
+    status: 503,
+    challenge: undefined,
+    error: 'temporarily_unavailable',
+    reason: 'revocation_unavailable',
+    token,
+  })
   const open = await sendAudited(a, '/open/x', { headers: [bearer(token)] })
   t.equal(open.res.status, 200, 'open where the rule says so')
   t.equal(open.audit.failed_open, true)
@@ -93,7 +121,7 @@ t.test('counter unreachable: 503 revocation_unavailable, or open (uncounted, rec
   t.equal(back.audit.use, 1)
 })
 
-t.test('a method override spends a use under the named method\'s rule too', async (t) => {
+t.test("a method override spends a use under the named method's rule too", async (t) => {
   const [a, b] = await twoSidecars(t, redis)
   const token = await mint()
   const override: [string, string] = ['x-http-method-override', 'DELETE']

@@ -17,12 +17,17 @@ t.test('password-protected Redis (redis://:password@host:port): allowed, then re
   t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(token)] })).status, 200, 'allowed')
   await revoke(t, lapse, { claim: 'sub', value: 'pw-user' })
   t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(token)] })).status, 401, 'revoked')
-  t.ok(lapse.rawLines.every((line) => !line.includes(encodeURIComponent(password)) && !line.includes(password)), 'no log line holds the password')
+  t.ok(
+    lapse.rawLines.every((line) => !line.includes(encodeURIComponent(password)) && !line.includes(password)),
+    'no log line holds the password',
+  )
 })
 
 t.test('password-protected Redis, wrong password: not ready, every request 503 revocation_unavailable', async (t) => {
   const redis = await redisFor(t, { password: 'right-password' })
-  const lapse = await runApp(t, { env: { ...redisEnv(redis, 'pw-wrong'), LAPSE_REDIS_URL: `redis://:wrong-password@127.0.0.1:${redis.port}` } })
+  const lapse = await runApp(t, {
+    env: { ...redisEnv(redis, 'pw-wrong'), LAPSE_REDIS_URL: `redis://:wrong-password@127.0.0.1:${redis.port}` },
+  })
   const token = await keys.mint({ sub: 'pw-user' }, { nowS: nowS() - 5 })
   // Give it the time a right password needs to connect (the test above), several times over.
   await new Promise((r) => setTimeout(r, 500))
@@ -32,7 +37,10 @@ t.test('password-protected Redis, wrong password: not ready, every request 503 r
   t.equal(res.status, 503, 'fails closed')
   t.equal(res.headers['retry-after'], '1')
   t.equal(lapse.upstream.calls, 0, 'the upstream saw nothing')
-  t.ok(lapse.rawLines.every((line) => !line.includes('wrong-password')), 'no log line holds the password')
+  t.ok(
+    lapse.rawLines.every((line) => !line.includes('wrong-password')),
+    'no log line holds the password',
+  )
 })
 
 t.test('Unix-socket Redis (unix:///path/redis.sock): allowed, then revoked', async (t) => {

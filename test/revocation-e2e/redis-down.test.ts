@@ -24,7 +24,10 @@ const ROUTES = [
   { path: '/status', methods: ['GET'], scopes: ['status:read'], on_revocation_unavailable: 'open' },
 ]
 
-interface Timed { res: Sent | 'hang' | Error; ms: number }
+interface Timed {
+  res: Sent | 'hang' | Error
+  ms: number
+}
 
 async function timed(lapse: Lapse, path: string, token: string): Promise<Timed> {
   const startedMs = performance.now()
@@ -37,7 +40,10 @@ async function timed(lapse: Lapse, path: string, token: string): Promise<Timed> 
 
 /** A bounded batch of concurrent requests, each with its own token (so no cached answer), plus `also`. */
 async function batch(lapse: Lapse, also: readonly string[]): Promise<Timed[]> {
-  const tokens = [...also, ...(await Promise.all(Array.from({ length: BATCH }, () => keys.mint({ sub: `u-${randomUUID()}` }, { nowS: nowS() - 5 }))))]
+  const tokens = [
+    ...also,
+    ...(await Promise.all(Array.from({ length: BATCH }, () => keys.mint({ sub: `u-${randomUUID()}` }, { nowS: nowS() - 5 })))),
+  ]
   return Promise.all(tokens.map((token) => timed(lapse, '/orders/1', token)))
 }
 
@@ -45,8 +51,14 @@ function assertAllFailedClosed(t: Test, lapse: Lapse, outcomes: Timed[], callsBe
   const answers = outcomes.map((o) => o.res).filter((r): r is Sent => typeof r === 'object' && !(r instanceof Error))
   t.equal(answers.length, outcomes.length, 'every request answered: none hung, none failed')
   t.same([...new Set(answers.map((r) => r.status))], [503], 'every answer is 503')
-  t.ok(answers.every((r) => r.headers['retry-after'] === '1'), 'every answer has Retry-After')
-  t.ok(answers.every((r) => r.json().error === 'temporarily_unavailable'), 'body error temporarily_unavailable')
+  t.ok(
+    answers.every((r) => r.headers['retry-after'] === '1'),
+    'every answer has Retry-After',
+  )
+  t.ok(
+    answers.every((r) => r.json().error === 'temporarily_unavailable'),
+    'body error temporarily_unavailable',
+  )
   t.equal(lapse.upstream.calls, callsBefore, 'none was allowed: the upstream saw nothing')
   const slowest = Math.max(...outcomes.map((o) => o.ms))
   t.ok(slowest <= TIMEOUT_MS + MARGIN_MS, `slowest answer ${slowest.toFixed(0)} ms (budget ${TIMEOUT_MS} + margin ${MARGIN_MS})`)
@@ -60,7 +72,10 @@ async function readiness(lapse: Lapse) {
 for (const cache of [true, false]) {
   t.test(`LAPSE_REVOCATION_CACHE=${cache}: Redis killed → 503 for all, open route answers, restart → allowed again`, async (t) => {
     const redis = await redisFor(t)
-    const lapse = await runApp(t, { routes: ROUTES, env: redisEnv(redis, 'down', { LAPSE_REVOCATION_TIMEOUT: String(TIMEOUT_MS), LAPSE_REVOCATION_CACHE: String(cache) }) })
+    const lapse = await runApp(t, {
+      routes: ROUTES,
+      env: redisEnv(redis, 'down', { LAPSE_REVOCATION_TIMEOUT: String(TIMEOUT_MS), LAPSE_REVOCATION_CACHE: String(cache) }),
+    })
     await untilReady(lapse)
     const warm = await keys.mint({ sub: 'warm', scope: 'orders:read status:read' }, { nowS: nowS() - 5 })
     t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(warm)] })).status, 200, 'allowed while Redis is up')
@@ -70,14 +85,21 @@ for (const cache of [true, false]) {
     await redis.kill()
     // /readyz is what a load balancer watches; it must notice the loss by itself.
     await waitFor(async () => (await readiness(lapse)).status === 503, '/readyz 503 after the kill', 3000)
-    t.match(await readiness(lapse), { status: 503, body: { ready: false, revocation_set: 'unreachable' } }, '/readyz: not ready, set unreachable')
+    t.match(
+      await readiness(lapse),
+      { status: 503, body: { ready: false, revocation_set: 'unreachable' } },
+      '/readyz: not ready, set unreachable',
+    )
 
     const callsBefore = lapse.upstream.calls
     const deniedBefore = decisions(lapse).filter((d) => d.reason === 'revocation_unavailable').length
     // The warm token too: a dropped event channel must take the cached answers with it.
     const outcomes = await batch(lapse, [warm])
     assertAllFailedClosed(t, lapse, outcomes, callsBefore)
-    await waitFor(() => decisions(lapse).filter((d) => d.reason === 'revocation_unavailable').length - deniedBefore >= outcomes.length, 'the audit lines')
+    await waitFor(
+      () => decisions(lapse).filter((d) => d.reason === 'revocation_unavailable').length - deniedBefore >= outcomes.length,
+      'the audit lines',
+    )
     t.pass(`${outcomes.length} audit lines with reason revocation_unavailable`)
 
     const { res: open, audit } = await sendAudited(lapse, '/status', { headers: [bearer(warm)] })
@@ -92,7 +114,9 @@ for (const cache of [true, false]) {
     await redis.restart()
     await waitFor(async () => (await readiness(lapse)).status === 200, '/readyz 200 after the restart', 5000)
     t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(warm)] })).status, 200, 'allowed again, same Lapse')
-    await sendAudited(lapse, '/status', { headers: [bearer(warm)] }).then(({ audit }) => t.equal(audit.failed_open, undefined, 'the open route is no longer failing open'))
+    await sendAudited(lapse, '/status', { headers: [bearer(warm)] }).then(({ audit }) =>
+      t.equal(audit.failed_open, undefined, 'the open route is no longer failing open'),
+    )
     // And revocations work again on the restarted (empty) server.
     t.equal((await admin(lapse, 'POST', '/v1/revocations', { body: { claim: 'sub', value: 'warm' } })).status, 201)
     t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(warm)] })).status, 401, 'and revoked tokens are denied')
@@ -106,7 +130,10 @@ t.test('Redis killed in the middle of a request stream: everything started after
   const tokens = await Promise.all(Array.from({ length: 120 }, () => keys.mint({ sub: `s-${randomUUID()}` }, { nowS: nowS() - 5 })))
   const started: Array<{ atMs: number; done: Promise<Timed> }> = []
   let killedAtMs = Infinity
-  const killing = sleep(150).then(async () => { await redis.kill(); killedAtMs = performance.now() })
+  const killing = sleep(150).then(async () => {
+    await redis.kill()
+    killedAtMs = performance.now()
+  })
   for (const token of tokens) {
     started.push({ atMs: performance.now(), done: timed(lapse, '/orders/1', token) })
     await sleep(4)
@@ -117,7 +144,11 @@ t.test('Redis killed in the middle of a request stream: everything started after
   const after = outcomes.filter((o) => o.atMs >= killedAtMs)
   t.ok(after.length >= 20, `${after.length} requests started after the kill`)
   t.same([...new Set(after.map(statusOf))], [503], 'every one of them: 503')
-  t.same([...new Set(outcomes.map(statusOf))].sort(), outcomes.some((o) => statusOf(o) === 200) ? [200, 503] : [503], 'before it: 200; nothing else, nothing hung')
+  t.same(
+    [...new Set(outcomes.map(statusOf))].sort(),
+    outcomes.some((o) => statusOf(o) === 200) ? [200, 503] : [503],
+    'before it: 200; nothing else, nothing hung',
+  )
   t.equal(lapse.upstream.calls, outcomes.filter((o) => statusOf(o) === 200).length, 'only the 200s reached the upstream')
   const slowest = Math.max(...outcomes.map((o) => o.ms))
   t.ok(slowest <= TIMEOUT_MS + MARGIN_MS, `slowest answer ${slowest.toFixed(0)} ms`)
@@ -149,6 +180,10 @@ t.test('Redis frozen (SIGSTOP): every request 503 within the budget, none hangs;
   // Fresh tokens only: a cached answer may stand for up to 1 s after a silent failure, by design.
   assertAllFailedClosed(t, lapse, await batch(lapse, []), callsBefore)
   redis.resume()
-  await waitFor(async () => (await send(`${lapse.url}/orders/1`, { headers: [bearer(token)] })).status === 200, 'allowed after SIGCONT', 5000)
+  await waitFor(
+    async () => (await send(`${lapse.url}/orders/1`, { headers: [bearer(token)] })).status === 200,
+    'allowed after SIGCONT',
+    5000,
+  )
   t.pass('allowed again without a restart')
 })

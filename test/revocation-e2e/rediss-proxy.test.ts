@@ -22,13 +22,18 @@ t.test('rediss:// with a private CA: ready, allowed, revoked; without the CA: ne
   const caFile = join(dir, 'ca.pem')
   await writeFile(caFile, redis.tlsCa ?? '')
 
-  const startProxy = (extraEnv: Record<string, string>) => startChildProxy(t, {
-    LAPSE_UPSTREAM: upstream.url, LAPSE_ISSUER: ISSUER, LAPSE_AUDIENCE: AUDIENCE, LAPSE_JWKS_FILE: keys.jwksPath,
-    LAPSE_ADMIN_TOKEN: ADMIN_TOKEN, LAPSE_ROUTES: JSON.stringify([{ path: '/orders/**', scopes: ['orders:read'] }]),
-    LAPSE_REDIS_URL: redis.url,
-    LAPSE_REVOCATION_TIMEOUT: '1000', // relaxed: a loaded CI box must not turn this into a 503
-    ...extraEnv,
-  })
+  const startProxy = (extraEnv: Record<string, string>) =>
+    startChildProxy(t, {
+      LAPSE_UPSTREAM: upstream.url,
+      LAPSE_ISSUER: ISSUER,
+      LAPSE_AUDIENCE: AUDIENCE,
+      LAPSE_JWKS_FILE: keys.jwksPath,
+      LAPSE_ADMIN_TOKEN: ADMIN_TOKEN,
+      LAPSE_ROUTES: JSON.stringify([{ path: '/orders/**', scopes: ['orders:read'] }]),
+      LAPSE_REDIS_URL: redis.url,
+      LAPSE_REVOCATION_TIMEOUT: '1000', // relaxed: a loaded CI box must not turn this into a 503
+      ...extraEnv,
+    })
 
   const token = await keys.mint({ sub: 'tls-user' }, { nowS: nowS() - 5 })
   const lapse = await startProxy({ NODE_EXTRA_CA_CERTS: caFile })

@@ -12,7 +12,13 @@ const redis = await redisFor(t)
 let n = 0
 
 /** Every revocable claim with its own value, so one case never touches another's token. */
-const claimsFor = (label: string) => ({ sub: `user-${label}`, client_id: `client-${label}`, sid: `sid-${label}`, task: `TASK-${label}`, jti: randomUUID() })
+const claimsFor = (label: string) => ({
+  sub: `user-${label}`,
+  client_id: `client-${label}`,
+  sid: `sid-${label}`,
+  task: `TASK-${label}`,
+  jti: randomUUID(),
+})
 
 async function lapseOn(t: Test, cache: string) {
   const lapse = await runApp(t, {
@@ -32,7 +38,14 @@ async function expectRevoked(t: Test, lapse: Lapse, token: string, msg: string) 
   const calls = lapse.upstream.calls
   const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
   await t.test(msg, async (t) => {
-    assertDenied(t, lapse, res, audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'revoked', upstreamCalls: calls, token })
+    assertDenied(t, lapse, res, audit, {
+      status: 401,
+      challenge: CHALLENGE.invalidToken,
+      error: 'invalid_token',
+      reason: 'revoked',
+      upstreamCalls: calls,
+      token,
+    })
     t.match(res.headers['www-authenticate'], /error_description="token was revoked"/)
   })
 }
@@ -47,24 +60,37 @@ for (const cache of ['true', 'false']) {
     const lapse = await lapseOn(t, cache)
 
     for (const claim of ['jti', 'sub', 'client_id', 'sid', 'task'] as const) {
-      t.test(`revoke by ${claim}: tokens issued at or before T → 401 revoked; issued after T → allowed${claim === 'jti' ? ' unless it is the same jti' : ''}`, async (t) => {
-        const claims = claimsFor(`${claim}-${cache}`)
-        const before = await keys.mint(claims, { nowS: nowS() - 10 })
-        await expectAllowed(t, lapse, before, 'allowed before the revocation (and its answer cached when the cache is on)')
-        const entry = await revoke(t, lapse, { claim, value: claims[claim], reason: `revoke by ${claim}` })
-        const T = entry.issued_before as number
-        await expectRevoked(t, lapse, before, 'the earlier token is revoked')
-        await expectRevoked(t, lapse, await keys.mint(claims, { nowS: T }), 'a token issued in the second of T is revoked too (the safe side)')
-        if (claim === 'jti') {
-          // One jti is one token: an iat after T (an issuer clock ahead of ours, within the skew) does not save it.
-          await expectRevoked(t, lapse, await keys.mint(claims, { nowS: T + 10 }), 'the same jti stamped after T is still revoked')
-        } else {
-          // A re-approved grant: same claim value, iat > T (within the skew, so no waiting).
-          await expectAllowed(t, lapse, await keys.mint({ ...claims, jti: randomUUID() }, { nowS: T + 1 }), 'a token issued after T works')
-        }
-        const other = claimsFor(`${claim}-${cache}-other`)
-        await expectAllowed(t, lapse, await keys.mint(other, { nowS: T - 10 }), 'a token with other values is untouched')
-      })
+      t.test(
+        `revoke by ${claim}: tokens issued at or before T → 401 revoked; issued after T → allowed${claim === 'jti' ? ' unless it is the same jti' : ''}`,
+        async (t) => {
+          const claims = claimsFor(`${claim}-${cache}`)
+          const before = await keys.mint(claims, { nowS: nowS() - 10 })
+          await expectAllowed(t, lapse, before, 'allowed before the revocation (and its answer cached when the cache is on)')
+          const entry = await revoke(t, lapse, { claim, value: claims[claim], reason: `revoke by ${claim}` })
+          const T = entry.issued_before as number
+          await expectRevoked(t, lapse, before, 'the earlier token is revoked')
+          await expectRevoked(
+            t,
+            lapse,
+            await keys.mint(claims, { nowS: T }),
+            'a token issued in the second of T is revoked too (the safe side)',
+          )
+          if (claim === 'jti') {
+            // One jti is one token: an iat after T (an issuer clock ahead of ours, within the skew) does not save it.
+            await expectRevoked(t, lapse, await keys.mint(claims, { nowS: T + 10 }), 'the same jti stamped after T is still revoked')
+          } else {
+            // A re-approved grant: same claim value, iat > T (within the skew, so no waiting).
+            await expectAllowed(
+              t,
+              lapse,
+              await keys.mint({ ...claims, jti: randomUUID() }, { nowS: T + 1 }),
+              'a token issued after T works',
+            )
+          }
+          const other = claimsFor(`${claim}-${cache}-other`)
+          await expectAllowed(t, lapse, await keys.mint(other, { nowS: T - 10 }), 'a token with other values is untouched')
+        },
+      )
     }
 
     t.test('a client named only in azp (what X-Auth-Client-Id and the audit line call client_id) is revoked by client_id', async (t) => {

@@ -22,15 +22,20 @@ const statuses = (fleet: readonly Lapse[], token: string) => Promise.all(fleet.m
  * guaranteed once the event is there, as docs/revocation.md says; on a loaded machine that is a moment later.
  */
 function delivered(fleet: readonly Lapse[], kind: 'revoked' | 'lifted', value: string, withinMs = 3000): Promise<unknown> {
-  return Promise.all(fleet.map((lapse) => new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${kind} event for ${value} within ${withinMs} ms`)), withinMs)
-    const off = lapse.running.deps.revocations.subscribe((e) => {
-      if (e.kind !== kind || e.entry.value !== value) return
-      clearTimeout(timer)
-      off()
-      resolve()
-    })
-  })))
+  return Promise.all(
+    fleet.map(
+      (lapse) =>
+        new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`no ${kind} event for ${value} within ${withinMs} ms`)), withinMs)
+          const off = lapse.running.deps.revocations.subscribe((e) => {
+            if (e.kind !== kind || e.entry.value !== value) return
+            clearTimeout(timer)
+            off()
+            resolve()
+          })
+        }),
+    ),
+  )
 }
 
 for (const cache of [true, false]) {
@@ -64,7 +69,11 @@ for (const cache of [true, false]) {
       const after: number[] = []
       for (const lapse of order) after.push(await status(lapse, token))
       t.same(after, [401, 401, 401], `round ${round}: denied by all three on their next request`)
-      t.same(fleet.map((l) => l.upstream.calls), calls, 'no upstream reached after the revocation')
+      t.same(
+        fleet.map((l) => l.upstream.calls),
+        calls,
+        'no upstream reached after the revocation',
+      )
       await arrived // the event reaches every instance either way
     }
 

@@ -3,8 +3,15 @@ import t from 'tap'
 import type { RevocationEntry } from '../../src/core/types.js'
 import { createAnswerCache } from '../../src/revocation/answer-cache.js'
 
-const entry = (expiresAtS: number): RevocationEntry =>
-  ({ claim: 'sub', value: 'a', issuedBeforeS: 100, reason: '', by: 't', createdAtS: 100, expiresAtS })
+const entry = (expiresAtS: number): RevocationEntry => ({
+  claim: 'sub',
+  value: 'a',
+  issuedBeforeS: 100,
+  reason: '',
+  by: 't',
+  createdAtS: 100,
+  expiresAtS,
+})
 
 function setup(maxEntries = 10) {
   const state = { fresh: true, nowS: 1000 }

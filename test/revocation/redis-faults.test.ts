@@ -13,13 +13,26 @@ const RELAXED_MS = 1000 // elsewhere: a busy CI box must not turn a functional t
 const MARGIN_MS = 250 // "timeout plus a small margin": generous, so a loaded CI box does not flake
 
 let stores = 0
-function openStore(t: Test, url: string, opts: {
-  cache: boolean; timeoutMs?: number; prefix?: string; tuning?: Partial<RedisStoreTuning>; tls?: { ca: string }
-}) {
+function openStore(
+  t: Test,
+  url: string,
+  opts: {
+    cache: boolean
+    timeoutMs?: number
+    prefix?: string
+    tuning?: Partial<RedisStoreTuning>
+    tls?: { ca: string }
+  },
+) {
   const clock = manualClock(Date.now())
   const store = createRedisStore({
-    url, prefix: opts.prefix ?? `f${++stores}`, timeoutMs: opts.timeoutMs ?? RELAXED_MS, clock, cache: opts.cache,
-    ...(opts.tuning ? { tuning: opts.tuning } : {}), ...(opts.tls ? { tls: opts.tls } : {}),
+    url,
+    prefix: opts.prefix ?? `f${++stores}`,
+    timeoutMs: opts.timeoutMs ?? RELAXED_MS,
+    clock,
+    cache: opts.cache,
+    ...(opts.tuning ? { tuning: opts.tuning } : {}),
+    ...(opts.tls ? { tls: opts.tls } : {}),
   })
   t.teardown(() => store.close())
   return { store, clock }
@@ -27,7 +40,11 @@ function openStore(t: Test, url: string, opts: {
 
 const live = (store: RedisRevocationStore) => waitFor(() => store.ready() && store.eventsLive(), 5000, 'store ready')
 
-interface Outcome { startedMs: number; ms: number; result: 'revoked' | 'allowed' | 'unavailable' | 'other' | 'hang' }
+interface Outcome {
+  startedMs: number
+  ms: number
+  result: 'revoked' | 'allowed' | 'unavailable' | 'other' | 'hang'
+}
 
 /** Starts a check every `everyMs` for `forMs`, and waits for all of them (a hang is recorded, not waited out). */
 async function checkContinuously(store: RevocationStore, token: TokenRef, forMs: number, everyMs = 2): Promise<Outcome[]> {
@@ -44,13 +61,17 @@ async function timedCheck(store: RevocationStore, token: TokenRef): Promise<Outc
   const startedMs = performance.now()
   const check = store.isRevoked(token).then(
     (revoked): Outcome['result'] => (revoked ? 'revoked' : 'allowed'),
-    (err: unknown): Outcome['result'] => (err instanceof RevocationUnavailableError ? 'unavailable' : 'other'))
+    (err: unknown): Outcome['result'] => (err instanceof RevocationUnavailableError ? 'unavailable' : 'other'),
+  )
   const result = await Promise.race([check, sleep(5000).then(() => 'hang' as const)])
   return { startedMs, ms: performance.now() - startedMs, result }
 }
 
 async function failsClosed(t: Test, work: Promise<unknown>, msg = 'fails closed: RevocationUnavailableError') {
-  const err = await work.then(() => undefined, (e: unknown) => e)
+  const err = await work.then(
+    () => undefined,
+    (e: unknown) => e,
+  )
   t.ok(err instanceof RevocationUnavailableError, msg)
 }
 
@@ -113,7 +134,11 @@ t.test('cache on, Redis frozen: cached answers stop within cacheStalenessMs, the
   const redis = await startRedis()
   t.teardown(() => redis.stop())
   const stalenessMs = 500
-  const { store, clock } = openStore(t, redis.url, { cache: true, timeoutMs: TIMEOUT_MS, tuning: { cacheStalenessMs: stalenessMs, heartbeatMs: 100 } })
+  const { store, clock } = openStore(t, redis.url, {
+    cache: true,
+    timeoutMs: TIMEOUT_MS,
+    tuning: { cacheStalenessMs: stalenessMs, heartbeatMs: 100 },
+  })
   await live(store)
   const token = tokenRef(nowS(clock), [['sub', 'bob']])
   t.equal(await store.isRevoked(token), false)
@@ -155,7 +180,11 @@ t.test('Unix socket: checks, writes and events', async (t) => {
   const { store, clock } = openStore(t, redis.url, { cache: true })
   await live(store)
   const entry = entryAt(clock, 'task', 'TASK-9')
-  await eventDuring(store, (e) => e.entry.value === 'TASK-9', () => store.put(entry))
+  await eventDuring(
+    store,
+    (e) => e.entry.value === 'TASK-9',
+    () => store.put(entry),
+  )
   t.equal(await store.isRevoked(tokenRef(entry.issuedBeforeS, [['task', 'TASK-9']])), true)
 })
 
@@ -179,12 +208,22 @@ t.test('three sidecars share one set: a revocation through one is denied by all,
   t.teardown(() => redis.stop())
   for (const cache of [false, true]) {
     const prefix = `shared-${cache}`
-    const [a, b, c] = [0, 1, 2].map(() => openStore(t, redis.url, { cache, prefix }).store) as [RedisRevocationStore, RedisRevocationStore, RedisRevocationStore]
+    const [a, b, c] = [0, 1, 2].map(() => openStore(t, redis.url, { cache, prefix }).store) as [
+      RedisRevocationStore,
+      RedisRevocationStore,
+      RedisRevocationStore,
+    ]
     await Promise.all([a, b, c].map(live))
     const clock = manualClock(Date.now())
     const token = tokenRef(nowS(clock), [['sub', 'ci-deployer']])
     for (const s of [a, b, c]) t.equal(await s.isRevoked(token), false, `allowed before (cache ${cache})`)
-    const heard = [b, c].map((s) => eventDuring(s, (e) => e.entry.value === 'ci-deployer', () => Promise.resolve()))
+    const heard = [b, c].map((s) =>
+      eventDuring(
+        s,
+        (e) => e.entry.value === 'ci-deployer',
+        () => Promise.resolve(),
+      ),
+    )
     await a.put(entryAt(clock, 'sub', 'ci-deployer'))
     t.equal(await a.isRevoked(token), true, 'the writer denies as soon as its write is acknowledged')
     await Promise.all(heard)
@@ -207,12 +246,22 @@ t.test('cache on: no check started after the event is delivered is allowed, unde
     const token = tokenRef(nowS(clock), [['jti', value]])
     t.equal(await b.isRevoked(token), false)
     let delivered = false
-    const off = b.subscribe((e) => { if (e.entry.value === value) delivered = true })
+    const off = b.subscribe((e) => {
+      if (e.entry.value === value) delivered = true
+    })
     const checks: Array<Promise<void>> = []
     const hammer = setInterval(() => {
       for (let i = 0; i < 4; i++) {
         const afterDelivery = delivered
-        checks.push(b.isRevoked(token).then((revoked) => { checked++; if (afterDelivery && !revoked) violations++ }, () => {}))
+        checks.push(
+          b.isRevoked(token).then(
+            (revoked) => {
+              checked++
+              if (afterDelivery && !revoked) violations++
+            },
+            () => {},
+          ),
+        )
       }
     }, 0)
     await a.put(entryAt(clock, 'jti', value))
@@ -240,7 +289,11 @@ t.test('cache on: a read that left before the revocation but lands after its eve
 
   const early = b.isRevoked(token) // executed by Redis now, answered 200 ms later
   await sleep(50)
-  await eventDuring(b, (e) => e.entry.value === 'late', () => a.put(entryAt(clock, 'jti', 'late')))
+  await eventDuring(
+    b,
+    (e) => e.entry.value === 'late',
+    () => a.put(entryAt(clock, 'jti', 'late')),
+  )
   t.equal(await early, false, 'the early read answers for its own moment')
   t.equal(await b.isRevoked(token), true, 'its stale answer was not cached')
 })

@@ -22,30 +22,37 @@ async function openStore(t: Test, server: RedisServer, opts: { cache: boolean; p
   const prefix = opts.prefix ?? `t${++stores}`
   // A generous budget: these tests are about answers; the budget is tested in redis-faults.test.ts.
   const store = createRedisStore({
-    url: server.url, prefix, timeoutMs: 1000, clock, cache: opts.cache, ...(opts.tuning ? { tuning: opts.tuning } : {}),
+    url: server.url,
+    prefix,
+    timeoutMs: 1000,
+    clock,
+    cache: opts.cache,
+    ...(opts.tuning ? { tuning: opts.tuning } : {}),
   })
   t.teardown(() => store.close())
   await waitFor(() => store.ready() && store.eventsLive(), 5000, 'store ready')
   return { store, clock, prefix }
 }
 
-const factory = (cache: boolean): StoreFactory => async (t) => {
-  const { store, clock, prefix } = await openStore(t, redis, { cache })
-  return {
-    store,
-    clock,
-    async elapse(seconds) {
-      clock.set(clock.now() + seconds * 1000)
-      await sleep(seconds * 1000)
-    },
-    async checkExpiry(t, entry) {
-      const [key] = await raw.keys(`{${prefix}}:rev:*`)
-      const ttlS = await raw.ttl(key ?? '')
-      const expected = entry.expiresAtS - Math.floor(clock.now() / 1000)
-      t.ok(ttlS <= expected && ttlS >= expected - 2, `Redis TTL ${ttlS} s is expiresAtS - now (${expected} s)`)
-    },
+const factory =
+  (cache: boolean): StoreFactory =>
+  async (t) => {
+    const { store, clock, prefix } = await openStore(t, redis, { cache })
+    return {
+      store,
+      clock,
+      async elapse(seconds) {
+        clock.set(clock.now() + seconds * 1000)
+        await sleep(seconds * 1000)
+      },
+      async checkExpiry(t, entry) {
+        const [key] = await raw.keys(`{${prefix}}:rev:*`)
+        const ttlS = await raw.ttl(key ?? '')
+        const expected = entry.expiresAtS - Math.floor(clock.now() / 1000)
+        t.ok(ttlS <= expected && ttlS >= expected - 2, `Redis TTL ${ttlS} s is expiresAtS - now (${expected} s)`)
+      },
+    }
   }
-}
 
 t.test('cache off', async (t) => runStoreCases(t, factory(false)))
 t.test('cache on', async (t) => runStoreCases(t, factory(true)))
@@ -55,10 +62,7 @@ t.test('key layout: one key per (claim, iss-or-any, value) under the prefix hash
   await store.put(entryAt(clock, 'sub', 'ci-deployer', { iss: 'https://idp.example/' }))
   await store.put(entryAt(clock, 'task', 'TASK-1'))
   const keys = (await raw.keys(`{${prefix}}:*`)).sort()
-  t.same(keys, [
-    `{${prefix}}:rev:sub:https%3A%2F%2Fidp.example%2F:ci-deployer`,
-    `{${prefix}}:rev:task:*:TASK-1`,
-  ])
+  t.same(keys, [`{${prefix}}:rev:sub:https%3A%2F%2Fidp.example%2F:ci-deployer`, `{${prefix}}:rev:task:*:TASK-1`])
   const stored = JSON.parse((await raw.get(keys[1] ?? '')) ?? '{}') as Record<string, unknown>
   t.match(stored, { claim: 'task', value: 'TASK-1', reason: 'ticket SEC-1', by: 'test' })
 })
@@ -73,17 +77,37 @@ t.test('values that need percent-encoding: what a revocation writes is what a ch
       const claim = i % 2 ? 'sub' : 'task:x'
       const iss = i % 3 ? 'https://idp.example/tenant?a=1' : undefined
       await store.put(entryAt(clock, claim, value, iss === undefined ? {} : { iss }))
-      const ref = tokenRef(iatS, [['jti', `j${i}`], [claim, value]], iss ?? 'https://other.example/')
-      t.equal(await store.isRevoked(ref), true, `cache ${cache ? 'on' : 'off'}: ${claim}=${JSON.stringify(value)} revoked${iss ? ' for its issuer' : ' for any issuer'}`)
-      t.equal(await store.isRevoked(tokenRef(iatS, [[claim, `${value}x`]])), false, `cache ${cache ? 'on' : 'off'}: a neighbouring value is not`)
+      const ref = tokenRef(
+        iatS,
+        [
+          ['jti', `j${i}`],
+          [claim, value],
+        ],
+        iss ?? 'https://other.example/',
+      )
+      t.equal(
+        await store.isRevoked(ref),
+        true,
+        `cache ${cache ? 'on' : 'off'}: ${claim}=${JSON.stringify(value)} revoked${iss ? ' for its issuer' : ' for any issuer'}`,
+      )
+      t.equal(
+        await store.isRevoked(tokenRef(iatS, [[claim, `${value}x`]])),
+        false,
+        `cache ${cache ? 'on' : 'off'}: a neighbouring value is not`,
+      )
     }
   }
 })
 
 t.test('a check of a token with five claims is one MGET, cached checks none', async (t) => {
   const { store, clock } = await openStore(t, redis, { cache: true })
-  const token = tokenRef(Math.floor(clock.now() / 1000),
-    [['jti', 'j'], ['sub', 's'], ['client_id', 'c'], ['sid', 'x'], ['task', 'k']])
+  const token = tokenRef(Math.floor(clock.now() / 1000), [
+    ['jti', 'j'],
+    ['sub', 's'],
+    ['client_id', 'c'],
+    ['sid', 'x'],
+    ['task', 'k'],
+  ])
   const before = await commandCalls(raw)
   t.equal(await store.isRevoked(token), false)
   const after = await commandCalls(raw)
@@ -102,10 +126,16 @@ t.test('checks started in the same turn share one MGET of their distinct keys, a
     await store.put(entryAt(clock, 'jti', 'revoked-jti', { iss: ISS_A }))
     // 30 checks: a shared sub on all of them, a revoked sub on every third, a revoked jti (for
     // one issuer only) on every fifth, and every token's own jti.
-    const refs = Array.from({ length: 30 }, (_, i) => tokenRef(iatS, [
-      ['jti', i % 5 === 0 ? 'revoked-jti' : `j-${cache}-${i}`],
-      ['sub', i % 3 === 0 ? 'revoked-sub' : 'shared-sub'],
-    ], i % 2 ? ISS_A : ISS_B))
+    const refs = Array.from({ length: 30 }, (_, i) =>
+      tokenRef(
+        iatS,
+        [
+          ['jti', i % 5 === 0 ? 'revoked-jti' : `j-${cache}-${i}`],
+          ['sub', i % 3 === 0 ? 'revoked-sub' : 'shared-sub'],
+        ],
+        i % 2 ? ISS_A : ISS_B,
+      ),
+    )
     const expected = refs.map((_, i) => i % 3 === 0 || (i % 5 === 0 && i % 2 === 1))
     const log = await recordCommands(raw)
     const answers = await Promise.all(refs.map((ref) => store.isRevoked(ref)))
@@ -119,7 +149,10 @@ t.test('checks started in the same turn share one MGET of their distinct keys, a
     // 24 own jti values × (issuer, any-issuer) + the revoked jti under both issuers and any
     // + 2 sub values × (2 issuers + any).
     t.equal(keys.length, 24 * 2 + 3 + 2 * 3, 'the distinct keys of the 30 tokens')
-    t.ok(keys.every((key) => key.startsWith(`{${prefix}}:rev:`)), 'all under the prefix hash tag')
+    t.ok(
+      keys.every((key) => key.startsWith(`{${prefix}}:rev:`)),
+      'all under the prefix hash tag',
+    )
   }
 })
 
@@ -131,10 +164,15 @@ t.test('a check started in the next turn of the loop joins the batch; one starte
     const checks: Array<Promise<boolean>> = [store.isRevoked(ref('first'))]
     // Immediates run in the order they were queued: this one in the turn the batch is held
     // through, the nested one in the turn after, once the batch's MGET has gone.
-    await new Promise<void>((resolve) => setImmediate(() => {
-      checks.push(store.isRevoked(ref('next-turn')))
-      setImmediate(() => { checks.push(store.isRevoked(ref('after-send'))); resolve() })
-    }))
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        checks.push(store.isRevoked(ref('next-turn')))
+        setImmediate(() => {
+          checks.push(store.isRevoked(ref('after-send')))
+          resolve()
+        })
+      }),
+    )
     t.same(await Promise.all(checks), [false, false, false])
     const mgets = (await log.stop()).filter((args) => args[0]?.toLowerCase() === 'mget')
     const jtis = mgets.map((args) => [...new Set(args.slice(1).map((key) => key.split(':').pop()))])
@@ -153,7 +191,9 @@ t.test('a check that starts while an MGET of its own keys is in flight is not an
   // Everything below is synchronous, so this process cannot read the first MGET's reply meanwhile.
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100) // Redis answers into our socket
   const entry = JSON.stringify(entryAt(clock, 'jti', 'in-flight'))
-  execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), 'SET', `{${prefix}}:rev:jti:*:in-flight`, entry], { timeout: 10_000 })
+  execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), 'SET', `{${prefix}}:rev:jti:*:in-flight`, entry], {
+    timeout: 10_000,
+  })
   const second = store.isRevoked(ref)
   t.equal(await second, true, 'the check that began after the write sees it')
   await first // either answer: this test is about the second
@@ -167,18 +207,34 @@ t.test('a burst beyond batchMaxKeys goes out as several MGETs in the same turn, 
   const { store, clock } = await openStore(t, redis, { cache: false, tuning: { batchMaxKeys: 8 } })
   const iatS = nowS(clock) - 10
   await store.put(entryAt(clock, 'jti', 'j-7'))
-  const refs = Array.from({ length: 10 }, (_, i) => tokenRef(iatS, [['jti', `j-${i}`], ['sub', `s-${i}`]]))
+  const refs = Array.from({ length: 10 }, (_, i) =>
+    tokenRef(iatS, [
+      ['jti', `j-${i}`],
+      ['sub', `s-${i}`],
+    ]),
+  )
   const log = await recordCommands(raw)
   const answers = await Promise.all(refs.map((ref) => store.isRevoked(ref)))
   const mgets = (await log.stop()).filter((args) => args[0]?.toLowerCase() === 'mget')
-  t.same(answers, refs.map((_, i) => i === 7), 'only the token with the revoked jti')
-  t.same(mgets.map((args) => args.length - 1), [8, 8, 8, 8, 8], '40 keys in MGETs of at most 8')
+  t.same(
+    answers,
+    refs.map((_, i) => i === 7),
+    'only the token with the revoked jti',
+  )
+  t.same(
+    mgets.map((args) => args.length - 1),
+    [8, 8, 8, 8, 8],
+    '40 keys in MGETs of at most 8',
+  )
 })
 
 t.test('isRevokedNow answers only from a fresh local cache, and a revocation elsewhere takes the answer away', async (t) => {
   const here = await openStore(t, redis, { cache: true, prefix: 'now-shared' })
   const other = await openStore(t, redis, { cache: true, prefix: 'now-shared' })
-  const token = tokenRef(Math.floor(here.clock.now() / 1000) - 10, [['jti', 'j-now'], ['sub', 'ci-now']])
+  const token = tokenRef(Math.floor(here.clock.now() / 1000) - 10, [
+    ['jti', 'j-now'],
+    ['sub', 'ci-now'],
+  ])
   t.equal(here.store.isRevokedNow!(token), undefined, 'nothing cached yet: ask Redis')
   t.equal(await here.store.isRevoked(token), false)
   t.equal(here.store.isRevokedNow!(token), false, 'now answered in-process')
@@ -219,7 +275,9 @@ t.test('a prefix with a brace is refused: it would move the hash tag', async (t)
 async function recordCommands(client: Redis) {
   const monitor = await client.monitor()
   const seen: string[][] = []
-  monitor.on('monitor', (_time: string, args: string[]) => { seen.push(args) })
+  monitor.on('monitor', (_time: string, args: string[]) => {
+    seen.push(args)
+  })
   return {
     async stop(): Promise<string[][]> {
       // The feed is a separate connection: a marker sent last and seen means all before it arrived.
@@ -294,5 +352,9 @@ t.test('list: a page takes at most listMaxScanSteps SCAN steps, and answers a sh
     seen.push(...page.entries)
     cursor = page.next
   }
-  t.same(seen.map((e) => e.value), ['needle'], 'the walk finds it, once')
+  t.same(
+    seen.map((e) => e.value),
+    ['needle'],
+    'the walk finds it, once',
+  )
 })

@@ -7,7 +7,15 @@
 // the cases read T from; it tears the store down itself (t.teardown).
 import type { Test } from 'tap'
 import { nowS } from '../../src/core/clock.js'
-import { InvalidCursorError, type Clock, type RevocationEntry, type RevocationEvent, type RevocationQuery, type RevocationStore, type TokenRef } from '../../src/core/types.js'
+import {
+  InvalidCursorError,
+  type Clock,
+  type RevocationEntry,
+  type RevocationEvent,
+  type RevocationQuery,
+  type RevocationStore,
+  type TokenRef,
+} from '../../src/core/types.js'
 
 export interface StoreHarness {
   readonly store: RevocationStore
@@ -45,8 +53,12 @@ export async function revoked(t: Test, store: RevocationStore, ref: TokenRef): P
 export const tokenRef = (iatS: number | undefined, values: Array<[string, string]>, iss = ISS): TokenRef => ({ iss, iatS, values })
 
 /** The next event matching `match`, subscribed before `action` runs so it cannot be missed. */
-export async function eventDuring(store: RevocationStore, match: (e: RevocationEvent) => boolean,
-  action: () => Promise<unknown>, withinMs = 3000): Promise<RevocationEvent> {
+export async function eventDuring(
+  store: RevocationStore,
+  match: (e: RevocationEvent) => boolean,
+  action: () => Promise<unknown>,
+  withinMs = 3000,
+): Promise<RevocationEvent> {
   let stop = () => {}
   const seen = new Promise<RevocationEvent>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no matching event within ${withinMs} ms`)), withinMs)
@@ -55,7 +67,10 @@ export async function eventDuring(store: RevocationStore, match: (e: RevocationE
       clearTimeout(timer)
       resolve(event)
     })
-    stop = () => { clearTimeout(timer); off() }
+    stop = () => {
+      clearTimeout(timer)
+      off()
+    }
   })
   try {
     await action()
@@ -66,7 +81,12 @@ export async function eventDuring(store: RevocationStore, match: (e: RevocationE
 }
 
 /** Every page of a listing, following `next`; fails the test past `maxPages`. */
-export async function listAll(t: Test, store: RevocationStore, query: Omit<RevocationQuery, 'cursor'>, maxPages = 100): Promise<RevocationEntry[][]> {
+export async function listAll(
+  t: Test,
+  store: RevocationStore,
+  query: Omit<RevocationQuery, 'cursor'>,
+  maxPages = 100,
+): Promise<RevocationEntry[][]> {
   const pages: RevocationEntry[][] = []
   let cursor: string | undefined
   do {
@@ -92,7 +112,11 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     const seen = pages.flat()
     t.ok(pages.length >= 5, `${pages.length} pages of at most 5`)
     t.same(names(seen), names(put), 'every entry, each exactly once')
-    t.same(seen.find((e) => e.value === 'list-4:é*'), put[4], 'entries come back whole')
+    t.same(
+      seen.find((e) => e.value === 'list-4:é*'),
+      put[4],
+      'entries come back whole',
+    )
     t.same(names((await listAll(t, store, { limit: 1000 })).flat()), names(put), 'one big page: the same entries')
   })
 
@@ -124,7 +148,11 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     t.ok(first.next, 'more pages')
     await elapse(3)
     const rest = (await listAllFrom(store, first.next, 4)).flat()
-    t.same(rest.filter((e) => e.value.startsWith('short-')), [], 'no expired entry on a later page')
+    t.same(
+      rest.filter((e) => e.value.startsWith('short-')),
+      [],
+      'no expired entry on a later page',
+    )
     const firstLong = first.entries.filter((e) => e.value.startsWith('long-'))
     t.same(names([...firstLong, ...rest]), names(long), 'every entry still active is listed once')
     t.same(names((await listAll(t, store, { limit: 4 })).flat()), names(long), 'a new walk: only the active ones')
@@ -134,32 +162,57 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     const { store, clock } = await factory(t)
     await store.put(entryAt(clock, 'sub', 'x'))
     for (const cursor of ['not a cursor', '', Buffer.from(JSON.stringify({ c: '', k: ['secret-key'] })).toString('base64url')]) {
-      const err = await store.list({ limit: 10, cursor }).then(() => undefined, (e: unknown) => e)
+      const err = await store.list({ limit: 10, cursor }).then(
+        () => undefined,
+        (e: unknown) => e,
+      )
       t.ok(err instanceof InvalidCursorError, `${JSON.stringify(cursor)} refused with InvalidCursorError`)
     }
   })
 
   for (const claim of ['jti', 'sub', 'client_id', 'sid', 'task']) {
-    t.test(`revoked by ${claim}: iat before and at T revoked, after T not${claim === 'jti' ? ' (but one jti is one token: revoked whatever its iat)' : ''}`, async (t) => {
-      const { store, clock } = await factory(t)
-      const entry = await store.put(entryAt(clock, claim, 'v-1'))
-      const T = entry.issuedBeforeS
-      t.equal(await revoked(t, store, tokenRef(T - 60, [[claim, 'v-1']])), true, 'issued before T')
-      t.equal(await revoked(t, store, tokenRef(T, [[claim, 'v-1']])), true, 'iat == T: same second is the safe side')
-      // A jti is never reissued; an iat after T means an issuer clock ahead of ours, not a new grant.
-      t.equal(await revoked(t, store, tokenRef(T + 10, [[claim, 'v-1']])), claim === 'jti',
-        claim === 'jti' ? 'iat after T, same jti: the same token, revoked' : 'issued after T: a re-approved grant works')
-      t.equal(await revoked(t, store, tokenRef(T - 60, [[claim, 'v-2']])), false, 'another value')
-      t.equal(await revoked(t, store, tokenRef(T - 60, [['other_claim', 'v-1']])), false, 'same value, another claim')
-    })
+    t.test(
+      `revoked by ${claim}: iat before and at T revoked, after T not${claim === 'jti' ? ' (but one jti is one token: revoked whatever its iat)' : ''}`,
+      async (t) => {
+        const { store, clock } = await factory(t)
+        const entry = await store.put(entryAt(clock, claim, 'v-1'))
+        const T = entry.issuedBeforeS
+        t.equal(await revoked(t, store, tokenRef(T - 60, [[claim, 'v-1']])), true, 'issued before T')
+        t.equal(await revoked(t, store, tokenRef(T, [[claim, 'v-1']])), true, 'iat == T: same second is the safe side')
+        // A jti is never reissued; an iat after T means an issuer clock ahead of ours, not a new grant.
+        t.equal(
+          await revoked(t, store, tokenRef(T + 10, [[claim, 'v-1']])),
+          claim === 'jti',
+          claim === 'jti' ? 'iat after T, same jti: the same token, revoked' : 'issued after T: a re-approved grant works',
+        )
+        t.equal(await revoked(t, store, tokenRef(T - 60, [[claim, 'v-2']])), false, 'another value')
+        t.equal(await revoked(t, store, tokenRef(T - 60, [['other_claim', 'v-1']])), false, 'same value, another claim')
+      },
+    )
   }
 
   t.test('one revoked claim among several revokes the token', async (t) => {
     const { store, clock } = await factory(t)
     const { issuedBeforeS: T } = await store.put(entryAt(clock, 'sid', 's-9'))
-    const values: Array<[string, string]> = [['jti', 'j-1'], ['sub', 'alice'], ['client_id', 'c-1'], ['sid', 's-9'], ['task', 'TASK-7']]
+    const values: Array<[string, string]> = [
+      ['jti', 'j-1'],
+      ['sub', 'alice'],
+      ['client_id', 'c-1'],
+      ['sid', 's-9'],
+      ['task', 'TASK-7'],
+    ]
     t.equal(await revoked(t, store, tokenRef(T, values)), true)
-    t.equal(await revoked(t, store, tokenRef(T, values.filter(([c]) => c !== 'sid'))), false)
+    t.equal(
+      await revoked(
+        t,
+        store,
+        tokenRef(
+          T,
+          values.filter(([c]) => c !== 'sid'),
+        ),
+      ),
+      false,
+    )
   })
 
   t.test('a token without iat is revoked: it cannot prove it came later', async (t) => {
@@ -215,10 +268,36 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
   t.test('a token value holding a lone surrogate is checked like any other and does not stop the check of the rest', async (t) => {
     const { store, clock } = await factory(t)
     const entry = await store.put(entryAt(clock, 'sub', 'grace'))
-    t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', 'MIGR-\ud800'], ['sub', 'grace']])), true, 'the revoked sub is found')
-    t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', '\udc00x'], ['sub', 'other']])), false, 'nothing revoked: false, not a failure')
+    t.equal(
+      await revoked(
+        t,
+        store,
+        tokenRef(entry.issuedBeforeS, [
+          ['task', 'MIGR-\ud800'],
+          ['sub', 'grace'],
+        ]),
+      ),
+      true,
+      'the revoked sub is found',
+    )
+    t.equal(
+      await revoked(
+        t,
+        store,
+        tokenRef(entry.issuedBeforeS, [
+          ['task', '\udc00x'],
+          ['sub', 'other'],
+        ]),
+      ),
+      false,
+      'nothing revoked: false, not a failure',
+    )
     await store.put(entryAt(clock, 'task', 'MIGR-\ufffd'))
-    t.equal(await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', 'MIGR-\ud800']])), false, 'not the value with U+FFFD in its place')
+    t.equal(
+      await revoked(t, store, tokenRef(entry.issuedBeforeS, [['task', 'MIGR-\ud800']])),
+      false,
+      'not the value with U+FFFD in its place',
+    )
   })
 
   t.test('a lift answers the entry it removed, not one read before a replacing put', async (t) => {
@@ -237,7 +316,10 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     const { store, clock } = await factory(t)
     const entry = await store.put(entryAt(clock, 'sid', 's-9'))
     const answers = await Promise.all([store.lift('sid', 's-9'), store.lift('sid', 's-9')])
-    t.same(answers.filter((a) => a !== undefined), [entry])
+    t.same(
+      answers.filter((a) => a !== undefined),
+      [entry],
+    )
   })
 
   t.test('lifting the iss-bound entry leaves the any-issuer one in force', async (t) => {
@@ -286,9 +368,17 @@ export function runStoreCases(t: Test, factory: StoreFactory): void {
     const entry = entryAt(clock, 'jti', 'j-42', { iss: ISS })
     const unheard: RevocationEvent[] = []
     store.subscribe((e) => unheard.push(e))()
-    const revoked = await eventDuring(store, (e) => e.entry.value === 'j-42', () => store.put(entry))
+    const revoked = await eventDuring(
+      store,
+      (e) => e.entry.value === 'j-42',
+      () => store.put(entry),
+    )
     t.same(revoked, { kind: 'revoked', entry })
-    const lifted = await eventDuring(store, (e) => e.kind === 'lifted', () => store.lift('jti', 'j-42', ISS))
+    const lifted = await eventDuring(
+      store,
+      (e) => e.kind === 'lifted',
+      () => store.lift('jti', 'j-42', ISS),
+    )
     t.same(lifted, { kind: 'lifted', entry })
     t.same(unheard, [], 'an unsubscribed listener hears nothing')
   })

@@ -15,7 +15,12 @@ export type UseCounterFactory = (t: Test) => Promise<UseCounterHarness>
 
 const ISS = 'https://idp.example/'
 let n = 0
-const key = (extra: Partial<UseKey> = {}): UseKey => ({ scope: 'POST /migrations/run', iss: ISS, jti: `jti-${++n}-${Date.now()}`, ...extra })
+const key = (extra: Partial<UseKey> = {}): UseKey => ({
+  scope: 'POST /migrations/run',
+  iss: ISS,
+  jti: `jti-${++n}-${Date.now()}`,
+  ...extra,
+})
 const expiry = (clock: Clock) => Math.floor(clock.now() / 1000) + 330
 
 export function runUseCounterCases(t: Test, open: UseCounterFactory): void {
@@ -51,7 +56,10 @@ export function runUseCounterCases(t: Test, open: UseCounterFactory): void {
     const { counter, clock } = await open(t)
     const k = key()
     const results = await Promise.all(Array.from({ length: 40 }, () => counter.take(k, 5, expiry(clock))))
-    t.same(results.filter((r) => r <= 5).sort((a, b) => a - b), [1, 2, 3, 4, 5])
+    t.same(
+      results.filter((r) => r <= 5).sort((a, b) => a - b),
+      [1, 2, 3, 4, 5],
+    )
     t.equal(results.filter((r) => r === 6).length, 35)
   })
 

@@ -16,7 +16,7 @@ t.test('memory', async (t) => {
       counter,
       clock,
       async checkExpiry(t, key, expiresAtS) {
-        clock.set((expiresAtS * 1000) - 1)
+        clock.set(expiresAtS * 1000 - 1)
         t.equal(counter.take(key, 1, expiresAtS), 2, 'still counted a millisecond before')
         clock.set(expiresAtS * 1000)
         t.equal(counter.take(key, 1, expiresAtS + 100), 1, 'gone at expiresAtS')
@@ -52,10 +52,11 @@ t.test('Redis', async (t) => {
     t.teardown(() => counter.close())
     await waitFor(() => counter.ready(), 5000, 'counter ready')
     await counter.take({ scope: 's', iss: 'i', jti: 'warm' }, 1, Math.floor(Date.now() / 1000) + 60)
-    const scripts = async () => [...(await raw.info('commandstats')).matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0)
+    const scripts = async () =>
+      [...(await raw.info('commandstats')).matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0)
     const before = await scripts()
     await counter.take({ scope: 's', iss: 'i', jti: 'one' }, 1, Math.floor(Date.now() / 1000) + 60)
-    t.equal(await scripts() - before, 1, 'one script call')
+    t.equal((await scripts()) - before, 1, 'one script call')
   })
 
   t.test('Redis gone: refused within the budget (ERR_REVOCATION_UNAVAILABLE)', async (t) => {
@@ -66,7 +67,9 @@ t.test('Redis', async (t) => {
     await counter.take({ scope: 's', iss: 'i', jti: 'x' }, 1, Math.floor(Date.now() / 1000) + 60)
     await down.kill()
     const started = Date.now()
-    await t.rejects(Promise.resolve(counter.take({ scope: 's', iss: 'i', jti: 'y' }, 1, Math.floor(Date.now() / 1000) + 60)), { code: 'ERR_REVOCATION_UNAVAILABLE' })
+    await t.rejects(Promise.resolve(counter.take({ scope: 's', iss: 'i', jti: 'y' }, 1, Math.floor(Date.now() / 1000) + 60)), {
+      code: 'ERR_REVOCATION_UNAVAILABLE',
+    })
     t.ok(Date.now() - started < 1000, 'within the budget')
     await down.stop()
   })
@@ -81,14 +84,18 @@ t.test('Redis Cluster (three masters)', async (t) => {
     const prefix = `c${++prefixes}`
     const counter = createRedisUseCounter({ url: cluster.url, prefix, timeoutMs: 2000 })
     t.teardown(() => counter.close())
-    await waitFor(async () => {
-      try {
-        await counter.take({ scope: 'warm', iss: 'i', jti: 'up' }, 1000, Math.floor(Date.now() / 1000) + 60)
-        return true
-      } catch {
-        return false
-      }
-    }, 10_000, 'cluster counter ready')
+    await waitFor(
+      async () => {
+        try {
+          await counter.take({ scope: 'warm', iss: 'i', jti: 'up' }, 1000, Math.floor(Date.now() / 1000) + 60)
+          return true
+        } catch {
+          return false
+        }
+      },
+      10_000,
+      'cluster counter ready',
+    )
     return {
       counter,
       clock,

@@ -19,13 +19,30 @@ t.test('a decision line carries time, trace and span ids, decision, reason, rout
   const mem = inMemoryTelemetry(t)
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry })
   const tp = newTraceparent()
-  await send(`${lapse.url}/orders/42?x=1`, { headers: [tp.header, bearer(await mint({ sub: 'ci-deployer', client_id: 'deploy-bot', jti: 'tok-1' }))] })
+  await send(`${lapse.url}/orders/42?x=1`, {
+    headers: [tp.header, bearer(await mint({ sub: 'ci-deployer', client_id: 'deploy-bot', jti: 'tok-1' }))],
+  })
   const line = await waitFor(() => decisions(lapse)[0], 'the decision line')
   const span = await mem.authorizeSpan(tp.traceId)
   t.match(line, {
-    audit: 'decision', msg: 'decision', time: Number, trace_id: tp.traceId, span_id: span.spanContext().spanId,
-    decision: 'allow', reason: 'ok', route: '/orders/**', method: 'GET', path: '/orders/42', status: 200,
-    sub: 'ci-deployer', client_id: 'deploy-bot', jti: 'tok-1', iat: T0_S, exp: T0_S + 300, remote: '127.0.0.1', latency_ms: Number,
+    audit: 'decision',
+    msg: 'decision',
+    time: Number,
+    trace_id: tp.traceId,
+    span_id: span.spanContext().spanId,
+    decision: 'allow',
+    reason: 'ok',
+    route: '/orders/**',
+    method: 'GET',
+    path: '/orders/42',
+    status: 200,
+    sub: 'ci-deployer',
+    client_id: 'deploy-bot',
+    jti: 'tok-1',
+    iat: T0_S,
+    exp: T0_S + 300,
+    remote: '127.0.0.1',
+    latency_ms: Number,
   })
   t.notOk(JSON.stringify(line).includes('x=1'), 'no query string: it may carry anything')
 })
@@ -38,12 +55,22 @@ t.test('LAPSE_LOG_ALLOWS=none: allows are not logged, denials are', async (t) =>
   await waitFor(() => decisions(lapse).length >= 1, 'the denial line')
   await send(`${lapse.url}/orders/3`) // a second denial, as a fence: lines are written in order
   await waitFor(() => decisions(lapse).length >= 2, 'the second denial line')
-  t.same(decisions(lapse).map((l) => l.reason), ['missing_token', 'missing_token'])
+  t.same(
+    decisions(lapse).map((l) => l.reason),
+    ['missing_token', 'missing_token'],
+  )
 })
 
 t.test('LAPSE_LOG_ALLOWS=sampled: the sample rate decides for allows; denials always', async (t) => {
-  for (const [rate, allows] of [['0', 0], ['1', 2]] as const) {
-    const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), env: { LAPSE_LOG_ALLOWS: 'sampled', LAPSE_LOG_ALLOWS_SAMPLE_RATE: rate } })
+  for (const [rate, allows] of [
+    ['0', 0],
+    ['1', 2],
+  ] as const) {
+    const lapse = await runApp(t, {
+      routes: ROUTES,
+      clock: manualClock(T0_MS),
+      env: { LAPSE_LOG_ALLOWS: 'sampled', LAPSE_LOG_ALLOWS_SAMPLE_RATE: rate },
+    })
     await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint())] })
     await send(`${lapse.url}/orders/2`, { headers: [bearer(await mint())] })
     await send(`${lapse.url}/orders/3`)
@@ -72,13 +99,25 @@ t.test('LAPSE_LOG_LEVEL=warn quiets operational lines, not the audit trail', asy
   await send(`${lapse.url}/orders/1`)
   await send(`${lapse.url}/orders/1`, { headers: [bearer(token)] })
   await waitFor(() => lapse.lines().filter((l) => l.audit === 'decision').length === 2, 'both decision lines')
-  t.notOk(lapse.lines().some((l) => l.msg === 'lapse is listening'), 'info-level operational lines are quiet')
+  t.notOk(
+    lapse.lines().some((l) => l.msg === 'lapse is listening'),
+    'info-level operational lines are quiet',
+  )
 })
 
 t.test('revocation changes are audit lines too', async (t) => {
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
   const headers = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }
-  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations`, { method: 'POST', headers, body: JSON.stringify({ claim: 'sub', value: 'contractor-7', reason: 'offboarded' }) })).status, 201)
+  t.equal(
+    (
+      await fetch(`${lapse.adminUrl}/v1/revocations`, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({ claim: 'sub', value: 'contractor-7', reason: 'offboarded' }),
+      })
+    ).status,
+    201,
+  )
   t.equal((await fetch(`${lapse.adminUrl}/v1/revocations/sub/contractor-7`, { method: 'DELETE', headers })).status, 204)
   const lines = await waitFor(() => {
     const l = lapse.lines.filter((x) => x.audit === 'revocation')
@@ -89,40 +128,82 @@ t.test('revocation changes are audit lines too', async (t) => {
   t.notOk('trace_id' in lines[0]! || 'trace_id' in lines[1]!, 'telemetry off and no traceparent: no trace id')
 })
 
-t.test('a revocation change is a lapse.revocation.change span, child of the caller\'s trace, and its line carries the trace id', async (t) => {
-  const mem = inMemoryTelemetry(t)
-  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry })
-  const base = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }
-  const [revoke, lift, missing] = [newTraceparent(), newTraceparent(), newTraceparent()]
-  const body = JSON.stringify({ claim: 'sub', value: 'contractor-7', iss: 'https://issuer.test', reason: 'offboarded' })
-  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations`, { method: 'POST', headers: { ...base, traceparent: revoke.header[1] }, body })).status, 201)
-  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations/sub/contractor-7?iss=https://issuer.test`, { method: 'DELETE', headers: { ...base, traceparent: lift.header[1] } })).status, 204)
-  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations/sub/nobody`, { method: 'DELETE', headers: { ...base, traceparent: missing.header[1] } })).status, 404)
+t.test(
+  "a revocation change is a lapse.revocation.change span, child of the caller's trace, and its line carries the trace id",
+  async (t) => {
+    const mem = inMemoryTelemetry(t)
+    const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry })
+    const base = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }
+    const [revoke, lift, missing] = [newTraceparent(), newTraceparent(), newTraceparent()]
+    const body = JSON.stringify({ claim: 'sub', value: 'contractor-7', iss: 'https://issuer.test', reason: 'offboarded' })
+    t.equal(
+      (await fetch(`${lapse.adminUrl}/v1/revocations`, { method: 'POST', headers: { ...base, traceparent: revoke.header[1] }, body }))
+        .status,
+      201,
+    )
+    t.equal(
+      (
+        await fetch(`${lapse.adminUrl}/v1/revocations/sub/contractor-7?iss=https://issuer.test`, {
+          method: 'DELETE',
+          headers: { ...base, traceparent: lift.header[1] },
+        })
+      ).status,
+      204,
+    )
+    t.equal(
+      (
+        await fetch(`${lapse.adminUrl}/v1/revocations/sub/nobody`, {
+          method: 'DELETE',
+          headers: { ...base, traceparent: missing.header[1] },
+        })
+      ).status,
+      404,
+    )
 
-  const lines = await waitFor(() => {
-    const l = lapse.lines.filter((x) => x.audit === 'revocation')
-    return l.length === 2 ? l : undefined
-  }, 'two revocation lines')
-  for (const [i, tp, action] of [[0, revoke, 'revoke'], [1, lift, 'lift']] as const) {
-    const [span] = (await mem.spansOf(tp.traceId, 'lapse.revocation.change')).filter((s) => s.name === 'lapse.revocation.change')
-    t.equal(span?.parentSpanContext?.spanId, tp.parentSpanId, `${action}: the span is a child of the caller's span`)
-    t.same(span?.attributes, {
-      'lapse.revocation.action': action, 'lapse.revocation.claim': 'sub', 'lapse.revocation.value': 'contractor-7',
-      'lapse.revocation.iss': 'https://issuer.test', 'lapse.revocation.by': 'admin',
-    }, `${action}: the span says what changed and who changed it`)
-    t.equal(span?.status.code, 0, `${action}: not a fault`)
-    t.match(lines[i], { action, trace_id: tp.traceId, span_id: span?.spanContext().spanId }, `${action}: the line leads to the span`)
-  }
-  const [nothing] = await mem.spansOf(missing.traceId, 'lapse.revocation.change')
-  t.equal(nothing?.status.code, 0, 'lifting nothing: the span ends, not as a fault')
-  t.equal(lapse.lines.filter((x) => x.audit === 'revocation').length, 2, 'and writes no line: nothing changed')
-})
+    const lines = await waitFor(() => {
+      const l = lapse.lines.filter((x) => x.audit === 'revocation')
+      return l.length === 2 ? l : undefined
+    }, 'two revocation lines')
+    for (const [i, tp, action] of [
+      [0, revoke, 'revoke'],
+      [1, lift, 'lift'],
+    ] as const) {
+      const [span] = (await mem.spansOf(tp.traceId, 'lapse.revocation.change')).filter((s) => s.name === 'lapse.revocation.change')
+      t.equal(span?.parentSpanContext?.spanId, tp.parentSpanId, `${action}: the span is a child of the caller's span`)
+      t.same(
+        span?.attributes,
+        {
+          'lapse.revocation.action': action,
+          'lapse.revocation.claim': 'sub',
+          'lapse.revocation.value': 'contractor-7',
+          'lapse.revocation.iss': 'https://issuer.test',
+          'lapse.revocation.by': 'admin',
+        },
+        `${action}: the span says what changed and who changed it`,
+      )
+      t.equal(span?.status.code, 0, `${action}: not a fault`)
+      t.match(lines[i], { action, trace_id: tp.traceId, span_id: span?.spanContext().spanId }, `${action}: the line leads to the span`)
+    }
+    const [nothing] = await mem.spansOf(missing.traceId, 'lapse.revocation.change')
+    t.equal(nothing?.status.code, 0, 'lifting nothing: the span ends, not as a fault')
+    t.equal(lapse.lines.filter((x) => x.audit === 'revocation').length, 2, 'and writes no line: nothing changed')
+  },
+)
 
-t.test('telemetry off: a revocation line still names the caller\'s trace', async (t) => {
+t.test("telemetry off: a revocation line still names the caller's trace", async (t) => {
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS) })
   const tp = newTraceparent()
   const headers = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json', traceparent: tp.header[1] }
-  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations`, { method: 'POST', headers, body: JSON.stringify({ claim: 'jti', value: 'tok-9', reason: 'leaked' }) })).status, 201)
+  t.equal(
+    (
+      await fetch(`${lapse.adminUrl}/v1/revocations`, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({ claim: 'jti', value: 'tok-9', reason: 'leaked' }),
+      })
+    ).status,
+    201,
+  )
   const line = await waitFor(() => lapse.lines.find((x) => x.audit === 'revocation'), 'the revocation line')
   t.match(line, { action: 'revoke', trace_id: tp.traceId, span_id: tp.parentSpanId })
 })
@@ -130,22 +211,43 @@ t.test('telemetry off: a revocation line still names the caller\'s trace', async
 t.test('a revocation write the set does not acknowledge: the span ends as a fault, with no audit line', async (t) => {
   const port = await freePort() // nothing listens there
   const mem = inMemoryTelemetry(t)
-  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry, env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` } })
+  const lapse = await runApp(t, {
+    routes: ROUTES,
+    clock: manualClock(T0_MS),
+    telemetry: mem.telemetry,
+    env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` },
+  })
   const tp = newTraceparent()
   const headers = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json', traceparent: tp.header[1] }
-  t.equal((await fetch(`${lapse.adminUrl}/v1/revocations`, { method: 'POST', headers, body: JSON.stringify({ claim: 'sub', value: 'x', reason: 'r' }) })).status, 503)
+  t.equal(
+    (
+      await fetch(`${lapse.adminUrl}/v1/revocations`, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({ claim: 'sub', value: 'x', reason: 'r' }),
+      })
+    ).status,
+    503,
+  )
   const [span] = await mem.spansOf(tp.traceId, 'lapse.revocation.change')
   t.equal(span?.status.code, 2, 'an error status')
   t.equal(span?.attributes['error.type'], 'ERR_REVOCATION_UNAVAILABLE')
-  t.notOk(lapse.lines.some((x) => x.audit === 'revocation'), 'no audit line: nothing changed')
+  t.notOk(
+    lapse.lines.some((x) => x.audit === 'revocation'),
+    'no audit line: nothing changed',
+  )
 })
 
 t.test('a client that leaves before any answer: the line has no status and says client_closed; the span no status code', async (t) => {
   const mem = inMemoryTelemetry(t)
   // An upstream that answers HTTP after 2 s and never answers an upgrade.
-  const upstream = await startUpstream((_req, res) => { setTimeout(() => res.writeHead(200).end('late'), 2000).unref() })
+  const upstream = await startUpstream((_req, res) => {
+    setTimeout(() => res.writeHead(200).end('late'), 2000).unref()
+  })
   let upgrades = 0
-  upstream.server.on('upgrade', () => { upgrades++ })
+  upstream.server.on('upgrade', () => {
+    upgrades++
+  })
   t.teardown(() => upstream.close())
   const lapse = await runApp(t, { routes: [{ path: '/orders/**' }], clock: manualClock(T0_MS), telemetry: mem.telemetry, upstream })
   const token = await mint({ sub: 'leaver' })
@@ -163,8 +265,15 @@ t.test('a client that leaves before any answer: the line has no status and says 
   const http = newTraceparent()
   await leave('GET /orders/1 HTTP/1.1\r\nHost: x\r\n', http, () => upstream.calls === 1)
   const ws = newTraceparent()
-  await leave('GET /orders/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n', ws, () => upgrades === 1)
-  for (const [what, tp] of [['HTTP', http], ['WebSocket upgrade', ws]] as const) {
+  await leave(
+    'GET /orders/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n',
+    ws,
+    () => upgrades === 1,
+  )
+  for (const [what, tp] of [
+    ['HTTP', http],
+    ['WebSocket upgrade', ws],
+  ] as const) {
     const line = await waitFor(() => decisions(lapse).find((l) => l.trace_id === tp.traceId), `the ${what} line`)
     t.match(line, { decision: 'allow', client_closed: true }, `${what}: the line says the client left`)
     t.notOk('status' in line, `${what}: and claims no status it never sent`)

@@ -27,15 +27,41 @@ const ROUTES = [
 ]
 // DESIGN.md "Telemetry": the `lapse.reason` values, verbatim, and host_not_allowed (LAPSE_HOSTS).
 const DESIGN_REASONS = [
-  'ok', 'missing_token', 'malformed', 'bad_signature', 'unknown_key', 'alg_not_allowed', 'expired', 'not_yet_valid',
-  'wrong_issuer', 'wrong_audience', 'lifetime_exceeds_policy', 'missing_claim', 'revoked', 'insufficient_scope',
-  'no_route', 'revocation_unavailable', 'keys_unavailable', 'invalid_request', 'host_not_allowed', 'too_many_header_fields',
+  'ok',
+  'missing_token',
+  'malformed',
+  'bad_signature',
+  'unknown_key',
+  'alg_not_allowed',
+  'expired',
+  'not_yet_valid',
+  'wrong_issuer',
+  'wrong_audience',
+  'lifetime_exceeds_policy',
+  'missing_claim',
+  'revoked',
+  'insufficient_scope',
+  'no_route',
+  'revocation_unavailable',
+  'keys_unavailable',
+  'invalid_request',
+  'host_not_allowed',
+  'too_many_header_fields',
   // docs/binding.md: DPoP and the sender_constrained policy.
-  'dpop_proof_invalid', 'dpop_replayed', 'dpop_key_mismatch', 'dpop_nonce_required', 'sender_constraint_required', 'dpop_replay_unavailable',
+  'dpop_proof_invalid',
+  'dpop_replayed',
+  'dpop_key_mismatch',
+  'dpop_nonce_required',
+  'sender_constraint_required',
+  'dpop_replay_unavailable',
   // Issue 23 (docs/binding.md).
-  'mtls_key_mismatch', 'peer_not_allowed',
+  'mtls_key_mismatch',
+  'peer_not_allowed',
   // Route binding: claims, RFC 9470 freshness, use limits.
-  'claim_mismatch', 'token_too_old', 'acr_insufficient', 'token_reused',
+  'claim_mismatch',
+  'token_too_old',
+  'acr_insufficient',
+  'token_reused',
 ]
 
 const mint = async (claims: Record<string, unknown> = {}, opts: Parameters<Awaited<ReturnType<typeof testKeys>>['mint']>[1] = {}) =>
@@ -91,7 +117,14 @@ t.test('every reason on one Lapse: one lapse.authorize span each, with the desig
   const okSpan = await expectSpan(t, lapse, mem, 'ok', {
     headers: [bearer(good)],
     status: 200,
-    attrs: { ...ORDERS_RULE, 'url.path': '/orders/1', 'enduser.id': 'ci-deployer', 'lapse.client_id': 'deploy-bot', 'lapse.token.jti': 'tok-ok', 'lapse.token.expires_in_s': 120 },
+    attrs: {
+      ...ORDERS_RULE,
+      'url.path': '/orders/1',
+      'enduser.id': 'ci-deployer',
+      'lapse.client_id': 'deploy-bot',
+      'lapse.token.jti': 'tok-ok',
+      'lapse.token.expires_in_s': 120,
+    },
   })
   t.equal(lapse.upstream.calls, 1)
   t.equal(okSpan.name, 'lapse.authorize')
@@ -103,24 +136,65 @@ t.test('every reason on one Lapse: one lapse.authorize span each, with the desig
   await expectSpan(t, lapse, mem, 'bad_signature', { headers: [bearer(`${h}.${p}.${otherSig}`)], status: 401, absent: ['enduser.id'] })
   const stranger = await newKeyPair('ES256', 'not-in-the-jwks')
   await expectSpan(t, lapse, mem, 'unknown_key', { headers: [bearer(await mint({}, { pair: stranger }))], status: 401 })
-  await expectSpan(t, lapse, mem, 'expired', { headers: [bearer(await mint({ iat: T0_S - 600, exp: T0_S - 60 }))], status: 401, absent: ['enduser.id'] })
+  await expectSpan(t, lapse, mem, 'expired', {
+    headers: [bearer(await mint({ iat: T0_S - 600, exp: T0_S - 60 }))],
+    status: 401,
+    absent: ['enduser.id'],
+  })
   await expectSpan(t, lapse, mem, 'not_yet_valid', { headers: [bearer(await mint({ nbf: T0_S + 600, exp: T0_S + 900 }))], status: 401 })
   await expectSpan(t, lapse, mem, 'wrong_issuer', { headers: [bearer(await mint({ iss: 'https://evil.test' }))], status: 401 })
   await expectSpan(t, lapse, mem, 'wrong_audience', { headers: [bearer(await mint({ aud: 'billing-api' }))], status: 401 })
   await expectSpan(t, lapse, mem, 'lifetime_exceeds_policy', { headers: [bearer(await mint({ exp: T0_S + 86_400 }))], status: 401 })
   await expectSpan(t, lapse, mem, 'missing_claim', { headers: [bearer(await mint({ jti: undefined }))], status: 401 })
-  await expectSpan(t, lapse, mem, 'mtls_key_mismatch', { headers: [bearer(await mint({ cnf: { 'x5t#S256': 'bm90LXRoaXMtY2VydGlmaWNhdGU' } }))], status: 401, attrs: ORDERS_RULE })
-  await expectSpan(t, lapse, mem, 'peer_not_allowed', { path: '/ci/1', headers: [bearer(good)], status: 403, attrs: { 'lapse.route': '2', 'http.route': '/ci/**' } })
-  await expectSpan(t, lapse, mem, 'claim_mismatch', { path: '/tenants/acme/1', headers: [bearer(await mint({ tenant: 'globex' }))], status: 403, attrs: { 'lapse.route': '3', 'http.route': '/tenants/{tenant}/**' } })
-  await expectSpan(t, lapse, mem, 'token_too_old', { path: '/fresh/1', headers: [bearer(await mint({ iat: T0_S - 600, exp: T0_S + 600 }))], status: 401, attrs: { 'lapse.route': '4' } })
-  await expectSpan(t, lapse, mem, 'acr_insufficient', { path: '/strong/1', headers: [bearer(await mint({ acr: 'pwd' }))], status: 401, attrs: { 'lapse.route': '5' } })
+  await expectSpan(t, lapse, mem, 'mtls_key_mismatch', {
+    headers: [bearer(await mint({ cnf: { 'x5t#S256': 'bm90LXRoaXMtY2VydGlmaWNhdGU' } }))],
+    status: 401,
+    attrs: ORDERS_RULE,
+  })
+  await expectSpan(t, lapse, mem, 'peer_not_allowed', {
+    path: '/ci/1',
+    headers: [bearer(good)],
+    status: 403,
+    attrs: { 'lapse.route': '2', 'http.route': '/ci/**' },
+  })
+  await expectSpan(t, lapse, mem, 'claim_mismatch', {
+    path: '/tenants/acme/1',
+    headers: [bearer(await mint({ tenant: 'globex' }))],
+    status: 403,
+    attrs: { 'lapse.route': '3', 'http.route': '/tenants/{tenant}/**' },
+  })
+  await expectSpan(t, lapse, mem, 'token_too_old', {
+    path: '/fresh/1',
+    headers: [bearer(await mint({ iat: T0_S - 600, exp: T0_S + 600 }))],
+    status: 401,
+    attrs: { 'lapse.route': '4' },
+  })
+  await expectSpan(t, lapse, mem, 'acr_insufficient', {
+    path: '/strong/1',
+    headers: [bearer(await mint({ acr: 'pwd' }))],
+    status: 401,
+    attrs: { 'lapse.route': '5' },
+  })
   const once = await mint({ jti: 'tok-once' })
   t.equal((await send(`${lapse.url}/once/1`, { headers: [bearer(once)] })).status, 200, 'the first use passes')
-  await expectSpan(t, lapse, mem, 'token_reused', { path: '/once/1', headers: [bearer(once)], status: 401, attrs: { 'lapse.route': '6', 'lapse.token.jti': 'tok-once' } })
+  await expectSpan(t, lapse, mem, 'token_reused', {
+    path: '/once/1',
+    headers: [bearer(once)],
+    status: 401,
+    attrs: { 'lapse.route': '6', 'lapse.token.jti': 'tok-once' },
+  })
 
   // Revoked: the identity is known (the token verified), so the span says whose grant was refused.
   const revokedToken = await mint({ sub: 'contractor-7', jti: 'tok-revoked' })
-  await lapse.running.deps.revocations.put({ claim: 'sub', value: 'contractor-7', issuedBeforeS: T0_S, reason: 'offboarded', by: 'test', createdAtS: T0_S, expiresAtS: T0_S + 7200 })
+  await lapse.running.deps.revocations.put({
+    claim: 'sub',
+    value: 'contractor-7',
+    issuedBeforeS: T0_S,
+    reason: 'offboarded',
+    by: 'test',
+    createdAtS: T0_S,
+    expiresAtS: T0_S + 7200,
+  })
   await expectSpan(t, lapse, mem, 'revoked', {
     headers: [bearer(revokedToken)],
     status: 401,
@@ -132,10 +206,21 @@ t.test('every reason on one Lapse: one lapse.authorize span each, with the desig
     status: 403,
     attrs: { ...ORDERS_RULE, 'enduser.id': 'reader' },
   })
-  await expectSpan(t, lapse, mem, 'no_route', { path: '/admin/users', headers: [bearer(good)], status: 403, attrs: { 'enduser.id': 'ci-deployer' }, absent: ['lapse.route', 'http.route'] })
+  await expectSpan(t, lapse, mem, 'no_route', {
+    path: '/admin/users',
+    headers: [bearer(good)],
+    status: 403,
+    attrs: { 'enduser.id': 'ci-deployer' },
+    absent: ['lapse.route', 'http.route'],
+  })
   // Two credentials is a malformed request; the raw path never becomes an attribute when it is refused.
   await expectSpan(t, lapse, mem, 'invalid_request', { headers: [bearer(good), bearer(good)], status: 400 })
-  await expectSpan(t, lapse, mem, 'invalid_request', { path: '/orders/%2F..%2Fadmin', headers: [bearer(good)], status: 400, absent: ['url.path'] })
+  await expectSpan(t, lapse, mem, 'invalid_request', {
+    path: '/orders/%2F..%2Fadmin',
+    headers: [bearer(good)],
+    status: 400,
+    absent: ['url.path'],
+  })
   t.equal(lapse.upstream.calls, 2, 'only the allowed requests (ok, and the first use of /once) reached the upstream')
 
   const decisionSpans = mem.spans().filter((s) => s.name === 'lapse.authorize')
@@ -166,9 +251,20 @@ t.test('revocation_unavailable: Redis unreachable → 503, span status ERROR, th
   // A port nothing listens on: the store refuses at once (no offline queue), so the check fails closed.
   const port = await freePort() // nothing listens there
   const mem = inMemoryTelemetry(t)
-  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry, env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` } })
-  const span = await expectSpan(t, lapse, mem, 'revocation_unavailable', { headers: [bearer(await mint({ sub: 'ci-deployer' }))], status: 503, attrs: { ...ORDERS_RULE, 'enduser.id': 'ci-deployer' } })
-  const lookups = (await mem.spansOf(span.spanContext().traceId, 'lapse.revocation.lookup')).filter((s) => s.name === 'lapse.revocation.lookup')
+  const lapse = await runApp(t, {
+    routes: ROUTES,
+    clock: manualClock(T0_MS),
+    telemetry: mem.telemetry,
+    env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` },
+  })
+  const span = await expectSpan(t, lapse, mem, 'revocation_unavailable', {
+    headers: [bearer(await mint({ sub: 'ci-deployer' }))],
+    status: 503,
+    attrs: { ...ORDERS_RULE, 'enduser.id': 'ci-deployer' },
+  })
+  const lookups = (await mem.spansOf(span.spanContext().traceId, 'lapse.revocation.lookup')).filter(
+    (s) => s.name === 'lapse.revocation.lookup',
+  )
   t.equal(lookups.length, 1, 'one revocation lookup span')
   t.equal(lookups[0]!.parentSpanContext?.spanId, span.spanContext().spanId, 'child of the decision span')
   t.equal(lookups[0]!.status.code, SpanStatusCode.ERROR)
@@ -177,14 +273,27 @@ t.test('revocation_unavailable: Redis unreachable → 503, span status ERROR, th
 
 t.test('refusals of the head, before any decision: host_not_allowed (421) and too_many_header_fields (431), one span each', async (t) => {
   const mem = inMemoryTelemetry(t)
-  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry: mem.telemetry, env: { LAPSE_HOSTS: 'api.example.com' } })
+  const lapse = await runApp(t, {
+    routes: ROUTES,
+    clock: manualClock(T0_MS),
+    telemetry: mem.telemetry,
+    env: { LAPSE_HOSTS: 'api.example.com' },
+  })
   const good = await mint({ sub: 'ci-deployer' })
   // Decided before the token is read: no identity, no rule, no path.
   // The client's Host is 127.0.0.1:<port>, which LAPSE_HOSTS does not list.
-  await expectSpan(t, lapse, mem, 'host_not_allowed', { headers: [bearer(good)], status: 421, absent: ['enduser.id', 'lapse.route', 'url.path'] })
+  await expectSpan(t, lapse, mem, 'host_not_allowed', {
+    headers: [bearer(good)],
+    status: 421,
+    absent: ['enduser.id', 'lapse.route', 'url.path'],
+  })
   const padding = Array.from({ length: 100 }, (_, i): [string, string] => [`x-pad-${i}`, 'a'])
   // The field count is checked first, so the Host does not matter here.
-  await expectSpan(t, lapse, mem, 'too_many_header_fields', { headers: [bearer(good), ...padding], status: 431, absent: ['enduser.id', 'url.path'] })
+  await expectSpan(t, lapse, mem, 'too_many_header_fields', {
+    headers: [bearer(good), ...padding],
+    status: 431,
+    absent: ['enduser.id', 'url.path'],
+  })
   t.equal(lapse.upstream.calls, 0, 'the upstream was not reached')
 })
 
@@ -197,20 +306,40 @@ t.test('DPoP: an allowed span names the binding and the key thumbprint; each DPo
   const keys = await testKeys()
   const token = await keys.mint({ cnf: { jkt: holder.jkt } })
   const proof = await holder.proof(`${lapse.url}/orders/1`, 'GET', token)
-  const dpop = (p: string): Array<[string, string]> => [['authorization', `DPoP ${token}`], ['dpop', p]]
-  await expectSpan(t, lapse, mem, 'ok', { headers: dpop(proof), status: 200, attrs: { 'lapse.token.binding': 'dpop', 'lapse.token.key_thumbprint': holder.jkt } })
+  const dpop = (p: string): Array<[string, string]> => [
+    ['authorization', `DPoP ${token}`],
+    ['dpop', p],
+  ]
+  await expectSpan(t, lapse, mem, 'ok', {
+    headers: dpop(proof),
+    status: 200,
+    attrs: { 'lapse.token.binding': 'dpop', 'lapse.token.key_thumbprint': holder.jkt },
+  })
   await expectSpan(t, lapse, mem, 'dpop_replayed', { headers: dpop(proof), status: 401, absent: ['lapse.token.binding'] })
-  await expectSpan(t, lapse, mem, 'dpop_proof_invalid', { headers: dpop(await holder.proof(`${lapse.url}/orders/2`, 'GET', token)), status: 401 })
+  await expectSpan(t, lapse, mem, 'dpop_proof_invalid', {
+    headers: dpop(await holder.proof(`${lapse.url}/orders/2`, 'GET', token)),
+    status: 401,
+  })
   await expectSpan(t, lapse, mem, 'dpop_key_mismatch', { headers: [bearer(token)], status: 401 })
   await expectSpan(t, lapse, mem, 'sender_constraint_required', { path: '/strict/1', headers: [bearer(await keys.mint())], status: 401 })
 
-  const nonced = await runApp(t, { routes: ROUTES, telemetry: mem.telemetry, env: { LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: nonceSecret } })
-  await expectSpan(t, nonced, mem, 'dpop_nonce_required', { headers: dpop(await holder.proof(`${nonced.url}/orders/1`, 'GET', token)), status: 401 })
+  const nonced = await runApp(t, {
+    routes: ROUTES,
+    telemetry: mem.telemetry,
+    env: { LAPSE_DPOP_NONCE: 'true', LAPSE_DPOP_NONCE_SECRET: nonceSecret },
+  })
+  await expectSpan(t, nonced, mem, 'dpop_nonce_required', {
+    headers: dpop(await holder.proof(`${nonced.url}/orders/1`, 'GET', token)),
+    status: 401,
+  })
 
   // The replay cache on a Redis port nothing listens on: refused at once, fail closed.
   const port = await freePort()
   const down = await runApp(t, { routes: ROUTES, telemetry: mem.telemetry, env: { LAPSE_REDIS_URL: `redis://127.0.0.1:${port}` } })
-  await expectSpan(t, down, mem, 'dpop_replay_unavailable', { headers: dpop(await holder.proof(`${down.url}/orders/1`, 'GET', token)), status: 503 })
+  await expectSpan(t, down, mem, 'dpop_replay_unavailable', {
+    headers: dpop(await holder.proof(`${down.url}/orders/1`, 'GET', token)),
+    status: 503,
+  })
 })
 
 t.test('the tests above cover every reason of DESIGN.md and of the reasons table', async (t) => {

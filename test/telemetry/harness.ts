@@ -36,11 +36,19 @@ export async function startReal(t: Test, env: Record<string, string | undefined>
   const rawLines: string[] = []
   const sink = new Writable({
     write(chunk: Buffer, _enc, done) {
-      rawLines.push(...chunk.toString('utf8').split('\n').filter((l) => l !== ''))
+      rawLines.push(
+        ...chunk
+          .toString('utf8')
+          .split('\n')
+          .filter((l) => l !== ''),
+      )
       done()
     },
   })
-  const running = await startProxy({ ...baseEnv(upstream.url, keys.jwksPath, ROUTES), ...env }, { log: pino({ level: opts.logLevel ?? 'info' }, sink) })
+  const running = await startProxy(
+    { ...baseEnv(upstream.url, keys.jwksPath, ROUTES), ...env },
+    { log: pino({ level: opts.logLevel ?? 'info' }, sink) },
+  )
   let closed = false
   const close = async () => {
     if (closed) return

@@ -7,7 +7,12 @@
 import { randomBytes } from 'node:crypto'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import {
-  AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type DataPoint, type Histogram,
+  AggregationTemporality,
+  InMemoryMetricExporter,
+  MeterProvider,
+  PeriodicExportingMetricReader,
+  type DataPoint,
+  type Histogram,
 } from '@opentelemetry/sdk-metrics'
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import type { Test } from 'tap'
@@ -40,7 +45,11 @@ export function inMemoryTelemetry(t: Test): MemoryTelemetry {
   const metricExporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
   // Exports only when asked (forceFlush): the interval is longer than any test.
   const decisions = new DecisionAggregates()
-  const reader = new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 3_600_000, metricProducers: [decisions] })
+  const reader = new PeriodicExportingMetricReader({
+    exporter: metricExporter,
+    exportIntervalMillis: 3_600_000,
+    metricProducers: [decisions],
+  })
   const meterProvider = new MeterProvider({ readers: [reader] })
   const telemetry: Telemetry = {
     tracerProvider,
@@ -55,7 +64,10 @@ export function inMemoryTelemetry(t: Test): MemoryTelemetry {
   t.teardown(() => telemetry.shutdown())
 
   const spansOf = async (traceId: string, name = 'lapse.authorize', count = 1) => {
-    await waitFor(() => exporter.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId && s.name === name).length >= count, `${count} ${name} span(s) in trace ${traceId}`)
+    await waitFor(
+      () => exporter.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId && s.name === name).length >= count,
+      `${count} ${name} span(s) in trace ${traceId}`,
+    )
     return exporter.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId)
   }
 

@@ -1,6 +1,13 @@
 // The decision metrics move with the decisions, the gauges read the live state, and the admin port
 // serves them as Prometheus text.
-import { AggregationTemporality, DataPointType, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type Histogram } from '@opentelemetry/sdk-metrics'
+import {
+  AggregationTemporality,
+  DataPointType,
+  InMemoryMetricExporter,
+  MeterProvider,
+  PeriodicExportingMetricReader,
+  type Histogram,
+} from '@opentelemetry/sdk-metrics'
 import pino from 'pino'
 import t from 'tap'
 import { manualClock } from '../../src/core/clock.js'
@@ -29,9 +36,12 @@ t.test('lapse.decisions counts by decision, reason and route; the histograms cou
   t.equal((await send(`${lapse.url}/healthz`)).status, 200)
   await waitFor(() => decisions(lapse).length === 7, 'seven decisions')
 
-  const counts = Object.fromEntries((await mem.points('lapse.decisions')).map((p) => [
-    `${p.attributes['lapse.decision']}/${p.attributes['lapse.reason']}/${p.attributes['lapse.route']}/${p.attributes['http.route']}`, p.value,
-  ]))
+  const counts = Object.fromEntries(
+    (await mem.points('lapse.decisions')).map((p) => [
+      `${p.attributes['lapse.decision']}/${p.attributes['lapse.reason']}/${p.attributes['lapse.route']}/${p.attributes['http.route']}`,
+      p.value,
+    ]),
+  )
   t.same(counts, {
     'allow/ok/1//orders/**': 3,
     'deny/missing_token/1//orders/**': 2,
@@ -40,17 +50,30 @@ t.test('lapse.decisions counts by decision, reason and route; the histograms cou
   })
 
   const durations = await mem.points('lapse.decision.duration')
-  t.equal(durations.reduce((n, p) => n + (p.value as Histogram).count, 0), 7, 'one duration per decision')
-  t.ok(durations.every((p) => (p.value as Histogram).min! >= 0), 'durations are non-negative')
+  t.equal(
+    durations.reduce((n, p) => n + (p.value as Histogram).count, 0),
+    7,
+    'one duration per decision',
+  )
+  t.ok(
+    durations.every((p) => (p.value as Histogram).min! >= 0),
+    'durations are non-negative',
+  )
   const lookups = await mem.points('lapse.revocation.lookup.duration')
   // Only verified tokens reach the revocation set: the three allows and the scope-short one.
-  t.equal(lookups.reduce((n, p) => n + (p.value as Histogram).count, 0), 4, 'one lookup per verified token')
+  t.equal(
+    lookups.reduce((n, p) => n + (p.value as Histogram).count, 0),
+    4,
+    'one lookup per verified token',
+  )
   t.equal(lookups[0]!.attributes['lapse.revocation.backend'], 'memory')
 
   // Moves again: counters are cumulative.
   await send(`${lapse.url}/orders/9`, { headers: [bearer(token)] })
   await waitFor(() => decisions(lapse).length === 8, 'eighth decision')
-  const again = (await mem.points('lapse.decisions')).find((p) => p.attributes['lapse.reason'] === 'ok' && p.attributes['lapse.route'] === '1')
+  const again = (await mem.points('lapse.decisions')).find(
+    (p) => p.attributes['lapse.reason'] === 'ok' && p.attributes['lapse.route'] === '1',
+  )
   t.equal(again?.value, 4)
 })
 
@@ -73,7 +96,10 @@ t.test('gauges: keys loaded, refresh age, revocation backend up, verified-token 
 })
 
 t.test('the admin port serves the metrics as Prometheus text at /metrics', async (t) => {
-  const telemetry = await startTelemetry({ OTEL_TRACES_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' }, { log: pino({ level: 'silent' }), clock: manualClock(T0_MS) })
+  const telemetry = await startTelemetry(
+    { OTEL_TRACES_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
+    { log: pino({ level: 'silent' }), clock: manualClock(T0_MS) },
+  )
   t.teardown(() => telemetry.shutdown())
   const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry })
   await send(`${lapse.url}/orders/1`, { headers: [bearer(await mint())] })
@@ -83,7 +109,10 @@ t.test('the admin port serves the metrics as Prometheus text at /metrics', async
   t.equal(res.status, 200)
   t.match(res.headers['content-type'], /^text\/plain/)
   const text = res.body
-  t.match(text, /^lapse_decisions_total\{[^}]*lapse_decision="allow",lapse_reason="ok",lapse_route="1",http_route="\/orders\/\*\*"[^}]*\} 1$/m)
+  t.match(
+    text,
+    /^lapse_decisions_total\{[^}]*lapse_decision="allow",lapse_reason="ok",lapse_route="1",http_route="\/orders\/\*\*"[^}]*\} 1$/m,
+  )
   t.match(text, /^lapse_decisions_total\{[^}]*lapse_decision="deny",lapse_reason="missing_token"[^}]*\} 1$/m)
   t.match(text, /^lapse_decision_duration_bucket\{[^}]*le="0.001"[^}]*\} \d+$/m)
   t.match(text, /^lapse_decision_duration_count\{[^}]*\} 1$/m)
@@ -129,34 +158,49 @@ t.test('DecisionAggregates: explicit buckets with inclusive upper bounds, min/ma
   t.equal((lookup.value as Histogram).count, 1)
 })
 
-t.test('coalesced counters: adds by the same or an equal attribute set land in one total, read at collection; made before the MeterProvider exists', async (t) => {
-  const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
-  const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3_600_000 })
-  const selfObs = coalesced()
-  // As the batch processor does in its constructor, before NodeSDK has built the MeterProvider.
-  const counter = selfObs.getMeter('sdk-self').createCounter('spans.processed')
-  const capacity = selfObs.getMeter('sdk-self').createUpDownCounter('queue.capacity')
-  capacity.add(2048)
-  const dropped = { 'error.type': 'queue_full', 'otel.component.name': 'batching_span_processor/0' }
-  counter.add(1, dropped)
-  const provider = new MeterProvider({ readers: [reader] })
-  t.teardown(() => provider.shutdown())
-  selfObs.bind(provider)
-  for (let i = 0; i < 999; i++) counter.add(1, dropped)
-  counter.add(2, { 'otel.component.name': 'batching_span_processor/0', 'error.type': 'queue_full' })
-  counter.add(5, { 'otel.component.name': 'batching_span_processor/0' })
-  counter.add(3)
-  counter.add(-1, dropped)
-  await reader.forceFlush()
-  const metric = exporter.getMetrics().at(-1)!.scopeMetrics.flatMap((s) => s.metrics).find((m) => m.descriptor.name === 'spans.processed')!
-  t.equal(metric.dataPointType, DataPointType.SUM)
-  t.ok('isMonotonic' in metric && metric.isMonotonic, 'exported as a monotonic sum, like a counter')
-  const totals = Object.fromEntries(metric.dataPoints.map((p) => [JSON.stringify(p.attributes), p.value]))
-  t.same(totals, {
-    [JSON.stringify(dropped)]: 1002,
-    [JSON.stringify({ 'otel.component.name': 'batching_span_processor/0' })]: 5,
-    '{}': 3,
-  }, 'equal attribute sets share a total, adds before the bind included; a negative add is ignored')
-  const cap = exporter.getMetrics().at(-1)!.scopeMetrics.flatMap((s) => s.metrics).find((m) => m.descriptor.name === 'queue.capacity')
-  t.equal(cap?.dataPoints[0]?.value, 2048, 'an up-down counter added to before the bind keeps its value')
-})
+t.test(
+  'coalesced counters: adds by the same or an equal attribute set land in one total, read at collection; made before the MeterProvider exists',
+  async (t) => {
+    const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
+    const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3_600_000 })
+    const selfObs = coalesced()
+    // As the batch processor does in its constructor, before NodeSDK has built the MeterProvider.
+    const counter = selfObs.getMeter('sdk-self').createCounter('spans.processed')
+    const capacity = selfObs.getMeter('sdk-self').createUpDownCounter('queue.capacity')
+    capacity.add(2048)
+    const dropped = { 'error.type': 'queue_full', 'otel.component.name': 'batching_span_processor/0' }
+    counter.add(1, dropped)
+    const provider = new MeterProvider({ readers: [reader] })
+    t.teardown(() => provider.shutdown())
+    selfObs.bind(provider)
+    for (let i = 0; i < 999; i++) counter.add(1, dropped)
+    counter.add(2, { 'otel.component.name': 'batching_span_processor/0', 'error.type': 'queue_full' })
+    counter.add(5, { 'otel.component.name': 'batching_span_processor/0' })
+    counter.add(3)
+    counter.add(-1, dropped)
+    await reader.forceFlush()
+    const metric = exporter
+      .getMetrics()
+      .at(-1)!
+      .scopeMetrics.flatMap((s) => s.metrics)
+      .find((m) => m.descriptor.name === 'spans.processed')!
+    t.equal(metric.dataPointType, DataPointType.SUM)
+    t.ok('isMonotonic' in metric && metric.isMonotonic, 'exported as a monotonic sum, like a counter')
+    const totals = Object.fromEntries(metric.dataPoints.map((p) => [JSON.stringify(p.attributes), p.value]))
+    t.same(
+      totals,
+      {
+        [JSON.stringify(dropped)]: 1002,
+        [JSON.stringify({ 'otel.component.name': 'batching_span_processor/0' })]: 5,
+        '{}': 3,
+      },
+      'equal attribute sets share a total, adds before the bind included; a negative add is ignored',
+    )
+    const cap = exporter
+      .getMetrics()
+      .at(-1)!
+      .scopeMetrics.flatMap((s) => s.metrics)
+      .find((m) => m.descriptor.name === 'queue.capacity')
+    t.equal(cap?.dataPoints[0]?.value, 2048, 'an up-down counter added to before the bind keeps its value')
+  },
+)

@@ -86,8 +86,22 @@ t.test('assertNoSecrets fails on a leak, names where, and checks a JWT by its si
   const signature = token.split('.')[2]!
   const results: Array<{ ok: boolean; found: unknown }> = []
   const recorder = { ok: (ok: boolean, _msg: string, extra: { found?: unknown }) => results.push({ ok, found: extra.found }) }
-  assertNoSecrets(recorder as never, [{ where: 'clean line', text: 'nothing here' }, { where: 'leaky line', text: `sig=${signature}` }], [{ name: 'token', value: token }])
-  t.same(results, [{ ok: true, found: undefined }, { ok: false, found: ['leaky line'] }], 'the token passes, its signature is caught')
+  assertNoSecrets(
+    recorder as never,
+    [
+      { where: 'clean line', text: 'nothing here' },
+      { where: 'leaky line', text: `sig=${signature}` },
+    ],
+    [{ name: 'token', value: token }],
+  )
+  t.same(
+    results,
+    [
+      { ok: true, found: undefined },
+      { ok: false, found: ['leaky line'] },
+    ],
+    'the token passes, its signature is caught',
+  )
   t.throws(() => assertNoSecrets(recorder as never, [], [token]), /nothing to scan/)
 })
 
@@ -96,7 +110,9 @@ function wsAttempt(url: string, token: string): Promise<void> {
   const { port } = new URL(url)
   return new Promise((resolve) => {
     const socket = net.connect(Number(port), '127.0.0.1', () => {
-      socket.write(`GET /orders/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer ${token}\r\n\r\n`)
+      socket.write(
+        `GET /orders/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer ${token}\r\n\r\n`,
+      )
     })
     socket.on('data', () => socket.destroy())
     socket.on('close', () => resolve())

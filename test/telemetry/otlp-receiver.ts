@@ -30,14 +30,25 @@ export interface ReceivedPoint {
 export interface OtlpReceiver {
   readonly url: string
   /** Every request body as received, for secret scans. */
-  readonly bodies: Array<{ readonly path: string; readonly contentType: string; readonly headers: IncomingHttpHeaders; readonly raw: string }>
+  readonly bodies: Array<{
+    readonly path: string
+    readonly contentType: string
+    readonly headers: IncomingHttpHeaders
+    readonly raw: string
+  }>
   spans(): ReceivedSpan[]
   /** Points of the latest export that carried `metric` (exports are cumulative). */
   points(metric: string): ReceivedPoint[]
   close(): Promise<void>
 }
 
-type AnyValue = { stringValue?: string; intValue?: number | string; doubleValue?: number; boolValue?: boolean; arrayValue?: { values?: AnyValue[] } }
+type AnyValue = {
+  stringValue?: string
+  intValue?: number | string
+  doubleValue?: number
+  boolValue?: boolean
+  arrayValue?: { values?: AnyValue[] }
+}
 type KeyValue = { key: string; value: AnyValue }
 
 function decodeValue(v: AnyValue): unknown {

@@ -4,7 +4,13 @@
 import { ROOT_CONTEXT, SpanKind, TraceFlags, isSpanContextValid, trace, type Context } from '@opentelemetry/api'
 import { ExportResultCode } from '@opentelemetry/core'
 import {
-  AlwaysOffSampler, AlwaysOnSampler, BasicTracerProvider, InMemorySpanExporter, ParentBasedSampler, SimpleSpanProcessor, type Sampler,
+  AlwaysOffSampler,
+  AlwaysOnSampler,
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  ParentBasedSampler,
+  SimpleSpanProcessor,
+  type Sampler,
 } from '@opentelemetry/sdk-trace-base'
 import t, { type Test } from 'tap'
 import { createExportGate, pausingTracerProvider, type ExportGate } from '../../src/telemetry/pausing.js'
@@ -47,27 +53,38 @@ t.test('the gate: records until exports fail in a row, then pauses, warning once
   t.equal(gate.state, 'paused')
   t.equal(admitted(gate, 10), 0, 'nothing recorded while paused')
   gate.report(FAILED)
-  t.same(lines.map((l) => l.level), ['warn'], 'one warning for the pause, none for later failures')
+  t.same(
+    lines.map((l) => l.level),
+    ['warn'],
+    'one warning for the pause, none for later failures',
+  )
 })
 
-t.test('the gate: after the pause it probes once and records nothing until the probe answers; failure pauses again, success resumes', async (t) => {
-  const { gate, lines, probes } = gateOf(t)
-  gate.report(FAILED)
-  gate.report(FAILED)
-  t.equal(probes(), 0)
-  await waitFor(() => gate.state === 'probing' || undefined, 'the probe after retryAfterMs')
-  t.equal(probes(), 1, 'one empty export sent')
-  t.equal(admitted(gate, 10), 0, 'no span is recorded to find out')
-  gate.report(FAILED)
-  t.equal(gate.state, 'paused', 'a failed probe pauses again')
-  t.equal(admitted(gate, 5), 0)
-  await waitFor(() => gate.state === 'probing' || undefined, 'the next probe')
-  t.equal(probes(), 2)
-  gate.report(OK)
-  t.equal(gate.state, 'recording')
-  t.equal(admitted(gate, 10), 10)
-  t.same(lines.map((l) => l.level), ['warn', 'info'], 'one line when the pause starts, one when it ends')
-})
+t.test(
+  'the gate: after the pause it probes once and records nothing until the probe answers; failure pauses again, success resumes',
+  async (t) => {
+    const { gate, lines, probes } = gateOf(t)
+    gate.report(FAILED)
+    gate.report(FAILED)
+    t.equal(probes(), 0)
+    await waitFor(() => gate.state === 'probing' || undefined, 'the probe after retryAfterMs')
+    t.equal(probes(), 1, 'one empty export sent')
+    t.equal(admitted(gate, 10), 0, 'no span is recorded to find out')
+    gate.report(FAILED)
+    t.equal(gate.state, 'paused', 'a failed probe pauses again')
+    t.equal(admitted(gate, 5), 0)
+    await waitFor(() => gate.state === 'probing' || undefined, 'the next probe')
+    t.equal(probes(), 2)
+    gate.report(OK)
+    t.equal(gate.state, 'recording')
+    t.equal(admitted(gate, 10), 10)
+    t.same(
+      lines.map((l) => l.level),
+      ['warn', 'info'],
+      'one line when the pause starts, one when it ends',
+    )
+  },
+)
 
 t.test('the gate: any successful export ends a pause at once, and close stops its timer', async (t) => {
   const { gate } = gateOf(t, { retryAfterMs: 60_000 })
@@ -117,14 +134,14 @@ t.test('pausing tracer: recording passes spans to the SDK; paused, a span contex
     const sc = span.spanContext()
     t.equal(span.isRecording(), false)
     t.ok(isSpanContextValid(sc))
-    t.equal(sc.traceId, parent.traceId, 'the caller\'s trace')
+    t.equal(sc.traceId, parent.traceId, "the caller's trace")
     t.not(sc.spanId, parent.spanId)
     t.equal(sc.traceFlags, TraceFlags.SAMPLED, 'sampled, as the caller asked')
     seen.add(sc.spanId)
     span.setAttribute('lapse.decision', 'allow')
     span.end()
   }
-  t.equal(seen.size, 50, 'a fresh span id each time, so the upstream\'s parent is unique per request')
+  t.equal(seen.size, 50, "a fresh span id each time, so the upstream's parent is unique per request")
   t.equal(exporter.getFinishedSpans().length, 1, 'nothing more reached the exporter')
   t.equal(unrecorded(), 50, 'every skipped span counted')
 
@@ -149,6 +166,9 @@ t.test('pausing tracer: always_off stays unsampled and uncounted; startActiveSpa
   t.equal(unrecorded(), 0)
 
   const parent = parentCtx(TraceFlags.SAMPLED)
-  const got = tracer.startActiveSpan('x', { kind: SpanKind.CLIENT }, parent.ctx, (s) => ({ traceId: s.spanContext().traceId, recording: s.isRecording() }))
+  const got = tracer.startActiveSpan('x', { kind: SpanKind.CLIENT }, parent.ctx, (s) => ({
+    traceId: s.spanContext().traceId,
+    recording: s.isRecording(),
+  }))
   t.same(got, { traceId: parent.traceId, recording: false }, 'fn gets a paused span in the given context, and its value is returned')
 })

@@ -10,16 +10,30 @@ import t, { type Test } from 'tap'
 import { createPropagator, startTelemetry, type Telemetry } from '../../src/telemetry/settings.js'
 import { newKeyPair, writeJwks } from '../fixtures/keys.js'
 
-async function start(t: Test, env: Record<string, string>): Promise<{ telemetry: Telemetry; lines: Array<{ level: number; msg: string; telemetry?: string; err?: string }>; raw: string[] }> {
+async function start(
+  t: Test,
+  env: Record<string, string>,
+): Promise<{ telemetry: Telemetry; lines: Array<{ level: number; msg: string; telemetry?: string; err?: string }>; raw: string[] }> {
   const raw: string[] = []
-  const sink = new Writable({ write(chunk: Buffer, _e, done) { raw.push(...chunk.toString('utf8').split('\n').filter(Boolean)); done() } })
+  const sink = new Writable({
+    write(chunk: Buffer, _e, done) {
+      raw.push(...chunk.toString('utf8').split('\n').filter(Boolean))
+      done()
+    },
+  })
   const telemetry = await startTelemetry(env, { log: pino({ level: 'info' }, sink), clock: { now: () => Date.now() } })
   t.teardown(() => telemetry.shutdown())
   return { telemetry, raw, lines: raw.map((l) => JSON.parse(l) as { level: number; msg: string; telemetry?: string; err?: string }) }
 }
-const warnings = (lines: Array<{ level: number; msg: string; telemetry?: string }>) => lines.filter((l) => l.level === 40 && l.telemetry === 'config').map((l) => l.msg)
+const warnings = (lines: Array<{ level: number; msg: string; telemetry?: string }>) =>
+  lines.filter((l) => l.level === 40 && l.telemetry === 'config').map((l) => l.msg)
 // No collector is contacted: exports are never due during these tests.
-const QUIET = { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9', OTEL_EXPORTER_OTLP_TIMEOUT: '200', OTEL_BSP_SCHEDULE_DELAY: '600000', OTEL_METRIC_EXPORT_INTERVAL: '600000' }
+const QUIET = {
+  OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9',
+  OTEL_EXPORTER_OTLP_TIMEOUT: '200',
+  OTEL_BSP_SCHEDULE_DELAY: '600000',
+  OTEL_METRIC_EXPORT_INTERVAL: '600000',
+}
 
 t.test('OTEL_SDK_DISABLED: true in any case turns it off; anything but true/false warns and stays on', async (t) => {
   for (const v of ['true', 'TRUE']) {
@@ -46,13 +60,27 @@ t.test('exporters: none turns traces off and leaves /metrics; unknown ones warn 
 t.test('sampler: OTEL_TRACES_SAMPLER reaches the tracer (always_off records nothing, a sampled parent is followed)', async (t) => {
   const off = (await start(t, { ...QUIET, OTEL_TRACES_SAMPLER: 'always_off' })).telemetry.tracerProvider.getTracer('lapse')
   t.equal(off.startSpan('x', {}, ROOT_CONTEXT).isRecording(), false)
-  const parent = trace.setSpanContext(ROOT_CONTEXT, { traceId: '4bf92f3577b34da6a3ce929d0e0e4736', spanId: '00f067aa0ba902b7', traceFlags: TraceFlags.SAMPLED, isRemote: true })
-  const ratio = (await start(t, { ...QUIET, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' })).telemetry.tracerProvider.getTracer('lapse')
+  const parent = trace.setSpanContext(ROOT_CONTEXT, {
+    traceId: '4bf92f3577b34da6a3ce929d0e0e4736',
+    spanId: '00f067aa0ba902b7',
+    traceFlags: TraceFlags.SAMPLED,
+    isRemote: true,
+  })
+  const ratio = (
+    await start(t, { ...QUIET, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' })
+  ).telemetry.tracerProvider.getTracer('lapse')
   t.equal(ratio.startSpan('x', {}, ROOT_CONTEXT).isRecording(), false, 'ratio 0: a new trace is not sampled')
   t.equal(ratio.startSpan('x', {}, parent).isRecording(), true, 'a sampled caller is')
   const bad = await start(t, { ...QUIET, OTEL_TRACES_SAMPLER: 'sometimes' })
-  t.equal(bad.telemetry.tracerProvider.getTracer('lapse').startSpan('x', {}, ROOT_CONTEXT).isRecording(), true, 'an unknown sampler falls back to parentbased_always_on')
-  t.ok(warnings(bad.lines).some((w) => w.includes('OTEL_TRACES_SAMPLER')), 'and says so')
+  t.equal(
+    bad.telemetry.tracerProvider.getTracer('lapse').startSpan('x', {}, ROOT_CONTEXT).isRecording(),
+    true,
+    'an unknown sampler falls back to parentbased_always_on',
+  )
+  t.ok(
+    warnings(bad.lines).some((w) => w.includes('OTEL_TRACES_SAMPLER')),
+    'and says so',
+  )
 })
 
 t.test('warnings never quote a header value or a URL credential', async (t) => {
@@ -91,7 +119,10 @@ t.test('another SDK already holds the OpenTelemetry API globals: Lapse warns and
   const { telemetry, lines } = await start(t, QUIET)
   t.equal(telemetry.tracing, false)
   t.equal(telemetry.meterProvider, undefined)
-  t.ok(lines.some((l) => l.level === 40 && /could not start/.test(l.msg) && l.err === 'ERR_OTEL_GLOBALS_TAKEN'), 'says why, with the docs/errors.md code')
+  t.ok(
+    lines.some((l) => l.level === 40 && /could not start/.test(l.msg) && l.err === 'ERR_OTEL_GLOBALS_TAKEN'),
+    'says why, with the docs/errors.md code',
+  )
   t.equal(metrics.getMeterProvider(), foreign, 'the foreign registration is left as it was')
   metrics.disable()
   const after = await start(t, QUIET)
@@ -114,11 +145,27 @@ t.test('OTEL_SDK_DISABLED=true: the span and metric SDKs are never loaded; with 
     process.stdout.write(String(loaded.length))
   `
   const env = (disabled: string) => ({
-    PATH: process.env.PATH ?? '', OTEL_SDK_DISABLED: disabled, OTEL_TRACES_EXPORTER: 'console', OTEL_METRICS_EXPORTER: 'none',
-    LAPSE_LISTEN: '127.0.0.1:0', LAPSE_ADMIN_LISTEN: '127.0.0.1:0', LAPSE_UPSTREAM: 'http://127.0.0.1:9', LAPSE_LOG_LEVEL: 'silent',
-    LAPSE_ISSUER: 'https://issuer.test', LAPSE_AUDIENCE: 'api', LAPSE_JWKS_FILE: jwksPath,
+    PATH: process.env.PATH ?? '',
+    OTEL_SDK_DISABLED: disabled,
+    OTEL_TRACES_EXPORTER: 'console',
+    OTEL_METRICS_EXPORTER: 'none',
+    LAPSE_LISTEN: '127.0.0.1:0',
+    LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
+    LAPSE_UPSTREAM: 'http://127.0.0.1:9',
+    LAPSE_LOG_LEVEL: 'silent',
+    LAPSE_ISSUER: 'https://issuer.test',
+    LAPSE_AUDIENCE: 'api',
+    LAPSE_JWKS_FILE: jwksPath,
   })
-  const count = (disabled: string) => Number(execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, env: env(disabled), encoding: 'utf8', timeout: 30_000 }))
+  const count = (disabled: string) =>
+    Number(
+      execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+        cwd: root,
+        env: env(disabled),
+        encoding: 'utf8',
+        timeout: 30_000,
+      }),
+    )
   t.equal(count('true'), 0, 'telemetry off: no SDK module loaded')
   t.ok(count('false') > 0, 'telemetry on: the SDK is loaded (so the check above can fail)')
 })

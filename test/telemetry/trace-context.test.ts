@@ -34,7 +34,7 @@ t.test('a request with traceparent → child decision span; the upstream sees th
   t.ok(m, 'the upstream got a W3C traceparent')
   t.equal(m![1], tp.traceId, 'same trace id')
   t.equal(m![2], span.spanContext().spanId, 'parent = the decision span')
-  t.not(m![2], tp.parentSpanId, 'a new parent span id, not the caller\'s')
+  t.not(m![2], tp.parentSpanId, "a new parent span id, not the caller's")
   t.equal(m![3], '01', 'sampled')
   t.equal(seen.tracestate, 'vendor=abc', 'tracestate carried on')
 
@@ -93,7 +93,11 @@ t.test('a JWKS fetch caused by an unknown kid (key rotation) is a child span of 
     routes: ROUTES,
     clock,
     telemetry: mem.telemetry,
-    env: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: `http://127.0.0.1:${(jwks.address() as { port: number }).port}/jwks.json`, LAPSE_JWKS_COOLDOWN: '1' },
+    env: {
+      LAPSE_JWKS_FILE: undefined,
+      LAPSE_JWKS_URL: `http://127.0.0.1:${(jwks.address() as { port: number }).port}/jwks.json`,
+      LAPSE_JWKS_COOLDOWN: '1',
+    },
   })
   await waitFor(() => lapse.running.deps.keys.ready(), 'the first key set')
   const background = await waitFor(() => mem.spans().find((s) => s.name === 'lapse.jwks.fetch'), 'the background fetch span')
@@ -125,19 +129,23 @@ t.test('a caller that is not sampled: nothing is recorded, the trace still reach
 
 // Twice: with the API's global no-op (an embedder that registered no SDK), and as the CLI runs
 // with OTEL_SDK_DISABLED=true, where Lapse knows nothing records and skips the span work.
-for (const how of ['no SDK registered', 'OTEL_SDK_DISABLED=true'] as const) t.test(`telemetry off (${how}): the caller's traceparent reaches the upstream unchanged, none is invented`, async (t) => {
-  const telemetry = how === 'no SDK registered' ? undefined : await startTelemetry({ OTEL_SDK_DISABLED: 'true' }, { log: pino({ level: 'silent' }), clock: manualClock(T0_MS) })
-  if (telemetry) t.equal(telemetry.tracing, false, 'Lapse knows nothing records')
-  const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry })
-  const tp = newTraceparent()
-  await send(`${lapse.url}/orders/7`, { headers: [tp.header, ['tracestate', 'vendor=abc'], bearer(await mint())] })
-  await send(`${lapse.url}/orders/8`, { headers: [bearer(await mint())] })
-  t.equal(lapse.upstream.requests[0]!.headers.traceparent, tp.header[1])
-  t.equal(lapse.upstream.requests[1]!.headers.traceparent, undefined)
-  const lines = await waitFor(() => (decisions(lapse).length === 2 ? decisions(lapse) : undefined), 'two audit lines')
-  t.equal(lines[0]!.trace_id, tp.traceId, 'the audit line still names the caller\'s trace')
-  t.equal(lines[0]!.span_id, tp.parentSpanId, 'and the caller\'s span')
-  t.equal(lines[1]!.trace_id, undefined, 'no trace, no made-up id')
-  t.equal(lapse.upstream.requests[0]!.headers.tracestate, 'vendor=abc', 'tracestate passed on')
-  t.equal(lapse.upstream.requests[1]!.headers.tracestate, undefined, 'none invented')
-})
+for (const how of ['no SDK registered', 'OTEL_SDK_DISABLED=true'] as const)
+  t.test(`telemetry off (${how}): the caller's traceparent reaches the upstream unchanged, none is invented`, async (t) => {
+    const telemetry =
+      how === 'no SDK registered'
+        ? undefined
+        : await startTelemetry({ OTEL_SDK_DISABLED: 'true' }, { log: pino({ level: 'silent' }), clock: manualClock(T0_MS) })
+    if (telemetry) t.equal(telemetry.tracing, false, 'Lapse knows nothing records')
+    const lapse = await runApp(t, { routes: ROUTES, clock: manualClock(T0_MS), telemetry })
+    const tp = newTraceparent()
+    await send(`${lapse.url}/orders/7`, { headers: [tp.header, ['tracestate', 'vendor=abc'], bearer(await mint())] })
+    await send(`${lapse.url}/orders/8`, { headers: [bearer(await mint())] })
+    t.equal(lapse.upstream.requests[0]!.headers.traceparent, tp.header[1])
+    t.equal(lapse.upstream.requests[1]!.headers.traceparent, undefined)
+    const lines = await waitFor(() => (decisions(lapse).length === 2 ? decisions(lapse) : undefined), 'two audit lines')
+    t.equal(lines[0]!.trace_id, tp.traceId, "the audit line still names the caller's trace")
+    t.equal(lines[0]!.span_id, tp.parentSpanId, "and the caller's span")
+    t.equal(lines[1]!.trace_id, undefined, 'no trace, no made-up id')
+    t.equal(lapse.upstream.requests[0]!.headers.tracestate, 'vendor=abc', 'tracestate passed on')
+    t.equal(lapse.upstream.requests[1]!.headers.tracestate, undefined, 'none invented')
+  })

@@ -35,7 +35,13 @@ t.test('token signed by one algorithm but labelled with another of the same key 
   const token = `${header}.${payload}.${sig}`
   const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
   // The JWKS entry is pinned to RS256, so no key serves a PS256 header under that kid.
-  assertDenied(t, lapse, res, audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'unknown_key', token })
+  assertDenied(t, lapse, res, audit, {
+    status: 401,
+    challenge: CHALLENGE.invalidToken,
+    error: 'invalid_token',
+    reason: 'unknown_key',
+    token,
+  })
 })
 
 t.test('HS256 signed with the RSA public key as the secret → 401 invalid_token, upstream untouched', async (t) => {
@@ -53,12 +59,24 @@ t.test('HS256 signed with the RSA public key as the secret → 401 invalid_token
     await t.test(`${what}, default algorithms → alg_not_allowed`, async (t) => {
       const lapse = await start(t)
       const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
-      assertDenied(t, lapse, res, audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'alg_not_allowed', token })
+      assertDenied(t, lapse, res, audit, {
+        status: 401,
+        challenge: CHALLENGE.invalidToken,
+        error: 'invalid_token',
+        reason: 'alg_not_allowed',
+        token,
+      })
     })
     await t.test(`${what}, even with HS256 allowed → the RSA key never serves as an HMAC secret`, async (t) => {
       const lapse = await start(t, { LAPSE_ALGORITHMS: 'RS256,HS256' })
       const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
-      assertDenied(t, lapse, res, audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'unknown_key', token })
+      assertDenied(t, lapse, res, audit, {
+        status: 401,
+        challenge: CHALLENGE.invalidToken,
+        error: 'invalid_token',
+        reason: 'unknown_key',
+        token,
+      })
     })
   }
 })
@@ -88,7 +106,14 @@ t.test('LAPSE_ALGORITHMS=none is refused at start, naming the setting', async (t
   const { loadConfig } = await import('../../src/config/load.js')
   const keys = await testKeys()
   t.throws(
-    () => loadConfig({ LAPSE_UPSTREAM: 'http://127.0.0.1:1', LAPSE_ISSUER: 'i', LAPSE_AUDIENCE: 'a', LAPSE_JWKS_FILE: keys.jwksPath, LAPSE_ALGORITHMS: 'ES256,none' }),
+    () =>
+      loadConfig({
+        LAPSE_UPSTREAM: 'http://127.0.0.1:1',
+        LAPSE_ISSUER: 'i',
+        LAPSE_AUDIENCE: 'a',
+        LAPSE_JWKS_FILE: keys.jwksPath,
+        LAPSE_ALGORITHMS: 'ES256,none',
+      }),
     { code: 'ERR_CONFIG_INVALID', message: /^LAPSE_ALGORITHMS: / },
   )
 })

@@ -34,7 +34,14 @@ async function expectAccepted(t: Test, lapse: Lapse, token: string, what: string
 async function expectUnknownKey(t: Test, lapse: Lapse, token: string) {
   const calls = lapse.upstream.calls
   const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
-  assertDenied(t, lapse, res, audit, { status: 401, challenge: CHALLENGE.invalidToken, error: 'invalid_token', reason: 'unknown_key', upstreamCalls: calls, token })
+  assertDenied(t, lapse, res, audit, {
+    status: 401,
+    challenge: CHALLENGE.invalidToken,
+    error: 'invalid_token',
+    reason: 'unknown_key',
+    upstreamCalls: calls,
+    token,
+  })
 }
 
 t.test('rotation: a token with a new kid is accepted once the issuer publishes it (unknown-kid refetch after the cooldown)', async (t) => {
@@ -96,10 +103,17 @@ t.test('a flood of unknown kids causes at most one refetch per cooldown', async 
   const { jwks, clock, lapse } = await startWithJwks(t, [a])
   const keys = await testKeys()
   const flood = async (n: number) => {
-    const tokens = await Promise.all(Array.from({ length: n }, (_, i) => keys.mint({}, { nowS: T0_S, header: { kid: `made-up-${i}-${Math.random()}` } })))
+    const tokens = await Promise.all(
+      Array.from({ length: n }, (_, i) => keys.mint({}, { nowS: T0_S, header: { kid: `made-up-${i}-${Math.random()}` } })),
+    )
     const answers = await Promise.all(tokens.map((token) => sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })))
-    const refused = answers.filter(({ res, audit }) =>
-      res.status === 401 && CHALLENGE.invalidToken.test(String(res.headers['www-authenticate'])) && res.json().error === 'invalid_token' && audit.reason === 'unknown_key')
+    const refused = answers.filter(
+      ({ res, audit }) =>
+        res.status === 401 &&
+        CHALLENGE.invalidToken.test(String(res.headers['www-authenticate'])) &&
+        res.json().error === 'invalid_token' &&
+        audit.reason === 'unknown_key',
+    )
     t.equal(refused.length, n, `all ${n} refused: 401, invalid_token challenge and body, reason unknown_key`)
   }
 
@@ -158,13 +172,22 @@ t.test('no usable key at the first load → 503 keys_unavailable and /readyz 503
   const jwks = await serveJwks([])
   t.teardown(() => jwks.close())
   // The first fetch is retried after LAPSE_JWKS_COOLDOWN (at most 5 s) until one succeeds.
-  const lapse = await runApp(t, { clock: manualClock(T0_MS), env: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: jwks.url, LAPSE_JWKS_COOLDOWN: '1' } })
+  const lapse = await runApp(t, {
+    clock: manualClock(T0_MS),
+    env: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: jwks.url, LAPSE_JWKS_COOLDOWN: '1' },
+  })
   const keys = lapse.running.deps.keys
   await waitFor(() => keys.stats().lastError ?? keys.stats().lastRefreshMs, 'the first JWKS fetch', 10_000)
 
   const token = await tokenFrom(a)
   const { res, audit } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
-  assertDenied(t, lapse, res, audit, { status: 503, challenge: undefined, error: 'temporarily_unavailable', reason: 'keys_unavailable', token })
+  assertDenied(t, lapse, res, audit, {
+    status: 503,
+    challenge: undefined,
+    error: 'temporarily_unavailable',
+    reason: 'keys_unavailable',
+    token,
+  })
   t.notOk(keys.ready(), 'not ready')
   t.equal((await fetch(`${lapse.adminUrl}/readyz`)).status, 503, '/readyz 503')
   t.equal(keys.stats().lastError, 'ERR_JWKS_NO_USABLE_KEY')

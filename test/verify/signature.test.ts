@@ -29,7 +29,12 @@ async function joseVerdict(jws: string, key: Key): Promise<Verdict> {
 function syncVerdict(jws: string, key: Key, alg: string): Verdict {
   const lastDot = jws.lastIndexOf('.')
   try {
-    const ok = verifySignature(alg, key as never, Buffer.from(jws.slice(0, lastDot), 'latin1'), Buffer.from(jws.slice(lastDot + 1), 'base64url'))
+    const ok = verifySignature(
+      alg,
+      key as never,
+      Buffer.from(jws.slice(0, lastDot), 'latin1'),
+      Buffer.from(jws.slice(lastDot + 1), 'base64url'),
+    )
     return ok ? 'valid' : 'invalid'
   } catch (err) {
     return err instanceof TypeError ? 'unfit' : `other: ${String(err)}`
@@ -77,11 +82,19 @@ t.test('Wycheproof: the same answer as jose on every vector with an asymmetric k
 const ORDERS: Record<string, bigint> = {
   ES256: 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n,
   ES384: 0xffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973n,
-  ES512: 0x01fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409n,
+  ES512:
+    0x01fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409n,
 }
 
 const toBig = (b: Buffer) => BigInt(`0x${b.toString('hex') || '0'}`)
-const fromBig = (n: bigint, bytes: number) => Buffer.from(n.toString(16).padStart(bytes * 2, '0').slice(-bytes * 2), 'hex')
+const fromBig = (n: bigint, bytes: number) =>
+  Buffer.from(
+    n
+      .toString(16)
+      .padStart(bytes * 2, '0')
+      .slice(-bytes * 2),
+    'hex',
+  )
 
 type Mutation =
   | { kind: 'none' }
@@ -99,7 +112,10 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
   fc.record({ kind: fc.constant('flip-signature' as const), at: fc.nat(), bit: fc.integer({ min: 0, max: 7 }) }),
   fc.record({ kind: fc.constant('flip-signing-input' as const), at: fc.nat() }),
   fc.record({ kind: fc.constant('truncate-signature' as const), by: fc.integer({ min: 1, max: 8 }) }),
-  fc.record({ kind: fc.constant('extend-signature' as const), bytes: fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 1, maxLength: 4 }) }),
+  fc.record({
+    kind: fc.constant('extend-signature' as const),
+    bytes: fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 1, maxLength: 4 }),
+  }),
   fc.constant({ kind: 'zero-signature' as const }),
   fc.constant({ kind: 'ecdsa-high-s' as const }),
   fc.constant({ kind: 'ecdsa-swap-r-s' as const }),
@@ -114,8 +130,11 @@ function mutate(jws: string, alg: string, m: Mutation): string {
   let sig = Buffer.from(jws.slice(lastDot + 1), 'base64url')
   const half = sig.length / 2
   switch (m.kind) {
-    case 'none': return jws
-    case 'flip-signature': sig[m.at % sig.length]! ^= 1 << m.bit; break
+    case 'none':
+      return jws
+    case 'flip-signature':
+      sig[m.at % sig.length]! ^= 1 << m.bit
+      break
     case 'flip-signing-input': {
       // Swap one base64url digit for another, keeping the dot where it is.
       const at = m.at % input.length
@@ -123,9 +142,15 @@ function mutate(jws: string, alg: string, m: Mutation): string {
       const other = B64URL[(B64URL.indexOf(input[at]!) + 1) % 64]!
       return `${input.slice(0, at)}${other}${input.slice(at + 1)}.${jws.slice(lastDot + 1)}`
     }
-    case 'truncate-signature': sig = sig.subarray(0, Math.max(0, sig.length - m.by)); break
-    case 'extend-signature': sig = Buffer.concat([sig, Buffer.from(m.bytes)]); break
-    case 'zero-signature': sig = Buffer.alloc(sig.length); break
+    case 'truncate-signature':
+      sig = sig.subarray(0, Math.max(0, sig.length - m.by))
+      break
+    case 'extend-signature':
+      sig = Buffer.concat([sig, Buffer.from(m.bytes)])
+      break
+    case 'zero-signature':
+      sig = Buffer.alloc(sig.length)
+      break
     case 'ecdsa-high-s': {
       const n = ORDERS[alg]
       if (!n) return jws
@@ -152,7 +177,10 @@ t.test('mutated tokens: the same answer as jose for every asymmetric algorithm',
   for (const alg of ALGS) {
     const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true })
     const key = await importJWK(await exportJWK(publicKey), alg)
-    const jws = await new SignJWT({ sub: 'ci-deploy', scope: 'orders:read' }).setProtectedHeader({ alg, kid: 'k1' }).setIssuedAt().sign(privateKey)
+    const jws = await new SignJWT({ sub: 'ci-deploy', scope: 'orders:read' })
+      .setProtectedHeader({ alg, kid: 'k1' })
+      .setIssuedAt()
+      .sign(privateKey)
     const seen = new Set<Verdict>()
     await fc.assert(
       fc.asyncProperty(mutation, async (m) => {
