@@ -32,7 +32,7 @@ const dir = mkdtempSync(join(os.tmpdir(), 'lapse-soak-'))
 const { privateKey, publicKey } = await generateKeyPair('ES256')
 const jwks = join(dir, 'jwks.json')
 writeFileSync(jwks, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] }))
-const upstream = createServer((req, res) => res.end('ok'))
+const upstream = createServer((_req, res) => res.end('ok'))
 await new Promise((resolve) => upstream.listen(0, '127.0.0.1', resolve))
 const redis = await startRedis()
 const config = loadConfig({

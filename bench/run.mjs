@@ -668,7 +668,7 @@ function probeTls(url, headers, pki) {
   })
 }
 
-async function runSoak(fleet, rowErrors, token, poolFiles, measure, rows) {
+async function runSoak(fleet, rowErrors, _token, _poolFiles, measure, rows) {
   if (rowErrors.has('lapse-verify')) return { error: rowErrors.get('lapse-verify') }
   const row = rows.find((r) => r.id === '5r')
   const { child } = fleet.get('lapse-verify')

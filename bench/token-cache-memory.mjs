@@ -34,7 +34,7 @@ const { privateKey, publicKey } = await generateKeyPair('RS256')
 const jwks = join(dir, 'jwks.json')
 writeFileSync(jwks, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' }] }))
 
-const upstream = createServer((req, res) => res.end('ok'))
+const upstream = createServer((_req, res) => res.end('ok'))
 await new Promise((resolve) => upstream.listen(0, '127.0.0.1', resolve))
 const redis = args.redis ? await startRedis() : undefined
 
@@ -94,10 +94,8 @@ const read = () => {
   return { heap: m.heapUsed, rss: m.rss }
 }
 const before = read()
-let sample
 for (let at = 0; at < N; at += 16) {
   const statuses = await Promise.all(tokens.slice(at, at + 16).map(get))
-  sample ??= statuses[0]
   if (statuses.some((s) => s !== 200)) throw new Error(`a request was answered ${statuses.find((s) => s !== 200)}`)
 }
 const after = read()

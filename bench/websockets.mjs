@@ -123,7 +123,7 @@ async function runProxy() {
       return
     }
     if (msg === 'profile-stop' && session) {
-      session.post('Profiler.stop', (err, { profile }) => {
+      session.post('Profiler.stop', (_err, { profile }) => {
         writeFileSync(join(process.env.LAPSE_BENCH_PROF, 'lapse-ws.cpuprofile'), JSON.stringify(profile))
         process.send({ 'profile-stop': true })
       })
@@ -489,7 +489,7 @@ async function main() {
 
   if (process.env.LAPSE_BENCH_PROF) await ask(proxy.child, 'profile')
   // Revocation: one admin call, every connection of subject "victim" is cut.
-  const victims = clients.filter((c, i) => opened.clients[i] && i < affected)
+  const victims = clients.filter((_c, i) => opened.clients[i] && i < affected)
   const others = clients.filter((c) => !victims.includes(c))
   const othersSet = new Set(others)
   t = performance.now()

@@ -3,6 +3,6 @@
 import { main } from '../dist/cli/index.js'
 
 main(process.argv.slice(2), process.env).catch((err) => {
-  process.stderr.write(`lapse: ${err && err.message ? err.message : String(err)}\n`)
+  process.stderr.write(`lapse: ${err?.message ? err.message : String(err)}\n`)
   process.exit(1)
 })

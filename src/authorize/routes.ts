@@ -197,10 +197,10 @@ const DECODED_BY_NORMALIZER = /[A-Za-z0-9\-._~!$&'()*+,=:@]/
  * hands its paths to the broader one: `/v1/jobs%3Apurge` before `/v1/*` would let the purge through.
  */
 function unmatchableEscape(text: string): string | undefined {
-  for (const [escape] of text.matchAll(/%[0-9A-Fa-f]{2}/g)) {
-    const ch = String.fromCharCode(parseInt(escape.slice(1), 16))
-    if (DECODED_BY_NORMALIZER.test(ch)) return `"${escape}", which request paths hold decoded ("${ch}")`
-    if (/[a-f]/.test(escape)) return `"${escape}", which request paths hold upper-case ("${escape.toUpperCase()}")`
+  for (const [spelled] of text.matchAll(/%[0-9A-Fa-f]{2}/g)) {
+    const ch = String.fromCharCode(parseInt(spelled.slice(1), 16))
+    if (DECODED_BY_NORMALIZER.test(ch)) return `"${spelled}", which request paths hold decoded ("${ch}")`
+    if (/[a-f]/.test(spelled)) return `"${spelled}", which request paths hold upper-case ("${spelled.toUpperCase()}")`
   }
   return undefined
 }

@@ -289,7 +289,7 @@ async function runDpopProof(args: string[], env: Env): Promise<void> {
     jkt: { type: 'boolean' },
   })
   const { loadProofKey, makeProof, thumbprintOf } = await import('./dpop-proof.js')
-  let key
+  let key: Awaited<ReturnType<typeof loadProofKey>>
   try {
     key = await loadProofKey(resolve(typeof f.key === 'string' ? f.key : `${env.LAPSE_DEV_DIR ?? '.lapse-dev'}/dpop-key.json`))
   } catch (err) {

@@ -2,7 +2,7 @@
 // start) and again whenever the files change (http/tls.ts, a bad file keeps the last good pair).
 //
 //   const material = readTls({ certFile, keyFile, clientCaFile })   // throws TlsFileError naming the setting
-import { createPrivateKey, X509Certificate } from 'node:crypto'
+import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 
 export interface TlsFiles {
@@ -37,7 +37,7 @@ export function readTls(files: TlsFiles): TlsMaterial {
   } catch {
     throw new TlsFileError('tls_cert_file', `${files.certFile} holds no PEM certificate`)
   }
-  let privateKey
+  let privateKey: KeyObject
   try {
     privateKey = createPrivateKey(key)
   } catch {

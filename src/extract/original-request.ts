@@ -146,7 +146,7 @@ function readEnvoy(method: string, rest: string, raw: readonly string[]): Origin
   const fields = fieldsOf(raw, NO_FIELDS, NO_FIELDS)
   if (!Array.isArray(fields)) return fields
   // The prefix alone (or with only a query) carries no original path: a prefix configured with a trailing "/" would give "//…".
-  const uri = checkUri(rest, 'the original path after ' + ENVOY_PREFIX)
+  const uri = checkUri(rest, `the original path after ${ENVOY_PREFIX}`)
   if (typeof uri !== 'string') return uri
   if (!METHOD.test(method)) return refuse('the method is not a method')
   return { protocol: 'envoy', method, url: uri, host: undefined }

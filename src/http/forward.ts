@@ -286,6 +286,7 @@ function forwardUpgrade(
 }
 
 /** Runs `emitter`'s current `event` listeners, once, only if `check` passes on the event's arguments. */
+// biome-ignore lint/suspicious/noExplicitAny: an EventEmitter listener's arguments, whatever the event
 function holdUntil(emitter: ClientRequest, event: string, check: (...args: any[]) => boolean): void {
   const held = emitter.listeners(event) as Array<(...args: unknown[]) => void>
   emitter.removeAllListeners(event)

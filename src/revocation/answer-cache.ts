@@ -57,7 +57,9 @@ export function createAnswerCache(opts: { maxEntries: number; isFresh: () => boo
     fill(ticket, keys, values) {
       if (ticket === undefined || ticket !== epoch || !opts.isFresh()) return
       if (values.length !== keys.length) return
-      keys.forEach((key, i) => store(key, values[i] as StoredAnswer))
+      keys.forEach((key, i) => {
+        store(key, values[i] as StoredAnswer)
+      })
     },
     invalidate(key) {
       epoch++

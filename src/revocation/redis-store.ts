@@ -496,6 +496,7 @@ export interface DataClient {
   quit(): Promise<unknown>
   disconnect(): void
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- ioredis types its listeners so
+  // biome-ignore lint/suspicious/noExplicitAny: ioredis's listener type, whatever the event
   on(event: string, listener: (...args: any[]) => void): unknown
 }
 

@@ -46,5 +46,5 @@ export function createRedisUseCounter(opts: { url: string; prefix: string; timeo
 
 /** The Redis key of one token's uses under one rule (for tests and operators). */
 export function useKeyOf(prefix: string, key: UseKey): string {
-  return `{${prefix}}:use:` + createHash('sha256').update(useId(key)).digest('base64url')
+  return `{${prefix}}:use:${createHash('sha256').update(useId(key)).digest('base64url')}`
 }

@@ -69,7 +69,7 @@ function tablesOf(markdown: string): Table[] {
 
 /** The text of one `## heading` section, up to the next heading of the same level. */
 function section(markdown: string, heading: string): string {
-  const start = markdown.split('\n').findIndex((l) => l === `## ${heading}`)
+  const start = markdown.split('\n').indexOf(`## ${heading}`)
   if (start < 0) throw new Error(`no "## ${heading}" section`)
   const rest = markdown.split('\n').slice(start + 1)
   const end = rest.findIndex((l) => /^## /.test(l))
@@ -78,7 +78,7 @@ function section(markdown: string, heading: string): string {
 
 /** The names written as code spans in a cell or text (fenced blocks left out), matching `pattern` whole. */
 function spans(text: string, pattern: RegExp): string[] {
-  return [...text.replace(/^\s*```[^]*?^\s*```/gm, '').matchAll(/`([^`\n]+)`/g)].map((m) => m[1]!).filter((s) => pattern.test(s))
+  return [...text.replace(/^\s*```[\s\S]*?^\s*```/gm, '').matchAll(/`([^`\n]+)`/g)].map((m) => m[1]!).filter((s) => pattern.test(s))
 }
 
 /** Names one list has and the other lacks, both ways, for one readable failure. */

@@ -564,8 +564,8 @@ t.test('repeatsMember: silent on any JSON.stringify output, finds any repeated m
   // Repeat one member of a generated object, spelled with or without escapes, with any value
   // (an object too, whose own members JSON.parse then drops), and bury the object at any depth
   // among unique siblings.
-  const spell = (name: string, escape: boolean) =>
-    escape ? `"${[...name].map((c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`).join('')}"` : JSON.stringify(name)
+  const spell = (name: string, escaped: boolean) =>
+    escaped ? `"${[...name].map((c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`).join('')}"` : JSON.stringify(name)
   fc.assert(
     fc.property(
       fc.dictionary(fc.string(), fc.jsonValue(), { minKeys: 1, maxKeys: 6 }),
@@ -574,17 +574,17 @@ t.test('repeatsMember: silent on any JSON.stringify output, finds any repeated m
       fc.boolean(),
       fc.jsonValue(),
       fc.array(fc.tuple(fc.boolean(), fc.string(), fc.jsonValue()), { maxLength: 4 }),
-      (obj, pick, escape, first, extra, wrappers) => {
+      (obj, pick, escaped, first, extra, wrappers) => {
         const names = Object.keys(obj)
         const name = names[pick % names.length]!
         const text = JSON.stringify(obj)
-        const repeated = `${spell(name, escape)}:${JSON.stringify(extra)}`
+        const repeated = `${spell(name, escaped)}:${JSON.stringify(extra)}`
         let doubled = first ? `{${repeated},${text.slice(1)}` : `${text.slice(0, -1)},${repeated}}`
         // Wrap: inside an array next to a sibling value, or as a member next to a unique sibling.
         for (const [inArray, key, sibling] of wrappers) {
           doubled = inArray
             ? `[${JSON.stringify(sibling)},${doubled}]`
-            : `{${JSON.stringify(key)}:${doubled},${JSON.stringify(key + '.')}:${JSON.stringify(sibling)}}`
+            : `{${JSON.stringify(key)}:${doubled},${JSON.stringify(`${key}.`)}:${JSON.stringify(sibling)}}`
         }
         return said(doubled)
       },

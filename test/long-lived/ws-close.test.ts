@@ -100,7 +100,7 @@ t.test('closeFrame cuts a long reason at a UTF-8 character boundary, so a strict
     })
     t.same(seen, { code: 1008 }, `${name}: a strict parser reads the close`)
   }
-  const exact = 'x'.repeat(121) + 'é'
+  const exact = `${'x'.repeat(121)}é`
   t.equal(closeFrame(1008, exact, false).subarray(4).toString('utf8'), exact, 'a reason of exactly 123 bytes is kept whole')
 })
 

@@ -66,7 +66,9 @@ export function decodeAttributes(list: KeyValue[] | undefined): Record<string, u
 
 export async function startOtlpReceiver(opts: { silent?: boolean; port?: number } = {}): Promise<OtlpReceiver> {
   const bodies: OtlpReceiver['bodies'] = []
+  // biome-ignore lint/suspicious/noExplicitAny: OTLP JSON as received, read loosely by the tests
   const traceBatches: any[] = []
+  // biome-ignore lint/suspicious/noExplicitAny: OTLP JSON as received, read loosely by the tests
   const metricBatches: any[] = []
   const sockets = new Set<Socket>()
   const server: Server = createServer((req: IncomingMessage, res) => {
