@@ -137,6 +137,8 @@ export interface DpopAnswer {
   readonly algs: string
   /** The current nonce when LAPSE_DPOP_NONCE is on: a `dpop_nonce` answer carries it in `DPoP-Nonce`. */
   readonly nonce?: string | undefined
+  /** The token came under the DPoP scheme: a token error is answered in that scheme's challenge (RFC 9449 §7.1). */
+  readonly scheme?: boolean | undefined
 }
 
 /** Quotes a value for an auth-param; our descriptions and scope names never contain `"` or `\`, but be safe. */
@@ -165,6 +167,8 @@ export function toChallenge(denial: Denial, realm: string, dpop?: DpopAnswer): s
     case 'insufficient_user_authentication':
       return stepUpChallenge(denial, description, realm)
     default:
+      if (row.challenge === 'invalid_token' && dpop?.scheme)
+        return `${dpopScheme()}, error="invalid_token", error_description=${quote(description)}`
       return `Bearer realm=${quote(realm)}, error="${row.challenge}", error_description=${quote(description)}`
   }
 }

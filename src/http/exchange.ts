@@ -286,7 +286,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
   /** What a DPoP challenge names: the algorithms, and the nonce the decision says the client is to use. */
   private dpopAnswer(outcome: Outcome): DpopAnswer | undefined {
     const algs = this.ctx.dpopAlgs
-    return algs === undefined ? undefined : { algs, nonce: outcome.dpopNonce }
+    return algs === undefined ? undefined : { algs, nonce: outcome.dpopNonce, scheme: usesDpopScheme(this.req.rawHeaders) }
   }
 
   private tunnel(d: Allowed, target: Target, head: Buffer): void {
@@ -411,4 +411,10 @@ function unsupportedTransferCoding(te: string | undefined): boolean {
     .map((c) => c.trim().toLowerCase())
     .filter((c) => c !== '')
   return codings.length !== 1 || codings[0] !== 'chunked'
+}
+
+/** Whether the request's credentials came under the DPoP scheme (RFC 7235 §2.1: case-insensitive). Read only for a denial. */
+function usesDpopScheme(raw: readonly string[]): boolean {
+  const values = authorizationOf(raw)
+  return values !== undefined && values.length === 1 && /^dpop /i.test(values[0]!)
 }

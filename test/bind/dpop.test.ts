@@ -419,3 +419,21 @@ t.test('the decision span and audit line name the binding, never the proof', asy
   t.equal(line.key_thumbprint, holder.jkt)
   t.notOk(JSON.stringify(line).includes('dpop+jwt'))
 })
+
+t.test('a token error under the DPoP scheme is answered in the DPoP challenge (RFC 9449 §7.1), upstream untouched', async (t) => {
+  const lapse = await runApp(t)
+  const [h, p] = (await bound()).split('.')
+  const forged = `${h}.${p}.${(await bound({ sub: 'mallory' })).split('.')[2]}`
+  const got = await sendAudited(lapse, '/orders/1', {
+    headers: [dpopAuth(forged), ['dpop', await holder.proof(`${lapse.url}/orders/1`, 'GET', forged)]],
+  })
+  assertDenied(t, lapse, got.res, got.audit, {
+    status: 401,
+    challenge: TOKEN_INVALID,
+    error: 'invalid_token',
+    reason: 'bad_signature',
+    token: forged,
+  })
+  const bearer = await sendAudited(lapse, '/orders/1', { headers: [['authorization', `Bearer ${forged}`]] })
+  t.match(bearer.res.headers['www-authenticate'], /^Bearer /, 'under Bearer, the Bearer challenge')
+})
