@@ -45,6 +45,8 @@ export interface DecisionInput {
   readonly clientCert?: ClientCert | undefined
   /** The target is forwarded as sent by a front proxy (the decision API): see normalizeTarget. */
   readonly asSent?: boolean | undefined
+  /** The original request's host when a front proxy names it apart from Host (forward auth's X-Forwarded-Host): DPoP's htu is checked against it. */
+  readonly originalHost?: string | undefined
   /** Makes the key fetch and revocation lookup child spans of the decision; optional. */
   readonly steps?: StepTracer | undefined
 }
@@ -158,7 +160,9 @@ async function proveDpop(identity: Identity, jkt: string | undefined, c: Checked
   if (c.scheme !== 'dpop') return refuse('dpop_key_mismatch', 'a DPoP-bound token needs the DPoP scheme and a proof')
   const policy = c.deps.dpop
   if (policy === undefined) return refuse('dpop_proof_invalid', 'DPoP proofs are not accepted here')
-  const { proofs, host } = proofFieldsOf(c.input.rawHeaders)
+  const fields = proofFieldsOf(c.input.rawHeaders)
+  const { proofs } = fields
+  const host = c.input.originalHost ?? fields.host
   const got = await checkProof(
     { method: c.input.method, path: c.target.path, host, proofs, token: c.token, jkt, normalizePath, memo: identity.memo },
     policy,

@@ -234,6 +234,7 @@ export class Exchange implements TrackedExchange, UpstreamFailureSink {
       clientCert,
       steps: this.trace.steps,
       asSent: original !== undefined,
+      originalHost: original?.host,
     }
     const outcome = decide(input, this.ctx.decideDeps)
     return outcome instanceof Promise ? this.recordLater(outcome) : this.record(outcome)

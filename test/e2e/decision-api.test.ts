@@ -405,3 +405,28 @@ t.test(
     t.equal(lapse.upstream.calls, 0)
   },
 )
+
+t.test(
+  'DPoP through forward auth: the proof is checked against the original method and X-Forwarded-Host, not the decision request',
+  async (t) => {
+    const { newHolder } = await import('../bind/dpop-helpers.js')
+    const holder = await newHolder()
+    const lapse = await runApp(t, { env: { LAPSE_DECISION_LISTEN: '127.0.0.1:0', LAPSE_DECISION_TOKEN: SECRET } })
+    const token = await (await testKeys()).mint({ cnf: { jkt: holder.jkt } })
+    const asked = async (proofUrl: string) => {
+      const proof = await holder.proof(proofUrl, 'GET', token)
+      return ask(lapse, '/v1/decide/forward', [
+        ...forwardHeaders('GET', '/orders/1', 'api.test'),
+        ['authorization', `DPoP ${token}`],
+        ['dpop', proof],
+      ])
+    }
+    const ok = await asked('https://api.test/orders/1')
+    t.equal(ok.res.status, 200, 'a proof for the original URL passes')
+    t.match(ok.audit, { decision: 'allow', binding: 'dpop' })
+    const wrong = await asked(`${lapse.decisionUrl}/v1/decide/forward`)
+    t.equal(wrong.res.status, 401, "a proof for the decision listener's own URL does not")
+    t.match(wrong.audit, { decision: 'deny', reason: 'dpop_proof_invalid' })
+    t.equal(lapse.upstream.calls, 0)
+  },
+)
