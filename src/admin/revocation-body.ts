@@ -35,6 +35,9 @@ export function parseRevocation(body: unknown, ctx: { config: Config; nowS: numb
   // would pin the entry in the set for good: a day ahead is the limit.
   if (issuedBeforeS > nowS + MAX_FUTURE_T_S) return { error: '"issued_before" may be at most 24 hours in the future' }
   let expiresAtS = expiryOf(issuedBeforeS, config.maxLifetimeS, config.clockSkewS)
+  // A jti entry refuses its token whatever the token's iat, T included: it must outlast any token
+  // alive now, minted up to a skew ahead (iat) and accepted up to a skew past its exp.
+  if (b.claim === 'jti' && expiresAtS !== undefined) expiresAtS = Math.max(expiresAtS, nowS + config.maxLifetimeS + 2 * config.clockSkewS)
   if (b.expires_at !== undefined) {
     const given = toEpochS(b.expires_at)
     if (given === undefined) return { error: '"expires_at" must be epoch seconds or an RFC 3339 time' }

@@ -36,7 +36,11 @@ t.test('lifetime policy on: expires_at up to max(T, now) + lifetime + skew, not 
     body: { claim: 'jti', value: 'j-1', issued_before: NOW_S - 3000, expires_at: NOW_S + POLICY_S },
   })
   t.equal(past.status, 201, 'T in the past: the bound counts from now')
-  t.equal(past.json().expires_at, NOW_S + POLICY_S)
+  t.equal(
+    past.json().expires_at,
+    NOW_S + POLICY_S + 30,
+    'a jti entry lasts at least now + lifetime + twice the skew, whatever expires_at says',
+  )
   const ahead = await post(lapse, { value: 'ahead', issued_before: NOW_S + 3600, expires_at: NOW_S + 3600 + POLICY_S })
   t.equal(ahead.status, 201, 'T ahead: the bound counts from T')
   t.equal(
@@ -65,4 +69,21 @@ t.test('a value holding a lone surrogate → 400, not a failed write', async (t)
   const res = await admin(lapse, 'POST', '/v1/revocations', { body: '{"claim":"sub","value":"ci\\ud800"}' })
   t.equal(res.status, 400)
   t.match(res.json().error_description, /"value" is not well-formed Unicode/)
+})
+
+t.test('a jti entry written with a T in the past lasts as long as a token alive now, and keeps refusing it', async (t) => {
+  const clock = manualClock(T0_MS)
+  const lapse = await runApp(t, { clock })
+  const { testKeys, defaultClaims } = await import('../fixtures/keys.js')
+  const { bearer, send } = await import('../fixtures/app.js')
+  const token = await (await testKeys()).mint(
+    { ...defaultClaims(NOW_S - 10), jti: 'j-late', iat: NOW_S - 10, exp: NOW_S + 3590 },
+    { nowS: NOW_S },
+  )
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(token)] })).status, 200, 'valid before the revocation')
+  const written = await admin(lapse, 'POST', '/v1/revocations', { body: { claim: 'jti', value: 'j-late', issued_before: NOW_S - 3000 } })
+  t.equal(written.status, 201)
+  t.equal(written.json().expires_at, NOW_S + 3600 + 60, 'now + lifetime + twice the skew, not T + lifetime + skew')
+  clock.advance(700_000)
+  t.equal((await send(`${lapse.url}/orders/1`, { headers: [bearer(token)] })).status, 401, 'still refused after T + lifetime + skew')
 })
