@@ -1,7 +1,3 @@
-// Every request or upgrade ends in one place (http/exchange.ts finish()): whatever Lapse answered,
-// or if the client left first, the exchange gets exactly one audit line and one ended span, and
-// nothing stays registered. Answers that are not decisions come from core/answers.ts, in one shape.
-import { createServer, type Server } from 'node:http'
 import { connect } from 'node:net'
 import { SpanStatusCode } from '@opentelemetry/api'
 import t, { type Test } from 'tap'
@@ -9,9 +5,10 @@ import type { ConnectionRegistry } from '../../src/connections/connections.js'
 import { manualClock } from '../../src/core/clock.js'
 import { createApp } from '../../src/http/server.js'
 import { decisions, runApp, waitFor, type Lapse } from '../fixtures/app.js'
-import { newKeyPair, testKeys, type KeyPair } from '../fixtures/keys.js'
+import { newKeyPair, testKeys } from '../fixtures/keys.js'
 import { GUARDED_ROUTES, rawHttp, sleep, T0_MS, T0_S } from '../hardening/helpers.js'
 import { inMemoryTelemetry, newTraceparent, type MemoryTelemetry } from '../telemetry/in-memory.js'
+import { startSlowJwks } from '../fixtures/slow-jwks.js'
 
 const WS = 'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n'
 
@@ -100,31 +97,13 @@ t.test("the parser's refusals carry the same JSON answer, no-store included", as
   t.equal(lapse.upstream.calls, 0)
 })
 
-/** A JWKS endpoint that answers its first fetch at once and every later one after `delayMs`. */
-async function slowJwks(t: Test, first: KeyPair[], later: KeyPair[], delayMs: number) {
-  let hits = 0
-  const server: Server = createServer((_req, res) => {
-    const keys = (hits++ === 0 ? first : later).map((p) => p.publicJwk)
-    setTimeout(
-      () => res.writeHead(200, { 'content-type': 'application/jwk-set+json' }).end(JSON.stringify({ keys })),
-      hits === 1 ? 0 : delayMs,
-    )
-  })
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  t.teardown(() => {
-    server.closeAllConnections()
-    server.close()
-  })
-  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}/jwks.json`, hits: () => hits }
-}
-
 t.test(
   'a client that leaves while its request is decided: the upstream is never asked, one audit line says client_closed, nothing stays registered',
   async (t) => {
     const keys = await testKeys()
     const old = keys.pairs.ES256
     const rotated = await newKeyPair('ES256', 'rotated')
-    const jwks = await slowJwks(t, [old], [old, rotated], 400)
+    const jwks = await startSlowJwks(t, [old], [old, rotated], 400)
     const clock = manualClock(T0_MS)
     const lapse = await runApp(t, { clock, env: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: jwks.url, LAPSE_JWKS_COOLDOWN: '1' } })
     await waitFor(() => lapse.running.deps.keys.ready(), 'the first JWKS fetch')

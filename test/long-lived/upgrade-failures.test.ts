@@ -1,38 +1,17 @@
-// The upgrade path when something goes wrong before the upstream is asked: a client that leaves
-// while the decision is awaited, and an exception while the upstream request is built. Each
-// exchange still gets its audit line, leaves nothing registered, and never reaches the upstream.
-import { createServer, type Server } from 'node:http'
 import { connect } from 'node:net'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import type { ConnectionRegistry } from '../../src/connections/connections.js'
 import { manualClock } from '../../src/core/clock.js'
 import { decisions, runApp, waitFor } from '../fixtures/app.js'
-import { newKeyPair, testKeys, type KeyPair } from '../fixtures/keys.js'
+import { newKeyPair, testKeys } from '../fixtures/keys.js'
 import { rawHttp } from '../hardening/helpers.js'
 import { sleep } from './upstream.js'
+import { startSlowJwks } from '../fixtures/slow-jwks.js'
 
 const T0_MS = Date.parse('2030-01-01T00:00:00Z')
 const upgrade = (token: string) =>
   `GET /orders/live HTTP/1.1\r\nHost: lapse.test\r\nAuthorization: Bearer ${token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
   'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'
-
-/** A JWKS endpoint that answers its first fetch at once and every later one after `delayMs`. */
-async function slowJwks(t: Test, first: KeyPair[], later: KeyPair[], delayMs: number) {
-  let hits = 0
-  const server: Server = createServer((_req, res) => {
-    const keys = (hits++ === 0 ? first : later).map((p) => p.publicJwk)
-    setTimeout(
-      () => res.writeHead(200, { 'content-type': 'application/jwk-set+json' }).end(JSON.stringify({ keys })),
-      hits === 1 ? 0 : delayMs,
-    )
-  })
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  t.teardown(() => {
-    server.closeAllConnections()
-    server.close()
-  })
-  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}/jwks.json`, hits: () => hits }
-}
 
 t.test(
   'a client that leaves while its upgrade is decided: the upstream is never asked, the audit line says client_closed, nothing stays registered',
@@ -40,7 +19,7 @@ t.test(
     const keys = await testKeys()
     const old = keys.pairs.ES256
     const rotated = await newKeyPair('ES256', 'rotated')
-    const jwks = await slowJwks(t, [old], [old, rotated], 400)
+    const jwks = await startSlowJwks(t, [old], [old, rotated], 400)
     const clock = manualClock(T0_MS)
     const lapse = await runApp(t, { clock, env: { LAPSE_JWKS_FILE: undefined, LAPSE_JWKS_URL: jwks.url, LAPSE_JWKS_COOLDOWN: '1' } })
     await waitFor(() => lapse.running.deps.keys.ready(), 'the first JWKS fetch')
