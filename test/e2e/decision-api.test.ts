@@ -9,6 +9,7 @@ import t from 'tap'
 import { manualClock } from '../../src/core/clock.js'
 import { bearer, decisions, runApp, send, waitFor, type Lapse, type Sent } from '../fixtures/app.js'
 import { startChildProxy } from '../fixtures/child-proxy.js'
+import { makePki } from '../fixtures/certs.js'
 import { assertDenied, CHALLENGE } from '../fixtures/deny.js'
 import { defaultClaims, testKeys } from '../fixtures/keys.js'
 import { freePort } from '../fixtures/redis-server.js'
@@ -105,6 +106,56 @@ t.test('Envoy ext_authz: a public route carries every identity header, empty', a
     t.equal(res.headers[name], '', `${name}: present and empty, so a front proxy that copies it replaces the client's`)
   }
   t.match(audit, { decision: 'allow', route: '/public/**' })
+})
+
+t.test('Envoy ext_authz with XFCC: certificate-bound tokens and peers rules are decided on the certificate Envoy names', async (t) => {
+  const pki = makePki()
+  const deployer = pki.client('spiffe://prod.example/ns/ci/sa/deployer', 'deployer')
+  const other = pki.client('spiffe://prod.example/ns/web/sa/frontend', 'other')
+  const lapse = await runApp(t, {
+    routes: [
+      { path: '/deploy/**', scopes: ['orders:read'], peers: ['spiffe://prod.example/ns/ci/sa/deployer'] },
+      { path: '/orders/**', scopes: ['orders:read'] },
+    ],
+    clock: manualClock(T0_MS),
+    env: { LAPSE_DECISION_LISTEN: '127.0.0.1:0', LAPSE_DECISION_TOKEN: SECRET, LAPSE_CLIENT_CERT_HEADER: 'x-forwarded-client-cert' },
+  })
+  // As Envoy's SANITIZE_SET with cert and uri writes it for the connection's verified certificate.
+  const xfcc = (c: typeof deployer, uri: string) =>
+    ['x-forwarded-client-cert', `Hash=${c.hexHash};Cert="${encodeURIComponent(c.cert.toString('utf8'))}";URI=${uri}`] as [string, string]
+  const bound = await mint({ cnf: { 'x5t#S256': deployer.thumbprint } })
+  const plain = await mint()
+  const allowed = await ask(lapse, '/v1/decide/envoy/orders/1', [
+    secret,
+    bearer(bound),
+    xfcc(deployer, 'spiffe://prod.example/ns/ci/sa/deployer'),
+  ])
+  t.equal(allowed.res.status, 200)
+  t.match(allowed.audit, { decision: 'allow', binding: 'mtls', key_thumbprint: deployer.thumbprint, decision_api: 'envoy' })
+  const wrong = await ask(lapse, '/v1/decide/envoy/orders/1', [
+    secret,
+    bearer(bound),
+    xfcc(other, 'spiffe://prod.example/ns/web/sa/frontend'),
+  ])
+  t.equal(wrong.res.status, 401)
+  t.equal(wrong.audit.reason, 'mtls_key_mismatch')
+  const none = await ask(lapse, '/v1/decide/envoy/orders/1', [secret, bearer(bound)])
+  t.equal(none.res.status, 401, 'no XFCC (Envoy removes it without a client certificate): no certificate')
+  t.equal(none.audit.reason, 'mtls_key_mismatch')
+  const peer = await ask(lapse, '/v1/decide/envoy/deploy/1', [
+    secret,
+    bearer(plain),
+    xfcc(deployer, 'spiffe://prod.example/ns/ci/sa/deployer'),
+  ])
+  t.equal(peer.res.status, 200, 'the named workload')
+  const notPeer = await ask(lapse, '/v1/decide/envoy/deploy/1', [
+    secret,
+    bearer(plain),
+    xfcc(other, 'spiffe://prod.example/ns/web/sa/frontend'),
+  ])
+  t.equal(notPeer.res.status, 403)
+  t.equal(notPeer.audit.reason, 'peer_not_allowed')
+  t.equal(lapse.upstream.calls, 0)
 })
 
 t.test("a refusal is the proxy's answer for the same request: status, WWW-Authenticate, JSON body, reason", async (t) => {
@@ -325,6 +376,7 @@ t.test('the shipped Envoy, Istio and Traefik snippets name the paths, header and
   t.same(names(http.authorization_response.allowed_upstream_headers.patterns), identity)
   t.ok(names(http.authorization_response.allowed_client_headers.patterns).includes('www-authenticate'))
   t.equal(http.authorization_request.headers_to_add[0].key.toLowerCase(), TOKEN_HEADER)
+  t.ok(names(filter.allowed_headers.patterns).includes('x-forwarded-client-cert'), 'Envoy: the client certificate reaches Lapse')
 
   // The request Envoy sends with that configuration, by its documentation: the original method,
   // path_prefix + the original path, Host, Authorization, Content-Length 0 and headers_to_add.
@@ -355,6 +407,7 @@ t.test('the shipped Envoy, Istio and Traefik snippets name the paths, header and
   t.equal(provider.pathPrefix, http.path_prefix, 'Istio: the same prefix')
   t.equal(provider.failOpen, false, 'Istio: fail closed')
   t.same([...provider.headersToUpstreamOnAllow].sort(), identity)
+  t.ok(provider.includeRequestHeadersInCheck.includes('x-forwarded-client-cert'), 'Istio: the client certificate reaches Lapse')
   t.same(
     Object.keys(provider.includeAdditionalHeadersInCheck).map((k) => k.toLowerCase()),
     [TOKEN_HEADER],

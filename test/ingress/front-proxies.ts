@@ -98,8 +98,18 @@ async function run(
   return { url: `http://127.0.0.1:${port}`, port }
 }
 
-/** nginx with deploy/nginx/example.conf and the two files it includes, as shipped. */
-export async function startNginx(t: Test, lapse: Lapse): Promise<Front> {
+/** What deploy/nginx/example-mtls.conf needs: the server's certificate and the CA client certificates are verified against. */
+export interface NginxTls {
+  readonly certFile: string
+  readonly keyFile: string
+  readonly clientCaFile: string
+}
+
+/**
+ * nginx with deploy/nginx/example.conf and the two files it includes, as shipped; with `tls`,
+ * example-mtls.conf instead (HTTPS, client certificates verified and handed to Lapse).
+ */
+export async function startNginx(t: Test, lapse: Lapse, tls?: NginxTls): Promise<Front> {
   const dir = mkdtempSync(join(tmpdir(), 'lapse-nginx-'))
   const port = await freePort()
   const values = {
@@ -107,9 +117,10 @@ export async function startNginx(t: Test, lapse: Lapse): Promise<Front> {
     UPSTREAM: `127.0.0.1:${lapse.upstream.port}`,
     LAPSE_DECISION_ADDRESS: `127.0.0.1:${portOf(lapse.decisionUrl!)}`,
     LAPSE_DECISION_TOKEN: DECISION_TOKEN,
+    ...(tls ? { SERVER_CERT_FILE: tls.certFile, SERVER_KEY_FILE: tls.keyFile, CLIENT_CA_FILE: tls.clientCaFile } : {}),
   }
   for (const file of ['lapse-decision.conf', 'lapse-protect.conf']) writeFileSync(join(dir, file), render(`nginx/${file}`, values))
-  writeFileSync(join(dir, 'example.conf'), render('nginx/example.conf', values))
+  writeFileSync(join(dir, 'example.conf'), render(tls ? 'nginx/example-mtls.conf' : 'nginx/example.conf', values))
   const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((k) => `${k}_temp_path ${join(dir, k)};`).join(' ')
   writeFileSync(
     join(dir, 'nginx.conf'),
