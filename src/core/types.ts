@@ -71,10 +71,12 @@ export interface TokenMemo {
   /** http/headers.ts: the identity headers (X-Auth-*), as a flat name, value list. */
   headerFields?: readonly string[] | undefined
   /**
-   * bind/dpop.ts: the proof key of this DPoP-bound token, imported once: its RFC 7638 members as
-   * text, the key, and its thumbprint (which matched the token's `cnf.jkt`).
+   * bind/dpop.ts: the proof key of this DPoP-bound token, imported once: the algorithm and RFC 7638
+   * members it was imported from, the key, and its thumbprint (which matched the token's `cnf.jkt`).
    */
-  dpopKey?: { readonly members: string; readonly key: unknown; readonly thumbprint: string } | undefined
+  dpopKey?: { readonly members: readonly unknown[]; readonly key: unknown; readonly thumbprint: string } | undefined
+  /** bind/dpop.ts: the token's SHA-256 as a proof's `ath` carries it. */
+  dpopAth?: string | undefined
 }
 
 export interface Rule {
@@ -305,6 +307,11 @@ export interface ReplayCache {
    * Rejects with ReplayUnavailableError when it cannot answer within its budget.
    */
   firstUse(key: string, ttlMs: number): Promise<boolean>
+  /**
+   * The same, answered in process without a promise (the memory cache); absent where every
+   * answer waits (Redis). Throws where firstUse would reject.
+   */
+  firstUseNow?(key: string, ttlMs: number): boolean
   /** Whether it can answer right now; absent: always. */
   ready?(): boolean
   /** Human name for logs: `memory`, `redis`. */

@@ -11,7 +11,7 @@ import type { Clock, Denial, DenyReason, Identity, StepTracer } from '../core/ty
 import { checkClaims, type ClaimPolicy } from './claims.js'
 import { repeatsMember } from './duplicate-keys.js'
 import type { KeyResolver, VerificationKey } from './keys.js'
-import { handlesAlgorithm, isCryptoKey, verifySignature as verifySigSync } from './signature.js'
+import { handlesAlgorithm, isCryptoKey, verifySignature as verifySigSync } from '../core/signature.js'
 
 export interface VerifierOptions {
   readonly policy: ClaimPolicy
