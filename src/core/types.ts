@@ -75,6 +75,8 @@ export interface TokenMemo {
    * members it was imported from, the key, and its thumbprint (which matched the token's `cnf.jkt`).
    */
   dpopKey?: { readonly members: readonly unknown[]; readonly key: unknown; readonly thumbprint: string } | undefined
+  /** revocation/use-counter-redis.ts: the Redis key of this token's uses under one rule's scope, for one key prefix. */
+  useKey?: { readonly scope: string; readonly prefix: string; readonly key: string } | undefined
   /** bind/dpop.ts: the token's SHA-256 as a proof's `ath` carries it. */
   dpopAth?: string | undefined
 }
@@ -158,6 +160,8 @@ export interface UseKey {
   readonly scope: string
   readonly iss: string
   readonly jti: string
+  /** The memo of the token iss and jti are from: a store keeps the key it derives there (Redis: a hash). */
+  readonly memo?: TokenMemo | undefined
 }
 
 export type Decision =

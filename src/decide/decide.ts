@@ -279,7 +279,11 @@ function takeUses(limited: readonly Rule[], from: number, allowed: Decision, rev
     if (identity.jti === undefined) return { decision: deny({ reason: 'missing_claim', rule, identity }), target, revocationMs }
     let taken: number | Promise<number> | 'unknown'
     try {
-      taken = deps.uses.take({ scope: rule.binding!.useScope, iss: identity.iss, jti: identity.jti }, max, identity.expS + deps.clockSkewS)
+      taken = deps.uses.take(
+        { scope: rule.binding!.useScope, iss: identity.iss, jti: identity.jti, memo: identity.memo },
+        max,
+        identity.expS + deps.clockSkewS,
+      )
     } catch {
       taken = 'unknown'
     }
