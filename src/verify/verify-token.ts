@@ -241,14 +241,13 @@ function precheck(
   // The signature covers the encoded text, so a lenient decoder that skips stray characters or
   // ignores non-zero padding bits would accept many encodings of one signed value (for the
   // signature part, which no signature covers, a forger's free variants of a valid token).
-  const payload = canonicalBytes(parts[1])
-  const signature = canonicalBytes(parts[2])
-  if (payload === undefined || signature === undefined) return deny('malformed', 'token is not canonical base64url')
-  // A header text in the cache is one that verified before, so it is canonical and parsed already.
+  if (!parts.every(isCanonicalBase64url)) return deny('malformed', 'token is not canonical base64url')
+  // Canonical, so these decodings are exact.
+  const payload = Buffer.from(parts[1], 'base64url')
+  const signature = Buffer.from(parts[2], 'base64url')
   const seen = verifiedHeaders.get(parts[0])
   if (seen !== undefined) return { header: seen, parts, payload, signature, known: true }
-  const headerBytes = canonicalBytes(parts[0])
-  if (headerBytes === undefined) return deny('malformed', 'token is not canonical base64url')
+  const headerBytes = Buffer.from(parts[0], 'base64url')
   let header: JWSHeaderParameters
   try {
     const text = utf8Text(headerBytes)
@@ -270,17 +269,18 @@ function precheck(
   return { header, parts, payload, signature, known: false }
 }
 
+const B64URL_DIGITS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+
 /**
- * The bytes of `part` when it is canonical base64url (RFC 7515 §2: the URL-safe alphabet, no
- * padding, and, RFC 4648 §3.5, no bits set past the last byte), else undefined. Node's decoder is
- * lenient (it skips stray characters, takes `+`, `/` and `=`, ignores the last bits), and its
- * encoder writes the one canonical form, so a part is canonical exactly when encoding its
- * decoding gives it back: one decode the check needs anyway and one encode, cheaper than a
- * regular expression over the text and then the decode.
+ * RFC 7515 §2: base64url without padding, and (RFC 4648 §3.5) no bits set past the last byte.
+ * (Encoding the decoding and comparing is an exact check too, and measured ≈ 0.5 µs cheaper in a
+ * tight loop, but it leaves two more strings per fresh token and no A/B under load could tell the
+ * two apart: bench/README.md.)
  */
-function canonicalBytes(part: string): Buffer | undefined {
-  const bytes = Buffer.from(part, 'base64url')
-  return bytes.toString('base64url') === part ? bytes : undefined
+function isCanonicalBase64url(s: string): boolean {
+  if (!/^[A-Za-z0-9_-]+$/.test(s) || s.length % 4 === 1) return false
+  const last = B64URL_DIGITS.indexOf(s[s.length - 1]!)
+  return s.length % 4 === 2 ? (last & 0x0f) === 0 : s.length % 4 === 3 ? (last & 0x03) === 0 : true
 }
 
 /** The signature covers the token's text up to its last dot: header "." payload, as bytes (it is ASCII). */
