@@ -534,27 +534,15 @@ const backoff = (t: RedisStoreTuning) => (attempt: number) => Math.min(attempt *
  * A data connection configured as the revocation set's (no offline queue, reconnect forever), for
  * other shared state on the same Redis (use-counter-redis.ts).
  */
-export function connectRedis(url: string, tls?: ConnectionOptions, opts: { autoPipelining?: boolean } = {}): Redis | Cluster {
-  return connectData(withTls(parseRedisUrl(url), tls), DEFAULTS, opts.autoPipelining ?? false) as Redis | Cluster
+export function connectRedis(url: string, tls?: ConnectionOptions): Redis | Cluster {
+  return connectData(withTls(parseRedisUrl(url), tls), DEFAULTS) as Redis | Cluster
 }
 
-/**
- * `autoPipelining`: commands sent in one turn of the event loop leave in one write (ioredis holds
- * them until the turn's setImmediate), each with its own reply: for a connection that sends one
- * command per request (the use counter), not for the revocation reads, which batch themselves.
- */
-function connectData(target: RedisTarget, t: RedisStoreTuning, autoPipelining = false): DataClient {
+function connectData(target: RedisTarget, t: RedisStoreTuning): DataClient {
   if (target.kind !== 'cluster') {
-    return new Redis({
-      ...target.options,
-      ...connectOptions(t),
-      retryStrategy: backoff(t),
-      connectionName: 'lapse',
-      enableAutoPipelining: autoPipelining,
-    })
+    return new Redis({ ...target.options, ...connectOptions(t), retryStrategy: backoff(t), connectionName: 'lapse' })
   }
   const options: ClusterOptions = {
-    enableAutoPipelining: autoPipelining,
     enableOfflineQueue: false,
     clusterRetryStrategy: backoff(t),
     // After a failover the promoted replica owns the set's slot; without a periodic refresh the

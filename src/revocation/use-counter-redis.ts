@@ -28,10 +28,7 @@ type Client = (Redis | Cluster) & { lapseTakeUse(key: string, max: number, expir
 
 export function createRedisUseCounter(opts: { url: string; prefix: string; timeoutMs: number; tls?: ConnectionOptions }): UseCounter {
   if (opts.prefix === '' || /[{}]/.test(opts.prefix)) throw new TypeError('redis prefix must be non-empty and contain no { or }')
-  // One EVALSHA per allowed request: those of one turn of the event loop share a write (and their
-  // replies a read) instead of a syscall each, the largest part of a use's cost on Lapse's side
-  // (bench/README.md, row 4u). Each is still its own atomic script with its own answer.
-  const client = connectRedis(opts.url, opts.tls, { autoPipelining: true }) as Client
+  const client = connectRedis(opts.url, opts.tls) as Client
   // ioredis sends EVALSHA, and EVAL once when the server does not know the script yet.
   client.defineCommand('lapseTakeUse', { numberOfKeys: 1, lua: TAKE_SCRIPT })
   return {
