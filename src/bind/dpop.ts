@@ -168,15 +168,40 @@ interface ProofKey {
 }
 
 /**
- * What a key import reads: the algorithm (an RSA key imported for PS256 cannot verify RS256) and
- * the public members RFC 7638 §3.2 hashes. Equal members, the same imported key.
+ * What a key import reads: the algorithm (an RSA key imported for PS256 cannot verify RS256), the
+ * public members RFC 7638 §3.2 hashes, and the members that can make an import refuse or restrict
+ * the key (`alg`, `use`, `ext`). Equal members, the same imported key. A jwk with `key_ops` (an
+ * array) is never taken for a known one: it is imported, and checked, every time.
  */
-type KeyMembers = readonly [alg: string, kty: unknown, crv: unknown, x: unknown, y: unknown, n: unknown, e: unknown]
+type KeyMembers = readonly unknown[]
 
-const membersOf = (jwk: Readonly<Record<string, unknown>>, alg: string): KeyMembers => [alg, jwk.kty, jwk.crv, jwk.x, jwk.y, jwk.n, jwk.e]
+const membersOf = (jwk: Readonly<Record<string, unknown>>, alg: string): KeyMembers => [
+  alg,
+  jwk.kty,
+  jwk.crv,
+  jwk.x,
+  jwk.y,
+  jwk.n,
+  jwk.e,
+  jwk.alg,
+  jwk.use,
+  jwk.ext,
+]
 
 function sameMembers(a: KeyMembers, jwk: Readonly<Record<string, unknown>>, alg: string): boolean {
-  return a[0] === alg && a[1] === jwk.kty && a[2] === jwk.crv && a[3] === jwk.x && a[4] === jwk.y && a[5] === jwk.n && a[6] === jwk.e
+  return (
+    jwk.key_ops === undefined &&
+    a[0] === alg &&
+    a[1] === jwk.kty &&
+    a[2] === jwk.crv &&
+    a[3] === jwk.x &&
+    a[4] === jwk.y &&
+    a[5] === jwk.n &&
+    a[6] === jwk.e &&
+    a[7] === jwk.alg &&
+    a[8] === jwk.use &&
+    a[9] === jwk.ext
+  )
 }
 
 // Proof keys by thumbprint, per policy: a client keeps its key across the tokens it is issued, so

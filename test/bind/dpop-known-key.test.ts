@@ -119,6 +119,22 @@ t.test('with the key known, every mutation is refused as a fresh policy refuses 
     t.equal(fast, expected, `${name}: with the key known`)
     t.equal(full, expected, `${name}: a fresh policy`)
   }
+  // The same key spelled with members an import reads beyond the thumbprint's: whatever jose makes
+  // of them, the known key must not answer differently.
+  const variants: Array<[string, Record<string, unknown>]> = [
+    ['key_ops sign only', { key_ops: ['sign'] }],
+    ['key_ops verify', { key_ops: ['verify'] }],
+    ['use enc', { use: 'enc' }],
+    ['alg of another algorithm', { alg: 'ES384' }],
+    ['ext false', { ext: false }],
+  ]
+  for (const [name, extra] of variants) {
+    const proof = await holder.mutated({ htu: URL_, htm: 'GET', token, header: { jwk: { ...holder.jwk, ...extra } } })
+    const req = request(token, holder.jkt, proof, memo)
+    const fast = outcome(await checkProof(req, known))
+    const full = outcome(await checkProof(request(token, holder.jkt, proof, {}), newPolicy()))
+    t.equal(fast, full, `${name}: the known key answers as a fresh import does (${full})`)
+  }
 })
 
 t.test('single use holds on the synchronous path: the same proof again → dpop_replayed', async (t) => {
