@@ -7,6 +7,7 @@
 //   node pool.mjs 7 3 b0e810a 92d8953 c793e1f          # row 7 ÷ row 3 req/s over three runs
 //   node pool.mjs 7f 3f --p50 b0e810a c793e1f          # 7f ÷ 3f p50 − 1
 //   node pool.mjs 3 2 --p99                            # row 3 p99 − row 2 p99 (ms), every run
+//   node pool.mjs 3b 3 --cpu                           # row 3b's CPU µs/req − row 3's (the binding's budget)
 //   node pool.mjs 7 3 --coverage 0.95 …                # the pooled interval at ≥ 95% (default 90%)
 //
 // A run is picked when its file name under results/ holds one of the given commit prefixes (none
@@ -22,6 +23,7 @@ const MEASURES = {
   rps: { f: (x, y) => x.rps / y.rps, show: (v) => `${v.toFixed(3)}×` },
   p50: { f: (x, y) => x.p50Ms / y.p50Ms - 1, show: (v) => `${v >= 0 ? '+' : ''}${(v * 100).toFixed(1)}%` },
   p99: { f: (x, y) => x.p99Ms - y.p99Ms, show: (v) => `${v >= 0 ? '+' : ''}${v.toFixed(2)} ms` },
+  cpu: { f: (x, y) => x.serverCpuUsPerReq - y.serverCpuUsPerReq, show: (v) => `${v >= 0 ? '+' : ''}${v.toFixed(1)} µs/req` },
 }
 
 /**
@@ -50,6 +52,7 @@ function main() {
     options: {
       p50: { type: 'boolean', default: false },
       p99: { type: 'boolean', default: false },
+      cpu: { type: 'boolean', default: false },
       coverage: { type: 'string', default: '0.9' },
       'results-dir': { type: 'string' },
     },
@@ -57,10 +60,10 @@ function main() {
   })
   const [a, b, ...commits] = positionals
   if (!a || !b) {
-    process.stderr.write('usage: node pool.mjs <row> <baseline row> [--p50 | --p99] [--coverage 0.9] [commit prefix ...]\n')
+    process.stderr.write('usage: node pool.mjs <row> <baseline row> [--p50 | --p99 | --cpu] [--coverage 0.9] [commit prefix ...]\n')
     process.exit(2)
   }
-  const measure = values.p50 ? 'p50' : values.p99 ? 'p99' : 'rps'
+  const measure = values.p50 ? 'p50' : values.p99 ? 'p99' : values.cpu ? 'cpu' : 'rps'
   const dir = values['results-dir'] ?? join(dirname(fileURLToPath(import.meta.url)), 'results')
   const runs = readdirSync(dir)
     .filter((name) => name.endsWith('.json') && (commits.length === 0 || commits.some((c) => name.includes(`-${c}`))))

@@ -336,7 +336,7 @@ async function main() {
       const prove = proofSigner(JSON.parse(readFileSync(dpopHolder.keyFile, 'utf8')))
       return {
         authorization: `DPoP ${dpopToken}`,
-        dpop: prove('GET', `${fleet.get(row.server).url}${PATH}`.replace(/[?#].*$/, ''), dpopToken),
+        dpop: prove('GET', `${fleet.get(row.server).url}${row.path ?? PATH}`.replace(/[?#].*$/, ''), dpopToken),
       }
     }
     return {}
@@ -349,8 +349,8 @@ async function main() {
     try {
       const res =
         row.auth === 'mtls'
-          ? await probeTls(`${url}${PATH}`, headersFor(row), pki)
-          : await fetch(`${url}${PATH}`, { headers: headersFor(row), signal: AbortSignal.timeout(5000) })
+          ? await probeTls(`${url}${row.path ?? PATH}`, headersFor(row), pki)
+          : await fetch(`${url}${row.path ?? PATH}`, { headers: headersFor(row), signal: AbortSignal.timeout(5000) })
       const body = await res.text()
       if (res.status !== 200 || body !== expectedBody) {
         rowErrors.set(row.server, `probe answered ${res.status} ${res.headers.get('www-authenticate') ?? ''} ${body.slice(0, 200)}`)
@@ -394,7 +394,12 @@ async function main() {
     const { url, child, helper } = fleet.get(row.server)
     // A fixed-rate row keeps its rate unless --rate caps the whole run lower.
     const rate = Math.min(row.rate ?? Infinity, settings.rate ?? Infinity)
-    const cfg = { url: `${url}${PATH}`, connections: settings.connections, durationS, rate: Number.isFinite(rate) ? rate : undefined }
+    const cfg = {
+      url: `${url}${row.path ?? PATH}`,
+      connections: settings.connections,
+      durationS,
+      rate: Number.isFinite(rate) ? rate : undefined,
+    }
     if (row.auth === 'token') cfg.token = token
     if (row.auth === 'mtls') Object.assign(cfg, { token: mtlsToken, tls: pki })
     if (row.auth === 'pool') cfg.tokenFile = poolFiles[row.alg]
@@ -558,7 +563,7 @@ async function main() {
   meta.loadavgAtEnd = loadavg().map((x) => Number(x.toFixed(2)))
   const summary = summarize(selected, measurements)
   const table = formatTable(summary)
-  const checks = checkTargets(summary, memory.startKb ? memory : undefined, soak)
+  const checks = checkTargets(summary, memory.startKb ? memory : undefined, soak, micro)
   log('')
   if (selected.length) log(table)
   log('')

@@ -7,6 +7,8 @@
 // engine, kept so the engine can be chosen by measurement.
 /** Rows 3f and 7f: under a third of row 3's capacity on the slowest machine this ran on. */
 export const FIXED_RATE = 2000
+/** Row 3b's path: the bench token's client_id in the captured segment, as long as every other row's /v1/items. */
+export const BOUND_PATH = '/v1/bench'
 
 export function defineRows({ engine }) {
   const floors = {
@@ -19,6 +21,16 @@ export function defineRows({ engine }) {
     { id: '2', label: `${floors[engine].label} (floor)`, server: floors[engine].server, auth: 'token' },
     { id: '2x', label: `${floors[other].label} (other engine)`, server: floors[other].server, auth: 'token' },
     { id: '3', label: 'Lapse, one RS256 token (cache hit), memory set', server: 'lapse-mem', auth: 'token' },
+    // Row 3 with issue 24's route binding: the rule captures a path segment and binds it to the
+    // token's client_id (`bench`), so every request pays the capture and the comparison and
+    // forwards X-Auth-Bound-Client. The path is as long as row 3's, so only the check differs.
+    {
+      id: '3b',
+      label: 'row 3 with a path capture bound to a claim (/v1/{client}, client_id)',
+      server: 'lapse-bound',
+      auth: 'token',
+      path: BOUND_PATH,
+    },
     { id: '4a', label: 'Lapse, one RS256 token, Redis set + local cache', server: 'lapse-redis-cache', auth: 'token' },
     { id: '4b', label: 'Lapse, one RS256 token, Redis set, no local cache', server: 'lapse-redis-nocache', auth: 'token' },
     {
@@ -77,7 +89,7 @@ export function defineRows({ engine }) {
  * rounds of that round's ratio (report.mjs).
  */
 export const ADJACENT = [
-  ['2', '3', '7', '8'],
+  ['2', '3', '3b', '7', '8'],
   ['3f', '7f'],
   ['n', 'na'],
 ]

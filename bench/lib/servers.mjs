@@ -18,6 +18,11 @@ export const ROUTES = JSON.stringify([{ path: '/**', scopes: [SCOPE] }])
 const LAPSE_VARIANTS = {
   // Rows 3 (and the "telemetry off" side of row 7): memory revocation set, verification cache on.
   'lapse-mem': () => ({}),
+  // Row 3b: row 3 with one rule whose captured segment must equal the token's client_id, sent
+  // on as X-Auth-Bound-Client (docs/binding.md).
+  'lapse-bound': () => ({
+    LAPSE_ROUTES: JSON.stringify([{ path: '/v1/{client}', scopes: [SCOPE], claims: { client_id: '{client}' } }]),
+  }),
   'lapse-redis-cache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true' }),
   'lapse-redis-nocache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'false' }),
   // Row 4u: row 4a's route with a use limit no run reaches, so every request is allowed and

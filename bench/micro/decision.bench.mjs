@@ -6,21 +6,24 @@
 //
 //   node micro/decision.bench.mjs                 # a table
 //   node micro/decision.bench.mjs --time 200 --rounds 3 --pool 1000 --json
+//   node micro/decision.bench.mjs --root /tmp/lapse-base   # time another built tree's dist/ (an A/B)
 //
 // Each case is warmed up, then timed in `--rounds` bounded rounds of `--time` ms; the median
 // round is reported.
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
+import { makeDpopHolder, proofSigner } from '../lib/dpop.mjs'
 import { makeKeys, mintPool, mintToken, SCOPE } from '../lib/keys.mjs'
 import { freePort } from '../lib/proc.mjs'
 import { ROUTES } from '../lib/servers.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
-const root = resolve(here, '..', '..')
+// --root: another Lapse tree's build (an in-process A/B against an exported, built commit).
+let root = resolve(here, '..', '..')
 const ISS = 'https://issuer.bench.lapse.test'
 const AUD = 'bench-api'
 const PATH = '/v1/items'
@@ -173,6 +176,28 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     await decide(input, traced)
     await pausedSpans(tracedDeps.recorder, request(tracedDeps, traced))
 
+    // Row 8 without sockets: one DPoP-bound token (cached) and a new ES256 proof per decision, each
+    // proof used once (the replay cache refuses a second use), so enough are signed beforehand for
+    // every call the case can make at ≥ 30 µs a decision (an ES256 verify alone takes longer); a pool that runs out fails the case.
+    const holder = await makeDpopHolder(dir)
+    const dpopToken = await mintToken(keys, 'RS256', { ...claims, cnf: { jkt: holder.jkt } })
+    const prove = proofSigner(JSON.parse(readFileSync(holder.keyFile, 'utf8')))
+    const dpopDeps = { ...cached, dpop: cachedDeps.dpop }
+    const proofCount = Math.ceil(((warmupMs + rounds * timeMs) * 1000) / 30)
+    const dpopInputs = Array.from({ length: proofCount }, () => ({
+      method: 'GET',
+      url: PATH,
+      authorization: [`DPoP ${dpopToken}`],
+      rawHeaders: ['Host', '127.0.0.1', 'Authorization', 'DPoP …', 'DPoP', prove('GET', `http://127.0.0.1${PATH}`, dpopToken)],
+    }))
+    let nextProof = 0
+    const dpopDecision = () => {
+      const input = dpopInputs[nextProof++]
+      if (input === undefined) throw new Error(`the DPoP case used all ${proofCount} proofs: raise proofCount`)
+      return decided(decide(input, dpopDeps))
+    }
+    if (!(await dpopDecision())) throw new Error('the DPoP-bound bench token and its proof were denied')
+
     const cases = [
       { name: 'extract: bearer from Authorization', fn: () => extractBearer(authorization, '', extractOpts) },
       { name: 'authorize: normalize path + match rule', fn: () => cached.match('GET', normalizeTarget(PATH).path) },
@@ -183,6 +208,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       { name: 'decide: as above, rule with a capture bound to a claim', fn: () => hot(decide(boundInput, bound)) },
       { name: 'request: decide + record, telemetry off', fn: request(cachedDeps, cached) },
       { name: 'request: decide + record, telemetry on, collector gone', fn: request(tracedDeps, traced) },
+      { name: 'decide: cached DPoP-bound token, a new ES256 proof (memory replay cache)', async: true, fn: dpopDecision },
       {
         name: 'decide: fresh RS256 token (signature checked)',
         async: true,
@@ -248,8 +274,10 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
       rounds: { type: 'string', default: '3' },
       pool: { type: 'string', default: '1000' },
       json: { type: 'boolean', default: false },
+      root: { type: 'string' },
     },
   })
+  if (values.root) root = resolve(values.root)
   const positive = (name) => {
     const n = Number(values[name])
     if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`)

@@ -2,6 +2,7 @@
 //
 //   const replay = createMemoryReplayCache({ clock })
 //   await replay.firstUse(`${jkt}:${jti}`, ttlMs)   // true, then false until ttlMs has passed
+//   replay.firstUseNow(`${jkt}:${jti}`, ttlMs)       // the same answer, without a promise
 import type { Clock, ReplayCache } from '../core/types.js'
 
 export function createMemoryReplayCache(opts: { readonly clock: Clock }): ReplayCache {
@@ -14,18 +15,20 @@ export function createMemoryReplayCache(opts: { readonly clock: Clock }): Replay
       seen.delete(key)
     }
   }
+  const firstUseNow = (key: string, ttlMs: number): boolean => {
+    const nowMs = opts.clock.now()
+    sweep(nowMs)
+    const expiresMs = seen.get(key)
+    if (expiresMs !== undefined && expiresMs > nowMs) return false
+    // Re-inserted, not updated: it moves to the back, where its expiry belongs.
+    seen.delete(key)
+    seen.set(key, nowMs + ttlMs)
+    return true
+  }
   return {
     kind: 'memory',
-    firstUse(key, ttlMs) {
-      const nowMs = opts.clock.now()
-      sweep(nowMs)
-      const expiresMs = seen.get(key)
-      if (expiresMs !== undefined && expiresMs > nowMs) return Promise.resolve(false)
-      // Re-inserted, not updated: it moves to the back, where its expiry belongs.
-      seen.delete(key)
-      seen.set(key, nowMs + ttlMs)
-      return Promise.resolve(true)
-    },
+    firstUse: (key, ttlMs) => Promise.resolve(firstUseNow(key, ttlMs)),
+    firstUseNow,
     async close() {
       seen.clear()
     },

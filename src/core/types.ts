@@ -71,10 +71,14 @@ export interface TokenMemo {
   /** http/headers.ts: the identity headers (X-Auth-*), as a flat name, value list. */
   headerFields?: readonly string[] | undefined
   /**
-   * bind/dpop.ts: the proof key of this DPoP-bound token, imported once: its RFC 7638 members as
-   * text, the key, and its thumbprint (which matched the token's `cnf.jkt`).
+   * bind/dpop.ts: the proof key of this DPoP-bound token, imported once: the algorithm and RFC 7638
+   * members it was imported from, the key, and its thumbprint (which matched the token's `cnf.jkt`).
    */
-  dpopKey?: { readonly members: string; readonly key: unknown; readonly thumbprint: string } | undefined
+  dpopKey?: { readonly members: readonly unknown[]; readonly key: unknown; readonly thumbprint: string } | undefined
+  /** revocation/use-counter-redis.ts: the Redis key of this token's uses under one rule's scope, for one key prefix. */
+  useKey?: { readonly scope: string; readonly prefix: string; readonly key: string } | undefined
+  /** bind/dpop.ts: the token's SHA-256 as a proof's `ath` carries it. */
+  dpopAth?: string | undefined
 }
 
 export interface Rule {
@@ -156,6 +160,8 @@ export interface UseKey {
   readonly scope: string
   readonly iss: string
   readonly jti: string
+  /** The memo of the token iss and jti are from: a store keeps the key it derives there (Redis: a hash). */
+  readonly memo?: TokenMemo | undefined
 }
 
 export type Decision =
@@ -305,6 +311,11 @@ export interface ReplayCache {
    * Rejects with ReplayUnavailableError when it cannot answer within its budget.
    */
   firstUse(key: string, ttlMs: number): Promise<boolean>
+  /**
+   * The same, answered in process without a promise (the memory cache); absent where every
+   * answer waits (Redis). Throws where firstUse would reject.
+   */
+  firstUseNow?(key: string, ttlMs: number): boolean
   /** Whether it can answer right now; absent: always. */
   ready?(): boolean
   /** Human name for logs: `memory`, `redis`. */

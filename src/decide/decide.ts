@@ -8,7 +8,7 @@ import { boundFields, captureValues, checkBinding } from '../authorize/binding.j
 import type { RouteMatcher } from '../authorize/routes.js'
 import { nowS } from '../core/clock.js'
 import { checkScopes } from '../authorize/scopes.js'
-import { checkProof, jktOf, proofFieldsOf, type DpopPolicy } from '../bind/dpop.js'
+import { checkProof, jktOf, proofFieldsOf, type DpopPolicy, type ProofResult } from '../bind/dpop.js'
 import { checkCertBinding, type ClientCert } from '../bind/mtls.js'
 import { peerAllowed } from '../bind/peers.js'
 import { extractBearer } from '../extract/bearer.js'
@@ -147,7 +147,7 @@ function afterVerify(verified: Identity | Denial, c: Checked): Outcome | Promise
   return proveDpop(verified, jkt, c)
 }
 
-async function proveDpop(identity: Identity, jkt: string | undefined, c: Checked): Promise<Outcome> {
+function proveDpop(identity: Identity, jkt: string | undefined, c: Checked): Outcome | Promise<Outcome> {
   const refuse = (reason: Denial['reason'], description: string, nonce?: string): Outcome => ({
     decision: deny({ reason, description, rule: c.rule, identity }),
     target: c.target,
@@ -163,13 +163,19 @@ async function proveDpop(identity: Identity, jkt: string | undefined, c: Checked
   const fields = proofFieldsOf(c.input.rawHeaders)
   const { proofs } = fields
   const host = c.input.originalHost ?? fields.host
-  const got = await checkProof(
+  const proved = (got: ProofResult): Outcome | Promise<Outcome> => {
+    if ('reason' in got) return refuse(got.reason, got.description, got.nonce)
+    const outcome = checkRevocation(identity, { ...c, binding: got.binding, nonce: got.nonce })
+    if (got.nonce === undefined) return outcome
+    const nonce = got.nonce
+    return outcome instanceof Promise ? outcome.then((o) => withNonce(o, nonce)) : withNonce(outcome, nonce)
+  }
+  // A proof whose key is known and a replay cache in memory answer without a promise (bind/dpop.ts).
+  const got = checkProof(
     { method: c.input.method, path: c.target.path, host, proofs, token: c.token, jkt, normalizePath, memo: identity.memo },
     policy,
   )
-  if ('reason' in got) return refuse(got.reason, got.description, got.nonce)
-  const outcome = checkRevocation(identity, { ...c, binding: got.binding, nonce: got.nonce })
-  return got.nonce === undefined ? outcome : withNonce(await outcome, got.nonce)
+  return got instanceof Promise ? got.then(proved) : proved(got)
 }
 
 /** RFC 9449 §8: the client's nonce was of the previous step, so the answer carries the current one. */
@@ -273,7 +279,11 @@ function takeUses(limited: readonly Rule[], from: number, allowed: Decision, rev
     if (identity.jti === undefined) return { decision: deny({ reason: 'missing_claim', rule, identity }), target, revocationMs }
     let taken: number | Promise<number> | 'unknown'
     try {
-      taken = deps.uses.take({ scope: rule.binding!.useScope, iss: identity.iss, jti: identity.jti }, max, identity.expS + deps.clockSkewS)
+      taken = deps.uses.take(
+        { scope: rule.binding!.useScope, iss: identity.iss, jti: identity.jti, memo: identity.memo },
+        max,
+        identity.expS + deps.clockSkewS,
+      )
     } catch {
       taken = 'unknown'
     }

@@ -35,13 +35,25 @@ export function createRedisUseCounter(opts: { url: string; prefix: string; timeo
     kind: 'redis',
     ready: () => client.status === 'ready',
     take(key: UseKey, max: number, expiresAtS: number): Promise<number> {
-      return bounded(client.lapseTakeUse(useKeyOf(opts.prefix, key), max, expiresAtS * 1000), opts.timeoutMs, 'use count')
+      return bounded(client.lapseTakeUse(memoizedKey(opts.prefix, key), max, expiresAtS * 1000), opts.timeoutMs, 'use count')
     },
     async close() {
       if (client.status !== 'ready') return client.disconnect()
       await client.quit().catch(() => client.disconnect())
     },
   }
+}
+
+/**
+ * useKeyOf, hashed once per token and rule scope (the token's memo's `useKey` slot): a token
+ * reused on many requests of a limited rule asks with the same key every time.
+ */
+function memoizedKey(prefix: string, key: UseKey): string {
+  const known = key.memo?.useKey
+  if (known !== undefined && known.scope === key.scope && known.prefix === prefix) return known.key
+  const built = useKeyOf(prefix, key)
+  if (key.memo !== undefined) key.memo.useKey = { scope: key.scope, prefix, key: built }
+  return built
 }
 
 /** The Redis key of one token's uses under one rule (for tests and operators). */

@@ -35,7 +35,7 @@ interface Check {
 }
 interface Report {
   summarize(rows: Row[], measurements: Map<string, Array<Round | { error: string }>>): Summary[]
-  checkTargets(summary: Summary[]): Check[]
+  checkTargets(summary: Summary[], memory?: unknown, soak?: unknown, micro?: { results: Array<{ name: string; usPerOp: number }> }): Check[]
   paired(a: { rounds: unknown[] }, b: { rounds: unknown[] }): { median: number; min: number; max: number; perRound: number[] } | undefined
   medianInterval(xs: number[], coverage?: number): { low: number; high: number; coverage: number } | undefined
   shouldRecord(run: { noRecord: boolean; against?: object; rowCount: number }): boolean
@@ -164,6 +164,42 @@ t.test('a verdict says whether the interval of its median clears the target or s
   )
   t.equal(few.find((c) => c.name.startsWith('row 3 ≥ 0.90'))!.clear, undefined)
   t.notMatch(few.find((c) => c.name.startsWith('row 3 ≥ 0.90'))!.detail, /interval|noise/)
+})
+
+t.test("claim binding's budget: row 3b's CPU µs/req over row 3's, paired per round, and the micro-benchmark's difference", async (t) => {
+  const { summarize, checkTargets } = await load<Report>('report.mjs')
+  const cpu = (us: number): Round => ({ ...round(1000), serverCpuUsPerReq: us })
+  // Per round +1, +5, +1.5, −2, +0.5: median +1 µs/req passes; row 3b's median CPU (100.5) minus
+  // row 3's (99) would say +1.5, and round 2 alone would fail.
+  const m = new Map([
+    ['3', [100, 90, 98.5, 104, 99].map(cpu)],
+    ['3b', [101, 95, 100, 102, 99.5].map(cpu)],
+  ])
+  const micro = {
+    results: [
+      { name: 'decide: cached token, memory set (hot path)', usPerOp: 1.16 },
+      { name: 'decide: as above, rule with a capture bound to a claim', usPerOp: 1.48 },
+    ],
+  }
+  const checks = checkTargets(summarize([row('3'), row('3b')], m), undefined, undefined, micro)
+  const load_ = checks.find((c) => c.name.startsWith('row 3b (claim binding)'))!
+  t.equal(load_.status, 'PASS')
+  t.match(
+    load_.detail,
+    /^\+1\.0 µs\/req, 94% interval -2\.0 µs\/req to \+5\.0 µs\/req, rounds -2\.0 µs\/req to \+5\.0 µs\/req; within noise/,
+  )
+  const inProcess = checks.find((c) => c.name.startsWith('claim binding adds < 2 µs a decision'))!
+  t.equal(inProcess.status, 'PASS')
+  t.match(inProcess.detail, /^\+0\.32 µs/)
+  const slow = checkTargets(summarize([row('3'), row('3b')], m), undefined, undefined, {
+    results: [micro.results[0]!, { ...micro.results[1]!, usPerOp: 3.5 }],
+  })
+  t.equal(slow.find((c) => c.name.startsWith('claim binding adds'))!.status, 'FAIL', '2.34 µs over the hot path fails')
+  t.equal(
+    checkTargets(summarize([row('3'), row('3b')], m)).find((c) => c.name.startsWith('claim binding adds'))!.status,
+    'skip',
+    'no micro-benchmark, no in-process verdict',
+  )
 })
 
 t.test('a run records its table only when it measured rows of the tree itself', async (t) => {

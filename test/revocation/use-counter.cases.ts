@@ -43,6 +43,16 @@ export function runUseCounterCases(t: Test, open: UseCounterFactory): void {
     t.equal(await counter.take({ ...k, jti: `${k.jti}x` }, 1, expiry(clock)), 1, 'another jti')
   })
 
+  t.test("a token's memo carried with its key: counted per rule all the same, and the memo never answers for another rule", async (t) => {
+    const { counter, clock } = await open(t)
+    const memo = {}
+    const k = key({ memo })
+    t.equal(await counter.take(k, 2, expiry(clock)), 1)
+    t.equal(await counter.take({ ...k, scope: 'GET /other' }, 2, expiry(clock)), 1, 'another rule, the same memo')
+    t.equal(await counter.take(k, 2, expiry(clock)), 2, 'back on the first rule: its count went on')
+    t.equal(await counter.take({ ...k, memo: {} }, 2, expiry(clock)), 3, 'the count is the key’s, not the memo’s')
+  })
+
   t.test('any Unicode in iss and jti: distinct values never share a count', async (t) => {
     const { counter, clock } = await open(t)
     const jtis = ['a"b', 'a\\"b', 'ü', 'u\u0308', 'a\u0000b', 'a', 'a b', '{x}', '😀', '\ud800', 'a:b', 'a%3Ab']

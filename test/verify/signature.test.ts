@@ -1,4 +1,4 @@
-// src/verify/signature.ts against jose, differentially: for every Wycheproof JWS vector with an
+// src/core/signature.ts against jose, differentially: for every Wycheproof JWS vector with an
 // asymmetric key, and for thousands of mutated tokens of every asymmetric algorithm, the
 // synchronous node:crypto check must give exactly jose's answer — valid, invalid, or a key unfit
 // for the algorithm (a TypeError in both).
@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url'
 import fc from 'fast-check'
 import t from 'tap'
 import { compactVerify, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose'
-import { handlesAlgorithm, verifySignature } from '../../src/verify/signature.js'
+import { handlesAlgorithm, verifySignature } from '../../src/core/signature.js'
 
 type Verdict = 'valid' | 'invalid' | 'unfit' | `other: ${string}`
 type Key = Awaited<ReturnType<typeof importJWK>>

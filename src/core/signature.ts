@@ -1,5 +1,6 @@
 // The signature check itself: node:crypto's one-shot verify, synchronous, over a KeyObject made
-// once per key; jose still parses the key set and imports each key (keys.ts).
+// once per key; jose still parses and imports each key (verify/keys.ts for tokens, bind/dpop.ts
+// for DPoP proofs). Here in core because both stages use it and neither may import the other.
 //
 //   const ok = verifySignature('RS256', cryptoKey, signingInput, signature)  // true | false; throws TypeError on a key unfit for alg
 //
