@@ -19,6 +19,8 @@ export function defineRows({ engine }) {
     { id: '2', label: `${floors[engine].label} (floor)`, server: floors[engine].server, auth: 'token' },
     { id: '2x', label: `${floors[other].label} (other engine)`, server: floors[other].server, auth: 'token' },
     { id: '3', label: 'Lapse, one RS256 token (cache hit), memory set', server: 'lapse-mem', auth: 'token' },
+    // Row 3 as shipped: an audit line for every allow (LAPSE_LOG_ALLOWS=all), to a file.
+    { id: '3l', label: 'row 3 with an audit line per allow (the default)', server: 'lapse-mem-audit', auth: 'token' },
     { id: '4a', label: 'Lapse, one RS256 token, Redis set + local cache', server: 'lapse-redis-cache', auth: 'token' },
     { id: '4b', label: 'Lapse, one RS256 token, Redis set, no local cache', server: 'lapse-redis-nocache', auth: 'token' },
     {
@@ -77,7 +79,7 @@ export function defineRows({ engine }) {
  * rounds of that round's ratio (report.mjs).
  */
 export const ADJACENT = [
-  ['2', '3', '7', '8'],
+  ['2', '3', '3l', '7', '8'],
   ['3f', '7f'],
   ['n', 'na'],
 ]

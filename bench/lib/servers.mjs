@@ -18,6 +18,9 @@ export const ROUTES = JSON.stringify([{ path: '/**', scopes: [SCOPE] }])
 const LAPSE_VARIANTS = {
   // Rows 3 (and the "telemetry off" side of row 7): memory revocation set, verification cache on.
   'lapse-mem': () => ({}),
+  // Row 3l: row 3 with the default audit line for every allow; its stdout goes to the run's
+  // lapse-mem-audit.log, a regular file.
+  'lapse-mem-audit': () => ({ LAPSE_LOG_ALLOWS: 'all' }),
   'lapse-redis-cache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true' }),
   'lapse-redis-nocache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'false' }),
   // Row 4u: row 4a's route with a use limit no run reaches, so every request is allowed and
