@@ -215,8 +215,8 @@ class Trace implements RequestTrace, StepTracer {
 }
 
 /** The stream a pino logger writes its lines to (pino.symbols.streamSym, the public name of it). */
-export function destinationOf(log: Logger): LineOut {
-  return (log as unknown as Record<symbol, LineOut>)[pino.symbols.streamSym]!
+export function destinationOf(log: Logger): LineOut | undefined {
+  return (log as unknown as Record<symbol, LineOut | undefined>)[pino.symbols.streamSym]
 }
 
 /** The span of every request while tracing is off: records nothing, carries no context. */
@@ -230,9 +230,9 @@ export function createRecorder(opts: RecorderOptions): Recorder {
   // Audit lines are the record of who was let in; LAPSE_LOG_LEVEL quiets operational lines, not
   // them (only `silent` does). Denials are always written; allows as LAPSE_LOG_ALLOWS says.
   const log = opts.log
-  const auditing = () => log.levelVal !== Number.POSITIVE_INFINITY
+  const auditing = () => log.level !== 'silent'
   // Written as text straight to the logger's destination, in its place among pino's lines.
-  const out: LineOut = opts.lines ?? destinationOf(log)
+  const out: LineOut | undefined = opts.lines ?? destinationOf(log)
 
   return {
     start(req, method = req.method ?? '') {
@@ -334,7 +334,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
         : (traceApi.getSpanContext(propagator.extract(ROOT_CONTEXT, (t as Trace).headers, defaultTextMapGetter)) ?? INVALID_SPAN_CONTEXT)
       const traced = isSpanContextValid(ctx)
       const id = d?.identity
-      out.write(
+      out?.write(
         decisionLine({
           traceId: traced ? ctx.traceId : undefined,
           spanId: traced ? ctx.spanId : undefined,
@@ -391,7 +391,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
           const ctx = tracing ? span.spanContext() : (traceApi.getSpanContext(parent) ?? INVALID_SPAN_CONTEXT)
           const traced = isSpanContextValid(ctx)
           if (!auditing()) return
-          out.write(
+          out?.write(
             revocationLine({
               traceId: traced ? ctx.traceId : undefined,
               spanId: traced ? ctx.spanId : undefined,
