@@ -230,7 +230,8 @@ export function createRecorder(opts: RecorderOptions): Recorder {
   // Audit lines are the record of who was let in; LAPSE_LOG_LEVEL quiets operational lines, not
   // them (only `silent` does). Denials are always written; allows as LAPSE_LOG_ALLOWS says.
   const log = opts.log
-  const auditing = () => log.level !== 'silent'
+  // levelVal, not level: `level` maps the number back to its name on every read (a profile showed it).
+  const auditing = () => log.levelVal !== Number.POSITIVE_INFINITY
   // Written as text straight to the logger's destination, in its place among pino's lines.
   const out: LineOut | undefined = opts.lines ?? destinationOf(log)
 
