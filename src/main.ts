@@ -21,6 +21,9 @@ import { LapseError } from './core/errors.js'
 import type { Clock, ReplayCache, RevocationStore, UseCounter } from './core/types.js'
 import { createMemoryStore } from './revocation/memory-store.js'
 import { createMemoryUseCounter } from './revocation/use-counter-memory.js'
+import { lineHead } from './telemetry/json-line.js'
+import { LineSink, stdoutSink } from './telemetry/line-sink.js'
+import { destinationOf } from './telemetry/recorder.js'
 import { NO_TELEMETRY, startTelemetry, type Telemetry } from './telemetry/settings.js'
 
 /** The proxy, the decision listener and the admin listener, listened and closed together. */
@@ -78,13 +81,38 @@ export class StartCancelled extends Error {
   }
 }
 
-export function createLogger(level: string): Logger {
-  // Asynchronous, buffered writes: a slow stdout must not sit on the request path.
-  return pino(
-    { level, base: { service: 'lapse' }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } },
-    // …but a quiet sidecar must not sit on its audit lines until 4 KiB pile up: flush every second.
-    pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 1000 }),
+/**
+ * pino over the process's stdout sink (telemetry/line-sink.ts), which the recorder's audit lines
+ * share: batched writes that never block a request, bounded while stdout takes nothing, written
+ * out on exit. docs/operations.md#audit-log.
+ */
+export function createLogger(log: Pick<Config['log'], 'level' | 'bufferBytes'>): Logger {
+  let logger: Logger | undefined
+  const sink = stdoutSink({
+    capChars: log.bufferBytes,
+    // Written past the cap, at any LAPSE_LOG_LEVEL but `silent` (as audit lines are): the record has a hole, say where.
+    notice: ({ dropping, dropped }) =>
+      logger?.level === 'silent'
+        ? undefined
+        : dropping
+          ? `${lineHead('warn')}"log":"stdout","buffer_bytes":${log.bufferBytes},"msg":"stdout takes no lines: audit and log lines are dropped until it does (lapse_log_lines_dropped_total)"}\n`
+          : `${lineHead('warn')}"log":"stdout","dropped":${dropped},"msg":"stdout takes lines again; ${dropped} lines were dropped"}\n`,
+  })
+  logger = pino(
+    {
+      level: log.level,
+      base: { service: 'lapse' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    sink,
   )
+  return logger
+}
+
+function lineSinkOf(log: Logger): LineSink | undefined {
+  const out = destinationOf(log)
+  return out instanceof LineSink ? out : undefined
 }
 
 async function createRevocationStore(config: Config, clock: Clock, log: Logger): Promise<RevocationStore> {
@@ -142,7 +170,7 @@ export async function buildDeps(config: Config, opts: StartOptions = {}): Promis
 
 export async function buildLiveDeps(config: Config, opts: StartOptions = {}): Promise<{ deps: Deps; shared: Shared }> {
   const clock = opts.clock ?? systemClock
-  const log = opts.log ?? createLogger(config.log.level)
+  const log = opts.log ?? createLogger(config.log)
   for (const warning of config.warnings) log.warn({}, warning)
   const telemetry = opts.telemetry ?? NO_TELEMETRY
   const tracer = telemetry.tracerProvider.getTracer('lapse')
@@ -179,6 +207,8 @@ export async function buildLiveDeps(config: Config, opts: StartOptions = {}): Pr
           revocations,
           clock,
           connections,
+          // Only Lapse's own sink counts what it drops; a logger handed in by an embedder has its own story.
+          lines: lineSinkOf(log),
           get keys() {
             return shared.current.keys
           },
@@ -207,7 +237,7 @@ export async function buildLiveDeps(config: Config, opts: StartOptions = {}): Pr
 
 export async function startProxy(env: Readonly<Record<string, string | undefined>>, opts: StartOptions = {}): Promise<Running> {
   const config = loadConfig(env)
-  const log = opts.log ?? createLogger(config.log.level)
+  const log = opts.log ?? createLogger(config.log)
   // Telemetry problems are warnings, never a failed start (STYLE.md "Config").
   const ownTelemetry = opts.telemetry ? undefined : await startTelemetry(env, { log, clock: opts.clock ?? systemClock })
   const telemetry = opts.telemetry ?? ownTelemetry!

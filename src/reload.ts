@@ -263,6 +263,14 @@ const RESTART: ReadonlyArray<readonly [string, (c: Config) => unknown, (next: Mu
       n.maxHeaderFields = o.maxHeaderFields
     },
   ],
+  // The stdout sink is made once per process.
+  [
+    'LAPSE_LOG_BUFFER_BYTES',
+    (c) => c.log.bufferBytes,
+    (n, o) => {
+      n.log = { ...n.log, bufferBytes: o.log.bufferBytes }
+    },
+  ],
   [
     'LAPSE_STREAM_RECHECK_INTERVAL',
     (c) => c.streamRecheckIntervalS,

@@ -200,6 +200,9 @@ export function checkTargets(summary, memory, soak, micro) {
   add('row 4b (Redis, no cache) ≥ 0.85 × row 2', ['4b', '2'], rpsRatio('4b', '2', 0.85), showRatio)
   add('row 3 ≥ 1.5 × row 6', ['3', '6'], rpsRatio('3', '6', 1.5), showRatio)
   add('row 5 RS256 ≥ 0.6 × row 2', ['5r', '2'], rpsRatio('5r', '2', 0.6), showRatio)
+  // Issue 27: the audit line the default writes for every allow costs under 5%.
+  add('row 3l (audit line per allow) within 5% of row 3 (no allow lines)', ['3l', '3'], rpsRatio('3l', '3', 0.95), showRatio)
+  add('row 3l (audit line per allow) ≥ 0.90 × row 2', ['3l', '2'], rpsRatio('3l', '2', 0.9), showRatio)
   add('row 7 (collector unreachable) within 5% of row 3 (telemetry off)', ['7', '3'], rpsRatio('7', '3', 0.95), showRatio)
   // Issue 27: claim binding and captures add under 2 µs a request. Priced in CPU µs/req of the
   // server (paired per round: rows 3 and 3b run back to back), since 2 µs is far below what req/s

@@ -31,6 +31,8 @@ export function defineRows({ engine }) {
       auth: 'token',
       path: BOUND_PATH,
     },
+    // Row 3 as shipped: an audit line for every allow (LAPSE_LOG_ALLOWS=all), to a file.
+    { id: '3l', label: 'row 3 with an audit line per allow (the default)', server: 'lapse-mem-audit', auth: 'token' },
     { id: '4a', label: 'Lapse, one RS256 token, Redis set + local cache', server: 'lapse-redis-cache', auth: 'token' },
     { id: '4b', label: 'Lapse, one RS256 token, Redis set, no local cache', server: 'lapse-redis-nocache', auth: 'token' },
     {
@@ -89,7 +91,7 @@ export function defineRows({ engine }) {
  * rounds of that round's ratio (report.mjs).
  */
 export const ADJACENT = [
-  ['2', '3', '3b', '7', '8'],
+  ['2', '3', '3b', '3l', '7', '8'],
   ['3f', '7f'],
   ['n', 'na'],
 ]

@@ -23,6 +23,9 @@ const LAPSE_VARIANTS = {
   'lapse-bound': () => ({
     LAPSE_ROUTES: JSON.stringify([{ path: '/v1/{client}', scopes: [SCOPE], claims: { client_id: '{client}' } }]),
   }),
+  // Row 3l: row 3 with the default audit line for every allow; its stdout goes to the run's
+  // lapse-mem-audit.log, a regular file.
+  'lapse-mem-audit': () => ({ LAPSE_LOG_ALLOWS: 'all' }),
   'lapse-redis-cache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true' }),
   'lapse-redis-nocache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'false' }),
   // Row 4u: row 4a's route with a use limit no run reaches, so every request is allowed and

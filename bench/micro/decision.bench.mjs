@@ -10,7 +10,8 @@
 //
 // Each case is warmed up, then timed in `--rounds` bounded rounds of `--time` ms; the median
 // round is reported.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
@@ -132,6 +133,14 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const tracedDeps = await buildDeps(loadConfig(otelEnv), { log: silent, telemetry })
     const traced = decideDepsOf(tracedDeps)
     const fresh = decideDepsOf(freshDeps)
+    // The default LAPSE_LOG_ALLOWS=all: each request builds its audit line and hands it to the
+    // stdout sink, here one on /dev/null (batched writes included, as in row 3l).
+    const { LineSink } = await core('telemetry/line-sink.js')
+    const nullFd = openSync('/dev/null', 'w')
+    const pino = createRequire(join(root, 'package.json'))('pino')
+    const auditLog = pino({ level: 'info' }, new LineSink({ fd: nullFd, capChars: 16 << 20 }))
+    const auditedDeps = await buildDeps(loadConfig(env({ LAPSE_LOG_LEVEL: 'info', LAPSE_LOG_ALLOWS: 'all' })), { log: auditLog })
+    const audited = decideDepsOf(auditedDeps)
 
     const authorization = [`Bearer ${token}`]
     const input = { method: 'GET', url: PATH, authorization, rawHeaders: RAW_HEADERS }
@@ -174,6 +183,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       return outcome.decision.allow
     }
     await decide(input, traced)
+    await decide(input, audited)
     await pausedSpans(tracedDeps.recorder, request(tracedDeps, traced))
 
     // Row 8 without sockets: one DPoP-bound token (cached) and a new ES256 proof per decision, each
@@ -207,6 +217,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       { name: 'decide: cached token, memory set (hot path)', fn: () => hot(decide(input, cached)) },
       { name: 'decide: as above, rule with a capture bound to a claim', fn: () => hot(decide(boundInput, bound)) },
       { name: 'request: decide + record, telemetry off', fn: request(cachedDeps, cached) },
+      { name: 'request: as above, with its audit line (LAPSE_LOG_ALLOWS=all)', fn: request(auditedDeps, audited) },
       { name: 'request: decide + record, telemetry on, collector gone', fn: request(tracedDeps, traced) },
       { name: 'decide: cached DPoP-bound token, a new ES256 proof (memory replay cache)', async: true, fn: dpopDecision },
       {
@@ -226,7 +237,8 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       results.push({ name: c.name, opsPerS, usPerOp: 1e6 / opsPerS })
     }
     await telemetry.shutdown().catch(() => {})
-    for (const deps of [cachedDeps, freshDeps, tracedDeps]) {
+    closeSync(nullFd)
+    for (const deps of [cachedDeps, freshDeps, tracedDeps, auditedDeps]) {
       deps.keys.close?.()
       deps.forwarder?.close?.()
       await deps.revocations.close?.()

@@ -202,7 +202,7 @@ const configSchema = settingsSchema.transform((s) => {
     allowQueryToken: s.allow_query_token,
     forwardAuthorization: s.forward_authorization,
     streamRecheckIntervalS: s.stream_recheck_interval,
-    log: { level: s.log_level, allows: s.log_allows, allowsSampleRate: s.log_allows_sample_rate },
+    log: { level: s.log_level, allows: s.log_allows, allowsSampleRate: s.log_allows_sample_rate, bufferBytes: s.log_buffer_bytes },
     realm: s.realm,
     dpop: {
       algorithms: s.dpop_algorithms,

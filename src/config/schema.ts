@@ -215,6 +215,9 @@ export const settingsSchema = z.strictObject({
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('level of operational lines'),
   log_allows: z.enum(['all', 'sampled', 'none']).default('all').describe('audit lines for allowed requests'),
   log_allows_sample_rate: z.coerce.number().min(0).max(1).default(0.01).describe('share of allows logged when log_allows is sampled'),
+  log_buffer_bytes: int(65_536, 1_073_741_824)
+    .default(16_777_216)
+    .describe('log and audit text held while stdout takes none, bytes; beyond it lines are dropped and counted'),
   dpop_algorithms: csv
     .pipe(z.array(z.enum(ASYMMETRIC)).min(1))
     .default(['ES256', 'EdDSA', 'RS256', 'PS256'])

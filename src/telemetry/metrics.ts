@@ -37,6 +37,8 @@ export interface GaugeSources {
   readonly clock: Clock
   /** The connection registry, when there is one. */
   readonly connections?: { readonly size: number } | undefined
+  /** The stdout sink (line-sink.ts), when Lapse writes its own lines. */
+  readonly lines?: { readonly dropped: number } | undefined
 }
 
 // A decision is usually tens of microseconds; a cold JWKS fetch can hold one for seconds.
@@ -225,6 +227,14 @@ function observeGauges(meter: Meter, s: GaugeSources, backend: Record<string, st
     description:
       '1 when Redis keeps the revocation set in an append-only file, 0 when a Redis restart can lose revocations; absent until known',
   })
+  const lines = s.lines
+  if (lines)
+    meter
+      .createObservableCounter(A.METRIC_LOG_LINES_DROPPED, {
+        unit: '{line}',
+        description: 'Audit and log lines dropped because stdout took none while the buffer was full (LAPSE_LOG_BUFFER_BYTES)',
+      })
+      .addCallback((result) => result.observe(lines.dropped))
   meter.addBatchObservableCallback(
     (result) => {
       const mode = s.revocations.persistence?.()

@@ -6,8 +6,8 @@
 //   recorder.inject(trace, req.headers)                  // the upstream's traceparent: parent = the decision span
 //   recorder.finish(trace, { status, upstreamFailure })  // at response end: span ends, audit line written
 //
-// Nothing here waits on an exporter: spans end into the SDK's batch processor and audit lines into
-// pino's buffered destination. No token, signature or raw query string is ever written: only
+// Nothing here waits on an exporter: spans end into the SDK's batch processor and audit lines, built
+// as text (audit-line.ts), into the logger's destination: the stdout sink (line-sink.ts). No token, signature or raw query string is ever written: only
 // claims Lapse has verified (sub, client_id, jti, iat, exp) and the normalized path.
 import type { TLSSocket } from 'node:tls'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
@@ -39,9 +39,10 @@ import {
   ATTR_URL_PATH,
   ATTR_URL_SCHEME,
 } from '@opentelemetry/semantic-conventions'
-import type { Logger } from 'pino'
+import pino, { type Logger } from 'pino'
 import type { AnswerName } from '../core/answers.js'
 import type { Clock, Outcome, Reason, RevocationEntry, Step, StepTracer } from '../core/types.js'
+import { decisionLine, revocationLine, type LineOut } from './audit-line.js'
 import * as A from './semconv.js'
 
 /** What the recorder reports per decision; telemetry/metrics.ts implements it over OTel instruments. */
@@ -59,6 +60,8 @@ export interface RecorderOptions {
   /** False when `tracer` is known to be a no-op (telemetry off): spans and context work are skipped. */
   readonly tracing?: boolean | undefined
   readonly log: Logger
+  /** Where audit lines go; the destination `log` writes to when absent. */
+  readonly lines?: LineOut | undefined
   readonly clock: Clock
   readonly logAllows: 'all' | 'sampled' | 'none'
   readonly allowsSampleRate: number
@@ -211,6 +214,11 @@ class Trace implements RequestTrace, StepTracer {
   }
 }
 
+/** The stream a pino logger writes its lines to (pino.symbols.streamSym, the public name of it). */
+export function destinationOf(log: Logger): LineOut | undefined {
+  return (log as unknown as Record<symbol, LineOut | undefined>)[pino.symbols.streamSym]
+}
+
 /** The span of every request while tracing is off: records nothing, carries no context. */
 const INERT_SPAN = traceApi.wrapSpanContext(INVALID_SPAN_CONTEXT)
 
@@ -221,7 +229,11 @@ export function createRecorder(opts: RecorderOptions): Recorder {
   const shouldLogAllow = () => opts.logAllows === 'all' || (opts.logAllows === 'sampled' && random() < opts.allowsSampleRate)
   // Audit lines are the record of who was let in; LAPSE_LOG_LEVEL quiets operational lines, not
   // them (only `silent` does). Denials are always written; allows as LAPSE_LOG_ALLOWS says.
-  const audit = opts.log.levelVal > 30 && opts.log.level !== 'silent' ? opts.log.child({}, { level: 'info' }) : opts.log
+  const log = opts.log
+  // levelVal, not level: `level` maps the number back to its name on every read (a profile showed it).
+  const auditing = () => log.levelVal !== Number.POSITIVE_INFINITY
+  // Written as text straight to the logger's destination, in its place among pino's lines.
+  const out: LineOut | undefined = opts.lines ?? destinationOf(log)
 
   return {
     start(req, method = req.method ?? '') {
@@ -316,41 +328,40 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       }
       span.end()
       if (d?.allow && !d.failedOpen && cut === undefined && !shouldLogAllow()) return
+      if (!auditing()) return
       // Tracing off: the line still names the client's trace, as the upstream sees it.
       const ctx = tracing
         ? span.spanContext()
         : (traceApi.getSpanContext(propagator.extract(ROOT_CONTEXT, (t as Trace).headers, defaultTextMapGetter)) ?? INVALID_SPAN_CONTEXT)
       const traced = isSpanContextValid(ctx)
       const id = d?.identity
-      audit.info(
-        {
-          audit: 'decision',
-          trace_id: traced ? ctx.traceId : undefined,
-          span_id: traced ? ctx.spanId : undefined,
-          decision: d ? (d.allow ? 'allow' : 'deny') : 'deny',
+      out?.write(
+        decisionLine({
+          traceId: traced ? ctx.traceId : undefined,
+          spanId: traced ? ctx.spanId : undefined,
+          decision: d?.allow ? 'allow' : 'deny',
           reason: reasonOfOutcome(t.outcome),
-          failed_open: d?.allow && d.failedOpen ? true : undefined,
+          failedOpen: d?.allow === true && d.failedOpen === true,
           route: d?.rule?.path,
           method: t.method,
           path: t.path || undefined,
           status: end.status,
-          upstream_failure: end.upstreamFailure,
+          upstreamFailure: end.upstreamFailure,
           answer: end.answer,
           sub: id?.sub,
-          client_id: id?.clientId,
+          clientId: id?.clientId,
           jti: id?.jti,
           iat: id?.iatS,
           exp: id?.expS,
           binding: d?.allow ? d.binding?.kind : undefined,
-          key_thumbprint: d?.allow ? d.binding?.thumbprint : undefined,
+          keyThumbprint: d?.allow ? d.binding?.thumbprint : undefined,
           // Under a rule with max_uses: which use this was (the refused one for token_reused).
           use: d?.use,
-          max_uses: d?.rule?.binding?.maxUses,
+          maxUses: d?.rule?.binding?.maxUses,
           remote: end.remoteAddress,
-          latency_ms: Math.round((performance.now() - t.startedPerfMs) * 1000) / 1000,
-          ...end.note,
-        },
-        'decision',
+          latencyMs: Math.round((performance.now() - t.startedPerfMs) * 1000) / 1000,
+          note: end.note,
+        }),
       )
     },
 
@@ -380,21 +391,20 @@ export function createRecorder(opts: RecorderOptions): Recorder {
           // Tracing off: the line still names the caller's trace, as a decision line does.
           const ctx = tracing ? span.spanContext() : (traceApi.getSpanContext(parent) ?? INVALID_SPAN_CONTEXT)
           const traced = isSpanContextValid(ctx)
-          audit.info(
-            {
-              audit: 'revocation',
-              trace_id: traced ? ctx.traceId : undefined,
-              span_id: traced ? ctx.spanId : undefined,
+          if (!auditing()) return
+          out?.write(
+            revocationLine({
+              traceId: traced ? ctx.traceId : undefined,
+              spanId: traced ? ctx.spanId : undefined,
               action,
               by: e.by,
               claim: e.claim,
               value: e.value,
               iss: e.iss,
-              issued_before: e.issuedBeforeS,
-              expires_at: e.expiresAtS,
+              issuedBefore: e.issuedBeforeS,
+              expiresAt: e.expiresAtS,
               reason: e.reason,
-            },
-            `revocation ${action}`,
+            }),
           )
         },
         ended(fault) {

@@ -49,6 +49,8 @@ export const METRIC_REVOCATION_BACKEND_UP = 'lapse.revocation.backend.up'
 export const METRIC_REVOCATION_PERSISTENT = 'lapse.revocation.persistent'
 export const METRIC_TOKEN_CACHE_SIZE = 'lapse.token_cache.size'
 export const METRIC_SPANS_UNRECORDED = 'lapse.telemetry.spans.unrecorded'
+/** Audit and log lines the stdout sink dropped while stdout took none (telemetry/line-sink.ts). */
+export const METRIC_LOG_LINES_DROPPED = 'lapse.log.lines.dropped'
 /** Allows let through while the revocation set (or the use counter) could not answer: on_revocation_unavailable: open. */
 export const METRIC_FAILED_OPEN = 'lapse.decisions.failed_open'
 /** 1 while the revocation event channel delivers (Redis: subscribed, heartbeat fresh; memory: always). */

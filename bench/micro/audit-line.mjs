@@ -1,0 +1,123 @@
+#!/usr/bin/env node
+// What the audit line adds to one cached request, in process: the request decided and recorded
+// with LAPSE_LOG_ALLOWS=all against =none, in 30 interleaved pairs of 100 ms, the line going into
+// the tree's own stdout destination opened on /dev/null (the stdout sink, or before it pino's
+// SonicBoom as main.ts made it). Run it on two builds to compare them (issue 27):
+//
+//   node micro/audit-line.mjs ..              # this tree (npm run build first)
+//   node micro/audit-line.mjs /tmp/base-tree  # e.g. `git archive 5edde37 | tar -x -C …`, built
+import { existsSync, mkdtempSync, openSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { pathToFileURL } from 'node:url'
+import { makeKeys, mintToken } from '../lib/keys.mjs'
+import { ROUTES } from '../lib/servers.mjs'
+
+const root = resolve(process.argv[2] ?? '..')
+const core = (rel) => import(pathToFileURL(join(root, 'dist', rel)).href)
+const rootRequire = createRequire(join(root, 'package.json'))
+const ISS = 'https://issuer.bench'
+const AUD = 'bench-api'
+const PATH = '/v1/items'
+
+const dir = mkdtempSync(join(tmpdir(), 'lapse-audit-line-'))
+try {
+  const keys = await makeKeys(dir)
+  const token = await mintToken(keys, 'RS256', { iss: ISS, aud: AUD, ttlS: 3000 })
+  const { loadConfig } = await core('config/load.js')
+  const { buildDeps } = await core('main.js')
+  const { decide } = await core('decide/decide.js')
+  const pino = rootRequire('pino')
+  const nullFd = openSync('/dev/null', 'w')
+  const sinkPath = join(root, 'dist/telemetry/line-sink.js')
+  const sunk = existsSync(sinkPath)
+  const destination = sunk
+    ? new (await core('telemetry/line-sink.js')).LineSink({ fd: nullFd, capChars: 16 << 20 })
+    : pino.destination({ dest: nullFd, sync: false, minLength: 4096, periodicFlush: 1000 })
+  const log = pino(
+    { level: 'info', base: { service: 'lapse' }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (l) => ({ level: l }) } },
+    destination,
+  )
+  // Telemetry off, as in rows 3 and 3l.
+  const telemetry = {
+    tracerProvider: rootRequire('@opentelemetry/api').trace.getTracerProvider(),
+    tracing: false,
+    meterProvider: undefined,
+    propagator: new (rootRequire('@opentelemetry/core').W3CTraceContextPropagator)(),
+    metricsHandler: undefined,
+    shutdown: async () => undefined,
+  }
+  const authorization = [`Bearer ${token}`]
+  const requestWith = async (allows) => {
+    const env = {
+      LAPSE_LISTEN: '127.0.0.1:0',
+      LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
+      LAPSE_UPSTREAM: 'http://127.0.0.1:9',
+      LAPSE_ISSUER: ISS,
+      LAPSE_AUDIENCE: AUD,
+      LAPSE_JWKS_FILE: keys.jwksFile,
+      LAPSE_ROUTES: ROUTES,
+      LAPSE_LOG_ALLOWS: allows,
+    }
+    const deps = await buildDeps(loadConfig(env), { log, telemetry })
+    const d = {
+      match: deps.match,
+      verify: deps.verify,
+      revocations: deps.revocations,
+      revocableClaims: deps.config.revocableClaims,
+      allowQueryToken: false,
+      maxTokenBytes: deps.config.maxTokenBytes,
+      clock: deps.clock,
+      uses: deps.uses,
+      clockSkewS: deps.config.clockSkewS,
+    }
+    await decide({ method: 'GET', url: PATH, authorization, rawHeaders: [] }, d)
+    return () => {
+      const req = {
+        method: 'GET',
+        url: PATH,
+        httpVersion: '1.1',
+        headers: { host: '127.0.0.1', authorization: authorization[0] },
+        socket: {},
+      }
+      const t = deps.recorder.start(req)
+      const outcome = decide({ method: 'GET', url: PATH, authorization, rawHeaders: [], steps: t.steps }, d)
+      if (outcome instanceof Promise) throw new Error('a cached token must decide without a promise')
+      deps.recorder.decided(t, outcome)
+      deps.recorder.finish(t, { status: 200, remoteAddress: '127.0.0.1' })
+    }
+  }
+  const none = await requestWith('none')
+  const all = await requestWith('all')
+  const usPerCall = (fn, ms) => {
+    let n = 0
+    const t0 = performance.now()
+    const stop = t0 + ms
+    while (performance.now() < stop) {
+      for (let i = 0; i < 64; i++) fn()
+      n += 64
+    }
+    return ((performance.now() - t0) * 1000) / n
+  }
+  usPerCall(none, 500)
+  usPerCall(all, 500)
+  const without = []
+  const added = []
+  for (let r = 0; r < 30; r++) {
+    const a = usPerCall(none, 100)
+    added.push(usPerCall(all, 100) - a)
+    without.push(a)
+  }
+  const sorted = (xs) => [...xs].sort((a, b) => a - b)
+  const q = (xs, p) => sorted(xs)[Math.floor((xs.length - 1) * p)]
+  process.stdout.write(
+    `${sunk ? 'stdout sink' : 'pino destination'} (${root}): a request without its line ${q(without, 0.5).toFixed(2)} µs; ` +
+      `the line adds ${q(added, 0.5).toFixed(2)} µs (median of 30 interleaved pairs, quartiles ${q(added, 0.25).toFixed(2)} to ${q(added, 0.75).toFixed(2)})\n`,
+  )
+} finally {
+  rmSync(dir, { recursive: true, force: true })
+}
+// The destination's pending lines go to /dev/null; nothing to wait for.
+process.exit(0)
