@@ -115,7 +115,10 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
       uses: deps.uses,
       clockSkewS: deps.config.clockSkewS,
     })
-    const cachedDeps = await buildDeps(loadConfig(env()), { log: silent })
+    // Telemetry off as `lapse proxy` starts it with OTEL_SDK_DISABLED=true (buildDeps alone would
+    // fall back to the API's global tracer and do span and context work per request).
+    const off = await startTelemetry({ OTEL_SDK_DISABLED: 'true' }, { log: silent, clock: { now: () => Date.now() } })
+    const cachedDeps = await buildDeps(loadConfig(env()), { log: silent, telemetry: off })
     const freshDeps = await buildDeps(loadConfig(env({ LAPSE_TOKEN_CACHE_SIZE: '0' })), { log: silent })
     const cached = decideDepsOf(cachedDeps)
     // Issue 27: a rule that captures a segment and binds it to a claim (the token's client_id is
@@ -139,7 +142,10 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const nullFd = openSync('/dev/null', 'w')
     const pino = createRequire(join(root, 'package.json'))('pino')
     const auditLog = pino({ level: 'info' }, new LineSink({ fd: nullFd, capChars: 16 << 20 }))
-    const auditedDeps = await buildDeps(loadConfig(env({ LAPSE_LOG_LEVEL: 'info', LAPSE_LOG_ALLOWS: 'all' })), { log: auditLog })
+    const auditedDeps = await buildDeps(loadConfig(env({ LAPSE_LOG_LEVEL: 'info', LAPSE_LOG_ALLOWS: 'all' })), {
+      log: auditLog,
+      telemetry: off,
+    })
     const audited = decideDepsOf(auditedDeps)
 
     const authorization = [`Bearer ${token}`]

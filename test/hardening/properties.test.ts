@@ -400,12 +400,14 @@ t.test(
           const normalized = normalizeTarget(raw)
           if (!ok(normalized)) return true
           // Every claim c<i> lists every segment of the path as an upstream decodes it once: a
-          // capture passes exactly when it holds one of them. A dishonest token holds none.
+          // capture passes exactly when it holds one of them. A dishonest token holds none: its
+          // values are the segments with a `!` appended, less any that is itself a segment
+          // (`/%21/` decodes to `!` and ``, and `` + `!` is the first).
           const decoded = normalized.path
             .split('/')
             .slice(1)
             .map((seg) => decodeURIComponent(seg))
-          const held = honest ? decoded : decoded.map((d) => `${d}!`)
+          const held = honest ? decoded : decoded.map((d) => `${d}!`).filter((h) => !decoded.includes(h))
           claims = Object.fromEntries(Array.from({ length: 4 }, (_, i) => [`c${i}`, held]))
           const outcome = await decide({ method, url: raw, authorization: ['Bearer abc.def.ghi'], rawHeaders: [] }, deps)
           const rule = match(method, normalized.path)
