@@ -20,9 +20,9 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
+import { decideDepsOf, inProcessEnv, recordedRequest, silentLogger } from './lib/in-process.mjs'
 import { makeKeys, mintToken } from './lib/keys.mjs'
 import { freePort } from './lib/proc.mjs'
-import { ROUTES } from './lib/servers.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const root = resolve(here, '..')
@@ -120,17 +120,7 @@ function reply(c) {
 
 async function child(variant) {
   const silent = silentLogger()
-  const env = {
-    ...process.env,
-    LAPSE_LISTEN: '127.0.0.1:0',
-    LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
-    LAPSE_UPSTREAM: 'http://127.0.0.1:9',
-    LAPSE_ISSUER: ISS,
-    LAPSE_AUDIENCE: AUD,
-    LAPSE_ROUTES: ROUTES,
-    LAPSE_LOG_LEVEL: 'silent',
-    LAPSE_LOG_ALLOWS: 'none',
-  }
+  const env = { ...process.env, ...inProcessEnv({ jwksFile: process.env.LAPSE_JWKS_FILE, iss: ISS, aud: AUD }) }
   const clock = { now: () => Date.now() }
   const telemetry =
     variant === 'nodesdk'
@@ -140,34 +130,10 @@ async function child(variant) {
   const { buildDeps } = await dist('main.js')
   const { decide } = await dist('decide/decide.js')
   const deps = await buildDeps(loadConfig(env), { log: silent, telemetry })
-  const d = {
-    match: deps.match,
-    verify: deps.verify,
-    revocations: deps.revocations,
-    revocableClaims: deps.config.revocableClaims,
-    allowQueryToken: deps.config.allowQueryToken,
-    maxTokenBytes: deps.config.maxTokenBytes,
-    clock: deps.clock,
-    uses: deps.uses,
-    clockSkewS: deps.config.clockSkewS,
-  }
+  const d = decideDepsOf(deps)
   const authorization = [`Bearer ${process.env.LAPSE_BENCH_TOKEN}`]
   await decide({ method: 'GET', url: PATH, authorization, rawHeaders: RAW_HEADERS }, d)
-  const request = () => {
-    const req = {
-      method: 'GET',
-      url: PATH,
-      httpVersion: '1.1',
-      headers: { host: '127.0.0.1', authorization: authorization[0] },
-      socket: {},
-    }
-    const t = deps.recorder.start(req)
-    const outcome = decide({ method: req.method, url: req.url, authorization, rawHeaders: RAW_HEADERS, steps: t.steps }, d)
-    if (outcome instanceof Promise) throw new Error('the cached path waited')
-    deps.recorder.decided(t, outcome)
-    deps.recorder.inject(t, req.headers)
-    deps.recorder.finish(t, { status: 200, remoteAddress: '127.0.0.1' })
-  }
+  const request = recordedRequest(deps, d, { decide, path: PATH, authorization, rawHeaders: RAW_HEADERS })
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
   process.on('message', async ({ ms, rate, exit }) => {
     if (exit) process.exit(0)
@@ -234,22 +200,4 @@ async function manualTelemetry(env, log, loadSdkNode) {
     metricsHandler: undefined,
     shutdown: () => Promise.all([basic.shutdown(), meterProvider.shutdown()]),
   }
-}
-
-function silentLogger() {
-  const noop = () => {}
-  const log = {
-    level: 'silent',
-    levelVal: Infinity,
-    fatal: noop,
-    error: noop,
-    warn: noop,
-    info: noop,
-    debug: noop,
-    trace: noop,
-    silent: noop,
-    flush: noop,
-  }
-  log.child = () => log
-  return log
 }

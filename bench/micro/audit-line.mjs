@@ -12,8 +12,8 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { pathToFileURL } from 'node:url'
+import { decideDepsOf, inProcessEnv, recordedRequest } from '../lib/in-process.mjs'
 import { makeKeys, mintToken } from '../lib/keys.mjs'
-import { ROUTES } from '../lib/servers.mjs'
 
 const root = resolve(process.argv[2] ?? '..')
 const core = (rel) => import(pathToFileURL(join(root, 'dist', rel)).href)
@@ -51,43 +51,12 @@ try {
   }
   const authorization = [`Bearer ${token}`]
   const requestWith = async (allows) => {
-    const env = {
-      LAPSE_LISTEN: '127.0.0.1:0',
-      LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
-      LAPSE_UPSTREAM: 'http://127.0.0.1:9',
-      LAPSE_ISSUER: ISS,
-      LAPSE_AUDIENCE: AUD,
-      LAPSE_JWKS_FILE: keys.jwksFile,
-      LAPSE_ROUTES: ROUTES,
-      LAPSE_LOG_ALLOWS: allows,
-    }
+    // The level is the logger's (info): only LAPSE_LOG_ALLOWS differs between the two sides.
+    const { LAPSE_LOG_LEVEL: _level, ...env } = inProcessEnv({ jwksFile: keys.jwksFile, iss: ISS, aud: AUD, LAPSE_LOG_ALLOWS: allows })
     const deps = await buildDeps(loadConfig(env), { log, telemetry })
-    const d = {
-      match: deps.match,
-      verify: deps.verify,
-      revocations: deps.revocations,
-      revocableClaims: deps.config.revocableClaims,
-      allowQueryToken: false,
-      maxTokenBytes: deps.config.maxTokenBytes,
-      clock: deps.clock,
-      uses: deps.uses,
-      clockSkewS: deps.config.clockSkewS,
-    }
+    const d = decideDepsOf(deps)
     await decide({ method: 'GET', url: PATH, authorization, rawHeaders: [] }, d)
-    return () => {
-      const req = {
-        method: 'GET',
-        url: PATH,
-        httpVersion: '1.1',
-        headers: { host: '127.0.0.1', authorization: authorization[0] },
-        socket: {},
-      }
-      const t = deps.recorder.start(req)
-      const outcome = decide({ method: 'GET', url: PATH, authorization, rawHeaders: [], steps: t.steps }, d)
-      if (outcome instanceof Promise) throw new Error('a cached token must decide without a promise')
-      deps.recorder.decided(t, outcome)
-      deps.recorder.finish(t, { status: 200, remoteAddress: '127.0.0.1' })
-    }
+    return recordedRequest(deps, d, { decide, path: PATH, authorization, rawHeaders: [] })
   }
   const none = await requestWith('none')
   const all = await requestWith('all')

@@ -18,6 +18,7 @@ import { performance } from 'node:perf_hooks'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { makeDpopHolder, proofSigner } from '../lib/dpop.mjs'
+import { decideDepsOf, inProcessEnv, recordedRequest, silentLogger } from '../lib/in-process.mjs'
 import { makeKeys, mintPool, mintToken, SCOPE } from '../lib/keys.mjs'
 import { freePort } from '../lib/proc.mjs'
 import { ROUTES } from '../lib/servers.mjs'
@@ -91,30 +92,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const startTelemetry = need(await core('telemetry/settings.js'), 'startTelemetry', 'telemetry/settings.js')
     const silent = silentLogger()
 
-    const env = (extra = {}) => ({
-      LAPSE_LISTEN: '127.0.0.1:0',
-      LAPSE_ADMIN_LISTEN: '127.0.0.1:0',
-      LAPSE_UPSTREAM: 'http://127.0.0.1:9',
-      LAPSE_ISSUER: ISS,
-      LAPSE_AUDIENCE: AUD,
-      LAPSE_JWKS_FILE: keys.jwksFile,
-      LAPSE_ROUTES: ROUTES,
-      LAPSE_LOG_LEVEL: 'silent',
-      LAPSE_LOG_ALLOWS: 'none',
-      ...extra,
-    })
-    // As src/http/server.ts builds the decision's dependencies from the full Deps.
-    const decideDepsOf = (deps) => ({
-      match: deps.match,
-      verify: deps.verify,
-      revocations: deps.revocations,
-      revocableClaims: deps.config.revocableClaims,
-      allowQueryToken: deps.config.allowQueryToken,
-      maxTokenBytes: deps.config.maxTokenBytes,
-      clock: deps.clock,
-      uses: deps.uses,
-      clockSkewS: deps.config.clockSkewS,
-    })
+    const env = (extra = {}) => inProcessEnv({ jwksFile: keys.jwksFile, iss: ISS, aud: AUD, ...extra })
     // Telemetry off as `lapse proxy` starts it with OTEL_SDK_DISABLED=true (buildDeps alone would
     // fall back to the API's global tracer and do span and context work per request).
     const off = await startTelemetry({ OTEL_SDK_DISABLED: 'true' }, { log: silent, clock: { now: () => Date.now() } })
@@ -172,22 +150,7 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     }
 
     // What http/server.ts does around each decision: recorder.start, decide, decided, inject, finish.
-    const request = (deps, d) => () => {
-      const req = {
-        method: 'GET',
-        url: PATH,
-        httpVersion: '1.1',
-        headers: { host: '127.0.0.1', authorization: authorization[0], connection: 'keep-alive' },
-      }
-      const t = deps.recorder.start(req)
-      const outcome = decide({ method: req.method, url: req.url, authorization, rawHeaders: RAW_HEADERS, steps: t.steps }, d)
-      if (outcome instanceof Promise)
-        throw new Error('the hot path waited: a cached token and the memory set must decide without a promise')
-      deps.recorder.decided(t, outcome)
-      deps.recorder.inject(t, req.headers)
-      deps.recorder.finish(t, { status: 200, remoteAddress: '127.0.0.1' })
-      return outcome.decision.allow
-    }
+    const request = (deps, d) => recordedRequest(deps, d, { decide, path: PATH, authorization, rawHeaders: RAW_HEADERS })
     await decide(input, traced)
     await decide(input, audited)
     await pausedSpans(tracedDeps.recorder, request(tracedDeps, traced))
@@ -267,14 +230,6 @@ async function pausedSpans(recorder, request) {
     request()
     await new Promise((resolve) => setTimeout(resolve, 5))
   }
-}
-
-/** A pino-shaped logger that drops everything, so buildDeps' warnings stay off the output. */
-function silentLogger() {
-  const noop = () => {}
-  const log = { level: 'silent', fatal: noop, error: noop, warn: noop, info: noop, debug: noop, trace: noop, silent: noop, flush: noop }
-  log.child = () => log
-  return log
 }
 
 export function formatMicro({ results }) {
