@@ -51,10 +51,14 @@ export function render(file: string, values: Readonly<Record<string, string>>): 
   return text
 }
 
-/** Lapse as a decision service only (no LAPSE_UPSTREAM), GUARDED_ROUTES, clock at T0; its recording upstream is the front proxy's. */
-export function startDecisionService(t: Test, env: Record<string, string | undefined> = {}): Promise<Lapse> {
+/** Lapse as a decision service only (no LAPSE_UPSTREAM), GUARDED_ROUTES unless given, clock at T0; its recording upstream is the front proxy's. */
+export function startDecisionService(
+  t: Test,
+  env: Record<string, string | undefined> = {},
+  routes: readonly object[] = GUARDED_ROUTES,
+): Promise<Lapse> {
   return runApp(t, {
-    routes: GUARDED_ROUTES,
+    routes,
     clock: manualClock(T0_MS),
     env: {
       LAPSE_UPSTREAM: undefined,

@@ -4,14 +4,13 @@
 // lapse-decision.conf, as shipped). The client's own copy of that header must never count.
 import t from 'tap'
 import { request, type Agent } from 'undici'
-import { manualClock } from '../../src/core/clock.js'
-import { decisions, runApp, waitFor, type Lapse } from '../fixtures/app.js'
+import { decisions, waitFor, type Lapse } from '../fixtures/app.js'
 import { makePki, type Issued } from '../fixtures/certs.js'
 import { CHALLENGE } from '../fixtures/deny.js'
 import { defaultClaims, testKeys } from '../fixtures/keys.js'
-import { T0_MS, T0_S } from '../hardening/helpers.js'
+import { T0_S } from '../hardening/helpers.js'
 import { clientAgent } from '../bind/helpers.js'
-import { DECISION_TOKEN, NGINX, startNginx, type Front } from './front-proxies.js'
+import { NGINX, startDecisionService, startNginx, type Front } from './front-proxies.js'
 
 const DEPLOYER = 'spiffe://prod.example/ns/ci/sa/deployer'
 const OTHER = 'spiffe://prod.example/ns/web/sa/frontend'
@@ -61,17 +60,7 @@ t.test('nginx over mTLS', { skip: NGINX ? false : "no nginx binary found (.ci/ru
   const rogueCa = makePki()
   const rogue = rogueCa.client(DEPLOYER, 'rogue')
 
-  const lapse = await runApp(t, {
-    routes: ROUTES,
-    clock: manualClock(T0_MS),
-    env: {
-      LAPSE_UPSTREAM: undefined,
-      LAPSE_LISTEN: undefined,
-      LAPSE_DECISION_LISTEN: '127.0.0.1:0',
-      LAPSE_DECISION_TOKEN: DECISION_TOKEN,
-      LAPSE_CLIENT_CERT_HEADER: 'x-forwarded-client-cert',
-    },
-  })
+  const lapse = await startDecisionService(t, { LAPSE_CLIENT_CERT_HEADER: 'x-forwarded-client-cert' }, ROUTES)
   const front = await startNginx(t, lapse, { certFile: pki.server.certFile, keyFile: pki.server.keyFile, clientCaFile: pki.ca.certFile })
   const agents = {
     none: clientAgent(pki),
