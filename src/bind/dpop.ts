@@ -3,7 +3,7 @@
 //
 //   const got = await checkProof({ method, path, host, proofs, token, jkt, normalizePath }, policy)   // a promise only when it must wait
 //   'reason' in got ? deny(got.reason) : allow({ binding: got.binding })
-import { createHash, type webcrypto } from 'node:crypto'
+import { hash, type webcrypto } from 'node:crypto'
 import { calculateJwkThumbprint, importJWK, type JWK } from 'jose'
 import { isCryptoKey, verifySignature } from '../core/signature.js'
 import type { Binding, Clock, DenyReason, ReplayCache, TokenMemo } from '../core/types.js'
@@ -295,7 +295,7 @@ export const lifetimeMs = (policy: Pick<DpopPolicy, 'maxAgeS' | 'clockSkewS'>): 
 function athOf(req: ProofRequest): string {
   const known = req.memo?.dpopAth
   if (known !== undefined) return known
-  const ath = createHash('sha256').update(req.token).digest('base64url')
+  const ath = hash('sha256', req.token, 'base64url')
   if (req.memo !== undefined) req.memo.dpopAth = ath
   return ath
 }

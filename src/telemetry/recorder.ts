@@ -6,9 +6,10 @@
 //   recorder.inject(trace, req.headers)                  // the upstream's traceparent: parent = the decision span
 //   recorder.finish(trace, { status, upstreamFailure })  // at response end: span ends, audit line written
 //
-// Nothing here waits on an exporter: spans end into the SDK's batch processor and audit lines, built
-// as text (audit-line.ts), into the logger's destination: the stdout sink (line-sink.ts). No token, signature or raw query string is ever written: only
-// claims Lapse has verified (sub, client_id, jti, iat, exp) and the normalized path.
+// Nothing here waits on an exporter: spans end into the SDK's batch processor and audit lines,
+// built as text (audit-line.ts), into the logger's destination: the stdout sink (line-sink.ts).
+// No token, signature or raw query string is ever written: only claims Lapse has verified (sub,
+// client_id, jti, iat, exp) and the normalized path.
 import type { TLSSocket } from 'node:tls'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import { performance } from 'node:perf_hooks'
