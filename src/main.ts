@@ -89,7 +89,7 @@ export class StartCancelled extends Error {
 export function createLogger(log: Pick<Config['log'], 'level' | 'bufferBytes'>): Logger {
   let logger: Logger | undefined
   const sink = stdoutSink({
-    capChars: log.bufferBytes,
+    capBytes: log.bufferBytes,
     // Written past the cap, at any LAPSE_LOG_LEVEL but `silent` (as audit lines are): the record has a hole, say where.
     notice: ({ dropping, dropped }) =>
       logger?.level === 'silent'

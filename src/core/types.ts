@@ -79,6 +79,26 @@ export interface TokenMemo {
   useKey?: { readonly scope: string; readonly prefix: string; readonly key: string } | undefined
   /** bind/dpop.ts: the token's SHA-256 as a proof's `ath` carries it. */
   dpopAth?: string | undefined
+  /** telemetry/audit-line.ts: the token's fields of an audit line (sub … exp), as JSON text. */
+  auditFields?: string | undefined
+  /** telemetry/audit-line.ts: the middle of this token's last audit line, and the fields it was made from. */
+  auditLast?: AuditLineMiddle | undefined
+}
+
+/** The fields of an audit line that decide its middle (telemetry/audit-line.ts), and the middle's text. */
+export interface AuditLineMiddle {
+  readonly path: string | undefined
+  readonly status: number | undefined
+  readonly route: string | undefined
+  readonly method: string
+  readonly remote: string | undefined
+  readonly decision: string
+  readonly reason: string
+  readonly failedOpen: boolean
+  readonly binding: string | undefined
+  readonly keyThumbprint: string | undefined
+  readonly maxUses: number | undefined
+  readonly text: string
 }
 
 export interface Rule {

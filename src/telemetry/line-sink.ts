@@ -1,26 +1,32 @@
 // Lapse's one writer of stdout: audit lines (audit-line.ts) and pino's operational lines both go
 // through it, so every line reaches fd 1 whole and in order. docs/operations.md#audit-log.
 //
-//   const sink = stdoutSink({ capChars: 16 << 20 })   // one per process; main.ts createLogger
+//   const sink = stdoutSink({ capBytes: 16 << 20 })   // one per process; main.ts createLogger
 //   sink.write(line)                                  // never blocks, never throws
 //   sink.flush(() => process.exit(0))                 // SIGTERM: once written (or stdout stopped taking them)
 //
-// Lines are appended to a string and written in batches: once FLUSH_CHARS are pending, or
-// FLUSH_DELAY_MS after the first line of a batch, and synchronously on process exit (an uncaught
-// exception too). Writes are synchronous system calls on a non-blocking descriptor: a pipe that
-// is full answers EAGAIN at once, the rest is retried with a backoff, and requests carry on. While
-// stdout takes nothing, at most `capChars` of text wait; further lines are dropped and counted
-// (`dropped`, the metric lapse.log.lines.dropped), and `notice` writes a line when dropping
-// starts (at most once a minute) and when it stops.
+// Lines are copied as they come into a batch buffer (UTF-8) and written in batches: once
+// FLUSH_BYTES are pending, or FLUSH_DELAY_MS after the first line of a batch, and synchronously on
+// process exit (an uncaught exception too). Writes are synchronous system calls on a non-blocking
+// descriptor: a pipe that is full answers EAGAIN at once, the rest is retried with a backoff, and
+// requests carry on. While stdout takes nothing, at most `capBytes` wait; further lines are
+// dropped and counted (`dropped`, the metric lapse.log.lines.dropped), and `notice` writes a line
+// when dropping starts (at most once a minute) and when it stops.
+//
+// Why copy each line at once into a reused buffer: a line kept as a string until its batch is
+// written is a young object that a garbage collection may have to move, and the text was copied
+// twice more (joined, then encoded); under load that cost more than building the line (issue 27).
 import { fstatSync, writeSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 
-/** A batch is written once this much text waits (a quiet sidecar's after FLUSH_DELAY_MS). */
-export const FLUSH_CHARS = 64 * 1024
+/** A batch is written once this many bytes wait (a quiet sidecar's after FLUSH_DELAY_MS). */
+export const FLUSH_BYTES = 64 * 1024
 /** The longest a line waits in memory when stdout takes lines: what SIGKILL can lose. */
 export const FLUSH_DELAY_MS = 100
 /** The most written in one turn of the event loop: a large backlog is written in steps. */
 const WRITE_CHUNK_BYTES = 1024 * 1024
+/** Written batch buffers kept for the next batches (a backlog's beyond these are left to the GC). */
+const SPARE_BATCHES = 4
 /** Retries of a full pipe back off up to this. */
 const RETRY_MAX_MS = 50
 /** At exit, a full pipe is retried for this long without progress, then what is left is lost. */
@@ -38,8 +44,8 @@ export interface DropNotice {
 
 export interface LineSinkOptions {
   readonly fd: number
-  /** Text waiting to be written beyond which lines are dropped, in UTF-16 code units (bytes for ASCII). */
-  readonly capChars: number
+  /** Bytes waiting to be written beyond which lines are dropped. */
+  readonly capBytes: number
   /** The line to write when dropping starts or stops (written past the cap); none when undefined. */
   readonly notice?: ((n: DropNotice) => string | undefined) | undefined
 }
@@ -50,16 +56,18 @@ export class LineSink {
   /** Set once stdout failed for good (EPIPE, EBADF…): every line after is dropped. */
   broken: string | undefined = undefined
 
-  private readonly capChars: number
+  private readonly capBytes: number
   private readonly fd: number
   private readonly notice: LineSinkOptions['notice']
-  private pending = ''
-  private pendingLines = 0
-  /** The batch being written, and how much of it is written. */
-  private out: Buffer | undefined = undefined
-  private outAt = 0
-  private outLines = 0
-  private outChars = 0
+  /** The batch lines are copied into, and how far it is filled. */
+  private batch: Buffer
+  private batchAt = 0
+  private batchLines = 0
+  /** Batches taken for writing, oldest first; the first may be partly written (`at`). */
+  private queue: Batch[] = []
+  /** Bytes in `queue` not yet written. */
+  private queuedBytes = 0
+  private spare: Buffer[] = []
   private timer: NodeJS.Timeout | undefined = undefined
   private immediate = false
   private retryMs = 0
@@ -72,39 +80,41 @@ export class LineSink {
   private waiters: Array<() => void> = []
   private lastProgressMs = performance.now()
   private flushAskedMs = 0
-  /** A batch is written once this much waits: FLUSH_CHARS, less under a small cap. */
-  private readonly batchChars: number
+  /** A batch is written once this much waits: FLUSH_BYTES, less under a small cap. */
+  private readonly batchBytes: number
 
   constructor(opts: LineSinkOptions) {
     this.fd = opts.fd
-    this.capChars = opts.capChars
-    this.batchChars = Math.min(FLUSH_CHARS, Math.floor(opts.capChars / 4))
+    this.capBytes = opts.capBytes
+    this.batchBytes = Math.max(1, Math.min(FLUSH_BYTES, Math.floor(opts.capBytes / 4)))
     this.notice = opts.notice
+    this.batch = Buffer.allocUnsafeSlow(FLUSH_BYTES)
   }
 
-  /** Text waiting to be written, in UTF-16 code units: what `capChars` bounds. */
-  get waitingChars(): number {
-    return this.pending.length + this.outChars
+  /** Bytes waiting to be written: what `capBytes` bounds. */
+  get waitingBytes(): number {
+    return this.queuedBytes + this.batchAt
   }
 
   /** Takes one whole line (ending in a newline). Always true: pino reads it as "no backpressure". */
   write(line: string): boolean {
-    if (this.broken !== undefined || this.waitingChars + line.length > this.capChars) {
+    // line.length is the least the line takes in UTF-8: a line past the cap by its multi-byte
+    // characters is still taken, the next one not.
+    if (this.broken !== undefined || this.waitingBytes + line.length > this.capBytes) {
       this.drop()
       return true
     }
-    this.pending += line
-    this.pendingLines++
+    this.append(line)
     // Already due: the next turn writes, or a full pipe's retry timer will.
     if (this.immediate || this.blocked) return true
-    if (this.pending.length >= this.batchChars) this.soon()
+    if (this.waitingBytes >= this.batchBytes) this.soon()
     else if (this.timer === undefined) this.later(FLUSH_DELAY_MS)
     return true
   }
 
   /** Calls `cb` once every line taken so far is written, or once stdout took nothing for FLUSH_PATIENCE_MS. */
   flush(cb: () => void = () => undefined): void {
-    if (this.waitingChars === 0 || this.broken !== undefined) return void setImmediate(cb)
+    if (this.waitingBytes === 0 || this.broken !== undefined) return void setImmediate(cb)
     if (this.waiters.length === 0) this.flushAskedMs = performance.now()
     this.waiters.push(cb)
     this.pump()
@@ -119,7 +129,7 @@ export class LineSink {
     this.closeNotice(true)
     const pause = new Int32Array(new SharedArrayBuffer(4))
     let waitedMs = 0
-    while (this.broken === undefined && this.waitingChars > 0) {
+    while (this.broken === undefined && this.waitingBytes > 0) {
       const wrote = this.writeSome(Number.POSITIVE_INFINITY)
       if (wrote === 'blocked') {
         if (waitedMs >= EXIT_PATIENCE_MS) return
@@ -127,6 +137,27 @@ export class LineSink {
         waitedMs += 5
       } else if (wrote === 'progress') waitedMs = 0
     }
+  }
+
+  /** Copies a line into the batch; a full batch is queued and a new one begun. */
+  private append(line: string): void {
+    // At most 3 UTF-8 bytes per UTF-16 unit: a line that may not fit begins the next batch.
+    if (this.batchAt + line.length * 3 > this.batch.length) {
+      this.seal()
+      if (line.length * 3 > this.batch.length) this.batch = Buffer.allocUnsafeSlow(line.length * 3)
+    }
+    this.batchAt += this.batch.write(line, this.batchAt)
+    this.batchLines++
+  }
+
+  /** Queues the batch being filled (if anything is in it) and begins another. */
+  private seal(): void {
+    if (this.batchAt === 0) return
+    this.queue.push({ buf: this.batch, at: 0, end: this.batchAt, lines: this.batchLines })
+    this.queuedBytes += this.batchAt
+    this.batch = this.spare.pop() ?? Buffer.allocUnsafeSlow(FLUSH_BYTES)
+    this.batchAt = 0
+    this.batchLines = 0
   }
 
   private drop(): void {
@@ -143,7 +174,7 @@ export class LineSink {
   /** Ends a dropping spell once half the cap is free again (or at exit): says how many were lost. */
   private closeNotice(atExit: boolean): void {
     if (!this.dropping && !atExit) return
-    if (!atExit && this.waitingChars > this.capChars / 2) return
+    if (!atExit && this.waitingBytes > this.capBytes / 2) return
     this.dropping = false
     if (!(this.noticeOpen || (atExit && this.dropped > this.reported))) return
     this.noticeOpen = false
@@ -155,8 +186,7 @@ export class LineSink {
   /** A notice is written even past the cap: one line per dropping spell. */
   private force(line: string | undefined): void {
     if (line === undefined || this.broken !== undefined) return
-    this.pending += line
-    this.pendingLines++
+    this.append(line)
     this.soon()
   }
 
@@ -191,7 +221,7 @@ export class LineSink {
     this.blocked = wrote === 'blocked'
     this.closeNotice(false)
     const now = performance.now()
-    if (this.waitingChars === 0 || this.broken !== undefined) {
+    if (this.waitingBytes === 0 || this.broken !== undefined) {
       this.retryMs = 0
       this.release()
       return
@@ -205,7 +235,7 @@ export class LineSink {
     }
     this.retryMs = 0
     // Progress, more to write: a backlog, or a pipe that took part of it.
-    if (this.out !== undefined || this.pending.length >= this.batchChars || this.waiters.length > 0) this.soon()
+    if (this.queue.length > 0 || this.batchAt >= this.batchBytes || this.waiters.length > 0) this.soon()
     else this.later(FLUSH_DELAY_MS)
   }
 
@@ -213,49 +243,45 @@ export class LineSink {
     for (const cb of this.waiters.splice(0)) cb()
   }
 
-  /** One write(2) of up to `maxBytes`; a new batch is taken from `pending` when none is in progress. */
+  /** One write(2) of up to `maxBytes` of the oldest batch; the batch being filled is taken when none waits. */
   private writeSome(maxBytes: number): 'progress' | 'blocked' | 'idle' {
-    if (this.out === undefined) {
-      if (this.pending === '') return 'idle'
-      const text = this.pending
-      // As many UTF-8 bytes as UTF-16 units: all ASCII, where Latin-1 is the same bytes and a copy
-      // rather than an encoding (three times faster; Node 20's UTF-8 encoder goes unit by unit).
-      this.out = Buffer.from(text, Buffer.byteLength(text, 'utf8') === text.length ? 'latin1' : 'utf8')
-      this.outAt = 0
-      this.outLines = this.pendingLines
-      this.outChars = this.pending.length
-      this.pending = ''
-      this.pendingLines = 0
-    }
-    const out = this.out
+    if (this.queue.length === 0) this.seal()
+    const b = this.queue[0]
+    if (b === undefined) return 'idle'
     let n: number
     try {
-      n = writeSync(this.fd, out, this.outAt, Math.min(out.length - this.outAt, maxBytes))
+      n = writeSync(this.fd, b.buf, b.at, Math.min(b.end - b.at, maxBytes))
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'EIO'
       if (code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EINTR') return 'blocked'
       // Closed or gone: nothing will be written again. What waited is lost, and counted.
       this.broken = code
-      this.dropped += this.outLines + this.pendingLines
-      this.out = undefined
-      this.outChars = 0
-      this.pending = ''
-      this.pendingLines = 0
+      for (const q of this.queue) this.dropped += q.lines
+      this.dropped += this.batchLines
+      this.queue = []
+      this.queuedBytes = 0
+      this.batchAt = 0
+      this.batchLines = 0
       return 'idle'
     }
     if (n === 0) return 'blocked'
     this.lastProgressMs = performance.now()
-    this.outAt += n
-    if (this.outAt >= out.length) {
-      this.out = undefined
-      this.outChars = 0
-      this.outLines = 0
-    } else {
-      // Roughly what is left, in the unit of the cap.
-      this.outChars = Math.ceil(((out.length - this.outAt) / out.length) * this.outChars)
+    b.at += n
+    this.queuedBytes -= n
+    if (b.at >= b.end) {
+      this.queue.shift()
+      if (b.buf.length === FLUSH_BYTES && this.spare.length < SPARE_BATCHES) this.spare.push(b.buf)
     }
     return 'progress'
   }
+}
+
+interface Batch {
+  readonly buf: Buffer
+  /** Written up to here. */
+  at: number
+  readonly end: number
+  readonly lines: number
 }
 
 let stdout: LineSink | undefined
@@ -264,7 +290,7 @@ let stdout: LineSink | undefined
  * The process's sink on fd 1, made on first use (later calls get the same one: two writers on
  * one descriptor could interleave their writes). Written out synchronously on exit.
  */
-export function stdoutSink(opts: { capChars: number; notice?: LineSinkOptions['notice'] }): LineSink {
+export function stdoutSink(opts: { capBytes: number; notice?: LineSinkOptions['notice'] }): LineSink {
   if (stdout) return stdout
   // Node opens a pipe or socket stdout non-blocking when process.stdout is first read; the sink's
   // own writes rely on that: a full pipe answers EAGAIN instead of stopping the event loop.
@@ -274,7 +300,7 @@ export function stdoutSink(opts: { capChars: number; notice?: LineSinkOptions['n
   } catch {
     // fd 1 closed: the first write finds out and counts the lines as dropped.
   }
-  const sink = new LineSink({ fd: 1, capChars: opts.capChars, notice: opts.notice })
+  const sink = new LineSink({ fd: 1, capBytes: opts.capBytes, notice: opts.notice })
   process.on('exit', () => sink.flushSync())
   stdout = sink
   return sink

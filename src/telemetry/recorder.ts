@@ -235,6 +235,11 @@ export function createRecorder(opts: RecorderOptions): Recorder {
   const auditing = () => log.levelVal !== Number.POSITIVE_INFINITY
   // Written as text straight to the logger's destination, in its place among pino's lines.
   const out: LineOut | undefined = opts.lines ?? destinationOf(log)
+  const traceHeaders = propagator.fields().map((name) => name.toLowerCase())
+  const clientSpanContext = (headers: IncomingHttpHeaders) => {
+    if (!traceHeaders.some((name) => headers[name] !== undefined)) return INVALID_SPAN_CONTEXT
+    return traceApi.getSpanContext(propagator.extract(ROOT_CONTEXT, headers, defaultTextMapGetter)) ?? INVALID_SPAN_CONTEXT
+  }
 
   return {
     start(req, method = req.method ?? '') {
@@ -330,12 +335,10 @@ export function createRecorder(opts: RecorderOptions): Recorder {
       span.end()
       if (d?.allow && !d.failedOpen && cut === undefined && !shouldLogAllow()) return
       if (!auditing()) return
-      // Tracing off: the line still names the client's trace, as the upstream sees it.
-      const ctx = tracing
-        ? span.spanContext()
-        : (traceApi.getSpanContext(propagator.extract(ROOT_CONTEXT, (t as Trace).headers, defaultTextMapGetter)) ?? INVALID_SPAN_CONTEXT)
-      const traced = isSpanContextValid(ctx)
-      const id = d?.identity
+      // Tracing off: the line still names the client's trace, as the upstream sees it (most
+      // requests carry none: the propagator is not asked unless one of its headers came).
+      const ctx = tracing ? span.spanContext() : clientSpanContext((t as Trace).headers)
+      const traced = ctx !== INVALID_SPAN_CONTEXT && isSpanContextValid(ctx)
       out?.write(
         decisionLine({
           traceId: traced ? ctx.traceId : undefined,
@@ -349,18 +352,14 @@ export function createRecorder(opts: RecorderOptions): Recorder {
           status: end.status,
           upstreamFailure: end.upstreamFailure,
           answer: end.answer,
-          sub: id?.sub,
-          clientId: id?.clientId,
-          jti: id?.jti,
-          iat: id?.iatS,
-          exp: id?.expS,
+          token: d?.identity,
           binding: d?.allow ? d.binding?.kind : undefined,
           keyThumbprint: d?.allow ? d.binding?.thumbprint : undefined,
           // Under a rule with max_uses: which use this was (the refused one for token_reused).
           use: d?.use,
           maxUses: d?.rule?.binding?.maxUses,
           remote: end.remoteAddress,
-          latencyMs: Math.round((performance.now() - t.startedPerfMs) * 1000) / 1000,
+          latencyUs: Math.round((performance.now() - t.startedPerfMs) * 1000),
           note: end.note,
         }),
       )
@@ -391,7 +390,7 @@ export function createRecorder(opts: RecorderOptions): Recorder {
           span.end()
           // Tracing off: the line still names the caller's trace, as a decision line does.
           const ctx = tracing ? span.spanContext() : (traceApi.getSpanContext(parent) ?? INVALID_SPAN_CONTEXT)
-          const traced = isSpanContextValid(ctx)
+          const traced = ctx !== INVALID_SPAN_CONTEXT && isSpanContextValid(ctx)
           if (!auditing()) return
           out?.write(
             revocationLine({

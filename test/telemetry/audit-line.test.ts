@@ -5,8 +5,9 @@
 import fc from 'fast-check'
 import pino from 'pino'
 import t from 'tap'
-import { decisionLine, revocationLine, type DecisionLineFields } from '../../src/telemetry/audit-line.js'
+import { decisionLine, msOfUs, revocationLine, type DecisionLineFields } from '../../src/telemetry/audit-line.js'
 import { jsonString } from '../../src/telemetry/json-line.js'
+import type { TokenMemo } from '../../src/core/types.js'
 
 const TIME = /"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"/
 
@@ -25,17 +26,17 @@ function reference(f: DecisionLineFields): string {
     status: f.status,
     upstream_failure: f.upstreamFailure,
     answer: f.answer,
-    sub: f.sub,
-    client_id: f.clientId,
-    jti: f.jti,
-    iat: f.iat,
-    exp: f.exp,
+    sub: f.token?.sub,
+    client_id: f.token?.clientId,
+    jti: f.token?.jti,
+    iat: f.token?.iatS,
+    exp: f.token?.expS,
     binding: f.binding,
     key_thumbprint: f.keyThumbprint,
     use: f.use,
     max_uses: f.maxUses,
     remote: f.remote,
-    latency_ms: f.latencyMs,
+    latency_ms: f.latencyUs / 1000,
     ...f.note,
     msg: 'decision',
   }).slice(1)}\n`
@@ -64,17 +65,23 @@ const fields: fc.Arbitrary<DecisionLineFields> = fc.record({
   status: maybe(fc.integer({ min: 100, max: 599 })),
   upstreamFailure: maybe(text),
   answer: maybe(text),
-  sub: maybe(text),
-  clientId: maybe(text),
-  jti: maybe(text),
-  iat: maybe(number),
-  exp: maybe(number),
+  token: maybe(
+    fc.record({
+      sub: maybe(text),
+      clientId: maybe(text),
+      jti: maybe(text),
+      iatS: maybe(number),
+      expS: number,
+      // A fresh memo per token, as the verifier makes one.
+      memo: fc.constant(undefined).map((): TokenMemo => ({})),
+    }),
+  ),
   binding: maybe(text),
   keyThumbprint: maybe(text),
   use: maybe(fc.integer()),
   maxUses: maybe(fc.integer()),
   remote: maybe(text),
-  latencyMs: number,
+  latencyUs: fc.oneof(fc.nat(), fc.integer(), number),
   note: maybe(
     fc.dictionary(
       // Not an array index: an object lists those first, whatever the order they were set in (the
@@ -96,6 +103,39 @@ t.test('a decision line is the JSON.stringify of its fields, whatever they hold'
     { numRuns: 2000 },
   )
   t.pass('2000 generated lines')
+})
+
+t.test("a token's fields are made once and its later lines are the same text", async (t) => {
+  // Lines one after another, as a sidecar writes them: the same token and route again, and
+  // between them other methods, statuses, remotes and tokens (the kept pieces must follow).
+  const lines = fc.array(fields, { minLength: 2, maxLength: 8 })
+  fc.assert(
+    fc.property(lines, fc.nat(), (fs, pick) => {
+      const again = fs[pick % fs.length]!
+      for (const f of [...fs, again, { ...again, method: 'DELETE', status: 503, remote: '10.0.0.9' }]) {
+        if (f.note !== undefined) continue
+        if (untime(decisionLine(f)) !== reference(f)) return false
+      }
+      return true
+    }),
+    { numRuns: 500 },
+  )
+  const token = { sub: 'ci', clientId: 'deployer', jti: 'j-1', iatS: 1795589079, expS: 1795589379, memo: {} as TokenMemo }
+  const f = (await fc.sample(fields, 1))[0]!
+  decisionLine({ ...f, token, note: undefined })
+  t.equal(token.memo.auditFields, ',"sub":"ci","client_id":"deployer","jti":"j-1","iat":1795589079,"exp":1795589379', 'kept in the memo')
+})
+
+t.test('latency_ms: microseconds written as JSON.stringify writes them ÷ 1000', async (t) => {
+  fc.assert(
+    fc.property(
+      fc.oneof(fc.nat(), fc.integer({ min: 0, max: 5000 }), fc.integer(), number),
+      (us) => msOfUs(us) === JSON.stringify(us / 1000),
+    ),
+    { numRuns: 20000 },
+  )
+  for (const us of [0, 1, 10, 100, 1000, 1010, 1100, 1001, 999, 123456, 2 ** 31 - 1, 2 ** 31])
+    t.equal(msOfUs(us), JSON.stringify(us / 1000), `${us} µs`)
 })
 
 t.test('jsonString is JSON.stringify', async (t) => {
@@ -124,17 +164,20 @@ t.test('the lines pino wrote with main.ts createLogger: the same text but for th
     status: 200,
     upstreamFailure: undefined,
     answer: undefined,
-    sub: 'ci-deployer',
-    clientId: 'deploy-pipeline',
-    jti: '17f9e53c-3f4e-4457-8631-00976803c8b0',
-    iat: 1795589079,
-    exp: 1795589379,
+    token: {
+      sub: 'ci-deployer',
+      clientId: 'deploy-pipeline',
+      jti: '17f9e53c-3f4e-4457-8631-00976803c8b0',
+      iatS: 1795589079,
+      expS: 1795589379,
+      memo: {},
+    },
     binding: undefined,
     keyThumbprint: undefined,
     use: 2,
     maxUses: 5,
     remote: '127.0.0.1',
-    latencyMs: 4.228,
+    latencyUs: 4228,
     note: { cut: 'expired', connection: 'websocket', lived_ms: 30000 },
   }
   log.info(
@@ -148,15 +191,15 @@ t.test('the lines pino wrote with main.ts createLogger: the same text but for th
       method: f.method,
       path: f.path,
       status: f.status,
-      sub: f.sub,
-      client_id: f.clientId,
-      jti: f.jti,
-      iat: f.iat,
-      exp: f.exp,
+      sub: f.token?.sub,
+      client_id: f.token?.clientId,
+      jti: f.token?.jti,
+      iat: f.token?.iatS,
+      exp: f.token?.expS,
       use: f.use,
       max_uses: f.maxUses,
       remote: f.remote,
-      latency_ms: f.latencyMs,
+      latency_ms: 4.228,
       ...f.note,
     },
     'decision',

@@ -15,7 +15,7 @@ const LINES = 300
 /** A child that hands LINES lines to the sink, then ends as `end` says. */
 const child = (end: string) => `
 import { stdoutSink } from ${JSON.stringify(SINK)}
-const sink = stdoutSink({ capChars: 16 << 20 })
+const sink = stdoutSink({ capBytes: 16 << 20 })
 for (let i = 0; i < ${LINES}; i++) sink.write(JSON.stringify({ i, audit: 'decision' }) + '\\n')
 setImmediate(() => { ${end} })
 `

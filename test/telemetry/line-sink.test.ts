@@ -69,7 +69,7 @@ function notices(): { seen: DropNotice[]; notice: (n: DropNotice) => string } {
 
 t.test('a reader that keeps up gets every line whole and in order, ASCII or not, across many batches', async (t) => {
   const pipe = fifo(t)
-  const sink = new LineSink({ fd: pipe.writeFd, capChars: 16 << 20 })
+  const sink = new LineSink({ fd: pipe.writeFd, capBytes: 16 << 20 })
   let got = ''
   const reader = setInterval(() => {
     got += pipe.read()
@@ -77,8 +77,8 @@ t.test('a reader that keeps up gets every line whole and in order, ASCII or not,
   t.teardown(() => clearInterval(reader))
   const sent: string[] = []
   for (let i = 0; i < 20_000; i++) {
-    // Lines of many lengths, some not ASCII (a batch of them is encoded as UTF-8, the rest copied).
-    const l = line(i, i % 7 === 0 ? 'é→𝄞'.repeat(i % 50) : 'x'.repeat(i % 500))
+    // Lines of many lengths, some not ASCII (written as UTF-8), some longer than a batch.
+    const l = line(i, i % 7 === 0 ? 'é→𝄞'.repeat(i % 50) : i % 1999 === 0 ? 'z'.repeat(70_000 + i) : 'x'.repeat(i % 500))
     sent.push(l)
     sink.write(l)
     if (i % 1000 === 0) await new Promise((r) => setImmediate(r))
@@ -93,18 +93,18 @@ t.test(
   'nobody reading: what waits stays under the cap, the rest is dropped, counted and noticed; reading again gets whole lines',
   async (t) => {
     const pipe = fifo(t)
-    const capChars = 64 * 1024
+    const capBytes = 64 * 1024
     const { seen, notice } = notices()
-    const sink = new LineSink({ fd: pipe.writeFd, capChars, notice })
+    const sink = new LineSink({ fd: pipe.writeFd, capBytes, notice })
     const total = 5000
     let most = 0
     for (let i = 0; i < total; i++) {
       sink.write(line(i, 'y'.repeat(200)))
-      most = Math.max(most, sink.waitingChars)
+      most = Math.max(most, sink.waitingBytes)
       // Turns of the event loop, so the sink writes until the pipe is full.
       if (i % 100 === 0) await new Promise((r) => setImmediate(r))
     }
-    t.ok(most <= capChars + 200, `at most the cap waits (most: ${most} chars)`)
+    t.ok(most <= capBytes + 200, `at most the cap waits (most: ${most} bytes)`)
     t.ok(sink.dropped > 0, `lines were dropped (${sink.dropped})`)
     t.same(seen, [{ dropping: true, dropped: 1 }], 'one notice when dropping started')
 
@@ -137,7 +137,7 @@ t.test(
 
 t.test('flush(cb) waits for a reader, and gives up on one that never comes', async (t) => {
   const pipe = fifo(t)
-  const sink = new LineSink({ fd: pipe.writeFd, capChars: 16 << 20 })
+  const sink = new LineSink({ fd: pipe.writeFd, capBytes: 16 << 20 })
   // More than the pipe holds.
   for (let i = 0; i < 2000; i++) sink.write(line(i, 'z'.repeat(100)))
   let flushed = false
@@ -146,7 +146,7 @@ t.test('flush(cb) waits for a reader, and gives up on one that never comes', asy
   })
   // Nobody reads: the callback still comes (after a second without progress), lines still wait.
   await waitFor(() => flushed || undefined, 'the flush callback of a blocked pipe')
-  t.ok(sink.waitingChars > 0, 'lines still wait for the pipe')
+  t.ok(sink.waitingBytes > 0, 'lines still wait for the pipe')
   let got = ''
   let done = false
   sink.flush(() => {
@@ -158,12 +158,12 @@ t.test('flush(cb) waits for a reader, and gives up on one that never comes', asy
   }, 'the flush callback once read')
   got += pipe.read()
   t.equal(got.split('\n').length - 1, 2000, 'every line came out once read')
-  t.equal(sink.waitingChars, 0)
+  t.equal(sink.waitingBytes, 0)
 })
 
 t.test('a pipe whose reader is gone (EPIPE): lines are counted as dropped, nothing throws', async (t) => {
   const pipe = fifo(t)
-  const sink = new LineSink({ fd: pipe.writeFd, capChars: 16 << 20 })
+  const sink = new LineSink({ fd: pipe.writeFd, capBytes: 16 << 20 })
   pipe.closeReader()
   for (let i = 0; i < 10; i++) sink.write(line(i))
   await new Promise<void>((resolve) => sink.flush(resolve))
