@@ -2,11 +2,12 @@
 // first) is sent N requests, each with its own RS256 token, and the heap and RSS are read after a
 // full GC before and after. Every per-token structure is counted: the verified-token cache
 // (LAPSE_TOKEN_CACHE_SIZE), the token's revocation keys and, with --redis, the revocation answer
-// cache.
+// cache, and with --audit an audit line for every allow (LAPSE_LOG_ALLOWS=all, the default; lines
+// to /dev/null through the stdout sink), whose per-token text is kept in the token's memo.
 //
-//   npm run build && node --expose-gc bench/token-cache-memory.mjs [--tokens 10000] [--redis]
+//   npm run build && node --expose-gc bench/token-cache-memory.mjs [--tokens 10000] [--redis] [--audit]
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, request } from 'node:http'
 import net from 'node:net'
 import os from 'node:os'
@@ -14,16 +15,24 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { randomUUID } from 'node:crypto'
 import { exportJWK, generateKeyPair, SignJWT } from 'jose'
-import pino from 'pino'
+import { createRequire } from 'node:module'
 import { loadConfig } from '../dist/config/load.js'
 import { buildDeps, createSidecar } from '../dist/main.js'
+import { LineSink } from '../dist/telemetry/line-sink.js'
+
+// Lapse's own pino, not bench/'s copy: the recorder finds a logger's stream by that copy's symbol.
+const pino = createRequire(new URL('../package.json', import.meta.url))('pino')
 
 if (typeof globalThis.gc !== 'function') {
   console.error('run with node --expose-gc')
   process.exit(2)
 }
 const { values: args } = parseArgs({
-  options: { tokens: { type: 'string', default: '10000' }, redis: { type: 'boolean', default: false } },
+  options: {
+    tokens: { type: 'string', default: '10000' },
+    redis: { type: 'boolean', default: false },
+    audit: { type: 'boolean', default: false },
+  },
 })
 const N = Number(args.tokens)
 const ISS = 'https://idp.example/'
@@ -47,10 +56,13 @@ const config = loadConfig({
   LAPSE_JWKS_FILE: jwks,
   LAPSE_ROUTES: JSON.stringify([{ path: '/**', scopes: ['orders:read'] }]),
   LAPSE_TOKEN_CACHE_SIZE: String(N),
-  LAPSE_LOG_ALLOWS: 'none',
+  LAPSE_LOG_ALLOWS: args.audit ? 'all' : 'none',
   ...(redis ? { LAPSE_REDIS_URL: redis.url, LAPSE_REVOCATION_TIMEOUT: '1000' } : {}),
 })
-const deps = await buildDeps(config, { log: pino({ level: 'silent' }) })
+const log = args.audit
+  ? pino({ level: 'info' }, new LineSink({ fd: openSync('/dev/null', 'w'), capBytes: 16 << 20 }))
+  : pino({ level: 'silent' })
+const deps = await buildDeps(config, { log })
 const app = createSidecar(deps)
 const { proxy } = await app.listen()
 while (!deps.revocations.ready()) await new Promise((resolve) => setTimeout(resolve, 20))

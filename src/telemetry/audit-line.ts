@@ -9,7 +9,7 @@
 // For the same reason the parts that repeat are made once: the token's fields once per token (in
 // its memo, which the verification cache keeps), a route's, a status's and a method's once per
 // value. A line is then a dozen pieces, not forty: cheaper to join and to copy out.
-import type { TokenMemo } from '../core/types.js'
+import type { AuditLineMiddle, TokenMemo } from '../core/types.js'
 import { jsonNumber, jsonString, jsonValue, lineHead } from './json-line.js'
 
 /** Where audit lines go: Lapse's stdout sink (line-sink.ts), or any stream a test gives pino. */
@@ -111,11 +111,20 @@ function remoteSegment(remote: string | undefined): string {
   return lastRemoteSegment
 }
 
-/** `,"sub":…,"client_id":…,"jti":…,"iat":…,"exp":…`, made once per token. */
+/**
+ * `,"sub":…,"client_id":…,"jti":…,"iat":…,"exp":…`, kept in the token's memo from its second
+ * line on: a token seen once (most of a fresh-token workload) keeps nothing.
+ */
 function tokenSegment(t: TokenLineFields | undefined): string {
   if (t === undefined) return ''
   const memo = t.memo
-  return (memo.auditFields ??= `${str('sub', t.sub)}${str('client_id', t.clientId)}${str('jti', t.jti)}${num('iat', t.iatS)}${num('exp', t.expS)}`)
+  if (memo.auditFields !== undefined) return memo.auditFields
+  const text = `${str('sub', t.sub)}${str('client_id', t.clientId)}${str('jti', t.jti)}${num('iat', t.iatS)}${num('exp', t.expS)}`
+  if (memo.auditLast === undefined) return text
+  // Flat: kept for as long as the verification cache keeps the token, as one string rather than
+  // the tree of pieces it was joined from.
+  memo.auditFields = flat(text)
+  return text
 }
 
 /** Microseconds as milliseconds with up to three decimals, as `${us / 1000}` writes it, without formatting a double. */
@@ -143,17 +152,41 @@ function middle(f: DecisionLineFields): string {
   )
 }
 
+/** A token's memo after its first line. */
+const SEEN_ONCE: AuditLineMiddle = {
+  path: undefined,
+  status: undefined,
+  route: undefined,
+  method: '',
+  remote: undefined,
+  decision: '',
+  reason: '',
+  failedOpen: false,
+  binding: undefined,
+  keyThumbprint: undefined,
+  maxUses: undefined,
+  text: '',
+}
+
 /**
  * The middle of this token's last line, reused while the next line's fields that vary are the
- * same (a client calling one path again and again): the line is then five pieces. Lines with a
- * use count, an upstream failure or an answer of Lapse's own are built whole each time.
+ * same (a client calling one path again and again): the line is then five pieces. Kept from a
+ * token's second line on (about 450 bytes with its fields, while the verification cache keeps the
+ * token). Lines with a use count, an upstream failure or an answer of Lapse's own are built
+ * whole each time.
  */
 function middleOf(f: DecisionLineFields): string {
   const t = f.token
   if (t === undefined || f.use !== undefined || f.upstreamFailure !== undefined || f.answer !== undefined) return middle(f)
   const last = t.memo.auditLast
+  // The token's first line: it may be its only one, so nothing is kept but that it was seen.
+  if (last === undefined) {
+    const text = middle(f)
+    t.memo.auditLast = SEEN_ONCE
+    return text
+  }
   if (
-    last !== undefined &&
+    last !== SEEN_ONCE &&
     last.path === f.path &&
     last.status === f.status &&
     last.route === f.route &&

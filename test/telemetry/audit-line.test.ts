@@ -122,8 +122,13 @@ t.test("a token's fields are made once and its later lines are the same text", a
   )
   const token = { sub: 'ci', clientId: 'deployer', jti: 'j-1', iatS: 1795589079, expS: 1795589379, memo: {} as TokenMemo }
   const f = (await fc.sample(fields, 1))[0]!
-  decisionLine({ ...f, token, note: undefined })
-  t.equal(token.memo.auditFields, ',"sub":"ci","client_id":"deployer","jti":"j-1","iat":1795589079,"exp":1795589379', 'kept in the memo')
+  const line = { ...f, token, use: undefined, upstreamFailure: undefined, answer: undefined, note: undefined }
+  decisionLine(line)
+  t.equal(token.memo.auditFields, undefined, "a token's first line keeps none of its text (it may be its only one)")
+  t.equal(untime(decisionLine(line)), reference(line), 'its second line')
+  t.equal(token.memo.auditFields, ',"sub":"ci","client_id":"deployer","jti":"j-1","iat":1795589079,"exp":1795589379', 'kept from then on')
+  t.equal(untime(decisionLine(line)), reference(line), 'its third line, from the kept middle')
+  t.equal(untime(decisionLine({ ...line, path: '/other' })), reference({ ...line, path: '/other' }), 'another path')
 })
 
 t.test('latency_ms: microseconds written as JSON.stringify writes them ÷ 1000', async (t) => {
