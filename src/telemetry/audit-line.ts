@@ -6,9 +6,10 @@
 // The same text pino wrote for them before (field order, omitted undefined fields, JSON escaping);
 // test/telemetry/audit-line.test.ts holds the two to each other. Built without a logger because
 // the line per request was the largest cost Lapse added to a request (bench/README.md, issue 27).
-// For the same reason the parts that repeat are made once: the token's fields once per token (in
-// its memo, which the verification cache keeps), a route's, a status's and a method's once per
-// value. A line is then a dozen pieces, not forty: cheaper to join and to copy out.
+// For the same reason the parts that repeat are made once: a route's, a status's, a method's and a
+// remote address's text once per value, and a token's fields and the line's whole middle once per
+// token while they repeat (in its memo, which the verification cache keeps). A line is then five
+// pieces, not forty: cheaper to join and to copy out.
 import type { AuditLineMiddle, TokenMemo } from '../core/types.js'
 import { jsonNumber, jsonString, jsonValue, lineHead } from './json-line.js'
 
@@ -70,7 +71,7 @@ function extra(note: Readonly<Record<string, unknown>> | undefined): string {
 const routeSegments = new Map<string, string>()
 /** `,"status":200` by status code. */
 const statusSegments: string[] = []
-/** A rule path or a method seen more often than this many distinct ones is not kept (a client picks the method). */
+/** Rule paths kept at most (reloads can bring new ones): past it the map starts over. */
 const MAX_KEPT = 256
 
 function routeSegment(route: string | undefined): string {
