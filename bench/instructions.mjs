@@ -95,8 +95,8 @@ async function count(lapseRoot, allows, upstreamUrl, jwksFile, token) {
   const outFile = join(dir, `callgrind-${name}.out`)
   const child = spawn(
     'valgrind',
-    // --single-threaded: V8 compiles and collects on the main thread, at the same points of the
-    // run each time, instead of on helper threads whose share of the window varies.
+    // --single-threaded: V8 compiles and collects on the main thread, counted with the rest. It
+    // did not make runs repeat exactly (the 4% above is with it): when a collection falls still varies.
     [
       '--tool=callgrind',
       `--callgrind-out-file=${outFile}`,

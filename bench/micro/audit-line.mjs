@@ -34,7 +34,11 @@ try {
   const sinkPath = join(root, 'dist/telemetry/line-sink.js')
   const sunk = existsSync(sinkPath)
   const destination = sunk
-    ? new (await core('telemetry/line-sink.js')).LineSink({ fd: nullFd, capBytes: 16 << 20, capChars: 16 << 20 })
+    ? new (await core('telemetry/line-sink.js')).LineSink({
+        fd: nullFd,
+        capBytes: 16 << 20,
+        /* a build before capBytes: */ capChars: 16 << 20,
+      })
     : pino.destination({ dest: nullFd, sync: false, minLength: 4096, periodicFlush: 1000 })
   const log = pino(
     { level: 'info', base: { service: 'lapse' }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (l) => ({ level: l }) } },

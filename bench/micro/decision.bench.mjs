@@ -119,7 +119,10 @@ export async function runMicro({ timeMs = 500, rounds = 3, warmupMs = 300, poolS
     const { LineSink } = await core('telemetry/line-sink.js')
     const nullFd = openSync('/dev/null', 'w')
     const pino = createRequire(join(root, 'package.json'))('pino')
-    const auditLog = pino({ level: 'info' }, new LineSink({ fd: nullFd, capBytes: 16 << 20, capChars: 16 << 20 }))
+    const auditLog = pino(
+      { level: 'info' },
+      new LineSink({ fd: nullFd, capBytes: 16 << 20, /* a build before capBytes: */ capChars: 16 << 20 }),
+    )
     const auditedDeps = await buildDeps(loadConfig(env({ LAPSE_LOG_LEVEL: 'info', LAPSE_LOG_ALLOWS: 'all' })), {
       log: auditLog,
       telemetry: off,

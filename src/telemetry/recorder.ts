@@ -237,8 +237,12 @@ export function createRecorder(opts: RecorderOptions): Recorder {
   const out: LineOut | undefined = opts.lines ?? destinationOf(log)
   const traceHeaders = propagator.fields().map((name) => name.toLowerCase())
   const clientSpanContext = (headers: IncomingHttpHeaders) => {
-    if (!traceHeaders.some((name) => headers[name] !== undefined)) return INVALID_SPAN_CONTEXT
-    return traceApi.getSpanContext(propagator.extract(ROOT_CONTEXT, headers, defaultTextMapGetter)) ?? INVALID_SPAN_CONTEXT
+    for (const name of traceHeaders) {
+      if (headers[name] !== undefined) {
+        return traceApi.getSpanContext(propagator.extract(ROOT_CONTEXT, headers, defaultTextMapGetter)) ?? INVALID_SPAN_CONTEXT
+      }
+    }
+    return INVALID_SPAN_CONTEXT
   }
 
   return {
