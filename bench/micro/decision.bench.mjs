@@ -21,7 +21,6 @@ import { makeDpopHolder, proofSigner } from '../lib/dpop.mjs'
 import { decideDepsOf, inProcessEnv, recordedRequest, silentLogger } from '../lib/in-process.mjs'
 import { makeKeys, mintPool, mintToken, SCOPE } from '../lib/keys.mjs'
 import { freePort } from '../lib/proc.mjs'
-import { ROUTES } from '../lib/servers.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 // --root: another Lapse tree's build (an in-process A/B against an exported, built commit).
