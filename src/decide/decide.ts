@@ -108,7 +108,7 @@ export function decide(input: DecisionInput, deps: DecideDeps): Outcome | Promis
     binding: undefined,
     nonce: undefined,
   }
-  const verified = deps.verify.check(extracted.token, input.steps)
+  const verified = deps.verify.check(extracted.token, input.steps, extracted.jws)
   if (!(verified instanceof Promise)) return afterVerify(verified, request)
   return verified.then((identity) => afterVerify(identity, request))
 }

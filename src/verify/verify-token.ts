@@ -40,8 +40,10 @@ export type Verifier = ((token: string, steps?: StepTracer) => Promise<Identity 
    * refused before any key is needed, or a fresh token whose key an earlier lookup already found
    * (KeyResolver.knownKey; the signature check itself is synchronous, signature.ts). A promise
    * only for a key lookup (first use of a kid, an unknown kid, several candidates) or HMAC.
+   * `jws`: the caller found the token to be three non-empty parts of base64url's alphabet joined
+   * by dots (extract/bearer.ts), so only each part's canonical ending is left to check.
    */
-  check(token: string, steps?: StepTracer): Identity | Denial | Promise<Identity | Denial>
+  check(token: string, steps?: StepTracer, jws?: boolean): Identity | Denial | Promise<Identity | Denial>
   cacheSize(): number
   /** Headers kept parsed (those of verified tokens), at most HEADER_CACHE_SIZE. */
   headerCacheSize(): number
@@ -133,6 +135,8 @@ export function createVerifier(opts: VerifierOptions): Verifier {
   }
 
   const lookUp = (token: string): Cached | undefined => {
+    // With the cache off nothing is ever found: spare every fresh token the fingerprint's slice.
+    if (opts.cacheSize === 0) return undefined
     const hit = cache.get(fingerprint(token))
     return hit !== undefined && hit.token === token ? hit : undefined
   }
@@ -177,11 +181,11 @@ export function createVerifier(opts: VerifierOptions): Verifier {
     return result
   }
 
-  const check = (token: string, steps?: StepTracer): Identity | Denial | Promise<Identity | Denial> => {
+  const check = (token: string, steps?: StepTracer, jws?: boolean): Identity | Denial | Promise<Identity | Denial> => {
     const known = cached(token)
     if (known !== undefined) return known
     const nowS = Math.floor(clock.now() / 1000)
-    const pre = precheck(token, algorithms, headers)
+    const pre = precheck(token, algorithms, headers, jws === true)
     if ('reason' in pre) return pre
     const generation = keys.generation()
     const alg = pre.header.alg!
@@ -228,20 +232,36 @@ interface Prechecked {
   readonly known: boolean
 }
 
+/** The token's three parts, when it is three non-empty base64url parts with canonical endings. */
+function partsOf(token: string, shaped: boolean): [string, string, string] | Denial {
+  if (shaped) {
+    // The caller's one pass checked the characters and the two dots (extract/bearer.ts).
+    const first = token.indexOf('.')
+    const second = token.indexOf('.', first + 1)
+    const parts: [string, string, string] = [token.slice(0, first), token.slice(first + 1, second), token.slice(second + 1)]
+    return canonicalEnding(parts[0]) && canonicalEnding(parts[1]) && canonicalEnding(parts[2])
+      ? parts
+      : deny('malformed', 'token is not canonical base64url')
+  }
+  const split = token.split('.')
+  if (split.length === 5) return deny('malformed', 'encrypted tokens (JWE) are not accepted')
+  if (split.length !== 3 || split.some((p) => p === '')) return deny('malformed', 'token is not a signed JWT')
+  const parts = split as [string, string, string]
+  return parts.every(isCanonicalBase64url) ? parts : deny('malformed', 'token is not canonical base64url')
+}
+
 /** Cheap structural checks before any key is looked up or any signature computed. */
 function precheck(
   token: string,
   algorithms: ReadonlySet<string>,
   verifiedHeaders: ReadonlyMap<string, JWSHeaderParameters>,
+  shaped: boolean,
 ): Prechecked | Denial {
-  const split = token.split('.')
-  if (split.length === 5) return deny('malformed', 'encrypted tokens (JWE) are not accepted')
-  if (split.length !== 3 || split.some((p) => p === '')) return deny('malformed', 'token is not a signed JWT')
-  const parts = split as [string, string, string]
   // The signature covers the encoded text, so a lenient decoder that skips stray characters or
   // ignores non-zero padding bits would accept many encodings of one signed value (for the
   // signature part, which no signature covers, a forger's free variants of a valid token).
-  if (!parts.every(isCanonicalBase64url)) return deny('malformed', 'token is not canonical base64url')
+  const parts = partsOf(token, shaped)
+  if ('reason' in parts) return parts
   // Canonical, so these decodings are exact.
   const payload = Buffer.from(parts[1], 'base64url')
   const signature = Buffer.from(parts[2], 'base64url')
@@ -278,7 +298,15 @@ const B64URL_DIGITS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
  * two apart: bench/README.md.)
  */
 function isCanonicalBase64url(s: string): boolean {
-  if (!/^[A-Za-z0-9_-]+$/.test(s) || s.length % 4 === 1) return false
+  return /^[A-Za-z0-9_-]+$/.test(s) && canonicalEnding(s)
+}
+
+/**
+ * Of a non-empty string of base64url digits: no dangling digit (a length of 4n + 1 encodes no
+ * whole byte) and no bits set past the last byte.
+ */
+function canonicalEnding(s: string): boolean {
+  if (s.length % 4 === 1) return false
   const last = B64URL_DIGITS.indexOf(s[s.length - 1]!)
   return s.length % 4 === 2 ? (last & 0x0f) === 0 : s.length % 4 === 3 ? (last & 0x03) === 0 : true
 }

@@ -532,6 +532,39 @@ t.test("extractBearer: the verifier's known-token hint never changes the answer"
   t.pass('same answer with and without the hint, length limit included')
 })
 
+t.test('extractBearer: `jws` marks exactly an exact `Bearer ` and three base64url parts, and never changes the token', async (t) => {
+  // Parts drawn from base64url's digits and the other b64token characters, so some tokens are
+  // compact JWS strings and some are b64tokens that are not (a `+`, a `=`, two or four parts).
+  const part = fc.oneof(
+    { arbitrary: fc.stringMatching(/^[A-Za-z0-9_-]{1,12}$/), weight: 4 },
+    { arbitrary: fc.stringMatching(/^[A-Za-z0-9_\-~+/]{0,12}=?$/), weight: 1 },
+  )
+  const token = fc
+    .oneof({ arbitrary: fc.tuple(part, part, part), weight: 3 }, { arbitrary: fc.array(part, { minLength: 1, maxLength: 5 }), weight: 1 })
+    .map((p) => p.join('.'))
+  const JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
+  let marked = 0
+  fc.assert(
+    fc.property(
+      token,
+      fc.constantFrom('Bearer ', 'Bearer ', 'Bearer ', 'bearer ', 'BEARER ', 'Bearer  ', 'DPoP ', 'dpop '),
+      fc.integer({ min: 4, max: 80 }),
+      (tok, scheme, max) => {
+        const got = extractBearer([`${scheme}${tok}`], '', { allowQueryToken: false, maxTokenBytes: max })
+        // The same header read by the general path (a scheme spelled otherwise never takes the fast one).
+        const general = extractBearer([`${scheme.toLowerCase()}${tok}`], '', { allowQueryToken: false, maxTokenBytes: max })
+        if ('reason' in got || 'reason' in general) return 'reason' in got && 'reason' in general && got.reason === general.reason
+        if (got.token !== general.token || got.scheme !== general.scheme) return false
+        const shaped = scheme === 'Bearer ' && JWS.test(tok) && tok.length <= max
+        if (shaped) marked++
+        return (got.jws === true) === shaped && general.jws === undefined
+      },
+    ),
+    RUNS,
+  )
+  t.ok(marked >= 50, `marked exactly when the verifier may skip its character scan (${marked} marked)`)
+})
+
 t.test('extractBearer: a query token is refused unless allowed, and removed when taken', async (t) => {
   const other = fc.array(fc.constantFrom('a=1', 'b=2', 'x=%2e', 'c'), { maxLength: 3 })
   const name = fc.constantFrom('access_token', 'access%5Ftoken', 'access%5ftoken', '%61ccess_token')

@@ -96,3 +96,35 @@ t.test('the payload as UTF-8: a leading byte-order mark is skipped, bytes that a
   bad[bad.indexOf('XX')] = 0xff
   await refusedAsMalformed(t, lapse, await signedBytes(bad))
 })
+
+t.test("the verifier's answer is the same whether or not extraction already checked a token's characters", async (t) => {
+  // decide() passes `jws` when extract/bearer.ts found three base64url parts; the verifier then
+  // checks only each part's ending. Every ending of every part, against the full check.
+  const lapse = await runApp(t, { env: { LAPSE_TOKEN_CACHE_SIZE: '0' } })
+  const verify = lapse.running.deps.verify
+  const answer = async (token: string, jws?: boolean) => {
+    const got = await verify.check(token, undefined, jws)
+    return 'allow' in got ? `${got.reason}: ${got.description ?? ''}` : `allowed ${got.sub}`
+  }
+  let tried = 0
+  let refused = 0
+  for (const alg of ['RS256', 'ES256'] as const) {
+    for (const sub of ['a', 'ab', 'abc']) {
+      const token = await keys.mint({ sub }, { alg })
+      t.equal(await answer(token, true), `allowed ${sub}`, `${alg} ${sub}: the token itself`)
+      for (const index of [0, 1, 2] as const) {
+        // The last character replaced by each digit (only the canonical one keeps its bits clear),
+        // and one digit added (a dangling digit once in every four lengths).
+        const endings = [...B64].map((d) => swap(token, index, (p) => `${p.slice(0, -1)}${d}`)!)
+        endings.push(...[...'AQgw_'].map((d) => swap(token, index, (p) => `${p}${d}`)!))
+        for (const variant of endings) {
+          tried++
+          const full = await answer(variant)
+          if (full.startsWith('malformed: token is not canonical')) refused++
+          t.equal(await answer(variant, true), full, `${alg} ${sub} part ${index}`)
+        }
+      }
+    }
+  }
+  t.ok(tried > 1000 && refused > 100, `${tried} variants, ${refused} of them refused as not canonical`)
+})
