@@ -262,15 +262,26 @@ function precheck(
   // signature part, which no signature covers, a forger's free variants of a valid token).
   const parts = partsOf(token, shaped)
   if ('reason' in parts) return parts
+  const seen = verifiedHeaders.get(parts[0])
+  let header = seen
+  if (header === undefined) {
+    // Wrapped: a header is any JSON object, so one with a "reason" member must not pass for a Denial.
+    const checked = headerOf(parts[0], algorithms)
+    if (!('header' in checked)) return checked
+    header = checked.header
+  }
+  // Only once the header is one Lapse accepts, so a refused token costs no more decoding.
   // Canonical, so these decodings are exact.
   const payload = Buffer.from(parts[1], 'base64url')
   const signature = Buffer.from(parts[2], 'base64url')
-  const seen = verifiedHeaders.get(parts[0])
-  if (seen !== undefined) return { header: seen, parts, payload, signature, known: true }
-  const headerBytes = Buffer.from(parts[0], 'base64url')
+  return { header, parts, payload, signature, known: seen !== undefined }
+}
+
+/** A header not seen on a verified token: decoded, parsed and checked. */
+function headerOf(encoded: string, algorithms: ReadonlySet<string>): { readonly header: JWSHeaderParameters } | Denial {
   let header: JWSHeaderParameters
   try {
-    const text = utf8Text(headerBytes)
+    const text = utf8Text(Buffer.from(encoded, 'base64url'))
     if (text === undefined) return deny('malformed', 'token header is not valid')
     const parsed: unknown = JSON.parse(text)
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
@@ -286,7 +297,7 @@ function precheck(
   // RFC 7515 §4.1.11: an extension the verifier does not understand must fail; Lapse knows none.
   if ('crit' in header) return deny('malformed', 'token header has critical extensions')
   if (header.kid !== undefined && typeof header.kid !== 'string') return deny('malformed', 'token kid is not a string')
-  return { header, parts, payload, signature, known: false }
+  return { header }
 }
 
 const B64URL_DIGITS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'

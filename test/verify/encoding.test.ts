@@ -128,3 +128,15 @@ t.test("the verifier's answer is the same whether or not extraction already chec
   }
   t.ok(tried > 1000 && refused > 100, `${tried} variants, ${refused} of them refused as not canonical`)
 })
+
+t.test('a header with members named like a refusal (reason, allow, description) is still only a header', async (t) => {
+  // The verifier tells a refused header from a parsed one by its shape: a JSON object an issuer
+  // signed may carry any member names, and must not pass for Lapse's own refusal.
+  for (const cacheSize of ['10000', '0']) {
+    const lapse = await runApp(t, { env: { LAPSE_TOKEN_CACHE_SIZE: cacheSize } })
+    const token = await keys.mint({ sub: 'named-members' }, { header: { reason: 'revoked', allow: false, description: 'x' } })
+    const { res } = await sendAudited(lapse, '/orders/1', { headers: [bearer(token)] })
+    t.equal(res.status, 200, `allowed (LAPSE_TOKEN_CACHE_SIZE=${cacheSize})`)
+    t.equal(lapse.upstream.requests.at(-1)?.headers['x-auth-subject'], 'named-members')
+  }
+})
