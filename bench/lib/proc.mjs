@@ -32,10 +32,11 @@ export function freePort() {
 
 /**
  * Spawns `cmd args` pinned to `cpu` with taskset (when `cpu` is a number), output to
- * `<logDir>/<name>.log` so a chatty child can never block on a full pipe.
+ * `<logDir>/<name>.log` so a chatty child can never block on a full pipe, or to `outPath`
+ * (row 3ln: /dev/null).
  */
-export function spawnPinned(cmd, args, { cpu, name, logDir, env = process.env, cwd } = {}) {
-  const logPath = join(logDir, `${name}.log`)
+export function spawnPinned(cmd, args, { cpu, name, logDir, env = process.env, cwd, outPath } = {}) {
+  const logPath = outPath ?? join(logDir, `${name}.log`)
   const fd = openSync(logPath, 'a')
   const pinned = typeof cpu === 'number'
   // taskset execs the command, so the child's pid is the server's own pid (for /proc/<pid>/status).

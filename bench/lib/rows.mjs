@@ -33,6 +33,15 @@ export function defineRows({ engine }) {
     },
     // Row 3 as shipped: an audit line for every allow (LAPSE_LOG_ALLOWS=all), to a file.
     { id: '3l', label: 'row 3 with an audit line per allow (the default)', server: 'lapse-mem-audit', auth: 'token' },
+    // Row 3l with Lapse's stdout on /dev/null: the line built, batched and written, without the
+    // file system's work on every write. Beside row 3l it tells the line from the sink.
+    {
+      id: '3ln',
+      label: "row 3l with Lapse's stdout on /dev/null (the line without the file write)",
+      server: 'lapse-mem-audit-null',
+      auth: 'token',
+      optional: true,
+    },
     { id: '4a', label: 'Lapse, one RS256 token, Redis set + local cache', server: 'lapse-redis-cache', auth: 'token' },
     { id: '4b', label: 'Lapse, one RS256 token, Redis set, no local cache', server: 'lapse-redis-nocache', auth: 'token' },
     {
@@ -91,7 +100,7 @@ export function defineRows({ engine }) {
  * rounds of that round's ratio (report.mjs).
  */
 export const ADJACENT = [
-  ['2', '3', '3b', '3l', '7', '8'],
+  ['2', '3', '3b', '3l', '3ln', '7', '8'],
   ['3f', '7f'],
   ['n', 'na'],
 ]

@@ -26,6 +26,8 @@ const LAPSE_VARIANTS = {
   // Row 3l: row 3 with the default audit line for every allow; its stdout goes to the run's
   // lapse-mem-audit.log, a regular file.
   'lapse-mem-audit': () => ({ LAPSE_LOG_ALLOWS: 'all' }),
+  // Row 3ln: the same, its stdout on /dev/null (spawned so below).
+  'lapse-mem-audit-null': () => ({ LAPSE_LOG_ALLOWS: 'all' }),
   'lapse-redis-cache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'true' }),
   'lapse-redis-nocache': ({ redisUrl }) => ({ LAPSE_REDIS_URL: redisUrl, LAPSE_REVOCATION_CACHE: 'false' }),
   // Row 4u: row 4a's route with a use limit no run reaches, so every request is allowed and
@@ -127,6 +129,7 @@ export function createFleet(ctx) {
       logDir: ctx.logDir,
       env,
       cwd: lapseRoot,
+      outPath: variant === 'lapse-mem-audit-null' ? '/dev/null' : undefined,
     })
     await waitHttp(`http://127.0.0.1:${adminPort}/readyz`, { child, timeoutMs: 20_000 })
     const decision = extra.decisionPort && `127.0.0.1:${extra.decisionPort}`
