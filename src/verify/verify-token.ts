@@ -234,10 +234,11 @@ interface Prechecked {
 
 /** The token's three parts, when it is three non-empty base64url parts with canonical endings. */
 function partsOf(token: string, shaped: boolean): [string, string, string] | Denial {
-  if (shaped) {
-    // The caller's one pass checked the characters and the two dots (extract/bearer.ts).
-    const first = token.indexOf('.')
-    const second = token.indexOf('.', first + 1)
+  // The caller's one pass checked the characters (extract/bearer.ts). The dots are cheap to check
+  // again, so a hint that was wrong about them falls back to the full check below.
+  const first = shaped ? token.indexOf('.') : -1
+  const second = first > 0 ? token.indexOf('.', first + 1) : -1
+  if (second > first + 1 && second < token.length - 1 && token.indexOf('.', second + 1) === -1) {
     const parts: [string, string, string] = [token.slice(0, first), token.slice(first + 1, second), token.slice(second + 1)]
     return canonicalEnding(parts[0]) && canonicalEnding(parts[1]) && canonicalEnding(parts[2])
       ? parts

@@ -127,6 +127,30 @@ t.test("the verifier's answer is the same whether or not extraction already chec
     }
   }
   t.ok(tried > 1000 && refused > 100, `${tried} variants, ${refused} of them refused as not canonical`)
+
+  // A hint wrong about the dots (no caller sends one; extraction's pattern cannot pass these)
+  // changes nothing: the verifier checks the parts' boundaries itself.
+  const token = await keys.mint({ sub: 'dots' })
+  const [h, p, s] = token.split('.') as [string, string, string]
+  for (const shape of [
+    `${h}.${p}`,
+    `${h}.${p}.${s}.${s}`,
+    `${h}.${p}.${s}.${s}.${s}`,
+    `.${p}.${s}`,
+    `${h}..${s}`,
+    `${h}.${p}.`,
+    `${h}${p}${s}`,
+  ]) {
+    t.equal(
+      await answer(shape, true),
+      await answer(shape),
+      `${shape
+        .split('.')
+        .map((x) => x.length)
+        .join('.')}: the same answer`,
+    )
+  }
+  t.match(await answer(`${h}.${p}.${s}.${s}.${s}`, true), /^malformed: encrypted tokens/, 'five parts are still a JWE')
 })
 
 t.test('a header with members named like a refusal (reason, allow, description) is still only a header', async (t) => {
