@@ -40,8 +40,9 @@ export type Verifier = ((token: string, steps?: StepTracer) => Promise<Identity 
    * refused before any key is needed, or a fresh token whose key an earlier lookup already found
    * (KeyResolver.knownKey; the signature check itself is synchronous, signature.ts). A promise
    * only for a key lookup (first use of a kid, an unknown kid, several candidates) or HMAC.
-   * `jws`: the caller found the token to be three non-empty parts of base64url's alphabet joined
-   * by dots (extract/bearer.ts), so only each part's canonical ending is left to check.
+   * `jws`: the caller found the token's characters to be base64url's alphabet and dots
+   * (extract/bearer.ts), so they are not scanned again; the parts' boundaries and canonical
+   * endings still are, and a token of another shape takes the full check.
    */
   check(token: string, steps?: StepTracer, jws?: boolean): Identity | Denial | Promise<Identity | Denial>
   cacheSize(): number
